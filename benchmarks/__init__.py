@@ -1,0 +1,1 @@
+"""Benchmarks: trioflow vs llama-index-workflows vs bare trio. Run ``python -m benchmarks``."""

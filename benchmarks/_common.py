@@ -1,0 +1,43 @@
+"""Shared vocabulary of the benchmark implementations.
+
+Every implementation module (``_trioflow``, ``_anchor``, ``_floor``) exposes ``SCENARIOS``, a
+mapping from scenario name to a function that runs one measurement in the current process and
+returns its metrics. ``_scenario`` picks one, runs it once and prints the metrics as JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import attrs
+
+Metrics = dict[str, float]
+
+
+@attrs.frozen
+class Params:
+    """What one measurement is asked to do."""
+
+    n: int
+    # memory: how long the consumer stays slow (1 ms per event) before it drains fast.
+    slow_seconds: float = 2.0
+    # anchor memory: "yield" (writer awaits asyncio.sleep(0) after each write) or "noyield".
+    variant: str = ""
+
+
+Scenario = Callable[[Params], Metrics]
+Scenarios = Mapping[str, Scenario]
+
+# Seconds the slow consumer sleeps per event during its slow phase.
+SLOW_SLEEP = 0.001
+
+
+def payload() -> str:
+    """A fresh 1 KiB string: every event gets its own object, as real payloads would."""
+    return os.urandom(512).hex()
+
+
+def even(n: int) -> int:
+    """Round up to an even hop count: a ping-pong round trip is two hops."""
+    return n + (n % 2)

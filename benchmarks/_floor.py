@@ -1,0 +1,96 @@
+"""The floor: what bare trio does with no workflow runtime in between.
+
+Routing is two tasks bouncing an int through two memory channels (buffer 1) with plain
+``await send()`` / ``await receive()``: the obvious hand-written equivalent of a two-step
+ping-pong. Stream is one task sending small attrs events through a bounded channel to a consumer
+(for reference only, no target).
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+import trio
+
+from benchmarks._common import Metrics, Params, Scenarios, even
+
+ROUTING_BUFFER = 1  # faster than 0 here (~165k vs ~152k hops/s): the stricter floor
+STREAM_BUFFER = 64
+
+
+@attrs.frozen
+class Tick:
+    i: int
+
+
+async def _bounce(
+    n: int, inbox: trio.MemoryReceiveChannel[int], out: trio.MemorySendChannel[int]
+) -> None:
+    async with out:
+        async for i in inbox:
+            if i >= n:
+                return  # closing `out` ends the other task's loop
+            await out.send(i + 1)
+
+
+async def _routing(n: int) -> Metrics:
+    to_ping, ping_inbox = trio.open_memory_channel[int](ROUTING_BUFFER)
+    to_pong, pong_inbox = trio.open_memory_channel[int](ROUTING_BUFFER)
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_bounce, n, ping_inbox, to_pong)
+        nursery.start_soon(_bounce, n, pong_inbox, to_ping.clone())
+        async with to_ping:
+            await to_ping.send(0)
+    elapsed = time.perf_counter() - start
+    return {"hops": n, "seconds": elapsed, "rate": n / elapsed}
+
+
+def routing(p: Params) -> Metrics:
+    return trio.run(_routing, even(p.n))
+
+
+async def _stream(n: int) -> Metrics:
+    send, receive = trio.open_memory_channel[Tick | None](STREAM_BUFFER)
+    first_write_at = loop_done_at = 0.0
+
+    async def produce() -> None:
+        nonlocal first_write_at, loop_done_at
+        async with send:
+            for i in range(n):
+                if i == 0:
+                    first_write_at = time.perf_counter()
+                await send.send(Tick(i=i))
+            loop_done_at = time.perf_counter()
+            await send.send(None)  # the terminal event
+
+    start = time.perf_counter()
+    first_latency = -1.0
+    count = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        async with receive:
+            async for ev in receive:
+                if ev is None:
+                    break
+                if count == 0:
+                    first_latency = time.perf_counter() - first_write_at
+                count += 1
+    elapsed = time.perf_counter() - start
+    assert count == n, (count, n)
+    loop_ms = (loop_done_at - first_write_at) * 1e3
+    return {
+        "events": n,
+        "seconds": elapsed,
+        "rate": n / elapsed,
+        "first_ms": first_latency * 1e3,
+        "loop_ms": loop_ms,
+    }
+
+
+def stream(p: Params) -> Metrics:
+    return trio.run(_stream, p.n)
+
+
+SCENARIOS: Scenarios = {"routing": routing, "stream": stream}

@@ -1,0 +1,129 @@
+"""Run one measurement in this (fresh) process and print its metrics as one JSON line.
+
+    python -m benchmarks._scenario IMPL SCENARIO --n N [--slow-seconds S] [--variant V]
+
+IMPL is ``trioflow``, ``anchor`` or ``floor``. Prints ``{"ok": true, "metrics": {...}}``, or
+``{"ok": false, "missing": "<package>"}`` (exit status 0) when the implementation's package is not
+installed. Any other failure is a traceback and a non-zero exit status.
+
+For the ``memory`` scenario the metrics include ``rss_growth_mib``: peak RSS during the run minus
+RSS just before it started. The peak is the larger of a psutil sampler (every 5 ms, in a thread)
+and the process's ``ru_maxrss`` high-water mark, so short spikes between samples are not missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import threading
+from collections.abc import Callable
+
+from benchmarks._common import Metrics, Params, Scenario, Scenarios
+
+IMPLS = ("trioflow", "anchor", "floor")
+# The third-party package each implementation needs, beyond what the floor needs.
+PACKAGES = {"trioflow": "trioflow", "anchor": "workflows", "floor": "trio"}
+MIB = 1024 * 1024
+SAMPLE_EVERY = 0.005
+
+
+def load(impl: str) -> Scenarios | None:
+    """The implementation's scenarios, or None if its package is not installed."""
+    try:
+        if impl == "trioflow":
+            from benchmarks import _trioflow
+
+            return _trioflow.SCENARIOS
+        if impl == "anchor":
+            from benchmarks import _anchor
+
+            return _anchor.SCENARIOS
+        if impl == "floor":
+            from benchmarks import _floor
+
+            return _floor.SCENARIOS
+    except ImportError as exc:
+        # Only the package itself being absent (or an empty namespace directory in its place)
+        # counts as "not installed"; a broken import inside a real package gets a traceback.
+        package = PACKAGES[impl]
+        if (exc.name or "").split(".")[0] == package and not _is_real_package(package):
+            return None
+        raise
+    raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
+
+
+def _is_real_package(name: str) -> bool:
+    module = sys.modules.get(name)
+    return module is not None and getattr(module, "__file__", None) is not None
+
+
+def _current_rss() -> Callable[[], int]:
+    try:
+        import psutil
+    except ModuleNotFoundError:
+        return lambda: 0  # fall back on ru_maxrss alone
+    process = psutil.Process()
+    return lambda: int(process.memory_info().rss)
+
+
+def _max_rss() -> int:
+    # Linux reports ru_maxrss in KiB (macOS in bytes; this suite targets Linux).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def with_rss(run: Scenario, params: Params) -> Metrics:
+    """Run ``run`` and add its peak RSS growth, in MiB."""
+    rss = _current_rss()
+    max_before = _max_rss()
+    baseline = rss() or max_before
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(SAMPLE_EVERY):
+            peak = max(peak, rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        metrics = run(params)
+    finally:
+        done.set()
+        sampler.join()
+    peak = max(peak, rss())
+    if (max_after := _max_rss()) > max_before:  # the high-water mark was raised by the run
+        peak = max(peak, max_after)
+    return {
+        **metrics,
+        "rss_growth_mib": (peak - baseline) / MIB,
+        "rss_baseline_mib": baseline / MIB,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._scenario")
+    parser.add_argument("impl", choices=IMPLS)
+    parser.add_argument("scenario")
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--slow-seconds", type=float, default=2.0)
+    parser.add_argument("--variant", default="")
+    args = parser.parse_args(argv)
+
+    scenarios = load(args.impl)
+    if scenarios is None:
+        print(json.dumps({"ok": False, "missing": PACKAGES[args.impl]}))
+        return 0
+    if args.scenario not in scenarios:
+        parser.error(f"{args.impl} has no scenario {args.scenario!r} (has {sorted(scenarios)})")
+    run = scenarios[args.scenario]
+    params = Params(n=args.n, slow_seconds=args.slow_seconds, variant=args.variant)
+    metrics = with_rss(run, params) if args.scenario == "memory" else run(params)
+    print(json.dumps({"ok": True, "metrics": metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

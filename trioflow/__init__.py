@@ -1,0 +1,62 @@
+"""trioflow: event-driven workflows on trio, with live, bounded, cancellable event streams."""
+
+from ._context import Context, Store
+from ._errors import (
+    TrioflowError,
+    WorkflowCancelledError,
+    WorkflowRuntimeError,
+    WorkflowTimeoutError,
+    WorkflowValidationError,
+)
+from ._events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+    WorkflowCancelledEvent,
+    WorkflowFailedEvent,
+    WorkflowTimedOutEvent,
+)
+from ._handler import WorkflowHandler
+from ._runtime import RunStatus
+from ._step import RetryPolicy, step
+from ._stream import StreamIterator, StreamStatistics
+from ._workflow import Workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Context",
+    "Event",
+    "HumanResponseEvent",
+    "InputRequiredEvent",
+    "RetryPolicy",
+    "RunStatus",
+    "StartEvent",
+    "StepFailedEvent",
+    "StopEvent",
+    "Store",
+    "StreamIterator",
+    "StreamStatistics",
+    "TrioflowError",
+    "Workflow",
+    "WorkflowCancelledError",
+    "WorkflowCancelledEvent",
+    "WorkflowFailedEvent",
+    "WorkflowHandler",
+    "WorkflowRuntimeError",
+    "WorkflowTimedOutEvent",
+    "WorkflowTimeoutError",
+    "WorkflowValidationError",
+    "step",
+]
+
+# Show the public name in reprs and tracebacks (trioflow.StopEvent, not
+# trioflow._events.StopEvent), as trio does. Pickle finds them here too.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("trioflow._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,125 @@
+"""`Context`: what a step sees of its run (stream, routing, collected events, store)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+import trio
+from trio.lowlevel import checkpoint_if_cancelled
+
+from ._errors import WorkflowRuntimeError
+from ._events import Event, StopEvent
+from ._stream import EventStream
+
+#: The step whose code is running in this task; set once by each step worker.
+current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
+
+
+class Router(Protocol):
+    """What the runtime offers the context for routing."""
+
+    def send_event(self, event: Event, step: str | None) -> None: ...
+
+
+class Store:
+    """Key-value state shared by the steps of one run. Values are kept by reference."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value stored under ``key``, or ``default``."""
+        await trio.lowlevel.checkpoint()
+        return self._data.get(key, default)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``."""
+        await trio.lowlevel.checkpoint()
+        self._data[key] = value
+
+
+class Context:
+    """The run's context, passed to steps that declare a ``ctx: Context`` parameter.
+
+    Every run has its own; steps of one run share it.
+    """
+
+    def __init__(self, run_id: str, router: Router, stream: EventStream) -> None:
+        self._run_id = run_id
+        self._router = router
+        self._stream = stream
+        self._send_nowait = stream.send_nowait
+        self._collected: dict[tuple[str, tuple[type[Event], ...]], list[Event]] = {}
+        self.store = Store()
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run (the same as `WorkflowHandler.run_id`)."""
+        return self._run_id
+
+    async def write_event_to_stream(self, event: Event) -> None:
+        """Put ``event`` on the run's stream, waiting while the stream's buffer is full.
+
+        The event is available to the consumer at once; it runs at this task's next
+        checkpoint at the latest.
+        """
+        # This is the hottest path of a streaming run: a cancellation check and a channel
+        # append, with the scheduler involved only when the buffer is full.
+        if not isinstance(event, Event) or isinstance(event, StopEvent):
+            raise _not_streamable(event)
+        await checkpoint_if_cancelled()
+        try:
+            self._send_nowait(event)
+        except trio.WouldBlock:
+            await self._stream.write_when_full(event)
+
+    def send_event(self, event: Event, step: str | None = None) -> None:
+        """Route ``event`` to every step that accepts it, or only to ``step``.
+
+        Raises:
+            WorkflowRuntimeError: no step accepts the event, or ``step`` does not exist or
+                does not accept it.
+        """
+        if not isinstance(event, Event):
+            raise TypeError(f"send_event() takes an Event, got {event!r}")
+        self._router.send_event(event, step)
+
+    def collect_events(
+        self, event: Event, expected: Sequence[type[Event]]
+    ) -> list[Event] | None:
+        """Buffer ``event`` and return one event per entry of ``expected``, in that order, once
+        all have arrived (a type listed k times needs k events); until then return None.
+
+        Buffers are kept per step and per ``expected`` list.
+        """
+        expected = tuple(expected)
+        if not isinstance(event, expected):
+            names = ", ".join(t.__name__ for t in expected)
+            raise WorkflowRuntimeError(
+                f"collect_events: {type(event).__name__} is none of the expected types ({names})"
+            )
+        buffer = self._collected.setdefault((current_step.get(), expected), [])
+        buffer.append(event)
+        chosen: list[int] = []
+        for wanted in expected:
+            index = next(
+                (i for i, e in enumerate(buffer) if i not in chosen and isinstance(e, wanted)),
+                None,
+            )
+            if index is None:
+                return None
+            chosen.append(index)
+        collected = [buffer[i] for i in chosen]
+        buffer[:] = [e for i, e in enumerate(buffer) if i not in chosen]
+        return collected
+
+
+def _not_streamable(event: object) -> Exception:
+    if isinstance(event, StopEvent):
+        return WorkflowRuntimeError(
+            f"{type(event).__name__} is a stop event: return it from a step to end the run; "
+            "the runtime puts the terminal event on the stream"
+        )
+    return TypeError(f"write_event_to_stream() takes an Event, got {event!r}")

@@ -1,0 +1,52 @@
+"""The exceptions trioflow raises.
+
+The tree::
+
+    TrioflowError
+     ├── WorkflowValidationError    the graph of a Workflow class is wrong (raised by its constructor)
+     ├── WorkflowRuntimeError       an operation is not possible in the run's current state
+     ├── WorkflowTimeoutError       the run exceeded ``Workflow(timeout=...)``
+     └── WorkflowCancelledError     the run was cancelled before it produced a result
+
+A step's own exception is never wrapped in one of these: it propagates as itself, with a note
+naming the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TrioflowError(Exception):
+    """Base class of every exception trioflow defines."""
+
+
+class WorkflowValidationError(TrioflowError):
+    """A workflow's steps do not form a valid graph.
+
+    Every problem found is reported at once: ``problems`` holds one message per problem and
+    ``str()`` lists them all.
+    """
+
+    def __init__(self, workflow_name: str, problems: Sequence[str]) -> None:
+        super().__init__(workflow_name, tuple(problems))
+        self.workflow_name = workflow_name
+        self.problems = tuple(problems)
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        header = f"{self.workflow_name} is not a valid workflow ({count} problem{'s' * (count > 1)}):"
+        return "\n".join([header, *(f"  - {problem}" for problem in self.problems)])
+
+
+class WorkflowRuntimeError(TrioflowError):
+    """An operation on a run is not possible: a bad route, a second stream consumer, a run
+    that has ended, and the like."""
+
+
+class WorkflowTimeoutError(TrioflowError):
+    """The run did not finish within ``Workflow(timeout=...)`` seconds."""
+
+
+class WorkflowCancelledError(TrioflowError):
+    """The run was cancelled (``handler.cancel()`` or leaving ``start()``) before it finished."""

@@ -1,0 +1,142 @@
+"""Events: the values that steps consume and emit, and that the stream carries.
+
+Every subclass of `Event` is turned into a frozen, keyword-only attrs class when its ``class``
+statement runs, so users write plain annotated fields and no decorator. `dataclass_transform`
+(PEP 681) tells type checkers the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, dataclass_transform
+
+import attrs
+
+
+@dataclass_transform(
+    kw_only_default=True,
+    frozen_default=True,
+    field_specifiers=(attrs.field,),
+)
+class Event:
+    """Base class of all events.
+
+    Subclass it with annotated fields; instances construct by keyword, compare by value and are
+    immutable::
+
+        class Progress(Event):
+            value: float
+
+    Fields may use `attrs.field` for defaults, factories, validators and converters. Nothing is
+    copied: an event holds references to the values it is given.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Dict classes (not slots) so attrs can finish the class in place: `__init_subclass__`
+        # cannot swap the class object for the new one that `slots=True` builds. `auto_detect`
+        # keeps any dunder the subclass writes itself (StartEvent's `__init__`, a custom
+        # `__repr__`), and `kw_only` lets a subclass add required fields after defaulted ones.
+        attrs.define(
+            cls, frozen=True, kw_only=True, slots=False, auto_detect=True, order=False
+        )
+
+
+attrs.define(Event, frozen=True, kw_only=True, slots=False, order=False)
+
+
+class StartEvent(Event):
+    """The event that starts a run.
+
+    ``StartEvent(**fields)`` keeps arbitrary keyword fields, read as attributes (``ev.topic``) or
+    with `get`. A subclass that declares fields is a typed start event and accepts exactly those.
+    """
+
+    _extra: Mapping[str, Any] = attrs.field(
+        factory=dict, init=False, repr=False, hash=False, alias="_extra"
+    )
+
+    # A typed subclass gets attrs' generated __init__ (declared fields only, since auto_detect
+    # looks at each class's own body), so a misspelt field is an error and not a new field.
+    def __init__(self, **fields: Any) -> None:
+        # The keyword dict is new for this call, so keeping it copies none of the user's values.
+        object.__setattr__(self, "_extra", fields)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails. Private names are never fields; refusing them
+        # also keeps copy and pickle (which probe before `_extra` exists) out of a recursion.
+        if not name.startswith("_"):
+            try:
+                return self._extra[name]
+            except KeyError:
+                pass
+        raise AttributeError(f"{type(self).__name__!r} event has no field {name!r}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the field ``key``, or ``default`` when the event has no such field."""
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            return default
+
+    def __repr__(self) -> str:
+        declared = [f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self)) if a.repr]
+        extra = [f"{key}={value!r}" for key, value in self._extra.items()]
+        return f"{type(self).__name__}({', '.join(declared + extra)})"
+
+
+class StopEvent(Event):
+    """The event that ends a run; ``result`` is what `Workflow.run` returns.
+
+    A workflow may use a subclass (with fields of its own, required ones included); then `run`
+    and `WorkflowHandler.result` return the event itself rather than ``result``.
+    """
+
+    result: Any = None
+
+
+class InputRequiredEvent(Event):
+    """Base class of events that ask the caller for input (human in the loop).
+
+    They go to the stream; the caller answers with a `HumanResponseEvent` subclass through
+    `WorkflowHandler.send_event`. They need no consuming step.
+    """
+
+
+class HumanResponseEvent(Event):
+    """Base class of events that the caller sends into a run. They need no producing step."""
+
+
+class StepFailedEvent(Event):
+    """A step's attempt raised ``exception`` while handling ``input_event``."""
+
+    step_name: str
+    attempt: int
+    exception: BaseException
+    input_event: Event
+
+
+class WorkflowFailedEvent(StopEvent):
+    """Terminal event: step ``step_name`` raised ``exception`` and nothing handled it."""
+
+    step_name: str
+    exception: BaseException
+
+
+class WorkflowCancelledEvent(StopEvent):
+    """Terminal event: the run was cancelled before it finished."""
+
+
+class WorkflowTimedOutEvent(StopEvent):
+    """Terminal event: the run exceeded its ``timeout``; ``active_steps`` were still running."""
+
+    timeout: float
+    active_steps: tuple[str, ...] = ()
+
+
+#: The terminal events the runtime itself produces; a workflow never returns these.
+RUNTIME_STOP_EVENTS: tuple[type[StopEvent], ...] = (
+    WorkflowFailedEvent,
+    WorkflowCancelledEvent,
+    WorkflowTimedOutEvent,
+)

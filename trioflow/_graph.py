@@ -1,0 +1,327 @@
+"""A workflow's graph: its steps with resolved annotations, checked once per class.
+
+`graph_of` builds and caches the graph of a `Workflow` subclass. Every problem found is
+collected and raised together as one `WorkflowValidationError`, each message naming the step
+and the event type involved.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+
+from ._context import Context
+from ._errors import WorkflowValidationError
+from ._events import (
+    RUNTIME_STOP_EVENTS,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+)
+from ._step import StepConfig, StepDeclaration, declaration_of
+
+EventTypes = tuple[type[Event], ...]
+
+
+@attrs.frozen(kw_only=True)
+class StepSpec:
+    """One step with its annotations resolved."""
+
+    name: str
+    accepts: EventTypes
+    returns: EventTypes
+    config: StepConfig
+    is_async: bool
+    #: How to call the method: () for ``step(ev)``, "first"/"last" for where ``ctx`` goes.
+    context_position: str | None
+
+
+@attrs.define(eq=False)
+class WorkflowGraph:
+    """The validated steps of a workflow class and the routes between them."""
+
+    workflow_name: str
+    steps: tuple[StepSpec, ...]
+    start_event_type: type[StartEvent]
+    stop_event_type: type[StopEvent]
+    _routes: dict[type[Event], tuple[int, ...]] = attrs.field(factory=dict, init=False)
+    _index: dict[str, int] = attrs.field(init=False)
+
+    #: Event classes that steps may return and that are simply routed (not stop events, not
+    #: for the caller); the runtime checks a returned event against this set first.
+    plain_events: frozenset[type[Event]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._index = {spec.name: i for i, spec in enumerate(self.steps)}
+        self.plain_events = frozenset(
+            t
+            for spec in self.steps
+            for t in spec.returns
+            if not issubclass(t, StopEvent | InputRequiredEvent) and self.routes_for(t)
+        )
+
+    def routes_for(self, event_type: type[Event]) -> tuple[int, ...]:
+        """Indexes of the steps that accept events of ``event_type`` (cached per type)."""
+        try:
+            return self._routes[event_type]
+        except KeyError:
+            route = tuple(
+                i for i, spec in enumerate(self.steps) if issubclass(event_type, spec.accepts)
+            )
+            self._routes[event_type] = route
+            return route
+
+    def step_index(self, name: str) -> int | None:
+        """Index of the step called ``name``, or None."""
+        return self._index.get(name)
+
+    def event_types(self) -> list[type[Event]]:
+        """Every event type the steps accept or return, start and stop included, in order of
+        first mention."""
+        seen: dict[type[Event], None] = {}
+        for spec in self.steps:
+            seen.update(dict.fromkeys(spec.accepts + spec.returns))
+        return list(seen)
+
+
+_GRAPHS: weakref.WeakKeyDictionary[type, WorkflowGraph] = weakref.WeakKeyDictionary()
+
+
+def graph_of(workflow_class: type) -> WorkflowGraph:
+    """The graph of ``workflow_class``, built and validated on first use."""
+    try:
+        return _GRAPHS[workflow_class]
+    except KeyError:
+        graph = _build(workflow_class)
+        _GRAPHS[workflow_class] = graph
+        return graph
+
+
+def _declared_steps(workflow_class: type) -> dict[str, StepDeclaration]:
+    # Walk the MRO base first, so a subclass may override a step, or hide it with a non-step.
+    declared: dict[str, StepDeclaration] = {}
+    for klass in reversed(workflow_class.__mro__):
+        for name, value in vars(klass).items():
+            declaration = declaration_of(value)
+            if declaration is not None:
+                declared[name] = declaration
+            else:
+                declared.pop(name, None)
+    return declared
+
+
+def _build(workflow_class: type) -> WorkflowGraph:
+    name = workflow_class.__name__
+    problems: list[str] = []
+    steps = []
+    for step_name, declaration in _declared_steps(workflow_class).items():
+        spec = _resolve(step_name, declaration, problems)
+        if spec is not None:
+            steps.append(spec)
+    if not steps and not problems:
+        problems.append("it has no steps (decorate async methods with @step)")
+    start = _single_type(steps, problems, "start", _start_types(steps))
+    stop = _single_type(steps, problems, "stop", _stop_types(steps, problems))
+    _check_flow(steps, problems)
+    if problems or start is None or stop is None:
+        raise WorkflowValidationError(name, problems)
+    return WorkflowGraph(
+        workflow_name=name, steps=tuple(steps), start_event_type=start, stop_event_type=stop
+    )
+
+
+def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> StepSpec | None:
+    func = declaration.func
+    label = f"step {name!r}"
+    if inspect.isasyncgenfunction(func) or not (
+        inspect.iscoroutinefunction(func) or inspect.isfunction(func)
+    ):
+        problems.append(f"{label} must be an `async def` method (or a plain `def` one)")
+        return None
+    if not inspect.iscoroutinefunction(func):
+        # Plain `def` steps (run in a worker thread) are part of the contract but land with
+        # the sync-step runtime; refuse them loudly rather than run them on the event loop.
+        problems.append(f"{label} is a plain `def`: declare it `async def` for now")
+        return None
+    try:
+        hints = typing.get_type_hints(func, localns=dict(declaration.local_names))
+    except Exception as exc:  # NameError, or anything a broken annotation raises
+        problems.append(
+            f"{label}: cannot resolve its annotations ({type(exc).__name__}: {exc}); define "
+            "the event classes it names before the workflow class, or at module level"
+        )
+        return None
+    parameters = list(inspect.signature(func).parameters.values())[1:]  # skip self
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind not in positional for p in parameters):
+        problems.append(f"{label} may only take plain positional parameters: (self, [ctx,] ev)")
+        return None
+    event_param, context_position = _split_parameters(label, parameters, hints, problems)
+    if event_param is None:
+        return None
+    accepts = _event_types(hints[event_param.name], allow_none=False)
+    if isinstance(accepts, str):
+        problems.append(f"{label}: parameter {event_param.name!r} {accepts}")
+        return None
+    if "return" not in hints:
+        problems.append(
+            f"{label} has no return annotation: annotate the events it returns or sends "
+            "(`-> Draft`, `-> Draft | None`, `-> None`)"
+        )
+        return None
+    returns = _event_types(hints["return"], allow_none=True)
+    if isinstance(returns, str):
+        problems.append(f"{label}: its return annotation {returns}")
+        return None
+    return StepSpec(
+        name=name,
+        accepts=accepts,
+        returns=returns,
+        config=declaration.config,
+        is_async=True,
+        context_position=context_position,
+    )
+
+
+def _split_parameters(
+    label: str, parameters: list[inspect.Parameter], hints: dict[str, Any], problems: list[str]
+) -> tuple[inspect.Parameter | None, str | None]:
+    """Find the event parameter and where the optional context parameter sits."""
+    if not 1 <= len(parameters) <= 2:
+        problems.append(f"{label} must take (self, ev) or (self, ctx: Context, ev), not {len(parameters)} parameters after self")
+        return None, None
+    is_context = [
+        isinstance(hints.get(p.name), type) and issubclass(hints[p.name], Context)
+        for p in parameters
+    ]
+    if len(parameters) == 2 and not any(is_context):
+        # An unannotated companion of an annotated event parameter is the context.
+        unannotated = [p.name not in hints for p in parameters]
+        if unannotated.count(True) == 1:
+            is_context = unannotated
+    events = [p for p, ctx in zip(parameters, is_context, strict=True) if not ctx]
+    if len(events) != 1:
+        problems.append(f"{label} must take exactly one event parameter besides `ctx: Context`")
+        return None, None
+    event_param = events[0]
+    if event_param.name not in hints:
+        problems.append(
+            f"{label}: parameter {event_param.name!r} needs an annotation naming the events "
+            "the step accepts"
+        )
+        return None, None
+    if len(parameters) == 1:
+        return event_param, None
+    return event_param, "first" if is_context[0] else "last"
+
+
+def _event_types(hint: Any, *, allow_none: bool) -> EventTypes | str:
+    """The event types an annotation names, or a message saying why it names none."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    found: list[type[Event]] = []
+    for member in members:
+        if member is None or member is type(None):
+            if not allow_none:
+                return "must not accept None: annotate it with Event types only"
+            continue
+        if not (isinstance(member, type) and issubclass(member, Event)):
+            return f"must name Event subclasses (or a union of them), not {_type_name(member)}"
+        found.append(member)
+    if not found and not allow_none:
+        return "must name at least one Event subclass"
+    return tuple(found)
+
+
+def _type_name(obj: Any) -> str:
+    return obj.__name__ if isinstance(obj, type) else repr(obj)
+
+
+def _start_types(steps: list[StepSpec]) -> Iterator[tuple[type[Event], str]]:
+    for spec in steps:
+        for event_type in spec.accepts:
+            if issubclass(event_type, StartEvent):
+                yield event_type, spec.name
+
+
+def _stop_types(
+    steps: list[StepSpec], problems: list[str]
+) -> Iterator[tuple[type[Event], str]]:
+    for spec in steps:
+        for event_type in spec.returns:
+            if issubclass(event_type, RUNTIME_STOP_EVENTS):
+                problems.append(
+                    f"step {spec.name!r} returns {event_type.__name__}, a terminal event "
+                    "that only the runtime produces"
+                )
+            elif issubclass(event_type, StopEvent):
+                yield event_type, spec.name
+
+
+def _single_type(
+    steps: list[StepSpec],
+    problems: list[str],
+    kind: str,
+    found: Iterable[tuple[type[Event], str]],
+) -> Any:
+    by_type: dict[type[Event], list[str]] = {}
+    for event_type, step_name in found:
+        by_type.setdefault(event_type, []).append(step_name)
+    if len(by_type) == 1:
+        return next(iter(by_type))
+    if not by_type and steps:
+        problems.append(
+            "no step accepts the start event (annotate one step's event parameter with "
+            "StartEvent or a subclass)"
+            if kind == "start"
+            else "no step returns a stop event (annotate a step's return with StopEvent or a "
+            "subclass)"
+        )
+    elif by_type:
+        listed = ", ".join(
+            f"{t.__name__} (step {', '.join(map(repr, names))})" for t, names in by_type.items()
+        )
+        problems.append(f"a workflow has one {kind} event type, these steps use several: {listed}")
+    return None
+
+
+def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
+    """Every event type a step accepts is produced by someone, and every one it returns is
+    consumed by someone. An annotation naming a base class matches its subclasses both ways,
+    so a broad annotation is trusted rather than second-guessed."""
+    produced = [t for spec in steps for t in spec.returns]
+    consumed = [t for spec in steps for t in spec.accepts]
+
+    def related(a: type[Event], others: list[type[Event]]) -> bool:
+        return any(issubclass(a, b) or issubclass(b, a) for b in others)
+
+    for spec in steps:
+        for event_type in spec.accepts:
+            name = event_type.__name__
+            if issubclass(event_type, StopEvent):
+                problems.append(
+                    f"step {spec.name!r} accepts {name}: stop events end the run and are never "
+                    "delivered to steps"
+                )
+            elif issubclass(event_type, StartEvent | HumanResponseEvent | StepFailedEvent):
+                continue  # produced by the caller or by the runtime
+            elif not related(event_type, produced):
+                problems.append(
+                    f"step {spec.name!r} accepts {name}, but no step returns it (add it to the "
+                    "return annotation of the step that sends it)"
+                )
+        for event_type in spec.returns:
+            if issubclass(event_type, StopEvent | InputRequiredEvent):
+                continue  # ends the run, or is for the caller
+            if not related(event_type, consumed):
+                problems.append(
+                    f"step {spec.name!r} returns {event_type.__name__}, but no step accepts it"
+                )

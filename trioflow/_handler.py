@@ -1,0 +1,128 @@
+"""`WorkflowHandler`: the caller's view of a running workflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ._errors import WorkflowCancelledError, WorkflowRuntimeError, WorkflowTimeoutError
+from ._events import Event, StopEvent
+from ._runtime import Run, RunStatus
+from ._stream import StreamIterator, StreamStatistics
+
+
+class WorkflowHandler:
+    """A run in progress, handed out by ``async with workflow.start(...) as handler``."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._failure_raised = False
+        self._timeout_error: WorkflowTimeoutError | None = None
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandler {self._run.workflow_name} run {self.run_id} {self.status.value}>"
+
+    @property
+    def run_id(self) -> str:
+        """This run's id."""
+        return self._run.run_id
+
+    @property
+    def status(self) -> RunStatus:
+        """`RunStatus.RUNNING` until the run has ended, then how it ended."""
+        return self._run.status
+
+    def is_done(self) -> bool:
+        """Whether the run has ended (its terminal event is decided and the stream closed)."""
+        return self._run.finished.is_set()
+
+    def stream_events(self, *types: type[Event]) -> StreamIterator:
+        """Iterate over the run's stream as events are written.
+
+        With ``types``, only events of those types are yielded (the others are consumed and
+        dropped); the terminal event is always yielded last, then the iteration ends.
+
+        Raises:
+            WorkflowRuntimeError: another iterator is consuming the stream, or the stream has
+                already ended.
+        """
+        for t in types:
+            if not (isinstance(t, type) and issubclass(t, Event)):
+                raise TypeError(f"stream_events() filters by Event subclasses, got {t!r}")
+        return self._run.stream.open(types)
+
+    async def send_event(self, event: Event, step: str | None = None) -> None:
+        """Route ``event`` into the running run, as `Context.send_event` does; this is how a
+        caller answers an `InputRequiredEvent`.
+
+        Raises:
+            WorkflowRuntimeError: the run has ended, or no step accepts the event.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._run.outcome is not None:
+            raise WorkflowRuntimeError(
+                f"run {self.run_id} has ended ({self._run.outcome.value}); it takes no events"
+            )
+        if not isinstance(event, Event):
+            raise TypeError(f"send_event() takes an Event, got {event!r}")
+        self._run.send_event(event, step)
+
+    def cancel(self) -> None:
+        """Cancel the run. Its stream ends with `WorkflowCancelledEvent` and `result` raises
+        `WorkflowCancelledError`. Does nothing once the run's outcome is decided."""
+        self._run.cancel()
+
+    async def result(self) -> Any:
+        """Wait for the run to end and return its result: the stop event's ``result``, or the
+        stop event itself when the workflow uses a `StopEvent` subclass.
+
+        While nobody streams, waiting here discards stream events the run would otherwise
+        block on.
+
+        Raises:
+            Exception: the failed step's own exception, with a note naming the step.
+            WorkflowTimeoutError: the run exceeded its timeout.
+            WorkflowCancelledError: the run was cancelled.
+        """
+        await trio.lowlevel.checkpoint()
+        await self._run.stream.wait_closed()
+        run = self._run
+        if run.outcome is RunStatus.COMPLETED:
+            stop = run.stop_event
+            assert stop is not None
+            return stop.result if type(stop) is StopEvent else stop
+        raise self._outcome_error()
+
+    def statistics(self) -> StreamStatistics:
+        """A snapshot of the run's stream buffer."""
+        return self._run.stream.statistics()
+
+    def _outcome_error(self) -> BaseException:
+        run = self._run
+        if run.outcome is RunStatus.FAILED:
+            assert run.failure is not None
+            self._failure_raised = True
+            return run.failure
+        if run.outcome is RunStatus.TIMED_OUT:
+            self._failure_raised = True
+            if self._timeout_error is None:
+                self._timeout_error = WorkflowTimeoutError(
+                    f"{run.workflow_name} run {run.run_id} timed out after {run.timeout} s"
+                )
+            return self._timeout_error
+        return WorkflowCancelledError(f"{run.workflow_name} run {run.run_id} was cancelled")
+
+    def unreported_failure(self) -> BaseException | None:
+        """The run's failure or timeout, unless `result` has raised it already."""
+        if self._failure_raised or self._run.outcome not in (
+            RunStatus.FAILED,
+            RunStatus.TIMED_OUT,
+        ):
+            return None
+        return self._outcome_error()
+
+
+def terminal_of(handler: WorkflowHandler) -> StopEvent | None:
+    """The terminal event of the handler's run, once decided (for tests and tools)."""
+    return handler._run.stream.terminal

@@ -1,0 +1,74 @@
+"""`Inbox`: the unbounded queue of events waiting for one step, read by its workers.
+
+Why not a trio memory channel: routing inside a run must never block the sender (a cycle of
+steps with bounded inboxes can deadlock), so the queue is unbounded and `put` is synchronous.
+For that case a memory channel costs a raised `WouldBlock` on every receive from an empty queue,
+which is the common case of a hop. Handing the event straight to a parked worker with
+`trio.lowlevel.reschedule` makes a step-to-step hop one task switch and nothing more: about
+1.6 times the rate of two tasks bouncing a value through memory channels (`python -m benchmarks`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, TypeVar
+
+from outcome import Value
+from trio.lowlevel import (
+    Abort,
+    Task,
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+    enable_ki_protection,
+    reschedule,
+    wait_task_rescheduled,
+)
+
+_T = TypeVar("_T")
+
+
+class Inbox(Generic[_T]):
+    """An unbounded FIFO queue whose `get` parks the calling task while it is empty.
+
+    Invariant: workers are parked only while the queue is empty, so `put` either hands the
+    item to the longest-waiting worker or appends it.
+    """
+
+    __slots__ = ("_items", "_parked")
+
+    def __init__(self) -> None:
+        self._items: deque[_T] = deque()
+        self._parked: deque[Task] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @enable_ki_protection
+    def put(self, item: _T) -> None:
+        """Queue ``item``; never blocks."""
+        if self._parked:
+            reschedule(self._parked.popleft(), Value(item))
+        else:
+            self._items.append(item)
+
+    @enable_ki_protection
+    async def get(self) -> _T:
+        """Take the oldest item, waiting for one if there is none. A checkpoint, as a memory
+        channel's ``receive()`` is: a busy worker still lets others run, and an item taken is
+        never lost to a cancellation."""
+        if self._items:
+            await checkpoint_if_cancelled()
+            item = self._items.popleft()
+            await cancel_shielded_checkpoint()
+            return item
+        # Parking is itself a cancellation point: trio delivers a pending cancel at once.
+        task = current_task()
+        self._parked.append(task)
+
+        def abort(_: object) -> Abort:
+            self._parked.remove(task)
+            return Abort.SUCCEEDED
+
+        item: _T = await wait_task_rescheduled(abort)
+        return item

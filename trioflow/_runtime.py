@@ -1,0 +1,289 @@
+"""The runtime of one run: a cancel scope around a nursery of step workers.
+
+`Run.main` is the run's only task started from outside. It opens the run's scope (the
+workflow timeout is its deadline), starts ``num_workers`` workers per step, routes the start
+event, and when the scope exits, whatever ended it, puts exactly one terminal event on the
+stream and closes it. Workers never let an `Exception` escape: a step's exception is recorded
+(the first one decides the run, later ones are attached to it) and the scope is cancelled, so
+the nursery only ever unwinds with `trio.Cancelled` and no `ExceptionGroup` reaches a caller.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._context import Context, current_step
+from ._errors import WorkflowRuntimeError
+from ._events import (
+    RUNTIME_STOP_EVENTS,
+    Event,
+    InputRequiredEvent,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+    WorkflowCancelledEvent,
+    WorkflowFailedEvent,
+    WorkflowTimedOutEvent,
+)
+from ._graph import StepSpec, WorkflowGraph
+from ._inbox import Inbox
+from ._stream import EventStream
+
+logger = logging.getLogger("trioflow")
+
+
+class RunStatus(enum.Enum):
+    """Where a run is in its life."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+@attrs.define(eq=False)
+class Run:
+    """The state of one run. Owned by the task running `main`; the handler reads it."""
+
+    workflow: Any
+    graph: WorkflowGraph
+    start_event: StartEvent
+    timeout: float | None
+    stream: EventStream
+    run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    context: Context = attrs.field(init=False)
+    inboxes: list[Inbox[Event]] = attrs.field(init=False)
+    #: How the run ended, decided by the first of: a stop event, a failure, a cancel request,
+    #: the timeout. None while nothing has decided it.
+    outcome: RunStatus | None = None
+    stop_event: StopEvent | None = None
+    failure: BaseException | None = None
+    failed_step: str = ""
+    #: Failures after the first: never dropped, attached to the first as notes and logged.
+    later_failures: list[tuple[str, BaseException]] = attrs.field(factory=list)
+    #: Attempts in progress per step (not decremented on cancellation, so a timeout can
+    #: report which steps were still running).
+    running: list[int] = attrs.field(init=False)
+    #: For each event class a step may return that is simply routed (see
+    #: `WorkflowGraph.plain_events`): the `put` of every inbox it goes to.
+    direct_routes: dict[type[Event], tuple[Callable[[Event], None], ...]] = attrs.field(init=False)
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    finished: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self.context = Context(self.run_id, self, self.stream)
+        self.inboxes = [Inbox() for _ in self.graph.steps]
+        self.running = [0] * len(self.graph.steps)
+        self.direct_routes = {
+            event_type: tuple(self.inboxes[i].put for i in self.graph.routes_for(event_type))
+            for event_type in self.graph.plain_events
+        }
+
+    @property
+    def status(self) -> RunStatus:
+        if not self.finished.is_set():
+            return RunStatus.RUNNING
+        assert self.outcome is not None
+        return self.outcome
+
+    @property
+    def workflow_name(self) -> str:
+        return self.graph.workflow_name
+
+    # -- deciding the outcome (synchronous: called from workers and from the handler) --
+
+    def complete(self, stop_event: StopEvent) -> None:
+        if self.outcome is None:
+            self.outcome = RunStatus.COMPLETED
+            self.stop_event = stop_event
+            self.scope.cancel()
+        # A second stop event in the same tick loses: the first one ended the run.
+
+    def fail(self, step_name: str, exception: BaseException) -> None:
+        exception.add_note(
+            f"trioflow: raised in step {step_name!r} of {self.workflow_name} (run {self.run_id})"
+        )
+        if self.outcome is None:
+            self.outcome = RunStatus.FAILED
+            self.failure = exception
+            self.failed_step = step_name
+            self.scope.cancel()
+        else:
+            self.later_failures.append((step_name, exception))
+
+    def cancel(self) -> None:
+        if self.outcome is None:
+            self.outcome = RunStatus.CANCELLED
+            self.scope.cancel()
+
+    # -- routing (the `Router` that `Context` uses) --
+
+    def send_event(self, event: Event, step: str | None) -> None:
+        routes = self.graph.routes_for(type(event))
+        if step is not None:
+            index = self.graph.step_index(step)
+            if index is None:
+                raise WorkflowRuntimeError(f"{self.workflow_name} has no step named {step!r}")
+            if index not in routes:
+                raise WorkflowRuntimeError(
+                    f"step {step!r} of {self.workflow_name} does not accept "
+                    f"{type(event).__name__}"
+                )
+            self.inboxes[index].put(event)
+            return
+        if not routes:
+            raise WorkflowRuntimeError(
+                f"no step of {self.workflow_name} accepts {type(event).__name__}, so it "
+                "would be lost (add it to a step's event annotation)"
+            )
+        inboxes = self.inboxes
+        for index in routes:
+            inboxes[index].put(event)
+
+    async def emit(self, step_name: str, result: object) -> None:
+        """Deal with what a step returned."""
+        if not isinstance(result, Event):
+            raise WorkflowRuntimeError(
+                f"step {step_name!r} returned {result!r}; a step returns an Event or None"
+            )
+        if isinstance(result, StopEvent):
+            if isinstance(result, RUNTIME_STOP_EVENTS):
+                raise WorkflowRuntimeError(
+                    f"step {step_name!r} returned {type(result).__name__}, a terminal event "
+                    "that only the runtime produces"
+                )
+            self.complete(result)
+        elif isinstance(result, InputRequiredEvent):
+            await self.stream.write(result)  # for the caller, and for any step that wants it
+            if self.graph.routes_for(type(result)):
+                self.send_event(result, None)
+        else:
+            self.send_event(result, None)
+
+    # -- the run's task --
+
+    async def main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                if self.timeout is not None:
+                    self.scope.deadline = trio.current_time() + self.timeout
+                async with trio.open_nursery() as nursery:
+                    for index, spec in enumerate(self.graph.steps):
+                        for _ in range(spec.config.num_workers):
+                            nursery.start_soon(_work, self, index, name=f"trioflow step {spec.name}")
+                    self.send_event(self.start_event, None)
+                    task_status.started()
+            if self.outcome is None and self.scope.cancelled_caught:
+                self.outcome = RunStatus.TIMED_OUT
+        finally:
+            self._conclude()
+
+    def _conclude(self) -> None:
+        """Exactly once, on every way out of `main`: the terminal event, then the stream ends."""
+        if self.outcome is None:  # cancelled from outside (the caller's scope), or a crash
+            self.outcome = RunStatus.CANCELLED
+        terminal: StopEvent
+        if self.outcome is RunStatus.COMPLETED:
+            assert self.stop_event is not None
+            terminal = self.stop_event
+        elif self.outcome is RunStatus.FAILED:
+            assert self.failure is not None
+            terminal = WorkflowFailedEvent(step_name=self.failed_step, exception=self.failure)
+        elif self.outcome is RunStatus.TIMED_OUT:
+            assert self.timeout is not None
+            active = tuple(
+                spec.name for spec, n in zip(self.graph.steps, self.running, strict=True) if n
+            )
+            terminal = WorkflowTimedOutEvent(timeout=self.timeout, active_steps=active)
+        else:
+            terminal = WorkflowCancelledEvent()
+        for step_name, exception in self.later_failures:
+            logger.error(
+                "step %r of %s (run %s) also failed after the run's outcome was decided",
+                step_name,
+                self.workflow_name,
+                self.run_id,
+                exc_info=exception,
+            )
+            if self.failure is not None:
+                self.failure.add_note(
+                    f"trioflow: step {step_name!r} also failed: {type(exception).__name__}: "
+                    f"{exception}"
+                )
+        self.stream.close(terminal)
+        self.finished.set()
+
+
+def _caller(
+    method: Callable[..., Awaitable[Any]], spec: StepSpec, ctx: Context
+) -> Callable[[Event], Awaitable[Any]]:
+    """A one-argument callable that invokes the step method with its parameters in place."""
+    if spec.context_position is None:
+        return method
+    if spec.context_position == "first":
+        return functools.partial(method, ctx)
+    return lambda event: method(event, ctx)
+
+
+async def _work(run: Run, index: int) -> None:
+    """One worker of one step: take an event, run the step, deal with what it returns."""
+    spec = run.graph.steps[index]
+    current_step.set(spec.name)
+    call = _caller(getattr(run.workflow, spec.name), spec, run.context)
+    if spec.config.retry is not None or spec.config.timeout is not None:
+        call = functools.partial(_with_policy, run, spec, call)
+    get = run.inboxes[index].get
+    running = run.running
+    direct_routes = run.direct_routes
+    while True:
+        event = await get()
+        if run.outcome is not None:
+            return  # the run is over: start nothing new while the scope unwinds
+        running[index] += 1
+        try:
+            result = await call(event)
+            running[index] -= 1
+            targets = direct_routes.get(result.__class__)
+            if targets is not None:  # the hot path of a hop: no coroutine, no lookups
+                for put in targets:
+                    put(result)
+            elif result is not None:
+                await run.emit(spec.name, result)
+        except Exception as exc:
+            run.fail(spec.name, exc)
+            return
+
+
+async def _with_policy(
+    run: Run, spec: StepSpec, call: Callable[[Event], Awaitable[Any]], event: Event
+) -> Any:
+    """Run one step execution under its timeout and retry policy. Each attempt that is retried
+    is reported on the stream as a `StepFailedEvent`; the last one's exception propagates."""
+    retry, timeout = spec.config.retry, spec.config.timeout
+    attempt = 1
+    while True:
+        try:
+            if timeout is None:
+                return await call(event)
+            with trio.fail_after(timeout):
+                return await call(event)
+        except Exception as exc:
+            if retry is None or attempt >= retry.max_attempts or not isinstance(exc, retry.retry_on):
+                raise  # the final failure: the run's failure path reports it
+            # Only a failure that will be retried is written here: a write is a checkpoint,
+            # and a cancellation there must not be able to swallow the run's failure.
+            failed = StepFailedEvent(
+                step_name=spec.name, attempt=attempt, exception=exc, input_event=event
+            )
+            await run.stream.write(failed)
+            attempt += 1
+            await trio.sleep(retry.delay_before(attempt))

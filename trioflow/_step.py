@@ -1,0 +1,166 @@
+"""The ``@step`` decorator and the options a step carries.
+
+Decorating only records a `StepDeclaration` on the function; annotations are resolved and the
+graph is checked when the workflow is constructed (`trioflow._graph`), because postponed
+annotations may name classes that do not exist yet while the class body runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any, TypeVar, overload
+
+import attrs
+
+DEFAULT_NUM_WORKERS = 4
+"""Workers per step unless ``@step(num_workers=...)`` says otherwise (LlamaIndex's default)."""
+
+STEP_ATTRIBUTE = "__trioflow_step__"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often and how soon a failing step is tried again.
+
+    Args:
+        max_attempts: attempts in all, the first included (1 means no retry).
+        delay: seconds to wait before the first retry.
+        backoff: factor applied to the delay after each retry.
+        retry_on: exception types that are retried; any other fails the step at once.
+    """
+
+    max_attempts: int = 3
+    delay: float = 0.0
+    backoff: float = 1.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if not (isinstance(self.delay, int | float) and 0 <= self.delay < math.inf):
+            raise ValueError(f"delay must be a finite number >= 0, got {self.delay!r}")
+        if not (isinstance(self.backoff, int | float) and 1 <= self.backoff < math.inf):
+            raise ValueError(f"backoff must be a finite number >= 1, got {self.backoff!r}")
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
+            raise TypeError(f"retry_on must be a tuple of exception types, got {self.retry_on!r}")
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (2 for the first retry)."""
+        return float(self.delay * self.backoff ** (attempt - 2))
+
+
+@attrs.frozen(kw_only=True)
+class StepConfig:
+    """The options given to ``@step``."""
+
+    num_workers: int = DEFAULT_NUM_WORKERS
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StepDeclaration:
+    """What ``@step`` records on a function: the function, its options, and the names that
+    were visible where it was defined (for resolving its annotations later)."""
+
+    func: Callable[..., Any]
+    config: StepConfig
+    local_names: Mapping[str, Any]
+
+
+@overload
+def step(func: _F, /) -> _F: ...
+
+
+@overload
+def step(
+    *,
+    num_workers: int = DEFAULT_NUM_WORKERS,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Callable[[_F], _F]: ...
+
+
+def step(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    num_workers: int = DEFAULT_NUM_WORKERS,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Mark a workflow method as a step.
+
+    Use it bare (``@step``) or with options (``@step(num_workers=2, timeout=30)``). The event
+    parameter's annotation (one `Event` type or a union) says which events the step receives;
+    the return annotation says which it emits. An optional parameter annotated `Context`
+    receives the run's context.
+
+    Args:
+        num_workers: how many events this step may handle at once in one run.
+        retry: retry a failing attempt according to this policy.
+        timeout: seconds an attempt may run before it fails with `trio.TooSlowError`.
+    """
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+    if timeout is not None:
+        _check_positive("timeout", timeout)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+    config = StepConfig(num_workers=num_workers, retry=retry, timeout=timeout)
+
+    def decorate(f: _F) -> _F:
+        _declare(f, config, sys._getframe(1))
+        return f
+
+    if func is None:
+        return decorate
+    _declare(func, config, sys._getframe(1))
+    return func
+
+
+def _declare(func: Callable[..., Any], config: StepConfig, frame: FrameType | None) -> None:
+    if not inspect.isfunction(func):
+        raise TypeError(f"@step decorates functions (workflow methods), not {func!r}")
+    declaration = StepDeclaration(func=func, config=config, local_names=_visible_locals(frame))
+    setattr(func, STEP_ATTRIBUTE, declaration)
+
+
+def _visible_locals(frame: FrameType | None) -> dict[str, Any]:
+    """Snapshot the local names of the class body running ``@step`` and of the functions
+    enclosing it, innermost last, so that annotations naming classes defined inside a function
+    (tests do this a lot) resolve later. Module globals are read from the function itself."""
+    frames: list[FrameType] = []
+    # Follow only lexically enclosing scopes ("f.<locals>.Flow" is inside "f"): the callers
+    # further out (a test runner, an event loop) have locals that could shadow real globals.
+    inner_name = ""
+    while frame is not None and frame.f_code.co_name != "<module>":
+        name = frame.f_code.co_qualname
+        if frames and not inner_name.startswith(name + ".<locals>."):
+            break
+        frames.append(frame)
+        inner_name = name
+        frame = frame.f_back
+    names: dict[str, Any] = {}
+    for outer in reversed(frames):
+        names.update(outer.f_locals)
+    return names
+
+
+def declaration_of(obj: object) -> StepDeclaration | None:
+    """The `StepDeclaration` recorded on ``obj`` by ``@step``, if any."""
+    declaration = getattr(obj, STEP_ATTRIBUTE, None)
+    return declaration if isinstance(declaration, StepDeclaration) else None

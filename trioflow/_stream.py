@@ -1,0 +1,200 @@
+"""The run's stream: a bounded memory channel from the steps to one consumer at a time.
+
+Backpressure lives here and only here: a writer that finds the buffer full waits until the
+consumer makes room. The terminal event does not travel through the buffer; the runtime hands it
+to `EventStream.close`, and the consumer yields it once the buffered events are read. So the
+terminal event never waits for room, comes after everything written before it, and comes exactly
+once.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Self
+
+import attrs
+import trio
+from trio.lowlevel import checkpoint_if_cancelled
+
+from ._errors import WorkflowRuntimeError
+from ._events import Event, StopEvent
+
+
+@attrs.frozen(kw_only=True)
+class StreamStatistics:
+    """A snapshot of a run's stream."""
+
+    #: Events waiting in the buffer.
+    buffered: int
+    #: The buffer's capacity (``Workflow(stream_buffer=...)``).
+    capacity: int
+    #: Writers waiting for room.
+    writers_waiting: int
+    #: Events thrown away because nobody streamed while ``result()`` waited.
+    discarded: int
+
+
+class EventStream:
+    """The stream of one run. The runtime writes and closes it; `WorkflowHandler` reads it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._send, self._receive = trio.open_memory_channel[Event](capacity)
+        # Bound once: the write fast path is a call away from a plain deque append.
+        self.send_nowait = self._send.send_nowait
+        self.terminal: StopEvent | None = None
+        self._consumer: weakref.ref[StreamIterator] | None = None
+        self._ended = False  # the terminal event has been delivered
+        self._discarded = 0
+        self._changed = trio.Event()
+
+    # -- writing (the runtime and `Context`) --
+
+    async def write(self, event: Event) -> None:
+        """Put ``event`` on the stream, waiting while the buffer is full."""
+        await checkpoint_if_cancelled()
+        try:
+            self.send_nowait(event)
+        except trio.WouldBlock:
+            await self.write_when_full(event)
+
+    async def write_when_full(self, event: Event) -> None:
+        """The slow path of `write`: wait for room (this wait is the backpressure)."""
+        self._notify()  # `wait_closed` may have to drain for a stream nobody reads
+        try:
+            await self._send.send(event)
+        except trio.ClosedResourceError:
+            raise WorkflowRuntimeError("the run has ended; its stream is closed") from None
+
+    def close(self, terminal: StopEvent) -> None:
+        """End the stream with ``terminal``, after the events already buffered."""
+        self.terminal = terminal
+        self._send.close()
+        self._notify()
+
+    @property
+    def closed(self) -> bool:
+        return self.terminal is not None
+
+    # -- reading (`WorkflowHandler`) --
+
+    def open(self, types: tuple[type[Event], ...]) -> StreamIterator:
+        """Claim the stream for a new consumer."""
+        if self._ended:
+            raise WorkflowRuntimeError("this run's stream has ended: its events were consumed")
+        if self.has_consumer():
+            raise WorkflowRuntimeError(
+                "this run's stream already has a consumer: one stream_events() at a time "
+                "(break out of it, or aclose() it, to hand the stream on)"
+            )
+        iterator = StreamIterator(self, types)
+        self._consumer = weakref.ref(iterator, self._released)
+        return iterator
+
+    def has_consumer(self) -> bool:
+        return self._consumer is not None and self._consumer() is not None
+
+    def release(self, iterator: StreamIterator) -> None:
+        if self._consumer is not None and self._consumer() is iterator:
+            self._consumer = None
+            self._notify()
+
+    def _released(self, ref: weakref.ref[StreamIterator]) -> None:
+        # The consumer's iterator was dropped (CPython does this as soon as an `async for` is
+        # left by `break`). Only touch trio objects from trio's own thread.
+        if self._consumer is ref:
+            self._consumer = None
+            if trio.lowlevel.in_trio_run():
+                self._notify()
+
+    async def wait_closed(self) -> None:
+        """Wait until the run has ended. Meanwhile, whenever a writer waits on a full buffer and
+        nobody holds the stream, discard what is buffered: a stream nobody reads must not
+        deadlock the run.
+
+        Discarding happens only after a writer is seen waiting and this task has run again, so
+        a consumer task started just before (``nursery.start_soon``) claims the stream first.
+        """
+        while not self.closed:
+            changed = self._changed
+            if not self.has_consumer() and self._send.statistics().tasks_waiting_send:
+                self._discard_buffered()
+            await changed.wait()
+
+    def _discard_buffered(self) -> None:
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            self._discarded += 1
+
+    def _finish(self) -> StopEvent:
+        assert self.terminal is not None
+        self._ended = True
+        self._consumer = None
+        return self.terminal
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def statistics(self) -> StreamStatistics:
+        stats = self._send.statistics()
+        return StreamStatistics(
+            buffered=stats.current_buffer_used,
+            capacity=self.capacity,
+            writers_waiting=stats.tasks_waiting_send,
+            discarded=self._discarded,
+        )
+
+
+class StreamIterator:
+    """Async iterator over a run's stream, returned by `WorkflowHandler.stream_events`.
+
+    Yields the events of the requested types in the order they were written, then the terminal
+    event (whatever the filter), then stops. Dropping it (``break``) or `aclose` hands the stream
+    on to a later consumer.
+    """
+
+    __slots__ = ("__weakref__", "_done", "_stream", "_types")
+
+    def __init__(self, stream: EventStream, types: tuple[type[Event], ...]) -> None:
+        self._stream = stream
+        self._types = types
+        self._done = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        await checkpoint_if_cancelled()
+        receive = self._stream._receive
+        types = self._types
+        while True:
+            # Take what is buffered without a trip through the scheduler; wait only when the
+            # buffer is empty. A consumer that keeps up thus reads in batches, not one event per
+            # task switch.
+            try:
+                event = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    event = await receive.receive()
+                except trio.EndOfChannel:
+                    return self._end()
+            except trio.EndOfChannel:
+                return self._end()
+            if not types or isinstance(event, types):
+                return event
+
+    def _end(self) -> StopEvent:
+        self._done = True
+        return self._stream._finish()
+
+    async def aclose(self) -> None:
+        """Stop iterating and hand the stream on; events not yet read stay for the next one."""
+        await trio.lowlevel.checkpoint()
+        self._done = True
+        self._stream.release(self)

@@ -1,0 +1,130 @@
+"""`Workflow`: the base class users subclass, and the entry points that start runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._events import StartEvent
+from ._graph import WorkflowGraph, graph_of
+from ._handler import WorkflowHandler
+from ._runtime import Run
+from ._stream import EventStream
+
+DEFAULT_TIMEOUT = 45.0
+"""Seconds a run may take unless ``Workflow(timeout=...)`` says otherwise (LlamaIndex's)."""
+
+DEFAULT_STREAM_BUFFER = 256
+"""Events the stream holds before a writer waits for the consumer."""
+
+
+class Workflow:
+    """Base class of workflows: subclass it and decorate async methods with `step`.
+
+    An instance is a reusable definition: each `run` or `start` has its own context, and runs
+    are isolated even when many run at once. The graph is checked when the first instance of a
+    class is made.
+
+    Args:
+        timeout: seconds a run may take, or None for no limit.
+        stream_buffer: events the stream holds before writers wait for the consumer.
+
+    Raises:
+        WorkflowValidationError: the steps do not form a valid graph (every problem listed).
+    """
+
+    def __init__(
+        self, *, timeout: float | None = DEFAULT_TIMEOUT, stream_buffer: int = DEFAULT_STREAM_BUFFER
+    ) -> None:
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        if isinstance(stream_buffer, bool) or not isinstance(stream_buffer, int) or stream_buffer < 0:
+            raise ValueError(f"stream_buffer must be an int >= 0, got {stream_buffer!r}")
+        self.timeout = timeout
+        self.stream_buffer = stream_buffer
+        self._graph: WorkflowGraph = graph_of(type(self))
+
+    @property
+    def graph(self) -> WorkflowGraph:
+        """The validated graph of this workflow's steps."""
+        return self._graph
+
+    async def run(self, start_event: StartEvent | None = None, **fields: Any) -> Any:
+        """Run the workflow to its end and return the result; stream events are discarded.
+
+        Pass a start event, or the start event's fields as keywords.
+
+        Raises:
+            Exception: a failed step's own exception, with a note naming the step.
+            WorkflowTimeoutError: the run exceeded ``timeout``.
+            WorkflowCancelledError: the run was cancelled.
+        """
+        async with self.start(start_event, **fields) as handler:
+            return await handler.result()
+
+    def start(
+        self, start_event: StartEvent | None = None, **fields: Any
+    ) -> AbstractAsyncContextManager[WorkflowHandler]:
+        """Start a run inside an ``async with`` block and hand out its `WorkflowHandler`.
+
+        The run's steps live in a nursery inside the block. Leaving the block while the run is
+        unfinished cancels it; once the block has exited, no step code of the run executes.
+        Leaving raises the run's failure or timeout unless `WorkflowHandler.result` already
+        raised it; a cancellation the caller asked for raises nothing.
+        """
+        return self._start(self._start_event(start_event, fields))
+
+    def _start_event(self, start_event: StartEvent | None, fields: dict[str, Any]) -> StartEvent:
+        expected = self._graph.start_event_type
+        if start_event is not None:
+            if fields:
+                raise TypeError("pass either a start event or its fields, not both")
+            if not isinstance(start_event, expected):
+                raise TypeError(
+                    f"{type(self).__name__} starts with {expected.__name__}, "
+                    f"got {start_event!r}"
+                )
+            return start_event
+        try:
+            return expected(**fields)
+        except TypeError as exc:
+            raise TypeError(f"cannot make the start event {expected.__name__}: {exc}") from None
+
+    @asynccontextmanager
+    async def _start(self, start_event: StartEvent) -> AsyncIterator[WorkflowHandler]:
+        run = Run(
+            workflow=self,
+            graph=self._graph,
+            start_event=start_event,
+            timeout=self.timeout,
+            stream=EventStream(self.stream_buffer),
+        )
+        handler = WorkflowHandler(run)
+        body_error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run.main)
+            try:
+                yield handler
+            except BaseException as exc:
+                # Raised again below, outside the nursery, so the caller gets its own exception
+                # as itself rather than inside the ExceptionGroup a strict nursery would build.
+                body_error = exc
+            finally:
+                run.cancel()  # leaving the block ends the run; a no-op once it has an outcome
+        unreported = handler.unreported_failure()
+        if body_error is not None:
+            if unreported is not None and unreported is not body_error:
+                body_error.add_note(
+                    f"trioflow: the run had also failed: {type(unreported).__name__}: {unreported}"
+                )
+            raise body_error
+        if unreported is not None:
+            raise unreported
