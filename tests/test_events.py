@@ -41,7 +41,7 @@ def test_subclass_is_attrs_class_constructed_by_keyword() -> None:
     assert attrs.has(Point)
     assert (point.x, point.y) == (1, 0)
     with pytest.raises(TypeError):
-        Point(1)  # type: ignore[misc]
+        Point(1)  # type: ignore[call-arg]
 
 
 def test_events_compare_by_value_and_are_immutable() -> None:

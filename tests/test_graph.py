@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import pytest
 
@@ -47,7 +47,7 @@ def test_valid_graph_with_union_optional_and_postponed_annotations() -> None:
             return A()
 
         @step
-        async def second(self, ev: Union[A, B]) -> Optional[StopEvent]:  # noqa: UP007
+        async def second(self, ev: Union[A, B]) -> StopEvent | None:  # noqa: UP007
             return StopEvent()
 
     graph = Flow().graph
@@ -200,7 +200,7 @@ def test_bad_signatures_get_clear_messages(source: str, message: str) -> None:
         {**globals(), "StopEvent": StopEvent, "StartEvent": StartEvent, "A": A},
         namespace,
     )
-    flow = type("Flow", (Workflow,), {"s": step(namespace["s"])})  # type: ignore[arg-type]
+    flow = type("Flow", (Workflow,), {"s": step(namespace["s"])})  # type: ignore[call-overload]
     problems = problems_of(flow)
     assert any(message in p and "step 's'" in p for p in problems), problems
 
@@ -223,7 +223,7 @@ def test_step_options_are_validated() -> None:
     with pytest.raises(ValueError, match="timeout"):
         step(timeout=-1)
     with pytest.raises(TypeError, match="RetryPolicy"):
-        step(retry=3)  # type: ignore[arg-type]
+        step(retry=3)  # type: ignore[call-overload]
 
 
 def test_subclass_overrides_a_step() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import trio
-import trio.testing
 import pytest
+import trio
+import trio.lowlevel
+import trio.testing
 
 from trioflow import (
     Context,
@@ -237,7 +238,7 @@ async def test_concurrent_runs_are_isolated() -> None:
         @step
         async def remember(self, ctx: Context, ev: StartEvent) -> Draft:
             await ctx.store.set("n", ev.n)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             return Draft(text=str(ev.n))
 
         @step

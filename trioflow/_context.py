@@ -86,9 +86,7 @@ class Context:
             raise TypeError(f"send_event() takes an Event, got {event!r}")
         self._router.send_event(event, step)
 
-    def collect_events(
-        self, event: Event, expected: Sequence[type[Event]]
-    ) -> list[Event] | None:
+    def collect_events(self, event: Event, expected: Sequence[type[Event]]) -> list[Event] | None:
         """Buffer ``event`` and return one event per entry of ``expected``, in that order, once
         all have arrived (a type listed k times needs k events); until then return None.
 

@@ -3,7 +3,7 @@
 The tree::
 
     TrioflowError
-     ├── WorkflowValidationError    the graph of a Workflow class is wrong (raised by its constructor)
+     ├── WorkflowValidationError    a Workflow class's graph is wrong (raised on construction)
      ├── WorkflowRuntimeError       an operation is not possible in the run's current state
      ├── WorkflowTimeoutError       the run exceeded ``Workflow(timeout=...)``
      └── WorkflowCancelledError     the run was cancelled before it produced a result
@@ -35,7 +35,9 @@ class WorkflowValidationError(TrioflowError):
 
     def __str__(self) -> str:
         count = len(self.problems)
-        header = f"{self.workflow_name} is not a valid workflow ({count} problem{'s' * (count > 1)}):"
+        header = (
+            f"{self.workflow_name} is not a valid workflow ({count} problem{'s' * (count > 1)}):"
+        )
         return "\n".join([header, *(f"  - {problem}" for problem in self.problems)])
 
 

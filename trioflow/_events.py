@@ -37,9 +37,7 @@ class Event:
         # cannot swap the class object for the new one that `slots=True` builds. `auto_detect`
         # keeps any dunder the subclass writes itself (StartEvent's `__init__`, a custom
         # `__repr__`), and `kw_only` lets a subclass add required fields after defaulted ones.
-        attrs.define(
-            cls, frozen=True, kw_only=True, slots=False, auto_detect=True, order=False
-        )
+        attrs.define(cls, frozen=True, kw_only=True, slots=False, auto_detect=True, order=False)
 
 
 attrs.define(Event, frozen=True, kw_only=True, slots=False, order=False)
@@ -80,7 +78,8 @@ class StartEvent(Event):
             return default
 
     def __repr__(self) -> str:
-        declared = [f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self)) if a.repr]
+        fields = attrs.fields(type(self))  # type: ignore[arg-type]  # made attrs at runtime
+        declared = [f"{a.name}={getattr(self, a.name)!r}" for a in fields if a.repr]
         extra = [f"{key}={value!r}" for key, value in self._extra.items()]
         return f"{type(self).__name__}({', '.join(declared + extra)})"
 

@@ -197,7 +197,10 @@ def _split_parameters(
 ) -> tuple[inspect.Parameter | None, str | None]:
     """Find the event parameter and where the optional context parameter sits."""
     if not 1 <= len(parameters) <= 2:
-        problems.append(f"{label} must take (self, ev) or (self, ctx: Context, ev), not {len(parameters)} parameters after self")
+        problems.append(
+            f"{label} must take (self, ev) or (self, ctx: Context, ev), not "
+            f"{len(parameters)} parameters after self"
+        )
         return None, None
     is_context = [
         isinstance(hints.get(p.name), type) and issubclass(hints[p.name], Context)
@@ -226,7 +229,11 @@ def _split_parameters(
 
 def _event_types(hint: Any, *, allow_none: bool) -> EventTypes | str:
     """The event types an annotation names, or a message saying why it names none."""
-    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    members = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
     found: list[type[Event]] = []
     for member in members:
         if member is None or member is type(None):
@@ -252,9 +259,7 @@ def _start_types(steps: list[StepSpec]) -> Iterator[tuple[type[Event], str]]:
                 yield event_type, spec.name
 
 
-def _stop_types(
-    steps: list[StepSpec], problems: list[str]
-) -> Iterator[tuple[type[Event], str]]:
+def _stop_types(steps: list[StepSpec], problems: list[str]) -> Iterator[tuple[type[Event], str]]:
     for spec in steps:
         for event_type in spec.returns:
             if issubclass(event_type, RUNTIME_STOP_EVENTS):

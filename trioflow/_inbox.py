@@ -70,5 +70,5 @@ class Inbox(Generic[_T]):
             self._parked.remove(task)
             return Abort.SUCCEEDED
 
-        item: _T = await wait_task_rescheduled(abort)
-        return item
+        handed: _T = await wait_task_rescheduled(abort)
+        return handed

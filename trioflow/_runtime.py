@@ -135,8 +135,7 @@ class Run:
                 raise WorkflowRuntimeError(f"{self.workflow_name} has no step named {step!r}")
             if index not in routes:
                 raise WorkflowRuntimeError(
-                    f"step {step!r} of {self.workflow_name} does not accept "
-                    f"{type(event).__name__}"
+                    f"step {step!r} of {self.workflow_name} does not accept {type(event).__name__}"
                 )
             self.inboxes[index].put(event)
             return
@@ -179,7 +178,9 @@ class Run:
                 async with trio.open_nursery() as nursery:
                     for index, spec in enumerate(self.graph.steps):
                         for _ in range(spec.config.num_workers):
-                            nursery.start_soon(_work, self, index, name=f"trioflow step {spec.name}")
+                            nursery.start_soon(
+                                _work, self, index, name=f"trioflow step {spec.name}"
+                            )
                     self.send_event(self.start_event, None)
                     task_status.started()
             if self.outcome is None and self.scope.cancelled_caught:
@@ -277,7 +278,11 @@ async def _with_policy(
             with trio.fail_after(timeout):
                 return await call(event)
         except Exception as exc:
-            if retry is None or attempt >= retry.max_attempts or not isinstance(exc, retry.retry_on):
+            if (
+                retry is None
+                or attempt >= retry.max_attempts
+                or not isinstance(exc, retry.retry_on)
+            ):
                 raise  # the final failure: the run's failure path reports it
             # Only a failure that will be retried is written here: a write is a checkpoint,
             # and a cancellation there must not be able to swallow the run's failure.

@@ -45,8 +45,14 @@ class Workflow:
             or not isinstance(timeout, int | float)
             or not 0 < timeout < math.inf
         ):
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        if isinstance(stream_buffer, bool) or not isinstance(stream_buffer, int) or stream_buffer < 0:
+            raise ValueError(
+                f"timeout must be a positive number of seconds or None, got {timeout!r}"
+            )
+        if (
+            isinstance(stream_buffer, bool)
+            or not isinstance(stream_buffer, int)
+            or stream_buffer < 0
+        ):
             raise ValueError(f"stream_buffer must be an int >= 0, got {stream_buffer!r}")
         self.timeout = timeout
         self.stream_buffer = stream_buffer
@@ -89,8 +95,7 @@ class Workflow:
                 raise TypeError("pass either a start event or its fields, not both")
             if not isinstance(start_event, expected):
                 raise TypeError(
-                    f"{type(self).__name__} starts with {expected.__name__}, "
-                    f"got {start_event!r}"
+                    f"{type(self).__name__} starts with {expected.__name__}, got {start_event!r}"
                 )
             return start_event
         try:

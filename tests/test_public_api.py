@@ -1,0 +1,48 @@
+"""The public surface: everything in API.md is importable from trioflow, under its name."""
+
+from __future__ import annotations
+
+import trioflow
+from trioflow import _errors
+
+API_NAMES = {
+    "Context", "Event", "HumanResponseEvent", "InputRequiredEvent", "RetryPolicy",
+    "StartEvent", "StepFailedEvent", "StopEvent", "TrioflowError", "Workflow",
+    "WorkflowCancelledError", "WorkflowCancelledEvent", "WorkflowFailedEvent",
+    "WorkflowHandler", "WorkflowRuntimeError", "WorkflowTimedOutEvent", "WorkflowTimeoutError",
+    "WorkflowValidationError", "step",
+}  # fmt: skip
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted, names only real attributes, and covers every API.md name."""
+    assert trioflow.__all__ == sorted(trioflow.__all__)
+    assert all(hasattr(trioflow, name) for name in trioflow.__all__)
+    assert set(trioflow.__all__) >= API_NAMES
+    public = {n for n in vars(trioflow) if not n.startswith("_")}
+    assert public == set(trioflow.__all__)
+
+
+def test_public_objects_show_the_public_module() -> None:
+    """Public objects report module 'trioflow' in reprs and tracebacks."""
+    for name in trioflow.__all__:
+        assert getattr(trioflow, name).__module__ == "trioflow", name
+
+
+def test_error_tree() -> None:
+    """Every trioflow error derives from TrioflowError, and the tree is documented."""
+    for name in ("WorkflowValidationError", "WorkflowRuntimeError", "WorkflowTimeoutError",
+                 "WorkflowCancelledError"):  # fmt: skip
+        assert issubclass(getattr(trioflow, name), trioflow.TrioflowError)
+        assert name in (_errors.__doc__ or "")
+    assert issubclass(trioflow.TrioflowError, Exception)
+
+
+def test_errors_pickle() -> None:
+    """Errors survive pickling with their arguments (they call super().__init__)."""
+    import pickle
+
+    error = trioflow.WorkflowValidationError("Flow", ["a", "b"])
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.problems == ("a", "b")
+    assert str(copy) == str(error)
