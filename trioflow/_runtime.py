@@ -242,7 +242,7 @@ async def _work(run: Run, index: int) -> None:
     call = _caller(getattr(run.workflow, spec.name), spec, run.context)
     if spec.config.retry is not None or spec.config.timeout is not None:
         call = functools.partial(_with_policy, run, spec, call)
-    get = run.inboxes[index].get
+    get = run.inboxes[index].getter()
     running = run.running
     direct_routes = run.direct_routes
     while True:

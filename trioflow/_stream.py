@@ -112,14 +112,21 @@ class EventStream:
         nobody holds the stream, discard what is buffered: a stream nobody reads must not
         deadlock the run.
 
-        Discarding happens only after a writer is seen waiting and this task has run again, so
-        a consumer task started just before (``nursery.start_soon``) claims the stream first.
+        Discarding happens only when that is still so after this task has yielded once more,
+        so a consumer task started just before (``nursery.start_soon``) claims the stream
+        first, whatever order trio runs the tasks of one batch in.
         """
         while not self.closed:
             changed = self._changed
-            if not self.has_consumer() and self._send.statistics().tasks_waiting_send:
-                self._discard_buffered()
+            if self._unread_and_blocked():
+                await trio.lowlevel.checkpoint()
+                if self._unread_and_blocked():
+                    self._discard_buffered()
+                continue
             await changed.wait()
+
+    def _unread_and_blocked(self) -> bool:
+        return not self.has_consumer() and self._send.statistics().tasks_waiting_send > 0
 
     def _discard_buffered(self) -> None:
         while True:

@@ -114,22 +114,49 @@ class Workflow:
         )
         handler = WorkflowHandler(run)
         body_error: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run.main)
-            try:
-                yield handler
-            except BaseException as exc:
-                # Raised again below, outside the nursery, so the caller gets its own exception
-                # as itself rather than inside the ExceptionGroup a strict nursery would build.
-                body_error = exc
-            finally:
-                run.cancel()  # leaving the block ends the run; a no-op once it has an outcome
-        unreported = handler.unreported_failure()
-        if body_error is not None:
-            if unreported is not None and unreported is not body_error:
-                body_error.add_note(
-                    f"trioflow: the run had also failed: {type(unreported).__name__}: {unreported}"
-                )
-            raise body_error
-        if unreported is not None:
-            raise unreported
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run.main)
+                try:
+                    yield handler
+                except BaseException as exc:
+                    # Raised again below, outside the nursery, so the caller gets its own
+                    # exception as itself, not inside the group a strict nursery would build.
+                    body_error = exc
+                finally:
+                    run.cancel()  # leaving the block ends the run; no-op once it has an outcome
+        except BaseException:
+            # Leaving a nursery is a checkpoint, so a cancellation of the caller's scope can
+            # surface here. What the run and the block raised still comes first.
+            error = _exit_error(handler, body_error)
+            if error is None or _is_cancellation(error):
+                raise
+            raise error  # noqa: B904 (the cancellation stays attached as __context__)
+        error = _exit_error(handler, body_error)
+        if error is not None:
+            raise error
+
+
+def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> BaseException | None:
+    """What leaving a `start()` block raises: the block's own exception, or else the run's
+    failure or timeout unless `result()` raised it already. A real error beats a cancellation,
+    as in a trio nursery: the enclosing scope would swallow the Cancelled and the error with it.
+    """
+    unreported = handler.unreported_failure()
+    if body_error is None or unreported is body_error:
+        return unreported
+    if unreported is not None:
+        if _is_cancellation(body_error):
+            return unreported
+        body_error.add_note(
+            f"trioflow: the run had also failed: {type(unreported).__name__}: {unreported}"
+        )
+    return body_error
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    """A `trio.Cancelled`, or a group of nothing else (what a caller's strict nursery makes of
+    a cancellation passing through it)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(trio.Cancelled)[1] is None
+    return isinstance(error, trio.Cancelled)
