@@ -84,7 +84,8 @@ def plan(sizes: Sizes, only: Sequence[str]) -> list[Spec]:
     specs = [
         Spec("routing", "trioflow", sizes.hops),
         Spec("routing", "anchor", sizes.anchor_hops),
-        Spec("routing", "floor", sizes.hops),
+        Spec("routing", "floor", sizes.hops, "buffer0"),
+        Spec("routing", "floor", sizes.hops, "buffer1"),
         Spec("stream", "trioflow", sizes.ticks),
         Spec("stream", "anchor", sizes.ticks),
         Spec("stream", "floor", sizes.ticks),
@@ -183,7 +184,7 @@ def _check(
 
 
 def checks(outcomes: Sequence[Outcome]) -> list[Check]:
-    speed = {(o.spec.scenario, o.spec.impl): o for o in outcomes if o.spec.scenario != "memory"}
+    speed = {(o.spec.scenario, o.spec.label): o for o in outcomes if o.spec.scenario != "memory"}
 
     def faster(scenario: str, than: str, target: float | None) -> Check | None:
         unit = "hops/s" if scenario == "routing" else "events/s"
@@ -198,7 +199,8 @@ def checks(outcomes: Sequence[Outcome]) -> list[Check]:
 
     found = [
         faster("routing", "anchor", 50),
-        faster("routing", "floor", 1.5),
+        faster("routing", "floor (buffer0)", 1.5),
+        faster("routing", "floor (buffer1)", 1.5),
         faster("stream", "anchor", 15),
         faster("stream", "floor", None),
         _check(

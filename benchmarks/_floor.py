@@ -1,9 +1,11 @@
 """The floor: what bare trio does with no workflow runtime in between.
 
-Routing is two tasks bouncing an int through two memory channels (buffer 1) with plain
+Routing is two tasks bouncing an int through two memory channels with plain
 ``await send()`` / ``await receive()``: the obvious hand-written equivalent of a two-step
-ping-pong. Stream is one task sending small attrs events through a bounded channel to a consumer
-(for reference only, no target).
+ping-pong. It runs with unbuffered channels (``buffer0``, trio's default advice) and with a
+buffer of one (``buffer1``, a little faster here, so the stricter floor); both are reported.
+Stream is one task sending small attrs events through a bounded channel to a consumer (for
+reference only, no target).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import trio
 
 from benchmarks._common import Metrics, Params, Scenarios, even
 
-ROUTING_BUFFER = 1  # faster than 0 here (~165k vs ~152k hops/s): the stricter floor
+ROUTING_BUFFERS = {"buffer0": 0, "buffer1": 1}
 STREAM_BUFFER = 64
 
 
@@ -34,9 +36,9 @@ async def _bounce(
             await out.send(i + 1)
 
 
-async def _routing(n: int) -> Metrics:
-    to_ping, ping_inbox = trio.open_memory_channel[int](ROUTING_BUFFER)
-    to_pong, pong_inbox = trio.open_memory_channel[int](ROUTING_BUFFER)
+async def _routing(n: int, buffer: int) -> Metrics:
+    to_ping, ping_inbox = trio.open_memory_channel[int](buffer)
+    to_pong, pong_inbox = trio.open_memory_channel[int](buffer)
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_bounce, n, ping_inbox, to_pong)
@@ -48,7 +50,9 @@ async def _routing(n: int) -> Metrics:
 
 
 def routing(p: Params) -> Metrics:
-    return trio.run(_routing, even(p.n))
+    if p.variant not in ROUTING_BUFFERS:
+        raise ValueError(f"floor routing variant must be one of {sorted(ROUTING_BUFFERS)}")
+    return trio.run(_routing, even(p.n), ROUTING_BUFFERS[p.variant])
 
 
 async def _stream(n: int) -> Metrics:
