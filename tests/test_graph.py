@@ -12,6 +12,7 @@ from trioflow import (
     HumanResponseEvent,
     InputRequiredEvent,
     StartEvent,
+    StepFailedEvent,
     StopEvent,
     Workflow,
     WorkflowFailedEvent,
@@ -255,3 +256,18 @@ def test_workflow_options_are_validated() -> None:
     with pytest.raises(ValueError, match="stream_buffer"):
         Flow(stream_buffer=-1)
     assert Flow(timeout=None).timeout is None
+
+
+def test_error_handler_steps_are_refused_until_supported() -> None:
+    """A step accepting StepFailedEvent is reported, not silently never called."""
+
+    class Flow(Workflow):
+        @step
+        async def go(self, ev: StartEvent) -> StopEvent:
+            return StopEvent()
+
+        @step
+        async def on_error(self, ev: StepFailedEvent) -> StopEvent:
+            return StopEvent()
+
+    assert any("step 'on_error' accepts StepFailedEvent" in p for p in problems_of(Flow))

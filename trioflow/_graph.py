@@ -316,8 +316,15 @@ def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
                     f"step {spec.name!r} accepts {name}: stop events end the run and are never "
                     "delivered to steps"
                 )
-            elif issubclass(event_type, StartEvent | HumanResponseEvent | StepFailedEvent):
-                continue  # produced by the caller or by the runtime
+            elif issubclass(event_type, StepFailedEvent):
+                # Error-handler steps are part of the contract; until the runtime routes final
+                # failures to them, refuse them rather than never call them.
+                problems.append(
+                    f"step {spec.name!r} accepts {name}: error-handler steps are not supported "
+                    "by this version yet (a failure ends the run; retries are on the stream)"
+                )
+            elif issubclass(event_type, StartEvent | HumanResponseEvent):
+                continue  # produced by the caller
             elif not related(event_type, produced):
                 problems.append(
                     f"step {spec.name!r} accepts {name}, but no step returns it (add it to the "

@@ -140,6 +140,11 @@ class Run:
             self.inboxes[index].put(event)
             return
         if not routes:
+            if isinstance(event, InputRequiredEvent):
+                raise WorkflowRuntimeError(
+                    f"{type(event).__name__} is for the caller and no step accepts it: return it "
+                    "from the step, or write it with ctx.write_event_to_stream()"
+                )
             raise WorkflowRuntimeError(
                 f"no step of {self.workflow_name} accepts {type(event).__name__}, so it "
                 "would be lost (add it to a step's event annotation)"

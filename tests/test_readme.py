@@ -1,0 +1,31 @@
+"""The README's first example runs and prints what it says it prints."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_first_example_runs() -> None:
+    """The first Python block of the README runs as a script and prints the joke twice, with
+    the progress event and the stop event streamed in between."""
+    block = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block is not None
+    done = subprocess.run(
+        [sys.executable, "-c", block.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "A JOKE ABOUT TRIO",
+        "Progress(value=0.5)",
+        "StopEvent(result='A JOKE ABOUT TRIO')",
+        "A JOKE ABOUT TRIO",
+    ]
