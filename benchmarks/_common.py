@@ -41,3 +41,16 @@ def payload() -> str:
 def even(n: int) -> int:
     """Round up to an even hop count: a ping-pong round trip is two hops."""
     return n + (n % 2)
+
+
+def stream_metrics(
+    n: int, elapsed: float, first_latency: float, first_write_at: float, loop_done_at: float
+) -> Metrics:
+    """The figures every stream scenario reports (times in seconds in, milliseconds out)."""
+    return {
+        "events": n,
+        "seconds": elapsed,
+        "rate": n / elapsed,
+        "first_ms": first_latency * 1e3,
+        "loop_ms": (loop_done_at - first_write_at) * 1e3,
+    }

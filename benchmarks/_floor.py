@@ -15,7 +15,7 @@ import time
 import attrs
 import trio
 
-from benchmarks._common import Metrics, Params, Scenarios, even
+from benchmarks._common import Metrics, Params, Scenarios, even, stream_metrics
 
 ROUTING_BUFFERS = {"buffer0": 0, "buffer1": 1}
 STREAM_BUFFER = 64
@@ -83,14 +83,7 @@ async def _stream(n: int) -> Metrics:
                 count += 1
     elapsed = time.perf_counter() - start
     assert count == n, (count, n)
-    loop_ms = (loop_done_at - first_write_at) * 1e3
-    return {
-        "events": n,
-        "seconds": elapsed,
-        "rate": n / elapsed,
-        "first_ms": first_latency * 1e3,
-        "loop_ms": loop_ms,
-    }
+    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
 
 
 def stream(p: Params) -> Metrics:

@@ -271,3 +271,19 @@ def test_error_handler_steps_are_refused_until_supported() -> None:
             return StopEvent()
 
     assert any("step 'on_error' accepts StepFailedEvent" in p for p in problems_of(Flow))
+
+
+async def test_subclass_init_without_super_still_runs() -> None:
+    """A Workflow subclass whose __init__ skips super().__init__() runs with the defaults."""
+
+    class Flow(Workflow):
+        def __init__(self, greeting: str) -> None:
+            self.greeting = greeting
+
+        @step
+        async def go(self, ev: StartEvent) -> StopEvent:
+            return StopEvent(result=self.greeting)
+
+    flow = Flow("hi")
+    assert (flow.timeout, flow.stream_buffer) == (45.0, 256)
+    assert await flow.run() == "hi"

@@ -37,6 +37,11 @@ class Workflow:
         WorkflowValidationError: the steps do not form a valid graph (every problem listed).
     """
 
+    # Class-level defaults, so a subclass whose own __init__ forgets super().__init__() still
+    # works (its graph is then checked at its first run).
+    timeout: float | None = DEFAULT_TIMEOUT
+    stream_buffer: int = DEFAULT_STREAM_BUFFER
+
     def __init__(
         self, *, timeout: float | None = DEFAULT_TIMEOUT, stream_buffer: int = DEFAULT_STREAM_BUFFER
     ) -> None:
@@ -56,12 +61,12 @@ class Workflow:
             raise ValueError(f"stream_buffer must be an int >= 0, got {stream_buffer!r}")
         self.timeout = timeout
         self.stream_buffer = stream_buffer
-        self._graph: WorkflowGraph = graph_of(type(self))
+        graph_of(type(self))  # validate now: a broken graph fails at construction
 
     @property
     def graph(self) -> WorkflowGraph:
-        """The validated graph of this workflow's steps."""
-        return self._graph
+        """The validated graph of this workflow's steps (built once per class)."""
+        return graph_of(type(self))
 
     async def run(self, start_event: StartEvent | None = None, **fields: Any) -> Any:
         """Run the workflow to its end and return the result; stream events are discarded.
@@ -89,7 +94,7 @@ class Workflow:
         return self._start(self._start_event(start_event, fields))
 
     def _start_event(self, start_event: StartEvent | None, fields: dict[str, Any]) -> StartEvent:
-        expected = self._graph.start_event_type
+        expected = self.graph.start_event_type
         if start_event is not None:
             if fields:
                 raise TypeError("pass either a start event or its fields, not both")
@@ -107,7 +112,7 @@ class Workflow:
     async def _start(self, start_event: StartEvent) -> AsyncIterator[WorkflowHandler]:
         run = Run(
             workflow=self,
-            graph=self._graph,
+            graph=self.graph,
             start_event=start_event,
             timeout=self.timeout,
             stream=EventStream(self.stream_buffer),
