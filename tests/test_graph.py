@@ -14,6 +14,7 @@ from trioflow import (
     StartEvent,
     StepFailedEvent,
     StopEvent,
+    SyncContext,
     Workflow,
     WorkflowFailedEvent,
     WorkflowValidationError,
@@ -190,7 +191,6 @@ def test_human_in_the_loop_families_are_exempt() -> None:
         ("async def s(self, ev: StartEvent, *, k: int) -> StopEvent: ...", "plain positional"),
         ("async def s(self, a: StartEvent, b: A) -> StopEvent: ...", "exactly one event parameter"),
         ("async def s(self, ev: Missing) -> StopEvent: ...", "cannot resolve its annotations"),
-        ("def s(self, ev: StartEvent) -> StopEvent: ...", "plain `def`"),
     ],
 )
 def test_bad_signatures_get_clear_messages(source: str, message: str) -> None:
@@ -258,19 +258,73 @@ def test_workflow_options_are_validated() -> None:
     assert Flow(timeout=None).timeout is None
 
 
-def test_error_handler_steps_are_refused_until_supported() -> None:
-    """A step accepting StepFailedEvent is reported, not silently never called."""
+def test_failures_of_is_validated() -> None:
+    """failures_of must sit on an error handler and name existing, non-handler steps."""
 
     class Flow(Workflow):
         @step
         async def go(self, ev: StartEvent) -> StopEvent:
             return StopEvent()
 
+        @step(failures_of=["go", "nope"])
+        async def on_error(self, ev: StepFailedEvent) -> None:
+            return None
+
+        @step(failures_of=["on_error"])
+        async def on_handler_error(self, ev: StepFailedEvent) -> None:
+            return None
+
+        @step(failures_of=["go"])
+        async def not_a_handler(self, ev: StartEvent) -> None:
+            return None
+
+    text = "\n".join(problems_of(Flow))
+    assert "step 'on_error' handles failures of 'nope': no such step" in text
+    assert "failures of 'on_error', an error handler" in text
+    assert "step 'not_a_handler' sets failures_of but does not accept StepFailedEvent" in text
+
+
+def test_error_handlers_need_no_producer_and_route_by_failures_of() -> None:
+    """StepFailedEvent needs no producing step; handlers_for honours failures_of and gives a
+    handler's own failure to no handler."""
+
+    class Flow(Workflow):
         @step
-        async def on_error(self, ev: StepFailedEvent) -> StopEvent:
+        async def a(self, ev: StartEvent) -> StopEvent:
             return StopEvent()
 
-    assert any("step 'on_error' accepts StepFailedEvent" in p for p in problems_of(Flow))
+        @step
+        async def b(self, ev: StartEvent) -> None:
+            return None
+
+        @step
+        async def catch_all(self, ev: StepFailedEvent) -> None:
+            return None
+
+        @step(failures_of="b")
+        async def only_b(self, ev: StepFailedEvent) -> None:
+            return None
+
+    graph = Flow().graph
+    names = [s.name for s in graph.steps]
+    handlers = {names[i]: sorted(names[h] for h in hs) for i, hs in enumerate(graph.handlers_for)}
+    assert handlers == {
+        "a": ["catch_all"],
+        "b": ["catch_all", "only_b"],
+        "catch_all": [],
+        "only_b": [],
+    }
+
+
+def test_sync_steps_are_accepted() -> None:
+    """A plain def step is valid, with a SyncContext or Context parameter."""
+
+    class Flow(Workflow):
+        @step
+        def go(self, ctx: SyncContext, ev: StartEvent) -> StopEvent:
+            return StopEvent()
+
+    assert Flow().graph.steps[0].is_async is False
 
 
 async def test_subclass_init_without_super_still_runs() -> None:

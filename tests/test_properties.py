@@ -31,6 +31,7 @@ from trioflow import (
     Context,
     Event,
     StartEvent,
+    StepFailedEvent,
     StopEvent,
     Workflow,
     WorkflowCancelledError,
@@ -740,13 +741,25 @@ def _is_subsequence(part: list[Event], whole: list[Progress]) -> bool:
 def _check_order(sc: Scenario, obs: Observed) -> None:
     """Property 5: the events before the terminal arrive in the order written; only events
     that result() discarded (nobody was streaming) are missing."""
-    seen = obs.events[:-1]
+    # Progress events come in the order written; after them (the stream's trailer, before
+    # the terminal) one StepFailedEvent per final failure, carrying the exception raised.
+    progress_count = len([ev for ev in obs.events[:-1] if isinstance(ev, Progress)])
+    seen, reports = obs.events[:progress_count], obs.events[progress_count:-1]
     written = obs.rec.written
-    assert all(isinstance(ev, Progress) for ev in seen)
+    assert all(isinstance(ev, Progress) for ev in seen), seen
+    assert all(isinstance(ev, StepFailedEvent) for ev in reports), reports
+    for report in reports:
+        assert isinstance(report, StepFailedEvent)
+        assert any(report.exception is exc for exc in obs.rec.raised), report
+        assert report.step_name == report.exception.step_name  # type: ignore[attr-defined]
+        assert report.attempt == 1
     assert _is_subsequence(seen, written), f"read {seen!r}, written {written!r}"
     assert len(written) - len(seen) == obs.discarded, (obs.discarded, seen, written)
     if sc.mode not in (Mode.RESULT, Mode.BREAK):
         assert seen == written  # the consumer read everything
+        terminal = obs.events[-1]
+        if isinstance(terminal, WorkflowFailedEvent):
+            assert any(r.exception is terminal.exception for r in reports)  # type: ignore[attr-defined]
 
 
 def _check_oracle(sc: Scenario, terminal: StopEvent) -> None:

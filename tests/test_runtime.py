@@ -315,7 +315,8 @@ async def test_two_failures_in_one_tick_raise_one_and_keep_the_other() -> None:
 
 
 async def test_failure_stream_ends_with_workflow_failed_event() -> None:
-    """An unhandled failure ends the stream with WorkflowFailedEvent carrying the exception."""
+    """An unhandled failure streams its StepFailedEvent, then ends the stream with
+    WorkflowFailedEvent carrying the same exception."""
     error = RuntimeError("bad")
 
     class Flow(Workflow):
@@ -330,9 +331,11 @@ async def test_failure_stream_ends_with_workflow_failed_event() -> None:
         async with flow.start() as handler:
             events = [ev async for ev in handler.stream_events()]
     assert info.value is error
-    assert events[0] == Progress(value=0.1)
-    assert events[-1] == WorkflowFailedEvent(step_name="go", exception=error)
-    assert len(events) == 2
+    assert events == [
+        Progress(value=0.1),
+        StepFailedEvent(step_name="go", attempt=1, exception=error, input_event=StartEvent()),
+        WorkflowFailedEvent(step_name="go", exception=error),
+    ]
 
 
 async def test_workflow_timeout(autojump_clock: trio.testing.MockClock) -> None:

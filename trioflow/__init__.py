@@ -23,6 +23,7 @@ from ._handler import WorkflowHandler
 from ._runtime import RunStatus
 from ._step import RetryPolicy, step
 from ._stream import StreamIterator, StreamStatistics
+from ._sync import SyncContext, SyncStore
 from ._workflow import Workflow
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ __all__ = [
     "Store",
     "StreamIterator",
     "StreamStatistics",
+    "SyncContext",
+    "SyncStore",
     "TrioflowError",
     "Workflow",
     "WorkflowCancelledError",

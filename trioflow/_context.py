@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import attrs
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
@@ -15,6 +17,28 @@ from ._stream import EventStream
 
 #: The step whose code is running in this task; set once by each step worker.
 current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
+
+_E = TypeVar("_E", bound=Event)
+_MISSING = object()
+
+
+@attrs.define(eq=False)
+class Waiter:
+    """A step suspended in `Context.wait_for_event`, until the router hands it an event."""
+
+    event_type: type[Event]
+    requirements: Mapping[str, Any]
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+    event: Event | None = None
+
+    def matches(self, event: Event) -> bool:
+        return isinstance(event, self.event_type) and all(
+            getattr(event, name, _MISSING) == value for name, value in self.requirements.items()
+        )
+
+    def deliver(self, event: Event) -> None:
+        self.event = event
+        self.arrived.set()
 
 
 class Router(Protocol):
@@ -46,9 +70,12 @@ class Context:
     Every run has its own; steps of one run share it.
     """
 
-    def __init__(self, run_id: str, router: Router, stream: EventStream) -> None:
+    def __init__(
+        self, run_id: str, router: Router, stream: EventStream, waiters: list[Waiter]
+    ) -> None:
         self._run_id = run_id
         self._router = router
+        self._waiters = waiters
         self._stream = stream
         self._send_nowait = stream.send_nowait
         self._collected: dict[tuple[str, tuple[type[Event], ...]], list[Event]] = {}
@@ -85,6 +112,46 @@ class Context:
         if not isinstance(event, Event):
             raise TypeError(f"send_event() takes an Event, got {event!r}")
         self._router.send_event(event, step)
+
+    async def wait_for_event(
+        self,
+        event_type: type[_E],
+        *,
+        waiter_event: Event | None = None,
+        requirements: Mapping[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (API.md fixes this parameter)
+    ) -> _E:
+        """Suspend this step until an event of ``event_type`` whose fields equal
+        ``requirements`` arrives, and return it. The step is not re-run.
+
+        The waiter is registered before ``waiter_event`` (typically an `InputRequiredEvent`)
+        is written to the stream, so an answer cannot slip past it. A matching event resumes
+        the oldest matching waiter and goes nowhere else.
+
+        Raises:
+            trio.TooSlowError: nothing matching arrived within ``timeout`` seconds.
+        """
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise TypeError(f"wait_for_event() waits for an Event subclass, got {event_type!r}")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        waiter = Waiter(event_type, dict(requirements or {}))
+        self._waiters.append(waiter)
+        try:
+            if waiter_event is not None:
+                await self.write_event_to_stream(waiter_event)
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                await waiter.arrived.wait()
+        except trio.TooSlowError:
+            # Delivered in the very tick the deadline passed: the event was taken off the
+            # router for us, so returning it beats losing it.
+            if not waiter.arrived.is_set():
+                raise
+        finally:
+            if not waiter.arrived.is_set():
+                self._waiters.remove(waiter)
+        assert isinstance(waiter.event, event_type)
+        return waiter.event
 
     def collect_events(self, event: Event, expected: Sequence[type[Event]]) -> list[Event] | None:
         """Buffer ``event`` and return one event per entry of ``expected``, in that order, once

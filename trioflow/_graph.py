@@ -28,6 +28,7 @@ from ._events import (
     StopEvent,
 )
 from ._step import StepConfig, StepDeclaration, declaration_of
+from ._sync import SyncContext
 
 EventTypes = tuple[type[Event], ...]
 
@@ -40,9 +41,15 @@ class StepSpec:
     accepts: EventTypes
     returns: EventTypes
     config: StepConfig
+    #: ``async def`` (runs in its worker task) or plain ``def`` (runs in a worker thread).
     is_async: bool
-    #: How to call the method: () for ``step(ev)``, "first"/"last" for where ``ctx`` goes.
+    #: Where the method takes ``ctx``: "first", "last", or None when it takes only the event.
     context_position: str | None
+
+    @property
+    def is_error_handler(self) -> bool:
+        """Whether the step accepts `StepFailedEvent`, and so receives final failures."""
+        return any(issubclass(t, StepFailedEvent) for t in self.accepts)
 
 
 @attrs.define(eq=False)
@@ -55,6 +62,9 @@ class WorkflowGraph:
     stop_event_type: type[StopEvent]
     _routes: dict[type[Event], tuple[int, ...]] = attrs.field(factory=dict, init=False)
     _index: dict[str, int] = attrs.field(init=False)
+    #: For each step, the error-handler steps that receive its final failure. A handler's own
+    #: failure goes to none: a failing error handler ends the run.
+    handlers_for: tuple[tuple[int, ...], ...] = attrs.field(init=False)
 
     #: Event classes that steps may return and that are simply routed (not stop events, not
     #: for the caller); the runtime checks a returned event against this set first.
@@ -62,6 +72,16 @@ class WorkflowGraph:
 
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
+        handlers = [i for i, spec in enumerate(self.steps) if spec.is_error_handler]
+
+        def handles(handler: int, failed: StepSpec) -> bool:
+            names = self.steps[handler].config.failures_of
+            return names is None or failed.name in names
+
+        self.handlers_for = tuple(
+            () if spec.is_error_handler else tuple(h for h in handlers if handles(h, spec))
+            for spec in self.steps
+        )
         self.plain_events = frozenset(
             t
             for spec in self.steps
@@ -132,6 +152,7 @@ def _build(workflow_class: type) -> WorkflowGraph:
     start = _single_type(steps, problems, "start", _start_types(steps))
     stop = _single_type(steps, problems, "stop", _stop_types(steps, problems))
     _check_flow(steps, problems)
+    _check_error_handlers(steps, problems)
     if problems or start is None or stop is None:
         raise WorkflowValidationError(name, problems)
     return WorkflowGraph(
@@ -146,11 +167,6 @@ def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> St
         inspect.iscoroutinefunction(func) or inspect.isfunction(func)
     ):
         problems.append(f"{label} must be an `async def` method (or a plain `def` one)")
-        return None
-    if not inspect.iscoroutinefunction(func):
-        # Plain `def` steps (run in a worker thread) are part of the contract but land with
-        # the sync-step runtime; refuse them loudly rather than run them on the event loop.
-        problems.append(f"{label} is a plain `def`: declare it `async def` for now")
         return None
     try:
         hints = typing.get_type_hints(func, localns=dict(declaration.local_names))
@@ -187,7 +203,7 @@ def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> St
         accepts=accepts,
         returns=returns,
         config=declaration.config,
-        is_async=True,
+        is_async=inspect.iscoroutinefunction(func),
         context_position=context_position,
     )
 
@@ -203,7 +219,7 @@ def _split_parameters(
         )
         return None, None
     is_context = [
-        isinstance(hints.get(p.name), type) and issubclass(hints[p.name], Context)
+        isinstance(hints.get(p.name), type) and issubclass(hints[p.name], Context | SyncContext)
         for p in parameters
     ]
     if len(parameters) == 2 and not any(is_context):
@@ -316,15 +332,8 @@ def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
                     f"step {spec.name!r} accepts {name}: stop events end the run and are never "
                     "delivered to steps"
                 )
-            elif issubclass(event_type, StepFailedEvent):
-                # Error-handler steps are part of the contract; until the runtime routes final
-                # failures to them, refuse them rather than never call them.
-                problems.append(
-                    f"step {spec.name!r} accepts {name}: error-handler steps are not supported "
-                    "by this version yet (a failure ends the run; retries are on the stream)"
-                )
-            elif issubclass(event_type, StartEvent | HumanResponseEvent):
-                continue  # produced by the caller
+            elif issubclass(event_type, StartEvent | HumanResponseEvent | StepFailedEvent):
+                continue  # produced by the caller, or by the runtime
             elif not related(event_type, produced):
                 problems.append(
                     f"step {spec.name!r} accepts {name}, but no step returns it (add it to the "
@@ -336,4 +345,27 @@ def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
             if not related(event_type, consumed):
                 problems.append(
                     f"step {spec.name!r} returns {event_type.__name__}, but no step accepts it"
+                )
+
+
+def _check_error_handlers(steps: list[StepSpec], problems: list[str]) -> None:
+    """``failures_of`` belongs on error handlers and names steps whose failures they can get."""
+    by_name = {spec.name: spec for spec in steps}
+    for spec in steps:
+        names = spec.config.failures_of
+        if names is None:
+            continue
+        if not spec.is_error_handler:
+            problems.append(
+                f"step {spec.name!r} sets failures_of but does not accept StepFailedEvent, so it "
+                "is no error handler"
+            )
+            continue
+        for name in names:
+            if name not in by_name:
+                problems.append(f"step {spec.name!r} handles failures of {name!r}: no such step")
+            elif by_name[name].is_error_handler:
+                problems.append(
+                    f"step {spec.name!r} handles failures of {name!r}, an error handler: a failing "
+                    "error handler ends the run"
                 )

@@ -1,26 +1,26 @@
 """The runtime of one run: a cancel scope around a nursery of step workers.
 
 `Run.main` is the run's only task started from outside. It opens the run's scope (the
-workflow timeout is its deadline), starts ``num_workers`` workers per step, routes the start
-event, and when the scope exits, whatever ended it, puts exactly one terminal event on the
-stream and closes it. Workers never let an `Exception` escape: a step's exception is recorded
-(the first one decides the run, later ones are attached to it) and the scope is cancelled, so
-the nursery only ever unwinds with `trio.Cancelled` and no `ExceptionGroup` reaches a caller.
+workflow timeout is its deadline), starts ``num_workers`` workers per step (`trioflow._worker`),
+routes the start event, and when the scope exits, whatever ended it, puts exactly one terminal
+event on the stream and closes it. Workers never let an `Exception` escape: a step's exception
+is recorded (the first one decides the run, later ones are attached to it) and the scope is
+cancelled, so the nursery only ever unwinds with `trio.Cancelled` and no `ExceptionGroup`
+reaches a caller.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
-from ._context import Context, current_step
+from ._context import Context, Waiter
 from ._errors import WorkflowRuntimeError
 from ._events import (
     RUNTIME_STOP_EVENTS,
@@ -33,9 +33,10 @@ from ._events import (
     WorkflowFailedEvent,
     WorkflowTimedOutEvent,
 )
-from ._graph import StepSpec, WorkflowGraph
+from ._graph import WorkflowGraph
 from ._inbox import Inbox
 from ._stream import EventStream
+from ._worker import work
 
 logger = logging.getLogger("trioflow")
 
@@ -76,11 +77,15 @@ class Run:
     #: For each event class a step may return that is simply routed (see
     #: `WorkflowGraph.plain_events`): the `put` of every inbox it goes to.
     direct_routes: dict[type[Event], tuple[Callable[[Event], None], ...]] = attrs.field(init=False)
+    #: `StepFailedEvent`s of the failures that ended the run, streamed before the terminal.
+    failure_reports: list[StepFailedEvent] = attrs.field(factory=list)
+    #: Steps suspended in `Context.wait_for_event`, oldest first.
+    waiters: list[Waiter] = attrs.field(factory=list)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     finished: trio.Event = attrs.field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
-        self.context = Context(self.run_id, self, self.stream)
+        self.context = Context(self.run_id, self, self.stream, self.waiters)
         self.inboxes = [Inbox() for _ in self.graph.steps]
         self.running = [0] * len(self.graph.steps)
         self.direct_routes = {
@@ -108,10 +113,13 @@ class Run:
             self.scope.cancel()
         # A second stop event in the same tick loses: the first one ended the run.
 
-    def fail(self, step_name: str, exception: BaseException) -> None:
-        exception.add_note(
-            f"trioflow: raised in step {step_name!r} of {self.workflow_name} (run {self.run_id})"
-        )
+    def fail(
+        self, step_name: str, exception: BaseException, report: StepFailedEvent | None = None
+    ) -> None:
+        """Record a step's final failure; the first decides the run. ``report`` goes to the
+        stream just before the terminal event, so the failing step waits for no one."""
+        if report is not None:
+            self.failure_reports.append(report)
         if self.outcome is None:
             self.outcome = RunStatus.FAILED
             self.failure = exception
@@ -128,6 +136,12 @@ class Run:
     # -- routing (the `Router` that `Context` uses) --
 
     def send_event(self, event: Event, step: str | None) -> None:
+        if step is None and self.waiters:
+            for waiter in self.waiters:
+                if waiter.matches(event):  # the oldest matching waiter takes it, nobody else
+                    self.waiters.remove(waiter)
+                    waiter.deliver(event)
+                    return
         routes = self.graph.routes_for(type(event))
         if step is not None:
             index = self.graph.step_index(step)
@@ -141,10 +155,8 @@ class Run:
             return
         if not routes:
             if isinstance(event, InputRequiredEvent):
-                raise WorkflowRuntimeError(
-                    f"{type(event).__name__} is for the caller and no step accepts it: return it "
-                    "from the step, or write it with ctx.write_event_to_stream()"
-                )
+                self._stream_for_caller(event)
+                return
             raise WorkflowRuntimeError(
                 f"no step of {self.workflow_name} accepts {type(event).__name__}, so it "
                 "would be lost (add it to a step's event annotation)"
@@ -152,6 +164,17 @@ class Run:
         inboxes = self.inboxes
         for index in routes:
             inboxes[index].put(event)
+
+    def _stream_for_caller(self, event: InputRequiredEvent) -> None:
+        # `send_event` cannot wait for room, and queueing the event elsewhere would reorder
+        # the stream; a full stream is an error that says what to do instead.
+        try:
+            self.stream.send_nowait(event)
+        except trio.WouldBlock:
+            raise WorkflowRuntimeError(
+                f"the stream is full, so {type(event).__name__} cannot be sent to the caller "
+                "without waiting: use `await ctx.write_event_to_stream(ev)` or return it"
+            ) from None
 
     async def emit(self, step_name: str, result: object) -> None:
         """Deal with what a step returned."""
@@ -183,9 +206,7 @@ class Run:
                 async with trio.open_nursery() as nursery:
                     for index, spec in enumerate(self.graph.steps):
                         for _ in range(spec.config.num_workers):
-                            nursery.start_soon(
-                                _work, self, index, name=f"trioflow step {spec.name}"
-                            )
+                            nursery.start_soon(work, self, index, name=f"trioflow step {spec.name}")
                     self.send_event(self.start_event, None)
                     task_status.started()
             if self.outcome is None and self.scope.cancelled_caught:
@@ -225,75 +246,5 @@ class Run:
                     f"trioflow: step {step_name!r} also failed: {type(exception).__name__}: "
                     f"{exception}"
                 )
-        self.stream.close(terminal)
+        self.stream.close(terminal, self.failure_reports)
         self.finished.set()
-
-
-def _caller(
-    method: Callable[..., Awaitable[Any]], spec: StepSpec, ctx: Context
-) -> Callable[[Event], Awaitable[Any]]:
-    """A one-argument callable that invokes the step method with its parameters in place."""
-    if spec.context_position is None:
-        return method
-    if spec.context_position == "first":
-        return functools.partial(method, ctx)
-    return lambda event: method(event, ctx)
-
-
-async def _work(run: Run, index: int) -> None:
-    """One worker of one step: take an event, run the step, deal with what it returns."""
-    spec = run.graph.steps[index]
-    current_step.set(spec.name)
-    call = _caller(getattr(run.workflow, spec.name), spec, run.context)
-    if spec.config.retry is not None or spec.config.timeout is not None:
-        call = functools.partial(_with_policy, run, spec, call)
-    get = run.inboxes[index].getter()
-    running = run.running
-    direct_routes = run.direct_routes
-    while True:
-        event = await get()
-        if run.outcome is not None:
-            return  # the run is over: start nothing new while the scope unwinds
-        running[index] += 1
-        try:
-            result = await call(event)
-            running[index] -= 1
-            targets = direct_routes.get(result.__class__)
-            if targets is not None:  # the hot path of a hop: no coroutine, no lookups
-                for put in targets:
-                    put(result)
-            elif result is not None:
-                await run.emit(spec.name, result)
-        except Exception as exc:
-            run.fail(spec.name, exc)
-            return
-
-
-async def _with_policy(
-    run: Run, spec: StepSpec, call: Callable[[Event], Awaitable[Any]], event: Event
-) -> Any:
-    """Run one step execution under its timeout and retry policy. Each attempt that is retried
-    is reported on the stream as a `StepFailedEvent`; the last one's exception propagates."""
-    retry, timeout = spec.config.retry, spec.config.timeout
-    attempt = 1
-    while True:
-        try:
-            if timeout is None:
-                return await call(event)
-            with trio.fail_after(timeout):
-                return await call(event)
-        except Exception as exc:
-            if (
-                retry is None
-                or attempt >= retry.max_attempts
-                or not isinstance(exc, retry.retry_on)
-            ):
-                raise  # the final failure: the run's failure path reports it
-            # Only a failure that will be retried is written here: a write is a checkpoint,
-            # and a cancellation there must not be able to swallow the run's failure.
-            failed = StepFailedEvent(
-                step_name=spec.name, attempt=attempt, exception=exc, input_event=event
-            )
-            await run.stream.write(failed)
-            attempt += 1
-            await trio.sleep(retry.delay_before(attempt))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any, TypeVar, overload
 
@@ -38,12 +39,15 @@ class RetryPolicy:
         delay: seconds to wait before the first retry.
         backoff: factor applied to the delay after each retry.
         retry_on: exception types that are retried; any other fails the step at once.
+        jitter: up to this many seconds, drawn uniformly at random, are added to each delay,
+            so that many runs failing together do not retry in lockstep.
     """
 
     max_attempts: int = 3
     delay: float = 0.0
     backoff: float = 1.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    jitter: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
@@ -54,12 +58,15 @@ class RetryPolicy:
             raise ValueError(f"delay must be a finite number >= 0, got {self.delay!r}")
         if not (isinstance(self.backoff, int | float) and 1 <= self.backoff < math.inf):
             raise ValueError(f"backoff must be a finite number >= 1, got {self.backoff!r}")
+        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter < math.inf):
+            raise ValueError(f"jitter must be a finite number >= 0, got {self.jitter!r}")
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
             raise TypeError(f"retry_on must be a tuple of exception types, got {self.retry_on!r}")
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number ``attempt`` (2 for the first retry)."""
-        return float(self.delay * self.backoff ** (attempt - 2))
+        delay = self.delay * self.backoff ** (attempt - 2)
+        return float(delay + (random.uniform(0, self.jitter) if self.jitter else 0))
 
 
 @attrs.frozen(kw_only=True)
@@ -69,6 +76,8 @@ class StepConfig:
     num_workers: int = DEFAULT_NUM_WORKERS
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    #: For an error-handler step: the names of the steps whose failures it handles (None: all).
+    failures_of: tuple[str, ...] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +100,7 @@ def step(
     num_workers: int = DEFAULT_NUM_WORKERS,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    failures_of: Iterable[str] | None = None,
 ) -> Callable[[_F], _F]: ...
 
 
@@ -101,6 +111,7 @@ def step(
     num_workers: int = DEFAULT_NUM_WORKERS,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    failures_of: Iterable[str] | None = None,
 ) -> Any:
     """Mark a workflow method as a step.
 
@@ -113,6 +124,8 @@ def step(
         num_workers: how many events this step may handle at once in one run.
         retry: retry a failing attempt according to this policy.
         timeout: seconds an attempt may run before it fails with `trio.TooSlowError`.
+        failures_of: for an error-handler step (one that accepts `StepFailedEvent`), handle
+            only the failures of the steps named here; by default it handles every step's.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
@@ -120,7 +133,15 @@ def step(
         _check_positive("timeout", timeout)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
-    config = StepConfig(num_workers=num_workers, retry=retry, timeout=timeout)
+    if failures_of is not None:
+        if isinstance(failures_of, str):
+            failures_of = (failures_of,)
+        failures_of = tuple(failures_of)
+        if not all(isinstance(name, str) for name in failures_of):
+            raise TypeError(f"failures_of names steps, got {failures_of!r}")
+    config = StepConfig(
+        num_workers=num_workers, retry=retry, timeout=timeout, failures_of=failures_of
+    )
 
     def decorate(f: _F) -> _F:
         _declare(f, config, sys._getframe(1))

@@ -4,12 +4,14 @@ Backpressure lives here and only here: a writer that finds the buffer full waits
 consumer makes room. The terminal event does not travel through the buffer; the runtime hands it
 to `EventStream.close`, and the consumer yields it once the buffered events are read. So the
 terminal event never waits for room, comes after everything written before it, and comes exactly
-once.
+once. The `StepFailedEvent` of a failure that ends the run travels the same way, just before the
+terminal event, so a failing step never waits for a slow consumer.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from typing import Self
 
 import attrs
@@ -43,6 +45,7 @@ class EventStream:
         # Bound once: the write fast path is a call away from a plain deque append.
         self.send_nowait = self._send.send_nowait
         self.terminal: StopEvent | None = None
+        self._trailing: list[Event] = []
         self._consumer: weakref.ref[StreamIterator] | None = None
         self._ended = False  # the terminal event has been delivered
         self._discarded = 0
@@ -66,8 +69,10 @@ class EventStream:
         except trio.ClosedResourceError:
             raise WorkflowRuntimeError("the run has ended; its stream is closed") from None
 
-    def close(self, terminal: StopEvent) -> None:
-        """End the stream with ``terminal``, after the events already buffered."""
+    def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
+        """End the stream: after the events already buffered come ``trailing``, then
+        ``terminal``."""
+        self._trailing = list(trailing)
         self.terminal = terminal
         self._send.close()
         self._notify()
@@ -136,7 +141,10 @@ class EventStream:
                 return
             self._discarded += 1
 
-    def _finish(self) -> StopEvent:
+    def _after_buffer(self) -> Event:
+        """What comes once the buffer is drained: the trailing events, then the terminal."""
+        if self._trailing:
+            return self._trailing.pop(0)
         assert self.terminal is not None
         self._ended = True
         self._consumer = None
@@ -190,15 +198,16 @@ class StreamIterator:
                 try:
                     event = await receive.receive()
                 except trio.EndOfChannel:
-                    return self._end()
+                    event = self._after_buffer()
             except trio.EndOfChannel:
-                return self._end()
-            if not types or isinstance(event, types):
+                event = self._after_buffer()
+            if not types or isinstance(event, types) or self._done:
                 return event
 
-    def _end(self) -> StopEvent:
-        self._done = True
-        return self._stream._finish()
+    def _after_buffer(self) -> Event:
+        event = self._stream._after_buffer()
+        self._done = isinstance(event, StopEvent)  # only the terminal is a StopEvent
+        return event
 
     async def aclose(self) -> None:
         """Stop iterating and hand the stream on; events not yet read stay for the next one."""
