@@ -29,3 +29,34 @@ def test_first_example_runs() -> None:
         "StopEvent(result='A JOKE ABOUT TRIO')",
         "A JOKE ABOUT TRIO",
     ]
+
+
+def test_human_in_the_loop_example_runs() -> None:
+    """The README's Interview example asks, takes the matching reply, and returns it."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    driver = """
+import trio
+
+async def main():
+    async with Interview().start(user="ada") as handler:
+        async for ev in handler.stream_events():
+            print(ev)
+            if isinstance(ev, Ask):
+                await handler.send_event(Reply(user="ada", text="Ada Lovelace"))
+        print(await handler.result())
+
+trio.run(main)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", blocks[1] + driver],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "Ask(question='your name?')",
+        "StopEvent(result='Ada Lovelace')",
+        "Ada Lovelace",
+    ]
