@@ -14,7 +14,9 @@ import trio
 import trio.testing
 
 from trioflow import (
+    Context,
     Event,
+    HumanResponseEvent,
     StartEvent,
     StopEvent,
     SyncContext,
@@ -150,3 +152,36 @@ async def test_outer_cancel_while_thread_runs_reports_cancelled() -> None:
             scope.cancel()
             await handler.result()
     assert handler.status.value == "cancelled"
+
+
+async def test_sync_collect_events_and_wait_for_event() -> None:
+    """A def step's ctx.collect_events buffers per step as in async steps, and its
+    wait_for_event blocks the thread until the reply arrives."""
+
+    class Part(Event):
+        n: int
+
+    class Reply(HumanResponseEvent):
+        text: str
+
+    class Flow(Workflow):
+        @step
+        async def split(self, ctx: Context, ev: StartEvent) -> Part | None:
+            for n in range(3):
+                ctx.send_event(Part(n=n))
+            return None
+
+        @step(num_workers=1)
+        def join(self, ctx: SyncContext, ev: Part) -> StopEvent | None:
+            parts = ctx.collect_events(ev, [Part, Part, Part])
+            if parts is None:
+                return None
+            reply = ctx.wait_for_event(Reply)
+            return StopEvent(result=(sorted(p.n for p in parts), reply.text))  # type: ignore[attr-defined]
+
+    async with Flow().start() as handler:
+        with trio.fail_after(10):
+            while not handler._run.waiters:  # the thread has registered its waiter
+                await trio.sleep(0.01)
+        await handler.send_event(Reply(text="hi"))
+        assert await handler.result() == ([0, 1, 2], "hi")

@@ -51,12 +51,12 @@ async def work(run: Run, index: int) -> None:
                     await _before_retry(run, spec, event, exc, attempt, retry)
                     attempt += 1
                     continue
-                result = _FAILED
                 if not await _final_failure(run, index, event, exc, attempt):
                     return
+                result = _HANDED_TO_HANDLERS
             break
         running[index] -= 1
-        if result is _FAILED:
+        if result is _HANDED_TO_HANDLERS:
             continue
         try:
             targets = direct_routes.get(result.__class__)
@@ -72,7 +72,9 @@ async def work(run: Run, index: int) -> None:
                 return
 
 
-_FAILED = object()  # `result` after a final failure that an error handler took over
+# What `work` holds instead of a step's result once error handlers took its final failure
+# (a plain `continue` cannot leave the attempts loop and the event loop at once).
+_HANDED_TO_HANDLERS = object()
 
 
 def _step_call(run: Run, spec: StepSpec) -> StepCall:
