@@ -1,5 +1,6 @@
 """trioflow: event-driven workflows on trio, with live, bounded, cancellable event streams."""
 
+from ._blocking import LoopBlockedWarning, TrioflowWarning
 from ._context import Context, Store
 from ._errors import (
     TrioflowError,
@@ -33,6 +34,7 @@ __all__ = [
     "Event",
     "HumanResponseEvent",
     "InputRequiredEvent",
+    "LoopBlockedWarning",
     "RetryPolicy",
     "RunStatus",
     "StartEvent",
@@ -44,6 +46,7 @@ __all__ = [
     "SyncContext",
     "SyncStore",
     "TrioflowError",
+    "TrioflowWarning",
     "Workflow",
     "WorkflowCancelledError",
     "WorkflowCancelledEvent",

@@ -45,6 +45,8 @@ class StepSpec:
     is_async: bool
     #: Where the method takes ``ctx``: "first", "last", or None when it takes only the event.
     context_position: str | None
+    #: The step function's code, by which the loop-blocking detector recognises it.
+    code: types.CodeType
 
     @property
     def is_error_handler(self) -> bool:
@@ -205,6 +207,7 @@ def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> St
         config=declaration.config,
         is_async=inspect.iscoroutinefunction(func),
         context_position=context_position,
+        code=inspect.unwrap(func).__code__,
     )
 
 

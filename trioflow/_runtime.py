@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._blocking import watch_step
 from ._context import Context, Waiter
 from ._errors import WorkflowRuntimeError
 from ._events import (
@@ -60,6 +61,7 @@ class Run:
     start_event: StartEvent
     timeout: float | None
     stream: EventStream
+    blocking_threshold: float | None = None
     run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     context: Context = attrs.field(init=False)
     inboxes: list[Inbox[Event]] = attrs.field(init=False)
@@ -201,6 +203,7 @@ class Run:
     async def main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self.scope:
+                self._watch_for_blocking()
                 if self.timeout is not None:
                     self.scope.deadline = trio.current_time() + self.timeout
                 async with trio.open_nursery() as nursery:
@@ -213,6 +216,18 @@ class Run:
                 self.outcome = RunStatus.TIMED_OUT
         finally:
             self._conclude()
+
+    def _watch_for_blocking(self) -> None:
+        if self.blocking_threshold is None:
+            return
+        for spec in self.graph.steps:
+            if spec.is_async:  # a plain `def` step runs in a thread: it cannot block the loop
+                watch_step(
+                    spec.code,
+                    workflow=self.workflow_name,
+                    step=spec.name,
+                    threshold=self.blocking_threshold,
+                )
 
     def _conclude(self) -> None:
         """Exactly once, on every way out of `main`: the terminal event, then the stream ends."""

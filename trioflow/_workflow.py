@@ -21,6 +21,9 @@ DEFAULT_TIMEOUT = 45.0
 DEFAULT_STREAM_BUFFER = 256
 """Events the stream holds before a writer waits for the consumer."""
 
+DEFAULT_BLOCKING_THRESHOLD = 0.1
+"""Seconds an async step may hold the event loop before trioflow warns about it."""
+
 
 class Workflow:
     """Base class of workflows: subclass it and decorate async methods with `step`.
@@ -32,6 +35,8 @@ class Workflow:
     Args:
         timeout: seconds a run may take, or None for no limit.
         stream_buffer: events the stream holds before writers wait for the consumer.
+        blocking_threshold: warn (`LoopBlockedWarning`, once per step) when an async step holds
+            the event loop longer than this many seconds; None switches the check off.
 
     Raises:
         WorkflowValidationError: the steps do not form a valid graph (every problem listed).
@@ -41,15 +46,16 @@ class Workflow:
     # works (its graph is then checked at its first run).
     timeout: float | None = DEFAULT_TIMEOUT
     stream_buffer: int = DEFAULT_STREAM_BUFFER
+    blocking_threshold: float | None = DEFAULT_BLOCKING_THRESHOLD
 
     def __init__(
-        self, *, timeout: float | None = DEFAULT_TIMEOUT, stream_buffer: int = DEFAULT_STREAM_BUFFER
+        self,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        stream_buffer: int = DEFAULT_STREAM_BUFFER,
+        blocking_threshold: float | None = DEFAULT_BLOCKING_THRESHOLD,
     ) -> None:
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout < math.inf
-        ):
+        if timeout is not None and not _positive(timeout):
             raise ValueError(
                 f"timeout must be a positive number of seconds or None, got {timeout!r}"
             )
@@ -59,8 +65,14 @@ class Workflow:
             or stream_buffer < 0
         ):
             raise ValueError(f"stream_buffer must be an int >= 0, got {stream_buffer!r}")
+        if blocking_threshold is not None and not _positive(blocking_threshold):
+            raise ValueError(
+                f"blocking_threshold must be a positive number of seconds or None, "
+                f"got {blocking_threshold!r}"
+            )
         self.timeout = timeout
         self.stream_buffer = stream_buffer
+        self.blocking_threshold = blocking_threshold
         graph_of(type(self))  # validate now: a broken graph fails at construction
 
     @property
@@ -116,6 +128,7 @@ class Workflow:
             start_event=start_event,
             timeout=self.timeout,
             stream=EventStream(self.stream_buffer),
+            blocking_threshold=self.blocking_threshold,
         )
         handler = WorkflowHandler(run)
         body_error: BaseException | None = None
@@ -165,3 +178,7 @@ def _is_cancellation(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.split(trio.Cancelled)[1] is None
     return isinstance(error, trio.Cancelled)
+
+
+def _positive(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf

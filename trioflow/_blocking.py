@@ -1,0 +1,313 @@
+"""`watch_step`: warn when an async step holds the trio event loop too long.
+
+An ``async`` step that calls ``time.sleep`` or computes for a while without reaching a
+checkpoint stops the whole trio thread: other steps, the stream and every timeout wait for it.
+What users notice is "my events arrive late"; this module turns that into one warning naming
+the step, once per step, with what to do about it.
+
+How, and why this way:
+
+- **Nothing on the per-event path.** A trio `Instrument` would see every task step, but its
+  hooks would then run on every step-to-step hop (about 4 µs, benchmarked). Instead a watchdog
+  thread measures the loop from outside: it queues a probe with `TrioToken.run_sync_soon` and
+  the probe, running in the trio thread, notes how long it waited. A loop that keeps turning
+  runs it within microseconds to milliseconds. ``watch_step`` runs once per workflow run start
+  per step and costs a `RunVar` read and a dict lookup once its step is known.
+- **Who blocked.** A probe still pending at the watchdog's next wake-up means the loop has
+  been busy for an interval, so from then on every wake-up samples the trio thread's stack
+  (`sys._current_frames`) for a frame of a watched step's code, walking outwards so that a
+  blocking helper called by the step counts for the step. Each moment of the stall is
+  credited to the step seen in the nearest sample (a sampling profiler's estimate). A step is
+  reported when its credit exceeds its threshold: a step that merely happens to be running
+  during a stall caused by something else gets only the moments around its own samples.
+- **An idle loop is left alone.** When the trio thread sits in trio's I/O wait it is idle and
+  cannot be blocked, so no probe is sent. Besides saving the wake-ups this matters for tests:
+  trio autojumps a `MockClock` with ``autojump_threshold > 0``, and wakes
+  ``wait_all_tasks_blocked(cushion)``, only after the loop has been idle that long without any
+  wake-up, so a probe every interval would stall them forever. Probes never touch trio's clock
+  (the watchdog uses `time.monotonic` and a `threading.Event`), so virtual time is unaffected.
+- **One detector per trio run**, made by the first ``watch_step`` of the run and kept in a
+  `RunVar`, so runs one after another or in different threads never mix. A system task stops
+  and joins the watchdog thread when the run ends; the thread is a daemon and also stops by
+  itself once `run_sync_soon` says the run has finished or the trio thread is gone.
+- **Never crash the run.** The probe runs as a `run_sync_soon` callback, where any exception
+  is a `trio.TrioInternalError`. It logs the report on the ``trioflow`` logger, then warns, and
+  swallows what `warnings` raises: under ``-W error`` (as in this project's tests) the warning
+  becomes an exception, and the log line has already told.
+
+Resolution: the watchdog wakes every ``threshold / 4`` (at most 200 times a second), so a stall
+is noticed up to one interval after it began and the reported duration may be short by that
+much. Stalls just above the threshold may go unreported; from 1.25 thresholds on they are
+(measured: at 0.1 s, every block of 0.125 s and more was reported, none of 0.09 s). A stall that
+never ends (a step that never returns) is not reported, since the probe never runs.
+
+Cost: nothing per event and nothing while the loop is idle. Each wake-up of the watchdog takes
+the GIL from the trio thread once; on a loop saturated with task switches that measured about
+1% (a memory-channel ping-pong, with the default 0.1 s threshold), within noise at 0.4 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import types
+import warnings
+
+import attrs
+import trio
+
+logger = logging.getLogger("trioflow")
+
+DEFAULT_THRESHOLD = 0.1
+"""Seconds an async step may hold the event loop before trioflow warns, unless told otherwise."""
+
+WATCHDOG_THREAD_NAME = "trioflow-loop-watchdog"
+"""The name of every detector's watchdog thread (one per trio run with watched steps)."""
+
+# Probing more often than this costs more than it tells: below ~20 ms thresholds the detector
+# becomes coarser rather than busier.
+_MIN_INTERVAL = 0.005
+
+# A trio thread whose innermost frame is trio's I/O wait (`get_events` of the epoll, kqueue or
+# Windows I/O manager) is idle. Matched by name so that a trio release that renames it only
+# costs the optimisation (the loop is then probed while idle too), never a false report.
+_TRIO_DIR = os.path.dirname(trio.__file__) + os.sep
+
+
+class TrioflowWarning(UserWarning):
+    """Base class of the warnings trioflow emits."""
+
+
+class LoopBlockedWarning(TrioflowWarning):
+    """An async step held the event loop longer than its workflow's threshold."""
+
+
+@attrs.define(eq=False)
+class _Step:
+    """A watched step. Compared and hashed by identity: it is a key of a probe's credits."""
+
+    code: types.CodeType
+    workflow: str
+    name: str
+    threshold: float
+    # The step's module (``__name__``), learnt from a stack sample, so that warning filters
+    # that name a module match it; until then `warnings` derives one from the file name.
+    module: str | None = None
+
+
+_DETECTOR: trio.lowlevel.RunVar[_Detector | None] = trio.lowlevel.RunVar(
+    "trioflow.loop_detector", default=None
+)
+
+
+def watch_step(code: types.CodeType, *, workflow: str, step: str, threshold: float) -> None:
+    """Report, once, blocking of the trio thread by a frame of ``code`` for over ``threshold``.
+
+    Called from inside a trio run (in the trio thread), once per run start for each async step;
+    cheap and idempotent: a dict lookup when ``code`` is already watched in this trio run. The
+    first call of a trio run starts its detector, which ends with the run. If ``code`` is
+    watched again with a smaller threshold (another workflow sharing the step function), the
+    smaller one and its names apply from then on. Reports are made once per code object per
+    trio run, as a `LoopBlockedWarning` pointing at the step's definition and a WARNING on the
+    ``trioflow`` logger.
+
+    Args:
+        code: the step function's ``__code__``.
+        workflow: the workflow's name, for the report.
+        step: the step's name, for the report.
+        threshold: seconds the step may hold the event loop; ``math.inf`` watches nothing.
+
+    Raises:
+        ValueError: ``threshold`` is not a positive number.
+        RuntimeError: not called inside a trio run.
+    """
+    detector = _DETECTOR.get()
+    if detector is not None:
+        known = detector.steps.get(id(code))
+        if known is not None and known.threshold <= threshold:
+            return
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold > 0:
+        raise ValueError(f"threshold must be a positive number of seconds, got {threshold!r}")
+    if threshold == math.inf:
+        return
+    watched = _Step(code=code, workflow=workflow, name=step, threshold=float(threshold))
+    if detector is None:
+        _Detector.start(watched)
+    else:
+        detector.watch(watched)
+
+
+class _Detector:
+    """The loop-blocking detector of one trio run: a watchdog thread and the probe it sends.
+
+    The watchdog thread writes the probe state and the trio thread (the probe) takes it; both
+    do so under ``_lock``, held only for a few assignments. ``steps``, ``_interval`` and
+    ``_min_threshold`` are written by the trio thread only and read by the watchdog with single
+    dict lookups and attribute reads, which are atomic.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken, trio_thread: int) -> None:
+        # Keyed by id(code): hashing a code object hashes its contents, and identity is what
+        # "once per code object" means. The _Step holds the code, so the id cannot be reused
+        # by another object while it is a key.
+        self.steps: dict[int, _Step] = {}
+        self._token = token
+        self._trio_thread = trio_thread
+        self._min_threshold = math.inf
+        self._interval = math.inf
+        self._reported: set[int] = set()  # ids of reported codes; trio thread only
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=WATCHDOG_THREAD_NAME, daemon=True)
+        self._lock = threading.Lock()
+        # The probe in flight, if any: when it was queued, the latest stack sample (its time
+        # and the watched step on the stack then, if any) and the seconds credited so far.
+        self._probe_sent_at: float | None = None
+        self._last_sample: tuple[float, _Step | None] = (0.0, None)
+        self._credits: dict[_Step, float] = {}
+
+    @classmethod
+    def start(cls, first: _Step) -> None:
+        """Make, register and start the current trio run's detector, watching ``first``.
+        Does nothing once the run is shutting down and can no longer start one."""
+        detector = cls(trio.lowlevel.current_trio_token(), threading.get_ident())
+        detector.watch(first)  # before the thread starts: it waits for an interval first
+        try:
+            trio.lowlevel.spawn_system_task(
+                detector._stop_at_end_of_run, name="trioflow loop-blocking detector"
+            )
+        except RuntimeError:  # the system nursery is closed: the run is ending
+            return
+        _DETECTOR.set(detector)
+        # Started here rather than in the system task: the step about to run may block before
+        # that task first runs.
+        detector._thread.start()
+
+    def watch(self, step: _Step) -> None:
+        """Watch ``step`` (trio thread only)."""
+        self.steps[id(step.code)] = step
+        self._min_threshold = min(self._min_threshold, step.threshold)
+        self._interval = max(_MIN_INTERVAL, self._min_threshold / 4)
+
+    async def _stop_at_end_of_run(self) -> None:
+        # System tasks are cancelled when the run's main task is done; no trio timer involved.
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._stopping.set()
+        # Joining makes "no watchdog outlives its run" hold when trio.run returns. The thread
+        # wakes at once; the timeout only bounds a pathological case (it is a daemon anyway).
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+
+    # --- the watchdog thread ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        try:
+            while not self._stopping.wait(self._interval) and self._tick():
+                pass
+        except Exception:  # a bug here must not go unnoticed, nor kill anything but this thread
+            logger.exception("trioflow's loop-blocking detector stopped after an error")
+
+    def _tick(self) -> bool:
+        """One wake-up: sample the trio thread, then queue a probe or credit the pending one.
+        False once the run is over."""
+        frame = sys._current_frames().get(self._trio_thread)
+        if frame is None:  # the trio thread has exited, so has its run
+            return False
+        now = time.monotonic()
+        code = frame.f_code
+        idle = code.co_name == "get_events" and code.co_filename.startswith(_TRIO_DIR)
+        culprit = None if idle else self._culprit(frame)
+        # Holding on to the frame while waiting would keep its locals alive for an interval.
+        del frame, code
+        with self._lock:
+            if self._probe_sent_at is not None:
+                # Pending since the last wake-up: the loop has been busy for a whole interval.
+                last_at, last = self._last_sample
+                half = (now - last_at) / 2  # each half goes to the nearer sample
+                if last is not None:
+                    self._credits[last] = self._credits.get(last, 0.0) + half
+                if culprit is not None:
+                    self._credits[culprit] = self._credits.get(culprit, 0.0) + half
+                self._last_sample = (now, culprit)
+                return True
+            if idle:
+                return True
+            # A new dict rather than clear(): the previous probe may still be reading its own.
+            self._probe_sent_at, self._last_sample, self._credits = now, (now, culprit), {}
+        try:
+            self._token.run_sync_soon(self._probe)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def _culprit(self, frame: types.FrameType | None) -> _Step | None:
+        """The innermost watched step on the stack that ``frame`` tops, if any.
+
+        The trio thread may run on while this walks (the GIL can switch between bytecodes);
+        frames that have finished keep their ``f_back``, so the walk stays valid and is at
+        worst one sample stale."""
+        steps = self.steps
+        while frame is not None:
+            step = steps.get(id(frame.f_code))
+            if step is not None:
+                if step.module is None:
+                    module = frame.f_globals.get("__name__")
+                    step.module = module if isinstance(module, str) else None
+                return step
+            frame = frame.f_back
+        return None
+
+    # --- the trio thread ---------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        """Runs in the trio thread when the loop gets to it; reports the steps that held it."""
+        ran_at = time.monotonic()
+        with self._lock:
+            sent_at, (last_at, last), credits = (
+                self._probe_sent_at,
+                self._last_sample,
+                self._credits,
+            )
+            self._probe_sent_at = None
+        try:
+            if sent_at is None or ran_at - sent_at <= self._min_threshold:
+                return
+            if last is not None:  # the tail of the stall goes to the latest sample
+                # (negative if that sample was taken after ran_at, just before the lock)
+                credits[last] = credits.get(last, 0.0) + max(0.0, ran_at - last_at)
+            for step, held in credits.items():
+                if held > step.threshold and id(step.code) not in self._reported:
+                    self._reported.add(id(step.code))
+                    _report(step, held)
+        except Exception:  # an exception here would be a TrioInternalError: never for a warning
+            logger.exception("trioflow's loop-blocking detector failed")
+
+
+def _report(step: _Step, held: float) -> None:
+    message = (
+        f"step {step.name!r} of workflow {step.workflow!r} held the trio event loop for about "
+        f"{held:.2f} s without reaching a checkpoint (threshold {step.threshold:g} s), "
+        f"delaying everything else on the loop; make it a plain `def` step, which runs in a "
+        f"worker thread, or move the blocking call into `await trio.to_thread.run_sync(...)`"
+    )
+    code = step.code
+    logger.warning("%s:%d: %s", code.co_filename, code.co_firstlineno, message)
+    # warn_explicit rather than a stacklevel: the probe runs from trio's run loop, so no frame
+    # of the caller's stack is the step; the useful location is the step's definition.
+    with contextlib.suppress(Exception):  # -W error raises it here; the log line has told
+        warnings.warn_explicit(
+            LoopBlockedWarning(message),
+            LoopBlockedWarning,
+            code.co_filename,
+            code.co_firstlineno,
+            module=step.module,
+        )
