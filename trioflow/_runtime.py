@@ -73,9 +73,9 @@ class Run:
     failed_step: str = ""
     #: Failures after the first: never dropped, attached to the first as notes and logged.
     later_failures: list[tuple[str, BaseException]] = attrs.field(factory=list)
-    #: Attempts in progress per step (not decremented on cancellation, so a timeout can
-    #: report which steps were still running).
-    running: list[int] = attrs.field(init=False)
+    #: Steps that were inside a step call when the run's scope was cancelled (workers add
+    #: themselves as they unwind), so a timeout can report what was still running.
+    interrupted_steps: set[str] = attrs.field(factory=set)
     #: For each event class a step may return that is simply routed (see
     #: `WorkflowGraph.plain_events`): the `put` of every inbox it goes to.
     direct_routes: dict[type[Event], tuple[Callable[[Event], None], ...]] = attrs.field(init=False)
@@ -89,7 +89,6 @@ class Run:
     def __attrs_post_init__(self) -> None:
         self.context = Context(self.run_id, self, self.stream, self.waiters)
         self.inboxes = [Inbox() for _ in self.graph.steps]
-        self.running = [0] * len(self.graph.steps)
         self.direct_routes = {
             event_type: tuple(self.inboxes[i].put for i in self.graph.routes_for(event_type))
             for event_type in self.graph.plain_events
@@ -242,9 +241,7 @@ class Run:
             terminal = WorkflowFailedEvent(step_name=self.failed_step, exception=self.failure)
         elif self.outcome is RunStatus.TIMED_OUT:
             assert self.timeout is not None
-            active = tuple(
-                spec.name for spec, n in zip(self.graph.steps, self.running, strict=True) if n
-            )
+            active = tuple(s.name for s in self.graph.steps if s.name in self.interrupted_steps)
             terminal = WorkflowTimedOutEvent(timeout=self.timeout, active_steps=active)
         else:
             terminal = WorkflowCancelledEvent()

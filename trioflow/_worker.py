@@ -18,7 +18,6 @@ import trio
 from ._context import Context, current_step
 from ._events import Event, StepFailedEvent
 from ._graph import StepSpec
-from ._step import RetryPolicy
 from ._sync import SyncContext
 
 if TYPE_CHECKING:
@@ -32,49 +31,73 @@ async def work(run: Run, index: int) -> None:
     spec = run.graph.steps[index]
     current_step.set(spec.name)
     call = _step_call(run, spec)
-    retry = spec.config.retry
     get = run.inboxes[index].getter()
-    running = run.running
     direct_routes = run.direct_routes
     waiters = run.waiters
-    while True:
-        event = await get()
-        if run.outcome is not None:
-            return  # the run is over: start nothing new while the scope unwinds
-        running[index] += 1
-        attempt = 1
+    busy = False  # inside the step: a cancellation now means the step was still running
+    try:
         while True:
+            event = await get()
+            if run.outcome is not None:
+                return  # the run is over: start nothing new while the scope unwinds
+            busy = True
             try:
                 result = await call(event)
+                attempt = 1
             except Exception as exc:
-                if retry is not None and _retries(retry, attempt, exc):
-                    await _before_retry(run, spec, event, exc, attempt, retry)
-                    attempt += 1
+                retried = await _retry_or_fail(run, index, call, event, exc)
+                if retried is None:
+                    return  # the failure ends the run
+                if retried is _HANDED_TO_HANDLERS:
+                    busy = False
                     continue
+                result, attempt = retried
+            busy = False
+            try:
+                targets = direct_routes.get(result.__class__)
+                if targets is not None and not waiters:  # the hot path of a hop
+                    for put in targets:
+                        put(result)
+                elif result is not None:
+                    await run.emit(spec.name, result)
+            except Exception as exc:
+                # What the step returned cannot go anywhere: the step's failure, not retried
+                # (running the step again would repeat whatever it already did).
                 if not await _final_failure(run, index, event, exc, attempt):
                     return
-                result = _HANDED_TO_HANDLERS
-            break
-        running[index] -= 1
-        if result is _HANDED_TO_HANDLERS:
-            continue
+    except BaseException:
+        if busy:  # for WorkflowTimedOutEvent.active_steps
+            run.interrupted_steps.add(spec.name)
+        raise
+
+
+# What `_retry_or_fail` returns once error handlers took the step's final failure.
+_HANDED_TO_HANDLERS: Any = object()
+
+
+async def _retry_or_fail(
+    run: Run, index: int, call: StepCall, event: Event, exc: Exception
+) -> tuple[Any, int] | None:
+    """After a failed first attempt: retry as the step's policy says. Returns the result and
+    the attempt that produced it, `_HANDED_TO_HANDLERS` when error handlers took the final
+    failure, or None when the failure ends the run."""
+    spec = run.graph.steps[index]
+    retry = spec.config.retry
+    attempt = 1
+    while retry is not None and attempt < retry.max_attempts and isinstance(exc, retry.retry_on):
+        failed = StepFailedEvent(
+            step_name=spec.name, attempt=attempt, exception=exc, input_event=event
+        )
+        await run.stream.write(failed)
+        attempt += 1
+        await trio.sleep(retry.delay_before(attempt))  # only this worker waits
         try:
-            targets = direct_routes.get(result.__class__)
-            if targets is not None and not waiters:  # the hot path of a hop: nothing to decide
-                for put in targets:
-                    put(result)
-            elif result is not None:
-                await run.emit(spec.name, result)
-        except Exception as exc:
-            # What the step returned cannot go anywhere: the step's failure, not to be retried
-            # (running the step again would repeat whatever it already did).
-            if not await _final_failure(run, index, event, exc, attempt):
-                return
-
-
-# What `work` holds instead of a step's result once error handlers took its final failure
-# (a plain `continue` cannot leave the attempts loop and the event loop at once).
-_HANDED_TO_HANDLERS = object()
+            return await call(event), attempt
+        except Exception as again:
+            exc = again
+    if await _final_failure(run, index, event, exc, attempt):
+        return _HANDED_TO_HANDLERS  # type: ignore[no-any-return]
+    return None
 
 
 def _step_call(run: Run, spec: StepSpec) -> StepCall:
@@ -108,20 +131,6 @@ async def _in_thread(method: Callable[[Event], Any], event: Event) -> Any:
 async def _with_timeout(seconds: float, call: StepCall, event: Event) -> Any:
     with trio.fail_after(seconds):
         return await call(event)
-
-
-def _retries(retry: RetryPolicy, attempt: int, exc: Exception) -> bool:
-    return attempt < retry.max_attempts and isinstance(exc, retry.retry_on)
-
-
-async def _before_retry(
-    run: Run, spec: StepSpec, event: Event, exc: Exception, attempt: int, retry: RetryPolicy
-) -> None:
-    """Report a failed attempt that will be retried, then wait the policy's delay (only this
-    worker waits; the rest of the run goes on)."""
-    failed = StepFailedEvent(step_name=spec.name, attempt=attempt, exception=exc, input_event=event)
-    await run.stream.write(failed)
-    await trio.sleep(retry.delay_before(attempt + 1))
 
 
 async def _final_failure(run: Run, index: int, event: Event, exc: Exception, attempt: int) -> bool:
