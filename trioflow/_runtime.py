@@ -79,7 +79,8 @@ class Run:
     #: For each event class a step may return that is simply routed (see
     #: `WorkflowGraph.plain_events`): the `put` of every inbox it goes to.
     direct_routes: dict[type[Event], tuple[Callable[[Event], None], ...]] = attrs.field(init=False)
-    #: `StepFailedEvent`s of the failures that ended the run, streamed before the terminal.
+    #: `StepFailedEvent`s that could not wait for room in the stream (the failure ended the
+    #: run, or the run ended while reporting it): streamed just before the terminal event.
     failure_reports: list[StepFailedEvent] = attrs.field(factory=list)
     #: Steps suspended in `Context.wait_for_event`, oldest first.
     waiters: list[Waiter] = attrs.field(factory=list)

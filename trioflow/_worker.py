@@ -88,7 +88,11 @@ async def _retry_or_fail(
         failed = StepFailedEvent(
             step_name=spec.name, attempt=attempt, exception=exc, input_event=event
         )
-        await run.stream.write(failed)
+        try:
+            await run.stream.write(failed)
+        except BaseException:
+            run.failure_reports.append(failed)  # the run is ending: report it with the end
+            raise
         attempt += 1
         await trio.sleep(retry.delay_before(attempt))  # only this worker waits
         try:
@@ -151,7 +155,9 @@ async def _final_failure(run: Run, index: int, event: Event, exc: Exception, att
     try:
         await run.stream.write(failed)  # the run goes on, so the report waits its turn
     except BaseException:
-        run.fail(spec.name, exc, failed)  # cancelled while reporting: record, never lose it
+        # The run ended while the report waited (timeout, cancel): the failure was a handler's
+        # to deal with, so it decides nothing, but its report still goes out with the end.
+        run.failure_reports.append(failed)
         raise
     for handler in handlers:
         run.inboxes[handler].put(failed)
