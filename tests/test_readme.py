@@ -10,20 +10,23 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+
+
+def run_python(source: str) -> list[str]:
+    """Run ``source`` in a fresh interpreter, as a user pasting it would; return its lines."""
+    done = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def test_first_example_runs() -> None:
     """The first Python block of the README runs as a script and prints the joke twice, with
     the progress event and the stop event streamed in between."""
-    block = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-    assert block is not None
-    done = subprocess.run(
-        [sys.executable, "-c", block.group(1)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    assert run_python(python_blocks()[0]) == [
         "A JOKE ABOUT TRIO",
         "Progress(value=0.5)",
         "StopEvent(result='A JOKE ABOUT TRIO')",
@@ -33,7 +36,6 @@ def test_first_example_runs() -> None:
 
 def test_human_in_the_loop_example_runs() -> None:
     """The README's Interview example asks, takes the matching reply, and returns it."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     driver = """
 import trio
 
@@ -47,15 +49,7 @@ async def main():
 
 trio.run(main)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", blocks[1] + driver],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    assert run_python(python_blocks()[1] + driver) == [
         "Ask(question='your name?')",
         "StopEvent(result='Ada Lovelace')",
         "Ada Lovelace",
