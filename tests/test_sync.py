@@ -185,3 +185,30 @@ async def test_sync_collect_events_and_wait_for_event() -> None:
                 await trio.sleep(0.01)
         await handler.send_event(Reply(text="hi"))
         assert await handler.result() == ([0, 1, 2], "hi")
+
+
+async def test_def_step_timeout_applies_at_next_ctx_call_or_return() -> None:
+    """A def step over its timeout fails with TooSlowError at its next ctx call, or, if it
+    makes none, when it returns (its result is not used)."""
+    calls_after_timeout: list[int] = []
+
+    class Quiet(Workflow):
+        @step(timeout=0.05)
+        def slow(self, ev: StartEvent) -> StopEvent:
+            time.sleep(0.2)
+            return StopEvent(result="returned")
+
+    class Chatty(Workflow):
+        @step(timeout=0.05)
+        def slow(self, ctx: SyncContext, ev: StartEvent) -> StopEvent:
+            for i in range(1000):
+                time.sleep(0.01)
+                ctx.write_event_to_stream(Tick(i=i))
+                calls_after_timeout.append(i)
+            return StopEvent(result="returned")
+
+    with pytest.raises(trio.TooSlowError):
+        await Quiet().run()
+    with pytest.raises(trio.TooSlowError):
+        await Chatty().run()
+    assert len(calls_after_timeout) < 1000  # stopped at a ctx call, not at the end
