@@ -411,13 +411,9 @@ async def _chain_stage(ctx: Context, ev: Event, index: int, make_next: Callable[
     return make_next(_job_of(ev))
 
 
-async def _chain_end(ctx: Context, ev: Event, index: int) -> StopEvent | None:
-    """Steps past the planned chain length are never reached; the last planned one stops."""
-    job = _job_of(ev)
-    if index == len(job.sc.steps) - 1:
-        await _attempt(ctx, ev, CHAIN_STEPS[index])
-        return job.stop(CHAIN_STEPS[index])
-    return None
+async def _chain_end(ctx: Context, ev: Event, index: int) -> StopEvent:
+    await _attempt(ctx, ev, CHAIN_STEPS[index])
+    return _job_of(ev).stop(CHAIN_STEPS[index])
 
 
 async def _handle(ctx: Context, ev: StepFailedEvent, name: str) -> StopEvent | None:
@@ -448,28 +444,26 @@ def _flow_class(sc: Scenario) -> type[Workflow]:
     (r0, t0), (r1, t1), (r2, t2), (r3, t3) = options
     base: type[Workflow]
     if sc.shape is Shape.CHAIN:
-
+        # A plan of n steps stops at step n-1; the steps after it are never reached.
         class Chain(Workflow):
             @step(retry=r0, timeout=t0)
-            async def s0(self, ctx: Context, ev: PlanStart) -> Hop1 | StopEvent | None:
-                if len(ev.job.sc.steps) == 1:
-                    return await _chain_end(ctx, ev, 0)
+            async def s0(self, ctx: Context, ev: PlanStart) -> Hop1:
                 return await _chain_stage(ctx, ev, 0, lambda job: Hop1(job=job))
 
             @step(retry=r1, timeout=t1)
-            async def s1(self, ctx: Context, ev: Hop1) -> Hop2 | StopEvent | None:
+            async def s1(self, ctx: Context, ev: Hop1) -> Hop2 | StopEvent:
                 if len(ev.job.sc.steps) == 2:
                     return await _chain_end(ctx, ev, 1)
                 return await _chain_stage(ctx, ev, 1, lambda job: Hop2(job=job))
 
             @step(retry=r2, timeout=t2)
-            async def s2(self, ctx: Context, ev: Hop2) -> Hop3 | StopEvent | None:
+            async def s2(self, ctx: Context, ev: Hop2) -> Hop3 | StopEvent:
                 if len(ev.job.sc.steps) == 3:
                     return await _chain_end(ctx, ev, 2)
                 return await _chain_stage(ctx, ev, 2, lambda job: Hop3(job=job))
 
             @step(retry=r3, timeout=t3)
-            async def s3(self, ctx: Context, ev: Hop3) -> StopEvent | None:
+            async def s3(self, ctx: Context, ev: Hop3) -> StopEvent:
                 return await _chain_end(ctx, ev, 3)
 
         base = Chain
@@ -525,7 +519,7 @@ def _handler_step(design: HandlerDesign) -> Callable[..., Any]:
     return handle
 
 
-# -- the oracle (scenarios without the thread step) --------------------------------------------
+# -- the oracle (runs whose consumer keeps up) ----------------------------------------------------
 
 
 class Kind(enum.Enum):
@@ -558,7 +552,7 @@ class Prediction:
     attempts: list[PredictedAttempt] = field(default_factory=list)
     calls: list[tuple[str, str, float]] = field(default_factory=list)  # handler, failed, time
     decisions: list[Decision] = field(default_factory=list)
-    #: When each step (or handler call) is running, as `Run.running` counts it.
+    #: When each step (or handler call) is busy: what WorkflowTimedOutEvent.active_steps names.
     spans: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
@@ -1328,16 +1322,14 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, 
 @settings(PROPERTY_SETTINGS, max_examples=500)
 @given(scenarios())
 def test_faulty_runs_keep_their_invariants(sc: Scenario) -> None:
-    """Any faulty run (thread step included): one terminal, reports, retries, handlers,
-    result() and exit agree, nothing outlives the block."""
+    """Any faulty run: one terminal, sound reports, retries and handler routing, no leftovers."""
     _check_invariants(sc, _observe(sc))
 
 
 @settings(PROPERTY_SETTINGS, max_examples=500)
 @given(scenarios(prompt_only=True))
 def test_faulty_runs_end_as_predicted(sc: Scenario) -> None:
-    """Without a thread step and with a prompt consumer, every attempt, retry, handler call
-    and the run's end happen as the plan predicts."""
+    """With a prompt consumer, every attempt, handler call and the run's end go as planned."""
     obs = _observe(sc)
     terminal = _check_invariants(sc, obs)
     _check_oracle(sc, obs, terminal)
@@ -1348,8 +1340,7 @@ def test_faulty_runs_end_as_predicted(sc: Scenario) -> None:
 @PROPERTY_SETTINGS
 @given(unread_scenarios())
 def test_reports_survive_the_end_of_the_run(sc: Scenario) -> None:
-    """Every failed attempt's StepFailedEvent reaches the stream, also when the run ends while
-    the report waits for room."""
+    """Every failed attempt is reported, also when the run ends while its report waits for room."""
     _check_invariants(sc, _observe(sc))
 
 
@@ -1359,6 +1350,5 @@ def test_reports_survive_the_end_of_the_run(sc: Scenario) -> None:
 @PROPERTY_SETTINGS
 @given(unread_scenarios(handled=True))
 def test_handled_failure_never_decides_the_run(sc: Scenario) -> None:
-    """A failure that an error handler covers never becomes the run's failure, also when the
-    run times out or is cancelled from outside while its report waits for room."""
+    """A failure bound for an error handler never becomes the run's failure, however it ends."""
     _check_invariants(sc, _observe(sc))
