@@ -35,6 +35,17 @@ from typing import Any, TypeVar, cast
 
 import trio
 import trio.testing
+from _runs import (
+    Captured,
+    RunLog,
+    cancel_at,
+    capture_result,
+    check_exit,
+    check_no_late_ticks,
+    check_result,
+    check_terminal,
+    read_stream,
+)
 from hypothesis import event as note_statistic
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -48,13 +59,10 @@ from trioflow import (
     StopEvent,
     SyncContext,
     Workflow,
-    WorkflowCancelledError,
-    WorkflowCancelledEvent,
     WorkflowFailedEvent,
     WorkflowHandler,
     WorkflowRuntimeError,
     WorkflowTimedOutEvent,
-    WorkflowTimeoutError,
     step,
 )
 
@@ -790,56 +798,12 @@ THREAD_POLL = 0.001  # real seconds the loop may sleep while a worker thread is 
 AFTERLIFE = 50.0  # virtual seconds waited after the block, for any leaked step code to show
 
 
-@dataclass
-class Captured:
-    value: object = None
-    error: BaseException | None = None
-
-
-async def _capture_result(handler: WorkflowHandler) -> Captured:
-    try:
-        return Captured(value=await handler.result())
-    except Exception as exc:  # an ExceptionGroup included, to be reported as such
-        return Captured(error=exc)
-
-
-@dataclass(eq=False)
-class Observed:
+@dataclass(eq=False, kw_only=True)
+class Observed(RunLog):
     rec: Recorder
-    events: list[Event] = field(default_factory=list)
-    ended_after_terminal: list[bool] = field(default_factory=list)
-    after_terminal: list[Event] = field(default_factory=list)
-    body_result: Captured | None = None
-    body_unexpected: BaseException | None = None
-    caller_error: CallerError | None = None
-    exit_error: BaseException | None = None
-    exit_time: float = math.nan
     threads_running_at_exit: int = 0
     thread_tokens_at_exit: int = 0
     tasks_left: list[str] = field(default_factory=list)
-    reopen_tried: bool = False
-    reopen_error: BaseException | None = None
-    final_result: Captured | None = None
-    discarded: int = 0
-
-
-async def _read(handler: WorkflowHandler, obs: Observed, *, delay: float = 0.0) -> None:
-    seen_terminal = False
-    async for event in handler.stream_events():
-        if seen_terminal:
-            obs.after_terminal.append(event)
-            return
-        obs.events.append(event)
-        seen_terminal = isinstance(event, StopEvent)
-        if delay:
-            await trio.sleep(delay)
-    if seen_terminal:
-        obs.ended_after_terminal.append(True)
-
-
-async def _cancel_at(handler: WorkflowHandler, when: float) -> None:
-    await trio.sleep_until(when)
-    handler.cancel()
 
 
 async def _drive(handler: WorkflowHandler, sc: Scenario, obs: Observed) -> None:
@@ -847,20 +811,20 @@ async def _drive(handler: WorkflowHandler, sc: Scenario, obs: Observed) -> None:
     try:
         async with trio.open_nursery() as nursery:
             if sc.cancel_at is not None:
-                nursery.start_soon(_cancel_at, handler, sc.cancel_at)
+                nursery.start_soon(cancel_at, handler, sc.cancel_at)
             if sc.mode in (Mode.STREAM, Mode.SLOW_STREAM):
-                await _read(handler, obs, delay=0.5 if sc.mode is Mode.SLOW_STREAM else 0.0)
+                await read_stream(handler, obs, delay=0.5 if sc.mode is Mode.SLOW_STREAM else 0.0)
             elif sc.mode is Mode.LEAVE:
                 assert sc.leave_at is not None
                 with trio.move_on_at(sc.leave_at):
-                    await _read(handler, obs)
+                    await read_stream(handler, obs)
             elif sc.mode is Mode.IDLE:
                 assert sc.leave_at is not None
                 await trio.sleep_until(sc.leave_at)
             elif sc.mode is Mode.OUTER:
                 await trio.sleep_forever()  # until the cancel scope around the block expires
             if sc.result_in_body:
-                obs.body_result = await _capture_result(handler)
+                obs.body_result = await capture_result(handler)
             nursery.cancel_scope.cancel()
     except Exception as exc:  # a handler method raised where it must not: reported below
         obs.body_unexpected = exc
@@ -988,8 +952,8 @@ async def _run_caller(sc: Scenario) -> Observed:
             except WorkflowRuntimeError as exc:
                 obs.reopen_error = exc
         else:
-            await _read(handler, obs)  # what the block left unread, terminal included
-        obs.final_result = await _capture_result(handler)
+            await read_stream(handler, obs)  # what the block left unread, terminal included
+        obs.final_result = await capture_result(handler)
         await trio.sleep(AFTERLIFE)  # a step still alive would tick now
     return obs
 
@@ -1003,22 +967,9 @@ def _observe(sc: Scenario) -> Observed:
 
 
 def _check_terminal(obs: Observed) -> StopEvent:
-    """Exactly one terminal event, last, then the iteration ends."""
-    terminals = [i for i, ev in enumerate(obs.events) if isinstance(ev, StopEvent)]
-    assert len(terminals) == 1, f"terminal events at {terminals} of {obs.events!r}"
-    assert terminals[0] == len(obs.events) - 1, "the terminal event is not the last one"
-    assert not obs.after_terminal, f"yielded after the terminal event: {obs.after_terminal!r}"
-    assert obs.ended_after_terminal == [True]
-    if obs.reopen_tried:
-        assert isinstance(obs.reopen_error, WorkflowRuntimeError), obs.reopen_error
-    terminal = obs.events[-1]
-    assert isinstance(terminal, StopEvent)
-    assert type(terminal) in (
-        StopEvent,
-        WorkflowFailedEvent,
-        WorkflowCancelledEvent,
-        WorkflowTimedOutEvent,
-    )
+    """Exactly one terminal event, last, then the iteration ends; a stop event is one a step
+    returned."""
+    terminal = check_terminal(obs)
     if type(terminal) is StopEvent:
         assert any(terminal is stop for stop in obs.rec.stops), terminal
     return terminal
@@ -1026,47 +977,17 @@ def _check_terminal(obs: Observed) -> StopEvent:
 
 def _check_no_afterlife(obs: Observed) -> None:
     """No step code once the block has exited; no thread or task of the run left behind."""
-    late = [(t, name) for t, name, after in obs.rec.ticks if after or t > obs.exit_time]
-    assert not late, f"step code ran after the block exited at {obs.exit_time}: {late}"
+    check_no_late_ticks(obs.rec.ticks, obs.exit_time)
     assert obs.threads_running_at_exit == 0, "a def step was still running when the block exited"
     assert obs.thread_tokens_at_exit == 0, "a trio.to_thread call outlived the block"
     assert not obs.tasks_left, f"tasks left behind: {obs.tasks_left}"
 
 
 def _check_result(sc: Scenario, terminal: StopEvent, captured: Captured) -> None:
-    """result() agrees with the terminal event, and never raises a group."""
-    error = captured.error
-    assert not isinstance(error, BaseExceptionGroup), f"result() raised a group: {error!r}"
-    if type(terminal) is StopEvent:
-        assert error is None, f"completed run, but result() raised {error!r}"
-        assert captured.value is terminal.result
-    elif isinstance(terminal, WorkflowFailedEvent):
-        assert error is terminal.exception, f"{error!r} is not {terminal.exception!r}"
-    elif isinstance(terminal, WorkflowTimedOutEvent):
-        assert isinstance(error, WorkflowTimeoutError), f"timed out, result() gave {captured}"
+    """result() agrees with the terminal event; a timeout reports the workflow's timeout."""
+    check_result(terminal, captured)
+    if isinstance(terminal, WorkflowTimedOutEvent):
         assert terminal.timeout == sc.timeout
-    else:
-        assert isinstance(error, WorkflowCancelledError), f"cancelled, result() gave {captured}"
-
-
-def _check_exit(sc: Scenario, terminal: StopEvent, obs: Observed) -> None:
-    """What leaving the block raises: the caller's own error, else an unreported failure."""
-    failed = isinstance(terminal, WorkflowFailedEvent | WorkflowTimedOutEvent)
-    reported = obs.body_result is not None and obs.body_result.error is not None
-    exit_error = obs.exit_error
-    assert not isinstance(exit_error, BaseExceptionGroup), f"the block raised {exit_error!r}"
-    if sc.leave_by_raise:
-        assert exit_error is obs.caller_error, f"the block raised {exit_error!r}"
-        assert obs.caller_error is not None
-        also = [n for n in getattr(obs.caller_error, "__notes__", []) if "also failed" in n]
-        assert bool(also) == (failed and not reported), also
-    elif failed and not reported:
-        if isinstance(terminal, WorkflowFailedEvent):
-            assert exit_error is terminal.exception, f"the block raised {exit_error!r}"
-        else:
-            assert isinstance(exit_error, WorkflowTimeoutError), f"raised {exit_error!r}"
-    else:
-        assert exit_error is None, f"{type(terminal).__name__}: the block raised {exit_error!r}"
 
 
 def _attempt_of(obs: Observed, report: StepFailedEvent) -> AttemptRecord:
@@ -1245,7 +1166,7 @@ def _check_invariants(sc: Scenario, obs: Observed) -> StopEvent:
     for captured in (obs.body_result, obs.final_result):
         if captured is not None:
             _check_result(sc, terminal, captured)
-    _check_exit(sc, terminal, obs)
+    check_exit(terminal, obs, left_by_raise=sc.leave_by_raise)
     reports = _check_reports(sc, obs)
     _check_retries(sc, obs)
     _check_handlers(sc, obs, reports)

@@ -23,6 +23,17 @@ from typing import TypeVar
 
 import trio
 import trio.testing
+from _runs import (
+    Captured,
+    RunLog,
+    cancel_at,
+    capture_result,
+    check_exit,
+    check_no_late_ticks,
+    check_result,
+    check_terminal,
+    read_stream,
+)
 from hypothesis import event as note_statistic
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,13 +45,10 @@ from trioflow import (
     StepFailedEvent,
     StopEvent,
     Workflow,
-    WorkflowCancelledError,
-    WorkflowCancelledEvent,
     WorkflowFailedEvent,
     WorkflowHandler,
     WorkflowRuntimeError,
     WorkflowTimedOutEvent,
-    WorkflowTimeoutError,
     step,
 )
 
@@ -503,66 +511,10 @@ SAFETY_TIMEOUT = 1000.0  # virtual seconds: far beyond any planned time; a hang 
 AFTERLIFE = 50.0  # virtual seconds waited after the block, for any leaked step code to show
 
 
-@dataclass
-class Outcome:
-    value: object = None
-    error: BaseException | None = None
-
-
-async def _capture_result(handler: WorkflowHandler) -> Outcome:
-    try:
-        return Outcome(value=await handler.result())
-    except Exception as exc:  # an ExceptionGroup included, to be reported as such
-        return Outcome(error=exc)
-
-
-@dataclass(eq=False)
-class Observed:
+@dataclass(eq=False, kw_only=True)
+class Observed(RunLog):
     rec: Recorder
     token: object
-    #: Every event read from the stream, in the block and after it, in order.
-    events: list[Event] = field(default_factory=list)
-    #: Whether each loop that read the terminal event then ended by itself.
-    ended_after_terminal: list[bool] = field(default_factory=list)
-    #: Anything a loop yielded after the terminal event.
-    after_terminal: list[Event] = field(default_factory=list)
-    body_result: Outcome | None = None
-    body_unexpected: BaseException | None = None
-    caller_error: CallerError | None = None
-    exit_error: BaseException | None = None
-    exit_time: float = math.nan
-    #: What stream_events() did after the terminal event had been read: None if not tried.
-    reopen_error: BaseException | None = None
-    reopen_tried: bool = False
-    final_result: Outcome | None = None
-    discarded: int = 0
-
-
-async def _read(
-    handler: WorkflowHandler, obs: Observed, *, limit: int | None = None, delay: float = 0.0
-) -> None:
-    """Read the stream; with ``limit``, break out after that many events unless the last one
-    read is the terminal event (a loop that has read the terminal must end by itself)."""
-    read = 0
-    seen_terminal = False
-    async for event in handler.stream_events():
-        if seen_terminal:
-            obs.after_terminal.append(event)
-            return
-        obs.events.append(event)
-        seen_terminal = isinstance(event, StopEvent)
-        read += 1
-        if limit is not None and read >= limit and not seen_terminal:
-            break
-        if delay:
-            await trio.sleep(delay)
-    if seen_terminal:
-        obs.ended_after_terminal.append(True)
-
-
-async def _cancel_at(handler: WorkflowHandler, when: float) -> None:
-    await trio.sleep_until(when)
-    handler.cancel()
 
 
 async def _open_gate_at(gate: trio.Event, when: float) -> None:
@@ -571,7 +523,7 @@ async def _open_gate_at(gate: trio.Event, when: float) -> None:
 
 
 async def _result_into(handler: WorkflowHandler, obs: Observed, done: trio.Event) -> None:
-    obs.body_result = await _capture_result(handler)
+    obs.body_result = await capture_result(handler)
     done.set()
 
 
@@ -585,17 +537,17 @@ async def _drive(handler: WorkflowHandler, sc: Scenario, job: Job, obs: Observed
                 # Started before the stream is claimed below, as a user's code would be.
                 nursery.start_soon(_result_into, handler, obs, result_done)
             if sc.cancel_at is not None:
-                nursery.start_soon(_cancel_at, handler, sc.cancel_at)
+                nursery.start_soon(cancel_at, handler, sc.cancel_at)
             if sc.gate_at is not None:
                 nursery.start_soon(_open_gate_at, job.gate, sc.gate_at)
             if sc.mode is Mode.STREAM:
-                await _read(handler, obs, delay=sc.consumer_delay)
+                await read_stream(handler, obs, delay=sc.consumer_delay)
             elif sc.mode is Mode.BREAK:
-                await _read(handler, obs, limit=sc.break_after)
+                await read_stream(handler, obs, limit=sc.break_after)
             elif sc.mode is Mode.LEAVE:
                 assert sc.leave_at is not None
                 with trio.move_on_at(sc.leave_at):
-                    await _read(handler, obs)
+                    await read_stream(handler, obs)
             elif sc.mode is Mode.IDLE:
                 assert sc.leave_at is not None
                 await trio.sleep_until(sc.leave_at)
@@ -604,7 +556,7 @@ async def _drive(handler: WorkflowHandler, sc: Scenario, job: Job, obs: Observed
             if sc.result_concurrently:
                 await result_done.wait()
             elif sc.result_in_body:
-                obs.body_result = await _capture_result(handler)
+                obs.body_result = await capture_result(handler)
             nursery.cancel_scope.cancel()
     except Exception as exc:  # a handler method raised where it must not: reported below
         obs.body_unexpected = exc
@@ -641,8 +593,8 @@ async def _run_scenario(sc: Scenario) -> Observed:
             except WorkflowRuntimeError as exc:
                 obs.reopen_error = exc
         else:
-            await _read(handler, obs)
-        obs.final_result = await _capture_result(handler)
+            await read_stream(handler, obs)
+        obs.final_result = await capture_result(handler)
         await trio.sleep(AFTERLIFE)  # a step still alive would tick now
     return obs
 
@@ -654,47 +606,12 @@ def _observe(sc: Scenario) -> Observed:
 # -- the properties ------------------------------------------------------------------------
 
 
-def _check_terminal(obs: Observed) -> StopEvent:
-    """Property 1: exactly one terminal event, last, and the iteration then ends."""
-    terminals = [i for i, ev in enumerate(obs.events) if isinstance(ev, StopEvent)]
-    assert len(terminals) == 1, f"terminal events at {terminals} of {obs.events!r}"
-    assert terminals[0] == len(obs.events) - 1, "the terminal event is not the last one"
-    assert not obs.after_terminal, f"yielded after the terminal event: {obs.after_terminal!r}"
-    assert obs.ended_after_terminal == [True]
-    terminal = obs.events[-1]
-    assert isinstance(terminal, StopEvent)
-    assert type(terminal) in (
-        StopEvent,
-        WorkflowFailedEvent,
-        WorkflowCancelledEvent,
-        WorkflowTimedOutEvent,
-    )
-    if obs.reopen_tried:  # stream_events() once the stream has ended
-        assert isinstance(obs.reopen_error, WorkflowRuntimeError), obs.reopen_error
-    return terminal
-
-
-def _check_no_afterlife(obs: Observed) -> None:
-    """Property 2: no step code ran once the ``async with`` block had exited."""
-    late = [(t, name) for t, name, after in obs.rec.ticks if after or t > obs.exit_time]
-    assert not late, f"step code ran after the block exited at {obs.exit_time}: {late}"
-
-
-def _check_result(terminal: StopEvent, outcome: Outcome, obs: Observed) -> None:
-    """Property 3: result() agrees with the terminal event."""
-    error = outcome.error
-    assert not isinstance(error, BaseExceptionGroup), f"result() raised a group: {error!r}"
+def _check_result(terminal: StopEvent, captured: Captured, obs: Observed) -> None:
+    """Property 3: result() agrees with the terminal event; a completed run returns the
+    token its plan carried."""
+    check_result(terminal, captured)
     if type(terminal) is StopEvent:
-        assert error is None, f"completed run, but result() raised {error!r}"
-        assert outcome.value is obs.token
         assert terminal.result is obs.token
-    elif isinstance(terminal, WorkflowFailedEvent):
-        assert error is terminal.exception, f"{error!r} is not {terminal.exception!r}"
-    elif isinstance(terminal, WorkflowTimedOutEvent):
-        assert isinstance(error, WorkflowTimeoutError), f"timed out, result() gave {outcome}"
-    else:
-        assert isinstance(terminal, WorkflowCancelledEvent)
-        assert isinstance(error, WorkflowCancelledError), f"cancelled, result() gave {outcome}"
 
 
 def _check_failure(terminal: WorkflowFailedEvent, obs: Observed) -> None:
@@ -710,27 +627,6 @@ def _check_failure(terminal: WorkflowFailedEvent, obs: Observed) -> None:
         if other is not exc:
             also = f"trioflow: step {other.step_name!r} also failed: StepBoom: {other}"
             assert also in notes, f"{other!r} is lost: {notes}"
-
-
-def _check_exit(sc: Scenario, terminal: StopEvent, obs: Observed) -> None:
-    """Property 4: what leaving the block raises."""
-    failed = isinstance(terminal, WorkflowFailedEvent | WorkflowTimedOutEvent)
-    reported = obs.body_result is not None and obs.body_result.error is not None
-    exit_error = obs.exit_error
-    assert not isinstance(exit_error, BaseExceptionGroup), f"the block raised {exit_error!r}"
-    if sc.leave_by_raise:
-        assert exit_error is obs.caller_error, f"the block raised {exit_error!r}"
-        assert obs.caller_error is not None
-        also = [n for n in getattr(obs.caller_error, "__notes__", []) if "also failed" in n]
-        assert bool(also) == (failed and not reported), also
-    elif failed and not reported:
-        unreported = f"{type(terminal).__name__} not raised by result(), but the block raised"
-        if isinstance(terminal, WorkflowFailedEvent):
-            assert exit_error is terminal.exception, f"{unreported} {exit_error!r}"
-        else:
-            assert isinstance(exit_error, WorkflowTimeoutError), f"{unreported} {exit_error!r}"
-    else:
-        assert exit_error is None, f"{type(terminal).__name__}: the block raised {exit_error!r}"
 
 
 def _is_subsequence(part: list[Event], whole: list[Progress]) -> bool:
@@ -807,14 +703,14 @@ def _check_also_failed(first: list[Decision], terminal: WorkflowFailedEvent) -> 
 
 def _check_scenario(sc: Scenario, obs: Observed) -> StopEvent:
     assert obs.body_unexpected is None, f"the caller's code raised {obs.body_unexpected!r}"
-    terminal = _check_terminal(obs)
-    _check_no_afterlife(obs)
+    terminal = check_terminal(obs)
+    check_no_late_ticks(obs.rec.ticks, obs.exit_time)
     for outcome in (obs.body_result, obs.final_result):
         if outcome is not None:
             _check_result(terminal, outcome, obs)
     if isinstance(terminal, WorkflowFailedEvent):
         _check_failure(terminal, obs)
-    _check_exit(sc, terminal, obs)
+    check_exit(terminal, obs, left_by_raise=sc.leave_by_raise)
     _check_order(sc, obs)
     if sc.prompt_consumer:
         _check_oracle(sc, terminal)

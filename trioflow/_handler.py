@@ -121,8 +121,3 @@ class WorkflowHandler:
         ):
             return None
         return self._outcome_error()
-
-
-def terminal_of(handler: WorkflowHandler) -> StopEvent | None:
-    """The terminal event of the handler's run, once decided (for tests and tools)."""
-    return handler._run.stream.terminal

@@ -43,9 +43,6 @@ class Inbox(Generic[_T]):
         self._items: deque[_T] = deque()
         self._parked: deque[Task] = deque()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     @enable_ki_protection
     def put(self, item: _T) -> None:
         """Queue ``item``; never blocks."""
