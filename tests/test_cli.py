@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+
+import httpx
+import pytest
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,3 +40,57 @@ def test_demo_rejects_negative_pace() -> None:
     assert done.returncode == 2
     assert "--pace must be >= 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_prints_the_dashboard_address_and_stops_on_sigint() -> None:
+    """`trioflow serve` serves the examples, prints where, and exits cleanly on Ctrl-C."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "serve", "trioflow.examples:WORKFLOWS", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "trioflow: serving research, approval, flaky\n"
+        line = process.stdout.readline()
+        match = re.fullmatch(
+            r"trioflow: dashboard at (http://127\.0\.0\.1:\d+)/  \(Ctrl-C stops\)\n", line
+        )
+        assert match, line
+        response = httpx.post(f"{match[1]}/workflows/approval/runs", json={"pace": 0})
+        assert response.status_code == 201
+        run_id = response.json()["run_id"]
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert out.endswith("trioflow: stopped\n")
+    assert "Traceback" not in err
+    assert run_id
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nowhere.at.all:X", "no module named 'nowhere'"),
+        ("trioflow.examples:Nope", "module 'trioflow.examples' has no attribute 'Nope'"),
+        ("trioflow.examples:Progress", "not a Workflow or a mapping of names to workflows"),
+        ("trioflow.examples", "expected module:attribute"),
+    ],
+)
+def test_serve_reports_a_bad_target_in_one_line(target: str, message: str) -> None:
+    """A missing module or attribute, or one that is no workflow: one line, exit code 2."""
+    done = run_cli("serve", target, "--port", "0")
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_rejects_bad_options() -> None:
+    """Out-of-range options are refused before anything listens."""
+    done = run_cli("serve", "trioflow.examples:WORKFLOWS", "--retain", "0")
+    assert done.returncode == 2
+    assert "retain must be an int >= 1" in done.stderr

@@ -1,5 +1,6 @@
 """trioflow: event-driven workflows on trio, with live, bounded, cancellable event streams."""
 
+from ._app import ServerOptions, WorkflowApp
 from ._blocking import LoopBlockedWarning, TrioflowWarning
 from ._context import Context, Store
 from ._errors import (
@@ -22,6 +23,7 @@ from ._events import (
 )
 from ._handler import WorkflowHandler
 from ._runtime import RunStatus
+from ._serve import serve
 from ._step import RetryPolicy, step
 from ._stream import StreamIterator, StreamStatistics
 from ._sync import SyncContext, SyncStore
@@ -37,6 +39,7 @@ __all__ = [
     "LoopBlockedWarning",
     "RetryPolicy",
     "RunStatus",
+    "ServerOptions",
     "StartEvent",
     "StepFailedEvent",
     "StopEvent",
@@ -48,6 +51,7 @@ __all__ = [
     "TrioflowError",
     "TrioflowWarning",
     "Workflow",
+    "WorkflowApp",
     "WorkflowCancelledError",
     "WorkflowCancelledEvent",
     "WorkflowFailedEvent",
@@ -56,6 +60,7 @@ __all__ = [
     "WorkflowTimedOutEvent",
     "WorkflowTimeoutError",
     "WorkflowValidationError",
+    "serve",
     "step",
 ]
 

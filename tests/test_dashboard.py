@@ -1,0 +1,313 @@
+"""The dashboard (``GET /``) driven in headless Chromium against an in-process server.
+
+One Chromium serves the whole module (tests/_browser.py); each test starts its own server on a
+free port with the example workflows and opens the page in a fresh tab. The page is driven
+the way a user would: click a workflow, fill the start form, press the buttons.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+from _browser import Browser, Chromium, Page, connect, launch_chromium, require_chromium
+
+import trioflow
+from trioflow.examples import WORKFLOWS
+
+JsonValue = Any
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Chromium]:
+    with launch_chromium(require_chromium()) as process:
+        yield process
+
+
+@pytest.fixture
+async def browser(chromium: Chromium) -> AsyncIterator[Browser]:
+    async with connect(chromium) as connection:
+        yield connection
+
+
+@asynccontextmanager
+async def running_server(**options: Any) -> AsyncIterator[str]:
+    """Serve the example workflows on a free port; yield the base URL."""
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(trioflow.serve, WORKFLOWS, port=0, **options)
+        )
+        yield binds[0]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    async with running_server() as url:
+        yield url
+
+
+# -- driving the page -------------------------------------------------------------------------
+
+
+def js(value: JsonValue) -> str:
+    """A Python value as a JavaScript literal (JSON is valid JavaScript)."""
+    return json.dumps(value)
+
+
+async def open_dashboard(browser: Browser, url: str) -> Page:
+    """Load the page and wait until it lists the workflows and shows the first one."""
+    page = await browser.new_page(url)
+    await page.wait_for("document.querySelectorAll('#workflows [data-name]').length > 0")
+    await page.wait_for("document.querySelector('#start-form input') !== null")
+    return page
+
+
+async def select(page: Page, name: str) -> None:
+    """Click a workflow in the list and wait for its start form."""
+    # Cleared first, so that the wait below sees this click's rendering, not an earlier one.
+    await page.evaluate("document.getElementById('wf-name').textContent = ''")
+    await page.evaluate(f"document.querySelector('#workflows [data-name={js(name)}]').click()")
+    await page.wait_for(
+        f"document.getElementById('wf-name').textContent === {js(name)}"
+        " && document.querySelector('#start-form input') !== null"
+    )
+
+
+async def fill(page: Page, form: str, **fields: str | bool) -> None:
+    """Set inputs of a form by field name, as typing or ticking would."""
+    for name, value in fields.items():
+        found = await page.evaluate(
+            f"""(() => {{
+                const input = document.querySelector('#{form} input[name={js(name)}]');
+                if (!input) return false;
+                if (input.type === 'checkbox') input.checked = {js(value)};
+                else input.value = {js(value)};
+                return true;
+            }})()"""
+        )
+        assert found, f"#{form} has no input for {name}"
+
+
+async def start_run(page: Page, **fields: str | bool) -> str:
+    """Fill the start form, press Start, and return the run id the page shows."""
+    await fill(page, "start-form", **fields)
+    await page.evaluate("document.getElementById('run-id').textContent = ''")
+    await page.evaluate("document.getElementById('start').click()")
+    run_id: str = await page.wait_for("document.getElementById('run-id').textContent")
+    return run_id
+
+
+async def wait_for_status(page: Page, status: str) -> None:
+    await page.wait_for(f"document.getElementById('run-status').textContent === {js(status)}")
+
+
+async def text(page: Page, element_id: str) -> str:
+    value: str = await page.evaluate(f"document.getElementById({js(element_id)}).textContent")
+    return value
+
+
+async def visible(page: Page, element_id: str) -> bool:
+    shown: bool = await page.evaluate(f"!document.getElementById({js(element_id)}).hidden")
+    return shown
+
+
+async def logged_events(page: Page) -> list[tuple[int, str]]:
+    """(seq, type) of every entry of the event log, in page order."""
+    rows: list[list[JsonValue]] = await page.evaluate(
+        "[...document.querySelectorAll('#events [data-seq]')]"
+        ".map(e => [Number(e.dataset.seq), e.dataset.type])"
+    )
+    return [(int(seq), str(kind)) for seq, kind in rows]
+
+
+async def result(page: Page) -> JsonValue:
+    assert await visible(page, "result")
+    return json.loads(await text(page, "result"))
+
+
+def assert_in_order(events: list[tuple[int, str]], terminal: str) -> None:
+    """Every event once, numbered from 1 without gaps, ending with ``terminal``."""
+    assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
+    assert events[-1][1] == terminal
+    assert terminal not in [kind for _, kind in events[:-1]]
+
+
+async def assert_no_errors(page: Page) -> None:
+    await page.evaluate("0")  # a round trip, so that messages logged before it have arrived
+    assert page.errors == []
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_page_lists_workflows_and_shows_the_graph(server: str, browser: Browser) -> None:
+    """The page lists the served workflows, shows a graph and its start form, logs no errors."""
+    page = await open_dashboard(browser, server + "/")
+    names = await page.evaluate(
+        "[...document.querySelectorAll('#workflows [data-name]')].map(e => e.dataset.name)"
+    )
+    assert names == list(WORKFLOWS)
+
+    await select(page, "research")
+    assert "Plan three searches" in await text(page, "wf-doc")
+    steps = await page.evaluate(
+        "[...document.querySelectorAll('#steps tbody tr')].map(r => r.cells[0].textContent)"
+    )
+    assert steps == ["plan", "search", "write"]
+    inputs = await page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#start-form input')]"
+        ".map(i => [i.name, [i.type, i.value]]))"
+    )
+    assert inputs == {"topic": ["text", "structured concurrency"], "pace": ["number", "1"]}
+
+    await select(page, "flaky")
+    inputs = await page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#start-form input')]"
+        ".map(i => [i.name, i.type === 'checkbox' ? i.checked : i.value]))"
+    )
+    assert inputs == {"failures": "1", "recover": True, "pace": "1"}
+    # Nothing is loaded from anywhere but the server itself.
+    foreign = await page.evaluate(
+        "performance.getEntriesByType('resource').map(e => e.name)"
+        f".filter(n => !n.startsWith({js(server)}))"
+    )
+    assert foreign == []
+    await assert_no_errors(page)
+
+
+async def test_research_run_streams_progress_tokens_and_result(
+    server: str, browser: Browser
+) -> None:
+    """A research run started from the form shows its events live, bars, tokens and the result."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "research")
+    run_id = await start_run(page, topic="nurseries", pace="0.05")
+    assert run_id
+    await wait_for_status(page, "completed")
+
+    events = await logged_events(page)
+    assert_in_order(events, "StopEvent")
+    kinds = [kind for _, kind in events]
+    assert kinds.count("Progress") == 13  # plan once, three searches four times each
+    answer = (await result(page))["answer"]
+    assert answer.startswith("nurseries keeps every task inside a scope")
+    assert kinds.count("Token") == len(answer.split())
+    assert await text(page, "tokens") == answer
+    bars = await page.evaluate(
+        "[...document.querySelectorAll('#bars .pct')].map(e => e.textContent)"
+    )
+    assert bars == ["100%"] * 4  # plan, and one per search
+    assert not await visible(page, "error")
+    assert not await page.evaluate("document.getElementById('cancel').disabled === false")
+    await assert_no_errors(page)
+
+
+async def test_approval_run_asks_and_takes_the_answer(server: str, browser: Browser) -> None:
+    """An approval run shows the input request while live, sends the answer, then completes."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "approval")
+    await start_run(page, action="ship v2", pace="0")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+
+    assert await text(page, "input-question") == "May I ship v2?"
+    assert await text(page, "run-status") == "running"
+    assert [kind for _, kind in await logged_events(page)][-1] == "ApprovalRequired"
+    answer_inputs = await page.evaluate(
+        "[...document.querySelectorAll('#answer-form input')].map(i => [i.name, i.type])"
+    )
+    assert answer_inputs == [["approved", "checkbox"], ["comment", "text"]]
+
+    await fill(page, "answer-form", approved=True, comment="go ahead")
+    await page.evaluate("document.getElementById('answer').click()")
+    await wait_for_status(page, "completed")
+
+    assert await result(page) == {"action": "ship v2", "done": True, "comment": "go ahead"}
+    assert not await visible(page, "input-request")
+    events = await logged_events(page)
+    assert_in_order(events, "StopEvent")
+    assert [kind for _, kind in events].count("Progress") == 6  # prepare 3, carry out 3
+    await assert_no_errors(page)
+
+
+async def test_cancel_ends_a_waiting_run(server: str, browser: Browser) -> None:
+    """Cancel on a run that waits for its answer ends it as cancelled."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "approval")
+    await start_run(page, pace="0")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+
+    await page.evaluate("document.getElementById('cancel').click()")
+    await wait_for_status(page, "cancelled")
+
+    assert_in_order(await logged_events(page), "WorkflowCancelledEvent")
+    assert not await visible(page, "input-request")
+    assert not await visible(page, "result")
+    assert await page.evaluate("document.getElementById('cancel').disabled")
+    await assert_no_errors(page)
+
+
+async def test_failed_run_shows_the_error(server: str, browser: Browser) -> None:
+    """A flaky run that fails every attempt and does not recover shows the step's error."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "flaky")
+    await start_run(page, failures="5", recover=False, pace="0")
+    await wait_for_status(page, "failed")
+
+    error = await text(page, "error")
+    assert "FlakyError" in error
+    assert "attempt 3 of 5 planned failures" in error
+    events = await logged_events(page)
+    assert_in_order(events, "WorkflowFailedEvent")
+    failed_attempts = await page.evaluate(
+        "[...document.querySelectorAll('#events [data-type=StepFailedEvent]')]"
+        """.filter(e => e.textContent.includes('step_name="attempt"')).length"""
+    )
+    assert failed_attempts == 3  # then the error handler re-raises: a failed step too
+    assert not await visible(page, "result")
+    await assert_no_errors(page)
+
+
+async def test_bad_start_fields_show_the_servers_message(server: str, browser: Browser) -> None:
+    """A start the server refuses (422) shows its message, naming the field, in the page."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "research")
+    await page.evaluate("document.getElementById('raw-toggle').click()")
+    await page.evaluate("""document.getElementById('raw-input').value = '{"pace": "fast"}'""")
+    await page.evaluate("document.getElementById('start').click()")
+
+    message = await page.wait_for(
+        "!document.getElementById('api-error').hidden"
+        " && document.getElementById('api-error').textContent"
+    )
+    assert "pace" in message
+    assert "422" in message
+    assert not await visible(page, "run")
+
+
+async def test_token_is_passed_on_and_its_absence_reported(browser: Browser) -> None:
+    """With a token, /?token= runs end to end; without it the page shows the 401 message."""
+    async with running_server(token="secret") as url:
+        page = await open_dashboard(browser, url + "/?token=secret")
+        await select(page, "research")
+        await start_run(page, pace="0")
+        await wait_for_status(page, "completed")
+        assert_in_order(await logged_events(page), "StopEvent")
+        assert "answer" in await result(page)
+        await assert_no_errors(page)
+
+        anonymous = await browser.new_page(url + "/")
+        served = await anonymous.evaluate("document.getElementById('api-error') !== null")
+        assert served, "GET / must serve the page without the token: it holds no data"
+        message = await anonymous.wait_for(
+            "!document.getElementById('api-error').hidden"
+            " && document.getElementById('api-error').textContent"
+        )
+        assert "401" in message
+        assert "token" in message
+        assert await anonymous.evaluate("document.querySelectorAll('#workflows li').length") == 0

@@ -1,0 +1,466 @@
+"""The HTTP server, for real: hypercorn on 127.0.0.1 port 0 and httpx reading streams in chunks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from functools import partial
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from _http import CountFlow, ForeverFlow, served, sse_messages, wait_for, wait_until
+
+import trioflow
+
+# -- workflows and the graph --
+
+
+async def test_lists_and_describes_workflows() -> None:
+    """GET /workflows names them; GET /workflows/{name} gives steps and event types."""
+    async with served() as server:
+        response = await server.client.get("/workflows")
+        assert response.json() == {"workflows": ["count", "gate", "fail", "forever", "slow"]}
+        graph = (await server.client.get("/workflows/count")).json()
+        assert graph["name"] == "count"
+        assert graph["start_event"] == "Count"
+        assert [s["name"] for s in graph["steps"]] == ["count"]
+        assert {f["name"] for f in graph["input"]} == {"n", "size"}
+
+
+async def test_a_single_workflow_is_served_under_its_class_name() -> None:
+    """serve(SomeFlow()) names the workflow after its class."""
+    async with served(CountFlow()) as server:
+        assert (await server.client.get("/workflows")).json() == {"workflows": ["CountFlow"]}
+
+
+# -- a run over HTTP --
+
+
+async def test_run_to_completion_and_read_its_stream() -> None:
+    """POST starts a run (201, Location); its SSE stream carries every event, then the result."""
+    async with served() as server:
+        response = await server.client.post("/workflows/count/runs", json={"n": 3})
+        assert response.status_code == 201
+        run_id = response.json()["run_id"]
+        assert response.headers["location"] == f"/runs/{run_id}"
+        events = await server.events(run_id)
+        assert [e["event"] for e in events] == ["Tick", "Tick", "Tick", "StopEvent"]
+        assert [e["id"] for e in events] == ["1", "2", "3", "4"]
+        first = events[0]["data"]
+        assert first == {
+            "seq": 1,
+            "type": "Tick",
+            "qualified_name": "_http.Tick",
+            "data": {"n": 1, "payload": ""},
+        }
+        status = await server.wait_status(run_id, "completed")
+        assert status["result"] == {"counted": 3}
+        assert status["workflow"] == "count"
+        assert status["seq"] == 4
+
+
+async def test_sse_headers_retry_hint_and_framing() -> None:
+    """The stream is text/event-stream, never cached or buffered, and starts with retry:."""
+    async with served(retry_ms=1500) as server:
+        run_id = await server.start("count", {"n": 1})
+        async with server.client.stream("GET", f"/runs/{run_id}/events") as response:
+            assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["x-accel-buffering"] == "no"
+            assert "content-encoding" not in response.headers
+            body = (await response.aread()).decode()
+        assert body.startswith("retry: 1500\n\n")
+        assert "id: 1\nevent: Tick\ndata: {" in body
+        assert body.endswith("\n\n")
+
+
+async def test_named_zero_leaves_out_the_event_field() -> None:
+    """?named=0 sends every event as a plain message (for EventSource.onmessage)."""
+    async with served() as server:
+        run_id = await server.start("count", {"n": 1})
+        events = await server.events(run_id, named="0")
+        assert [e.get("event") for e in events] == [None, None]
+        assert [e["data"]["type"] for e in events] == ["Tick", "StopEvent"]
+
+
+async def test_ndjson_stream() -> None:
+    """Accept: application/x-ndjson gives one envelope per line, ending with the terminal."""
+    async with served() as server:
+        run_id = await server.start("count", {"n": 2})
+        headers = {"accept": "application/x-ndjson"}
+        async with server.client.stream(
+            "GET", f"/runs/{run_id}/events", headers=headers
+        ) as response:
+            assert response.headers["content-type"] == "application/x-ndjson"
+            lines = [json.loads(line) async for line in response.aiter_lines() if line]
+        assert [(e["seq"], e["type"]) for e in lines] == [
+            (1, "Tick"),
+            (2, "Tick"),
+            (3, "StopEvent"),
+        ]
+
+
+async def test_events_arrive_while_the_run_still_waits() -> None:
+    """Incremental delivery: the first event is read while its run is blocked on input."""
+    async with served() as server:
+        run_id = await server.start("gate")
+        async with server.client.stream("GET", f"/runs/{run_id}/events") as response:
+            messages = sse_messages(response)
+            seen = []
+            async for message in messages:
+                if "data" not in message:
+                    continue
+                seen.append(message["event"])
+                if message["event"] == "Asking":
+                    break
+            assert seen == ["Tick", "Asking"]
+            assert (await server.status(run_id))["status"] == "running"
+            answer = await server.client.post(
+                f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 2}}
+            )
+            assert answer.status_code == 202
+            rest = [m["event"] async for m in messages if "data" in m]
+        assert rest == ["Tick", "Tick", "StopEvent"]
+        assert (await server.wait_status(run_id, "completed"))["result"] == 2
+
+
+async def test_resume_with_last_event_id_or_after() -> None:
+    """A client resumes after the seq it names; Last-Event-ID wins over ?after=."""
+    async with served() as server:
+        run_id = await server.start("count", {"n": 5})
+        await server.wait_status(run_id, "completed")
+        resumed = await server.events(run_id, after=3)
+        assert [e["id"] for e in resumed] == ["4", "5", "6"]
+        async with server.client.stream(
+            "GET", f"/runs/{run_id}/events?after=1", headers={"last-event-id": "5"}
+        ) as response:
+            ids = [m["id"] async for m in sse_messages(response) if "data" in m]
+        assert ids == ["6"]
+
+
+async def test_resume_after_the_terminal_event_is_204() -> None:
+    """Asking for what follows the terminal event answers 204 (EventSource stops there)."""
+    async with served() as server:
+        run_id = await server.start("count", {"n": 1})
+        await server.wait_status(run_id, "completed")
+        response = await server.client.get(f"/runs/{run_id}/events", params={"after": 2})
+        assert response.status_code == 204
+
+
+async def test_resume_beyond_retention_is_an_explicit_error() -> None:
+    """Events no longer retained give 410 naming the oldest kept, never a silent gap."""
+    async with served(retain=4, hold_for_first_client=0) as server:
+        run_id = await server.start("count", {"n": 10})
+        await server.wait_status(run_id, "completed")
+        response = await server.client.get(f"/runs/{run_id}/events")
+        assert response.status_code == 410
+        error = response.json()["error"]
+        assert error["code"] == "events_expired"
+        assert "oldest kept is seq 8" in error["message"]
+        kept = await server.events(run_id, after=7)
+        assert [e["id"] for e in kept] == ["8", "9", "10", "11"]
+
+
+async def test_bad_resume_positions() -> None:
+    """A seq that is no number, or beyond the last event, is a 400."""
+    async with served() as server:
+        run_id = await server.start("count", {"n": 1})
+        await server.wait_status(run_id, "completed")
+        for after in ("x", "-1", "99"):
+            response = await server.client.get(f"/runs/{run_id}/events", params={"after": after})
+            assert response.status_code == 400, after
+            assert response.json()["error"]["code"] == "bad_request"
+
+
+async def test_keep_alive_pings_on_an_idle_stream() -> None:
+    """An idle SSE stream carries ': ping' comments at the configured interval."""
+    async with served(ping_interval=0.01) as server:
+        run_id = await server.start("forever")
+        async with (
+            server.client.stream("GET", f"/runs/{run_id}/events") as response,
+            aclosing(sse_messages(response)) as messages,
+        ):
+            kinds = []
+            async for message in messages:
+                if "retry" in message:
+                    continue
+                kinds.append(message.get("comment") or message.get("event"))
+                if kinds.count("ping") == 2:
+                    break
+        assert kinds[0] == "Tick"
+        assert kinds[1:] == ["ping", "ping"]
+
+
+async def test_a_hundred_clients_each_receive_every_event() -> None:
+    """100 clients on one run: each gets every event, in order, and the terminal last."""
+    async with served() as server:
+        run_id = await server.start("gate")
+        record = server.app._registry.get(run_id)  # type: ignore[union-attr]
+        assert record is not None
+        received: dict[int, list[str]] = {}
+
+        async def watch(client_no: int) -> None:
+            received[client_no] = [e["id"] for e in await server.events(run_id)]
+
+        async with trio.open_nursery() as nursery:
+            for client_no in range(100):
+                nursery.start_soon(watch, client_no)
+            await wait_until(lambda: record.feed.watchers == 100)
+            go = {"type": "Go", "data": {"count": 200}}
+            assert (await server.client.post(f"/runs/{run_id}/events", json=go)).status_code == 202
+        expected = [str(seq) for seq in range(1, 204)]  # Tick, Asking, 200 Ticks, StopEvent
+        assert len(received) == 100
+        assert all(ids == expected for ids in received.values())
+
+
+async def test_a_client_that_stops_reading_makes_the_producer_wait() -> None:
+    """Backpressure through TCP: with a client that reads nothing, the step stops writing
+    long before its 20,000 events of 4 KiB; server-side buffers stay at their bounds; once
+    the client reads again, every event arrives in order."""
+    total = 20_000
+    async with served(retain=64) as server:
+        run_id = await server.start("count", {"n": total, "size": 4096})
+        record = server.app._registry.get(run_id)  # type: ignore[union-attr]
+        assert record is not None
+        async with server.client.stream("GET", f"/runs/{run_id}/events") as response:
+            # Read nothing: wait until the step blocks on a full stream buffer.
+            await wait_until(lambda: record.handler.statistics().writers_waiting == 1)
+            stalled_at = record.feed.last_seq
+            # Still stalled once everything in flight has settled.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+            assert record.handler.statistics().writers_waiting == 1
+            assert record.feed.last_seq < total // 4, "the producer should have waited"
+            assert len(record.feed._entries) <= 64
+            assert record.handler.statistics().buffered <= record.handler.statistics().capacity
+            seqs = [int(m["id"]) async for m in sse_messages(response) if "data" in m]
+        assert stalled_at < total // 4
+        assert seqs == list(range(1, total + 2))
+
+
+async def test_disconnect_is_detected_and_can_cancel_the_run() -> None:
+    """A client that leaves is detached; with abandon_after=0 its run is then cancelled."""
+    async with served() as server:
+        kept = await server.start("forever")
+        dropped = await server.start("forever", abandon_after=0)
+        for run_id in (kept, dropped):
+            async with (
+                server.client.stream("GET", f"/runs/{run_id}/events") as response,
+                aclosing(sse_messages(response)) as messages,
+            ):
+                async for message in messages:
+                    assert "retry" in message or message["event"] == "Tick"
+                    if message.get("event") == "Tick":
+                        break
+            await wait_for(partial(server.status, run_id), lambda s: s["watchers"] == 0)
+        status = await server.wait_status(dropped, "cancelled")
+        assert status["error"]["type"] == "WorkflowCancelledError"
+        events = await server.events(dropped)
+        assert events[-1]["event"] == "WorkflowCancelledEvent"
+        assert (await server.status(kept))["status"] == "running"
+
+
+# -- control --
+
+
+async def test_cancel_a_run() -> None:
+    """POST /runs/{id}/cancel: 202, the stream ends with WorkflowCancelledEvent; again: 409."""
+    async with served() as server:
+        run_id = await server.start("forever")
+        response = await server.client.post(f"/runs/{run_id}/cancel")
+        assert response.status_code == 202
+        events = await server.events(run_id)
+        assert [e["event"] for e in events] == ["Tick", "WorkflowCancelledEvent"]
+        await server.wait_status(run_id, "cancelled")
+        again = await server.client.post(f"/runs/{run_id}/cancel")
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "run_ended"
+
+
+async def test_failed_and_timed_out_runs_report_their_error() -> None:
+    """A failed run's status names the exception and the step; a timed-out run says so."""
+    async with served() as server:
+        failed = await server.start("fail")
+        status = await server.wait_status(failed, "failed")
+        assert status["error"] == {"type": "Boom", "message": "kaboom", "step": "explode"}
+        events = await server.events(failed)
+        assert [e["event"] for e in events] == ["StepFailedEvent", "WorkflowFailedEvent"]
+        assert events[0]["data"]["data"]["exception"] == {"type": "Boom", "message": "kaboom"}
+        slow = await server.start("slow")
+        status = await server.wait_status(slow, "timed_out")
+        assert status["error"]["type"] == "WorkflowTimeoutError"
+        assert (await server.events(slow))[-1]["event"] == "WorkflowTimedOutEvent"
+
+
+async def test_sending_events_into_a_run() -> None:
+    """POST /runs/{id}/events: 202 routes it; unknown type and bad fields 422; ended run 409."""
+    async with served() as server:
+        run_id = await server.start("gate")
+        post = server.client.post
+        unknown = await post(f"/runs/{run_id}/events", json={"type": "Nope", "data": {}})
+        assert unknown.status_code == 422
+        assert "Nope" in unknown.json()["error"]["message"]
+        bad = await post(f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": "x"}})
+        assert bad.status_code == 422
+        assert "count" in bad.json()["error"]["message"]
+        malformed = await post(f"/runs/{run_id}/events", content=b"{nope")
+        assert malformed.status_code == 400
+        assert malformed.json()["error"]["code"] == "bad_json"
+        await wait_for(lambda: server.status(run_id), lambda s: s["seq"] == 2)  # now waiting
+        ok = await post(f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 0}})
+        assert ok.status_code == 202
+        await server.wait_status(run_id, "completed")
+        ended = await post(f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 0}})
+        assert ended.status_code == 409
+
+
+# -- bad input and limits --
+
+
+async def test_start_errors() -> None:
+    """Unknown workflow 404, bad JSON 400, fields that do not fit 422 naming the field."""
+    async with served() as server:
+        post = server.client.post
+        unknown = await post("/workflows/nope/runs", json={})
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "unknown_workflow")
+        bad_json = await post("/workflows/count/runs", content=b'{"n": ')
+        assert (bad_json.status_code, bad_json.json()["error"]["code"]) == (400, "bad_json")
+        wrong = await post("/workflows/count/runs", json={"n": "three"})
+        assert wrong.status_code == 422
+        assert "n" in wrong.json()["error"]["message"]
+        extra = await post("/workflows/count/runs", json={"n": 1, "colour": "red"})
+        assert extra.status_code == 422
+        assert "colour" in extra.json()["error"]["message"]
+        not_object = await post("/workflows/count/runs", json=[1, 2])
+        assert not_object.status_code == 422
+
+
+async def test_unknown_things_and_wrong_methods() -> None:
+    """Unknown runs and paths are 404; a wrong method is 405 with Allow."""
+    async with served() as server:
+        get = server.client.get
+        assert (await get("/runs/nope")).json()["error"]["code"] == "unknown_run"
+        assert (await get("/runs/nope/events")).status_code == 404
+        assert (await server.client.post("/runs/nope/cancel")).status_code == 404
+        assert (await get("/nowhere")).status_code == 404
+        wrong = await server.client.delete("/workflows")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "GET"
+        assert wrong.json()["error"]["code"] == "method_not_allowed"
+        assert (await get("/workflows/count/runs")).headers["allow"] == "POST"
+
+
+async def test_body_over_the_limit_is_413() -> None:
+    """A body over max_body is refused, whether its length is declared or streamed."""
+    async with served(max_body=1000) as server:
+        big = {"n": 1, "pad": "x" * 2000}
+        declared = await server.client.post("/workflows/count/runs", json=big)
+        assert declared.status_code == 413
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(4):
+                yield b" " * 400
+
+        streamed = await server.client.post("/workflows/count/runs", content=chunks())
+        assert streamed.status_code == 413
+        assert streamed.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_full_server_answers_429() -> None:
+    """Beyond max_runs running runs, a start is 429 with Retry-After; finished runs free a slot."""
+    async with served(max_runs=2) as server:
+        first = await server.start("forever")
+        await server.start("forever")
+        full = await server.client.post("/workflows/forever/runs", json={})
+        assert full.status_code == 429
+        assert full.headers["retry-after"] == "1"
+        await server.client.post(f"/runs/{first}/cancel")
+        await server.wait_status(first, "cancelled")
+        assert (await server.client.post("/workflows/forever/runs", json={})).status_code == 201
+
+
+async def test_bad_requests_do_not_disturb_other_runs() -> None:
+    """A volley of bad requests leaves a run in progress and the server unharmed."""
+    async with served(max_body=100) as server:
+        run_id = await server.start("gate")
+        for content in (b"{", b"[]", b"null", b'"x"', b"\xff\xfe", b"{" * 500):
+            await server.client.post("/workflows/count/runs", content=content)
+            await server.client.post(f"/runs/{run_id}/events", content=content)
+        await server.client.get("/runs/%00/events")
+        go = {"type": "Go", "data": {"count": 1}}
+        assert (await server.client.post(f"/runs/{run_id}/events", json=go)).status_code == 202
+        assert [e["event"] for e in await server.events(run_id)][-1] == "StopEvent"
+
+
+async def test_token_is_required_on_every_endpoint() -> None:
+    """With a token, requests without it are 401; a bearer header or ?token= passes."""
+    async with served(token="s3cret") as server:
+        for method, path in (("GET", "/"), ("GET", "/workflows"), ("POST", "/workflows/count/runs"),
+                             ("GET", "/runs/x"), ("GET", "/runs/x/events")):  # fmt: skip
+            response = await server.client.request(method, path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"] == "Bearer"
+        wrong = await server.client.get("/workflows", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = await server.client.get("/workflows", headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert (await server.client.get("/workflows?token=s3cret")).status_code == 200
+
+
+async def test_no_cors_unless_origins_are_configured() -> None:
+    """No CORS headers by default; configured origins get them, and preflights succeed."""
+    origin = {"origin": "http://app.example"}
+    async with served() as server:
+        response = await server.client.get("/workflows", headers=origin)
+        assert "access-control-allow-origin" not in response.headers
+        assert (await server.client.options("/workflows", headers=origin)).status_code == 405
+    async with served(cors_origins=["http://app.example"]) as server:
+        response = await server.client.get("/workflows", headers=origin)
+        assert response.headers["access-control-allow-origin"] == "http://app.example"
+        other = await server.client.get("/workflows", headers={"origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        preflight = await server.client.options(
+            "/workflows/count/runs",
+            headers={**origin, "access-control-request-method": "POST"},
+        )
+        assert preflight.status_code == 204
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+
+
+async def test_dashboard_is_served_at_the_root() -> None:
+    """GET / is the dashboard page, self-contained (a CSP allows nothing from outside)."""
+    async with served() as server:
+        response = await server.client.get("/")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+        assert "<html" in response.text.lower()
+
+
+# -- shutdown --
+
+
+async def test_shutdown_cancels_runs_and_ends_open_streams() -> None:
+    """On shutdown, open streams end with WorkflowCancelledEvent and serve() returns."""
+    stop = trio.Event()
+    flows = {"forever": ForeverFlow(timeout=None)}
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(trioflow.serve, flows, port=0, shutdown_trigger=stop.wait)
+        )
+        async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
+            run_id = (await client.post("/workflows/forever/runs", json={})).json()["run_id"]
+            async with client.stream("GET", f"/runs/{run_id}/events") as response:
+                seen = []
+                async for message in sse_messages(response):
+                    if "data" in message:
+                        seen.append(message["event"])
+                        if len(seen) == 1:
+                            stop.set()
+        assert seen == ["Tick", "WorkflowCancelledEvent"]
+    # serve() returned by itself: the nursery exited without being cancelled.
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=binds[0], timeout=5) as client:
+            await client.get("/workflows")

@@ -1,0 +1,397 @@
+"""`WorkflowApp`: the ASGI app that serves workflows over HTTP.
+
+Routes, authentication and CORS live here; streaming is in `_streaming`, the runs in
+`_registry`, the JSON forms of events in `_wire`. The app needs ASGI lifespan: its runs live in
+a nursery that the lifespan task opens at startup and closes at shutdown.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+import attrs
+import trio
+
+from ._asgi import HttpError, Receive, Request, Scope, Send
+from ._errors import WorkflowRuntimeError
+from ._feed import EventsExpired
+from ._registry import RunRecord, RunRegistry, ShuttingDown, TooManyRuns
+from ._streaming import stream_feed
+from ._wire import WireError, decode_event, decode_start_event, describe_workflow
+from ._wire import sendable_event_types as _sendable_event_types
+from ._workflow import Workflow
+
+logger = logging.getLogger("trioflow.server")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not (0 <= value < math.inf):
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _non_negative(_, attribute, value)
+
+
+@attrs.frozen(kw_only=True)
+class ServerOptions:
+    """How a `WorkflowApp` serves; every option is also a keyword of `WorkflowApp` and `serve`."""
+
+    #: Events kept per run for clients that join late or resume.
+    retain: int = attrs.field(default=1024, validator=_positive_int)
+    #: Runs that may run at once; another start is answered 429.
+    max_runs: int = attrs.field(default=64, validator=_positive_int)
+    #: Seconds a new run keeps its first ``retain`` events for its first client (the one that
+    #: started it is usually about to ask): until then the run waits rather than drop any.
+    hold_for_first_client: float = attrs.field(default=10.0, validator=_non_negative)
+    #: Finished runs whose status and events stay readable; older ones are forgotten.
+    keep_finished: int = attrs.field(default=100, validator=_positive_int)
+    #: Largest request body accepted, in bytes (413 beyond).
+    max_body: int = attrs.field(default=1024 * 1024, validator=_positive_int)
+    #: When set, every request needs ``Authorization: Bearer <token>`` or ``?token=<token>``.
+    token: str | None = None
+    #: Origins allowed to call the API from a browser (CORS); ``"*"`` allows any.
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Seconds between ``: ping`` comments on an idle SSE stream.
+    ping_interval: float = attrs.field(default=15.0, validator=_non_negative)
+    #: The reconnection delay an SSE stream suggests to browsers, in milliseconds.
+    retry_ms: int = attrs.field(default=2000, validator=_positive_int)
+    #: Cancel a run once its last client has left and none came back for this many seconds
+    #: (None: never). A start request can set it per run with ``?abandon_after=``.
+    abandon_after: float | None = attrs.field(default=None, validator=_optional_grace)
+    #: Seconds shutdown waits for cancelled runs to end (then for slow clients, again).
+    shutdown_grace: float = attrs.field(default=5.0, validator=_non_negative)
+
+
+class WorkflowApp:
+    """An ASGI app serving ``workflows`` over HTTP (see the README's HTTP section).
+
+    Args:
+        workflows: one `Workflow` (served under its class name) or a mapping of names to
+            workflows.
+        **options: the fields of `ServerOptions`.
+
+    Runs started over HTTP live in a nursery owned by the app, opened by the ASGI lifespan
+    protocol (hypercorn speaks it; see `serve`).
+    """
+
+    def __init__(self, workflows: Workflow | Mapping[str, Workflow], **options: Any) -> None:
+        self.workflows = _named(workflows)
+        self.options = ServerOptions(**options)
+        self._registry: RunRegistry | None = None
+        self._token = None if self.options.token is None else self.options.token.encode()
+        self._dashboard: bytes | None = None
+        self._sendable = {name: _sendable_event_types(wf) for name, wf in self.workflows.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(Request.from_scope(scope, receive, send))
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            raise ValueError(f"trioflow serves HTTP only, not {scope['type']!r}")
+
+    async def shutdown(self) -> None:
+        """Start no more runs, cancel the running ones, and wait until their terminal events
+        are recorded, so that open streams end with them (`ServerOptions.shutdown_grace`)."""
+        if self._registry is not None:
+            await self._registry.shutdown(self.options.shutdown_grace)
+
+    # -- lifespan --
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup", message
+        async with trio.open_nursery() as nursery:
+            options = self.options
+            self._registry = RunRegistry(
+                nursery,
+                max_runs=options.max_runs,
+                keep_finished=options.keep_finished,
+                retain=options.retain,
+                hold_for_first_client=options.hold_for_first_client,
+            )
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            assert message["type"] == "lifespan.shutdown", message
+            await self.shutdown()
+            nursery.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # -- requests --
+
+    async def _http(self, request: Request) -> None:
+        try:
+            self._cors(request)
+            if request.method == "OPTIONS" and self.options.cors_origins:
+                await self._preflight(request)
+                return
+            self._authenticate(request)
+            await self._route(request)
+        except HttpError as error:
+            await request.respond_error(error)
+        except Exception:
+            # One bad request never takes the server down; the traceback goes to the log.
+            logger.exception("trioflow: error answering %s %s", request.method, request.path)
+            await request.respond_error(
+                HttpError(500, "internal_error", "the server failed to answer; see its log")
+            )
+
+    def _authenticate(self, request: Request) -> None:
+        if self._token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, credentials = given.partition(" ")
+        if scheme.lower() != "bearer":
+            credentials = request.query.get("token", "")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            raise HttpError(
+                401,
+                "unauthorized",
+                "this server needs a token: Authorization: Bearer <token>, or ?token=<token>",
+                [(b"www-authenticate", b"Bearer")],
+            )
+
+    def _cors(self, request: Request) -> None:
+        origin = request.headers.get("origin")
+        allowed = self.options.cors_origins
+        if origin is None or not (origin in allowed or "*" in allowed):
+            return
+        request.extra_headers += [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"vary", b"origin"),
+        ]
+
+    async def _preflight(self, request: Request) -> None:
+        await request.respond(
+            204,
+            b"",
+            headers=[
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", b"authorization, content-type, last-event-id"),
+                (b"access-control-max-age", b"600"),
+            ],
+        )
+
+    async def _route(self, request: Request) -> None:
+        parts = [part for part in request.path.split("/") if part]
+        for pattern, methods in _ROUTES:
+            args = _match(pattern, parts)
+            if args is None:
+                continue
+            route = methods.get(request.method)
+            if route is None:
+                allow = ", ".join(methods).encode()
+                raise HttpError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not allowed on {request.path}; use {allow.decode()}",
+                    [(b"allow", allow)],
+                )
+            await route(self, request, args)
+            return
+        raise HttpError(404, "not_found", f"no such endpoint: {request.path}")
+
+    # -- endpoints --
+
+    async def _get_dashboard(self, request: Request, args: list[str]) -> None:
+        if self._dashboard is None:
+            self._dashboard = (resources.files("trioflow") / "_dashboard.html").read_bytes()
+        await request.respond(
+            200,
+            self._dashboard,
+            b"text/html; charset=utf-8",
+            [
+                (
+                    b"content-security-policy",
+                    b"default-src 'self'; script-src 'unsafe-inline'; "
+                    b"style-src 'unsafe-inline'; img-src data:",
+                )
+            ],
+        )
+
+    async def _list_workflows(self, request: Request, args: list[str]) -> None:
+        await request.respond_json(200, {"workflows": list(self.workflows)})
+
+    async def _describe_workflow(self, request: Request, args: list[str]) -> None:
+        name, workflow = self._workflow(args[0])
+        await request.respond_json(200, describe_workflow(name, workflow))
+
+    async def _start_run(self, request: Request, args: list[str]) -> None:
+        name, workflow = self._workflow(args[0])
+        abandon_after = self._abandon_after(request)
+        data = await request.json(self.options.max_body)
+        try:
+            start_event = decode_start_event(workflow.graph.start_event_type, data)
+        except WireError as error:
+            raise HttpError(422, "invalid_fields", str(error)) from None
+        try:
+            record = await self._runs().start(
+                name, workflow, start_event, abandon_after=abandon_after
+            )
+        except TooManyRuns as busy:
+            raise HttpError(429, "too_many_runs", str(busy), [(b"retry-after", b"1")]) from None
+        except ShuttingDown as closing:
+            raise HttpError(503, "shutting_down", str(closing)) from None
+        location = f"/runs/{record.run_id}".encode()
+        await request.respond_json(201, {"run_id": record.run_id}, [(b"location", location)])
+
+    async def _list_runs(self, request: Request, args: list[str]) -> None:
+        await request.respond_json(200, {"runs": [r.describe() for r in self._runs().records()]})
+
+    async def _run_status(self, request: Request, args: list[str]) -> None:
+        await request.respond_json(200, self._record(args[0]).describe())
+
+    async def _run_events(self, request: Request, args: list[str]) -> None:
+        record = self._record(args[0])
+        after = _after(request)
+        accept = request.headers.get("accept", "")
+        ndjson = request.query.get("format") == "ndjson" or (
+            "application/x-ndjson" in accept and "text/event-stream" not in accept
+        )
+        try:
+            await stream_feed(
+                request,
+                record.feed,
+                after=after,
+                ndjson=ndjson,
+                named=request.query.get("named", "1") not in ("0", "false", "no"),
+                ping_interval=self.options.ping_interval,
+                retry_ms=self.options.retry_ms,
+            )
+        except EventsExpired as expired:
+            raise HttpError(410, "events_expired", str(expired)) from None
+        except ValueError as error:
+            raise HttpError(400, "bad_request", str(error)) from None
+
+    async def _send_event(self, request: Request, args: list[str]) -> None:
+        record = self._record(args[0])
+        body = await request.json(self.options.max_body)
+        self._ensure_running(record)
+        try:
+            event = decode_event(self._sendable[record.workflow_name], body)
+        except WireError as error:
+            raise HttpError(422, "invalid_event", str(error)) from None
+        self._ensure_running(record)
+        try:
+            await record.handler.send_event(event)
+        except WorkflowRuntimeError as error:
+            if record.handler.is_done():
+                raise HttpError(409, "run_ended", str(error)) from None
+            raise HttpError(422, "event_not_accepted", str(error)) from None
+        await request.respond_json(202, {"run_id": record.run_id, "accepted": True})
+
+    async def _cancel_run(self, request: Request, args: list[str]) -> None:
+        record = self._record(args[0])
+        self._ensure_running(record)
+        record.handler.cancel()
+        await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
+
+    # -- lookups --
+
+    def _runs(self) -> RunRegistry:
+        if self._registry is None:
+            raise HttpError(
+                503,
+                "not_started",
+                "the app has not started: serve it with an ASGI server that runs the lifespan "
+                "protocol (hypercorn does; see trioflow.serve)",
+            )
+        return self._registry
+
+    def _workflow(self, name: str) -> tuple[str, Workflow]:
+        try:
+            return name, self.workflows[name]
+        except KeyError:
+            known = ", ".join(self.workflows)
+            raise HttpError(
+                404, "unknown_workflow", f"no workflow named {name!r} (served: {known})"
+            ) from None
+
+    def _record(self, run_id: str) -> RunRecord:
+        record = self._runs().get(run_id)
+        if record is None:
+            raise HttpError(404, "unknown_run", f"no run with id {run_id!r}")
+        return record
+
+    def _ensure_running(self, record: RunRecord) -> None:
+        if record.handler.is_done():
+            raise HttpError(
+                409,
+                "run_ended",
+                f"run {record.run_id} has ended ({record.handler.status.value})",
+            )
+
+    def _abandon_after(self, request: Request) -> float | None:
+        given = request.query.get("abandon_after")
+        if given is None:
+            return self.options.abandon_after
+        try:
+            seconds = float(given)
+        except ValueError:
+            seconds = -1.0
+        if not (0 <= seconds < math.inf):
+            raise HttpError(
+                400, "bad_request", f"abandon_after must be seconds >= 0, got {given!r}"
+            )
+        return seconds
+
+
+def _after(request: Request) -> int:
+    """Where a stream resumes: ``Last-Event-ID`` (a browser reconnecting) over ``?after=``."""
+    given = request.headers.get("last-event-id") or request.query.get("after") or "0"
+    if not given.strip().isdigit():
+        raise HttpError(400, "bad_request", f"an event id is a seq number >= 0, got {given!r}")
+    return int(given)
+
+
+def _match(pattern: tuple[str, ...], parts: list[str]) -> list[str] | None:
+    if len(pattern) != len(parts):
+        return None
+    args = []
+    for expected, part in zip(pattern, parts, strict=True):
+        if expected == "*":
+            args.append(part)
+        elif expected != part:
+            return None
+    return args
+
+
+def _named(workflows: Workflow | Mapping[str, Workflow]) -> dict[str, Workflow]:
+    if isinstance(workflows, Workflow):
+        return {type(workflows).__name__: workflows}
+    if not isinstance(workflows, Mapping) or not workflows:
+        raise TypeError(
+            f"serve a Workflow or a non-empty mapping of names to workflows, got {workflows!r}"
+        )
+    named = dict(workflows)
+    for name, workflow in named.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise TypeError(f"a workflow's name must be a non-empty string without '/': {name!r}")
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"{name!r} is not a Workflow instance: {workflow!r}")
+    return named
+
+
+_Endpoint = Callable[[WorkflowApp, Request, list[str]], Awaitable[None]]
+_ROUTES: Iterable[tuple[tuple[str, ...], dict[str, _Endpoint]]] = (
+    ((), {"GET": WorkflowApp._get_dashboard}),
+    (("workflows",), {"GET": WorkflowApp._list_workflows}),
+    (("workflows", "*"), {"GET": WorkflowApp._describe_workflow}),
+    (("workflows", "*", "runs"), {"POST": WorkflowApp._start_run}),
+    (("runs",), {"GET": WorkflowApp._list_runs}),
+    (("runs", "*"), {"GET": WorkflowApp._run_status}),
+    (("runs", "*", "events"), {"GET": WorkflowApp._run_events, "POST": WorkflowApp._send_event}),
+    (("runs", "*", "cancel"), {"POST": WorkflowApp._cancel_run}),
+)
