@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -42,8 +43,10 @@ def test_demo_rejects_negative_pace() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_serve_prints_the_dashboard_address_and_stops_on_sigint() -> None:
-    """`trioflow serve` serves the examples, prints where, and exits cleanly on Ctrl-C."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_prints_the_dashboard_address_and_stops_gracefully(signum: int) -> None:
+    """`trioflow serve` serves the examples and prints where; on SIGINT or SIGTERM an open
+    stream ends with its run's WorkflowCancelledEvent and the process exits with 0."""
     process = subprocess.Popen(
         [sys.executable, "-m", "trioflow", "serve", "trioflow.examples:WORKFLOWS", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -54,21 +57,26 @@ def test_serve_prints_the_dashboard_address_and_stops_on_sigint() -> None:
         assert process.stdout is not None
         assert process.stdout.readline() == "trioflow: serving research, approval, flaky\n"
         line = process.stdout.readline()
-        match = re.fullmatch(
-            r"trioflow: dashboard at (http://127\.0\.0\.1:\d+)/  \(Ctrl-C stops\)\n", line
-        )
-        assert match, line
-        response = httpx.post(f"{match[1]}/workflows/approval/runs", json={"pace": 0})
-        assert response.status_code == 201
-        run_id = response.json()["run_id"]
-        process.send_signal(signal.SIGINT)
+        address = re.fullmatch(r"trioflow: dashboard at (http://127\.0\.0\.1:\d+)/  .*\n", line)
+        assert address, line
+        with httpx.Client(base_url=address[1], timeout=30) as client:
+            started = client.post("/workflows/approval/runs", json={"pace": 0})
+            assert started.status_code == 201
+            run_id = started.json()["run_id"]
+            ndjson = {"accept": "application/x-ndjson"}
+            with client.stream("GET", f"/runs/{run_id}/events", headers=ndjson) as events:
+                types = []
+                for line in events.iter_lines():
+                    types.append(json.loads(line)["type"])
+                    if types[-1] == "ApprovalRequired":
+                        process.send_signal(signum)  # the run now waits for an answer
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
+    assert types[-2:] == ["ApprovalRequired", "WorkflowCancelledEvent"]
     assert process.returncode == 0, err
     assert out.endswith("trioflow: stopped\n")
     assert "Traceback" not in err
-    assert run_id
 
 
 @pytest.mark.parametrize(

@@ -54,3 +54,15 @@ trio.run(main)
         "StopEvent(result='Ada Lovelace')",
         "Ada Lovelace",
     ]
+
+
+def test_serving_example_streams_a_run_over_http() -> None:
+    """The README's embedded-server example serves on a free port, starts a research run over
+    HTTP and prints its NDJSON envelopes as they come, ending with the stop event."""
+    lines = run_python(python_blocks()[2])
+    kinds = [line.split()[1] for line in lines]
+    assert [line.split()[0] for line in lines] == [str(seq) for seq in range(1, len(lines) + 1)]
+    assert kinds[0] == "Progress"
+    assert "Token" in kinds
+    assert kinds[-1] == "StopEvent"
+    assert "'answer': 'trio keeps every task" in lines[-1]

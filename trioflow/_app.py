@@ -350,8 +350,8 @@ class WorkflowApp:
 
 def _after(request: Request) -> int:
     """Where a stream resumes: ``Last-Event-ID`` (a browser reconnecting) over ``?after=``."""
-    given = request.headers.get("last-event-id") or request.query.get("after") or "0"
-    if not given.strip().isdigit():
+    given = (request.headers.get("last-event-id") or request.query.get("after") or "0").strip()
+    if not (given.isascii() and given.isdigit() and len(given) <= 18):
         raise HttpError(400, "bad_request", f"an event id is a seq number >= 0, got {given!r}")
     return int(given)
 

@@ -90,6 +90,8 @@ class Request:
             return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HttpError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "bad_json", "the body's JSON is nested too deeply") from None
 
     async def respond(
         self,
