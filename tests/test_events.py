@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import pytest
@@ -121,3 +123,19 @@ def test_events_pickle() -> None:
     assert pickle.loads(pickle.dumps(Point(x=1, y=2))) == Point(x=1, y=2)
     assert pickle.loads(pickle.dumps(StopEvent(result=[1]))) == StopEvent(result=[1])
     assert StopEvent.__module__ == "trioflow"
+
+
+def test_type_hints_of_subclasses_resolve() -> None:
+    """typing.get_type_hints works on user subclasses of the built-in events, whose own
+    annotations name things that the public module `trioflow` does not export."""
+    import typing
+
+    class Order(StartEvent):
+        item: str
+
+    class Done(StopEvent):
+        total: int
+
+    assert typing.get_type_hints(Order)["item"] is str
+    assert typing.get_type_hints(Done)["total"] is int
+    assert typing.get_type_hints(Order)["_extra"] == Mapping[str, Any]

@@ -7,6 +7,7 @@ statement runs, so users write plain annotated fields and no decorator. `datacla
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, dataclass_transform
 
@@ -135,6 +136,24 @@ class WorkflowTimedOutEvent(StopEvent):
 
 #: The terminal events the runtime itself produces; a workflow never returns these.
 RUNTIME_STOP_EVENTS: tuple[type[StopEvent], ...] = (
+    WorkflowFailedEvent,
+    WorkflowCancelledEvent,
+    WorkflowTimedOutEvent,
+)
+
+
+def _resolve_own_annotations(*classes: type) -> None:
+    # `trioflow/__init__.py` renames these classes' module to "trioflow", where names such as
+    # `Any` and `Mapping` do not exist; `typing.get_type_hints` on a user's subclass would then
+    # fail on our postponed annotations. Evaluated here, they need no module to resolve in.
+    for cls in classes:
+        cls.__annotations__ = inspect.get_annotations(cls, eval_str=True)
+
+
+_resolve_own_annotations(
+    StartEvent,
+    StopEvent,
+    StepFailedEvent,
     WorkflowFailedEvent,
     WorkflowCancelledEvent,
     WorkflowTimedOutEvent,

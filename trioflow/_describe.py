@@ -1,0 +1,235 @@
+"""A workflow's graph as JSON: its steps, its event types and the fields of each.
+
+The server answers ``GET /workflows/{name}`` with `describe_workflow`, and a UI builds its
+forms from it: field types are written as a reader writes them (``tuple[str, ...]``), and a
+default is given where it has a plain JSON form.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from types import CodeType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+)
+from ._typeinfo import (
+    field_types,
+    is_subclass,
+    qualified_name,
+    takes_free_form_fields,
+    type_name,
+    type_str,
+    wire_fields,
+)
+
+if TYPE_CHECKING:
+    from ._graph import StepSpec
+    from ._step import RetryPolicy
+    from ._workflow import Workflow
+
+
+def describe_workflow(name: str, workflow: Workflow) -> dict[str, Any]:
+    """The graph of ``workflow`` as JSON: its steps, its event types and the fields of each.
+
+    ``"input"`` lists the start event's fields, so a UI can build a form; for a start event
+    with free-form fields it is empty and ``"free_form"`` is true. ``"events"`` holds the
+    graph's event types, then the event types that a step's code refers to (as a global or
+    closure variable) without naming them in an annotation: what it only streams, the
+    `InputRequiredEvent` it asks with and the `HumanResponseEvent` it awaits with
+    `Context.wait_for_event`.
+
+    Args:
+        name: the name the workflow is served under.
+        workflow: the workflow.
+    """
+    graph = workflow.graph
+    cls = type(workflow)
+    start_type = graph.start_event_type
+    free_form = takes_free_form_fields(start_type)
+    return {
+        "name": name,
+        "workflow": qualified_name(cls),
+        "doc": _first_paragraph(cls.__doc__),
+        "start_event": type_name(start_type),
+        "stop_event": type_name(graph.stop_event_type),
+        "input": [] if free_form else _describe_fields(start_type),
+        "free_form": free_form,
+        "steps": [_describe_step(spec) for spec in graph.steps],
+        "events": [_describe_event(t) for t in _described_event_types(workflow)],
+    }
+
+
+def _first_paragraph(doc: str | None) -> str:
+    if not doc:
+        return ""
+    return " ".join(inspect.cleandoc(doc).split("\n\n", 1)[0].split())
+
+
+def _describe_step(spec: StepSpec) -> dict[str, Any]:
+    config = spec.config
+    return {
+        "name": spec.name,
+        "accepts": [type_name(t) for t in spec.accepts],
+        "returns": [type_name(t) for t in spec.returns],
+        "num_workers": config.num_workers,
+        "timeout": None if config.timeout is None else float(config.timeout),
+        "retry": _describe_retry(config.retry),
+        "error_handler": spec.is_error_handler,
+        "runs_in": "task" if spec.is_async else "thread",
+    }
+
+
+def _describe_retry(retry: RetryPolicy | None) -> dict[str, Any] | None:
+    if retry is None:
+        return None
+    return {
+        "max_attempts": retry.max_attempts,
+        "delay": float(retry.delay),
+        "backoff": float(retry.backoff),
+    }
+
+
+# --- Event types --------------------------------------------------------------------------
+
+
+def _described_event_types(workflow: Workflow) -> list[type[Event]]:
+    listed = dict.fromkeys(workflow.graph.event_types())
+    for spec in workflow.graph.steps:
+        step_function: Any = getattr(type(workflow), spec.name, None)
+        for value in _objects_named_in(inspect.unwrap(step_function)):
+            if is_subclass(value, Event) and value not in _BASE_EVENTS:
+                listed.setdefault(value)
+    return list(listed)
+
+
+#: Classes that are only ever subclassed: a step naming them (``isinstance(ev, Event)``) does
+#: not make them events of the workflow.
+_BASE_EVENTS = (Event, InputRequiredEvent, HumanResponseEvent)
+
+
+def _objects_named_in(function: Any) -> Iterator[Any]:
+    """The global names and closure variables that ``function``'s code refers to.
+
+    A step names in its code, though in no annotation, the events it only streams
+    (``ctx.write_event_to_stream(Progress(...))``), the question it asks and the reply it
+    awaits (``ctx.wait_for_event(Verdict, waiter_event=Review(...))``); this finds them
+    without running the step.
+    """
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            yield cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+    global_names = getattr(function, "__globals__", {})
+    code = getattr(function, "__code__", None)
+    for name in _names_in(code) if code is not None else ():
+        if name in global_names:
+            yield global_names[name]
+
+
+def _names_in(code: CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):  # a comprehension or function inside the step
+            yield from _names_in(constant)
+
+
+def _describe_event(event_type: type[Event]) -> dict[str, Any]:
+    free_form = takes_free_form_fields(event_type)
+    return {
+        "name": type_name(event_type),
+        "qualified_name": qualified_name(event_type),
+        "kind": _event_kind(event_type),
+        "fields": [] if free_form else _describe_fields(event_type),
+    }
+
+
+_EVENT_KINDS: tuple[tuple[type[Event], str], ...] = (
+    (StartEvent, "start"),
+    (StopEvent, "stop"),
+    (InputRequiredEvent, "input_required"),
+    (HumanResponseEvent, "human_response"),
+    (StepFailedEvent, "step_failed"),
+)
+
+
+def _event_kind(event_type: type[Event]) -> str:
+    return next((kind for base, kind in _EVENT_KINDS if issubclass(event_type, base)), "event")
+
+
+# --- Fields -------------------------------------------------------------------------------
+
+
+def _describe_fields(cls: type) -> list[dict[str, Any]]:
+    hints = field_types(cls)
+    described = []
+    for key, field in wire_fields(cls).items():
+        entry: dict[str, Any] = {
+            "name": key,
+            "type": type_str(hints.get(field.name, Any)),
+            "required": field.default is attrs.NOTHING,
+        }
+        if not entry["required"]:
+            entry.update(_json_default(field.default))
+        described.append(entry)
+    return described
+
+
+#: Factories whose default is safe to make just to show it.
+_PLAIN_FACTORIES: tuple[Callable[[], Any], ...] = (list, dict, tuple, set, frozenset)
+
+
+def _json_default(default: Any) -> dict[str, Any]:
+    """``{"default": value}`` when the default has a plain JSON form, else ``{}``."""
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # Factory is a class
+        if default.takes_self or default.factory not in _PLAIN_FACTORIES:
+            return {}
+        default = default.factory()
+    try:
+        return {"default": _plain_json(default)}
+    except _NotPlain:
+        return {}
+
+
+class _NotPlain(Exception):
+    """A value without a JSON form of its own: the wire would send a repr or a stand-in."""
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` as JSON, as `_wire` encodes it, if that is no repr or lossy stand-in.
+
+    Raises:
+        _NotPlain: ``value`` is, or holds, anything but None, booleans, ints, strings, finite
+            floats, enums of those, lists, tuples, sets and dicts with string keys.
+    """
+    if isinstance(value, enum.Enum):
+        return _plain_json(value.value)
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_plain_json(item) for item in value]
+    if isinstance(value, set | frozenset):
+        items = [_plain_json(item) for item in value]
+        try:
+            return sorted(items)  # as `_wire` sorts sets, so that equal sets encode equally
+        except TypeError:
+            return items
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {_plain_json(key): _plain_json(item) for key, item in value.items()}
+    raise _NotPlain
