@@ -1,18 +1,23 @@
 """Shared vocabulary of the benchmark implementations.
 
-Every implementation module (``_trioflow``, ``_anchor``, ``_floor``) exposes ``SCENARIOS``, a
-mapping from scenario name to a function that runs one measurement in the current process and
-returns its metrics. ``_scenario`` picks one, runs it once and prints the metrics as JSON.
+Every implementation module (``_trioflow``, ``_anchor``, ``_floor``, and any
+``_<impl>_<topic>`` module beside them) exposes ``SCENARIOS``, a mapping from scenario name to a
+function that runs one measurement in the current process and returns its metrics.
+``_scenario`` picks one, runs it once and prints the metrics as JSON.
+
+Metrics map names to numbers (each figure is reported as the median over the repetitions) or to
+lists (a series for the plots, such as ``[[seconds, rss_mib], ...]``, kept from the last run).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
-Metrics = dict[str, float]
+Metrics = dict[str, Any]
 
 
 @attrs.frozen
@@ -24,6 +29,12 @@ class Params:
     slow_seconds: float = 2.0
     # anchor memory: "yield" (writer awaits asyncio.sleep(0) after each write) or "noyield".
     variant: str = ""
+    # events per second at which a paced side (a slow consumer, a paced writer) goes; 0: none.
+    rate: float = 0.0
+    # clients watching one run (serving scenarios).
+    clients: int = 1
+    # payload bytes per event, where a scenario lets you choose.
+    size: int = 0
 
 
 Scenario = Callable[[Params], Metrics]

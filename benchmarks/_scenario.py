@@ -1,25 +1,32 @@
 """Run one measurement in this (fresh) process and print its metrics as one JSON line.
 
     python -m benchmarks._scenario IMPL SCENARIO --n N [--slow-seconds S] [--variant V]
+        [--rate R] [--clients C] [--size B]
 
-IMPL is ``trioflow``, ``anchor`` or ``floor``. Prints ``{"ok": true, "metrics": {...}}``, or
+IMPL is ``trioflow``, ``anchor`` or ``floor``; its scenarios live in ``benchmarks/_IMPL.py`` and
+any ``benchmarks/_IMPL_<topic>.py``. Prints ``{"ok": true, "metrics": {...}}``, or
 ``{"ok": false, "missing": "<package>"}`` (exit status 0) when the implementation's package is not
 installed. Any other failure is a traceback and a non-zero exit status.
 
-For the ``memory`` scenario the metrics include ``rss_growth_mib``: peak RSS during the run minus
-RSS just before it started. The peak is the larger of a psutil sampler (every 5 ms, in a thread)
-and the process's ``ru_maxrss`` high-water mark, so short spikes between samples are not missed.
+For the scenarios in ``RSS_SCENARIOS`` the metrics include ``rss_growth_mib``: peak RSS during
+the run minus RSS just before it started. The peak is the larger of a psutil sampler (every
+5 ms, in a thread) and the process's ``ru_maxrss`` high-water mark, so short spikes between
+samples are not missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import pkgutil
 import resource
 import sys
 import threading
+import time
 from collections.abc import Callable
 
+import benchmarks
 from benchmarks._common import Metrics, Params, Scenario, Scenarios
 
 IMPLS = ("trioflow", "anchor", "floor")
@@ -27,31 +34,36 @@ IMPLS = ("trioflow", "anchor", "floor")
 PACKAGES = {"trioflow": "trioflow", "anchor": "workflows", "floor": "trio"}
 MIB = 1024 * 1024
 SAMPLE_EVERY = 0.005
+#: Scenarios whose process RSS is sampled (it costs a thread, so speed scenarios go without).
+RSS_SCENARIOS = frozenset({"memory", "backpressure", "http_backpressure"})
 
 
 def load(impl: str) -> Scenarios | None:
     """The implementation's scenarios, or None if its package is not installed."""
-    try:
-        if impl == "trioflow":
-            from benchmarks import _trioflow
-
-            return _trioflow.SCENARIOS
-        if impl == "anchor":
-            from benchmarks import _anchor
-
-            return _anchor.SCENARIOS
-        if impl == "floor":
-            from benchmarks import _floor
-
-            return _floor.SCENARIOS
-    except ImportError as exc:
-        # Only the package itself being absent (or an empty namespace directory in its place)
-        # counts as "not installed"; a broken import inside a real package gets a traceback.
-        package = PACKAGES[impl]
-        if (exc.name or "").split(".")[0] == package and not _is_real_package(package):
-            return None
-        raise
-    raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
+    if impl not in IMPLS:
+        raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
+    names = [
+        f"_{impl}",
+        *sorted(
+            module.name
+            for module in pkgutil.iter_modules(benchmarks.__path__)
+            if module.name.startswith(f"_{impl}_")
+        ),
+    ]
+    scenarios: dict[str, Scenario] = {}
+    for name in names:
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+        except ImportError as exc:
+            # Only the package itself being absent (or an empty namespace directory in its
+            # place) counts as "not installed"; a broken import inside a real package gets a
+            # traceback.
+            package = PACKAGES[impl]
+            if (exc.name or "").split(".")[0] == package and not _is_real_package(package):
+                return None
+            raise
+        scenarios.update(module.SCENARIOS)
+    return scenarios
 
 
 def _is_real_package(name: str) -> bool:
@@ -74,17 +86,22 @@ def _max_rss() -> int:
 
 
 def with_rss(run: Scenario, params: Params) -> Metrics:
-    """Run ``run`` and add its peak RSS growth, in MiB."""
+    """Run ``run`` and add its peak RSS growth in MiB, and RSS over time for the plots
+    (``rss_series``: ``[[seconds, rss_mib], ...]``, at most about 500 points)."""
     rss = _current_rss()
     max_before = _max_rss()
     baseline = rss() or max_before
     peak = baseline
+    samples: list[tuple[float, int]] = []
     done = threading.Event()
+    started = time.perf_counter()
 
     def sample() -> None:
         nonlocal peak
         while not done.wait(SAMPLE_EVERY):
-            peak = max(peak, rss())
+            now = rss()
+            peak = max(peak, now)
+            samples.append((time.perf_counter() - started, now))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -96,10 +113,12 @@ def with_rss(run: Scenario, params: Params) -> Metrics:
     peak = max(peak, rss())
     if (max_after := _max_rss()) > max_before:  # the high-water mark was raised by the run
         peak = max(peak, max_after)
+    step = max(1, len(samples) // 500)
     return {
         **metrics,
         "rss_growth_mib": (peak - baseline) / MIB,
         "rss_baseline_mib": baseline / MIB,
+        "rss_series": [[round(t, 4), round(v / MIB, 2)] for t, v in samples[::step] if v],
     }
 
 
@@ -110,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--slow-seconds", type=float, default=2.0)
     parser.add_argument("--variant", default="")
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--size", type=int, default=0)
     args = parser.parse_args(argv)
 
     scenarios = load(args.impl)
@@ -119,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario not in scenarios:
         parser.error(f"{args.impl} has no scenario {args.scenario!r} (has {sorted(scenarios)})")
     run = scenarios[args.scenario]
-    params = Params(n=args.n, slow_seconds=args.slow_seconds, variant=args.variant)
-    metrics = with_rss(run, params) if args.scenario == "memory" else run(params)
+    params = Params(
+        n=args.n,
+        slow_seconds=args.slow_seconds,
+        variant=args.variant,
+        rate=args.rate,
+        clients=args.clients,
+        size=args.size,
+    )
+    metrics = with_rss(run, params) if args.scenario in RSS_SCENARIOS else run(params)
     print(json.dumps({"ok": True, "metrics": metrics}))
     return 0
 
