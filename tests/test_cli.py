@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -102,3 +103,152 @@ def test_serve_rejects_bad_options() -> None:
     done = run_cli("serve", "trioflow.examples:WORKFLOWS", "--retain", "0")
     assert done.returncode == 2
     assert "retain must be an int >= 1" in done.stderr
+
+
+# -- run, draw, validate --
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_in_tests(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run from tests/, where `_cli_flows` is importable (the current directory is)."""
+    return subprocess.run(
+        [sys.executable, "-m", "trioflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=TESTS,
+    )
+
+
+def test_run_streams_readable_lines_and_prints_the_result() -> None:
+    """`trioflow run` types -p values by the start event's fields and ends with the result."""
+    done = run_in_tests("run", "_cli_flows:FLOWS", "--name", "count", "-p", "n=2", "-p", "label=7")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[1] for line in lines[:-1]] == [
+        "Tick", "Progress", "Tick", "Progress", "StopEvent",
+    ]  # fmt: skip
+    assert 'label="7"' in lines[0]  # a str field keeps "7" as text
+    assert lines[-1] == 'result: {"counted": 2, "label": "7"}'
+
+
+def test_run_ndjson_and_input_from_a_file(tmp_path: Path) -> None:
+    """--ndjson prints one envelope per line; --input @file gives the start fields."""
+    fields = tmp_path / "start.json"
+    fields.write_text('{"n": 1}')
+    done = run_in_tests("run", "_cli_flows:CountFlow", "--input", f"@{fields}", "--ndjson")
+    assert done.returncode == 0, done.stderr
+    envelopes = [json.loads(line) for line in done.stdout.splitlines()[:-1]]
+    assert [(e["seq"], e["type"]) for e in envelopes] == [
+        (1, "Tick"),
+        (2, "Progress"),
+        (3, "StopEvent"),
+    ]
+    assert envelopes[0]["data"] == {"i": 1, "label": "tick"}
+    assert json.loads(done.stdout.splitlines()[-1]) == {"counted": 1, "label": "tick"}
+
+
+def test_run_reports_a_failure_with_its_step() -> None:
+    """A failed run exits 1 with the error and the failed step, after its terminal event."""
+    done = run_in_tests("run", "_cli_flows:FailFlow")
+    assert done.returncode == 1
+    assert "WorkflowFailedEvent" in done.stdout
+    assert done.stderr.strip() == "trioflow run: Boom in step 'explode': kaboom"
+
+
+def test_run_is_cancelled_cleanly_by_ctrl_c() -> None:
+    """Ctrl-C cancels the run: the cancel event is shown, exit code 130, no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "_cli_flows:ForeverFlow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=TESTS,
+    )
+    try:
+        assert process.stdout is not None
+        assert "Waiting" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "WorkflowCancelledEvent" in out
+    assert "Traceback" not in err
+    assert "WorkflowCancelledError" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["_cli_flows:FLOWS"], "holds 3 workflows: pass --name (one of count, fail, forever)"),
+        (["_cli_flows:CountFlow", "-p", "n=many"], "field 'n': expected int"),
+        (["_cli_flows:CountFlow", "-p", "colour=red"], "unknown field 'colour'"),
+        (["_cli_flows:CountFlow", "-p", "n"], "-p takes key=value"),
+        (["_cli_flows:CountFlow", "--input", "[1]"], "--input must be a JSON object"),
+        (["_cli_flows:CountFlow", "--input", "@/nonexistent.json"], "cannot read"),
+        (["_cli_flows:NOT_A_WORKFLOW"], "is int, not a Workflow"),
+        (["nowhere:Flow"], "no module named 'nowhere'"),
+    ],
+)
+def test_run_reports_bad_input_in_one_line(args: list[str], message: str) -> None:
+    """Bad targets and fields: one line naming the problem, exit code 2."""
+    done = run_in_tests("run", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_draw_json_is_the_servers_graph() -> None:
+    """--format json prints what GET /workflows/{name} serves."""
+    done = run_in_tests("draw", "_cli_flows:ShapesFlow", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    graph = json.loads(done.stdout)
+    from trioflow._describe import describe_workflow
+
+    sys.path.insert(0, str(TESTS))
+    import _cli_flows
+
+    assert graph == describe_workflow("ShapesFlow", _cli_flows.ShapesFlow())
+
+
+def test_draw_mermaid_survives_reserved_words_and_shows_every_kind() -> None:
+    """Mermaid ids are prefixed (a step called `end` stays valid); the cycle, the union, the
+    human-in-the-loop events and the error handler are all drawn."""
+    done = run_in_tests("draw", "_cli_flows:ShapesFlow")
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    assert lines[0] == "flowchart TD"
+    assert 'step_end["end"]' in lines
+    assert not any(line.startswith("end") for line in lines)
+    assert "step_loop --> event_Again" in lines  # the cycle
+    assert {"event_Left --> step_end", "event_Right --> step_end"} <= set(lines)  # the union
+    assert "event_Ask --> caller_caller" in lines  # asked of the caller
+    assert "caller_caller --> event_Answer" in lines
+    assert "event_Answer -.-> step_end" in lines  # awaited in the step's code
+    assert "step_loop -. fails .-> event_StepFailedEvent" in lines
+    assert 'step_rescue["rescue (error handler)"]' in lines
+
+
+def test_draw_dot() -> None:
+    """--format dot is a Graphviz digraph with quoted ids."""
+    done = run_in_tests("draw", "_cli_flows:ShapesFlow", "--format", "dot")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('digraph "ShapesFlow" {')
+    assert '"step:end" [label="end", shape=box];' in done.stdout
+    assert '"step:loop" -> "event:Again";' in done.stdout
+    assert done.stdout.rstrip().endswith("}")
+
+
+def test_validate_lists_every_problem() -> None:
+    """validate prints ok for good workflows, every problem of a bad one, and exits 1."""
+    done = run_in_tests("validate", "_cli_flows:CLASSES")
+    assert done.returncode == 1
+    assert done.stdout == "shapes: ok (4 steps, 6 event types)\n"
+    assert "broken: 2 problem(s)" in done.stderr
+    assert "no step accepts it" in done.stderr
+    assert "no step returns it" in done.stderr
+    good = run_in_tests("validate", "_cli_flows:FLOWS")
+    assert good.returncode == 0, good.stderr

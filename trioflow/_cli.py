@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from trioflow import Event, Workflow, WorkflowApp, serve
+from trioflow import Event, Workflow, WorkflowApp, WorkflowValidationError, serve
+
+from ._cli_run import run_and_stream, start_fields
+from ._decode import WireError
+from ._describe import describe_workflow
+from ._draw import to_dot, to_mermaid
+from ._graph import graph_of
 
 
 class UsageError(Exception):
@@ -26,12 +34,13 @@ def _describe(event: Event) -> str:
     return f"{type(event).__name__:<16} " + "  ".join(f"{k}={v!r}" for k, v in fields.items())
 
 
-def load_workflows(spec: str) -> Workflow | Mapping[str, Workflow]:
-    """Import ``module:attr`` (``attr`` may be dotted) and check that it is a workflow or a
-    mapping of names to workflows. The current directory is importable, as with ``python -m``.
+def resolve(spec: str) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted) and return the attribute. The current
+    directory is importable, as with ``python -m``.
 
     Raises:
-        UsageError: the module or attribute is missing, or is not what is needed.
+        UsageError: the spec is malformed, or the module or attribute is missing.
+        WorkflowValidationError: importing the module built a workflow whose graph is invalid.
     """
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
@@ -49,6 +58,18 @@ def load_workflows(spec: str) -> Workflow | Mapping[str, Workflow]:
             target = getattr(target, part)
         except AttributeError:
             raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return target
+
+
+def load_workflows(spec: str) -> Workflow | Mapping[str, Workflow]:
+    """`resolve` ``spec`` to a workflow (a class is instantiated) or a mapping of names to
+    workflows.
+
+    Raises:
+        UsageError: as `resolve`, or the attribute is neither.
+        WorkflowValidationError: the workflow's graph is invalid.
+    """
+    target = resolve(spec)
     if isinstance(target, type) and issubclass(target, Workflow):
         target = target()
     if isinstance(target, Workflow):
@@ -62,6 +83,95 @@ def load_workflows(spec: str) -> Workflow | Mapping[str, Workflow]:
     raise UsageError(
         f"{spec} is {type(target).__name__}, not a Workflow or a mapping of names to workflows"
     )
+
+
+def load_one(spec: str, name: str | None) -> tuple[str, Workflow]:
+    """The one workflow ``spec`` names: itself, or ``name`` from a mapping (which may be left
+    out when the mapping holds just one)."""
+    workflows = load_workflows(spec)
+    if isinstance(workflows, Workflow):
+        return type(workflows).__name__, workflows
+    if name is None and len(workflows) == 1:
+        name = next(iter(workflows))
+    if name is None or name not in workflows:
+        choices = ", ".join(workflows)
+        said = "pass --name" if name is None else f"no workflow named {name!r}"
+        raise UsageError(f"{spec} holds {len(workflows)} workflows: {said} (one of {choices})")
+    return name, workflows[name]
+
+
+def _validate(spec: str) -> int:
+    """Check every workflow ``spec`` names; print each problem; exit 1 if there are any."""
+    try:
+        target = resolve(spec)
+    except WorkflowValidationError as error:  # raised while importing the module
+        return _report_problems(spec, error)
+    if isinstance(target, Mapping):
+        items = list(target.items())
+    else:
+        items = [(getattr(target, "__name__", type(target).__name__), target)]
+    failed = 0
+    for name, item in items:
+        cls = item if isinstance(item, type) else type(item)
+        if not issubclass(cls, Workflow):
+            raise UsageError(f"{spec}: {name!r} is {cls.__name__}, not a Workflow")
+        try:
+            graph = graph_of(cls)
+        except WorkflowValidationError as error:
+            failed = _report_problems(name, error)
+            continue
+        print(f"{name}: ok ({len(graph.steps)} steps, {len(graph.event_types())} event types)")
+    return failed
+
+
+def _report_problems(name: str, error: WorkflowValidationError) -> int:
+    print(f"{name}: {len(error.problems)} problem(s)", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
+def _draw(spec: str, name: str | None, form: str) -> int:
+    served_as, workflow = load_one(spec, name)
+    graph = describe_workflow(served_as, workflow)
+    if form == "json":
+        print(json.dumps(graph, indent=2, ensure_ascii=False))
+    else:
+        print(to_mermaid(graph) if form == "mermaid" else to_dot(graph), end="")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    _, workflow = load_one(args.target, args.name)
+    data: dict[str, Any] = {}
+    if args.input is not None:
+        data = _read_input(args.input)
+    pairs: dict[str, str] = {}
+    for pair in args.param:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise UsageError(f"-p takes key=value, got {pair!r}")
+        pairs[key] = value
+    data.update(start_fields(workflow.graph.start_event_type, pairs))
+    try:
+        return trio.run(partial(run_and_stream, workflow, data, ndjson=args.ndjson))
+    except WireError as error:
+        raise UsageError(f"the start event does not take these fields: {error}") from None
+
+
+def _read_input(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as error:
+            raise UsageError(f"cannot read {text[1:]}: {error.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--input is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise UsageError("--input must be a JSON object of start-event fields")
+    return data
 
 
 async def _demo(topic: str, pace: float) -> int:
@@ -140,6 +250,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="cancel a run this many seconds after its last client left (default: never)",
     )
+    run = commands.add_parser("run", help="run a workflow, streaming its events live")
+    run.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
+    run.add_argument("--name", help="which workflow of a mapping")
+    run.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="a start-event field (JSON unless the field is a str; repeat)",
+    )  # fmt: skip
+    run.add_argument("--input", metavar="JSON|@FILE", help="start-event fields as a JSON object")
+    run.add_argument("--ndjson", action="store_true", help="one JSON envelope per line")
+    draw = commands.add_parser("draw", help="print a workflow's graph")
+    draw.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
+    draw.add_argument("--name", help="which workflow of a mapping")
+    draw.add_argument("--format", choices=("mermaid", "dot", "json"), default="mermaid")
+    validate = commands.add_parser("validate", help="check workflows' graphs; list every problem")
+    validate.add_argument("target", help="module:attr: a Workflow (class) or a mapping of them")
     return parser
 
 
@@ -151,6 +276,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pace < 0:
             parser.error("--pace must be >= 0")
         return trio.run(_demo, args.topic, args.pace)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "draw":
+            return _draw(args.target, args.name, args.format)
+        if args.command == "validate":
+            return _validate(args.target)
+    except UsageError as error:
+        print(f"trioflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except WorkflowValidationError as error:
+        return _report_problems(args.target, error)
     if args.command == "serve":
         try:
             app = _app(args)  # ValueError and TypeError: options out of range

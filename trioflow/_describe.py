@@ -66,7 +66,7 @@ def describe_workflow(name: str, workflow: Workflow) -> dict[str, Any]:
         "stop_event": type_name(graph.stop_event_type),
         "input": [] if free_form else _describe_fields(start_type),
         "free_form": free_form,
-        "steps": [_describe_step(spec) for spec in graph.steps],
+        "steps": [_describe_step(spec, _mentioned_events(workflow, spec)) for spec in graph.steps],
         "events": [_describe_event(t) for t in _described_event_types(workflow)],
     }
 
@@ -77,7 +77,7 @@ def _first_paragraph(doc: str | None) -> str:
     return " ".join(inspect.cleandoc(doc).split("\n\n", 1)[0].split())
 
 
-def _describe_step(spec: StepSpec) -> dict[str, Any]:
+def _describe_step(spec: StepSpec, mentions: list[type[Event]]) -> dict[str, Any]:
     config = spec.config
     return {
         "name": spec.name,
@@ -87,7 +87,12 @@ def _describe_step(spec: StepSpec) -> dict[str, Any]:
         "timeout": None if config.timeout is None else float(config.timeout),
         "retry": _describe_retry(config.retry),
         "error_handler": spec.is_error_handler,
+        # For an error handler: the steps whose final failures it takes (None: every step's).
+        "failures_of": list(config.failures_of) if config.failures_of is not None else None,
         "runs_in": "task" if spec.is_async else "thread",
+        # Event types its code names beyond its annotations: what it streams or sends, the
+        # question it asks, the reply it awaits.
+        "mentions": [type_name(t) for t in mentions],
     }
 
 
@@ -107,11 +112,20 @@ def _describe_retry(retry: RetryPolicy | None) -> dict[str, Any] | None:
 def _described_event_types(workflow: Workflow) -> list[type[Event]]:
     listed = dict.fromkeys(workflow.graph.event_types())
     for spec in workflow.graph.steps:
-        step_function: Any = getattr(type(workflow), spec.name, None)
-        for value in _objects_named_in(inspect.unwrap(step_function)):
-            if is_subclass(value, Event) and value not in _BASE_EVENTS:
-                listed.setdefault(value)
+        listed.update(dict.fromkeys(_mentioned_events(workflow, spec)))
     return list(listed)
+
+
+def _mentioned_events(workflow: Workflow, spec: StepSpec) -> list[type[Event]]:
+    """Event types the step's code names that its annotations do not."""
+    step_function: Any = getattr(type(workflow), spec.name, None)
+    annotated = set(spec.accepts + spec.returns)
+    found = {
+        value: None
+        for value in _objects_named_in(inspect.unwrap(step_function))
+        if is_subclass(value, Event) and value not in _BASE_EVENTS and value not in annotated
+    }
+    return list(found)
 
 
 #: Classes that are only ever subclassed: a step naming them (``isinstance(ev, Event)``) does

@@ -1,0 +1,137 @@
+"""``trioflow run``: start a workflow from the command line and stream its events live.
+
+Readable lines by default, with a live progress line on a terminal where an event carries a
+``value`` between 0 and 1; one JSON envelope per line with ``--ndjson``. Ctrl-C cancels the run
+cleanly: the stream ends with its `WorkflowCancelledEvent`, which is shown.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TextIO
+
+import trio
+
+from ._decode import decode_start_event
+from ._errors import WorkflowCancelledError
+from ._events import Event, StartEvent, StopEvent, WorkflowFailedEvent
+from ._typeinfo import field_types, takes_free_form_fields
+from ._wire import dumps, encode_envelope, encode_event_data, encode_value
+from ._workflow import Workflow
+
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130  # what a shell reports for a program ended by Ctrl-C
+
+
+def start_fields(start_type: type[StartEvent], given: Mapping[str, str]) -> dict[str, Any]:
+    """``-p key=value`` pairs as start-event fields: a value stays a string for a ``str``
+    field, and is read as JSON otherwise (``-p count=3``, ``-p tags='["a"]'``), falling back
+    to the string when it is no JSON."""
+    types = {} if takes_free_form_fields(start_type) else field_types(start_type)
+    fields: dict[str, Any] = {}
+    for key, text in given.items():
+        if types.get(key) is str:
+            fields[key] = text
+            continue
+        try:
+            fields[key] = json.loads(text)
+        except json.JSONDecodeError:
+            fields[key] = text
+    return fields
+
+
+async def run_and_stream(
+    workflow: Workflow, data: dict[str, Any], *, ndjson: bool, out: TextIO = sys.stdout
+) -> int:
+    """Run ``workflow`` with start fields ``data``, printing its events; return the exit code.
+
+    Raises:
+        WireError: ``data`` does not fit the start event.
+    """
+    start_event = decode_start_event(workflow.graph.start_event_type, data)
+    printer = _Printer(out, ndjson)
+    # Listen before the run starts, so that an early Ctrl-C cancels it cleanly too.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as interrupts:
+        async with workflow.start(start_event) as handler:
+            async with trio.open_nursery() as nursery:
+                watching = trio.CancelScope()
+                nursery.start_soon(_cancel_on_interrupt, interrupts, handler.cancel, watching)
+                try:
+                    async for event in handler.stream_events():
+                        printer.event(event)
+                finally:
+                    watching.cancel()
+            try:
+                result = await handler.result()
+            except Exception as error:
+                return printer.failure(error)
+    printer.result(result)
+    return 0
+
+
+async def _cancel_on_interrupt(
+    interrupts: AsyncIterator[int], cancel: Callable[[], None], scope: trio.CancelScope
+) -> None:
+    with scope:
+        async for _ in interrupts:
+            cancel()  # the stream then ends with WorkflowCancelledEvent
+            return
+
+
+class _Printer:
+    def __init__(self, out: TextIO, ndjson: bool) -> None:
+        self.out = out
+        self.ndjson = ndjson
+        self.seq = 0
+        self.started = trio.current_time()
+        self.live = not ndjson and out.isatty()
+        self.progress_shown = False
+        self.failed_step = ""
+
+    def event(self, event: Event) -> None:
+        self.seq += 1
+        if isinstance(event, WorkflowFailedEvent):
+            self.failed_step = event.step_name
+        if self.ndjson:
+            self.out.write(dumps(encode_envelope(self.seq, event)).decode() + "\n")
+            self.out.flush()
+            return
+        data = encode_event_data(event)
+        value = data.get("value")
+        if self.live and isinstance(value, int | float) and 0 <= value <= 1:
+            self._progress(type(event).__name__, float(value), data)
+            return
+        self._end_progress()
+        elapsed = trio.current_time() - self.started
+        fields = "  ".join(f"{key}={json.dumps(v, ensure_ascii=False)}" for key, v in data.items())
+        self.out.write(f"{elapsed:7.2f}s  {type(event).__name__:<18} {fields}\n")
+        self.out.flush()
+
+    def _progress(self, name: str, value: float, data: dict[str, Any]) -> None:
+        bar = "#" * round(value * 20)
+        note = " ".join(str(v) for k, v in data.items() if k != "value" and isinstance(v, str))
+        self.out.write(f"\r\x1b[K  {name} [{bar:<20}] {value:4.0%} {note}"[:200])
+        self.out.flush()
+        self.progress_shown = True
+
+    def _end_progress(self) -> None:
+        if self.progress_shown:
+            self.out.write("\n")
+            self.progress_shown = False
+
+    def result(self, result: Any) -> None:
+        self._end_progress()
+        if isinstance(result, StopEvent):
+            result = encode_event_data(result)
+        if not self.ndjson:
+            self.out.write("result: ")
+        self.out.write(json.dumps(encode_value(result), ensure_ascii=False) + "\n")
+
+    def failure(self, error: BaseException) -> int:
+        self._end_progress()
+        where = f" in step {self.failed_step!r}" if self.failed_step else ""
+        print(f"trioflow run: {type(error).__name__}{where}: {error}", file=sys.stderr)
+        return EXIT_CANCELLED if isinstance(error, WorkflowCancelledError) else EXIT_FAILED
