@@ -15,6 +15,7 @@ the ratios that need it are skipped.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
 import os
@@ -88,13 +89,34 @@ def _version(dist: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     return {
+        "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
         "versions": {
-            d: _version(d) for d in ("trioflow", "trio", "llama-index-workflows", "psutil")
+            d: _version(d)
+            for d in (
+                "trioflow",
+                "trio",
+                "hypercorn",
+                "llama-index-workflows",
+                "llama-agents-server",
+                "psutil",
+            )
         },
     }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _positive(text: str) -> int:

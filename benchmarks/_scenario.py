@@ -35,7 +35,7 @@ PACKAGES = {"trioflow": "trioflow", "anchor": "workflows", "floor": "trio"}
 MIB = 1024 * 1024
 SAMPLE_EVERY = 0.005
 #: Scenarios whose process RSS is sampled (it costs a thread, so speed scenarios go without).
-RSS_SCENARIOS = frozenset({"memory", "backpressure", "http_backpressure"})
+RSS_SCENARIOS = frozenset({"memory", "backpressure"})
 
 
 def load(impl: str) -> Scenarios | None:

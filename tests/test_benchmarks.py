@@ -1,8 +1,11 @@
-"""The benchmark scenarios still run (their speed is measured in benchmarks/, not here)."""
+"""The benchmark suite still runs, every scenario of it (speed is measured in benchmarks/, never
+asserted here): `python -m benchmarks --quick`, as CI runs it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,27 +15,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(
-    ("impl", "scenario", "extra"),
-    [
-        ("trioflow", "routing", []),
-        ("trioflow", "stream", []),
-        ("trioflow", "memory", ["--slow-seconds", "0.05"]),
-        ("floor", "routing", ["--variant", "buffer0"]),
-        ("floor", "stream", []),
-    ],
-)
-def test_scenario_runs_and_reports(impl: str, scenario: str, extra: list[str]) -> None:
-    """Each trioflow and floor scenario runs at a tiny size and prints one JSON result."""
+def test_quick_suite_runs_every_scenario(tmp_path: Path) -> None:
+    """--quick runs every planned measurement of every implementation without an error, and
+    reports each one; with the bench extra installed (CI has it) the anchor runs too."""
+    anchor = importlib.util.find_spec("workflows") is not None
+    if not anchor and not os.environ.get("CI"):
+        pytest.skip("the bench extra is not installed: pip install -e '.[bench]'")
+    results = tmp_path / "quick.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks._scenario", impl, scenario, "--n", "400", *extra],
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(results)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["ok"] is True, result
-    assert result["metrics"], result
+    assert done.returncode == 0, done.stderr[-4000:]
+    measured = json.loads(results.read_text())["measurements"]
+    statuses = {(m["spec"]["scenario"], m["spec"]["impl"]): m["status"] for m in measured}
+    assert all(status == "ok" for status in statuses.values()), statuses
+    scenarios = {scenario for scenario, _ in statuses}
+    assert scenarios == {
+        "routing", "stream", "memory", "latency", "cancel", "backpressure",
+        "serve", "serve_fanout", "sse_latency", "http_backpressure",
+    }  # fmt: skip
+    assert {impl for _, impl in statuses} == {"trioflow", "anchor", "floor"}

@@ -597,7 +597,8 @@ def test_wire_error_is_a_trioflow_error_and_pickles() -> None:
 
 
 def test_describe_workflow_steps() -> None:
-    """Each step lists its event types by short name and its options."""
+    """Each step lists its event types by short name, its options, and the event types its
+    code names beyond its annotations (what it streams, asks and awaits)."""
     described = roundtrip(describe_workflow("shop", Shop()))
     assert {k: described[k] for k in ("name", "workflow", "doc", "start_event", "stop_event")} == {
         "name": "shop",
@@ -615,7 +616,9 @@ def test_describe_workflow_steps() -> None:
             "timeout": 30.0,
             "retry": {"max_attempts": 2, "delay": 0.5, "backoff": 2.0},
             "error_handler": False,
+            "failures_of": None,
             "runs_in": "task",
+            "mentions": ["Progress"],
         },
         {
             "name": "approve",
@@ -625,7 +628,9 @@ def test_describe_workflow_steps() -> None:
             "timeout": None,
             "retry": None,
             "error_handler": False,
+            "failures_of": None,
             "runs_in": "task",
+            "mentions": ["Review", "Verdict"],
         },
         {
             "name": "rescue",
@@ -635,7 +640,9 @@ def test_describe_workflow_steps() -> None:
             "timeout": None,
             "retry": None,
             "error_handler": True,
+            "failures_of": None,
             "runs_in": "thread",
+            "mentions": [],
         },
     ]
 

@@ -56,6 +56,10 @@ class Entry:
         return self.json + b"\n"
 
 
+#: Most entries a watcher takes at once (one write to its client).
+BATCH = 256
+
+
 class EventsExpired(Exception):
     """The events a client asked for are no longer retained."""
 
@@ -179,10 +183,11 @@ class RunFeed:
         self._progress.set()
         self._progress = trio.Event()
 
-    def _entries_after(self, cursor: int) -> list[Entry]:
+    def _entries_after(self, cursor: int, limit: int) -> list[Entry]:
         if cursor < self.first_seq - 1:  # only after unblock(): say so rather than skip
             raise EventsExpired(cursor, self.first_seq)
-        return list(islice(self._entries, cursor + 1 - self.first_seq, None))
+        start = cursor + 1 - self.first_seq
+        return list(islice(self._entries, start, start + limit))
 
 
 class Watcher:
@@ -201,9 +206,11 @@ class Watcher:
         self._feed._detach(self)
 
     async def next_batch(self) -> list[Entry]:
-        """Wait for entries after the cursor and take all there are (empty once the feed is
-        finished and every entry was taken). Taking everything available at once lets a
-        client that fell behind catch up with few large writes.
+        """Wait for entries after the cursor and take what there is, up to `BATCH` entries
+        (empty once the feed is finished and every entry was taken). Taking many at once lets
+        a client that fell behind catch up with few large writes; the limit keeps a slow
+        client's window moving in small steps, so the pump behind it resumes smoothly rather
+        than in bursts of a whole history.
 
         Raises:
             EventsExpired: only after `RunFeed.unblock`, when entries were evicted untaken.
@@ -215,7 +222,7 @@ class Watcher:
                 return []
             await feed._appended.wait()
         await trio.lowlevel.checkpoint_if_cancelled()
-        batch = feed._entries_after(self.cursor)
+        batch = feed._entries_after(self.cursor, BATCH)
         self.cursor = batch[-1].seq
         if len(feed._entries) >= feed.retain:  # the pump may be waiting for this
             feed._notify_progress()
