@@ -13,13 +13,14 @@ import httpx
 import pytest
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trioflow", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -112,14 +113,7 @@ TESTS = Path(__file__).resolve().parent
 
 def run_in_tests(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI run from tests/, where `_cli_flows` is importable (the current directory is)."""
-    return subprocess.run(
-        [sys.executable, "-m", "trioflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=TESTS,
-    )
+    return run_cli(*args, cwd=TESTS)
 
 
 def test_run_streams_readable_lines_and_prints_the_result() -> None:
