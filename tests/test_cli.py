@@ -246,3 +246,21 @@ def test_validate_lists_every_problem() -> None:
     assert "no step returns it" in done.stderr
     good = run_in_tests("validate", "_cli_flows:FLOWS")
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize("name", ["research", "approval", "flaky"])
+def test_draw_the_examples(name: str) -> None:
+    """Every example draws: each step and each event type of its graph is a node."""
+    graph = json.loads(
+        run_in_tests(
+            "draw", "trioflow.examples:WORKFLOWS", "--name", name, "--format", "json"
+        ).stdout
+    )
+    mermaid = run_in_tests("draw", "trioflow.examples:WORKFLOWS", "--name", name).stdout
+    for step_ in graph["steps"]:
+        assert f'step_{step_["name"]}["' in mermaid
+    for event in graph["events"]:
+        assert f"event_{event['name']}" in mermaid
+    if name == "approval":
+        assert "event_ApprovalRequired --> caller_caller" in mermaid
+        assert "caller_caller --> event_Approval" in mermaid

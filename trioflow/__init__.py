@@ -14,19 +14,24 @@ from ._events import (
     Event,
     HumanResponseEvent,
     InputRequiredEvent,
+    LifecycleEvent,
     StartEvent,
     StepFailedEvent,
+    StepFinishedEvent,
+    StepRetryEvent,
+    StepStartedEvent,
     StopEvent,
     WorkflowCancelledEvent,
     WorkflowFailedEvent,
     WorkflowTimedOutEvent,
 )
-from ._handler import WorkflowHandler
+from ._handler import RunStatistics, WorkflowHandler
 from ._runtime import RunStatus
 from ._serve import serve
 from ._step import RetryPolicy, step
 from ._stream import StreamIterator, StreamStatistics
 from ._sync import SyncContext, SyncStore
+from ._tracing import disable_tracing, enable_tracing
 from ._workflow import Workflow
 
 __version__ = "0.1.0"
@@ -36,12 +41,17 @@ __all__ = [
     "Event",
     "HumanResponseEvent",
     "InputRequiredEvent",
+    "LifecycleEvent",
     "LoopBlockedWarning",
     "RetryPolicy",
+    "RunStatistics",
     "RunStatus",
     "ServerOptions",
     "StartEvent",
     "StepFailedEvent",
+    "StepFinishedEvent",
+    "StepRetryEvent",
+    "StepStartedEvent",
     "StopEvent",
     "Store",
     "StreamIterator",
@@ -60,6 +70,8 @@ __all__ = [
     "WorkflowTimedOutEvent",
     "WorkflowTimeoutError",
     "WorkflowValidationError",
+    "disable_tracing",
+    "enable_tracing",
     "serve",
     "step",
 ]

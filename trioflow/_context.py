@@ -97,10 +97,13 @@ class Context:
         if not isinstance(event, Event) or isinstance(event, StopEvent):
             raise _not_streamable(event)
         await checkpoint_if_cancelled()
+        stream = self._stream
         try:
             self._send_nowait(event)
         except trio.WouldBlock:
-            await self._stream.write_when_full(event)
+            await stream.write_when_full(event)
+            return
+        stream.written += 1  # for statistics(): see EventStream.peak
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         """Route ``event`` to every step that accepts it, or only to ``step``.

@@ -134,6 +134,40 @@ class WorkflowTimedOutEvent(StopEvent):
     active_steps: tuple[str, ...] = ()
 
 
+class LifecycleEvent(Event):
+    """Base class of the events about the run's own machinery: steps starting, finishing and
+    being retried. They reach the stream only while its consumer asks for them by type
+    (``handler.stream_events(StepStartedEvent, ...)``), never in a default stream."""
+
+
+class StepStartedEvent(LifecycleEvent):
+    """Attempt ``attempt`` of step ``step_name`` starts on ``input_event``."""
+
+    step_name: str
+    attempt: int
+    input_event: Event
+
+
+class StepFinishedEvent(LifecycleEvent):
+    """Attempt ``attempt`` of step ``step_name`` ended after ``duration`` seconds, returning
+    (``succeeded``) or raising (a `StepFailedEvent` follows)."""
+
+    step_name: str
+    attempt: int
+    duration: float
+    succeeded: bool
+
+
+class StepRetryEvent(LifecycleEvent):
+    """Step ``step_name`` failed with ``exception`` and runs again as attempt ``attempt``
+    after ``delay`` seconds."""
+
+    step_name: str
+    attempt: int
+    delay: float
+    exception: BaseException
+
+
 #: The terminal events the runtime itself produces; a workflow never returns these.
 RUNTIME_STOP_EVENTS: tuple[type[StopEvent], ...] = (
     WorkflowFailedEvent,
@@ -151,6 +185,9 @@ def _resolve_own_annotations(*classes: type) -> None:
 
 
 _resolve_own_annotations(
+    StepStartedEvent,
+    StepFinishedEvent,
+    StepRetryEvent,
     StartEvent,
     StopEvent,
     StepFailedEvent,

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import trio
 
 from ._errors import WorkflowCancelledError, WorkflowRuntimeError, WorkflowTimeoutError
-from ._events import Event, StopEvent
+from ._events import Event, LifecycleEvent, StopEvent
 from ._runtime import Run, RunStatus
-from ._stream import StreamIterator, StreamStatistics
+from ._stream import StreamIterator
+
+
+@attrs.frozen(kw_only=True)
+class RunStatistics:
+    """A snapshot of a run, from `WorkflowHandler.statistics`."""
+
+    #: Events delivered to steps (each step an event goes to counts) or to waiting
+    #: `Context.wait_for_event` calls, the start event included.
+    events_routed: int
+    #: Step executions in progress right now, by step name (steps with none are left out).
+    steps_running: Mapping[str, int]
+    #: Events waiting in the stream's buffer.
+    buffered: int
+    #: The most events the buffer has held at once.
+    buffer_peak: int
+    #: The buffer's capacity (``Workflow(stream_buffer=...)``).
+    capacity: int
+    #: Writers waiting for room right now.
+    writers_waiting: int
+    #: Seconds writers have spent waiting for room (backpressure), summed over writers.
+    backpressure_wait: float
+    #: Events thrown away because nobody streamed while ``result()`` waited.
+    discarded: int
 
 
 class WorkflowHandler:
@@ -42,6 +67,8 @@ class WorkflowHandler:
 
         With ``types``, only events of those types are yielded (the others are consumed and
         dropped); the terminal event is always yielded last, then the iteration ends.
+        Lifecycle events (`StepStartedEvent`, `StepFinishedEvent`, `StepRetryEvent`) are
+        written to the stream only while its consumer names them (or `LifecycleEvent`) here.
 
         Raises:
             WorkflowRuntimeError: another iterator is consuming the stream, or the stream has
@@ -50,7 +77,14 @@ class WorkflowHandler:
         for t in types:
             if not (isinstance(t, type) and issubclass(t, Event)):
                 raise TypeError(f"stream_events() filters by Event subclasses, got {t!r}")
-        return self._run.stream.open(types)
+        run = self._run
+        lifecycle = any(issubclass(t, LifecycleEvent) for t in types)
+        # Lifecycle events left in the buffer by an earlier consumer that asked for them are
+        # not for this one unless it asks too.
+        exclude = (LifecycleEvent,) if run.lifecycle and not lifecycle else ()
+        iterator = run.stream.open(types, exclude)
+        run.stream_lifecycle(lifecycle)
+        return iterator
 
     async def send_event(self, event: Event, step: str | None = None) -> None:
         """Route ``event`` into the running run, as `Context.send_event` does; this is how a
@@ -94,9 +128,24 @@ class WorkflowHandler:
             return stop.result if type(stop) is StopEvent else stop
         raise self._outcome_error()
 
-    def statistics(self) -> StreamStatistics:
-        """A snapshot of the run's stream buffer."""
-        return self._run.stream.statistics()
+    def statistics(self) -> RunStatistics:
+        """A snapshot of the run: routing, steps running, and the stream's buffer."""
+        run = self._run
+        stream = run.stream.statistics()
+        running: dict[str, int] = {}
+        for worker in run.workers:
+            if worker.busy:
+                running[worker.step] = running.get(worker.step, 0) + 1
+        return RunStatistics(
+            events_routed=sum(inbox.received for inbox in run.inboxes) + run.delivered_to_waiters,
+            steps_running=running,
+            buffered=stream.buffered,
+            buffer_peak=run.stream.peak,
+            capacity=stream.capacity,
+            writers_waiting=stream.writers_waiting,
+            backpressure_wait=run.stream.waited,
+            discarded=stream.discarded,
+        )
 
     def _outcome_error(self) -> BaseException:
         run = self._run

@@ -37,15 +37,18 @@ class Inbox(Generic[_T]):
     `getter`.
     """
 
-    __slots__ = ("_items", "_parked")
+    __slots__ = ("_items", "_parked", "received")
 
     def __init__(self) -> None:
         self._items: deque[_T] = deque()
         self._parked: deque[Task] = deque()
+        #: Items put so far (for statistics).
+        self.received = 0
 
     @enable_ki_protection
     def put(self, item: _T) -> None:
         """Queue ``item``; never blocks."""
+        self.received += 1
         if self._parked:
             reschedule(self._parked.popleft(), Value(item))
         else:

@@ -37,7 +37,8 @@ from ._events import (
 from ._graph import WorkflowGraph
 from ._inbox import Inbox
 from ._stream import EventStream
-from ._worker import work
+from ._tracing import current_tracer, end_run_span, run_span
+from ._worker import WorkerState, work
 
 logger = logging.getLogger("trioflow")
 
@@ -86,8 +87,20 @@ class Run:
     waiters: list[Waiter] = attrs.field(factory=list)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     finished: trio.Event = attrs.field(factory=trio.Event)
+    #: Lifecycle events go to the stream (its consumer asked for them).
+    lifecycle: bool = False
+    #: The OpenTelemetry tracer, when tracing was enabled as the run was made.
+    tracer: Any = attrs.field(factory=current_tracer)
+    #: Whether step executions take the observed path (lifecycle events or spans).
+    observed: bool = attrs.field(init=False)
+    #: One per step worker, in the order they started: which step, and whether it is inside
+    #: a step call right now.
+    workers: list[WorkerState] = attrs.field(factory=list)
+    #: Events handed to a waiting `Context.wait_for_event` (the inboxes count the rest).
+    delivered_to_waiters: int = 0
 
     def __attrs_post_init__(self) -> None:
+        self.observed = self.tracer is not None
         self.context = Context(self.run_id, self, self.stream, self.waiters)
         self.inboxes = [Inbox() for _ in self.graph.steps]
         self.direct_routes = {
@@ -105,6 +118,11 @@ class Run:
     @property
     def workflow_name(self) -> str:
         return self.graph.workflow_name
+
+    def stream_lifecycle(self, on: bool) -> None:
+        """Put lifecycle events on the stream from now on, or stop."""
+        self.lifecycle = on
+        self.observed = on or self.tracer is not None
 
     # -- deciding the outcome (synchronous: called from workers and from the handler) --
 
@@ -143,6 +161,7 @@ class Run:
                 if waiter.matches(event):  # the oldest matching waiter takes it, nobody else
                     self.waiters.remove(waiter)
                     waiter.deliver(event)
+                    self.delivered_to_waiters += 1
                     return
         routes = self.graph.routes_for(type(event))
         if step is not None:
@@ -171,7 +190,7 @@ class Run:
         # `send_event` cannot wait for room, and queueing the event elsewhere would reorder
         # the stream; a full stream is an error that says what to do instead.
         try:
-            self.stream.send_nowait(event)
+            self.stream.write_nowait(event)
         except trio.WouldBlock:
             raise WorkflowRuntimeError(
                 f"the stream is full, so {type(event).__name__} cannot be sent to the caller "
@@ -201,6 +220,24 @@ class Run:
     # -- the run's task --
 
     async def main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.tracer is None:
+            await self._main(task_status)
+            return
+        with run_span(self.tracer, self.workflow_name, self.run_id) as span:
+            try:
+                await self._main(task_status)
+            finally:
+                assert self.outcome is not None
+                end_run_span(span, self.outcome.value, self.failure)
+
+    async def _main(self, task_status: trio.TaskStatus[None]) -> None:
+        started = trio.current_time()
+        logger.debug(
+            "run %s of %s started",
+            self.run_id,
+            self.workflow_name,
+            extra={"workflow": self.workflow_name, "run_id": self.run_id},
+        )
         try:
             with self.scope:
                 self._watch_for_blocking()
@@ -216,6 +253,46 @@ class Run:
                 self.outcome = RunStatus.TIMED_OUT
         finally:
             self._conclude()
+            self._log_end(trio.current_time() - started)
+
+    def _log_end(self, duration: float) -> None:
+        assert self.outcome is not None
+        fields: dict[str, Any] = {
+            "workflow": self.workflow_name,
+            "run_id": self.run_id,
+            "outcome": self.outcome.value,
+            "duration": duration,
+        }
+        if self.outcome is RunStatus.FAILED:
+            fields["step"] = self.failed_step
+            # INFO, not WARNING: the failure is raised to the caller anyway; logging it loudly
+            # too would say everything twice.
+            logger.info(
+                "run %s of %s failed in step %r: %s: %s",
+                self.run_id,
+                self.workflow_name,
+                self.failed_step,
+                type(self.failure).__name__,
+                self.failure,
+                extra=fields,
+            )
+        elif self.outcome is RunStatus.TIMED_OUT:
+            logger.info(
+                "run %s of %s timed out after %s s",
+                self.run_id,
+                self.workflow_name,
+                self.timeout,
+                extra=fields,
+            )
+        else:
+            logger.debug(
+                "run %s of %s %s in %.3f s",
+                self.run_id,
+                self.workflow_name,
+                self.outcome.value,
+                duration,
+                extra=fields,
+            )
 
     def _watch_for_blocking(self) -> None:
         if self.blocking_threshold is None:

@@ -50,6 +50,14 @@ class EventStream:
         self._ended = False  # the terminal event has been delivered
         self._discarded = 0
         self._changed = trio.Event()
+        #: Counted for statistics: events written and read, the most in the buffer at once,
+        #: and the seconds writers spent waiting for room. The peak is taken when an event is
+        #: read (the buffer only shrinks by reads, so its high points come just before one),
+        #: which keeps the writer's fast path to one addition.
+        self.written = 0
+        self.read = 0
+        self.peak = 0
+        self.waited = 0.0
 
     # -- writing (the runtime and `Context`) --
 
@@ -60,14 +68,25 @@ class EventStream:
             self.send_nowait(event)
         except trio.WouldBlock:
             await self.write_when_full(event)
+        else:
+            self.written += 1
+
+    def write_nowait(self, event: Event) -> None:
+        """Put ``event`` on the stream if there is room, else raise `trio.WouldBlock`."""
+        self.send_nowait(event)
+        self.written += 1
 
     async def write_when_full(self, event: Event) -> None:
         """The slow path of `write`: wait for room (this wait is the backpressure)."""
         self._notify()  # `wait_closed` may have to drain for a stream nobody reads
+        started = trio.current_time()
         try:
             await self._send.send(event)
         except trio.ClosedResourceError:
             raise WorkflowRuntimeError("the run has ended; its stream is closed") from None
+        finally:
+            self.waited += trio.current_time() - started
+        self.written += 1
 
     def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
         """End the stream: after the events already buffered come ``trailing``, then
@@ -83,8 +102,11 @@ class EventStream:
 
     # -- reading (`WorkflowHandler`) --
 
-    def open(self, types: tuple[type[Event], ...]) -> StreamIterator:
-        """Claim the stream for a new consumer."""
+    def open(
+        self, types: tuple[type[Event], ...], exclude: tuple[type[Event], ...] = ()
+    ) -> StreamIterator:
+        """Claim the stream for a new consumer, yielding ``types`` only (all when empty) and
+        never ``exclude``."""
         if self._ended:
             raise WorkflowRuntimeError("this run's stream has ended: its events were consumed")
         if self.has_consumer():
@@ -92,7 +114,7 @@ class EventStream:
                 "this run's stream already has a consumer: one stream_events() at a time "
                 "(break out of it, or aclose() it, to hand the stream on)"
             )
-        iterator = StreamIterator(self, types)
+        iterator = StreamIterator(self, types, exclude)
         self._consumer = weakref.ref(iterator, self._released)
         return iterator
 
@@ -134,12 +156,14 @@ class EventStream:
         return not self.has_consumer() and self._send.statistics().tasks_waiting_send > 0
 
     def _discard_buffered(self) -> None:
+        self.peak = max(self.peak, self.written - self.read)
         while True:
             try:
                 self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
             self._discarded += 1
+            self.read += 1
 
     def _after_buffer(self) -> Event:
         """What comes once the buffer is drained: the trailing events, then the terminal."""
@@ -172,11 +196,17 @@ class StreamIterator:
     on to a later consumer.
     """
 
-    __slots__ = ("__weakref__", "_done", "_stream", "_types")
+    __slots__ = ("__weakref__", "_done", "_exclude", "_stream", "_types")
 
-    def __init__(self, stream: EventStream, types: tuple[type[Event], ...]) -> None:
+    def __init__(
+        self,
+        stream: EventStream,
+        types: tuple[type[Event], ...],
+        exclude: tuple[type[Event], ...] = (),
+    ) -> None:
         self._stream = stream
         self._types = types
+        self._exclude = exclude
         self._done = False
 
     def __aiter__(self) -> Self:
@@ -186,8 +216,10 @@ class StreamIterator:
         if self._done:
             raise StopAsyncIteration
         await checkpoint_if_cancelled()
-        receive = self._stream._receive
+        stream = self._stream
+        receive = stream._receive
         types = self._types
+        exclude = self._exclude
         while True:
             # Take what is buffered without a trip through the scheduler; wait only when the
             # buffer is empty. A consumer that keeps up thus reads in batches, not one event per
@@ -199,9 +231,20 @@ class StreamIterator:
                     event = await receive.receive()
                 except trio.EndOfChannel:
                     event = self._after_buffer()
+                else:
+                    stream.read += 1  # handed over as it was written: the buffer was empty
             except trio.EndOfChannel:
                 event = self._after_buffer()
-            if not types or isinstance(event, types) or self._done:
+            else:
+                waiting = stream.written - stream.read  # what the buffer held, this included
+                if waiting > stream.peak:
+                    stream.peak = waiting
+                stream.read += 1
+            # A filter never hides the terminal event (after which `_done` is set).
+            if types:
+                if isinstance(event, types) or self._done:
+                    return event
+            elif not (exclude and isinstance(event, exclude)) or self._done:
                 return event
 
     def _after_buffer(self) -> Event:

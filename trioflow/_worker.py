@@ -9,21 +9,43 @@ the minimum, and everything rarer lives in the helpers below it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._context import Context, current_step
-from ._events import Event, StepFailedEvent
+from ._events import (
+    Event,
+    StepFailedEvent,
+    StepFinishedEvent,
+    StepRetryEvent,
+    StepStartedEvent,
+)
 from ._graph import StepSpec
 from ._sync import SyncContext
+from ._tracing import step_span
 
 if TYPE_CHECKING:
     from ._runtime import Run
 
 StepCall = Callable[[Event], Awaitable[Any]]
+
+logger = logging.getLogger("trioflow")
+
+
+class WorkerState:
+    """What `WorkflowHandler.statistics` and a timeout's report see of one worker."""
+
+    __slots__ = ("busy", "step")
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        #: Inside a step call: a cancellation now means the step was still running.
+        self.busy = False
 
 
 async def work(run: Run, index: int) -> None:
@@ -34,25 +56,29 @@ async def work(run: Run, index: int) -> None:
     get = run.inboxes[index].getter()
     direct_routes = run.direct_routes
     waiters = run.waiters
-    busy = False  # inside the step: a cancellation now means the step was still running
+    state = WorkerState(spec.name)
+    run.workers.append(state)
     try:
         while True:
             event = await get()
             if run.outcome is not None:
                 return  # the run is over: start nothing new while the scope unwinds
-            busy = True
+            state.busy = True
             try:
-                result = await call(event)
+                if run.observed:  # lifecycle events or spans were asked for
+                    result = await _observed(run, spec, call, event, 1)
+                else:
+                    result = await call(event)
                 attempt = 1
             except Exception as exc:
                 retried = await _retry_or_fail(run, index, call, event, exc)
                 if retried is None:
                     return  # the failure ends the run
                 if retried is _HANDED_TO_HANDLERS:
-                    busy = False
+                    state.busy = False
                     continue
                 result, attempt = retried
-            busy = False
+            state.busy = False
             try:
                 targets = direct_routes.get(result.__class__)
                 if targets is not None and not waiters:  # the hot path of a hop
@@ -66,9 +92,11 @@ async def work(run: Run, index: int) -> None:
                 if not await _final_failure(run, index, event, exc, attempt):
                     return
     except BaseException:
-        if busy:  # for WorkflowTimedOutEvent.active_steps
+        if state.busy:  # for WorkflowTimedOutEvent.active_steps
             run.interrupted_steps.add(spec.name)
         raise
+    finally:
+        state.busy = False
 
 
 # What `_retry_or_fail` returns once error handlers took the step's final failure.
@@ -94,14 +122,79 @@ async def _retry_or_fail(
             run.failure_reports.append(failed)  # the run is ending: report it with the end
             raise
         attempt += 1
-        await trio.sleep(retry.delay_before(attempt))  # only this worker waits
+        delay = retry.delay_before(attempt)
+        logger.info(
+            "step %r of %s (run %s) failed, attempt %d of %d, retrying in %.3g s: %s: %s",
+            spec.name,
+            run.workflow_name,
+            run.run_id,
+            attempt - 1,
+            retry.max_attempts,
+            delay,
+            type(exc).__name__,
+            exc,
+            extra={
+                "workflow": run.workflow_name,
+                "run_id": run.run_id,
+                "step": spec.name,
+                "attempt": attempt - 1,
+            },
+        )
+        if run.lifecycle:
+            retrying = StepRetryEvent(
+                step_name=spec.name, attempt=attempt, delay=delay, exception=exc
+            )
+            await run.stream.write(retrying)
+        await trio.sleep(delay)  # only this worker waits
         try:
+            if run.observed:
+                return await _observed(run, spec, call, event, attempt), attempt
             return await call(event), attempt
         except Exception as again:
             exc = again
     if await _final_failure(run, index, event, exc, attempt):
         return _HANDED_TO_HANDLERS  # type: ignore[no-any-return]
     return None
+
+
+async def _observed(run: Run, spec: StepSpec, call: StepCall, event: Event, attempt: int) -> Any:
+    """``call(event)`` with what was asked for around it: lifecycle events, a span."""
+    if run.lifecycle:
+        started_event = StepStartedEvent(step_name=spec.name, attempt=attempt, input_event=event)
+        await run.stream.write(started_event)
+    started = trio.current_time()
+    span = (
+        contextlib.nullcontext()
+        if run.tracer is None
+        else step_span(run.tracer, run.workflow_name, run.run_id, spec.name, attempt)
+    )
+    with span:
+        try:
+            result = await call(event)
+        except Exception as exc:
+            if run.lifecycle:
+                await _report_finished(run, spec, attempt, started, exc)
+            raise
+    if run.lifecycle:
+        await _report_finished(run, spec, attempt, started, None)
+    return result
+
+
+async def _report_finished(
+    run: Run, spec: StepSpec, attempt: int, started: float, failure: Exception | None
+) -> None:
+    finished = StepFinishedEvent(
+        step_name=spec.name,
+        attempt=attempt,
+        duration=trio.current_time() - started,
+        succeeded=failure is None,
+    )
+    try:
+        await run.stream.write(finished)
+    except BaseException:
+        if failure is not None:
+            raise failure from None  # the step's failure must not be lost to the write's
+        raise
 
 
 def _step_call(run: Run, spec: StepSpec) -> StepCall:
