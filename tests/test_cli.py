@@ -264,3 +264,21 @@ def test_draw_the_examples(name: str) -> None:
     if name == "approval":
         assert "event_ApprovalRequired --> caller_caller" in mermaid
         assert "caller_caller --> event_Approval" in mermaid
+
+
+def test_serve_lists_a_workflows_problems() -> None:
+    """`trioflow serve` on an invalid workflow lists its problems (exit 1), no traceback."""
+    done = run_in_tests("serve", "_cli_flows:BrokenFlow", "--port", "0")
+    assert done.returncode == 1
+    assert "2 problem(s)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_dependency_of_the_users_module_is_shown_in_full(tmp_path: Path) -> None:
+    """Only the named module being missing is a one-line usage error; an import error inside
+    it is the user's to see, with its traceback."""
+    (tmp_path / "needs_dep.py").write_text("import not_installed_anywhere\n")
+    done = run_cli("run", "needs_dep:Flow", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr
+    assert "not_installed_anywhere" in done.stderr

@@ -416,7 +416,9 @@ async def test_no_cors_unless_origins_are_configured() -> None:
     async with served() as server:
         response = await server.client.get("/workflows", headers=origin)
         assert "access-control-allow-origin" not in response.headers
-        assert (await server.client.options("/workflows", headers=origin)).status_code == 405
+        preflight = await server.client.options("/workflows", headers=origin)
+        assert preflight.status_code == 403  # a foreign origin, and no CORS to allow it
+        assert (await server.client.options("/workflows")).status_code == 405
     async with served(cors_origins=["http://app.example"]) as server:
         response = await server.client.get("/workflows", headers=origin)
         assert response.headers["access-control-allow-origin"] == "http://app.example"
@@ -465,3 +467,82 @@ async def test_shutdown_cancels_runs_and_ends_open_streams() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=binds[0], timeout=5) as client:
             await client.get("/workflows")
+
+
+async def test_requests_for_another_host_are_refused() -> None:
+    """DNS rebinding: a Host that is not this server's name gets 403; loopback names pass."""
+    async with served() as server:
+        port = server.url.rsplit(":", 1)[1]
+        for host, status in ((f"evil.example:{port}", 403), (f"localhost:{port}", 200),
+                             (f"[::1]:{port}", 200), (f"127.0.0.1:{port}", 200)):  # fmt: skip
+            response = await server.client.get("/workflows", headers={"host": host})
+            assert response.status_code == status, host
+        refused = await server.client.get("/workflows", headers={"host": "evil.example"})
+        assert refused.json()["error"]["code"] == "forbidden_host"
+    async with served(allowed_hosts=["*"]) as server:
+        response = await server.client.get("/workflows", headers={"host": "any.example"})
+        assert response.status_code == 200
+
+
+async def test_cross_site_requests_cannot_change_runs() -> None:
+    """A POST from another origin (a page the user visits) is refused unless CORS allows it;
+    same-origin POSTs and clients that send no Origin (curl, programs) pass."""
+    async with served() as server:
+        evil = {"origin": "https://evil.example", "content-type": "text/plain"}
+        refused = await server.client.post(
+            "/workflows/count/runs", content=b'{"n": 1}', headers=evil
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "forbidden_origin"
+        same = {"origin": server.url}
+        assert (
+            await server.client.post("/workflows/count/runs", json={"n": 1}, headers=same)
+        ).status_code == 201
+        assert (await server.client.post("/workflows/count/runs", json={"n": 1})).status_code == 201
+    async with served(cors_origins=["https://app.example"]) as server:
+        allowed = {"origin": "https://app.example"}
+        response = await server.client.post("/workflows/count/runs", json={"n": 1}, headers=allowed)
+        assert response.status_code == 201
+
+
+async def test_concurrent_starts_respect_the_limit() -> None:
+    """max_runs holds when many starts arrive at once."""
+    async with served(max_runs=2) as server:
+        statuses: list[int] = []
+
+        async def start() -> None:
+            response = await server.client.post("/workflows/forever/runs", json={})
+            statuses.append(response.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(start)
+        assert sorted(statuses) == [201, 201] + [429] * 8
+        running = [
+            r for r in (await server.client.get("/runs")).json()["runs"] if r["status"] == "running"
+        ]
+        assert len(running) == 2
+
+
+async def test_an_integer_too_long_for_python_is_bad_json() -> None:
+    """json refuses integers of over 4,300 digits with a ValueError: a 400, not a 500."""
+    async with served() as server:
+        body = b'{"n": ' + b"9" * 5000 + b"}"
+        response = await server.client.post("/workflows/count/runs", content=body)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "bad_json"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ping_interval": 0}, "ping_interval must be a number > 0"),
+        ({"token": ""}, "token must be a non-empty string"),
+        ({"token": " padded "}, "without surrounding whitespace"),
+        ({"retain": 0}, "retain must be an int >= 1"),
+    ],
+)
+def test_options_out_of_range_are_refused(options: dict[str, object], message: str) -> None:
+    """ServerOptions refuses values that would make the server misbehave."""
+    with pytest.raises(ValueError, match=message):
+        trioflow.WorkflowApp(ForeverFlow(), **options)

@@ -39,6 +39,27 @@ def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> Non
         raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
 
 
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not (0 < value < math.inf):
+        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+
+def _usable_token(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not value or value != value.strip()):
+        raise ValueError("token must be a non-empty string without surrounding whitespace")
+
+
+#: The names of this machine's loopback interface, which the server answers for by default.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8000`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
 def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None:
         _non_negative(_, attribute, value)
@@ -60,11 +81,14 @@ class ServerOptions:
     #: Largest request body accepted, in bytes (413 beyond).
     max_body: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     #: When set, every request needs ``Authorization: Bearer <token>`` or ``?token=<token>``.
-    token: str | None = None
+    token: str | None = attrs.field(default=None, validator=_usable_token)
     #: Origins allowed to call the API from a browser (CORS); ``"*"`` allows any.
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     #: Seconds between ``: ping`` comments on an idle SSE stream.
-    ping_interval: float = attrs.field(default=15.0, validator=_non_negative)
+    ping_interval: float = attrs.field(default=15.0, validator=_positive)
+    #: Host names the server answers for (the Host header, without the port); ``"*"``: any.
+    #: Refusing others defeats DNS rebinding. `serve` adds the name it binds to.
+    allowed_hosts: tuple[str, ...] = attrs.field(default=LOOPBACK_NAMES, converter=tuple)
     #: The reconnection delay an SSE stream suggests to browsers, in milliseconds.
     retry_ms: int = attrs.field(default=2000, validator=_positive_int)
     #: Cancel a run once its last client has left and none came back for this many seconds
@@ -112,7 +136,8 @@ class WorkflowApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
-        assert message["type"] == "lifespan.startup", message
+        if message["type"] != "lifespan.startup":
+            raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
         async with trio.open_nursery() as nursery:
             options = self.options
             self._registry = RunRegistry(
@@ -124,7 +149,8 @@ class WorkflowApp:
             )
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
-            assert message["type"] == "lifespan.shutdown", message
+            if message["type"] != "lifespan.shutdown":
+                raise RuntimeError(f"expected lifespan.shutdown, got {message['type']!r}")
             await self.shutdown()
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
@@ -133,29 +159,62 @@ class WorkflowApp:
 
     async def _http(self, request: Request) -> None:
         try:
+            self._check_host(request)
             self._cors(request)
             if request.method == "OPTIONS" and self.options.cors_origins:
                 await self._preflight(request)
                 return
+            self._check_origin(request)
             self._authenticate(request)
             await self._route(request)
         except HttpError as error:
-            await request.respond_error(error)
+            if not request.started:  # a stream that has begun cannot turn into an error
+                await request.respond_error(error)
         except Exception:
             # One bad request never takes the server down; the traceback goes to the log.
             logger.exception("trioflow: error answering %s %s", request.method, request.path)
-            await request.respond_error(
-                HttpError(500, "internal_error", "the server failed to answer; see its log")
+            if not request.started:
+                await request.respond_error(
+                    HttpError(500, "internal_error", "the server failed to answer; see its log")
+                )
+
+    def _check_host(self, request: Request) -> None:
+        # Against DNS rebinding: a page whose name was pointed at this machine reaches it as
+        # same-origin, but its Host header still names the page's site.
+        allowed = self.options.allowed_hosts
+        if "*" in allowed:
+            return
+        if _hostname(request.headers.get("host", "")) not in allowed:
+            raise HttpError(
+                403,
+                "forbidden_host",
+                "this server does not answer for that Host; allow it with allowed_hosts "
+                "(--allowed-host)",
+            )
+
+    def _check_origin(self, request: Request) -> None:
+        # Against cross-site requests: a browser says where a request comes from. A page of
+        # another origin may not start, answer or cancel runs unless CORS allows that origin.
+        origin = request.headers.get("origin")
+        if request.method in ("GET", "HEAD") or origin is None:
+            return
+        allowed = self.options.cors_origins
+        same_origin = origin.partition("://")[2] == request.headers.get("host")
+        if not (same_origin or origin in allowed or "*" in allowed):
+            raise HttpError(
+                403, "forbidden_origin", f"requests from {origin} are not allowed (see CORS)"
             )
 
     def _authenticate(self, request: Request) -> None:
         if self._token is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, credentials = given.partition(" ")
-        if scheme.lower() != "bearer":
-            credentials = request.query.get("token", "")
-        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+        # Compare raw bytes: a header arrives as latin-1, a query parameter as UTF-8.
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = credentials.strip().encode("latin-1")
+        else:
+            given = request.query.get("token", "").encode()
+        if not hmac.compare_digest(given, self._token):
             raise HttpError(
                 401,
                 "unauthorized",

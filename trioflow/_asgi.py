@@ -52,6 +52,8 @@ class Request:
     send: Send
     #: Headers every response to this request carries (CORS).
     extra_headers: Headers = attrs.field(factory=list)
+    #: The response has begun: from now on only its body can follow.
+    started: bool = False
 
     @classmethod
     def from_scope(cls, scope: Scope, receive: Receive, send: Send) -> Request:
@@ -88,7 +90,7 @@ class Request:
             return {}
         try:
             return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # bad JSON, bad UTF-8, or an integer too long to convert
             raise HttpError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
         except RecursionError:
             raise HttpError(400, "bad_json", "the body's JSON is nested too deeply") from None
@@ -122,6 +124,7 @@ class Request:
         await self.respond_json(error.status, payload, error.headers)
 
     async def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.started = True
         await self.send(
             {
                 "type": "http.response.start",

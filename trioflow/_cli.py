@@ -21,6 +21,7 @@ from ._decode import WireError
 from ._describe import describe_workflow
 from ._draw import to_dot, to_mermaid
 from ._graph import graph_of
+from ._serve import hosts_for
 
 
 class UsageError(Exception):
@@ -50,7 +51,11 @@ def resolve(spec: str) -> Any:
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        # Only the module named (or a package on its path) missing is a usage error; a
+        # missing dependency inside the user's module is theirs to see in full.
+        if exc.name is not None and (
+            exc.name == module_name or module_name.startswith(exc.name + ".")
+        ):
             raise UsageError(f"no module named {exc.name!r}") from None
         raise
     for part in attr.split("."):
@@ -167,7 +172,7 @@ def _read_input(text: str) -> dict[str, Any]:
             raise UsageError(f"cannot read {text[1:]}: {error.strerror}") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # bad JSON, or an integer too long to convert
         raise UsageError(f"--input is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise UsageError("--input must be a JSON object of start-event fields")
@@ -207,9 +212,10 @@ async def _serve(app: WorkflowApp, host: str, port: int, token: bool) -> int:
     return 0
 
 
-def _app(args: argparse.Namespace) -> WorkflowApp:
+def _app(workflows: Workflow | Mapping[str, Workflow], args: argparse.Namespace) -> WorkflowApp:
     return WorkflowApp(
-        load_workflows(args.target),
+        workflows,
+        allowed_hosts=tuple(args.allowed_host) or hosts_for(args.host),
         token=args.token or None,
         cors_origins=tuple(args.cors_origin),
         retain=args.retain,
@@ -217,6 +223,10 @@ def _app(args: argparse.Namespace) -> WorkflowApp:
         max_body=args.max_body,
         ping_interval=args.ping_interval,
         abandon_after=args.abandon_after,
+        hold_for_first_client=args.hold_for_first_client,
+        keep_finished=args.keep_finished,
+        retry_ms=args.retry_ms,
+        shutdown_grace=args.shutdown_grace,
     )
 
 
@@ -244,6 +254,22 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-runs", type=int, default=64, help="runs at once (64; then 429)")
     srv.add_argument("--max-body", type=int, default=1 << 20, help="largest body (1 MiB; 413)")
     srv.add_argument("--ping-interval", type=float, default=15.0, help="SSE keep-alive seconds")
+    srv.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="answer for this Host name too (repeat; '*' for any); default: loopback names "
+        "and the --host name",
+    )
+    srv.add_argument(
+        "--hold-for-first-client",
+        type=float,
+        default=10.0,
+        help="seconds a new run keeps its first events for its first client (10)",
+    )
+    srv.add_argument("--keep-finished", type=int, default=100, help="finished runs kept (100)")
+    srv.add_argument("--retry-ms", type=int, default=2000, help="SSE reconnect hint (2000 ms)")
+    srv.add_argument("--shutdown-grace", type=float, default=5.0, help="shutdown wait (5 s)")
     srv.add_argument(
         "--abandon-after",
         type=float,
@@ -290,8 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report_problems(args.target, error)
     if args.command == "serve":
         try:
-            app = _app(args)  # ValueError and TypeError: options out of range
-        except (UsageError, ValueError, TypeError) as error:
+            workflows = load_workflows(args.target)
+        except UsageError as error:
+            print(f"trioflow serve: error: {error}", file=sys.stderr)
+            return 2
+        except WorkflowValidationError as error:
+            return _report_problems(args.target, error)
+        try:
+            app = _app(workflows, args)
+        except (ValueError, TypeError) as error:  # options out of range
             print(f"trioflow serve: error: {error}", file=sys.stderr)
             return 2
         return trio.run(_serve, app, args.host, args.port, bool(args.token))

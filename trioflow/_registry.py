@@ -92,6 +92,7 @@ class RunRegistry:
         self._hold = hold_for_first_client
         self._records: dict[str, RunRecord] = {}
         self._finished: deque[str] = deque()
+        self._starting = 0  # runs between the limit check and their record
         self._closing = False
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -103,7 +104,7 @@ class RunRegistry:
 
     @property
     def running(self) -> int:
-        return len(self._records) - len(self._finished)
+        return len(self._records) - len(self._finished) + self._starting
 
     async def start(
         self,
@@ -123,9 +124,15 @@ class RunRegistry:
             raise ShuttingDown("the server is shutting down; it starts no more runs")
         if self.running >= self._max_runs:
             raise TooManyRuns(f"the server is running its limit of {self._max_runs} runs")
-        record: RunRecord = await self._nursery.start(
-            self._drive, name, workflow, start_event, abandon_after
-        )
+        # Count the run at once: starting it takes checkpoints, and concurrent requests must
+        # not all pass the limit check meanwhile.
+        self._starting += 1
+        try:
+            record: RunRecord = await self._nursery.start(
+                self._drive, name, workflow, start_event, abandon_after
+            )
+        finally:
+            self._starting -= 1
         return record
 
     async def shutdown(self, grace: float) -> None:

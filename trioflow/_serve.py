@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ._app import WorkflowApp
+from ._app import LOOPBACK_NAMES, WorkflowApp
 from ._workflow import Workflow
 
 
@@ -50,6 +50,7 @@ async def serve(
             raise TypeError("pass options to WorkflowApp(...) when you pass an app to serve()")
         app = workflows
     else:
+        options.setdefault("allowed_hosts", hosts_for(host))
         app = WorkflowApp(workflows, **options)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -77,3 +78,12 @@ async def serve(
         # Listen for signals before the server starts, so an early Ctrl-C is a clean stop too.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await run(partial(anext, signals))
+
+
+def hosts_for(host: str) -> tuple[str, ...]:
+    """Host names to answer for when bound to ``host``: the loopback names and the bound name
+    itself; any name when bound to every interface (the operator chose to be reachable by
+    whatever name the network gives)."""
+    if host in ("0.0.0.0", "::", ""):
+        return ("*",)
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host.strip("[]"))))

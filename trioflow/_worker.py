@@ -173,15 +173,20 @@ async def _observed(run: Run, spec: StepSpec, call: StepCall, event: Event, atte
             result = await call(event)
         except Exception as exc:
             if run.lifecycle:
-                await _report_finished(run, spec, attempt, started, exc)
+                await _report_finished(run, spec, event, attempt, started, exc)
             raise
     if run.lifecycle:
-        await _report_finished(run, spec, attempt, started, None)
+        await _report_finished(run, spec, event, attempt, started, None)
     return result
 
 
 async def _report_finished(
-    run: Run, spec: StepSpec, attempt: int, started: float, failure: Exception | None
+    run: Run,
+    spec: StepSpec,
+    event: Event,
+    attempt: int,
+    started: float,
+    failure: Exception | None,
 ) -> None:
     finished = StepFinishedEvent(
         step_name=spec.name,
@@ -193,7 +198,13 @@ async def _report_finished(
         await run.stream.write(finished)
     except BaseException:
         if failure is not None:
-            raise failure from None  # the step's failure must not be lost to the write's
+            # The run ended while this waited for room: the step's failure must not be lost
+            # with the report, so it is recorded (and reported with the end) before the
+            # cancellation goes on.
+            report = StepFailedEvent(
+                step_name=spec.name, attempt=attempt, exception=failure, input_event=event
+            )
+            run.fail(spec.name, failure, report)
         raise
 
 
