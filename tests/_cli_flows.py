@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from trioflow import (
@@ -12,6 +14,7 @@ from trioflow import (
     StartEvent,
     StepFailedEvent,
     StopEvent,
+    SyncContext,
     Workflow,
     step,
 )
@@ -131,3 +134,13 @@ class Missing(Event):
 FLOWS = {"count": CountFlow(), "fail": FailFlow(), "forever": ForeverFlow(timeout=None)}
 CLASSES = {"shapes": ShapesFlow, "broken": BrokenFlow}
 NOT_A_WORKFLOW = 42
+
+
+class StuckFlow(Workflow):
+    """A plain `def` step that writes one event, then blocks its thread for a long time."""
+
+    @step
+    def block(self, ctx: SyncContext, ev: StartEvent) -> StopEvent:
+        ctx.write_event_to_stream(Waiting())
+        time.sleep(60)  # a thread cannot be interrupted
+        return StopEvent()

@@ -152,8 +152,10 @@ def test_run_reports_a_failure_with_its_step() -> None:
     assert done.stderr.strip() == "trioflow run: Boom in step 'explode': kaboom"
 
 
-def test_run_is_cancelled_cleanly_by_ctrl_c() -> None:
-    """Ctrl-C cancels the run: the cancel event is shown, exit code 130, no traceback."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_run_is_cancelled_cleanly_by_ctrl_c(signum: int, code: int) -> None:
+    """Ctrl-C (or SIGTERM) cancels the run: the cancel event is shown, exit code 128 + the
+    signal, no traceback."""
     process = subprocess.Popen(
         [sys.executable, "-m", "trioflow", "run", "_cli_flows:ForeverFlow"],
         stdout=subprocess.PIPE,
@@ -164,11 +166,11 @@ def test_run_is_cancelled_cleanly_by_ctrl_c() -> None:
     try:
         assert process.stdout is not None
         assert "Waiting" in process.stdout.readline()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     assert "WorkflowCancelledEvent" in out
     assert "Traceback" not in err
     assert "WorkflowCancelledError" in err
@@ -282,3 +284,27 @@ def test_a_missing_dependency_of_the_users_module_is_shown_in_full(tmp_path: Pat
     assert done.returncode == 1
     assert "Traceback" in done.stderr
     assert "not_installed_anywhere" in done.stderr
+
+
+def test_a_second_ctrl_c_exits_at_once() -> None:
+    """While a cancelled run waits for a thread step that cannot be interrupted, a second
+    Ctrl-C exits at once."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "_cli_flows:StuckFlow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=TESTS,
+    )
+    try:
+        assert process.stdout is not None
+        assert "Waiting" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=0.5)  # still waiting for the thread
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "interrupted again, exiting now" in err

@@ -8,6 +8,7 @@ cleanly: the stream ends with its `WorkflowCancelledEvent`, which is shown.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,7 +24,6 @@ from ._wire import dumps, encode_envelope, encode_event_data, encode_value
 from ._workflow import Workflow
 
 EXIT_FAILED = 1
-EXIT_CANCELLED = 130  # what a shell reports for a program ended by Ctrl-C
 
 
 def start_fields(start_type: type[StartEvent], given: Mapping[str, str]) -> dict[str, Any]:
@@ -58,7 +58,10 @@ async def run_and_stream(
         async with workflow.start(start_event) as handler:
             async with trio.open_nursery() as nursery:
                 watching = trio.CancelScope()
-                nursery.start_soon(_cancel_on_interrupt, interrupts, handler.cancel, watching)
+                received: list[int] = []  # the signals that came
+                nursery.start_soon(
+                    _cancel_on_interrupt, interrupts, handler.cancel, watching, received
+                )
                 try:
                     async for event in handler.stream_events():
                         printer.event(event)
@@ -66,6 +69,9 @@ async def run_and_stream(
                     watching.cancel()
             try:
                 result = await handler.result()
+            except WorkflowCancelledError as error:
+                printer.failure(error)
+                return 128 + (received[0] if received else signal.SIGINT)  # the shell's way
             except Exception as error:
                 return printer.failure(error)
     printer.result(result)
@@ -73,12 +79,20 @@ async def run_and_stream(
 
 
 async def _cancel_on_interrupt(
-    interrupts: AsyncIterator[int], cancel: Callable[[], None], scope: trio.CancelScope
+    interrupts: AsyncIterator[int],
+    cancel: Callable[[], None],
+    scope: trio.CancelScope,
+    received: list[int],
 ) -> None:
+    """The first signal cancels the run cleanly; a second one, while the run still winds
+    down (a ``def`` step cannot be interrupted), exits at once."""
     with scope:
-        async for _ in interrupts:
+        async for signum in interrupts:
+            if received:
+                print("trioflow run: interrupted again, exiting now", file=sys.stderr)
+                os._exit(128 + signum)
+            received.append(signum)
             cancel()  # the stream then ends with WorkflowCancelledEvent
-            return
 
 
 class _Printer:
@@ -134,4 +148,4 @@ class _Printer:
         self._end_progress()
         where = f" in step {self.failed_step!r}" if self.failed_step else ""
         print(f"trioflow run: {type(error).__name__}{where}: {error}", file=sys.stderr)
-        return EXIT_CANCELLED if isinstance(error, WorkflowCancelledError) else EXIT_FAILED
+        return EXIT_FAILED

@@ -6,9 +6,11 @@ that only run workflows in-process.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -77,7 +79,21 @@ async def serve(
     else:
         # Listen for signals before the server starts, so an early Ctrl-C is a clean stop too.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await run(partial(anext, signals))
+            async with trio.open_nursery() as nursery:
+                first = trio.Event()
+                nursery.start_soon(_on_signals, signals, first)
+                await run(first.wait)
+                nursery.cancel_scope.cancel()
+
+
+async def _on_signals(signals: AsyncIterator[int], first: trio.Event) -> None:
+    """The first signal shuts down gracefully; a second one, while that is under way (slow
+    clients, a step in a thread), exits at once."""
+    async for signum in signals:
+        if first.is_set():
+            print("trioflow: signalled again, exiting now", file=sys.stderr)
+            os._exit(128 + signum)
+        first.set()
 
 
 def hosts_for(host: str) -> tuple[str, ...]:
