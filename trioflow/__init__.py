@@ -29,7 +29,7 @@ from ._handler import RunStatistics, WorkflowHandler
 from ._runtime import RunStatus
 from ._serve import serve
 from ._step import RetryPolicy, step
-from ._stream import StreamIterator, StreamStatistics
+from ._stream import StreamIterator
 from ._sync import SyncContext, SyncStore
 from ._tracing import disable_tracing, enable_tracing
 from ._workflow import Workflow
@@ -55,7 +55,6 @@ __all__ = [
     "StopEvent",
     "Store",
     "StreamIterator",
-    "StreamStatistics",
     "SyncContext",
     "SyncStore",
     "TrioflowError",

@@ -131,7 +131,8 @@ class WorkflowHandler:
     def statistics(self) -> RunStatistics:
         """A snapshot of the run: routing, steps running, and the stream's buffer."""
         run = self._run
-        stream = run.stream.statistics()
+        stream = run.stream
+        channel = stream.channel_statistics()
         running: dict[str, int] = {}
         for worker in run.workers:
             if worker.busy:
@@ -139,11 +140,11 @@ class WorkflowHandler:
         return RunStatistics(
             events_routed=sum(inbox.received for inbox in run.inboxes) + run.delivered_to_waiters,
             steps_running=running,
-            buffered=stream.buffered,
-            buffer_peak=run.stream.peak,
+            buffered=channel.current_buffer_used,
+            buffer_peak=stream.peak,
             capacity=stream.capacity,
-            writers_waiting=stream.writers_waiting,
-            backpressure_wait=run.stream.waited,
+            writers_waiting=channel.tasks_waiting_send,
+            backpressure_wait=stream.waited,
             discarded=stream.discarded,
         )
 

@@ -14,26 +14,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Self
 
-import attrs
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from ._errors import WorkflowRuntimeError
 from ._events import Event, StopEvent
-
-
-@attrs.frozen(kw_only=True)
-class StreamStatistics:
-    """A snapshot of a run's stream."""
-
-    #: Events waiting in the buffer.
-    buffered: int
-    #: The buffer's capacity (``Workflow(stream_buffer=...)``).
-    capacity: int
-    #: Writers waiting for room.
-    writers_waiting: int
-    #: Events thrown away because nobody streamed while ``result()`` waited.
-    discarded: int
 
 
 class EventStream:
@@ -48,7 +33,8 @@ class EventStream:
         self._trailing: list[Event] = []
         self._consumer: weakref.ref[StreamIterator] | None = None
         self._ended = False  # the terminal event has been delivered
-        self._discarded = 0
+        #: Events thrown away because nobody streamed while ``result()`` waited.
+        self.discarded = 0
         self._changed = trio.Event()
         #: Counted for statistics: events written and read, the most in the buffer at once,
         #: and the seconds writers spent waiting for room. The peak is taken when an event is
@@ -162,7 +148,7 @@ class EventStream:
                 self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            self._discarded += 1
+            self.discarded += 1
             self.read += 1
 
     def _after_buffer(self) -> Event:
@@ -178,14 +164,9 @@ class EventStream:
         self._changed.set()
         self._changed = trio.Event()
 
-    def statistics(self) -> StreamStatistics:
-        stats = self._send.statistics()
-        return StreamStatistics(
-            buffered=stats.current_buffer_used,
-            capacity=self.capacity,
-            writers_waiting=stats.tasks_waiting_send,
-            discarded=self._discarded,
-        )
+    def channel_statistics(self) -> trio.MemoryChannelStatistics:
+        """The buffer's channel as trio sees it (events buffered, writers waiting)."""
+        return self._send.statistics()
 
 
 class StreamIterator:
