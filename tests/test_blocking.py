@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 import trioflow
-from trioflow._blocking import (
+from trioflow._core._blocking import (
     WATCHDOG_THREAD_NAME,
     LoopBlockedWarning,
     TrioflowWarning,

@@ -202,7 +202,7 @@ def test_draw_json_is_the_servers_graph() -> None:
     done = run_in_tests("draw", "_cli_flows:ShapesFlow", "--format", "json")
     assert done.returncode == 0, done.stderr
     graph = json.loads(done.stdout)
-    from trioflow._describe import describe_workflow
+    from trioflow._wire import describe_workflow
 
     sys.path.insert(0, str(TESTS))
     import _cli_flows

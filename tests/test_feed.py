@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from trioflow._feed import EventsExpired, RunFeed
+from trioflow._server._feed import EventsExpired, RunFeed
 
 
 async def fill(feed: RunFeed, count: int) -> None:

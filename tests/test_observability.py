@@ -311,7 +311,7 @@ async def test_the_callers_span_is_the_runs_parent(
     spans: InMemorySpanExporter, autojump_clock: trio.testing.MockClock
 ) -> None:
     """The run span joins the caller's trace: the current span when the run starts."""
-    from trioflow._tracing import current_tracer
+    from trioflow._core._tracing import current_tracer
 
     with current_tracer().start_as_current_span("request") as request:
         await TwoSteps().run()

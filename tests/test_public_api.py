@@ -35,6 +35,21 @@ def test_public_objects_show_the_public_module() -> None:
         assert getattr(trioflow, name).__module__ == "trioflow", name
 
 
+def test_import_does_not_load_the_http_layer() -> None:
+    """`import trioflow` leaves the server (and hypercorn) unloaded until a name needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trioflow\n"
+        "assert 'trioflow._server' not in sys.modules and 'hypercorn' not in sys.modules\n"
+        "assert 'trioflow._wire' not in sys.modules\n"
+        "trioflow.WorkflowApp\n"
+        "assert 'trioflow._server' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_error_tree() -> None:
     """Every trioflow error derives from TrioflowError, and the tree is documented."""
     for name in ("WorkflowValidationError", "WorkflowRuntimeError", "WorkflowTimeoutError",

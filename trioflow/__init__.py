@@ -1,8 +1,13 @@
 """trioflow: event-driven workflows on trio, with live, bounded, cancellable event streams."""
 
-from ._app import ServerOptions, WorkflowApp
-from ._blocking import LoopBlockedWarning, TrioflowWarning
-from ._context import Context, Store
+import typing as _typing
+
+from ._core._blocking import LoopBlockedWarning, TrioflowWarning
+from ._core._context import Context, Store
+from ._core._run import RunStatus
+from ._core._stream import StreamIterator
+from ._core._sync import SyncContext, SyncStore
+from ._core._tracing import disable_tracing, enable_tracing
 from ._errors import (
     TrioflowError,
     WorkflowCancelledError,
@@ -26,15 +31,21 @@ from ._events import (
     WorkflowTimedOutEvent,
 )
 from ._handler import RunStatistics, WorkflowHandler
-from ._runtime import RunStatus
-from ._serve import serve
 from ._step import RetryPolicy, step
-from ._stream import StreamIterator
-from ._sync import SyncContext, SyncStore
-from ._tracing import disable_tracing, enable_tracing
 from ._workflow import Workflow
 
+if _typing.TYPE_CHECKING:
+    from ._server._app import ServerOptions, WorkflowApp
+    from ._server._serve import serve
+
 __version__ = "0.1.0"
+
+# The HTTP server (and hypercorn with it) costs 110-180 ms to import: it is loaded on first use.
+_LAZY = {
+    "ServerOptions": "._server._app",
+    "WorkflowApp": "._server._app",
+    "serve": "._server._serve",
+}
 
 __all__ = [
     "Context",
@@ -75,10 +86,26 @@ __all__ = [
     "step",
 ]
 
+
 # Show the public name in reprs and tracebacks (trioflow.StopEvent, not
 # trioflow._events.StopEvent), as trio does. Pickle finds them here too.
+def _show_as_public(obj: _typing.Any) -> None:
+    if getattr(obj, "__module__", "").startswith("trioflow._"):
+        obj.__module__ = __name__
+
+
 for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("trioflow._"):
-        _obj.__module__ = __name__
-del _name, _obj
+    if _name not in _LAZY:
+        _show_as_public(globals()[_name])
+del _name
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    _show_as_public(value)
+    globals()[name] = value
+    return value

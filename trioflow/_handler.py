@@ -8,10 +8,10 @@ from typing import Any
 import attrs
 import trio
 
+from ._core._run import Run, RunStatus
+from ._core._stream import StreamIterator
 from ._errors import WorkflowCancelledError, WorkflowRuntimeError, WorkflowTimeoutError
 from ._events import Event, LifecycleEvent, StopEvent
-from ._runtime import Run, RunStatus
-from ._stream import StreamIterator
 
 
 @attrs.frozen(kw_only=True)

@@ -9,11 +9,11 @@ from typing import Any
 
 import trio
 
+from ._core._graph import WorkflowGraph, graph_of
+from ._core._run import Run
+from ._core._stream import EventStream
 from ._events import StartEvent
-from ._graph import WorkflowGraph, graph_of
 from ._handler import WorkflowHandler
-from ._runtime import Run
-from ._stream import EventStream
 
 DEFAULT_TIMEOUT = 45.0
 """Seconds a run may take unless ``Workflow(timeout=...)`` says otherwise (LlamaIndex's)."""

@@ -16,9 +16,8 @@ from typing import Any
 
 import attrs
 
-from ._context import Context
-from ._errors import WorkflowValidationError
-from ._events import (
+from .._errors import WorkflowValidationError
+from .._events import (
     RUNTIME_STOP_EVENTS,
     Event,
     HumanResponseEvent,
@@ -27,7 +26,8 @@ from ._events import (
     StepFailedEvent,
     StopEvent,
 )
-from ._step import StepConfig, StepDeclaration, declaration_of
+from .._step import StepConfig, StepDeclaration, declaration_of
+from ._context import Context
 from ._sync import SyncContext
 
 EventTypes = tuple[type[Event], ...]

@@ -17,8 +17,8 @@ from typing import Self
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from ._errors import WorkflowRuntimeError
-from ._events import Event, StopEvent
+from .._errors import WorkflowRuntimeError
+from .._events import Event, StopEvent
 
 
 class EventStream:

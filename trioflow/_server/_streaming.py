@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import trio
 
+from .._wire import dumps
 from ._asgi import Receive, Request
 from ._feed import Entry, EventsExpired, RunFeed, Watcher
-from ._wire import dumps
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

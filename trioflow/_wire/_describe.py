@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._events import (
+from .._events import (
     Event,
     HumanResponseEvent,
     InputRequiredEvent,
@@ -35,9 +35,9 @@ from ._typeinfo import (
 )
 
 if TYPE_CHECKING:
-    from ._graph import StepSpec
-    from ._step import RetryPolicy
-    from ._workflow import Workflow
+    from .._core._graph import StepSpec
+    from .._step import RetryPolicy
+    from .._workflow import Workflow
 
 
 def describe_workflow(name: str, workflow: Workflow) -> dict[str, Any]:

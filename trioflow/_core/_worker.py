@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._context import Context, current_step
-from ._events import (
+from .._events import (
     Event,
     StepFailedEvent,
     StepFinishedEvent,
     StepRetryEvent,
     StepStartedEvent,
 )
+from ._context import Context, current_step
 from ._graph import StepSpec
 from ._sync import SyncContext
 from ._tracing import step_span
 
 if TYPE_CHECKING:
-    from ._runtime import Run
+    from ._run import Run
 
 StepCall = Callable[[Event], Awaitable[Any]]
 

@@ -16,12 +16,11 @@ import trio
 
 from trioflow import Event, Workflow, WorkflowApp, WorkflowValidationError, serve
 
-from ._cli_run import run_and_stream, start_fields
-from ._decode import WireError
-from ._describe import describe_workflow
+from .._core._graph import graph_of
+from .._server._serve import hosts_for
+from .._wire import WireError, describe_workflow
 from ._draw import to_dot, to_mermaid
-from ._graph import graph_of
-from ._serve import hosts_for
+from ._run import run_and_stream, start_fields
 
 
 class UsageError(Exception):
@@ -180,7 +179,7 @@ def _read_input(text: str) -> dict[str, Any]:
 
 
 async def _demo(topic: str, pace: float) -> int:
-    from .examples import Research, ResearchFlow
+    from ..examples import Research, ResearchFlow
 
     started = trio.current_time()
     print(f"trioflow demo: streaming the events of ResearchFlow(topic={topic!r}) as they happen\n")

@@ -1,9 +1,4 @@
-"""The JSON wire format of the HTTP server, and its encoding side: events and results out.
-
-The server imports the whole format from here. What comes in is decoded in `_decode`
-(`decode_start_event`, `decode_event`, `sendable_event_types`, `WireError`), a workflow's graph
-is described in `_describe` (`describe_workflow`), and the names and fields of types that all
-three use are read in `_typeinfo`.
+"""The encoding side of the wire format: events and results out.
 
 Going out (`encode_envelope`, `encode_event_data`, `encode_value`) nothing raises: a step may
 stream any object, and a value that has no JSON form is sent as its ``repr``. The rules, applied
@@ -41,28 +36,8 @@ from typing import Any
 import attrs
 import cattrs.preconf.json
 
-from ._decode import WireError, decode_event, decode_start_event, sendable_event_types
-from ._describe import describe_workflow
-
-# The public names, imported from where they are defined: `trioflow/__init__.py` may import the
-# server, which imports this module, before those names exist on the package.
-from ._events import Event, StartEvent, StopEvent
+from .._events import Event, StartEvent, StopEvent
 from ._typeinfo import attrs_fields, is_public, is_subclass, qualified_name, type_name
-
-__all__ = [
-    "WireError",
-    "decode_event",
-    "decode_start_event",
-    "describe_workflow",
-    "dumps",
-    "encode_envelope",
-    "encode_event_data",
-    "encode_exception",
-    "encode_value",
-    "qualified_name",
-    "sendable_event_types",
-    "type_name",
-]
 
 
 def dumps(value: Any) -> bytes:

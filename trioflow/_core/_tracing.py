@@ -40,7 +40,7 @@ def enable_tracing(tracer_provider: Any = None) -> None:
         from opentelemetry import trace
     except ImportError:
         raise RuntimeError("tracing needs OpenTelemetry: pip install 'trioflow[otel]'") from None
-    from . import __version__
+    from .. import __version__
 
     _tracer = trace.get_tracer("trioflow", __version__, tracer_provider=tracer_provider)
 

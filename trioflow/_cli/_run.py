@@ -16,12 +16,18 @@ from typing import Any, TextIO
 
 import trio
 
-from ._decode import decode_start_event
-from ._errors import WorkflowCancelledError
-from ._events import Event, StartEvent, StopEvent, WorkflowFailedEvent
-from ._typeinfo import field_types, takes_free_form_fields
-from ._wire import dumps, encode_envelope, encode_event_data, encode_value
-from ._workflow import Workflow
+from .._errors import WorkflowCancelledError
+from .._events import Event, StartEvent, StopEvent, WorkflowFailedEvent
+from .._wire import (
+    decode_start_event,
+    dumps,
+    encode_envelope,
+    encode_event_data,
+    encode_value,
+    field_types,
+    takes_free_form_fields,
+)
+from .._workflow import Workflow
 
 EXIT_FAILED = 1
 

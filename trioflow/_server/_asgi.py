@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from ._wire import dumps
+from .._wire import dumps
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

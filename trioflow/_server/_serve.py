@@ -16,8 +16,8 @@ from typing import Any
 
 import trio
 
+from .._workflow import Workflow
 from ._app import LOOPBACK_NAMES, WorkflowApp
-from ._workflow import Workflow
 
 
 async def serve(

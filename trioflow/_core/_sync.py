@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from .._events import Event
 from ._context import Context
-from ._events import Event
 
 _E = TypeVar("_E", bound=Event)
 

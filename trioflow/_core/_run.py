@@ -20,10 +20,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._blocking import watch_step
-from ._context import Context, Waiter
-from ._errors import WorkflowRuntimeError
-from ._events import (
+from .._errors import WorkflowRuntimeError
+from .._events import (
     RUNTIME_STOP_EVENTS,
     Event,
     InputRequiredEvent,
@@ -34,6 +32,8 @@ from ._events import (
     WorkflowFailedEvent,
     WorkflowTimedOutEvent,
 )
+from ._blocking import watch_step
+from ._context import Context, Waiter
 from ._graph import WorkflowGraph
 from ._inbox import Inbox
 from ._stream import EventStream

@@ -17,14 +17,14 @@ from typing import Any
 import attrs
 import trio
 
+from .._errors import WorkflowRuntimeError
+from .._wire import WireError, decode_event, decode_start_event, describe_workflow
+from .._wire import sendable_event_types as _sendable_event_types
+from .._workflow import Workflow
 from ._asgi import HttpError, Receive, Request, Scope, Send
-from ._errors import WorkflowRuntimeError
 from ._feed import EventsExpired
 from ._registry import RunRecord, RunRegistry, ShuttingDown, TooManyRuns
 from ._streaming import stream_feed
-from ._wire import WireError, decode_event, decode_start_event, describe_workflow
-from ._wire import sendable_event_types as _sendable_event_types
-from ._workflow import Workflow
 
 logger = logging.getLogger("trioflow.server")
 
@@ -266,7 +266,7 @@ class WorkflowApp:
 
     async def _get_dashboard(self, request: Request, args: list[str]) -> None:
         if self._dashboard is None:
-            self._dashboard = (resources.files("trioflow") / "_dashboard.html").read_bytes()
+            self._dashboard = (resources.files("trioflow._server") / "dashboard.html").read_bytes()
         await request.respond(
             200,
             self._dashboard,

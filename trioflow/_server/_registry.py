@@ -16,13 +16,13 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import TrioflowError
-from ._events import StartEvent, WorkflowFailedEvent
+from .._core._run import RunStatus
+from .._errors import TrioflowError
+from .._events import StartEvent, WorkflowFailedEvent
+from .._handler import WorkflowHandler
+from .._wire import dumps, encode_envelope, encode_exception, encode_value, type_name
+from .._workflow import Workflow
 from ._feed import RunFeed
-from ._handler import WorkflowHandler
-from ._runtime import RunStatus
-from ._wire import dumps, encode_envelope, encode_exception, encode_value, type_name
-from ._workflow import Workflow
 
 
 class TooManyRuns(TrioflowError):

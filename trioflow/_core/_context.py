@@ -11,8 +11,8 @@ import attrs
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from ._errors import WorkflowRuntimeError
-from ._events import Event, StopEvent
+from .._errors import WorkflowRuntimeError
+from .._events import Event, StopEvent
 from ._stream import EventStream
 
 #: The step whose code is running in this task; set once by each step worker.

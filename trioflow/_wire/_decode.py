@@ -38,8 +38,8 @@ import attrs
 import cattrs.preconf.json
 from cattrs.errors import StructureHandlerNotFoundError
 
-from ._errors import TrioflowError
-from ._events import (
+from .._errors import TrioflowError
+from .._events import (
     Event,
     HumanResponseEvent,
     InputRequiredEvent,
@@ -59,7 +59,7 @@ from ._typeinfo import (
 )
 
 if TYPE_CHECKING:
-    from ._workflow import Workflow
+    from .._workflow import Workflow
 
 _T = TypeVar("_T")
 
