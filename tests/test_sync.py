@@ -181,7 +181,7 @@ async def test_sync_collect_events_and_wait_for_event() -> None:
 
     async with Flow().start() as handler:
         with trio.fail_after(10):
-            while not handler._run.waiters:  # the thread has registered its waiter
+            while not handler._run.router.waiters:  # the thread has registered its waiter
                 await trio.sleep(0.01)
         await handler.send_event(Reply(text="hi"))
         assert await handler.result() == ([0, 1, 2], "hi")

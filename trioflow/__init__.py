@@ -4,11 +4,12 @@ import typing as _typing
 
 from ._core._blocking import LoopBlockedWarning, TrioflowWarning
 from ._core._context import Context, Store
-from ._core._run import RunStatus
+from ._core._state import RunStatus
 from ._core._stream import StreamIterator
 from ._core._sync import SyncContext, SyncStore
 from ._core._tracing import disable_tracing, enable_tracing
 from ._errors import (
+    RunEndedError,
     TrioflowError,
     WorkflowCancelledError,
     WorkflowRuntimeError,
@@ -55,6 +56,7 @@ __all__ = [
     "LifecycleEvent",
     "LoopBlockedWarning",
     "RetryPolicy",
+    "RunEndedError",
     "RunStatistics",
     "RunStatus",
     "ServerOptions",

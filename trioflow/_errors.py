@@ -5,6 +5,7 @@ The tree::
     TrioflowError
      ├── WorkflowValidationError    a Workflow class's graph is wrong (raised on construction)
      ├── WorkflowRuntimeError       an operation is not possible in the run's current state
+     │    └── RunEndedError         the run's outcome is decided: it takes no more events
      ├── WorkflowTimeoutError       the run exceeded ``Workflow(timeout=...)``
      └── WorkflowCancelledError     the run was cancelled before it produced a result
 
@@ -44,6 +45,11 @@ class WorkflowValidationError(TrioflowError):
 class WorkflowRuntimeError(TrioflowError):
     """An operation on a run is not possible: a bad route, a second stream consumer, a run
     that has ended, and the like."""
+
+
+class RunEndedError(WorkflowRuntimeError):
+    """The run's outcome is decided (it completed, failed, timed out or was cancelled, even if
+    its steps are still unwinding): it takes no more events and cannot be cancelled."""
 
 
 class WorkflowTimeoutError(TrioflowError):

@@ -8,9 +8,10 @@ from typing import Any
 import attrs
 import trio
 
-from ._core._run import Run, RunStatus
+from ._core._run import Run
+from ._core._state import RunStatus
 from ._core._stream import StreamIterator
-from ._errors import WorkflowCancelledError, WorkflowRuntimeError, WorkflowTimeoutError
+from ._errors import WorkflowCancelledError, WorkflowTimeoutError
 from ._events import Event, LifecycleEvent, StopEvent
 
 
@@ -42,7 +43,9 @@ class WorkflowHandler:
 
     def __init__(self, run: Run) -> None:
         self._run = run
+        self._state = run.state
         self._failure_raised = False
+        self._fatal_raised = False
         self._timeout_error: WorkflowTimeoutError | None = None
 
     def __repr__(self) -> str:
@@ -55,12 +58,14 @@ class WorkflowHandler:
 
     @property
     def status(self) -> RunStatus:
-        """`RunStatus.RUNNING` until the run has ended, then how it ended."""
-        return self._run.status
+        """`RunStatus.RUNNING` until the run's outcome is decided, then the outcome, at once:
+        also while its steps still unwind (a ``def`` step finishing in its thread)."""
+        return self._state.status
 
     def is_done(self) -> bool:
-        """Whether the run has ended (its terminal event is decided and the stream closed)."""
-        return self._run.finished.is_set()
+        """Whether the run has finished: decided, unwound (no step code of it runs any more),
+        its terminal event on the stream and the stream closed."""
+        return self._state.finished.is_set()
 
     def stream_events(self, *types: type[Event]) -> StreamIterator:
         """Iterate over the run's stream as events are written.
@@ -78,12 +83,13 @@ class WorkflowHandler:
             if not (isinstance(t, type) and issubclass(t, Event)):
                 raise TypeError(f"stream_events() filters by Event subclasses, got {t!r}")
         run = self._run
+        observation = run.observation
         lifecycle = any(issubclass(t, LifecycleEvent) for t in types)
         # Lifecycle events left in the buffer by an earlier consumer that asked for them are
         # not for this one unless it asks too.
-        exclude = (LifecycleEvent,) if run.lifecycle and not lifecycle else ()
+        exclude = (LifecycleEvent,) if observation.lifecycle and not lifecycle else ()
         iterator = run.stream.open(types, exclude)
-        run.stream_lifecycle(lifecycle)
+        observation.stream_lifecycle(lifecycle)
         return iterator
 
     async def send_event(self, event: Event, step: str | None = None) -> None:
@@ -91,21 +97,23 @@ class WorkflowHandler:
         caller answers an `InputRequiredEvent`.
 
         Raises:
-            WorkflowRuntimeError: the run has ended, or no step accepts the event.
+            RunEndedError: the run's outcome is decided (a `WorkflowRuntimeError`).
+            WorkflowRuntimeError: no step accepts the event and no step waits for it.
         """
         await trio.lowlevel.checkpoint()
-        if self._run.outcome is not None:
-            raise WorkflowRuntimeError(
-                f"run {self.run_id} has ended ({self._run.outcome.value}); it takes no events"
-            )
         if not isinstance(event, Event):
             raise TypeError(f"send_event() takes an Event, got {event!r}")
-        self._run.send_event(event, step)
+        self._run.router.send(event, step)
 
-    def cancel(self) -> None:
-        """Cancel the run. Its stream ends with `WorkflowCancelledEvent` and `result` raises
-        `WorkflowCancelledError`. Does nothing once the run's outcome is decided."""
-        self._run.cancel()
+    def cancel(self) -> bool:
+        """Cancel the run, at once: its status is `RunStatus.CANCELLED`, its stream ends with
+        `WorkflowCancelledEvent` and `result` raises `WorkflowCancelledError`.
+
+        Returns:
+            True if this call cancelled the run; False if its outcome was decided already
+            (it completed, failed, timed out or was cancelled), which this call leaves alone.
+        """
+        return self._state.cancel()
 
     async def result(self) -> Any:
         """Wait for the run to end and return its result: the stop event's ``result``, or the
@@ -119,11 +127,24 @@ class WorkflowHandler:
             WorkflowTimeoutError: the run exceeded its timeout.
             WorkflowCancelledError: the run was cancelled.
         """
-        await trio.lowlevel.checkpoint()
         await self._run.stream.wait_closed()
-        run = self._run
-        if run.outcome is RunStatus.COMPLETED:
-            stop = run.stop_event
+        return self.result_nowait()
+
+    def result_nowait(self) -> Any:
+        """The run's result once its outcome is decided, as `result` returns or raises it,
+        without waiting for the steps to unwind.
+
+        Raises:
+            trio.WouldBlock: the run's outcome is not decided yet.
+        """
+        state = self._state
+        if state.outcome is None:
+            raise trio.WouldBlock
+        if state.fatal is not None:
+            self._fatal_raised = True
+            raise state.fatal
+        if state.outcome is RunStatus.COMPLETED:
+            stop = state.stop_event
             assert stop is not None
             return stop.result if type(stop) is StopEvent else stop
         raise self._outcome_error()
@@ -138,7 +159,7 @@ class WorkflowHandler:
             if worker.busy:
                 running[worker.step] = running.get(worker.step, 0) + 1
         return RunStatistics(
-            events_routed=sum(inbox.received for inbox in run.inboxes) + run.delivered_to_waiters,
+            events_routed=run.router.events_routed,
             steps_running=running,
             buffered=channel.current_buffer_used,
             buffer_peak=stream.peak,
@@ -149,12 +170,12 @@ class WorkflowHandler:
         )
 
     def _outcome_error(self) -> BaseException:
-        run = self._run
-        if run.outcome is RunStatus.FAILED:
-            assert run.failure is not None
+        run, state = self._run, self._state
+        if state.outcome is RunStatus.FAILED:
+            assert state.failure is not None
             self._failure_raised = True
-            return run.failure
-        if run.outcome is RunStatus.TIMED_OUT:
+            return state.failure
+        if state.outcome is RunStatus.TIMED_OUT:
             self._failure_raised = True
             if self._timeout_error is None:
                 self._timeout_error = WorkflowTimeoutError(
@@ -164,10 +185,15 @@ class WorkflowHandler:
         return WorkflowCancelledError(f"{run.workflow_name} run {run.run_id} was cancelled")
 
     def unreported_failure(self) -> BaseException | None:
-        """The run's failure or timeout, unless `result` has raised it already."""
-        if self._failure_raised or self._run.outcome not in (
-            RunStatus.FAILED,
-            RunStatus.TIMED_OUT,
-        ):
+        """What leaving ``start()`` must raise on the run's behalf: a `BaseException` a step
+        raised (``KeyboardInterrupt``, ``SystemExit``) unless `result` raised it, else the
+        run's failure or timeout unless `result` raised it already."""
+        state = self._state
+        if state.fatal is not None:
+            if self._fatal_raised:
+                return None
+            self._fatal_raised = True
+            return state.fatal
+        if self._failure_raised or state.outcome not in (RunStatus.FAILED, RunStatus.TIMED_OUT):
             return None
         return self._outcome_error()

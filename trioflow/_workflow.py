@@ -11,6 +11,7 @@ import trio
 
 from ._core._graph import WorkflowGraph, graph_of
 from ._core._run import Run
+from ._core._state import is_cancellation
 from ._core._stream import EventStream
 from ._events import StartEvent
 from ._handler import WorkflowHandler
@@ -142,12 +143,12 @@ class Workflow:
                     # exception as itself, not inside the group a strict nursery would build.
                     body_error = exc
                 finally:
-                    run.cancel()  # leaving the block ends the run; no-op once it has an outcome
+                    run.state.cancel()  # leaving the block ends the run, if still undecided
         except BaseException:
             # Leaving a nursery is a checkpoint, so a cancellation of the caller's scope can
             # surface here. What the run and the block raised still comes first.
             error = _exit_error(handler, body_error)
-            if error is None or _is_cancellation(error):
+            if error is None or is_cancellation(error):
                 raise
             raise error  # noqa: B904 (the cancellation stays attached as __context__)
         error = _exit_error(handler, body_error)
@@ -164,20 +165,13 @@ def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> B
     if body_error is None or unreported is body_error:
         return unreported
     if unreported is not None:
-        if _is_cancellation(body_error):
+        if is_cancellation(body_error) or not isinstance(unreported, Exception):
+            # A step's KeyboardInterrupt or SystemExit beats whatever the block raised.
             return unreported
         body_error.add_note(
             f"trioflow: the run had also failed: {type(unreported).__name__}: {unreported}"
         )
     return body_error
-
-
-def _is_cancellation(error: BaseException) -> bool:
-    """A `trio.Cancelled`, or a group of nothing else (what a caller's strict nursery makes of
-    a cancellation passing through it)."""
-    if isinstance(error, BaseExceptionGroup):
-        return error.split(trio.Cancelled)[1] is None
-    return isinstance(error, trio.Cancelled)
 
 
 def _positive(value: object) -> bool:

@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import attrs
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from .._errors import WorkflowRuntimeError
 from .._events import Event, StopEvent
+from ._router import Router
 from ._stream import EventStream
 
 #: The step whose code is running in this task; set once by each step worker.
 current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
 
 _E = TypeVar("_E", bound=Event)
-_MISSING = object()
-
-
-@attrs.define(eq=False)
-class Waiter:
-    """A step suspended in `Context.wait_for_event`, until the router hands it an event."""
-
-    event_type: type[Event]
-    requirements: Mapping[str, Any]
-    arrived: trio.Event = attrs.field(factory=trio.Event)
-    event: Event | None = None
-
-    def matches(self, event: Event) -> bool:
-        return isinstance(event, self.event_type) and all(
-            getattr(event, name, _MISSING) == value for name, value in self.requirements.items()
-        )
-
-    def deliver(self, event: Event) -> None:
-        self.event = event
-        self.arrived.set()
-
-
-class Router(Protocol):
-    """What the runtime offers the context for routing."""
-
-    def send_event(self, event: Event, step: str | None) -> None: ...
 
 
 class Store:
@@ -70,12 +43,9 @@ class Context:
     Every run has its own; steps of one run share it.
     """
 
-    def __init__(
-        self, run_id: str, router: Router, stream: EventStream, waiters: list[Waiter]
-    ) -> None:
+    def __init__(self, run_id: str, router: Router, stream: EventStream) -> None:
         self._run_id = run_id
         self._router = router
-        self._waiters = waiters
         self._stream = stream
         self._send_nowait = stream.send_nowait
         self._collected: dict[tuple[str, tuple[type[Event], ...]], list[Event]] = {}
@@ -93,7 +63,8 @@ class Context:
         checkpoint at the latest.
         """
         # This is the hottest path of a streaming run: a cancellation check and a channel
-        # append, with the scheduler involved only when the buffer is full.
+        # append, with the scheduler involved only when the buffer is full or a millisecond
+        # has passed since the stream last yielded (`EventStream.yield_if_due`).
         if not isinstance(event, Event) or isinstance(event, StopEvent):
             raise _not_streamable(event)
         await checkpoint_if_cancelled()
@@ -104,6 +75,8 @@ class Context:
             await stream.write_when_full(event)
             return
         stream.written += 1  # for statistics(): see EventStream.peak
+        if not stream.written & 63:
+            await stream.yield_if_due()
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         """Route ``event`` to every step that accepts it, or only to ``step``.
@@ -114,7 +87,7 @@ class Context:
         """
         if not isinstance(event, Event):
             raise TypeError(f"send_event() takes an Event, got {event!r}")
-        self._router.send_event(event, step)
+        self._router.send(event, step)
 
     async def wait_for_event(
         self,
@@ -138,23 +111,11 @@ class Context:
             raise TypeError(f"wait_for_event() waits for an Event subclass, got {event_type!r}")
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        waiter = Waiter(event_type, dict(requirements or {}))
-        self._waiters.append(waiter)
-        try:
-            if waiter_event is not None:
-                await self.write_event_to_stream(waiter_event)
-            with trio.fail_after(math.inf if timeout is None else timeout):
-                await waiter.arrived.wait()
-        except trio.TooSlowError:
-            # Delivered in the very tick the deadline passed: the event was taken off the
-            # router for us, so returning it beats losing it.
-            if not waiter.arrived.is_set():
-                raise
-        finally:
-            if not waiter.arrived.is_set():
-                self._waiters.remove(waiter)
-        assert isinstance(waiter.event, event_type)
-        return waiter.event
+        event = await self._router.wait_for(
+            event_type, dict(requirements or {}), waiter_event, timeout, self.write_event_to_stream
+        )
+        assert isinstance(event, event_type)
+        return event
 
     def collect_events(self, event: Event, expected: Sequence[type[Event]]) -> list[Event] | None:
         """Buffer ``event`` and return one event per entry of ``expected``, in that order, once

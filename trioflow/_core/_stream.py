@@ -6,19 +6,51 @@ to `EventStream.close`, and the consumer yields it once the buffered events are 
 terminal event never waits for room, comes after everything written before it, and comes exactly
 once. The `StepFailedEvent` of a failure that ends the run travels the same way, just before the
 terminal event, so a failing step never waits for a slow consumer.
+
+Writing and reading take no trip through the scheduler while there is room (or something to
+read), which is what makes the stream fast; but a loop that never yields would starve every
+other task of the run. So both sides are cancel points on every call, and yield to the
+scheduler once `YIELD_EVERY` seconds have passed since the stream last did (checked every 64th
+event, which keeps the clock off the per-event path).
+
+Who consumes the stream is explicit: a `StreamIterator` claims it from `stream_events()` until
+the terminal event, `aclose()`, the end of its ``async with`` block, or an exception out of
+``__anext__`` (a cancelled consumer). A claim is also void once its consumer is garbage (CPython
+frees an iterator left by ``break`` at once), once the task that last used it has finished, and
+for that task's own ``result()``: a task awaiting it is evidently not reading its iterator.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Self
 
 import trio
-from trio.lowlevel import checkpoint_if_cancelled
+from trio.lowlevel import (
+    Task,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+)
 
 from .._errors import WorkflowRuntimeError
 from .._events import Event, StopEvent
+
+#: Seconds a reading or writing loop may go without yielding to other tasks.
+YIELD_EVERY = 0.001
+# A power of two minus one: `count & _CHECK_EVERY == 0` every 64th call.
+_CHECK_EVERY = 63
+#: While ``result()`` waits behind a consumer, how often it checks that the consumer's task
+#: still exists (nothing tells it when a task ends).
+_CONSUMER_CHECK = 0.25
+
+
+def _finished(task: Task) -> bool:
+    return task.coro.cr_frame is None  # a finished coroutine has no frame
 
 
 class EventStream:
@@ -32,7 +64,11 @@ class EventStream:
         self.terminal: StopEvent | None = None
         self._trailing: list[Event] = []
         self._consumer: weakref.ref[StreamIterator] | None = None
+        #: The task that last claimed or read through the consumer.
+        self._consumer_task: Task | None = None
         self._ended = False  # the terminal event has been delivered
+        #: `time.perf_counter()` when a reader or writer of this stream last yielded.
+        self.last_yield = time.perf_counter()
         #: Events thrown away because nobody streamed while ``result()`` waited.
         self.discarded = 0
         self._changed = trio.Event()
@@ -56,6 +92,8 @@ class EventStream:
             await self.write_when_full(event)
         else:
             self.written += 1
+            if not self.written & _CHECK_EVERY:
+                await self.yield_if_due()
 
     def write_nowait(self, event: Event) -> None:
         """Put ``event`` on the stream if there is room, else raise `trio.WouldBlock`."""
@@ -72,7 +110,19 @@ class EventStream:
             raise WorkflowRuntimeError("the run has ended; its stream is closed") from None
         finally:
             self.waited += trio.current_time() - started
+            self.last_yield = time.perf_counter()
         self.written += 1
+
+    async def yield_if_due(self) -> None:
+        """Let other tasks run if `YIELD_EVERY` has passed since this stream last yielded.
+
+        Called after an event was written or taken (every 64th), so it never raises
+        `trio.Cancelled`: a write that raises has written nothing, a read that raises has
+        taken nothing. The cancel point of each call comes before the operation."""
+        now = time.perf_counter()
+        if now - self.last_yield >= YIELD_EVERY:
+            await cancel_shielded_checkpoint()
+            self.last_yield = time.perf_counter()
 
     def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
         """End the stream: after the events already buffered come ``trailing``, then
@@ -98,18 +148,40 @@ class EventStream:
         if self.has_consumer():
             raise WorkflowRuntimeError(
                 "this run's stream already has a consumer: one stream_events() at a time "
-                "(break out of it, or aclose() it, to hand the stream on)"
+                "(use `async with handler.stream_events() as events:`, or break out of the "
+                "loop, or aclose() it, to hand the stream on)"
             )
         iterator = StreamIterator(self, types, exclude)
         self._consumer = weakref.ref(iterator, self._released)
+        self._consumer_task = current_task()
         return iterator
 
-    def has_consumer(self) -> bool:
-        return self._consumer is not None and self._consumer() is not None
+    def has_consumer(self, *, from_result: bool = False) -> bool:
+        """Whether a consumer holds the stream; ``from_result``: as seen from a task awaiting
+        ``result()``, for which a claim of its own is void."""
+        if self._consumer is None:
+            return False
+        task = self._consumer_task
+        if (
+            self._consumer() is None
+            or task is None
+            or _finished(task)
+            or (from_result and task is current_task())
+        ):
+            self._consumer = self._consumer_task = None  # a void claim (module docstring)
+            return False
+        return True
+
+    def holds(self, iterator: StreamIterator) -> bool:
+        return self._consumer is not None and self._consumer() is iterator
+
+    def used_by(self, task: Task) -> None:
+        """The consumer reads in ``task`` now."""
+        self._consumer_task = task
 
     def release(self, iterator: StreamIterator) -> None:
-        if self._consumer is not None and self._consumer() is iterator:
-            self._consumer = None
+        if self.holds(iterator):
+            self._consumer = self._consumer_task = None
             self._notify()
 
     def _released(self, ref: weakref.ref[StreamIterator]) -> None:
@@ -129,17 +201,23 @@ class EventStream:
         so a consumer task started just before (``nursery.start_soon``) claims the stream
         first, whatever order trio runs the tasks of one batch in.
         """
+        await checkpoint()
         while not self.closed:
             changed = self._changed
-            if self._unread_and_blocked():
-                await trio.lowlevel.checkpoint()
-                if self._unread_and_blocked():
-                    self._discard_buffered()
+            if self._blocked():
+                if not self.has_consumer(from_result=True):
+                    await checkpoint()
+                    if self._blocked() and not self.has_consumer(from_result=True):
+                        self._discard_buffered()
+                    continue
+                # Behind a consumer: nothing says when its task ends, so look now and then.
+                with trio.move_on_after(_CONSUMER_CHECK):
+                    await changed.wait()
                 continue
             await changed.wait()
 
-    def _unread_and_blocked(self) -> bool:
-        return not self.has_consumer() and self._send.statistics().tasks_waiting_send > 0
+    def _blocked(self) -> bool:
+        return self._send.statistics().tasks_waiting_send > 0
 
     def _discard_buffered(self) -> None:
         self.peak = max(self.peak, self.written - self.read)
@@ -157,7 +235,7 @@ class EventStream:
             return self._trailing.pop(0)
         assert self.terminal is not None
         self._ended = True
-        self._consumer = None
+        self._consumer = self._consumer_task = None
         return self.terminal
 
     def _notify(self) -> None:
@@ -173,8 +251,9 @@ class StreamIterator:
     """Async iterator over a run's stream, returned by `WorkflowHandler.stream_events`.
 
     Yields the events of the requested types in the order they were written, then the terminal
-    event (whatever the filter), then stops. Dropping it (``break``) or `aclose` hands the stream
-    on to a later consumer.
+    event (whatever the filter), then stops. It holds the stream until then, or until `aclose`,
+    the end of its ``async with`` block, or an exception out of ``__anext__``; a later
+    ``stream_events()`` continues with the next event.
     """
 
     __slots__ = ("__weakref__", "_done", "_exclude", "_stream", "_types")
@@ -193,15 +272,45 @@ class StreamIterator:
     def __aiter__(self) -> Self:
         return self
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._done = True
+        self._stream.release(self)
+
     async def __anext__(self) -> Event:
         if self._done:
             raise StopAsyncIteration
-        await checkpoint_if_cancelled()
         stream = self._stream
+        if not stream.holds(self):
+            raise WorkflowRuntimeError(
+                "this iterator no longer holds the run's stream (its task awaited result(), "
+                "which took the stream over to drain it)"
+            )
+        stream.used_by(current_task())
+        try:
+            return await self._next(stream)
+        except BaseException:
+            # A cancelled consumer (or a bug) ends its `async for`: hand the stream on now,
+            # rather than when the garbage collector gets to the iterator.
+            self._done = True
+            stream.release(self)
+            raise
+
+    async def _next(self, stream: EventStream) -> Event:
+        await checkpoint_if_cancelled()
         receive = stream._receive
         types = self._types
         exclude = self._exclude
         while True:
+            if not stream.read & _CHECK_EVERY:  # also between the events a filter drops
+                await stream.yield_if_due()
             # Take what is buffered without a trip through the scheduler; wait only when the
             # buffer is empty. A consumer that keeps up thus reads in batches, not one event per
             # task switch.

@@ -2,9 +2,14 @@
 
 A worker runs one event at a time through the step: under the step's timeout, retried by its
 `RetryPolicy`, in a thread for a plain ``def`` step. Every failed attempt goes to the stream as
-a `StepFailedEvent`; the final failure goes to the step's error handlers, or else ends the run.
-The loop in `work` is the hot path of a hop between steps, so what it does per event is kept to
-the minimum, and everything rarer lives in the helpers below it.
+a `StepFailedEvent`; the final failure goes to the step's error handlers, or else decides the
+run. Attempts run outside any ``except`` block, so attempt 2 does not see attempt 1 in
+`sys.exc_info` and its exception is not chained to attempt 1's.
+
+Workers see their run through `Crew`, a narrow interface: the run's `RunState` (to decide it),
+its `Router` (to route what steps return) and its `EventStream` (to report). The loop in
+`work` is the hot path of a hop between steps, so what it does per event is kept to the
+minimum, and everything rarer lives in the helpers below it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
+from .._errors import RunEndedError
 from .._events import (
     Event,
     StepFailedEvent,
@@ -25,16 +31,15 @@ from .._events import (
     StepStartedEvent,
 )
 from ._context import Context, current_step
-from ._graph import StepSpec
+from ._graph import StepSpec, WorkflowGraph
+from ._log import add_note, describe, log
+from ._router import Router
+from ._state import RunState, is_cancellation
+from ._stream import EventStream
 from ._sync import SyncContext
 from ._tracing import step_span
 
-if TYPE_CHECKING:
-    from ._run import Run
-
 StepCall = Callable[[Event], Awaitable[Any]]
-
-logger = logging.getLogger("trioflow")
 
 
 class WorkerState:
@@ -44,144 +49,198 @@ class WorkerState:
 
     def __init__(self, step: str) -> None:
         self.step = step
-        #: Inside a step call: a cancellation now means the step was still running.
+        #: Inside a step call right now.
         self.busy = False
 
 
-async def work(run: Run, index: int) -> None:
-    """One worker of step ``index``: runs until the run's scope is cancelled."""
-    spec = run.graph.steps[index]
-    current_step.set(spec.name)
-    call = _step_call(run, spec)
-    get = run.inboxes[index].getter()
-    direct_routes = run.direct_routes
-    waiters = run.waiters
-    state = WorkerState(spec.name)
-    run.workers.append(state)
+class Observation:
+    """What was asked for around step executions: lifecycle events, spans."""
+
+    __slots__ = ("lifecycle", "observed", "tracer")
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        #: Lifecycle events go to the stream (its consumer asked for them).
+        self.lifecycle = False
+        #: Step executions take the observed path (lifecycle events or spans).
+        self.observed = tracer is not None
+
+    def stream_lifecycle(self, on: bool) -> None:
+        self.lifecycle = on
+        self.observed = on or self.tracer is not None
+
+
+class Crew(Protocol):
+    """What a worker sees of its run."""
+
+    run_id: str
+    workflow: Any
+    graph: WorkflowGraph
+    state: RunState
+    router: Router
+    stream: EventStream
+    context: Context
+    observation: Observation
+    workers: list[WorkerState]
+
+    @property
+    def workflow_name(self) -> str: ...
+
+
+async def work(crew: Crew, index: int) -> None:
+    """One worker of step ``index``: runs until the run's scope is cancelled.
+
+    A step's `Exception` is the step's failure (retries, handlers, the run's failure). A
+    `BaseException` that is no cancellation (``KeyboardInterrupt``, ``SystemExit``) decides the
+    run too, and is kept for the caller, who gets it as itself (`RunState.crash`): letting it
+    out of this task would turn it into an exception group and cancel the caller's scope.
+    """
+    spec = crew.graph.steps[index]
+    me = WorkerState(spec.name)
+    crew.workers.append(me)
     try:
-        while True:
-            event = await get()
-            if run.outcome is not None:
-                return  # the run is over: start nothing new while the scope unwinds
-            state.busy = True
-            try:
-                if run.observed:  # lifecycle events or spans were asked for
-                    result = await _observed(run, spec, call, event, 1)
-                else:
-                    result = await call(event)
-                attempt = 1
-            except Exception as exc:
-                retried = await _retry_or_fail(run, index, call, event, exc)
-                if retried is None:
-                    return  # the failure ends the run
-                if retried is _HANDED_TO_HANDLERS:
-                    state.busy = False
-                    continue
-                result, attempt = retried
-            state.busy = False
-            try:
-                targets = direct_routes.get(result.__class__)
-                if targets is not None and not waiters:  # the hot path of a hop
-                    for put in targets:
-                        put(result)
-                elif result is not None:
-                    await run.emit(spec.name, result)
-            except Exception as exc:
-                # What the step returned cannot go anywhere: the step's failure, not retried
-                # (running the step again would repeat whatever it already did).
-                if not await _final_failure(run, index, event, exc, attempt):
-                    return
-    except BaseException:
-        if state.busy:  # for WorkflowTimedOutEvent.active_steps
-            run.interrupted_steps.add(spec.name)
-        raise
+        await _work(crew, index, me)
+    except BaseException as exc:
+        if is_cancellation(exc):
+            raise
+        add_note(exc, _step_note(crew, spec))
+        crew.state.crash(spec.name, exc)
     finally:
-        state.busy = False
+        me.busy = False
 
 
-# What `_retry_or_fail` returns once error handlers took the step's final failure.
-_HANDED_TO_HANDLERS: Any = object()
+async def _work(crew: Crew, index: int, me: WorkerState) -> None:
+    spec = crew.graph.steps[index]
+    current_step.set(spec.name)
+    call = _step_call(crew, spec)
+    get = crew.router.inboxes[index].getter()
+    deliver = crew.router.deliver
+    state = crew.state
+    observation = crew.observation
+    while True:
+        event = await get()
+        if state.outcome is not None:
+            return  # the run is decided: start nothing new while the scope unwinds
+        me.busy = True
+        try:
+            if observation.observed:  # lifecycle events or spans were asked for
+                result = await _observed(crew, spec, call, event, 1)
+            else:
+                result = await call(event)
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            failure = None
+        attempt = 1
+        if failure is not None:  # outside the `except` block: see the module docstring
+            attempt, result, failure = await _retry(crew, spec, call, event, failure)
+            if failure is not None:
+                me.busy = False
+                await _final_failure(crew, index, event, failure, attempt)
+                continue
+        me.busy = False
+        if result is None or deliver(result):  # deliver: the hot path of a hop
+            continue
+        try:
+            await crew.router.emit(spec.name, result)
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            # What the step returned cannot go anywhere: the step's failure, not retried
+            # (running the step again would repeat whatever it already did).
+            await _final_failure(crew, index, event, failure, attempt)
 
 
-async def _retry_or_fail(
-    run: Run, index: int, call: StepCall, event: Event, exc: Exception
-) -> tuple[Any, int] | None:
-    """After a failed first attempt: retry as the step's policy says. Returns the result and
-    the attempt that produced it, `_HANDED_TO_HANDLERS` when error handlers took the final
-    failure, or None when the failure ends the run."""
-    spec = run.graph.steps[index]
+async def _attempt(crew: Crew, spec: StepSpec, call: StepCall, event: Event, attempt: int) -> Any:
+    if crew.observation.observed:
+        return await _observed(crew, spec, call, event, attempt)
+    return await call(event)
+
+
+async def _retry(
+    crew: Crew, spec: StepSpec, call: StepCall, event: Event, failure: Exception
+) -> tuple[int, Any, Exception | None]:
+    """Try again as the step's policy says, after attempt 1 failed with ``failure``. Returns
+    the last attempt's number, its result, and its failure (None if it succeeded)."""
     retry = spec.config.retry
     attempt = 1
-    while retry is not None and attempt < retry.max_attempts and isinstance(exc, retry.retry_on):
+    while (
+        retry is not None and attempt < retry.max_attempts and isinstance(failure, retry.retry_on)
+    ):
         failed = StepFailedEvent(
-            step_name=spec.name, attempt=attempt, exception=exc, input_event=event
+            step_name=spec.name, attempt=attempt, exception=failure, input_event=event
         )
         try:
-            await run.stream.write(failed)
+            await crew.stream.write(failed)
         except BaseException:
-            run.failure_reports.append(failed)  # the run is ending: report it with the end
+            crew.state.report(failed)  # the run is ending: report it with the end
             raise
         attempt += 1
         delay = retry.delay_before(attempt)
-        logger.info(
-            "step %r of %s (run %s) failed, attempt %d of %d, retrying in %.3g s: %s: %s",
-            spec.name,
-            run.workflow_name,
-            run.run_id,
-            attempt - 1,
-            retry.max_attempts,
-            delay,
-            type(exc).__name__,
-            exc,
-            extra={
-                "workflow": run.workflow_name,
-                "run_id": run.run_id,
-                "step": spec.name,
-                "attempt": attempt - 1,
-            },
-        )
-        if run.lifecycle:
+        _log_retry(crew, spec, attempt, retry.max_attempts, delay, failure)
+        if crew.observation.lifecycle:
             retrying = StepRetryEvent(
-                step_name=spec.name, attempt=attempt, delay=delay, exception=exc
+                step_name=spec.name, attempt=attempt, delay=delay, exception=failure
             )
-            await run.stream.write(retrying)
+            await crew.stream.write(retrying)
         await trio.sleep(delay)  # only this worker waits
         try:
-            if run.observed:
-                return await _observed(run, spec, call, event, attempt), attempt
-            return await call(event), attempt
-        except Exception as again:
-            exc = again
-    if await _final_failure(run, index, event, exc, attempt):
-        return _HANDED_TO_HANDLERS  # type: ignore[no-any-return]
-    return None
+            result = await _attempt(crew, spec, call, event, attempt)
+        except Exception as exc:
+            failure = exc
+        else:
+            return attempt, result, None
+    return attempt, None, failure
 
 
-async def _observed(run: Run, spec: StepSpec, call: StepCall, event: Event, attempt: int) -> Any:
+def _log_retry(
+    crew: Crew, spec: StepSpec, attempt: int, max_attempts: int, delay: float, failure: Exception
+) -> None:
+    log(
+        logging.INFO,
+        "step %r of %s (run %s) failed, attempt %d of %d, retrying in %.3g s: %s",
+        spec.name,
+        crew.workflow_name,
+        crew.run_id,
+        attempt - 1,
+        max_attempts,
+        delay,
+        describe(failure),
+        extra={
+            "workflow": crew.workflow_name,
+            "run_id": crew.run_id,
+            "step": spec.name,
+            "attempt": attempt - 1,
+        },
+    )
+
+
+async def _observed(crew: Crew, spec: StepSpec, call: StepCall, event: Event, attempt: int) -> Any:
     """``call(event)`` with what was asked for around it: lifecycle events, a span."""
-    if run.lifecycle:
+    observation = crew.observation
+    if observation.lifecycle:
         started_event = StepStartedEvent(step_name=spec.name, attempt=attempt, input_event=event)
-        await run.stream.write(started_event)
+        await crew.stream.write(started_event)
     started = trio.current_time()
     span = (
         contextlib.nullcontext()
-        if run.tracer is None
-        else step_span(run.tracer, run.workflow_name, run.run_id, spec.name, attempt)
+        if observation.tracer is None
+        else step_span(observation.tracer, crew.workflow_name, crew.run_id, spec.name, attempt)
     )
     with span:
         try:
             result = await call(event)
         except Exception as exc:
-            if run.lifecycle:
-                await _report_finished(run, spec, event, attempt, started, exc)
+            if observation.lifecycle:
+                await _report_finished(crew, spec, event, attempt, started, exc)
             raise
-    if run.lifecycle:
-        await _report_finished(run, spec, event, attempt, started, None)
+    if observation.lifecycle:
+        await _report_finished(crew, spec, event, attempt, started, None)
     return result
 
 
 async def _report_finished(
-    run: Run,
+    crew: Crew,
     spec: StepSpec,
     event: Event,
     attempt: int,
@@ -195,29 +254,38 @@ async def _report_finished(
         succeeded=failure is None,
     )
     try:
-        await run.stream.write(finished)
+        await crew.stream.write(finished)
     except BaseException:
         if failure is not None:
             # The run ended while this waited for room: the step's failure must not be lost
             # with the report, so it is recorded (and reported with the end) before the
             # cancellation goes on.
-            report = StepFailedEvent(
-                step_name=spec.name, attempt=attempt, exception=failure, input_event=event
+            crew.state.report(
+                StepFailedEvent(
+                    step_name=spec.name, attempt=attempt, exception=failure, input_event=event
+                )
             )
-            run.fail(spec.name, failure, report)
+            crew.state.fail(spec.name, failure)
         raise
 
 
-def _step_call(run: Run, spec: StepSpec) -> StepCall:
+def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
     """A one-argument coroutine function running the step on an event: its parameters in
     place, in a thread for a plain ``def`` step, under its timeout."""
-    method = getattr(run.workflow, spec.name)
-    ctx: Context | SyncContext = run.context if spec.is_async else SyncContext(run.context)
+    method = getattr(crew.workflow, spec.name)
+    ctx: Context | SyncContext = crew.context if spec.is_async else SyncContext(crew.context)
     if spec.context_position == "first":
         method = functools.partial(method, ctx)
     elif spec.context_position == "last":
         method = functools.partial(_context_last, method, ctx)
-    call: StepCall = method if spec.is_async else functools.partial(_in_thread, method)
+    call: StepCall
+    if spec.is_async:
+        call = method
+    else:
+        # Threads of one step of one run, sized by its workers: a `def` step waiting in a `ctx`
+        # call keeps its thread, and no run can take thread slots from another.
+        limiter = trio.CapacityLimiter(spec.config.num_workers)
+        call = functools.partial(_in_thread, method, limiter)
     if spec.config.timeout is not None:
         call = functools.partial(_with_timeout, spec.config.timeout, call)
     return call
@@ -227,11 +295,13 @@ def _context_last(method: Callable[..., Any], ctx: object, event: Event) -> Any:
     return method(event, ctx)
 
 
-async def _in_thread(method: Callable[[Event], Any], event: Event) -> Any:
+async def _in_thread(
+    method: Callable[[Event], Any], limiter: trio.CapacityLimiter, event: Event
+) -> Any:
     # The run's scope waits for the thread (no abandoning), so no step code outlives the run.
     # A thread that returns after its run was cancelled must not report success: the
     # cancellation the thread ignored is raised here, before anything is done with the result.
-    result = await trio.to_thread.run_sync(method, event, abandon_on_cancel=False)
+    result = await trio.to_thread.run_sync(method, event, abandon_on_cancel=False, limiter=limiter)
     await trio.lowlevel.checkpoint_if_cancelled()
     return result
 
@@ -241,28 +311,36 @@ async def _with_timeout(seconds: float, call: StepCall, event: Event) -> Any:
         return await call(event)
 
 
-async def _final_failure(run: Run, index: int, event: Event, exc: Exception, attempt: int) -> bool:
-    """Report a step's final failure and hand it to the step's error handlers, if any.
+def _step_note(crew: Crew, spec: StepSpec) -> str:
+    # No run id: one exception object raised by many runs gets the note once.
+    return f"trioflow: raised in step {spec.name!r} of {crew.workflow_name}"
 
-    Returns whether the worker goes on (an error handler took the failure); otherwise the
-    failure has been recorded and the run is ending.
-    """
-    spec = run.graph.steps[index]
-    exc.add_note(
-        f"trioflow: raised in step {spec.name!r} of {run.workflow_name} (run {run.run_id})"
-    )
+
+async def _final_failure(
+    crew: Crew, index: int, event: Event, exc: Exception, attempt: int
+) -> None:
+    """Report a step's final failure and hand it to the step's error handlers, if any; else
+    it decides the run (unless something else did already)."""
+    spec = crew.graph.steps[index]
+    state = crew.state
+    add_note(exc, _step_note(crew, spec))
     failed = StepFailedEvent(step_name=spec.name, attempt=attempt, exception=exc, input_event=event)
-    handlers = run.graph.handlers_for[index]
-    if not handlers or run.outcome is not None:
-        run.fail(spec.name, exc, failed)  # decided at once; the report goes out with the end
-        return False
+    handlers = crew.graph.handlers_for[index]
+    if state.outcome is not None:
+        if not isinstance(exc, RunEndedError):  # a send racing the end: nothing to report
+            state.report(failed)
+            state.fail(spec.name, exc)
+        return
+    if not handlers:
+        state.report(failed)  # the report goes out with the end: the step waits for no one
+        state.fail(spec.name, exc)
+        return
     try:
-        await run.stream.write(failed)  # the run goes on, so the report waits its turn
+        await crew.stream.write(failed)  # the run goes on, so the report waits its turn
     except BaseException:
         # The run ended while the report waited (timeout, cancel): the failure was a handler's
         # to deal with, so it decides nothing, but its report still goes out with the end.
-        run.failure_reports.append(failed)
+        state.report(failed)
         raise
     for handler in handlers:
-        run.inboxes[handler].put(failed)
-    return True
+        crew.router.inboxes[handler].put(failed)

@@ -1,0 +1,249 @@
+"""`Router`: the only place where a run's events move, to step inboxes, waiters and the stream.
+
+An event sent into a run (`send`) resumes the oldest waiting `Context.wait_for_event` that
+matches it, else goes to every step that accepts it, else (an `InputRequiredEvent`) to the
+caller's stream, else it is an error: nothing is dropped. A step's return value goes the same
+way (`emit`), through a fast path for the common case (`deliver`).
+
+Waiters park their task with `trio.lowlevel.wait_task_rescheduled`, as the inboxes do, so an
+answer is handed only to a step that is still waiting: when a waiter is cancelled (its own
+timeout, the step's, the run's), trio's abort callback takes it off the list first, and a later
+answer goes elsewhere. The one window where an answer can reach a waiter that is not parked is
+while it writes its ``waiter_event`` to the stream; the answer is kept for it, and handed on if
+that write is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+from outcome import Value
+from trio.lowlevel import Abort, current_task, enable_ki_protection, reschedule
+
+from .._errors import RunEndedError, WorkflowRuntimeError
+from .._events import RUNTIME_STOP_EVENTS, Event, InputRequiredEvent, StopEvent
+from ._inbox import Inbox
+from ._log import describe, log
+from ._state import RunState
+from ._stream import EventStream
+
+if TYPE_CHECKING:
+    from ._graph import WorkflowGraph
+
+_MISSING = object()
+
+
+class Waiter:
+    """A step suspended in `Context.wait_for_event`."""
+
+    __slots__ = ("event", "event_type", "parked", "requirements", "task")
+
+    def __init__(
+        self, event_type: type[Event], requirements: Mapping[str, Any], task: trio.lowlevel.Task
+    ) -> None:
+        self.event_type = event_type
+        self.requirements = requirements
+        self.task = task
+        #: Parked in `wait_task_rescheduled` (else still writing its waiter event).
+        self.parked = False
+        #: An answer that arrived before the waiter parked.
+        self.event: Event | None = None
+
+    def matches(self, event: Event) -> bool:
+        if not isinstance(event, self.event_type):
+            return False
+        for name, value in self.requirements.items():
+            try:
+                if not bool(getattr(event, name, _MISSING) == value):
+                    return False
+            except Exception:
+                # A value whose `==` (or truth) raises matches nothing; other senders and
+                # waiters must not pay for it.
+                return False
+        return True
+
+
+class Router:
+    """Moves the events of one run."""
+
+    def __init__(self, graph: WorkflowGraph, state: RunState, stream: EventStream) -> None:
+        self._graph = graph
+        self._state = state
+        self._stream = stream
+        self.inboxes: list[Inbox[Event]] = [Inbox() for _ in graph.steps]
+        #: Steps suspended in `wait_for`, oldest first.
+        self.waiters: list[Waiter] = []
+        #: Events handed to waiters (the inboxes count the rest).
+        self.delivered_to_waiters = 0
+        #: For each event class a step may return that is simply routed (see
+        #: `WorkflowGraph.plain_events`): the `put` of every inbox it goes to.
+        self._direct: dict[type[Event], tuple[Callable[[Event], None], ...]] = {
+            event_type: tuple(self.inboxes[i].put for i in graph.routes_for(event_type))
+            for event_type in graph.plain_events
+        }
+
+    @property
+    def events_routed(self) -> int:
+        return sum(inbox.received for inbox in self.inboxes) + self.delivered_to_waiters
+
+    # -- into the run --
+
+    def send(self, event: Event, step: str | None = None) -> None:
+        """Route ``event`` (from `Context.send_event` or the caller).
+
+        Raises:
+            RunEndedError: the run's outcome is decided.
+            WorkflowRuntimeError: nothing would take the event.
+        """
+        if self._state.outcome is not None:
+            raise RunEndedError(
+                f"the run has ended ({self._state.outcome.value}); it takes no more events"
+            )
+        self._route(event, step)
+
+    @enable_ki_protection
+    def _route(self, event: Event, step: str | None) -> None:
+        if step is None and self.waiters:
+            for waiter in self.waiters:
+                if waiter.matches(event):  # the oldest matching waiter takes it, nobody else
+                    self._hand(waiter, event)
+                    return
+        graph = self._graph
+        routes = graph.routes_for(type(event))
+        if step is not None:
+            index = graph.step_index(step)
+            if index is None:
+                raise WorkflowRuntimeError(f"{graph.workflow_name} has no step named {step!r}")
+            if index not in routes:
+                raise WorkflowRuntimeError(
+                    f"step {step!r} of {graph.workflow_name} does not accept {type(event).__name__}"
+                )
+            self.inboxes[index].put(event)
+            return
+        if not routes:
+            if isinstance(event, InputRequiredEvent):
+                self._stream_for_caller(event)
+                return
+            raise WorkflowRuntimeError(
+                f"no step of {graph.workflow_name} accepts {type(event).__name__} and no "
+                "step waits for it, so it would be lost (add it to a step's event annotation)"
+            )
+        inboxes = self.inboxes
+        for index in routes:
+            inboxes[index].put(event)
+
+    def _stream_for_caller(self, event: InputRequiredEvent) -> None:
+        # `send` cannot wait for room, and queueing the event elsewhere would reorder the
+        # stream; a full stream that somebody reads is an error that says what to do instead.
+        try:
+            self._stream.write_nowait(event)
+        except trio.WouldBlock:
+            raise WorkflowRuntimeError(
+                f"the stream is full, so {type(event).__name__} cannot be sent to the caller "
+                "without waiting: use `await ctx.write_event_to_stream(ev)` or return it"
+            ) from None
+
+    # -- what steps return --
+
+    def deliver(self, result: object) -> bool:
+        """The hot path of a hop: hand ``result`` to the inboxes of the steps it goes to, if it
+        is a plain event and nobody waits. Returns False when `emit` must deal with it."""
+        targets = self._direct.get(result.__class__)  # type: ignore[arg-type]
+        if targets is None or self.waiters:
+            return False
+        for put in targets:
+            put(result)  # type: ignore[arg-type]  # a key of _direct is an Event class
+        return True
+
+    async def emit(self, step_name: str, result: object) -> None:
+        """Deal with what a step returned (None was dealt with by the caller)."""
+        if not isinstance(result, Event):
+            raise WorkflowRuntimeError(
+                f"step {step_name!r} returned {result!r}; a step returns an Event or None"
+            )
+        if isinstance(result, StopEvent):
+            if isinstance(result, RUNTIME_STOP_EVENTS):
+                raise WorkflowRuntimeError(
+                    f"step {step_name!r} returned {type(result).__name__}, a terminal event "
+                    "that only the runtime produces"
+                )
+            self._state.complete(result)
+        elif isinstance(result, InputRequiredEvent):
+            await self._stream.write(result)  # for the caller, and for any step that wants it
+            if self._graph.routes_for(type(result)):
+                self.send(result)
+        else:
+            self.send(result)
+
+    # -- waiters --
+
+    async def wait_for(
+        self,
+        event_type: type[Event],
+        requirements: Mapping[str, Any],
+        waiter_event: Event | None,
+        timeout: float | None,  # noqa: ASYNC109 (Context.wait_for_event's, passed on)
+        write: Callable[[Event], Any],
+    ) -> Event:
+        """Register a waiter, ``await write(waiter_event)``, then park until an event that
+        matches arrives (`trio.TooSlowError` after ``timeout`` seconds)."""
+        waiter = Waiter(event_type, requirements, current_task())
+        self.waiters.append(waiter)
+        try:
+            if waiter_event is not None:
+                await write(waiter_event)
+        except BaseException:
+            self._withdraw(waiter)
+            raise
+        if waiter.event is not None:  # answered while it wrote
+            return waiter.event
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            return await self._park(waiter)
+
+    @enable_ki_protection
+    async def _park(self, waiter: Waiter) -> Event:
+        waiters = self.waiters
+
+        def abort(_: object) -> Abort:
+            # Cancelled before an event was handed over: from now on it takes none.
+            waiter.parked = False
+            waiters.remove(waiter)
+            return Abort.SUCCEEDED
+
+        waiter.parked = True
+        event: Event = await trio.lowlevel.wait_task_rescheduled(abort)
+        return event
+
+    def _hand(self, waiter: Waiter, event: Event) -> None:
+        self.waiters.remove(waiter)
+        self.delivered_to_waiters += 1
+        if waiter.parked:
+            waiter.parked = False
+            reschedule(waiter.task, Value(event))
+        else:
+            waiter.event = event
+
+    @enable_ki_protection
+    def _withdraw(self, waiter: Waiter) -> None:
+        """A waiter leaves before parking: an answer it was handed meanwhile goes on to the
+        next live waiter or the steps, never lost."""
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+            return
+        event = waiter.event
+        if event is None:
+            return
+        waiter.event = None
+        self.delivered_to_waiters -= 1
+        try:
+            self._route(event, None)
+        except WorkflowRuntimeError as exc:
+            log(
+                logging.ERROR,
+                "an answer for a step that stopped waiting could not be delivered: %s",
+                describe(exc),
+            )

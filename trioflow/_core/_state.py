@@ -1,0 +1,179 @@
+"""`RunState`: the one owner of a run's state. Its outcome is decided exactly once.
+
+Every way a run can end is a method here (`complete`, `fail`, `time_out`, `cancel`, `crash`),
+and each is decided at the moment it happens, not when the steps have unwound: the first
+decision wins, cancels the run's scope, and what comes later (a step that catches the
+cancellation and returns a stop event, a cleanup that raises) changes nothing. Everything else
+is derived from it: the status, whether the run takes events, the terminal event, what
+`WorkflowHandler.result` raises and what the HTTP server answers. A durable journal records
+these transitions, so there is no other place where they happen.
+
+Three points in time matter, in this order:
+
+1. *decided*: `outcome` is set, the scope is cancelled, no new step execution starts.
+2. *unwound*: the run's nursery has exited, so no step code of the run runs any more.
+3. *finished*: the terminal event is on the stream and the stream is closed (`finished`).
+
+Between 1 and 3 the status is already the outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from .._events import (
+    StepFailedEvent,
+    StopEvent,
+    WorkflowCancelledEvent,
+    WorkflowFailedEvent,
+    WorkflowTimedOutEvent,
+)
+
+
+class RunStatus(enum.Enum):
+    """Where a run is in its life."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """A `trio.Cancelled`, or a group of nothing else (what a strict nursery makes of one)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(trio.Cancelled)[1] is None
+    return isinstance(error, trio.Cancelled)
+
+
+def cancelled_from_outside(scope: trio.CancelScope) -> bool:
+    """Whether the calling task is being cancelled by a scope other than the run's own
+    ``scope`` (the caller's deadline or its nursery): the run's cancellation, not a failure."""
+    return not scope.cancel_called and trio.current_effective_deadline() == -math.inf
+
+
+@attrs.define(eq=False)
+class RunState:
+    """A run's outcome and what decided it; one method per transition."""
+
+    #: Seconds the run may take (``Workflow(timeout=...)``), for the timed-out report.
+    timeout: float | None
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: None until decided; then how the run ended. Assigned only in `_decide`.
+    outcome: RunStatus | None = None
+    stop_event: StopEvent | None = None
+    #: What failed the run, as raised by the step (or a `BaseException`, see `crash`).
+    failure: BaseException | None = None
+    failed_step: str = ""
+    #: The steps running when the run timed out.
+    active_steps: tuple[str, ...] = ()
+    #: A `BaseException` that is no `Exception` (``KeyboardInterrupt``, ``SystemExit``) raised
+    #: by a step: it propagates to the caller as itself, whatever the outcome.
+    fatal: BaseException | None = None
+    #: Failures after the decision: never dropped, logged and attached to the failure.
+    later_failures: list[tuple[str, BaseException]] = attrs.field(factory=list)
+    #: `StepFailedEvent`s that go to the stream just before the terminal event, because the
+    #: failure ended the run (or the run ended while reporting it).
+    reports: list[StepFailedEvent] = attrs.field(factory=list)
+    #: Set when the terminal event is on the stream and the stream is closed.
+    finished: trio.Event = attrs.field(factory=trio.Event)
+    #: Called with the outcome when it is decided (the handler's waiters, a journal).
+    on_decided: list[Callable[[RunStatus], None]] = attrs.field(factory=list)
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus.RUNNING if self.outcome is None else self.outcome
+
+    @property
+    def decided(self) -> bool:
+        return self.outcome is not None
+
+    def _decide(self, outcome: RunStatus) -> None:
+        self.outcome = outcome
+        self.scope.cancel()
+        for callback in self.on_decided:
+            callback(outcome)
+
+    # -- transitions: each returns whether it decided the run --
+
+    def complete(self, stop_event: StopEvent) -> bool:
+        """A step returned the run's stop event."""
+        if self.outcome is not None:
+            return False  # a second stop event, or one after a failure: the first decided
+        if cancelled_from_outside(self.scope):
+            # A step that caught the caller's cancellation and returned a stop event anyway.
+            self._decide(RunStatus.CANCELLED)
+            return False
+        self.stop_event = stop_event
+        self._decide(RunStatus.COMPLETED)
+        return True
+
+    def fail(self, step_name: str, exception: BaseException) -> bool:
+        """A step's final failure that no error handler takes."""
+        if self.outcome is None and cancelled_from_outside(self.scope):
+            # Raised while the caller's cancellation unwound the step (a cleanup error):
+            # the cancellation came first, so it decides.
+            self._decide(RunStatus.CANCELLED)
+        if self.outcome is not None:
+            self.later_failures.append((step_name, exception))
+            return False
+        self.failure = exception
+        self.failed_step = step_name
+        self._decide(RunStatus.FAILED)
+        return True
+
+    def crash(self, step_name: str, exception: BaseException) -> bool:
+        """A step raised a `BaseException` that is no `Exception` (``KeyboardInterrupt``,
+        ``SystemExit``, ``GeneratorExit``): it fails the run unless decided, and reaches the
+        caller as itself in any case."""
+        if self.fatal is None:
+            self.fatal = exception
+        elif exception is not self.fatal:
+            self.later_failures.append((step_name, exception))
+        if self.outcome is not None:
+            return False
+        self.failure = exception
+        self.failed_step = step_name
+        self._decide(RunStatus.FAILED)
+        return True
+
+    def time_out(self, active_steps: tuple[str, ...]) -> bool:
+        """The workflow's timeout passed with ``active_steps`` running."""
+        if self.outcome is not None:
+            return False
+        self.active_steps = active_steps
+        self._decide(RunStatus.TIMED_OUT)
+        return True
+
+    def cancel(self) -> bool:
+        """The caller cancelled the run, or left the scope it runs in."""
+        if self.outcome is not None:
+            return False
+        self._decide(RunStatus.CANCELLED)
+        return True
+
+    def report(self, failed: StepFailedEvent) -> None:
+        """Send ``failed`` to the stream with the end (it could not wait for room)."""
+        self.reports.append(failed)
+
+    # -- derived --
+
+    def terminal_event(self) -> StopEvent:
+        """The stream's last event, as the outcome says."""
+        outcome = self.outcome
+        if outcome is RunStatus.COMPLETED:
+            assert self.stop_event is not None
+            return self.stop_event
+        if outcome is RunStatus.FAILED:
+            assert self.failure is not None
+            return WorkflowFailedEvent(step_name=self.failed_step, exception=self.failure)
+        if outcome is RunStatus.TIMED_OUT:
+            assert self.timeout is not None
+            return WorkflowTimedOutEvent(timeout=self.timeout, active_steps=self.active_steps)
+        return WorkflowCancelledEvent()
