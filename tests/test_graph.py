@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import random
+import weakref
 from typing import Union
 
+import attrs
 import pytest
 
 from trioflow import (
@@ -31,6 +35,10 @@ class B(Event):
 
 
 class Orphan(Event):
+    pass
+
+
+class Draft(Event):
     pass
 
 
@@ -341,3 +349,171 @@ async def test_subclass_init_without_super_still_runs() -> None:
     flow = Flow("hi")
     assert (flow.timeout, flow.stream_buffer) == (45.0, 256)
     assert await flow.run() == "hi"
+
+
+# --- Names: steps and start-event fields ---------------------------------------------------
+
+WORKFLOW_NAMES = sorted(name for name in dir(Workflow) if not name.startswith("__"))
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_a_step_may_not_shadow_the_workflow_base_class(name: str) -> None:
+    """A step named after anything Workflow defines (run, start, timeout, graph, ...) is a
+    validation problem naming the attribute, not a confusing failure at the first run."""
+
+    async def body(self: Workflow, ev: StartEvent) -> StopEvent:
+        return StopEvent()
+
+    flow = type("Flow", (Workflow,), {name: step(body)})
+    problems = problems_of(flow)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"step {name!r} shadows Workflow.{name}")
+    assert problems[0].endswith("; rename the step")
+
+
+def test_a_step_named_start_is_refused_at_construction() -> None:
+    """LlamaIndex's first docstring example names a step `start`: it fails when the workflow
+    is made, saying what to do, instead of in `run()` with a TypeError."""
+
+    class Flow(Workflow):
+        @step
+        async def start(self, ev: StartEvent) -> Draft:  # type: ignore[override]
+            return Draft()
+
+        @step
+        async def timeout(self, ev: Draft) -> StopEvent:  # type: ignore[override]
+            return StopEvent()
+
+    assert problems_of(Flow) == [
+        "step 'start' shadows Workflow.start(); rename the step",
+        "step 'timeout' shadows Workflow.timeout; rename the step",
+    ]
+
+
+def test_typed_start_event_fields_may_not_shadow_or_be_private() -> None:
+    """A typed start event's field may not replace StartEvent.get, nor be private (attrs takes
+    `_token` as `token=`, the wire drops it); a private `init=False` field is fine."""
+
+    class Start(StartEvent):
+        topic: str
+        get: int  # type: ignore[assignment]
+        _token: str
+        _cache: dict[str, int] = attrs.field(init=False, factory=dict)
+
+    class Flow(Workflow):
+        @step
+        async def go(self, ev: Start) -> StopEvent:
+            return StopEvent()
+
+    assert problems_of(Flow) == [
+        "start event Start: field 'get' shadows StartEvent.get(); rename the field",
+        "start event Start: field '_token' starts with '_', so run() takes it as token= and it "
+        "never goes over the wire; rename it, or keep it internal with attrs.field(init=False)",
+    ]
+
+
+async def test_typed_start_event_with_plain_and_internal_fields_runs() -> None:
+    """Public fields and private `init=False` fields pass validation and reach the step."""
+
+    class Start(StartEvent):
+        topic: str
+        _seen: list[str] = attrs.field(init=False, factory=list)
+
+    class Flow(Workflow):
+        @step
+        async def go(self, ev: Start) -> StopEvent:
+            return StopEvent(result=(ev.topic, ev.get("topic"), ev._seen))
+
+    assert await Flow().run(topic="trio") == ("trio", "trio", [])
+
+
+# --- The routing cache -------------------------------------------------------------------
+
+
+class Dynamic(Event):
+    n: int = 0
+
+
+async def test_routing_keeps_no_dynamically_made_event_class_alive() -> None:
+    """Event classes made in a loop and routed through runs are freed once dropped: the
+    per-class route cache holds them weakly."""
+
+    class Flow(Workflow):
+        @step
+        async def send(self, ctx: Context, ev: StartEvent) -> Dynamic | None:
+            ctx.send_event(ev.kind())
+            return None
+
+        @step
+        async def take(self, ev: Dynamic) -> StopEvent:
+            return StopEvent(result=type(ev).__name__)
+
+    flow = Flow()
+    refs = []
+    for i in range(20):
+        kind = type(f"Made{i}", (Dynamic,), {})
+        assert await flow.run(kind=kind) == f"Made{i}"
+        assert flow.graph.routes_for(kind) == flow.graph.routes_for(Dynamic)
+        refs.append(weakref.ref(kind))
+        del kind
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 20
+
+
+def test_route_of_a_class_made_later_at_a_freed_ones_address_is_its_own() -> None:
+    """A route is never served to another class: once a routed class is freed, a new class
+    (which may reuse its memory) is routed afresh."""
+
+    class Other(Event):
+        pass
+
+    class Flow(Workflow):
+        @step
+        async def go(self, ev: StartEvent | Other) -> Dynamic | Other | StopEvent:
+            return StopEvent()
+
+        @step
+        async def take(self, ev: Dynamic) -> None:
+            return None
+
+    graph = Flow().graph
+    bases = random.Random(0).choices([Dynamic, Other], k=30)
+    for i, base in enumerate(bases):
+        # Freed classes' memory comes back soon (a few addresses take turns), so the bases are
+        # mixed at random for some class to land where one of the other base lived.
+        kind = type(f"Made{i}", (base,), {})
+        assert graph.routes_for(kind) == graph.routes_for(base)
+        del kind
+        gc.collect()
+
+
+# --- What _events.py / _workflow.py need (see the report) ----------------------------------
+
+
+async def test_self_is_a_usable_free_form_field() -> None:
+    """`StartEvent(self=...)` and `run(self=...)` keep `self` as a field, like any other."""
+
+    class Flow(Workflow):
+        @step
+        async def go(self, ev: StartEvent) -> StopEvent:
+            return StopEvent(result=ev.self)
+
+    assert StartEvent(self=1).get("self") == 1
+    assert await Flow().run(self="me") == "me"
+
+
+@pytest.mark.parametrize("name", ["get", "_private", "__class__"])
+def test_free_form_fields_that_could_not_be_read_are_refused(name: str) -> None:
+    """A free-form field that `ev.<name>` would not return (a StartEvent attribute, or a
+    private name) is a TypeError naming it, not a value that silently cannot be read."""
+    with pytest.raises(TypeError, match=repr(name)):
+        StartEvent(**{name: 1})
+
+
+def test_an_event_field_named_self_is_a_clear_type_error() -> None:
+    """A field named `self` fails at the class statement with a TypeError saying so, not with
+    a SyntaxError from attrs' generated code."""
+    with pytest.raises(TypeError, match="'self'"):
+
+        class Start(StartEvent):
+            self: int

@@ -205,3 +205,52 @@ async def test_stream_filter_must_be_event_types() -> None:
     async with Writer().start(n=1) as handler:
         with pytest.raises(TypeError, match="Event subclasses"):
             handler.stream_events(int)  # type: ignore[arg-type]
+
+
+async def test_a_kept_iterator_does_not_stop_result_from_draining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An iterator still named after `break` does not keep result() (in the same task) from
+    draining the stream, so a run that needs no time does not time out."""
+    async with Writer(timeout=5, stream_buffer=1).start(n=50) as handler:
+        events = handler.stream_events()
+        async for _ in events:
+            break
+        assert await handler.result() == 50
+        assert trio.current_time() == 0
+        with pytest.raises(WorkflowRuntimeError, match="no longer holds"):
+            await events.__anext__()
+
+
+async def test_a_cancelled_consumer_releases_the_stream_without_the_gc() -> None:
+    """A consumer cancelled while it waits hands the stream on at once, with the garbage
+    collector switched off."""
+    import gc
+
+    gc.disable()
+    try:
+        async with Writer(stream_buffer=0).start(n=3) as handler:
+
+            async def consume() -> None:
+                async for _ in handler.stream_events():
+                    await trio.sleep_forever()
+
+            with trio.move_on_after(0.01):
+                await consume()
+            rest = [ev async for ev in handler.stream_events()]
+    finally:
+        gc.enable()
+    assert rest[-1] == StopEvent(result=3)
+
+
+async def test_async_with_releases_the_stream_on_exit() -> None:
+    """`async with handler.stream_events() as events:` hands the stream on when the block
+    ends, even with the iterator still named."""
+    async with Writer().start(n=5) as handler:
+        async with handler.stream_events(Tick) as events:
+            async for ev in events:
+                assert ev == Tick(i=0)
+                break
+        rest = [ev async for ev in handler.stream_events(Tick)]
+        assert events is not None
+    assert rest[0] == Tick(i=1)

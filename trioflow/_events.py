@@ -34,6 +34,9 @@ class Event:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "self" in inspect.get_annotations(cls):
+            # attrs would fail with a SyntaxError from its generated `__init__(self, *, self)`.
+            raise TypeError(f"{cls.__qualname__}: an event field cannot be named 'self'")
         # Dict classes (not slots) so attrs can finish the class in place: `__init_subclass__`
         # cannot swap the class object for the new one that `slots=True` builds. `auto_detect`
         # keeps any dunder the subclass writes itself (StartEvent's `__init__`, a custom
@@ -57,7 +60,11 @@ class StartEvent(Event):
 
     # A typed subclass gets attrs' generated __init__ (declared fields only, since auto_detect
     # looks at each class's own body), so a misspelt field is an error and not a new field.
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, /, **fields: Any) -> None:
+        # `self` is positional-only, so `StartEvent(self=...)` is a field like any other.
+        for name in fields:
+            if name.startswith("_") or hasattr(type(self), name):
+                raise TypeError(_unreadable_field(type(self), name))
         # The keyword dict is new for this call, so keeping it copies none of the user's values.
         object.__setattr__(self, "_extra", fields)
 
@@ -83,6 +90,13 @@ class StartEvent(Event):
         declared = [f"{a.name}={getattr(self, a.name)!r}" for a in fields if a.repr]
         extra = [f"{key}={value!r}" for key, value in self._extra.items()]
         return f"{type(self).__name__}({', '.join(declared + extra)})"
+
+
+def _unreadable_field(cls: type, name: str) -> str:
+    # `ev.<name>` would not return such a field: private names are never looked up in the
+    # free-form fields, and a class attribute (`get`) is found before them.
+    why = "it is private" if name.startswith("_") else f"ev.{name} is {cls.__name__}.{name}"
+    return f"{cls.__name__} cannot take a field named {name!r}: {why}; rename the field"
 
 
 class StopEvent(Event):

@@ -81,7 +81,7 @@ class Workflow:
         """The validated graph of this workflow's steps (built once per class)."""
         return graph_of(type(self))
 
-    async def run(self, start_event: StartEvent | None = None, **fields: Any) -> Any:
+    async def run(self, /, start_event: StartEvent | None = None, **fields: Any) -> Any:
         """Run the workflow to its end and return the result; stream events are discarded.
 
         Pass a start event, or the start event's fields as keywords.
@@ -91,11 +91,12 @@ class Workflow:
             WorkflowTimeoutError: the run exceeded ``timeout``.
             WorkflowCancelledError: the run was cancelled.
         """
-        async with self.start(start_event, **fields) as handler:
+        event = self._start_event(start_event, fields)
+        async with self._start(event, streamed=False) as handler:
             return await handler.result()
 
     def start(
-        self, start_event: StartEvent | None = None, **fields: Any
+        self, /, start_event: StartEvent | None = None, **fields: Any
     ) -> AbstractAsyncContextManager[WorkflowHandler]:
         """Start a run inside an ``async with`` block and hand out its `WorkflowHandler`.
 
@@ -122,19 +123,25 @@ class Workflow:
             raise TypeError(f"cannot make the start event {expected.__name__}: {exc}") from None
 
     @asynccontextmanager
-    async def _start(self, start_event: StartEvent) -> AsyncIterator[WorkflowHandler]:
+    async def _start(
+        self, start_event: StartEvent, *, streamed: bool = True
+    ) -> AsyncIterator[WorkflowHandler]:
+        stream = EventStream(self.stream_buffer)
+        if not streamed:
+            stream.discard_unread()  # `run()`: nobody will read, from the first event on
         run = Run(
             workflow=self,
             graph=self.graph,
             start_event=start_event,
             timeout=self.timeout,
-            stream=EventStream(self.stream_buffer),
+            stream=stream,
             blocking_threshold=self.blocking_threshold,
         )
         handler = WorkflowHandler(run)
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
+                run.state.on_fatal.append(nursery.cancel_scope.cancel)
                 await nursery.start(run.main)
                 try:
                     yield handler

@@ -11,6 +11,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 
 from .._errors import WorkflowRuntimeError
 from .._events import Event, StopEvent
+from ._collect import Collector
 from ._router import Router
 from ._stream import EventStream
 
@@ -48,7 +49,7 @@ class Context:
         self._router = router
         self._stream = stream
         self._send_nowait = stream.send_nowait
-        self._collected: dict[tuple[str, tuple[type[Event], ...]], list[Event]] = {}
+        self._collector = Collector()
         self.store = Store()
 
     @property
@@ -121,28 +122,13 @@ class Context:
         """Buffer ``event`` and return one event per entry of ``expected``, in that order, once
         all have arrived (a type listed k times needs k events); until then return None.
 
-        Buffers are kept per step and per ``expected`` list.
+        Buffers are kept per step and per ``expected`` list; an event may fill any entry whose
+        type it is an instance of. An event of none of the listed types is ignored (None), and
+        an empty list returns ``[]``, as in LlamaIndex.
         """
-        expected = tuple(expected)
-        if not isinstance(event, expected):
-            names = ", ".join(t.__name__ for t in expected)
-            raise WorkflowRuntimeError(
-                f"collect_events: {type(event).__name__} is none of the expected types ({names})"
-            )
-        buffer = self._collected.setdefault((current_step.get(), expected), [])
-        buffer.append(event)
-        chosen: list[int] = []
-        for wanted in expected:
-            index = next(
-                (i for i, e in enumerate(buffer) if i not in chosen and isinstance(e, wanted)),
-                None,
-            )
-            if index is None:
-                return None
-            chosen.append(index)
-        collected = [buffer[i] for i in chosen]
-        buffer[:] = [e for i, e in enumerate(buffer) if i not in chosen]
-        return collected
+        if not isinstance(event, Event):
+            raise TypeError(f"collect_events() takes an Event, got {event!r}")
+        return self._collector.collect(current_step.get(), event, expected)
 
 
 def _not_streamable(event: object) -> Exception:

@@ -3,15 +3,21 @@
 `graph_of` builds and caches the graph of a `Workflow` subclass. Every problem found is
 collected and raised together as one `WorkflowValidationError`, each message naming the step
 and the event type involved.
+
+Names are checked too, because a clash there fails late and obscurely: a step is a method of
+the user's class, so a step called ``start`` or ``timeout`` replaces what `Workflow` itself
+uses, and a start event's field called ``get`` replaces `StartEvent.get`.
 """
 
 from __future__ import annotations
 
+import dis
+import functools
 import inspect
 import types
 import typing
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -62,7 +68,15 @@ class WorkflowGraph:
     steps: tuple[StepSpec, ...]
     start_event_type: type[StartEvent]
     stop_event_type: type[StopEvent]
-    _routes: dict[type[Event], tuple[int, ...]] = attrs.field(factory=dict, init=False)
+    #: Routes of the event classes the step annotations name, which the graph holds anyway:
+    #: a plain dict keyed by class, the fastest lookup there is, filled once.
+    _routes: dict[type[Event], tuple[int, ...]] = attrs.field(init=False)
+    #: Routes of any other class (a subclass of an annotated one, perhaps made on the fly),
+    #: keyed by ``id`` so that the cache keeps no class alive: a workflow that makes event
+    #: classes in a loop would otherwise keep every one. `_other_refs` holds a weak reference
+    #: to each class, whose callback drops the entry before the id can be reused.
+    _other_routes: dict[int, tuple[int, ...]] = attrs.field(factory=dict, init=False)
+    _other_refs: dict[int, weakref.ref[type[Event]]] = attrs.field(factory=dict, init=False)
     _index: dict[str, int] = attrs.field(init=False)
     #: For each step, the error-handler steps that receive its final failure. A handler's own
     #: failure goes to none: a failing error handler ends the run.
@@ -84,6 +98,7 @@ class WorkflowGraph:
             () if spec.is_error_handler else tuple(h for h in handlers if handles(h, spec))
             for spec in self.steps
         )
+        self._routes = {t: self._route(t) for t in self.event_types()}
         self.plain_events = frozenset(
             t
             for spec in self.steps
@@ -93,14 +108,26 @@ class WorkflowGraph:
 
     def routes_for(self, event_type: type[Event]) -> tuple[int, ...]:
         """Indexes of the steps that accept events of ``event_type`` (cached per type)."""
+        # The runtime asks for every routed event: the annotated classes, nearly all of them,
+        # take the try alone, as fast as a dict lookup gets.
         try:
             return self._routes[event_type]
         except KeyError:
-            route = tuple(
-                i for i, spec in enumerate(self.steps) if issubclass(event_type, spec.accepts)
-            )
-            self._routes[event_type] = route
-            return route
+            return self._route_of_other(event_type)
+
+    def _route_of_other(self, event_type: type[Event]) -> tuple[int, ...]:
+        key = id(event_type)
+        route = self._other_routes.get(key)
+        if route is None:
+            route = self._route(event_type)
+            # The callback holds the two dicts, not the graph, so it keeps nothing else alive.
+            forget = functools.partial(_forget_route, self._other_routes, self._other_refs, key)
+            self._other_refs[key] = weakref.ref(event_type, forget)
+            self._other_routes[key] = route
+        return route
+
+    def _route(self, event_type: type[Event]) -> tuple[int, ...]:
+        return tuple(i for i, spec in enumerate(self.steps) if issubclass(event_type, spec.accepts))
 
     def step_index(self, name: str) -> int | None:
         """Index of the step called ``name``, or None."""
@@ -113,6 +140,17 @@ class WorkflowGraph:
         for spec in self.steps:
             seen.update(dict.fromkeys(spec.accepts + spec.returns))
         return list(seen)
+
+
+def _forget_route(
+    routes: dict[int, tuple[int, ...]],
+    refs: dict[int, weakref.ref[type[Event]]],
+    key: int,
+    _dead: weakref.ref[type[Event]],
+) -> None:
+    # Runs while the class is being freed, before its id can belong to another object.
+    routes.pop(key, None)
+    refs.pop(key, None)
 
 
 _GRAPHS: weakref.WeakKeyDictionary[type, WorkflowGraph] = weakref.WeakKeyDictionary()
@@ -145,7 +183,9 @@ def _build(workflow_class: type) -> WorkflowGraph:
     name = workflow_class.__name__
     problems: list[str] = []
     steps = []
-    for step_name, declaration in _declared_steps(workflow_class).items():
+    declared = _declared_steps(workflow_class)
+    _check_step_names(declared, problems)
+    for step_name, declaration in declared.items():
         spec = _resolve(step_name, declaration, problems)
         if spec is not None:
             steps.append(spec)
@@ -155,6 +195,8 @@ def _build(workflow_class: type) -> WorkflowGraph:
     stop = _single_type(steps, problems, "stop", _stop_types(steps, problems))
     _check_flow(steps, problems)
     _check_error_handlers(steps, problems)
+    if start is not None:
+        _check_start_fields(start, problems)
     if problems or start is None or stop is None:
         raise WorkflowValidationError(name, problems)
     return WorkflowGraph(
@@ -372,3 +414,65 @@ def _check_error_handlers(steps: list[StepSpec], problems: list[str]) -> None:
                     f"step {spec.name!r} handles failures of {name!r}, an error handler: a failing "
                     "error handler ends the run"
                 )
+
+
+def _check_step_names(declared: dict[str, StepDeclaration], problems: list[str]) -> None:
+    """No step may replace an attribute that `Workflow` defines or sets: ``run`` would stop
+    running the workflow, ``start`` makes the first `run()` fail with a confusing TypeError."""
+    reserved = _workflow_attributes()
+    for name in declared:
+        if name in reserved:
+            problems.append(f"step {name!r} shadows {reserved[name]}; rename the step")
+
+
+@functools.cache
+def _workflow_attributes() -> dict[str, str]:
+    """Every attribute of the `Workflow` base class, each with how a problem names it
+    (``Workflow.start()``, ``Workflow.timeout``). Computed, not listed, so it cannot drift."""
+    from .._workflow import Workflow  # imported late: _workflow imports this module
+
+    # `dir` lists an instance attribute only while the class also has a default for it.
+    names = set(dir(Workflow)) | _assigned_by(Workflow.__init__)
+    return {name: _qualified(Workflow, name) for name in names}
+
+
+def _assigned_by(function: Callable[..., Any]) -> set[str]:
+    """The attribute names ``function`` assigns to (``self.timeout = ...``)."""
+    return {
+        str(instruction.argval)
+        for instruction in dis.get_instructions(function)
+        if instruction.opname == "STORE_ATTR"
+    }
+
+
+def _qualified(cls: type, name: str) -> str:
+    value = inspect.getattr_static(cls, name, None)
+    is_method = isinstance(value, staticmethod | classmethod) or (
+        callable(value) and not isinstance(value, type)
+    )
+    return f"{cls.__name__}.{name}{'()' if is_method else ''}"
+
+
+def _check_start_fields(start: type[StartEvent], problems: list[str]) -> None:
+    """A typed start event's fields are the run's keyword arguments: none may replace what
+    `StartEvent` itself offers (``ev.get(...)``), and none may be private, since attrs takes
+    ``_x`` as ``x=`` and the wire never carries a private field."""
+    own = {field.name for field in _attrs_fields(StartEvent)}
+    label = f"start event {start.__name__}"
+    for field in _attrs_fields(start):
+        if field.name in own:
+            continue
+        if hasattr(StartEvent, field.name):
+            shadowed = _qualified(StartEvent, field.name)
+            problems.append(f"{label}: field {field.name!r} shadows {shadowed}; rename the field")
+        elif field.name.startswith("_") and field.init:
+            problems.append(
+                f"{label}: field {field.name!r} starts with '_', so run() takes it as "
+                f"{field.alias}= and it never goes over the wire; rename it, or keep it "
+                "internal with attrs.field(init=False)"
+            )
+
+
+def _attrs_fields(cls: type) -> tuple[attrs.Attribute[Any], ...]:
+    # Events are made attrs classes at run time, which the type checker cannot see.
+    return tuple(attrs.fields(typing.cast("type[attrs.AttrsInstance]", cls)))

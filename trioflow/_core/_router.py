@@ -139,8 +139,14 @@ class Router:
     def _stream_for_caller(self, event: InputRequiredEvent) -> None:
         # `send` cannot wait for room, and queueing the event elsewhere would reorder the
         # stream; a full stream that somebody reads is an error that says what to do instead.
+        stream = self._stream
         try:
-            self._stream.write_nowait(event)
+            try:
+                stream.write_nowait(event)
+            except trio.WouldBlock:
+                if not stream.make_room_if_unread():
+                    raise
+                stream.write_nowait(event)  # a zero-size buffer has no room even now
         except trio.WouldBlock:
             raise WorkflowRuntimeError(
                 f"the stream is full, so {type(event).__name__} cannot be sent to the caller "

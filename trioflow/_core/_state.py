@@ -83,8 +83,11 @@ class RunState:
     reports: list[StepFailedEvent] = attrs.field(factory=list)
     #: Set when the terminal event is on the stream and the stream is closed.
     finished: trio.Event = attrs.field(factory=trio.Event)
-    #: Called with the outcome when it is decided (the handler's waiters, a journal).
+    #: Called with the outcome when it is decided (a journal, an observer).
     on_decided: list[Callable[[RunStatus], None]] = attrs.field(factory=list)
+    #: Called when a step raises a `fatal` exception: ``start()`` cancels the caller's block,
+    #: so the exception reaches the caller as promptly as trio's own nursery would make it.
+    on_fatal: list[Callable[[], None]] = attrs.field(factory=list)
 
     @property
     def status(self) -> RunStatus:
@@ -134,6 +137,8 @@ class RunState:
         caller as itself in any case."""
         if self.fatal is None:
             self.fatal = exception
+            for callback in self.on_fatal:
+                callback()
         elif exception is not self.fatal:
             self.later_failures.append((step_name, exception))
         if self.outcome is not None:

@@ -71,6 +71,9 @@ class EventStream:
         self.last_yield = time.perf_counter()
         #: Events thrown away because nobody streamed while ``result()`` waited.
         self.discarded = 0
+        #: Tasks in `wait_closed` (``result()``): while one waits and nobody reads, what is
+        #: buffered may be thrown away.
+        self._draining = 0
         self._changed = trio.Event()
         #: Counted for statistics: events written and read, the most in the buffer at once,
         #: and the seconds writers spent waiting for room. The peak is taken when an event is
@@ -202,6 +205,13 @@ class EventStream:
         first, whatever order trio runs the tasks of one batch in.
         """
         await checkpoint()
+        self._draining += 1
+        try:
+            await self._drain_until_closed()
+        finally:
+            self._draining -= 1
+
+    async def _drain_until_closed(self) -> None:
         while not self.closed:
             changed = self._changed
             if self._blocked():
@@ -215,6 +225,19 @@ class EventStream:
                     await changed.wait()
                 continue
             await changed.wait()
+
+    def discard_unread(self) -> None:
+        """Nobody will read this stream (``run()``): from now on, as if ``result()`` waited."""
+        self._draining += 1
+
+    def make_room_if_unread(self) -> bool:
+        """For a writer that cannot wait (`Context.send_event` of an `InputRequiredEvent`):
+        discard what is buffered if nobody reads and ``result()`` waits, as a waiting writer
+        would have it discarded. Returns whether there is room now."""
+        if self._draining and not self.has_consumer():
+            self._discard_buffered()
+            return True
+        return False
 
     def _blocked(self) -> bool:
         return self._send.statistics().tasks_waiting_send > 0
