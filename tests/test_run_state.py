@@ -35,7 +35,7 @@ from trioflow import (
 )
 
 
-class Nudge(HumanResponseEvent):
+class StateNudge(HumanResponseEvent):
     pass
 
 
@@ -58,7 +58,7 @@ class Unwinding(Workflow):
         self.gate.wait()
 
     @step
-    async def takes(self, ev: Nudge) -> None:
+    async def takes(self, ev: StateNudge) -> None:
         pass
 
 
@@ -67,16 +67,18 @@ async def test_a_decided_run_says_so_while_its_steps_unwind() -> None:
     while a `def` step is still in its thread; result() waits for the thread."""
     gate, entered = threading.Event(), threading.Event()
     async with Unwinding(gate, entered).start() as handler:
-        with trio.fail_after(10):
-            while handler.status is RunStatus.RUNNING:
-                await trio.sleep(0.001)
-        assert handler.status is RunStatus.COMPLETED
-        assert not handler.is_done()  # the thread still runs
-        assert handler.cancel() is False
-        with pytest.raises(RunEndedError, match="completed"):
-            await handler.send_event(Nudge())
-        assert handler.result_nowait() == "done"
-        gate.set()
+        try:
+            with trio.fail_after(10):
+                while handler.status is RunStatus.RUNNING:
+                    await trio.sleep(0.001)
+            assert handler.status is RunStatus.COMPLETED
+            assert not handler.is_done()  # the thread still runs
+            assert handler.cancel() is False
+            with pytest.raises(RunEndedError, match="completed"):
+                await handler.send_event(StateNudge())
+            assert handler.result_nowait() == "done"
+        finally:
+            gate.set()  # on failure too: a thread left waiting would hang the test
         assert await handler.result() == "done"
         assert handler.is_done()
 
@@ -286,39 +288,44 @@ class Ask(InputRequiredEvent):
     pass
 
 
-class Reply(HumanResponseEvent):
+class StateReply(HumanResponseEvent):
     n: int
 
 
 class Impatient(Workflow):
-    """Waits for a reply for at most one second, under its own move_on_after."""
+    """`wait` waits for a reply for one second under its own move_on_after; `answer` sends one
+    from inside the run (no checkpoint before the send) exactly when the wait gives up."""
 
     def __init__(self) -> None:
         super().__init__(timeout=None)
-        self.got: list[Reply] = []
+        self.got: list[StateReply] = []
+        self.accepted: list[bool] = []
 
     @step
     async def wait(self, ctx: Context, ev: StartEvent) -> StopEvent:
         with trio.move_on_after(1):
-            self.got.append(await ctx.wait_for_event(Reply))
+            self.got.append(await ctx.wait_for_event(StateReply))
         await trio.sleep(1)
         return StopEvent(result=len(self.got))
+
+    @step
+    async def answer(self, ctx: Context, ev: StartEvent) -> None:
+        await trio.sleep(1)
+        try:
+            ctx.send_event(StateReply(n=1))
+        except WorkflowRuntimeError:
+            self.accepted.append(False)
+        else:
+            self.accepted.append(True)
 
 
 async def test_an_answer_goes_only_to_a_live_waiter(autojump_clock: trio.testing.MockClock) -> None:
     """An answer sent in the very tick a waiter gives up either reaches the step or is
     refused: send_event never reports success for an answer that is then lost."""
-    for _ in range(50):
+    for _ in range(60):  # trio runs the tasks woken in one tick in a random order
         flow = Impatient()
-        async with flow.start() as handler:
-            await trio.sleep_until(trio.current_time() + 1)  # the waiter's own deadline
-            try:
-                await handler.send_event(Reply(n=1))
-            except WorkflowRuntimeError:
-                accepted = False
-            else:
-                accepted = True
-            assert await handler.result() == int(accepted)
+        got = await flow.run()
+        assert flow.accepted == [got == 1]
 
 
 class Touchy:
@@ -331,19 +338,22 @@ class Touchy:
 class TwoWaiters(Workflow):
     @step
     async def touchy(self, ctx: Context, ev: StartEvent) -> None:
-        await ctx.wait_for_event(Reply, requirements={"n": Touchy()})
+        await ctx.wait_for_event(StateReply, requirements={"n": Touchy()})
 
     @step
     async def plain(self, ctx: Context, ev: StartEvent) -> StopEvent:
-        reply = await ctx.wait_for_event(Reply, requirements={"n": 2})
+        await trio.sleep(1)  # so that the touchy waiter is the oldest, looked at first
+        reply = await ctx.wait_for_event(StateReply, requirements={"n": 2})
         return StopEvent(result=reply.n)
 
 
-async def test_a_misbehaving_requirement_breaks_no_sender() -> None:
+async def test_a_misbehaving_requirement_breaks_no_sender(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A waiter whose requirement's == raises matches nothing; other waiters still get theirs."""
     async with TwoWaiters().start() as handler:
-        await trio.testing.wait_all_tasks_blocked()
-        await handler.send_event(Reply(n=2))
+        await trio.sleep(2)
+        await handler.send_event(StateReply(n=2))
         assert await handler.result() == 2
 
 
@@ -351,7 +361,11 @@ class Job(Event):
     i: int
 
 
-class Go(HumanResponseEvent):
+class ReleaseAll(HumanResponseEvent):
+    pass
+
+
+class Later(Event):
     pass
 
 
@@ -362,17 +376,18 @@ class Fanned(Workflow):
         super().__init__(timeout=None)
 
     @step
-    async def fan(self, ctx: Context, ev: StartEvent) -> Job:
+    async def fan(self, ctx: Context, ev: StartEvent) -> Later | Job:
         for i in range(45):
             ctx.send_event(Job(i=i))
-        return Job(i=45)
+        await trio.testing.wait_all_tasks_blocked()  # every `hold` is in (or waits for) a thread
+        return Later()
 
-    @step(num_workers=46)
+    @step(num_workers=45)
     def hold(self, ctx: SyncContext, ev: Job) -> None:
-        ctx.wait_for_event(Go)
+        ctx.wait_for_event(ReleaseAll)
 
     @step
-    def release(self, ctx: SyncContext, ev: StartEvent) -> StopEvent:
+    def release(self, ctx: SyncContext, ev: Later) -> StopEvent:
         return StopEvent(result="released")
 
 
@@ -450,9 +465,9 @@ async def test_a_context_kept_after_its_run_refuses_sends() -> None:
             return StopEvent()
 
         @step
-        async def takes(self, ev: Reply) -> None:
+        async def takes(self, ev: StateReply) -> None:
             pass
 
     await Keeper().run()
     with pytest.raises(RunEndedError):
-        kept[0].send_event(Reply(n=1))
+        kept[0].send_event(StateReply(n=1))

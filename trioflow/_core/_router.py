@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import trio
 from outcome import Value
@@ -31,8 +31,24 @@ from ._log import describe, log
 from ._state import RunState
 from ._stream import EventStream
 
-if TYPE_CHECKING:
-    from ._graph import WorkflowGraph
+
+class Routes(Protocol):
+    """What the router needs of a workflow's graph (`WorkflowGraph` provides it; the graph
+    sits below the context, which sits on the router, so the router names no graph class)."""
+
+    @property
+    def workflow_name(self) -> str: ...
+
+    @property
+    def steps(self) -> Sequence[object]: ...
+
+    @property
+    def plain_events(self) -> Iterable[type[Event]]: ...
+
+    def routes_for(self, event_type: type[Event]) -> Sequence[int]: ...
+
+    def step_index(self, name: str) -> int | None: ...
+
 
 _MISSING = object()
 
@@ -70,7 +86,7 @@ class Waiter:
 class Router:
     """Moves the events of one run."""
 
-    def __init__(self, graph: WorkflowGraph, state: RunState, stream: EventStream) -> None:
+    def __init__(self, graph: Routes, state: RunState, stream: EventStream) -> None:
         self._graph = graph
         self._state = state
         self._stream = stream

@@ -178,10 +178,6 @@ class EventStream:
     def holds(self, iterator: StreamIterator) -> bool:
         return self._consumer is not None and self._consumer() is iterator
 
-    def used_by(self, task: Task) -> None:
-        """The consumer reads in ``task`` now."""
-        self._consumer_task = task
-
     def release(self, iterator: StreamIterator) -> None:
         if self.holds(iterator):
             self._consumer = self._consumer_task = None
@@ -311,54 +307,52 @@ class StreamIterator:
         if self._done:
             raise StopAsyncIteration
         stream = self._stream
-        if not stream.holds(self):
+        consumer = stream._consumer
+        if consumer is None or consumer() is not self:
             raise WorkflowRuntimeError(
                 "this iterator no longer holds the run's stream (its task awaited result(), "
                 "which took the stream over to drain it)"
             )
-        stream.used_by(current_task())
+        stream._consumer_task = current_task()
+        receive = stream._receive
+        types = self._types
+        exclude = self._exclude
         try:
-            return await self._next(stream)
+            await checkpoint_if_cancelled()
+            while True:
+                if not stream.read & _CHECK_EVERY:  # also between the events a filter drops
+                    await stream.yield_if_due()
+                # Take what is buffered without a trip through the scheduler; wait only when
+                # the buffer is empty. A consumer that keeps up thus reads in batches, not one
+                # event per task switch.
+                try:
+                    event = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        event = await receive.receive()
+                    except trio.EndOfChannel:
+                        event = self._after_buffer()
+                    else:
+                        stream.read += 1  # handed over as it was written: the buffer was empty
+                except trio.EndOfChannel:
+                    event = self._after_buffer()
+                else:
+                    waiting = stream.written - stream.read  # what the buffer held, this included
+                    if waiting > stream.peak:
+                        stream.peak = waiting
+                    stream.read += 1
+                # A filter never hides the terminal event (after which `_done` is set).
+                if types:
+                    if isinstance(event, types) or self._done:
+                        return event
+                elif not (exclude and isinstance(event, exclude)) or self._done:
+                    return event
         except BaseException:
             # A cancelled consumer (or a bug) ends its `async for`: hand the stream on now,
             # rather than when the garbage collector gets to the iterator.
             self._done = True
             stream.release(self)
             raise
-
-    async def _next(self, stream: EventStream) -> Event:
-        await checkpoint_if_cancelled()
-        receive = stream._receive
-        types = self._types
-        exclude = self._exclude
-        while True:
-            if not stream.read & _CHECK_EVERY:  # also between the events a filter drops
-                await stream.yield_if_due()
-            # Take what is buffered without a trip through the scheduler; wait only when the
-            # buffer is empty. A consumer that keeps up thus reads in batches, not one event per
-            # task switch.
-            try:
-                event = receive.receive_nowait()
-            except trio.WouldBlock:
-                try:
-                    event = await receive.receive()
-                except trio.EndOfChannel:
-                    event = self._after_buffer()
-                else:
-                    stream.read += 1  # handed over as it was written: the buffer was empty
-            except trio.EndOfChannel:
-                event = self._after_buffer()
-            else:
-                waiting = stream.written - stream.read  # what the buffer held, this included
-                if waiting > stream.peak:
-                    stream.peak = waiting
-                stream.read += 1
-            # A filter never hides the terminal event (after which `_done` is set).
-            if types:
-                if isinstance(event, types) or self._done:
-                    return event
-            elif not (exclude and isinstance(event, exclude)) or self._done:
-                return event
 
     def _after_buffer(self) -> Event:
         event = self._stream._after_buffer()
