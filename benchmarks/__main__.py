@@ -8,8 +8,10 @@ The scenarios are planned, described and judged by the ``_report_<topic>`` modul
 
 Every measurement runs in a fresh subprocess (``python -m benchmarks._scenario ...``), so peak
 RSS and warm caches never leak from one measurement into the next. Each figure is the median over
-the repetitions. An implementation whose package is missing is reported as "not installed" and
-the ratios that need it are skipped.
+the repetitions. ``--quick`` (tiny sizes, a check that every scenario runs, whose figures mean
+nothing) runs each measurement once, those of one implementation one after another in one
+process, the implementations side by side. An implementation whose package is missing is
+reported as "not installed" and the ratios that need it are skipped.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import attrs
 
 import benchmarks
-from benchmarks._suite import Check, Outcome, measure
+from benchmarks._suite import Check, Outcome, measure, measure_once_each
 
 
 def reports() -> list[ModuleType]:
@@ -135,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes, one run each: check that every benchmark runs",
+        help="tiny sizes, one run each, the runs of an implementation in one process (the"
+        " implementations side by side): check that every benchmark runs",
     )
     parser.add_argument(
         "--repeat", type=_positive, help="runs per speed figure (default 3; 1 with --quick)"
@@ -150,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--plots", type=Path, metavar="DIR", help="also draw the PNG plots into DIR (matplotlib)"
     )
     parser.add_argument(
-        "--timeout", type=float, help="seconds per subprocess (default 600; 60 with --quick)"
+        "--timeout",
+        type=float,
+        help="seconds per subprocess (default 600); with --quick, per measurement (default 60)",
     )
     args = parser.parse_args(argv)
     repeat: int = args.repeat or (1 if args.quick else 3)
@@ -162,11 +167,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in module.specs(args.quick)
         if not args.only or spec.scenario in args.only
     ]
-    print(f"{len(planned)} measurements, each in a fresh subprocess:", file=sys.stderr)
-    outcomes = [
-        (module, measure(spec, 1 if args.quick else spec.repeat or repeat, timeout))
-        for module, spec in planned
-    ]
+    if args.quick:
+        print(
+            f"{len(planned)} measurements, once each, one process per implementation:",
+            file=sys.stderr,
+        )
+        once = measure_once_each([spec for _, spec in planned], timeout)
+        outcomes = [(module, o) for (module, _), o in zip(planned, once, strict=True)]
+    else:
+        print(f"{len(planned)} measurements, each in a fresh subprocess:", file=sys.stderr)
+        outcomes = [
+            (module, measure(spec, spec.repeat or repeat, timeout)) for module, spec in planned
+        ]
     found = [
         check
         for module in modules

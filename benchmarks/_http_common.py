@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import IO
 
 import attrs
@@ -92,6 +92,40 @@ def server_process(argv: Sequence[str], marker: str) -> Iterator[Server]:
             yield Server(process, url)
         finally:
             _stop(process)
+
+
+#: While `servers_kept` is active: the servers started so far, by command line.
+_kept: dict[tuple[str, ...], Server] | None = None
+_kept_stack: ExitStack | None = None
+
+
+@contextmanager
+def servers_kept() -> Iterator[None]:
+    """Within the block, `server` keeps each server it starts running for the next scenario
+    with the same command line, and stops them all at the end. ``--quick`` runs its tiny
+    measurements so (`benchmarks._scenario`'s batch), where a server start per scenario would
+    cost more than the scenarios; a full run never does."""
+    global _kept, _kept_stack
+    with ExitStack() as stack:
+        _kept, _kept_stack = {}, stack
+        try:
+            yield
+        finally:
+            _kept = _kept_stack = None
+
+
+@contextmanager
+def server(argv: Sequence[str], marker: str) -> Iterator[Server]:
+    """`server_process`, or, within `servers_kept`, the one already running for ``argv``."""
+    if _kept is None or _kept_stack is None:
+        with server_process(argv, marker) as started:
+            yield started
+        return
+    key = tuple(argv)
+    kept = _kept.get(key)
+    if kept is None or kept.process.poll() is not None:
+        kept = _kept[key] = _kept_stack.enter_context(server_process(argv, marker))
+    yield kept
 
 
 def _die_with_parent() -> None:

@@ -4,7 +4,8 @@ define a target; everything the client does is then the same code for both.
 
 Every scenario starts its server in a child process on 127.0.0.1 (a free port), runs one small
 warm-up run so that neither server pays for first-request work inside the figure, measures, and
-stops the server. The client is this (trio) process, reading with httpx (`_http_client`); on 2
+stops the server (``--quick`` alone keeps one server per target for all its scenarios:
+`servers_kept`). The client is this (trio) process, reading with httpx (`_http_client`); on 2
 cores that is one core for the server and one for the client.
 
 - ``serve``: one client; time from the POST that starts a run of ``n`` ticks (``size`` bytes of
@@ -57,7 +58,7 @@ from benchmarks._http_common import (
     check_shared_clock,
     percentile,
     rate_series,
-    server_process,
+    server,
 )
 
 #: Seconds any one scenario may take, server start excluded, beyond twice its paced part
@@ -112,8 +113,8 @@ Run = Callable[[Target, Server, Params], Awaitable[Metrics]]
 
 def _in_server(target: Target, run: Run, p: Params) -> Metrics:
     check_shared_clock()
-    with server_process(target.argv, target.marker) as server:
-        return trio.run(_bounded, run, target, server, p)
+    with server(target.argv, target.marker) as running:
+        return trio.run(_bounded, run, target, running, p)
 
 
 async def _bounded(run: Run, target: Target, server: Server, p: Params) -> Metrics:

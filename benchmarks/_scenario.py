@@ -8,6 +8,15 @@ any ``benchmarks/_IMPL_<topic>.py``. Prints ``{"ok": true, "metrics": {...}}``, 
 ``{"ok": false, "missing": "<package>"}`` (exit status 0) when the implementation's package is not
 installed. Any other failure is a traceback and a non-zero exit status.
 
+    python -m benchmarks._scenario --batch RESULTS < SPECS
+
+runs several measurements one after another in this one process (``--quick`` uses it: at tiny
+sizes a process start per measurement would cost more than the measurements). SPECS is one JSON
+object per line (``impl``, ``scenario`` and the `Params` fields); for each, one JSON line is
+appended to the file RESULTS as soon as it is done: the reply above plus ``seconds``, or
+``{"ok": false, "error": "..."}`` (its traceback on stderr) if it raised, and the batch goes on.
+The serving scenarios of one target share one server there (`servers_kept`).
+
 For the scenarios in ``RSS_SCENARIOS`` the metrics include ``rss_growth_mib``: peak RSS during
 the run minus RSS just before it started. The peak is the larger of a psutil sampler (every
 5 ms, in a thread) and the process's ``ru_maxrss`` high-water mark, so short spikes between
@@ -24,10 +33,14 @@ import resource
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
+
+import attrs
 
 import benchmarks
 from benchmarks._common import Metrics, Params, Scenario, Scenarios
+from benchmarks._http_common import servers_kept
 
 IMPLS = ("trioflow", "anchor", "floor")
 # The third-party package each implementation needs, beyond what the floor needs.
@@ -122,7 +135,48 @@ def with_rss(run: Scenario, params: Params) -> Metrics:
     }
 
 
+def run_one(scenarios: Scenarios, scenario: str, params: Params) -> Metrics:
+    """Run ``scenario`` once in this process, with RSS sampling where it is measured."""
+    run = scenarios[scenario]
+    return with_rss(run, params) if scenario in RSS_SCENARIOS else run(params)
+
+
+def batch(results: str, specs: list[str]) -> int:
+    """Run each of ``specs`` (JSON lines) in turn in this process; see the module's docstring."""
+    loaded: dict[str, Scenarios | None] = {}
+    fields = set(attrs.fields_dict(Params))
+    with open(results, "a") as out, servers_kept():
+        for line in specs:
+            spec = json.loads(line)
+            impl, scenario = spec["impl"], spec["scenario"]
+            started = time.perf_counter()
+            reply: dict[str, object]
+            try:
+                if impl not in loaded:
+                    loaded[impl] = load(impl)
+                scenarios = loaded[impl]
+                if scenarios is None:
+                    reply = {"ok": False, "missing": PACKAGES[impl]}
+                elif scenario not in scenarios:
+                    raise ValueError(
+                        f"{impl} has no scenario {scenario!r} (has {sorted(scenarios)})"
+                    )
+                else:
+                    params = Params(**{k: v for k, v in spec.items() if k in fields})
+                    reply = {"ok": True, "metrics": run_one(scenarios, scenario, params)}
+            except Exception as exc:
+                traceback.print_exc()
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            reply["seconds"] = time.perf_counter() - started
+            out.write(json.dumps(reply) + "\n")
+            out.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--batch"] and len(argv) == 2:
+        return batch(argv[1], [line for line in sys.stdin if line.strip()])
     parser = argparse.ArgumentParser(prog="python -m benchmarks._scenario")
     parser.add_argument("impl", choices=IMPLS)
     parser.add_argument("scenario")
@@ -140,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.scenario not in scenarios:
         parser.error(f"{args.impl} has no scenario {args.scenario!r} (has {sorted(scenarios)})")
-    run = scenarios[args.scenario]
     params = Params(
         n=args.n,
         slow_seconds=args.slow_seconds,
@@ -149,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         clients=args.clients,
         size=args.size,
     )
-    metrics = with_rss(run, params) if args.scenario in RSS_SCENARIOS else run(params)
-    print(json.dumps({"ok": True, "metrics": metrics}))
+    print(json.dumps({"ok": True, "metrics": run_one(scenarios, args.scenario, params)}))
     return 0
 
 

@@ -13,10 +13,12 @@ A report module exposes:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +56,12 @@ class Spec:
         args += ["--rate", str(self.rate), "--clients", str(self.clients)]
         args += ["--size", str(self.size)]
         return [*args, "--variant", self.variant] if self.variant else args
+
+    def batch_line(self) -> str:
+        """This measurement as a line of ``python -m benchmarks._scenario --batch``'s input."""
+        fields = attrs.asdict(self)
+        del fields["repeat"]
+        return json.dumps(fields)
 
 
 @attrs.define
@@ -112,13 +120,80 @@ def measure(spec: Spec, repeat: int, timeout: float) -> Outcome:
             outcome.status = "not installed"
             return outcome
         outcome.runs.append(reply["metrics"])
-    outcome.metrics = {
-        key: statistics.median(run[key] for run in outcome.runs)
-        if isinstance(value, int | float)
-        else outcome.runs[-1][key]
-        for key, value in outcome.runs[0].items()
-    }
+    outcome.metrics = _medians(outcome.runs)
     return outcome
+
+
+def _medians(runs: list[Metrics]) -> Metrics:
+    return {
+        key: statistics.median(run[key] for run in runs)
+        if isinstance(value, int | float)
+        else runs[-1][key]
+        for key, value in runs[0].items()
+    }
+
+
+def measure_once_each(specs: Sequence[Spec], timeout: float) -> list[Outcome]:
+    """Run each of ``specs`` once (``--quick``), in as many subprocesses as there are
+    implementations, side by side: the measurements of one implementation run one after another
+    in one process (``python -m benchmarks._scenario --batch``), since at tiny sizes a process
+    start per measurement would cost more than the measurements. ``timeout``: seconds per
+    measurement, summed over a process's measurements. Outcomes in the order of ``specs``."""
+    groups: dict[str, list[Spec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.impl, []).append(spec)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(groups) or 1) as pool:
+        done = pool.map(lambda group: _batch(group, timeout), groups.values())
+        by_spec = {id(o.spec): o for outcomes in done for o in outcomes}
+    return [by_spec[id(spec)] for spec in specs]
+
+
+def _batch(specs: list[Spec], timeout: float) -> list[Outcome]:
+    limit = timeout * len(specs)
+    failure = ""
+    with tempfile.TemporaryDirectory() as folder:
+        results = Path(folder) / "results.jsonl"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks._scenario", "--batch", str(results)],
+                cwd=ROOT,
+                input="".join(spec.batch_line() + "\n" for spec in specs),
+                capture_output=True,
+                text=True,
+                timeout=limit,
+            )
+            if proc.returncode != 0:
+                failure = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            stderr = proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            failure = f"timed out after {limit:.0f} s"
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        lines = results.read_text().splitlines() if results.exists() else []
+    replies: list[dict[str, Any]] = [json.loads(line) for line in lines]
+    outcomes = []
+    for i, spec in enumerate(specs):
+        outcome = Outcome(spec)
+        reply = replies[i] if i < len(replies) else None
+        if reply is None:
+            outcome.status = f"error: {failure or 'no result'}"
+        elif reply["ok"]:
+            outcome.runs.append(reply["metrics"])
+            outcome.metrics = _medians(outcome.runs)
+        elif "missing" in reply:
+            outcome.status = "not installed"
+        else:
+            outcome.status = f"error: {reply['error']}"
+        took = f"{reply['seconds']:.1f} s" if reply is not None else "-"
+        print(
+            f"  {spec.scenario:<17} {spec.label:<19} n={spec.n:<7} run 1/1 {took}"
+            + ("" if outcome.ok else f"  {outcome.status}"),
+            file=sys.stderr,
+            flush=True,
+        )
+        outcomes.append(outcome)
+    if failure or any(o.status.startswith("error") for o in outcomes):
+        print(stderr, file=sys.stderr)
+    return outcomes
 
 
 def judge(

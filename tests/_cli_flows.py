@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import trio
@@ -144,3 +145,20 @@ class StuckFlow(Workflow):
         ctx.write_event_to_stream(Waiting())
         time.sleep(60)  # a thread cannot be interrupted
         return StopEvent()
+
+
+class Leave(StartEvent):
+    code: int | None = None
+
+
+class ExitFlow(Workflow):
+    """A step that calls sys.exit(code), or raises KeyboardInterrupt when no code is given."""
+
+    @step
+    async def leave(self, ev: Leave) -> StopEvent:
+        if ev.code is None:
+            raise KeyboardInterrupt
+        sys.exit(ev.code)
+
+
+SERVED = {"exit": ExitFlow(), "stuck": StuckFlow(timeout=None)}

@@ -4,6 +4,7 @@ the workflows the server tests run."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -101,6 +102,42 @@ class SlowFlow(Workflow):
     async def dawdle(self, ev: StartEvent) -> StopEvent:
         await trio.sleep(30)
         return StopEvent()
+
+
+class Lingering(Workflow):
+    """A ``def`` step enters its thread and stays there until `release` is set; meanwhile
+    another step decides the run: it returns a stop event, or raises ``error`` if given."""
+
+    def __init__(self, error: Callable[[], BaseException] | None = None) -> None:
+        super().__init__(timeout=None)
+        self.error = error
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @step
+    async def decide(self, ev: StartEvent) -> StopEvent:
+        await trio.to_thread.run_sync(self.entered.wait)
+        if self.error is not None:
+            raise self.error()
+        return StopEvent(result="decided")
+
+    @step
+    def linger(self, ev: StartEvent) -> None:
+        self.entered.set()
+        self.release.wait()  # a thread that cannot be interrupted: the run waits for it
+
+
+class Stuck(Workflow):
+    """A ``def`` step blocks its thread until `release` is set: cancelling the run waits."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+        self.release = threading.Event()
+
+    @step
+    def block(self, ev: StartEvent) -> StopEvent:
+        self.release.wait()
+        return StopEvent(result="released")
 
 
 FLOWS: dict[str, Workflow] = {

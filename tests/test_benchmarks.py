@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
+
+from benchmarks.__main__ import reports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +35,12 @@ def test_quick_suite_runs_every_scenario(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     measured = json.loads(results.read_text())["measurements"]
+    # Every planned measurement is reported, in the planned order, with its one run.
+    planned = [attrs.asdict(spec) for module in reports() for spec in module.specs(True)]
+    assert [m["spec"] for m in measured] == planned
     statuses = {(m["spec"]["scenario"], m["spec"]["impl"]): m["status"] for m in measured}
     assert all(status == "ok" for status in statuses.values()), statuses
+    assert all(len(m["runs"]) == 1 for m in measured), [m["spec"] for m in measured]
     scenarios = {scenario for scenario, _ in statuses}
     assert scenarios == {
         "routing", "stream", "memory", "latency", "cancel", "backpressure",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -266,6 +269,71 @@ def test_draw_the_examples(name: str) -> None:
     if name == "approval":
         assert "event_ApprovalRequired --> caller_caller" in mermaid
         assert "caller_caller --> event_Approval" in mermaid
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`trioflow serve _cli_flows:SERVED --port 0 ...` run from tests/, once it listens: the
+    process and its URL. The process is killed when the block exits, if it still runs."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "serve", "_cli_flows:SERVED", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=TESTS,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "trioflow: serving exit, stuck\n"
+            line = process.stdout.readline()
+            address = re.match(r"trioflow: dashboard at (http://[\d.:]+)/", line)
+            assert address, line
+            yield process, address[1]
+        finally:
+            process.kill()
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [(3, 3), (None, 130)])
+def test_a_steps_system_exit_ends_serve_with_its_code(code: int | None, exit_code: int) -> None:
+    """A step's sys.exit(3) stops the server gracefully, and `trioflow serve` exits with 3; a
+    step's KeyboardInterrupt with 130, as an interrupted program. No traceback."""
+    with serving() as (process, url):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            started = client.post("/workflows/exit/runs", json={"code": code})
+            assert started.status_code == 201
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == exit_code, err
+    assert "Traceback" not in err
+
+
+def test_a_second_signal_stops_serve_at_once() -> None:
+    """While the shutdown waits for a `def` step that cannot be interrupted, a second SIGINT
+    exits at once, with 130."""
+    with serving("--shutdown-grace", "60") as (process, url):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            run_id = client.post("/workflows/stuck/runs", json={}).json()["run_id"]
+            ndjson = {"accept": "application/x-ndjson"}
+            with client.stream("GET", f"/runs/{run_id}/events", headers=ndjson) as events:
+                assert json.loads(next(events.iter_lines()))["type"] == "Waiting"
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=0.5)  # still waiting for the thread
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    assert "trioflow serve: interrupted again, exiting now" in err
+
+
+def test_serve_reports_an_address_in_use_in_one_line() -> None:
+    """A port that is taken: one line naming the problem, exit code 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run_cli("serve", "trioflow.examples:WORKFLOWS", "--port", port)
+    assert done.returncode == 1
+    assert done.stderr.startswith("trioflow serve: error: [Errno")
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_serve_lists_a_workflows_problems() -> None:

@@ -1237,17 +1237,19 @@ def _check_oracle(sc: Scenario, obs: Observed, terminal: StopEvent) -> None:
 # -- the tests ---------------------------------------------------------------------------------
 
 # Derandomized: every run of the suite tries the same examples (no flakiness, no database).
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None)
+# How many: the hypothesis profile that tests/conftest.py loads (200 by default, 50 under CI).
+PROPERTY_SETTINGS = settings(deadline=None, derandomize=True, database=None)
+EXAMPLES = PROPERTY_SETTINGS.max_examples
 
 
-@settings(PROPERTY_SETTINGS, max_examples=500)
+@settings(PROPERTY_SETTINGS, max_examples=5 * EXAMPLES // 2)
 @given(scenarios())
 def test_faulty_runs_keep_their_invariants(sc: Scenario) -> None:
     """Any faulty run: one terminal, sound reports, retries and handler routing, no leftovers."""
     _check_invariants(sc, _observe(sc))
 
 
-@settings(PROPERTY_SETTINGS, max_examples=500)
+@settings(PROPERTY_SETTINGS, max_examples=5 * EXAMPLES // 2)
 @given(scenarios(prompt_only=True))
 def test_faulty_runs_end_as_predicted(sc: Scenario) -> None:
     """With a prompt consumer, every attempt, handler call and the run's end go as planned."""

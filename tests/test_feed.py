@@ -54,27 +54,28 @@ async def test_watch_rejects_a_seq_beyond_the_last() -> None:
 async def test_an_attached_slow_watcher_holds_the_pump_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The pump waits rather than evict an entry an attached watcher has not taken."""
+    """The pump waits rather than evict an entry an attached watcher has not taken: it runs
+    at most `retain` entries ahead of the watcher, so it goes at the watcher's pace."""
     feed = RunFeed(retain=4)
-    appended_at: list[float] = []
-
-    async def pump() -> None:
-        for _ in range(12):
-            await fill(feed, 1)
-            appended_at.append(trio.current_time())
-        feed.finish()
+    ahead: list[int] = []  # entries appended but not yet taken, after each append
 
     received: list[int] = []
     with feed.watch() as watcher:
+
+        async def pump() -> None:
+            for _ in range(12):
+                await fill(feed, 1)
+                ahead.append(feed.last_seq - watcher.cursor)
+            feed.finish()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump)
             while batch := await watcher.next_batch():
                 received += [entry.seq for entry in batch]
                 await trio.sleep(1)  # a slow client
     assert received == list(range(1, 13))
-    # The pump runs at most `retain` entries ahead of what the watcher has taken: 4 fit,
-    # the watcher takes them, 4 more fit; the last 4 wait for the watcher's second batch.
-    assert appended_at == [0] * 8 + [1] * 4
+    assert max(ahead) == feed.retain
+    assert trio.current_time() >= 2  # the pump waited for the slow watcher's batches
     assert len(feed._entries) <= feed.retain
 
 
@@ -173,3 +174,83 @@ def test_retain_must_be_positive() -> None:
     """A feed that keeps nothing could not serve anyone."""
     with pytest.raises(ValueError, match="retain must be at least 1"):
         RunFeed(retain=0)
+
+
+async def test_append_and_next_batch_are_checkpoints_on_every_path() -> None:
+    """append and next_batch check for cancellation and yield, whether they wait or not."""
+    feed = RunFeed(retain=2)
+    feed.stop_holding()
+    with trio.testing.assert_checkpoints():
+        await fill(feed, 1)  # room: no wait
+    await fill(feed, 1)
+    with trio.testing.assert_checkpoints():
+        await fill(feed, 1)  # full, but nobody needs the oldest: evicts, no wait
+    with feed.watch(after=1) as watcher:
+        with trio.testing.assert_checkpoints():
+            assert [e.seq for e in await watcher.next_batch()] == [2, 3]  # ready: no wait
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fill, feed, 1)
+            with trio.testing.assert_checkpoints():
+                assert [e.seq for e in await watcher.next_batch()] == [4]  # waits for it
+        feed.finish()
+        with trio.testing.assert_checkpoints():
+            assert await watcher.next_batch() == []  # finished: no wait
+
+
+async def test_a_cancelled_append_or_next_batch_does_nothing() -> None:
+    """In a cancelled scope, append adds nothing and next_batch takes nothing."""
+    feed = RunFeed(retain=4)
+    await fill(feed, 1)
+    with feed.watch() as watcher:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await fill(feed, 1)
+        assert scope.cancelled_caught
+        assert feed.last_seq == 1
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await watcher.next_batch()
+        assert scope.cancelled_caught
+        assert watcher.cursor == 0
+
+
+async def test_append_nowait_says_when_it_would_wait() -> None:
+    """append_nowait raises WouldBlock instead of waiting for room, and refuses a wrong seq."""
+    feed = RunFeed(retain=2)
+    await fill(feed, 2)
+    with pytest.raises(trio.WouldBlock):
+        feed.append_nowait(3, "Tick", b"{}")  # held for the first watcher
+    assert feed.last_seq == 2
+    with pytest.raises(ValueError, match="the next entry is seq 3, got 4"):
+        feed.append_nowait(4, "Tick", b"{}")
+    feed.stop_holding()
+    feed.append_nowait(3, "Tick", b"{}")
+    assert (feed.first_seq, feed.last_seq) == (2, 3)
+
+
+async def test_next_batch_nowait_takes_what_is_there() -> None:
+    """next_batch_nowait takes what is there, raises WouldBlock when nothing is, and returns
+    an empty batch once the feed is finished and everything was taken."""
+    feed = RunFeed(retain=4)
+    await fill(feed, 2)
+    with feed.watch() as watcher:
+        assert [e.seq for e in watcher.next_batch_nowait()] == [1, 2]
+        with pytest.raises(trio.WouldBlock):
+            watcher.next_batch_nowait()
+        feed.finish()
+        assert watcher.next_batch_nowait() == []
+
+
+async def test_a_watcher_attaching_wakes_the_pump_held_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A pump waiting for room while the feed holds its entries for a first watcher wakes when
+    that watcher attaches: one that asks only for what follows can then be served at once."""
+    feed = RunFeed(retain=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fill, feed, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert feed.last_seq == 2  # held: the pump waits for room
+        with trio.fail_after(1), feed.watch(after=2) as watcher:
+            assert [e.seq for e in await watcher.next_batch()] == [3]
+    assert trio.current_time() == 0

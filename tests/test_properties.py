@@ -722,10 +722,12 @@ def _check_scenario(sc: Scenario, obs: Observed) -> StopEvent:
 # -- the tests -----------------------------------------------------------------------------
 
 # Derandomized: every run of the suite tries the same examples (no flakiness, no database).
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None)
+# How many: the hypothesis profile that tests/conftest.py loads (200 by default, 50 under CI).
+PROPERTY_SETTINGS = settings(deadline=None, derandomize=True, database=None)
+EXAMPLES = PROPERTY_SETTINGS.max_examples
 
 
-@settings(PROPERTY_SETTINGS, max_examples=1000)
+@settings(PROPERTY_SETTINGS, max_examples=5 * EXAMPLES)
 @given(scenarios())
 def test_run_invariants(sc: Scenario) -> None:
     """Any run keeps properties 1-5 and, when the stream is drained, ends as the oracle says."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from functools import partial
 
@@ -11,7 +12,16 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from _http import CountFlow, ForeverFlow, served, sse_messages, wait_for, wait_until
+from _http import (
+    CountFlow,
+    ForeverFlow,
+    Lingering,
+    Stuck,
+    served,
+    sse_messages,
+    wait_for,
+    wait_until,
+)
 
 import trioflow
 
@@ -317,6 +327,54 @@ async def test_sending_events_into_a_run() -> None:
         assert ended.status_code == 409
 
 
+async def test_a_decided_run_has_ended_for_every_request_while_its_steps_unwind() -> None:
+    """Once a run's outcome is decided (a step returned the stop event) while a `def` step is
+    still in its thread: GET says completed with the result, cancel and send answer 409
+    run_ended; the stream ends with the stop event once the thread has returned."""
+    flow = Lingering()
+    async with served({"linger": flow}) as server:
+        run_id = await server.start("linger")
+        try:
+            status = await server.wait_status(run_id, "completed")
+            assert not flow.release.is_set()  # the def step is still in its thread
+            assert status["result"] == "decided"
+            cancel = await server.client.post(f"/runs/{run_id}/cancel")
+            assert (cancel.status_code, cancel.json()["error"]["code"]) == (409, "run_ended")
+            go = {"type": "Go", "data": {"count": 1}}
+            send = await server.client.post(f"/runs/{run_id}/events", json=go)
+            assert (send.status_code, send.json()["error"]["code"]) == (409, "run_ended")
+            assert (await server.status(run_id))["status"] == "completed"
+        finally:
+            flow.release.set()
+        events = await server.events(run_id)
+        assert [e["event"] for e in events] == ["StopEvent"]
+
+
+async def test_an_error_of_the_servers_own_is_logged_and_harms_no_other_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception in the server's part of a run (here, encoding its events) is logged with
+    its traceback, never dropped, and the server goes on starting and serving runs."""
+    from trioflow._server import _pump
+
+    def broken(seq: int, event: object) -> object:
+        raise RuntimeError("encoder broke")
+
+    async with served() as server:
+        with monkeypatch.context() as patched:
+            patched.setattr(_pump, "encode_envelope", broken)
+            run_id = await server.start("forever")
+            await server.wait_status(run_id, "cancelled")  # leaving its start() cancelled it
+            await wait_until(
+                lambda: any(
+                    "error following run" in r.message and "encoder broke" in str(r.exc_info)
+                    for r in caplog.records
+                )
+            )
+        other = await server.start("count", {"n": 2})
+        assert [e["event"] for e in await server.events(other)] == ["Tick", "Tick", "StopEvent"]
+
+
 # -- bad input and limits --
 
 
@@ -467,6 +525,95 @@ async def test_shutdown_cancels_runs_and_ends_open_streams() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=binds[0], timeout=5) as client:
             await client.get("/workflows")
+
+
+async def _serve_and_catch(
+    flows: Mapping[str, trioflow.Workflow],
+    raised: list[BaseException],
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """serve() until it returns, keeping what it raises (outside of any nursery's group)."""
+    try:
+        await trioflow.serve(flows, port=0, shutdown_grace=30, task_status=task_status)
+    except BaseException as exc:
+        raised.append(exc)
+
+
+async def _stream_types(client: httpx.AsyncClient, run_id: str, into: list[str]) -> None:
+    async with client.stream("GET", f"/runs/{run_id}/events") as response:
+        into += [m["event"] async for m in sse_messages(response) if "data" in m]
+
+
+@pytest.mark.parametrize("error", [partial(SystemExit, 3), KeyboardInterrupt])
+@pytest.mark.parametrize("status_first", [False, True])
+async def test_a_steps_system_exit_stops_the_server_as_a_signal_would(
+    error: Callable[[], BaseException], status_first: bool
+) -> None:
+    """A step's SystemExit or KeyboardInterrupt: the server starts no more runs (503), cancels
+    the others (their open streams end with WorkflowCancelledEvent; the run's own ends with
+    its WorkflowFailedEvent), stops, and then serve() raises that exception as itself; also
+    when a status request was told of it first."""
+    fatal, stuck = Lingering(error), Stuck()
+    flows = {"fatal": fatal, "stuck": stuck, "forever": ForeverFlow(timeout=None)}
+    raised: list[BaseException] = []
+    streams: dict[str, list[str]] = {"forever": [], "stuck": [], "fatal": []}
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(_serve_and_catch, flows, raised)
+        try:
+            async with (
+                httpx.AsyncClient(base_url=binds[0], timeout=30) as client,
+                trio.open_nursery() as reading,
+            ):
+                post, get = client.post, client.get
+                runs = {
+                    name: (await post(f"/workflows/{name}/runs", json={})).json()["run_id"]
+                    for name in ("forever", "stuck", "fatal")
+                }
+                for name, seen in streams.items():
+                    reading.start_soon(_stream_types, client, runs[name], seen)
+                if status_first:  # decided, while its def step is still in its thread
+                    status = await wait_for(
+                        lambda: get(f"/runs/{runs['fatal']}"),
+                        lambda r: r.json()["status"] == "failed",
+                    )
+                    assert status.json()["error"]["type"] == type(error()).__name__
+                fatal.release.set()  # the fatal run unwinds: the exception leaves start()
+                await wait_for(
+                    lambda: get(f"/runs/{runs['forever']}"),
+                    lambda r: r.json()["status"] == "cancelled",
+                )
+                # The stuck run's thread holds the shutdown up: the server still answers.
+                refused = await post("/workflows/forever/runs", json={})
+                assert refused.status_code == 503
+                assert refused.json()["error"]["code"] == "shutting_down"
+                assert (await get(f"/runs/{runs['stuck']}")).json()["status"] == "cancelled"
+                stuck.release.set()  # now the shutdown goes on, and the streams end
+        finally:
+            fatal.release.set()
+            stuck.release.set()
+    assert streams["forever"] == ["Tick", "WorkflowCancelledEvent"]
+    assert streams["stuck"] == ["WorkflowCancelledEvent"]
+    assert streams["fatal"] == ["WorkflowFailedEvent"]  # its own stream ends too
+    assert [type(exc) for exc in raised] == [type(error())]
+    if isinstance(raised[0], SystemExit):
+        assert raised[0].code == 3
+
+
+@pytest.mark.parametrize("with_trigger", [False, True])
+async def test_serve_leaves_the_programs_signals_alone(with_trigger: bool) -> None:
+    """serve() is a library function: while it runs, SIGINT and SIGTERM keep the handlers the
+    program had (the CLI installs its own)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    trigger = trio.sleep_forever if with_trigger else None
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(trioflow.serve, CountFlow(), port=0, shutdown_trigger=trigger)
+        )
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            assert (await client.get("/workflows")).status_code == 200
+        assert {signum: signal.getsignal(signum) for signum in before} == before
+        nursery.cancel_scope.cancel()
 
 
 async def test_requests_for_another_host_are_refused() -> None:

@@ -45,7 +45,6 @@ class WorkflowHandler:
         self._run = run
         self._state = run.state
         self._failure_raised = False
-        self._fatal_raised = False
         self._timeout_error: WorkflowTimeoutError | None = None
 
     def __repr__(self) -> str:
@@ -141,7 +140,6 @@ class WorkflowHandler:
         if state.outcome is None:
             raise trio.WouldBlock
         if state.fatal is not None:
-            self._fatal_raised = True
             raise state.fatal
         if state.outcome is RunStatus.COMPLETED:
             stop = state.stop_event
@@ -186,13 +184,10 @@ class WorkflowHandler:
 
     def unreported_failure(self) -> BaseException | None:
         """What leaving ``start()`` must raise on the run's behalf: a `BaseException` a step
-        raised (``KeyboardInterrupt``, ``SystemExit``) unless `result` raised it, else the
-        run's failure or timeout unless `result` raised it already."""
+        raised (``KeyboardInterrupt``, ``SystemExit``) always, as a trio nursery would (it
+        cancelled the block), else the run's failure or timeout unless `result` raised it."""
         state = self._state
         if state.fatal is not None:
-            if self._fatal_raised:
-                return None
-            self._fatal_raised = True
             return state.fatal
         if self._failure_raised or state.outcome not in (RunStatus.FAILED, RunStatus.TIMED_OUT):
             return None

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -20,7 +21,9 @@ from .._core._graph import graph_of
 from .._server._serve import hosts_for
 from .._wire import WireError, describe_workflow
 from ._draw import to_dot, to_mermaid
+from ._options import add_server_flags, server_options
 from ._run import run_and_stream, start_fields
+from ._signals import STOP_SIGNALS, stop_on_signals
 
 
 class UsageError(Exception):
@@ -196,37 +199,55 @@ async def _demo(topic: str, pace: float) -> int:
     return 0
 
 
-async def _serve(app: WorkflowApp, host: str, port: int, token: bool) -> int:
-    async with trio.open_nursery() as nursery:
+async def _serve(app: WorkflowApp, host: str, port: int) -> int:
+    """Serve ``app`` until SIGINT or SIGTERM (graceful), or a second one (at once)."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        stopping = trio.Event()
         try:
-            binds = await nursery.start(partial(serve, app, host=host, port=port))
-        except OSError as error:  # the address is taken, or cannot be bound
-            print(f"trioflow serve: error: {error}", file=sys.stderr)
-            return 1
-        print(f"trioflow: serving {', '.join(app.workflows)}", flush=True)
-        query = "?token=<your token>" if token else ""
-        for bind in binds:
-            print(f"trioflow: dashboard at {bind}/{query}  (Ctrl-C stops)", flush=True)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_on_signals, signals, lambda _: stopping.set(), "serve")
+                try:
+                    await _serve_until(app, host, port, stopping)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = _alone(group)
+            if isinstance(error, OSError):  # the address is taken, or cannot be bound
+                print(f"trioflow serve: error: {error}", file=sys.stderr)
+                return 1
+            raise error from None  # a step's SystemExit or KeyboardInterrupt, as itself
     print("trioflow: stopped", flush=True)
     return 0
 
 
+async def _serve_until(app: WorkflowApp, host: str, port: int, stopping: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(serve, app, host=host, port=port, shutdown_trigger=stopping.wait)
+        )
+        print(f"trioflow: serving {', '.join(app.workflows)}", flush=True)
+        query = "?token=<your token>" if app.options.token else ""
+        for bind in binds:
+            print(f"trioflow: dashboard at {bind}/{query}  (Ctrl-C stops)", flush=True)
+
+
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in ``group`` (and its nested groups), or the group itself: what
+    `serve` raised (a step's ``SystemExit``) leaves the command as itself."""
+    while len(group.exceptions) == 1:
+        (only,) = group.exceptions
+        if not isinstance(only, BaseExceptionGroup):
+            return only
+        group = only
+    return group
+
+
 def _app(workflows: Workflow | Mapping[str, Workflow], args: argparse.Namespace) -> WorkflowApp:
-    return WorkflowApp(
-        workflows,
-        allowed_hosts=tuple(args.allowed_host) or hosts_for(args.host),
-        token=args.token or None,
-        cors_origins=tuple(args.cors_origin),
-        retain=args.retain,
-        max_runs=args.max_runs,
-        max_body=args.max_body,
-        ping_interval=args.ping_interval,
-        abandon_after=args.abandon_after,
-        hold_for_first_client=args.hold_for_first_client,
-        keep_finished=args.keep_finished,
-        retry_ms=args.retry_ms,
-        shutdown_grace=args.shutdown_grace,
-    )
+    options = server_options(args)
+    # As with serve(): the loopback names and the --host name; --allowed-host adds to them.
+    given = options.get("allowed_hosts", ())
+    options["allowed_hosts"] = tuple(dict.fromkeys((*hosts_for(args.host), *given)))
+    return WorkflowApp(workflows, **options)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -241,40 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
-    srv.add_argument(
-        "--token",
-        default=os.environ.get("TRIOFLOW_TOKEN", ""),
-        help="require this bearer token on every request (default: $TRIOFLOW_TOKEN)",
-    )
-    srv.add_argument(
-        "--cors-origin", action="append", default=[], help="allow this browser origin (repeat)"
-    )
-    srv.add_argument("--retain", type=int, default=1024, help="events kept per run (1024)")
-    srv.add_argument("--max-runs", type=int, default=64, help="runs at once (64; then 429)")
-    srv.add_argument("--max-body", type=int, default=1 << 20, help="largest body (1 MiB; 413)")
-    srv.add_argument("--ping-interval", type=float, default=15.0, help="SSE keep-alive seconds")
-    srv.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        help="answer for this Host name too (repeat; '*' for any); default: loopback names "
-        "and the --host name",
-    )
-    srv.add_argument(
-        "--hold-for-first-client",
-        type=float,
-        default=10.0,
-        help="seconds a new run keeps its first events for its first client (10)",
-    )
-    srv.add_argument("--keep-finished", type=int, default=100, help="finished runs kept (100)")
-    srv.add_argument("--retry-ms", type=int, default=2000, help="SSE reconnect hint (2000 ms)")
-    srv.add_argument("--shutdown-grace", type=float, default=5.0, help="shutdown wait (5 s)")
-    srv.add_argument(
-        "--abandon-after",
-        type=float,
-        default=None,
-        help="cancel a run this many seconds after its last client left (default: never)",
-    )
+    add_server_flags(srv)
     run = commands.add_parser("run", help="run a workflow, streaming its events live")
     run.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     run.add_argument("--name", help="which workflow of a mapping")
@@ -326,7 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, TypeError) as error:  # options out of range
             print(f"trioflow serve: error: {error}", file=sys.stderr)
             return 2
-        return trio.run(_serve, app, args.host, args.port, bool(args.token))
+        try:
+            return trio.run(_serve, app, args.host, args.port)
+        except KeyboardInterrupt:  # a step's, raised by serve() once the server has stopped
+            print("trioflow serve: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
     raise AssertionError(args.command)  # pragma: no cover (argparse enforces the choices)
 
 

@@ -8,10 +8,9 @@ cleanly: the stream ends with its `WorkflowCancelledEvent`, which is shown.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import trio
@@ -28,6 +27,7 @@ from .._wire import (
     takes_free_form_fields,
 )
 from .._workflow import Workflow
+from ._signals import STOP_SIGNALS, stop_on_signals
 
 EXIT_FAILED = 1
 
@@ -60,19 +60,21 @@ async def run_and_stream(
     start_event = decode_start_event(workflow.graph.start_event_type, data)
     printer = _Printer(out, ndjson)
     # Listen before the run starts, so that an early Ctrl-C cancels it cleanly too.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as interrupts:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with workflow.start(start_event) as handler:
+            received: list[int] = []  # the signals that came
+
+            def stop(signum: int) -> None:
+                received.append(signum)
+                handler.cancel()  # the stream then ends with WorkflowCancelledEvent
+
             async with trio.open_nursery() as nursery:
-                watching = trio.CancelScope()
-                received: list[int] = []  # the signals that came
-                nursery.start_soon(
-                    _cancel_on_interrupt, interrupts, handler.cancel, watching, received
-                )
+                nursery.start_soon(stop_on_signals, signals, stop, "run")
                 try:
                     async for event in handler.stream_events():
                         printer.event(event)
                 finally:
-                    watching.cancel()
+                    nursery.cancel_scope.cancel()
             try:
                 result = await handler.result()
             except WorkflowCancelledError as error:
@@ -82,23 +84,6 @@ async def run_and_stream(
                 return printer.failure(error)
     printer.result(result)
     return 0
-
-
-async def _cancel_on_interrupt(
-    interrupts: AsyncIterator[int],
-    cancel: Callable[[], None],
-    scope: trio.CancelScope,
-    received: list[int],
-) -> None:
-    """The first signal cancels the run cleanly; a second one, while the run still winds
-    down (a ``def`` step cannot be interrupted), exits at once."""
-    with scope:
-        async for signum in interrupts:
-            if received:
-                print("trioflow run: interrupted again, exiting now", file=sys.stderr)
-                os._exit(128 + signum)
-            received.append(signum)
-            cancel()  # the stream then ends with WorkflowCancelledEvent
 
 
 class _Printer:

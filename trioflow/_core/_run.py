@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._events import StartEvent
+from .._events import StartEvent, StopEvent, WorkflowCancelledEvent
 from ._blocking import watch_step
 from ._context import Context
 from ._graph import WorkflowGraph
@@ -129,6 +129,7 @@ class Run:
         Nothing here may prevent that: the stream is closed first, the rest cannot raise."""
         state = self.state
         state.cancel()  # decided already, unless this task itself failed (a bug): a cancel
+        terminal: StopEvent = WorkflowCancelledEvent()
         try:
             terminal = state.terminal_event()
         finally:

@@ -100,6 +100,10 @@ async def work(crew: Crew, index: int) -> None:
     crew.workers.append(me)
     try:
         await _work(crew, index, me)
+    except Exception as exc:
+        # Not a step's failure (those are handled inside): trioflow's own error, or a
+        # reporting write that failed. It still decides the run, never silently.
+        crew.state.fail(spec.name, exc)
     except BaseException as exc:
         if is_cancellation(exc):
             raise

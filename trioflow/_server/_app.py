@@ -14,43 +14,19 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
-import attrs
 import trio
 
-from .._errors import WorkflowRuntimeError
+from .. import RunStatus, Workflow, WorkflowRuntimeError
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow
 from .._wire import sendable_event_types as _sendable_event_types
-from .._workflow import Workflow
 from ._asgi import HttpError, Receive, Request, Scope, Send
 from ._feed import EventsExpired
-from ._registry import RunRecord, RunRegistry, ShuttingDown, TooManyRuns
+from ._options import ServerOptions as ServerOptions
+from ._record import RunRecord
+from ._registry import RunRegistry, ShuttingDown, TooManyRuns
 from ._streaming import stream_feed
 
 logger = logging.getLogger("trioflow.server")
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not (0 <= value < math.inf):
-        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
-
-
-def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
-
-
-def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or not (0 < value < math.inf):
-        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
-
-
-def _usable_token(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and (not value or value != value.strip()):
-        raise ValueError("token must be a non-empty string without surrounding whitespace")
-
-
-#: The names of this machine's loopback interface, which the server answers for by default.
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def _hostname(host: str) -> str:
@@ -58,44 +34,6 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")]
     return host.rpartition(":")[0] if host.count(":") == 1 else host
-
-
-def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None:
-        _non_negative(_, attribute, value)
-
-
-@attrs.frozen(kw_only=True)
-class ServerOptions:
-    """How a `WorkflowApp` serves; every option is also a keyword of `WorkflowApp` and `serve`."""
-
-    #: Events kept per run for clients that join late or resume.
-    retain: int = attrs.field(default=1024, validator=_positive_int)
-    #: Runs that may run at once; another start is answered 429.
-    max_runs: int = attrs.field(default=64, validator=_positive_int)
-    #: Seconds a new run keeps its first ``retain`` events for its first client (the one that
-    #: started it is usually about to ask): until then the run waits rather than drop any.
-    hold_for_first_client: float = attrs.field(default=10.0, validator=_non_negative)
-    #: Finished runs whose status and events stay readable; older ones are forgotten.
-    keep_finished: int = attrs.field(default=100, validator=_positive_int)
-    #: Largest request body accepted, in bytes (413 beyond).
-    max_body: int = attrs.field(default=1024 * 1024, validator=_positive_int)
-    #: When set, every request needs ``Authorization: Bearer <token>`` or ``?token=<token>``.
-    token: str | None = attrs.field(default=None, validator=_usable_token)
-    #: Origins allowed to call the API from a browser (CORS); ``"*"`` allows any.
-    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    #: Seconds between ``: ping`` comments on an idle SSE stream.
-    ping_interval: float = attrs.field(default=15.0, validator=_positive)
-    #: Host names the server answers for (the Host header, without the port); ``"*"``: any.
-    #: Refusing others defeats DNS rebinding. `serve` adds the name it binds to.
-    allowed_hosts: tuple[str, ...] = attrs.field(default=LOOPBACK_NAMES, converter=tuple)
-    #: The reconnection delay an SSE stream suggests to browsers, in milliseconds.
-    retry_ms: int = attrs.field(default=2000, validator=_positive_int)
-    #: Cancel a run once its last client has left and none came back for this many seconds
-    #: (None: never). A start request can set it per run with ``?abandon_after=``.
-    abandon_after: float | None = attrs.field(default=None, validator=_optional_grace)
-    #: Seconds shutdown waits for cancelled runs to end (then for slow clients, again).
-    shutdown_grace: float = attrs.field(default=5.0, validator=_non_negative)
 
 
 class WorkflowApp:
@@ -131,6 +69,21 @@ class WorkflowApp:
         are recorded, so that open streams end with them (`ServerOptions.shutdown_grace`)."""
         if self._registry is not None:
             await self._registry.shutdown(self.options.shutdown_grace)
+
+    async def wait_fatal(self) -> BaseException:
+        """Wait until a run raises a `BaseException` that is no `Exception` (a step's
+        ``SystemExit`` or ``KeyboardInterrupt``), and return it.
+
+        Such an exception stops the app, as a signal stops a server: it starts no more runs
+        (503), cancels the others and ends their streams. `serve` waits here to shut the server
+        down, then raises the exception; an app served otherwise can do the same.
+
+        Raises:
+            RuntimeError: the app has not started (the ASGI lifespan has not run).
+        """
+        if self._registry is None:
+            raise RuntimeError("the app has not started: the ASGI lifespan has not run")
+        return await self._registry.wait_fatal()
 
     # -- lifespan --
 
@@ -342,19 +295,20 @@ class WorkflowApp:
             event = decode_event(self._sendable[record.workflow_name], body)
         except WireError as error:
             raise HttpError(422, "invalid_event", str(error)) from None
-        self._ensure_running(record)
         try:
             await record.handler.send_event(event)
         except WorkflowRuntimeError as error:
-            if record.handler.is_done():
+            # The outcome may have been decided while the body was read: then the run, not
+            # the event, is what is wrong.
+            if record.handler.status is not RunStatus.RUNNING:
                 raise HttpError(409, "run_ended", str(error)) from None
             raise HttpError(422, "event_not_accepted", str(error)) from None
         await request.respond_json(202, {"run_id": record.run_id, "accepted": True})
 
     async def _cancel_run(self, request: Request, args: list[str]) -> None:
         record = self._record(args[0])
-        self._ensure_running(record)
-        record.handler.cancel()
+        if not record.handler.cancel():  # the outcome was decided already, by something else
+            raise _run_ended(record)
         await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
 
     # -- lookups --
@@ -385,12 +339,8 @@ class WorkflowApp:
         return record
 
     def _ensure_running(self, record: RunRecord) -> None:
-        if record.handler.is_done():
-            raise HttpError(
-                409,
-                "run_ended",
-                f"run {record.run_id} has ended ({record.handler.status.value})",
-            )
+        if record.handler.status is not RunStatus.RUNNING:
+            raise _run_ended(record)
 
     def _abandon_after(self, request: Request) -> float | None:
         given = request.query.get("abandon_after")
@@ -405,6 +355,11 @@ class WorkflowApp:
                 400, "bad_request", f"abandon_after must be seconds >= 0, got {given!r}"
             )
         return seconds
+
+
+def _run_ended(record: RunRecord) -> HttpError:
+    status = record.handler.status.value
+    return HttpError(409, "run_ended", f"run {record.run_id} has ended ({status})")
 
 
 def _after(request: Request) -> int:

@@ -108,24 +108,48 @@ class RunFeed:
 
     # -- the pump's side --
 
-    async def append(self, seq: int, type_name: str, json: bytes) -> None:
-        """Add the next entry, numbered ``seq`` (``last_seq + 1``: there is one pump), waiting
-        while the oldest entry is still owed to an attached watcher."""
+    def append_nowait(self, seq: int, type_name: str, json: bytes) -> None:
+        """Add the next entry, numbered ``seq`` (``last_seq + 1``: there is one pump), if there
+        is room for it without waiting.
+
+        Raises:
+            trio.WouldBlock: the history is full and its oldest entry is still owed to an
+                attached watcher (or kept for the first one).
+            ValueError: ``seq`` is not the next number.
+        """
         if seq != self.last_seq + 1:
             raise ValueError(f"the next entry is seq {self.last_seq + 1}, got {seq}")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while len(self._entries) >= self.retain:
-            oldest = self._entries[0].seq
-            if self._unblocked or (
-                not self._holding and all(w.cursor >= oldest for w in self._watchers)
-            ):
-                self._entries.popleft()
-                continue
-            await self._progress.wait()
+        if not self._make_room():
+            raise trio.WouldBlock
         self.last_seq = seq
         self._entries.append(Entry(seq, type_name, json))
         self._appended.set()
         self._appended = trio.Event()
+
+    async def append(self, seq: int, type_name: str, json: bytes) -> None:
+        """Add the next entry as `append_nowait` does, waiting while there is no room. A
+        checkpoint whether it waits or not, like every async function of trio's."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._make_room():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        # A watcher that attached during that yield may hold the oldest entry: look again.
+        while not self._make_room():
+            await self._progress.wait()
+        self.append_nowait(seq, type_name, json)
+
+    def _make_room(self) -> bool:
+        """Evict what may be evicted until there is room for one more entry; whether there
+        is."""
+        entries = self._entries
+        while len(entries) >= self.retain:
+            oldest = entries[0].seq
+            if not (
+                self._unblocked
+                or (not self._holding and all(w.cursor >= oldest for w in self._watchers))
+            ):
+                return False
+            entries.popleft()
+        return True
 
     def finish(self) -> None:
         """No more entries will come: watchers end once they have taken the last one."""
@@ -163,8 +187,12 @@ class RunFeed:
     def _attach(self, watcher: Watcher) -> None:
         self._watchers.add(watcher)
         self.ever_watched = True
-        self._holding = False
         self._notify_watchers()
+        if self._holding:
+            # The first watcher ends the hold: a pump waiting for room may evict what this
+            # watcher does not need (it may have asked for the entries after some seq).
+            self._holding = False
+            self._notify_progress()
 
     def _detach(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
@@ -205,25 +233,41 @@ class Watcher:
     def __exit__(self, *exc_info: object) -> None:
         self._feed._detach(self)
 
-    async def next_batch(self) -> list[Entry]:
-        """Wait for entries after the cursor and take what there is, up to `BATCH` entries
-        (empty once the feed is finished and every entry was taken). Taking many at once lets
-        a client that fell behind catch up with few large writes; the limit keeps a slow
-        client's window moving in small steps, so the pump behind it resumes smoothly rather
-        than in bursts of a whole history.
+    def next_batch_nowait(self) -> list[Entry]:
+        """Take the entries after the cursor, up to `BATCH` (empty once the feed is finished
+        and every entry was taken), if there are any.
 
         Raises:
+            trio.WouldBlock: nothing to take yet.
             EventsExpired: only after `RunFeed.unblock`, when entries were evicted untaken.
         """
         feed = self._feed
-        while self.cursor == feed.last_seq:
+        if self.cursor == feed.last_seq:
             if feed.finished:
-                await trio.lowlevel.checkpoint()
                 return []
-            await feed._appended.wait()
-        await trio.lowlevel.checkpoint_if_cancelled()
+            raise trio.WouldBlock
         batch = feed._entries_after(self.cursor, BATCH)
         self.cursor = batch[-1].seq
         if len(feed._entries) >= feed.retain:  # the pump may be waiting for this
             feed._notify_progress()
         return batch
+
+    async def next_batch(self) -> list[Entry]:
+        """Wait for entries after the cursor and take them as `next_batch_nowait` does. A
+        checkpoint whether it waits or not. Taking many at once lets a client that fell
+        behind catch up with few large writes; the limit keeps a slow client's window moving
+        in small steps, so the pump behind it resumes smoothly rather than in bursts of a
+        whole history.
+
+        Raises:
+            EventsExpired: only after `RunFeed.unblock`, when entries were evicted untaken.
+        """
+        feed = self._feed
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while self.cursor == feed.last_seq and not feed.finished:
+            await feed._appended.wait()
+            waited = True
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return self.next_batch_nowait()  # cannot block now: there is something, or the end

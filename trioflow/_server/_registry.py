@@ -1,28 +1,33 @@
 """`RunRegistry`: the runs started over HTTP, living in a nursery that the server owns.
 
 A run started by a request outlives that request, so it cannot live in the request's task.
-Each run is a task in the registry's nursery: it enters `Workflow.start`, pumps the run's
-stream into the run's `RunFeed`, and records how the run ended. Finished runs are kept (their
-status and retained events stay readable) up to a limit, oldest forgotten first, so the memory
-of a long-lived server stays bounded.
+Each run is a task in the registry's nursery: it enters `Workflow.start` and pumps the run's
+stream into the run's `RunFeed` (`_pump`). What a run's status is, and its result or error,
+the run's handler says (`RunRecord.describe`); the registry keeps no state of its own about
+it. Finished runs are kept (their status and retained events stay readable) up to a limit,
+oldest forgotten first, so the memory of a long-lived server stays bounded.
+
+A run that raises a `BaseException` that is no `Exception` (a step's ``SystemExit`` or
+``KeyboardInterrupt``) stops the registry as a signal stops the server: no more runs start,
+the others are cancelled, and `wait_fatal` hands the exception to `serve`, which raises it once
+the server has shut down. The registry's nursery never sees it, so the server is never left
+half alive, unable to start runs.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import logging
 from collections import deque
-from typing import Any
 
-import attrs
 import trio
 
-from .._core._run import RunStatus
-from .._errors import TrioflowError
-from .._events import StartEvent, WorkflowFailedEvent
-from .._handler import WorkflowHandler
-from .._wire import dumps, encode_envelope, encode_exception, encode_value, type_name
-from .._workflow import Workflow
+from .. import StartEvent, TrioflowError, Workflow, WorkflowHandler, WorkflowRuntimeError
 from ._feed import RunFeed
+from ._pump import pump
+from ._record import RunRecord
+
+logger = logging.getLogger("trioflow.server")
 
 
 class TooManyRuns(TrioflowError):
@@ -31,46 +36,6 @@ class TooManyRuns(TrioflowError):
 
 class ShuttingDown(TrioflowError):
     """The server is shutting down and starts no more runs."""
-
-
-@attrs.define(eq=False)
-class RunRecord:
-    """What the server knows of one run."""
-
-    workflow_name: str
-    handler: WorkflowHandler
-    feed: RunFeed
-    started_at: float = attrs.field(factory=time.time)
-    #: The result as JSON, once the run has completed.
-    result: Any = None
-    #: What ended the run, when it did not complete.
-    error: BaseException | None = None
-    failed_step: str | None = None
-    #: Set once the run has ended and its terminal event is in the feed.
-    done: trio.Event = attrs.field(factory=trio.Event)
-
-    @property
-    def run_id(self) -> str:
-        return self.handler.run_id
-
-    def describe(self) -> dict[str, Any]:
-        """The run's status as JSON (``GET /runs/{id}``)."""
-        status = self.handler.status if self.done.is_set() else RunStatus.RUNNING
-        described: dict[str, Any] = {
-            "run_id": self.run_id,
-            "workflow": self.workflow_name,
-            "status": status.value,
-            "seq": self.feed.last_seq,
-            "watchers": self.feed.watchers,
-            "started_at": self.started_at,
-        }
-        if status is RunStatus.COMPLETED:
-            described["result"] = self.result
-        elif self.error is not None:
-            described["error"] = encode_exception(self.error)
-            if self.failed_step is not None:
-                described["error"]["step"] = self.failed_step
-        return described
 
 
 class RunRegistry:
@@ -94,6 +59,8 @@ class RunRegistry:
         self._finished: deque[str] = deque()
         self._starting = 0  # runs between the limit check and their record
         self._closing = False
+        self._fatal: BaseException | None = None
+        self._fatal_raised = trio.Event()
 
     def get(self, run_id: str) -> RunRecord | None:
         return self._records.get(run_id)
@@ -140,10 +107,7 @@ class RunRegistry:
         for each stage) until their terminal events are in their feeds. Clients still reading
         then receive everything up to the terminal event; the first stage waits for slow
         clients, the second stops waiting for them (see `RunFeed.unblock`)."""
-        self._closing = True
-        running = [r for r in self._records.values() if not r.done.is_set()]
-        for record in running:
-            record.handler.cancel()
+        running = self._close()
         with trio.move_on_after(grace):
             for record in running:
                 await record.done.wait()
@@ -152,6 +116,40 @@ class RunRegistry:
         with trio.move_on_after(grace):
             for record in running:
                 await record.done.wait()
+
+    async def wait_fatal(self) -> BaseException:
+        """Wait until a run raises a `BaseException` that is no `Exception`; return it."""
+        await self._fatal_raised.wait()
+        assert self._fatal is not None
+        return self._fatal
+
+    def _close(self) -> list[RunRecord]:
+        """Start no more runs and cancel the running ones; return those."""
+        self._closing = True
+        running = [r for r in self._records.values() if not r.done.is_set()]
+        for record in running:
+            record.handler.cancel()
+        return running
+
+    def _stop_for(self, error: BaseException, workflow_name: str) -> None:
+        """A run raised ``error``, a `BaseException` that is no `Exception`: stop as a signal
+        would (`serve` then raises it)."""
+        if self._fatal is None:
+            self._fatal = error
+            logger.warning(
+                "trioflow: a run of %s raised %s: the server stops",
+                workflow_name,
+                type(error).__name__,
+            )
+        elif error is not self._fatal:  # never dropped, though only the first is raised
+            logger.error(
+                "trioflow: a run of %s also raised %s while the server stopped",
+                workflow_name,
+                type(error).__name__,
+                exc_info=error,
+            )
+        self._close()
+        self._fatal_raised.set()
 
     async def _drive(
         self,
@@ -162,32 +160,50 @@ class RunRegistry:
         task_status: trio.TaskStatus[RunRecord],
     ) -> None:
         record: RunRecord | None = None
+        raised: BaseException | None = None
         try:
             async with workflow.start(start_event) as handler:
                 record = RunRecord(name, handler, RunFeed(self._retain))
                 self._records[record.run_id] = record
                 task_status.started(record)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_hold_for_first_client, record.feed, self._hold)
-                    if abandon_after is not None:
-                        nursery.start_soon(_cancel_when_abandoned, record, abandon_after)
-                    await _pump(record)
-                    nursery.cancel_scope.cancel()
-                try:
-                    record.result = encode_value(await handler.result())
-                except Exception as exc:  # how the run ended: the feed said so already
-                    record.error = exc
-        except Exception as exc:
-            # Leaving start() raises a failure that result() did not get to raise (the pump
-            # was interrupted). It belongs to the record, never to the server's nursery.
-            if record is None:
-                raise
-            record.error = record.error or exc
+                await _follow(record, self._hold, abandon_after)
+        except BaseException as error:  # sorted out by `_end`, which re-raises what is ours
+            raised = error
+        if record is None:  # start() failed before the run was under way: the request's error
+            assert raised is not None
+            raise raised
+        try:
+            await self._end(record, raised)
         finally:
-            if record is not None:
-                record.feed.finish()
-                record.done.set()
-                self._forget_old(record)
+            record.feed.finish()
+            record.done.set()
+            self._forget_old(record)
+
+    async def _end(self, record: RunRecord, raised: BaseException | None) -> None:
+        """Sort out what leaving the run's ``start()`` raised: the run's own failure is the
+        record's to report (`RunRecord.describe`); a fatal exception stops the registry; a
+        cancellation of the registry's nursery goes on; anything else is a bug of the
+        server's, logged (it must not take the other runs down)."""
+        reported = _reported_error(record.handler)
+        fatal = _fatal(reported, raised)
+        if fatal is not None:
+            # Whatever else leaving start() raised (the cancellation of the pump that the
+            # step's exception caused) ends here with this task: the fatal exception is what
+            # goes on, to serve().
+            self._stop_for(fatal, record.workflow_name)
+            if not record.pumped:
+                await _drain(record)
+        elif raised is None or raised is reported:
+            pass
+        elif isinstance(raised, Exception):
+            logger.error(
+                "trioflow: error following run %s of %s",
+                record.run_id,
+                record.workflow_name,
+                exc_info=raised,
+            )
+        else:
+            raise raised
 
     def _forget_old(self, record: RunRecord) -> None:
         self._finished.append(record.run_id)
@@ -195,14 +211,48 @@ class RunRegistry:
             del self._records[self._finished.popleft()]
 
 
-async def _pump(record: RunRecord) -> None:
-    """Number, encode and retain every event of the run's stream, terminal event included."""
-    feed = record.feed
-    async for event in record.handler.stream_events():
-        if type(event) is WorkflowFailedEvent:
-            record.failed_step = event.step_name
-        seq = feed.last_seq + 1
-        await feed.append(seq, type_name(type(event)), dumps(encode_envelope(seq, event)))
+def _is_cancellation(error: BaseException) -> bool:
+    """A `trio.Cancelled`, or a group of nothing else: the registry's nursery is closing."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(trio.Cancelled)[1] is None
+    return isinstance(error, trio.Cancelled)
+
+
+def _reported_error(handler: WorkflowHandler) -> BaseException | None:
+    """The run's error as its handler reports it once the run has ended; None if it
+    completed."""
+    try:
+        handler.result_nowait()
+    except BaseException as error:  # the run's own error, kept by its handler: not ours
+        return error
+    return None
+
+
+def _fatal(reported: BaseException | None, raised: BaseException | None) -> BaseException | None:
+    """The run's `BaseException` that is no `Exception` (a step's ``SystemExit``), if any:
+    as its handler reports it (leaving ``start()`` does not raise it once a status request
+    was told of it), else as leaving ``start()`` raised it."""
+    for error in (reported, raised):
+        if not (error is None or isinstance(error, Exception) or _is_cancellation(error)):
+            return error
+    return None
+
+
+async def _drain(record: RunRecord) -> None:
+    """Finish the pump's work after a step's fatal exception cancelled it, so that the run's
+    stream still ends with its terminal event (the run has ended: nothing waits for it)."""
+    with contextlib.suppress(WorkflowRuntimeError):  # the stream can be read no more
+        await pump(record)
+
+
+async def _follow(record: RunRecord, hold: float, abandon_after: float | None) -> None:
+    """Pump the run's stream into its feed, with the feed's helpers alongside."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_hold_for_first_client, record.feed, hold)
+        if abandon_after is not None:
+            nursery.start_soon(_cancel_when_abandoned, record, abandon_after)
+        await pump(record)
+        nursery.cancel_scope.cancel()
 
 
 async def _hold_for_first_client(feed: RunFeed, seconds: float) -> None:

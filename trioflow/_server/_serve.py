@@ -1,23 +1,24 @@
 """`serve`: a `WorkflowApp` on hypercorn's trio worker, with a graceful shutdown.
 
+A library function: it installs no signal handlers and never exits the process, so it can run
+inside any trio program. Whoever embeds it decides what stops it (``shutdown_trigger``, or
+cancelling it); the ``trioflow serve`` command turns SIGINT and SIGTERM into that trigger.
+
 hypercorn is imported when `serve` is called, so ``import trioflow`` stays light for programs
 that only run workflows in-process.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
 import trio
 
-from .._workflow import Workflow
-from ._app import LOOPBACK_NAMES, WorkflowApp
+from .. import Workflow
+from ._app import WorkflowApp
+from ._options import LOOPBACK_NAMES
 
 
 async def serve(
@@ -36,13 +37,17 @@ async def serve(
         host: the address to listen on (loopback unless you say otherwise).
         port: the port; 0 picks a free one (see ``task_status``).
         shutdown_trigger: an async callable whose return starts a graceful shutdown. Without
-            one, SIGINT and SIGTERM do (in the main thread).
+            one the server runs until cancelled (which stops it at once, runs included).
         task_status: receives the bound addresses (``["http://127.0.0.1:8000"]``) once the
             server listens, as with ``await nursery.start(serve, ...)``.
         **options: `ServerOptions` fields, when ``workflows`` is not already an app.
 
     Shutting down stops listening, cancels the running runs (each stream ends with its
     `WorkflowCancelledEvent`), lets open streams finish, then returns.
+
+    Raises:
+        BaseException: a run's ``SystemExit`` or ``KeyboardInterrupt`` (any `BaseException`
+            that is no `Exception`), as itself, once it has shut the server down gracefully.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -58,42 +63,37 @@ async def serve(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = app.options.shutdown_grace
     config.accesslog = None
-
-    async def shut_down(trigger: Callable[[], Awaitable[object]]) -> None:
-        await trigger()
-        await app.shutdown()
-
-    async def run(trigger: Callable[[], Awaitable[object]]) -> None:
-        await hypercorn_serve(
-            app,  # type: ignore[arg-type]  # hypercorn's scope TypedDicts; ours is a mapping
-            config,
-            shutdown_trigger=partial(shut_down, trigger),
-            task_status=task_status,
-            mode="asgi",
-        )
-
-    if shutdown_trigger is not None:
-        await run(shutdown_trigger)
-    elif threading.current_thread() is not threading.main_thread():
-        await run(trio.sleep_forever)  # signals reach the main thread only
-    else:
-        # Listen for signals before the server starts, so an early Ctrl-C is a clean stop too.
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                first = trio.Event()
-                nursery.start_soon(_on_signals, signals, first)
-                await run(first.wait)
-                nursery.cancel_scope.cancel()
+    fatal: list[BaseException] = []
+    await hypercorn_serve(
+        app,  # type: ignore[arg-type]  # hypercorn's scope TypedDicts; ours is a mapping
+        config,
+        shutdown_trigger=partial(_shut_down, app, shutdown_trigger or trio.sleep_forever, fatal),
+        task_status=task_status,
+        mode="asgi",
+    )
+    if fatal:
+        raise fatal[0]
 
 
-async def _on_signals(signals: AsyncIterator[int], first: trio.Event) -> None:
-    """The first signal shuts down gracefully; a second one, while that is under way (slow
-    clients, a step in a thread), exits at once."""
-    async for signum in signals:
-        if first.is_set():
-            print("trioflow: signalled again, exiting now", file=sys.stderr)
-            os._exit(128 + signum)
-        first.set()
+async def _shut_down(
+    app: WorkflowApp, trigger: Callable[[], Awaitable[object]], fatal: list[BaseException]
+) -> None:
+    """hypercorn's shutdown trigger: return (which stops hypercorn) once ``trigger`` has
+    returned or a run has raised a fatal exception (kept in ``fatal``), and the app has
+    cancelled its runs and recorded their ends."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_then_cancel, trigger, nursery.cancel_scope)
+        nursery.start_soon(_then_cancel, partial(_catch_fatal, app, fatal), nursery.cancel_scope)
+    await app.shutdown()
+
+
+async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
+
+
+async def _catch_fatal(app: WorkflowApp, fatal: list[BaseException]) -> None:
+    fatal.append(await app.wait_fatal())
 
 
 def hosts_for(host: str) -> tuple[str, ...]:

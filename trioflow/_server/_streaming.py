@@ -94,7 +94,12 @@ async def _next_batch(watcher: Watcher) -> list[Entry] | EventsExpired:
     # Expiry mid-stream only happens at shutdown (`RunFeed.unblock`); it ends the stream with
     # an explicit error instead of a gap.
     try:
-        return await watcher.next_batch()
+        try:
+            # What is there already is taken without a trip through the scheduler: the send
+            # that follows is a checkpoint anyway (it ends in a socket write).
+            return watcher.next_batch_nowait()
+        except trio.WouldBlock:
+            return await watcher.next_batch()
     except EventsExpired as expired:
         return expired
 

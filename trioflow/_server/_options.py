@@ -1,0 +1,169 @@
+"""`ServerOptions`: every option of the HTTP server, defined once.
+
+Each option is an attrs field: its default, its type, its validation, and in its metadata a
+one-line ``help`` (plus ``unit``, ``none``, ``flag`` and ``env`` where they apply). Everything
+else is made from that one definition: the keywords of `WorkflowApp` and `serve`, the flags of
+``trioflow serve`` (`trioflow._cli._options`), and the README's table of options, which a test
+compares with `describe_default` and ``help``, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+#: The names of this machine's loopback interface, which the server answers for by default.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not (0 <= value < math.inf):
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not (0 < value < math.inf):
+        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+
+def _usable_token(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not value or value != value.strip()):
+        raise ValueError("token must be a non-empty string without surrounding whitespace")
+
+
+def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _non_negative(_, attribute, value)
+
+
+def _names(values: str | Iterable[str]) -> tuple[str, ...]:
+    """A tuple of names; one string is one name (not its characters)."""
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+def _about(help: str, **more: str) -> dict[str, str]:
+    """An option's metadata: ``help`` (one line, plain text: it is shown by ``--help`` and in
+    the README), and optionally ``unit`` (how its default is shown), ``none`` (what None
+    means), ``flag`` (the CLI flag, when not ``--`` + the name in kebab case) and ``env`` (an
+    environment variable the CLI takes it from)."""
+    return {"help": help, **more}
+
+
+@attrs.frozen(kw_only=True)
+class ServerOptions:
+    """How a `WorkflowApp` serves; every option is also a keyword of `WorkflowApp` and `serve`,
+    and a flag of ``trioflow serve`` (the name in kebab case)."""
+
+    retain: int = attrs.field(
+        default=1024,
+        validator=_positive_int,
+        metadata=_about("events kept per run for clients that join late or resume", unit="events"),
+    )
+    hold_for_first_client: float = attrs.field(
+        default=10.0,
+        validator=_non_negative,
+        metadata=_about(
+            "seconds a new run keeps its first events for its first client, waiting if it has to",
+            unit="s",
+        ),
+    )
+    max_runs: int = attrs.field(
+        default=64,
+        validator=_positive_int,
+        metadata=_about("runs running at once; another start is answered 429", unit="runs"),
+    )
+    keep_finished: int = attrs.field(
+        default=100,
+        validator=_positive_int,
+        metadata=_about(
+            "finished runs whose status and events stay readable, oldest forgotten first",
+            unit="runs",
+        ),
+    )
+    max_body: int = attrs.field(
+        default=1024 * 1024,
+        validator=_positive_int,
+        metadata=_about("largest request body accepted, in bytes (413 beyond)", unit="bytes"),
+    )
+    token: str | None = attrs.field(
+        default=None,
+        validator=_usable_token,
+        metadata=_about(
+            "a secret every request must carry (Authorization: Bearer ..., or ?token=...)",
+            env="TRIOFLOW_TOKEN",
+        ),
+    )
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=LOOPBACK_NAMES,
+        converter=_names,
+        metadata=_about(
+            "Host names answered for, against DNS rebinding ('*': any); serve() adds the name "
+            "it binds to (any name for 0.0.0.0)",
+            flag="--allowed-host",
+        ),
+    )
+    cors_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_names,
+        metadata=_about(
+            "browser origins allowed to call the API (CORS; '*': any)", flag="--cors-origin"
+        ),
+    )
+    ping_interval: float = attrs.field(
+        default=15.0,
+        validator=_positive,
+        metadata=_about("seconds between ': ping' comments on an idle SSE stream (> 0)", unit="s"),
+    )
+    retry_ms: int = attrs.field(
+        default=2000,
+        validator=_positive_int,
+        metadata=_about("the reconnection delay an SSE stream suggests to browsers", unit="ms"),
+    )
+    abandon_after: float | None = attrs.field(
+        default=None,
+        validator=_optional_grace,
+        metadata=_about(
+            "cancel a run once its last client has left and none came back for this many "
+            "seconds (per run: POST .../runs?abandon_after=s)",
+            unit="s",
+            none="never",
+        ),
+    )
+    shutdown_grace: float = attrs.field(
+        default=5.0,
+        validator=_non_negative,
+        metadata=_about(
+            "seconds shutdown waits for cancelled runs to end, then again for slow clients",
+            unit="s",
+        ),
+    )
+
+
+def describe_default(option: attrs.Attribute[Any]) -> str:
+    """How ``option``'s default reads (``1,024 events``, ``1 MiB``, ``never``): in
+    ``trioflow serve --help`` and in the README's table."""
+    value = option.default
+    unit = option.metadata.get("unit", "")
+    if value is None:
+        return str(option.metadata.get("none", "none"))
+    if isinstance(value, tuple):
+        return ", ".join(value) if value else "none"
+    if unit == "bytes":
+        return _bytes(value)
+    number = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+    return f"{number} {unit}" if unit else number
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count % size == 0:
+            return f"{count // size:,} {unit}"
+    return f"{count:,} bytes"

@@ -1,0 +1,77 @@
+"""`RunRecord`: what the server knows of one run started over HTTP.
+
+The run's handler owns the run's state: its status, and its result or error once decided,
+come from there (`RunRecord.describe`); the record adds what only the server has: the run's
+`RunFeed`, when it started, and what its pump has seen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from .. import RunStatus, WorkflowHandler
+from .._wire import encode_exception, encode_value
+from ._feed import RunFeed
+
+
+@attrs.define(eq=False)
+class RunRecord:
+    """What the server knows of one run: its handler, which owns the run's state, and its
+    feed."""
+
+    workflow_name: str
+    handler: WorkflowHandler
+    feed: RunFeed
+    started_at: float = attrs.field(factory=time.time)
+    #: The step named by the run's `WorkflowFailedEvent`, once the pump has taken it.
+    failed_step: str | None = None
+    #: The pump has taken the run's whole stream into the feed, terminal event included.
+    pumped: bool = False
+    #: Set once the run's task has ended: its steps have unwound and its feed is finished.
+    #: Not the run's status (the handler's): what `max_runs` and a shutdown wait for.
+    done: trio.Event = attrs.field(factory=trio.Event)
+    #: The result as JSON, in a tuple once encoded (the result itself may be None).
+    _encoded_result: tuple[Any] | None = attrs.field(default=None, init=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.handler.run_id
+
+    def describe(self) -> dict[str, Any]:
+        """The run's status as JSON (``GET /runs/{id}``), with its result or error once its
+        outcome is decided, which may be before its steps have unwound."""
+        status = self.handler.status
+        described: dict[str, Any] = {
+            "run_id": self.run_id,
+            "workflow": self.workflow_name,
+            "status": status.value,
+            "seq": self.feed.last_seq,
+            "watchers": self.feed.watchers,
+            "started_at": self.started_at,
+        }
+        if status is not RunStatus.RUNNING:
+            described.update(self._outcome())
+        return described
+
+    def _outcome(self) -> dict[str, Any]:
+        try:
+            result = self.handler.result_nowait()
+        except trio.WouldBlock:  # pragma: no cover (the status said decided)
+            return {}
+        except BaseException as error:
+            # The run's own error, kept by its handler and only reported here: a synchronous
+            # call raises no cancellation of this task.
+            return {"error": self._error(error)}
+        if self._encoded_result is None:
+            self._encoded_result = (encode_value(result),)  # once, not per request
+        return {"result": self._encoded_result[0]}
+
+    def _error(self, error: BaseException) -> dict[str, Any]:
+        described = encode_exception(error)
+        if self.failed_step is not None:
+            described["step"] = self.failed_step
+        return described
