@@ -69,6 +69,11 @@ class WorkflowHandler:
     def stream_events(self, *types: type[Event]) -> StreamIterator:
         """Iterate over the run's stream as events are written.
 
+        The iterator holds the stream until the terminal event; best use it as
+        ``async with handler.stream_events() as events: async for ev in events: ...``, whose
+        end hands the stream on to a later ``stream_events()`` (so do `aclose`, an exception
+        out of the iteration, and dropping the iterator after ``break``).
+
         With ``types``, only events of those types are yielded (the others are consumed and
         dropped); the terminal event is always yielded last, then the iteration ends.
         Lifecycle events (`StepStartedEvent`, `StepFinishedEvent`, `StepRetryEvent`) are
@@ -125,6 +130,7 @@ class WorkflowHandler:
             Exception: the failed step's own exception, with a note naming the step.
             WorkflowTimeoutError: the run exceeded its timeout.
             WorkflowCancelledError: the run was cancelled.
+            BaseException: a step's ``KeyboardInterrupt`` or ``SystemExit``, as itself.
         """
         await self._run.stream.wait_closed()
         return self.result_nowait()

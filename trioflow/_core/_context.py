@@ -50,6 +50,8 @@ class Context:
         self._stream = stream
         self._send_nowait = stream.send_nowait
         self._collector = Collector()
+        #: Event classes `write_event_to_stream` has checked: they may go to the stream.
+        self._streamable: set[type] = set()
         self.store = Store()
 
     @property
@@ -66,8 +68,8 @@ class Context:
         # This is the hottest path of a streaming run: a cancellation check and a channel
         # append, with the scheduler involved only when the buffer is full or a millisecond
         # has passed since the stream last yielded (`EventStream.yield_if_due`).
-        if not isinstance(event, Event) or isinstance(event, StopEvent):
-            raise _not_streamable(event)
+        if event.__class__ not in self._streamable:
+            self._check_streamable(event)
         await checkpoint_if_cancelled()
         stream = self._stream
         try:
@@ -75,9 +77,16 @@ class Context:
         except trio.WouldBlock:
             await stream.write_when_full(event)
             return
-        stream.written += 1  # for statistics(): see EventStream.peak
-        if not stream.written & 63:
+        written = stream.written + 1  # for statistics(): see EventStream.peak
+        stream.written = written
+        if not written & 63:  # every 64th write, look at the clock
             await stream.yield_if_due()
+
+    def _check_streamable(self, event: object) -> None:
+        if not isinstance(event, Event) or isinstance(event, StopEvent):
+            raise _not_streamable(event)
+        # Remembered per run (and so dropped with it): the check costs a set lookup after.
+        self._streamable.add(event.__class__)
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         """Route ``event`` to every step that accepts it, or only to ``step``.

@@ -42,8 +42,6 @@ from .._events import Event, StopEvent
 
 #: Seconds a reading or writing loop may go without yielding to other tasks.
 YIELD_EVERY = 0.001
-# A power of two minus one: `count & _CHECK_EVERY == 0` every 64th call.
-_CHECK_EVERY = 63
 #: While ``result()`` waits behind a consumer, how often it checks that the consumer's task
 #: still exists (nothing tells it when a task ends).
 _CONSUMER_CHECK = 0.25
@@ -94,8 +92,9 @@ class EventStream:
         except trio.WouldBlock:
             await self.write_when_full(event)
         else:
-            self.written += 1
-            if not self.written & _CHECK_EVERY:
+            written = self.written + 1
+            self.written = written
+            if not written & 63:
                 await self.yield_if_due()
 
     def write_nowait(self, event: Event) -> None:
@@ -171,7 +170,11 @@ class EventStream:
             or _finished(task)
             or (from_result and task is current_task())
         ):
-            self._consumer = self._consumer_task = None  # a void claim (module docstring)
+            # A void claim (module docstring): the iterator, if it still exists, is done.
+            iterator = self._consumer()
+            if iterator is not None:
+                iterator._revoke()
+            self._consumer = self._consumer_task = None
             return False
         return True
 
@@ -275,7 +278,7 @@ class StreamIterator:
     ``stream_events()`` continues with the next event.
     """
 
-    __slots__ = ("__weakref__", "_done", "_exclude", "_stream", "_types")
+    __slots__ = ("__weakref__", "_done", "_exclude", "_revoked", "_started", "_stream", "_types")
 
     def __init__(
         self,
@@ -287,6 +290,8 @@ class StreamIterator:
         self._types = types
         self._exclude = exclude
         self._done = False
+        self._started = False
+        self._revoked = False  # the stream was taken from it (see `EventStream.has_consumer`)
 
     def __aiter__(self) -> Self:
         return self
@@ -305,29 +310,31 @@ class StreamIterator:
 
     async def __anext__(self) -> Event:
         if self._done:
+            if self._revoked:
+                raise WorkflowRuntimeError(
+                    "this iterator no longer holds the run's stream (its task awaited "
+                    "result(), which took the stream over to drain it)"
+                )
             raise StopAsyncIteration
         stream = self._stream
-        consumer = stream._consumer
-        if consumer is None or consumer() is not self:
-            raise WorkflowRuntimeError(
-                "this iterator no longer holds the run's stream (its task awaited result(), "
-                "which took the stream over to drain it)"
-            )
-        stream._consumer_task = current_task()
+        if not self._started:
+            # The task that reads is the consumer (it may not be the one that called
+            # stream_events()); it is noted again whenever the reader parks.
+            self._started = True
+            stream._consumer_task = current_task()
         receive = stream._receive
         types = self._types
         exclude = self._exclude
         try:
             await checkpoint_if_cancelled()
             while True:
-                if not stream.read & _CHECK_EVERY:  # also between the events a filter drops
-                    await stream.yield_if_due()
                 # Take what is buffered without a trip through the scheduler; wait only when
                 # the buffer is empty. A consumer that keeps up thus reads in batches, not one
                 # event per task switch.
                 try:
                     event = receive.receive_nowait()
                 except trio.WouldBlock:
+                    stream._consumer_task = current_task()
                     try:
                         event = await receive.receive()
                     except trio.EndOfChannel:
@@ -337,10 +344,13 @@ class StreamIterator:
                 except trio.EndOfChannel:
                     event = self._after_buffer()
                 else:
-                    waiting = stream.written - stream.read  # what the buffer held, this included
+                    read = stream.read
+                    waiting = stream.written - read  # what the buffer held, this included
                     if waiting > stream.peak:
                         stream.peak = waiting
-                    stream.read += 1
+                    stream.read = read + 1
+                    if not read & 63:  # a reader that never parks yields now and then too
+                        await stream.yield_if_due()
                 # A filter never hides the terminal event (after which `_done` is set).
                 if types:
                     if isinstance(event, types) or self._done:
@@ -353,6 +363,9 @@ class StreamIterator:
             self._done = True
             stream.release(self)
             raise
+
+    def _revoke(self) -> None:
+        self._done = self._revoked = True
 
     def _after_buffer(self) -> Event:
         event = self._stream._after_buffer()
