@@ -447,3 +447,26 @@ async def test_workflow_blocking_threshold_none_switches_it_off(
     with caplog.at_level(logging.WARNING, logger="trioflow"):
         assert await _Sleepy(blocking_threshold=None).run() == "rested"
     assert not [r for r in caplog.records if "held the trio event loop" in r.getMessage()]
+
+
+async def test_a_logging_filter_that_raises_does_not_crash_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The detector's report goes through logging that cannot raise: a filter of the
+    application's that raises neither crashes trio nor stops the warning."""
+
+    class Refuse(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("this filter is broken")
+
+    async def fake_step() -> None:
+        time.sleep(BLOCK)
+
+    refuse = Refuse()
+    logging.getLogger("trioflow").addFilter(refuse)
+    try:
+        watch_step(fake_step.__code__, workflow="W", step="fake", threshold=THRESHOLD)
+        with pytest.warns(LoopBlockedWarning):
+            await block_then_settle(fake_step)
+    finally:
+        logging.getLogger("trioflow").removeFilter(refuse)

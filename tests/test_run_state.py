@@ -471,3 +471,77 @@ async def test_a_context_kept_after_its_run_refuses_sends() -> None:
     await Keeper().run()
     with pytest.raises(RunEndedError):
         kept[0].send_event(StateReply(n=1))
+
+
+class AskFirst(Workflow):
+    """Asks through a stream nobody reads (no room), under its own one-second limit, then
+    waits again without asking."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        with trio.move_on_after(1):
+            reply = await ctx.wait_for_event(StateReply, waiter_event=Ask())
+            return StopEvent(result=("first", reply.n))
+        with trio.move_on_after(5):
+            reply = await ctx.wait_for_event(StateReply)
+            return StopEvent(result=("second", reply.n))
+        return StopEvent(result="lost")
+
+
+async def test_an_answer_taken_while_asking_is_kept_when_the_ask_is_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An answer accepted while the waiter still writes its question reaches the step, even
+    if that write is then cancelled: send_event's success is never a lost answer."""
+    async with AskFirst(stream_buffer=0, timeout=None).start() as handler:
+        await trio.sleep(0.5)
+        await handler.send_event(StateReply(n=7))
+        await trio.sleep(2)  # nobody reads: the question's write is cancelled at 1 s
+        assert await handler.result() == ("first", 7)
+
+
+async def test_the_wait_timeout_covers_writing_the_question(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """wait_for_event(timeout=1) raises TooSlowError after one second, also while its
+    waiter_event waits for room in a full stream."""
+
+    class Patient(Workflow):
+        @step
+        async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+            started = trio.current_time()
+            with pytest.raises(trio.TooSlowError):
+                await ctx.wait_for_event(StateReply, waiter_event=Ask(), timeout=1)
+            return StopEvent(result=trio.current_time() - started)
+
+    async with Patient(stream_buffer=0, timeout=None).start() as handler:
+        await trio.sleep(2)  # nobody reads meanwhile: the question finds no room
+        async with handler.stream_events() as events:
+            got = [ev async for ev in events]
+    assert got == [StopEvent(result=1.0)]
+
+
+async def test_result_nowait_only_looks() -> None:
+    """result_nowait() on a failed run raises the failure but does not count as reporting it:
+    leaving start() still raises it (result() does count)."""
+    error = ValueError("peeked at")
+    with pytest.raises(ValueError, match="peeked at"):
+        async with Exiting(error).start() as handler:
+            while handler.status is RunStatus.RUNNING:
+                await trio.lowlevel.checkpoint()
+            with pytest.raises(ValueError, match="peeked at"):
+                handler.result_nowait()
+    async with Exiting(error).start() as handler:
+        with pytest.raises(ValueError, match="peeked at"):
+            await handler.result()  # reported: leaving the block raises nothing
+
+
+async def test_the_callers_own_error_survives_a_failure_that_fights_back() -> None:
+    """The block's own exception comes out as itself when the run also failed with an
+    exception whose str() raises (the note about the run is best effort)."""
+    with pytest.raises(KeyError) as raised:
+        async with Exiting(UnprintableError()).start() as handler:
+            while handler.status is RunStatus.RUNNING:
+                await trio.lowlevel.checkpoint()
+            raise KeyError("mine")
+    assert "the run had also failed" in raised.value.__notes__[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from trioflow import (
@@ -11,6 +12,7 @@ from trioflow import (
     Event,
     StartEvent,
     StopEvent,
+    StreamIterator,
     Workflow,
     WorkflowRuntimeError,
     step,
@@ -256,3 +258,42 @@ async def test_async_with_releases_the_stream_on_exit() -> None:
         rest = [ev async for ev in handler.stream_events(Tick)]
         assert events is not None
     assert rest[0] == Tick(i=1)
+
+
+async def test_an_iterator_handed_to_a_consumer_task_is_that_tasks() -> None:
+    """`nursery.start_soon(consume, handler.stream_events())` then `await handler.result()`:
+    the consumer task gets every event; the task that made the iterator does not take it over."""
+
+    async def consume(events: StreamIterator, got: list[Event]) -> None:
+        async for ev in events:
+            got.append(ev)
+
+    for _ in range(30):  # trio runs the tasks of one batch in a random order
+        got: list[Event] = []
+        async with trio.open_nursery() as nursery, Writer(stream_buffer=1).start(n=20) as handler:
+            nursery.start_soon(consume, handler.stream_events(), got)
+            assert await handler.result() == 20
+        assert [ev for ev in got if isinstance(ev, Tick)] == [Tick(i=i) for i in range(20)]
+        assert got[-1] == StopEvent(result=20)
+
+
+async def test_discarding_a_big_buffer_lets_other_tasks_run() -> None:
+    """result() throwing away a big unread buffer yields as a reader does: another task sees
+    the discarding half done."""
+    seen: list[int] = []
+    n = 60_000
+    flow = Writer(stream_buffer=n, timeout=None)
+    async with trio.open_nursery() as nursery, flow.start(n=n + 1) as handler:
+
+        async def watch() -> None:
+            while True:
+                seen.append(handler.statistics().discarded)
+                await trio.lowlevel.checkpoint()
+
+        while handler.statistics().writers_waiting == 0:  # the buffer is full
+            await trio.lowlevel.checkpoint()
+        nursery.start_soon(watch)
+        assert await handler.result() == n + 1
+        nursery.cancel_scope.cancel()
+    assert handler.statistics().discarded >= n
+    assert any(0 < discarded < n for discarded in seen)

@@ -130,14 +130,20 @@ class WorkflowHandler:
             Exception: the failed step's own exception, with a note naming the step.
             WorkflowTimeoutError: the run exceeded its timeout.
             WorkflowCancelledError: the run was cancelled.
-            BaseException: a step's ``KeyboardInterrupt`` or ``SystemExit``, as itself.
+            BaseException: a step's ``KeyboardInterrupt``, ``SystemExit`` or
+                ``GeneratorExit``, as itself.
         """
         await self._run.stream.wait_closed()
-        return self.result_nowait()
+        try:
+            return self.result_nowait()
+        except BaseException:
+            self._failure_raised = True  # leaving start() need not raise it again
+            raise
 
     def result_nowait(self) -> Any:
         """The run's result once its outcome is decided, as `result` returns or raises it,
-        without waiting for the steps to unwind.
+        without waiting for the steps to unwind. It only looks: leaving ``start()`` still
+        raises a failure that only this raised.
 
         Raises:
             trio.WouldBlock: the run's outcome is not decided yet.
@@ -177,10 +183,8 @@ class WorkflowHandler:
         run, state = self._run, self._state
         if state.outcome is RunStatus.FAILED:
             assert state.failure is not None
-            self._failure_raised = True
             return state.failure
         if state.outcome is RunStatus.TIMED_OUT:
-            self._failure_raised = True
             if self._timeout_error is None:
                 self._timeout_error = WorkflowTimeoutError(
                     f"{run.workflow_name} run {run.run_id} timed out after {run.timeout} s"

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from ._core._graph import WorkflowGraph, graph_of
+from ._core._log import add_note, describe
 from ._core._run import Run
 from ._core._state import is_cancellation
 from ._core._stream import EventStream
@@ -175,9 +176,7 @@ def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> B
         if is_cancellation(body_error) or not isinstance(unreported, Exception):
             # A step's KeyboardInterrupt or SystemExit beats whatever the block raised.
             return unreported
-        body_error.add_note(
-            f"trioflow: the run had also failed: {type(unreported).__name__}: {unreported}"
-        )
+        add_note(body_error, f"trioflow: the run had also failed: {describe(unreported)}")
     return body_error
 
 

@@ -82,7 +82,8 @@ from typing import Literal
 import attrs
 import trio
 
-logger = logging.getLogger("trioflow")
+from ._log import log
+
 
 DEFAULT_THRESHOLD = 0.1
 """Seconds an async step may hold the event loop before trioflow warns, unless told otherwise."""
@@ -284,7 +285,11 @@ class _Detector:
             while not self._stopping.wait(self._interval) and self._tick():
                 pass
         except Exception:  # a bug here must not go unnoticed, nor kill anything but this thread
-            logger.exception("trioflow's loop-blocking detector stopped after an error")
+            log(
+                logging.ERROR,
+                "trioflow's loop-blocking detector stopped after an error",
+                exc_info=True,
+            )
         finally:
             # Normally `_stop` has done it; this covers a run that ended without its system
             # task's cleanup, so that gc.callbacks never keeps a dead detector.
@@ -363,7 +368,7 @@ class _Detector:
                     self._reported.add(id(step.code))
                     _report(step, held)
         except Exception:  # an exception here would be a TrioInternalError: never for a warning
-            logger.exception("trioflow's loop-blocking detector failed")
+            log(logging.ERROR, "trioflow's loop-blocking detector failed", exc_info=True)
 
 
 def _report(step: _Step, held: float) -> None:
@@ -374,7 +379,7 @@ def _report(step: _Step, held: float) -> None:
         f"worker thread, or move the blocking call into `await trio.to_thread.run_sync(...)`"
     )
     code = step.code
-    logger.warning("%s:%d: %s", code.co_filename, code.co_firstlineno, message)
+    log(logging.WARNING, "%s:%d: %s", code.co_filename, code.co_firstlineno, message)
     # warn_explicit rather than a stacklevel: the probe runs from trio's run loop, so no frame
     # of the caller's stack is the step; the useful location is the step's definition.
     with contextlib.suppress(Exception):  # -W error raises it here; the log line has told

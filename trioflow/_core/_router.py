@@ -9,8 +9,9 @@ Waiters park their task with `trio.lowlevel.wait_task_rescheduled`, as the inbox
 answer is handed only to a step that is still waiting: when a waiter is cancelled (its own
 timeout, the step's, the run's), trio's abort callback takes it off the list first, and a later
 answer goes elsewhere. The one window where an answer can reach a waiter that is not parked is
-while it writes its ``waiter_event`` to the stream; the answer is kept for it, and handed on if
-that write is cancelled.
+while it writes its ``waiter_event`` to the stream; the answer is kept for it and returned even
+if that write is then cancelled (the step gets it, and the cancellation at its next
+checkpoint), and handed on to the next waiter or the steps only if the write fails otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .._errors import RunEndedError, WorkflowRuntimeError
 from .._events import RUNTIME_STOP_EVENTS, Event, InputRequiredEvent, StopEvent
 from ._inbox import Inbox
 from ._log import describe, log
-from ._state import RunState
+from ._state import RunState, is_cancellation
 from ._stream import EventStream
 
 
@@ -212,18 +213,23 @@ class Router:
         write: Callable[[Event], Any],
     ) -> Event:
         """Register a waiter, ``await write(waiter_event)``, then park until an event that
-        matches arrives (`trio.TooSlowError` after ``timeout`` seconds)."""
+        matches arrives; `trio.TooSlowError` when ``timeout`` seconds pass, writing included."""
         waiter = Waiter(event_type, requirements, current_task())
         self.waiters.append(waiter)
-        try:
-            if waiter_event is not None:
-                await write(waiter_event)
-        except BaseException:
-            self._withdraw(waiter)
-            raise
-        if waiter.event is not None:  # answered while it wrote
-            return waiter.event
         with trio.fail_after(math.inf if timeout is None else timeout):
+            try:
+                if waiter_event is not None:
+                    await write(waiter_event)
+            except BaseException as exc:
+                if waiter.event is not None and is_cancellation(exc):
+                    # Answered while it wrote, then cancelled: the answer was accepted for
+                    # this step, so it gets it; the cancellation comes again at its next
+                    # checkpoint (its scope is still cancelled).
+                    return waiter.event
+                self._withdraw(waiter)
+                raise
+            if waiter.event is not None:  # answered while it wrote
+                return waiter.event
             return await self._park(waiter)
 
     @enable_ki_protection

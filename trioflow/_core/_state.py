@@ -5,8 +5,8 @@ and each is decided at the moment it happens, not when the steps have unwound: t
 decision wins, cancels the run's scope, and what comes later (a step that catches the
 cancellation and returns a stop event, a cleanup that raises) changes nothing. Everything else
 is derived from it: the status, whether the run takes events, the terminal event, what
-`WorkflowHandler.result` raises and what the HTTP server answers. A durable journal records
-these transitions, so there is no other place where they happen.
+`WorkflowHandler.result` raises and what the HTTP server answers. Since these transitions
+happen nowhere else, this is where a durable run's journal will record them.
 
 Three points in time matter, in this order:
 
@@ -83,8 +83,6 @@ class RunState:
     reports: list[StepFailedEvent] = attrs.field(factory=list)
     #: Set when the terminal event is on the stream and the stream is closed.
     finished: trio.Event = attrs.field(factory=trio.Event)
-    #: Called with the outcome when it is decided (a journal, an observer).
-    on_decided: list[Callable[[RunStatus], None]] = attrs.field(factory=list)
     #: Called when a step raises a `fatal` exception: ``start()`` cancels the caller's block,
     #: so the exception reaches the caller as promptly as trio's own nursery would make it.
     on_fatal: list[Callable[[], None]] = attrs.field(factory=list)
@@ -100,8 +98,6 @@ class RunState:
     def _decide(self, outcome: RunStatus) -> None:
         self.outcome = outcome
         self.scope.cancel()
-        for callback in self.on_decided:
-            callback(outcome)
 
     # -- transitions: each returns whether it decided the run --
 

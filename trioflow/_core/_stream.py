@@ -15,9 +15,11 @@ event, which keeps the clock off the per-event path).
 
 Who consumes the stream is explicit: a `StreamIterator` claims it from `stream_events()` until
 the terminal event, `aclose()`, the end of its ``async with`` block, or an exception out of
-``__anext__`` (a cancelled consumer). A claim is also void once its consumer is garbage (CPython
-frees an iterator left by ``break`` at once), once the task that last used it has finished, and
-for that task's own ``result()``: a task awaiting it is evidently not reading its iterator.
+``__anext__`` (a cancelled consumer). A claim is also void once its iterator is garbage (CPython
+frees an iterator left by ``break`` at once), once the task that reads it has finished, and for
+that task's own ``result()``: a task awaiting it is evidently not reading its iterator. The
+reading task is noted when it first reads, whenever it waits for an event, and every 64th event
+(looking it up on every event would cost the stream a few per cent).
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ class EventStream:
         #: Events thrown away because nobody streamed while ``result()`` waited.
         self.discarded = 0
         #: Tasks in `wait_closed` (``result()``): while one waits and nobody reads, what is
-        #: buffered may be thrown away.
-        self._draining = 0
+        #: buffered may be thrown away; and so always once nobody ever will (``run()``).
+        self._result_waiters = 0
+        self._unread_forever = False
         self._changed = trio.Event()
         #: Counted for statistics: events written and read, the most in the buffer at once,
         #: and the seconds writers spent waiting for room. The peak is taken when an event is
@@ -147,7 +150,8 @@ class EventStream:
         never ``exclude``."""
         if self._ended:
             raise WorkflowRuntimeError("this run's stream has ended: its events were consumed")
-        if self.has_consumer():
+        self._drop_void_claim(from_result=False)
+        if self._consumer is not None:
             raise WorkflowRuntimeError(
                 "this run's stream already has a consumer: one stream_events() at a time "
                 "(use `async with handler.stream_events() as events:`, or break out of the "
@@ -155,28 +159,32 @@ class EventStream:
             )
         iterator = StreamIterator(self, types, exclude)
         self._consumer = weakref.ref(iterator, self._released)
+        # Not the reader yet: the iterator may be handed to another task before it is read.
         self._consumer_task = current_task()
         return iterator
 
     def has_consumer(self, *, from_result: bool = False) -> bool:
-        """Whether a consumer holds the stream; ``from_result``: as seen from a task awaiting
-        ``result()``, for which a claim of its own is void."""
-        if self._consumer is None:
-            return False
+        """Whether a consumer holds the stream (it looks only). ``from_result``: as seen from
+        a task awaiting ``result()``, for which a claim of its own is void."""
+        return self._consumer is not None and not self._void(from_result=from_result)
+
+    def _void(self, *, from_result: bool) -> bool:
+        """Whether the claim is void (see the module docstring)."""
+        assert self._consumer is not None
+        iterator = self._consumer()
         task = self._consumer_task
-        if (
-            self._consumer() is None
-            or task is None
-            or _finished(task)
-            or (from_result and task is current_task())
-        ):
-            # A void claim (module docstring): the iterator, if it still exists, is done.
+        if iterator is None or task is None or _finished(task):
+            return True
+        # A task awaiting result() is not reading an iterator it has read from; one it has
+        # only made may still be on its way to the task that will read it.
+        return from_result and iterator._started and task is current_task()
+
+    def _drop_void_claim(self, *, from_result: bool) -> None:
+        if self._consumer is not None and self._void(from_result=from_result):
             iterator = self._consumer()
             if iterator is not None:
                 iterator._revoke()
             self._consumer = self._consumer_task = None
-            return False
-        return True
 
     def holds(self, iterator: StreamIterator) -> bool:
         return self._consumer is not None and self._consumer() is iterator
@@ -204,11 +212,11 @@ class EventStream:
         first, whatever order trio runs the tasks of one batch in.
         """
         await checkpoint()
-        self._draining += 1
+        self._result_waiters += 1
         try:
             await self._drain_until_closed()
         finally:
-            self._draining -= 1
+            self._result_waiters -= 1
 
     async def _drain_until_closed(self) -> None:
         while not self.closed:
@@ -217,7 +225,8 @@ class EventStream:
                 if not self.has_consumer(from_result=True):
                     await checkpoint()
                     if self._blocked() and not self.has_consumer(from_result=True):
-                        self._discard_buffered()
+                        self._drop_void_claim(from_result=True)
+                        await self._discard_buffered()
                     continue
                 # Behind a consumer: nothing says when its task ends, so look now and then.
                 with trio.move_on_after(_CONSUMER_CHECK):
@@ -227,29 +236,34 @@ class EventStream:
 
     def discard_unread(self) -> None:
         """Nobody will read this stream (``run()``): from now on, as if ``result()`` waited."""
-        self._draining += 1
+        self._unread_forever = True
 
     def make_room_if_unread(self) -> bool:
         """For a writer that cannot wait (`Context.send_event` of an `InputRequiredEvent`):
-        discard what is buffered if nobody reads and ``result()`` waits, as a waiting writer
-        would have it discarded. Returns whether there is room now."""
-        if self._draining and not self.has_consumer():
-            self._discard_buffered()
-            return True
+        discard the oldest buffered event if nobody reads and ``result()`` waits, as a waiting
+        writer would have it discarded. Returns whether there is room now."""
+        if (self._unread_forever or self._result_waiters) and not self.has_consumer():
+            return self._discard_one()
         return False
 
     def _blocked(self) -> bool:
         return self._send.statistics().tasks_waiting_send > 0
 
-    def _discard_buffered(self) -> None:
+    async def _discard_buffered(self) -> None:
+        """Throw away what is buffered, yielding as a reader does: a big buffer takes a while."""
         self.peak = max(self.peak, self.written - self.read)
-        while True:
-            try:
-                self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
-            self.discarded += 1
-            self.read += 1
+        while self._discard_one():
+            if not self.read & 63:
+                await self.yield_if_due()
+
+    def _discard_one(self) -> bool:
+        try:
+            self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return False
+        self.discarded += 1
+        self.read += 1
+        return True
 
     def _after_buffer(self) -> Event:
         """What comes once the buffer is drained: the trailing events, then the terminal."""
@@ -349,7 +363,8 @@ class StreamIterator:
                     if waiting > stream.peak:
                         stream.peak = waiting
                     stream.read = read + 1
-                    if not read & 63:  # a reader that never parks yields now and then too
+                    if not read & 63:  # a reader that never parks yields now and then too,
+                        stream._consumer_task = current_task()  # and is noted as the reader
                         await stream.yield_if_due()
                 # A filter never hides the terminal event (after which `_done` is set).
                 if types:

@@ -6,8 +6,9 @@ a `StepFailedEvent`; the final failure goes to the step's error handlers, or els
 run. Attempts run outside any ``except`` block, so attempt 2 does not see attempt 1 in
 `sys.exc_info` and its exception is not chained to attempt 1's.
 
-Workers see their run through `Crew`, a narrow interface: the run's `RunState` (to decide it),
-its `Router` (to route what steps return) and its `EventStream` (to report). The loop in
+Workers see their run through `Crew`, a protocol that names what they use and nothing more:
+chiefly the run's `RunState` (to decide it), its `Router` (to route what steps return) and its
+`EventStream` (to report), so the worker imports no run and the run imports the worker. The loop in
 `work` is the hot path of a hop between steps, so what it does per event is kept to the
 minimum, and everything rarer lives in the helpers below it.
 """
