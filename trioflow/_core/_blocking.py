@@ -84,7 +84,6 @@ import trio
 
 from ._log import log
 
-
 DEFAULT_THRESHOLD = 0.1
 """Seconds an async step may hold the event loop before trioflow warns, unless told otherwise."""
 
