@@ -248,6 +248,9 @@ async def test_exceptions_that_fight_back_still_end_the_stream(error: Exception)
     assert raised.value is error
     assert events[-1] == WorkflowFailedEvent(step_name="boom", exception=error)
     assert handler.status is RunStatus.FAILED
+    with pytest.raises(type(error)) as through_run:  # out of run(), through the block's exit
+        await Exiting(error).run()
+    assert through_run.value is error
 
 
 async def test_a_shared_exception_object_gets_one_note() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any
 
 import trio
@@ -123,10 +123,7 @@ class Workflow:
         except TypeError as exc:
             raise TypeError(f"cannot make the start event {expected.__name__}: {exc}") from None
 
-    @asynccontextmanager
-    async def _start(
-        self, start_event: StartEvent, *, streamed: bool = True
-    ) -> AsyncIterator[WorkflowHandler]:
+    def _start(self, start_event: StartEvent, *, streamed: bool = True) -> _RunBlock:
         stream = EventStream(self.stream_buffer)
         if not streamed:
             stream.discard_unread()  # `run()`: nobody will read, from the first event on
@@ -138,30 +135,56 @@ class Workflow:
             stream=stream,
             blocking_threshold=self.blocking_threshold,
         )
-        handler = WorkflowHandler(run)
-        body_error: BaseException | None = None
+        return _RunBlock(run)
+
+
+class _RunBlock:
+    """The ``async with`` of `Workflow.start`: a nursery holding the run's task around the
+    caller's block.
+
+    A class rather than ``@asynccontextmanager``: contextlib assigns ``__traceback__`` to an
+    exception that passes through a generator, which an exception that is a frozen dataclass
+    refuses (``FrozenInstanceError`` in place of the step's own exception). Here the block's
+    exception is either let through untouched (``__aexit__`` returns False) or replaced by a
+    `raise`, and never wrapped in the group a strict nursery would make of it: the nursery only
+    ever sees a body that ended cleanly.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._handler = WorkflowHandler(run)
+        self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
+
+    async def __aenter__(self) -> WorkflowHandler:
+        nursery = await self._nursery.__aenter__()
+        self._run.state.on_fatal.append(nursery.cancel_scope.cancel)
         try:
-            async with trio.open_nursery() as nursery:
-                run.state.on_fatal.append(nursery.cancel_scope.cancel)
-                await nursery.start(run.main)
-                try:
-                    yield handler
-                except BaseException as exc:
-                    # Raised again below, outside the nursery, so the caller gets its own
-                    # exception as itself, not inside the group a strict nursery would build.
-                    body_error = exc
-                finally:
-                    run.state.cancel()  # leaving the block ends the run, if still undecided
+            await nursery.start(self._run.main)
+        except BaseException as exc:
+            await self._nursery.__aexit__(type(exc), exc, exc.__traceback__)  # may raise a group
+            raise
+        return self._handler
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        body_error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._run.state.cancel()  # leaving the block ends the run, if still undecided
+        try:
+            await self._nursery.__aexit__(None, None, None)
         except BaseException:
             # Leaving a nursery is a checkpoint, so a cancellation of the caller's scope can
             # surface here. What the run and the block raised still comes first.
-            error = _exit_error(handler, body_error)
+            error = _exit_error(self._handler, body_error)
             if error is None or is_cancellation(error):
                 raise
             raise error  # noqa: B904 (the cancellation stays attached as __context__)
-        error = _exit_error(handler, body_error)
-        if error is not None:
-            raise error
+        error = _exit_error(self._handler, body_error)
+        if error is None or error is body_error:
+            return False  # nothing, or the block's own exception, as it was
+        raise error
 
 
 def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> BaseException | None:

@@ -119,7 +119,9 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
     current_step.set(spec.name)
     call = _step_call(crew, spec)
     get = crew.router.inboxes[index].getter()
-    deliver = crew.router.deliver
+    # The router's hand-off table, read here rather than through a method call: this is the
+    # hot path of a hop (see `Router.direct_routes`).
+    direct, waiters = crew.router.direct_routes()
     state = crew.state
     observation = crew.observation
     while True:
@@ -144,7 +146,12 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
                 await _final_failure(crew, index, event, failure, attempt)
                 continue
         me.busy = False
-        if result is None or deliver(result):  # deliver: the hot path of a hop
+        if result is None:
+            continue
+        targets = direct.get(result.__class__)
+        if targets is not None and not waiters:  # a plain event, nobody waits: hand it on
+            for put in targets:
+                put(result)
             continue
         try:
             await crew.router.emit(spec.name, result)
