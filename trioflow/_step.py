@@ -1,7 +1,7 @@
 """The ``@step`` decorator and the options a step carries.
 
 Decorating only records a `StepDeclaration` on the function; annotations are resolved and the
-graph is checked when the workflow is constructed (`trioflow._graph`), because postponed
+graph is checked when the workflow is constructed (`trioflow._core._graph`), because postponed
 annotations may name classes that do not exist yet while the class body runs.
 """
 
