@@ -76,6 +76,7 @@ async def test_a_decided_run_says_so_while_its_steps_unwind() -> None:
             assert handler.cancel() is False
             with pytest.raises(RunEndedError, match="completed"):
                 await handler.send_event(StateNudge())
+            assert handler.failed_step is None
             assert handler.result_nowait() == "done"
         finally:
             gate.set()  # on failure too: a thread left waiting would hang the test
@@ -248,6 +249,7 @@ async def test_exceptions_that_fight_back_still_end_the_stream(error: Exception)
     assert raised.value is error
     assert events[-1] == WorkflowFailedEvent(step_name="boom", exception=error)
     assert handler.status is RunStatus.FAILED
+    assert handler.failed_step == "boom"
     with pytest.raises(type(error)) as through_run:  # out of run(), through the block's exit
         await Exiting(error).run()
     assert through_run.value is error

@@ -61,6 +61,12 @@ class WorkflowHandler:
         also while its steps still unwind (a ``def`` step finishing in its thread)."""
         return self._state.status
 
+    @property
+    def failed_step(self) -> str | None:
+        """The step whose failure decided the run, once it is `RunStatus.FAILED`; else None."""
+        state = self._state
+        return state.failed_step if state.outcome is RunStatus.FAILED else None
+
     def is_done(self) -> bool:
         """Whether the run has finished: decided, unwound (no step code of it runs any more),
         its terminal event on the stream and the stream closed."""

@@ -113,8 +113,13 @@ class RunState:
         self._decide(RunStatus.COMPLETED)
         return True
 
-    def fail(self, step_name: str, exception: BaseException) -> bool:
-        """A step's final failure that no error handler takes."""
+    def fail(
+        self, step_name: str, exception: BaseException, report: StepFailedEvent | None = None
+    ) -> bool:
+        """A step's final failure that no error handler takes. Its ``report`` goes to the
+        stream with the end, so the failing step waits for no one."""
+        if report is not None:
+            self.reports.append(report)
         if self.outcome is None and cancelled_from_outside(self.scope):
             # Raised while the caller's cancellation unwound the step (a cleanup error):
             # the cancellation came first, so it decides.

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import trio
 
-from .. import WorkflowFailedEvent
 from .._wire import dumps, encode_envelope, type_name
 from ._record import RunRecord
 
@@ -48,8 +47,6 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         began = clock()
         if began - ended > RESUMED_AFTER:
             busy = 0.0
-        if type(event) is WorkflowFailedEvent:
-            record.failed_step = event.step_name
         seq = feed.last_seq + 1
         name, json = type_name(type(event)), dumps(encode_envelope(seq, event))
         try:

@@ -2,7 +2,7 @@
 
 The run's handler owns the run's state: its status, and its result or error once decided,
 come from there (`RunRecord.describe`); the record adds what only the server has: the run's
-`RunFeed`, when it started, and what its pump has seen.
+`RunFeed`, when it started, and whether its pump has taken the whole stream.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ class RunRecord:
     handler: WorkflowHandler
     feed: RunFeed
     started_at: float = attrs.field(factory=time.time)
-    #: The step named by the run's `WorkflowFailedEvent`, once the pump has taken it.
-    failed_step: str | None = None
     #: The pump has taken the run's whole stream into the feed, terminal event included.
     pumped: bool = False
     #: Set once the run's task has ended: its steps have unwound and its feed is finished.
@@ -72,6 +70,7 @@ class RunRecord:
 
     def _error(self, error: BaseException) -> dict[str, Any]:
         described = encode_exception(error)
-        if self.failed_step is not None:
-            described["step"] = self.failed_step
+        step = self.handler.failed_step
+        if step is not None:
+            described["step"] = step
         return described
