@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,27 +134,108 @@ def test_run_streams_readable_lines_and_prints_the_result() -> None:
 
 
 def test_run_ndjson_and_input_from_a_file(tmp_path: Path) -> None:
-    """--ndjson prints one envelope per line; --input @file gives the start fields."""
+    """--ndjson prints nothing but envelopes, one per line, the result in the stop event's;
+    --input @file gives the start fields."""
     fields = tmp_path / "start.json"
     fields.write_text('{"n": 1}')
     done = run_in_tests("run", "_cli_flows:CountFlow", "--input", f"@{fields}", "--ndjson")
     assert done.returncode == 0, done.stderr
-    envelopes = [json.loads(line) for line in done.stdout.splitlines()[:-1]]
+    envelopes = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(e["seq"], e["type"]) for e in envelopes] == [
         (1, "Tick"),
         (2, "Progress"),
         (3, "StopEvent"),
     ]
     assert envelopes[0]["data"] == {"i": 1, "label": "tick"}
-    assert json.loads(done.stdout.splitlines()[-1]) == {"counted": 1, "label": "tick"}
+    assert envelopes[-1]["data"] == {"result": {"counted": 1, "label": "tick"}}
 
 
-def test_run_reports_a_failure_with_its_step() -> None:
-    """A failed run exits 1 with the error and the failed step, after its terminal event."""
-    done = run_in_tests("run", "_cli_flows:FailFlow")
+def test_run_reports_a_failure_with_its_step_in_one_line() -> None:
+    """With --no-traceback, a failed run exits 1 with one line naming the error and the
+    failed step, after its terminal event."""
+    done = run_in_tests("run", "_cli_flows:FailFlow", "--no-traceback")
     assert done.returncode == 1
     assert "WorkflowFailedEvent" in done.stdout
-    assert done.stderr.strip() == "trioflow run: Boom in step 'explode': kaboom"
+    assert done.stderr == "trioflow run: Boom in step 'explode': kaboom\n"
+
+
+def test_run_prints_a_failed_steps_traceback() -> None:
+    """By default a step's failure shows its traceback from the step's own frame (trioflow's
+    frames left out) with its note, then the one line."""
+    done = run_in_tests("run", "_cli_flows:FailFlow")
+    assert done.returncode == 1
+    traceback, _, last = done.stderr.rstrip("\n").rpartition("\n")
+    assert last == "trioflow run: Boom in step 'explode': kaboom"
+    source = (TESTS / "_cli_flows.py").read_text().splitlines()
+    line = source.index('        raise Boom("kaboom")') + 1
+    assert traceback.splitlines() == [
+        "Traceback (most recent call last):",
+        f'  File "{TESTS / "_cli_flows.py"}", line {line}, in explode',
+        '    raise Boom("kaboom")',
+        "_cli_flows.Boom: kaboom",
+        "trioflow: raised in step 'explode' of FailFlow",
+    ]
+
+
+def test_run_names_where_a_failure_re_raised_by_an_error_handler_began() -> None:
+    """An error handler that re-raises the failure it was given: the traceback shows both
+    steps, and the error line names the handler, the step and the attempt it handled."""
+    done = run_in_tests(
+        "run", "trioflow.examples:WORKFLOWS", "--name", "flaky",
+        "-p", "failures=3", "-p", "recover=false", "-p", "pace=0",
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[-1] == (
+        "trioflow run: FlakyError in step 'recover' (handling the failure of step 'attempt', "
+        "attempt 3): attempt 3 of 3 planned failures"
+    )
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "    raise ev.exception" in lines  # in the handler
+    assert '    raise FlakyError(f"attempt {tries} of {ev.failures} planned failures")' in lines
+    assert "trioflow: raised in step 'attempt' of FlakyFlow" in lines
+    note = "trioflow: raised in step 'recover' of FlakyFlow while handling the failure of step"
+    assert f"{note} 'attempt'" in lines
+    assert "_core" not in done.stderr  # no frame of trioflow's machinery
+
+
+def test_run_logs_retries_at_log_level_info() -> None:
+    """`--log-level info` shows trioflow's INFO records on stderr (a retried attempt)."""
+    flaky = ["trioflow.examples:WORKFLOWS", "--name", "flaky", "-p", "pace=0"]
+    quiet = run_in_tests("run", *flaky)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    done = run_in_tests("run", *flaky, "--log-level", "info")
+    assert done.returncode == 0, done.stderr
+    [line] = done.stderr.splitlines()
+    assert re.fullmatch(
+        r"\S+ \S+ INFO trioflow: step 'attempt' of FlakyFlow \(run [0-9a-f]{32}\) failed, "
+        r"attempt 1 of 3, retrying in 0\.3 s: FlakyError: attempt 1 of 1 planned failures",
+        line,
+    ), line
+
+
+SLEEPY = """
+import time
+from trioflow import StartEvent, StopEvent, Workflow, step
+
+class Sleepy(Workflow):
+    @step
+    async def nap(self, ev: StartEvent) -> StopEvent:
+        time.sleep(0.3)  # blocks the event loop: what the detector reports
+        return StopEvent(result="rested")
+"""
+
+
+def test_run_reports_a_blocked_loop_once(tmp_path: Path) -> None:
+    """The loop-blocking detector's report shows once, as a log line (not also as the
+    warning that says the same)."""
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    done = run_cli("run", "sleepy:Sleepy", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [line] = done.stderr.splitlines()
+    assert " WARNING trioflow: " in line
+    assert "step 'nap' of workflow 'Sleepy' held the trio event loop" in line
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -332,8 +415,7 @@ def test_serve_reports_an_address_in_use_in_one_line() -> None:
         port = str(taken.getsockname()[1])
         done = run_cli("serve", "trioflow.examples:WORKFLOWS", "--port", port)
     assert done.returncode == 1
-    assert done.stderr.startswith("trioflow serve: error: [Errno")
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr == f"trioflow serve: error: address 127.0.0.1:{port} is in use\n"
 
 
 def test_serve_lists_a_workflows_problems() -> None:
@@ -376,3 +458,60 @@ def test_a_second_ctrl_c_exits_at_once() -> None:
         process.kill()
     assert process.returncode == 130
     assert "interrupted again, exiting now" in err
+
+
+def test_version() -> None:
+    """`trioflow --version` prints the installed package's version."""
+    done = run_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"trioflow {importlib.metadata.version('trioflow')}\n"
+
+
+def test_serve_logs_a_failed_runs_traceback() -> None:
+    """`trioflow serve` logs a failed run once, at WARNING: its id, the step (an error handler
+    that re-raised) and where the failure began, with the traceback; retried attempts (INFO)
+    stay out at the default log level."""
+    with serving_examples() as (process, url):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            fields = {"failures": 3, "recover": False, "pace": 0}
+            run_id = client.post("/workflows/flaky/runs", json=fields).json()["run_id"]
+            deadline = time.monotonic() + 30  # only turns a hang into a failure
+            while client.get(f"/runs/{run_id}").json()["status"] == "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    warning = re.compile(r"\S+ \S+ WARNING trioflow\.server: run (\w+) of flaky failed in (.*)")
+    found = [warning.fullmatch(line) for line in err.splitlines()]
+    [logged] = [match for match in found if match]
+    assert logged[1] == run_id
+    assert logged[2] == (
+        "step 'recover' (handling the failure of step 'attempt', attempt 3): "
+        "FlakyError: attempt 3 of 3 planned failures"
+    )
+    assert "Traceback (most recent call last):" in err
+    assert "    raise ev.exception\n" in err
+    assert "retrying" not in err
+
+
+@contextmanager
+def serving_examples() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`trioflow serve trioflow.examples:WORKFLOWS --port 0 ...`, once it listens: the
+    process and its URL. The process is killed when the block exits, if it still runs."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "serve", "trioflow.examples:WORKFLOWS", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "trioflow: serving research, approval, flaky\n"
+            address = re.match(
+                r"trioflow: dashboard at (http://[\d.:]+)/", process.stdout.readline()
+            )
+            assert address
+            yield process, address[1]
+        finally:
+            process.kill()

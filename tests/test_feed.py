@@ -25,7 +25,7 @@ async def test_entries_are_numbered_and_encoded_once() -> None:
     assert batch[0].sse() == b'id: 1\nevent: Tick\ndata: {"seq":1}\n\n'
     assert batch[0].sse(named=False) == b'id: 1\ndata: {"seq":1}\n\n'
     assert batch[1].ndjson() == b'{"seq":2}\n'
-    assert batch[0].sse() is batch[0].sse()  # cached, not rebuilt per client
+    assert batch[0].sse() is batch[0].sse()  # built once, not per client
 
 
 async def test_without_watchers_old_entries_are_evicted() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 import trio
 import trio.testing
@@ -121,3 +123,23 @@ async def test_repr_names_workflow_and_status() -> None:
     async with Interview().start() as handler:
         assert f"Interview run {handler.run_id} running" in repr(handler)
         handler.cancel()
+
+
+async def test_asking_a_failed_runs_result_again_does_not_grow_its_traceback() -> None:
+    """A server asks for a failed run's result on every status request: the exception's
+    traceback stays what it was, however often it is raised."""
+
+    class Failing(Workflow):
+        @step
+        async def fail(self, ev: StartEvent) -> StopEvent:
+            raise ValueError("no")
+
+    async with Failing().start() as handler:
+        with pytest.raises(ValueError, match="no"):
+            await handler.result()
+        lengths = set()
+        for _ in range(5):
+            with pytest.raises(ValueError, match="no") as caught:
+                handler.result_nowait()
+            lengths.add(len(traceback.extract_tb(caught.value.__traceback__)))
+        assert len(lengths) == 1

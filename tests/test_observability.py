@@ -213,11 +213,6 @@ async def test_statistics_count_routing_running_steps_and_backpressure(
 # -- logging --
 
 
-def test_the_logger_has_no_handlers() -> None:
-    """The library configures no output: the application decides."""
-    assert logging.getLogger("trioflow").handlers == []
-
-
 async def test_runs_log_with_structured_fields(
     caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:

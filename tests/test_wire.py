@@ -28,6 +28,8 @@ from trioflow import (
     step,
 )
 from trioflow._wire import (
+    BadJsonError,
+    EncodeError,
     WireError,
     decode_event,
     decode_start_event,
@@ -37,6 +39,8 @@ from trioflow._wire import (
     encode_event_data,
     encode_exception,
     encode_value,
+    loads,
+    mark_unencodable,
     qualified_name,
     sendable_event_types,
     type_name,
@@ -293,6 +297,58 @@ def test_dumps_is_compact_utf8_and_refuses_nan() -> None:
     assert dumps({"a": ["é", 1]}) == '{"a":["é",1]}'.encode()
     with pytest.raises(ValueError, match="JSON"):
         dumps(math.nan)
+
+
+def test_dumps_escapes_what_line_readers_split_on() -> None:
+    """U+2028, U+2029 and U+0085 go out as JSON escapes, so that no str.splitlines (httpx's
+    aiter_lines) splits an NDJSON line or SSE field; other text stays UTF-8."""
+    value = {"a\u2028": "x\u2029y\x85z é \U0001f600"}
+    text = dumps(value)
+    assert text == b'{"a\\u2028":"x\\u2029y\\u0085z \xc3\xa9 \xf0\x9f\x98\x80"}'
+    assert len(text.decode().splitlines()) == 1
+    assert json.loads(text) == value
+
+
+def test_dumps_writes_a_lone_surrogate_as_its_escape() -> None:
+    """A string with a lone surrogate (a step may make one) is written, losslessly, as a
+    \\udfff escape: valid UTF-8, read back as the same string."""
+    value = ["a\udfffb", {"\ud800": "\u2028\udc00"}]
+    text = dumps(value)
+    assert text == b'["a\\udfffb",{"\\ud800":"\\u2028\\udc00"}]'
+    assert json.loads(text) == value
+
+
+def test_dumps_refuses_an_int_too_long_to_convert_naming_where() -> None:
+    """An int of more digits than Python converts to text has no JSON text: EncodeError (a
+    ValueError) names its place; mark_unencodable puts a marker string there instead."""
+    value = {"seq": 1, "data": {"n": [1, 10**5000], "nan": math.nan}}
+    with pytest.raises(EncodeError) as caught:
+        dumps(value)
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.field == "data.n[1]"
+    assert str(caught.value) == (
+        "data.n[1] is an integer of more than 4300 digits, more than Python converts to text "
+        "(sys.set_int_max_str_digits)"
+    )
+    marked = mark_unencodable(value)
+    assert marked == {
+        "seq": 1,
+        "data": {
+            "n": [1, "<an integer of more than 4300 digits, too long to encode>"],
+            "nan": None,
+        },
+    }
+    assert json.loads(dumps(marked)) == marked
+    fine = {"a": [1, "b"]}
+    assert mark_unencodable(fine) is fine
+
+
+def test_an_int_too_long_to_convert_as_a_mapping_key_still_encodes() -> None:
+    """A key is encoded as the JSON text of its value, which for such an int is the marker."""
+    data = encode_event_data(StartEvent(scores={(10**5000,): 1}))
+    assert json.loads(dumps(data)) == {
+        "scores": {'["<an integer of more than 4300 digits, too long to encode>"]': 1}
+    }
 
 
 def test_type_names() -> None:
@@ -581,6 +637,44 @@ def test_decode_event_rejects_bad_bodies(body: Any, field: str | None, message: 
     assert message in caught.value.message
 
 
+def test_a_value_too_long_or_too_deep_to_show_is_a_wire_error() -> None:
+    """A value whose error message cannot quote it (an int too long for str, a list nested
+    deeper than the stack) is still a WireError, never a ValueError or a RecursionError."""
+    with pytest.raises(WireError, match="field 'item': expected str, got number"):
+        decode_start_event(Order, {"item": 10**5000, "count": 1})
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(WireError, match="field 'item': expected str, got array"):
+        decode_start_event(Order, {"item": deep, "count": 1})
+    with pytest.raises(WireError, match=r"field .data\.approved.: expected bool, got number"):
+        decode_event(
+            sendable_event_types(Shop()),
+            {"type": "Verdict", "data": {"approved": 10**5000}},
+        )
+
+
+@attrs.frozen
+class Node:
+    children: list[Node] = attrs.field(factory=list)
+
+
+class Tree(StartEvent):
+    root: Node
+
+
+def test_a_value_too_deep_to_check_is_a_wire_error() -> None:
+    """A value of a recursive type nested deeper than the checks' stack is a WireError."""
+    root: dict[str, Any] = {"children": []}
+    for _ in range(1000):
+        root = {"children": [root]}
+    with pytest.raises(WireError, match="nested too deeply to check"):
+        decode_start_event(Tree, {"root": root})
+    assert decode_start_event(Tree, {"root": {"children": [{}]}}) == Tree(
+        root=Node(children=[Node()])
+    )
+
+
 def test_wire_error_is_a_trioflow_error_and_pickles() -> None:
     """WireError belongs to trioflow's error tree and survives pickling with its field."""
     assert issubclass(WireError, TrioflowError)
@@ -591,6 +685,88 @@ def test_wire_error_is_a_trioflow_error_and_pickles() -> None:
         "n",
         error.message,
     )
+
+
+# --- Parsing bodies -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"n": ', "Expecting value: line 1 column 7 (char 6)"),
+        (b'{"n": 1} {}', "Extra data: line 1 column 10 (char 9)"),
+        (b'{"n": NaN}', "NaN is no JSON number"),
+        (b"[Infinity]", "Infinity is no JSON number"),
+        (b"-Infinity", "-Infinity is no JSON number"),
+        (b'{"n": 1e999}', "the number 1e999 is too large for a float"),
+        (b'{"n": -1' + b"0" * 400 + b".5}", "is too large for a float"),
+        (b'{"n": 1, "n": 2}', 'an object names the key "n" twice'),
+        (b'[{"a": {"b": 1, "b": 1}}]', 'an object names the key "b" twice'),
+        (b'"\xed\xbf\xbf"', "the body is not UTF-8"),  # a surrogate, UTF-8 encoded
+        (b'"\xff"', "the body is not UTF-8"),
+        ('{"n": 1}'.encode("utf-16"), "the body is not UTF-8"),
+        (b"[" * 129 + b"]" * 129, "the body nests arrays and objects more than 128 deep"),
+        (b'{"a":' * 129 + b"1" + b"}" * 129, "more than 128 deep"),
+        (b"[" * 100_000 + b"]" * 100_000, "more than 128 deep"),
+        (b"[" * 100_000, "more than 128 deep"),
+    ],
+)
+def test_loads_refuses_bad_json(body: bytes, message: str) -> None:
+    """What is not UTF-8 JSON, and what JSON has not or leaves open (NaN, infinities, numbers
+    a float cannot hold, a key named twice, nesting beyond MAX_DEPTH), is BadJsonError."""
+    with pytest.raises(BadJsonError) as caught:
+        loads(body)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (rb'"\udfff"', None, "the body holds a string with a lone surrogate (\\udfff)"),
+        (rb'{"a": "x\uD800y"}', "a", "field 'a' holds a string with a lone surrogate (\\ud800)"),
+        (rb'{"a": [0, {"b": "\\\udc00"}]}', "a[1].b", "lone surrogate (\\udc00)"),
+        (rb'{"\udfff": 1}', None, "the body has a key with a lone surrogate"),
+        (rb'{"a": {"\udfff": 1}}', "a", "field 'a' has a key with a lone surrogate"),
+        (b"9" * 4301, None, "the body is an integer of 4301 digits: trioflow takes at most 4300"),
+        (b'{"a": [1, -' + b"9" * 5000 + b"]}", "a[1]", "is an integer of 5000 digits"),
+    ],
+)
+def test_loads_refuses_values_no_field_takes(body: bytes, field: str | None, message: str) -> None:
+    """Valid JSON holding a lone surrogate or an int too long to convert is a WireError (a
+    422) naming where: no run could send such a value back out as it came in."""
+    with pytest.raises(WireError) as caught:
+        loads(body)
+    assert caught.value.field == field
+    assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b'{"a": [1, 2.5, "x", true, null]}', {"a": [1, 2.5, "x", True, None]}),
+        (rb'"\ud83d\ude00"', "\U0001f600"),  # a surrogate pair: one character
+        (rb'"\\udfff"', r"\udfff"),  # an escaped backslash, then "udfff"
+        (rb'"\u2028"', "\u2028"),
+        (b"\xef\xbb\xbf[1]", [1]),  # a UTF-8 byte order mark, which a reader may skip
+        (b"1e308", 1e308),
+        (b"1e-999", 0.0),  # underflows to zero: a float's nearest value, not an overflow
+        (b"9" * 4300, int("9" * 4300)),
+        (b'{"a": "[[[[", "b": "]]]]"}' + b" " * 200, {"a": "[[[[", "b": "]]]]"}),
+        (b'["' + b"[" * 500 + b'"]', ["[" * 500]),  # brackets in a string do not nest
+        (b"[" * 128 + b"]" * 128, json.loads(b"[" * 128 + b"]" * 128)),
+    ],
+)
+def test_loads_takes_valid_json(body: bytes, value: Any) -> None:
+    """Everything else parses as json.loads parses it."""
+    assert loads(body) == value
+
+
+def test_bad_json_error_is_a_trioflow_error_and_pickles() -> None:
+    """BadJsonError belongs to trioflow's error tree, is no WireError, and pickles."""
+    assert issubclass(BadJsonError, TrioflowError)
+    assert not issubclass(BadJsonError, WireError)
+    error = pickle.loads(pickle.dumps(BadJsonError("NaN is no JSON number")))
+    assert (error.message, str(error)) == ("NaN is no JSON number", "NaN is no JSON number")
 
 
 # --- Describing a workflow ----------------------------------------------------------------

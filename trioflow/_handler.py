@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, NoReturn
 
 import attrs
 import trio
 
 from ._core._run import Run
-from ._core._state import RunStatus
+from ._core._state import FailureFields, RunStatus
 from ._core._stream import StreamIterator
 from ._errors import WorkflowCancelledError, WorkflowTimeoutError
 from ._events import Event, LifecycleEvent, StopEvent
@@ -46,6 +47,9 @@ class WorkflowHandler:
         self._state = run.state
         self._failure_raised = False
         self._timeout_error: WorkflowTimeoutError | None = None
+        self._cancelled_error: WorkflowCancelledError | None = None
+        #: The traceback each error had when this handler first raised it (`_raise`).
+        self._tracebacks: dict[int, TracebackType | None] = {}
 
     def __repr__(self) -> str:
         return f"<WorkflowHandler {self._run.workflow_name} run {self.run_id} {self.status.value}>"
@@ -63,9 +67,10 @@ class WorkflowHandler:
 
     @property
     def failed_step(self) -> str | None:
-        """The step whose failure decided the run, once it is `RunStatus.FAILED`; else None."""
+        """The step whose failure decided the run, once it is `RunStatus.FAILED`; else None
+        (also when no step failed it, see `_fail_from_server`)."""
         state = self._state
-        return state.failed_step if state.outcome is RunStatus.FAILED else None
+        return (state.failed_step or None) if state.outcome is RunStatus.FAILED else None
 
     def is_done(self) -> bool:
         """Whether the run has finished: decided, unwound (no step code of it runs any more),
@@ -125,6 +130,14 @@ class WorkflowHandler:
         """
         return self._state.cancel()
 
+    def _fail_from_server(self, error: Exception) -> bool:
+        """Fail the run with ``error`` unless its outcome is decided, as if a step had raised
+        it but naming no step: for the layers above, when what the run produced cannot be
+        delivered (the HTTP server, an event it cannot encode). Returns whether this decided
+        the run; once decided, ``error`` is the caller's to report."""
+        state = self._state
+        return not state.decided and state.fail("", error)
+
     async def result(self) -> Any:
         """Wait for the run to end and return its result: the stop event's ``result``, or the
         stop event itself when the workflow uses a `StopEvent` subclass.
@@ -158,12 +171,19 @@ class WorkflowHandler:
         if state.outcome is None:
             raise trio.WouldBlock
         if state.fatal is not None:
-            raise state.fatal
+            self._raise(state.fatal)
         if state.outcome is RunStatus.COMPLETED:
             stop = state.stop_event
             assert stop is not None
             return stop.result if type(stop) is StopEvent else stop
-        raise self._outcome_error()
+        self._raise(self._outcome_error())
+
+    def _raise(self, error: BaseException) -> NoReturn:
+        """Raise ``error`` with the traceback it had when first raised here: raising one
+        exception object again adds the raising frames to its traceback, which asking a run's
+        result many times (a server answering status requests) would grow without end."""
+        traceback = self._tracebacks.setdefault(id(error), error.__traceback__)
+        raise error.with_traceback(traceback)
 
     def statistics(self) -> RunStatistics:
         """A snapshot of the run: routing, steps running, and the stream's buffer."""
@@ -196,7 +216,11 @@ class WorkflowHandler:
                     f"{run.workflow_name} run {run.run_id} timed out after {run.timeout} s"
                 )
             return self._timeout_error
-        return WorkflowCancelledError(f"{run.workflow_name} run {run.run_id} was cancelled")
+        if self._cancelled_error is None:
+            self._cancelled_error = WorkflowCancelledError(
+                f"{run.workflow_name} run {run.run_id} was cancelled"
+            )
+        return self._cancelled_error
 
     def unreported_failure(self) -> BaseException | None:
         """What leaving ``start()`` must raise on the run's behalf: a `BaseException` a step
@@ -208,3 +232,10 @@ class WorkflowHandler:
         if self._failure_raised or state.outcome not in (RunStatus.FAILED, RunStatus.TIMED_OUT):
             return None
         return self._outcome_error()
+
+
+def failure_fields(handler: WorkflowHandler) -> FailureFields:
+    """For trioflow's own reports (the server's log): where ``handler``'s run failed, as
+    structured log fields; empty unless it failed."""
+    state = handler._state
+    return state.failure_fields() if state.outcome is RunStatus.FAILED else FailureFields()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ from .._core._graph import graph_of
 from .._server._serve import hosts_for
 from .._wire import WireError, describe_workflow
 from ._draw import to_dot, to_mermaid
+from ._logs import add_log_level_flag, configure_logging
 from ._options import add_server_flags, server_options
 from ._run import run_and_stream, start_fields
 from ._signals import STOP_SIGNALS, stop_on_signals
@@ -161,7 +164,10 @@ def _run(args: argparse.Namespace) -> int:
         pairs[key] = value
     data.update(start_fields(workflow.graph.start_event_type, pairs))
     try:
-        return trio.run(partial(run_and_stream, workflow, data, ndjson=args.ndjson))
+        run = partial(
+            run_and_stream, workflow, data, ndjson=args.ndjson, show_traceback=args.traceback
+        )
+        return trio.run(run)
     except WireError as error:
         raise UsageError(f"the start event does not take these fields: {error}") from None
 
@@ -211,11 +217,14 @@ async def _serve(app: WorkflowApp, host: str, port: int) -> int:
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            error = _alone(group)
-            if isinstance(error, OSError):  # the address is taken, or cannot be bound
-                print(f"trioflow serve: error: {error}", file=sys.stderr)
+            bind_error = _bind_error(group)
+            if bind_error is not None:
+                print(
+                    f"trioflow serve: error: {_cannot_bind(bind_error, host, port)}",
+                    file=sys.stderr,
+                )
                 return 1
-            raise error from None  # a step's SystemExit or KeyboardInterrupt, as itself
+            raise _alone(group) from None  # a step's SystemExit or KeyboardInterrupt, as itself
     print("trioflow: stopped", flush=True)
     return 0
 
@@ -229,6 +238,25 @@ async def _serve_until(app: WorkflowApp, host: str, port: int, stopping: trio.Ev
         query = "?token=<your token>" if app.options.token else ""
         for bind in binds:
             print(f"trioflow: dashboard at {bind}/{query}  (Ctrl-C stops)", flush=True)
+
+
+def _bind_error(group: BaseExceptionGroup[BaseException]) -> OSError | None:
+    """The `OSError` that kept the server from listening, if that is what ``group`` holds
+    (nested in the groups of hypercorn's nurseries and ours)."""
+    errors, rest = group.split(OSError)
+    if errors is None or rest is not None:
+        return None
+    first: OSError | ExceptionGroup[OSError] = errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+def _cannot_bind(error: OSError, host: str, port: int) -> str:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return f"address {address} is in use"
+    return f"cannot listen on {address}: {error.strerror or error}"
 
 
 def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -252,17 +280,20 @@ def _app(workflows: Workflow | Mapping[str, Workflow], args: argparse.Namespace)
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trioflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run an example workflow, streaming its events live")
     demo.add_argument("--topic", default="structured concurrency", help="what to research")
     demo.add_argument(
         "--pace", type=float, default=1.0, help="scale the pretend work (0 = no waiting)"
     )
+    add_log_level_flag(demo)
     srv = commands.add_parser("serve", help="serve workflows over HTTP, with a dashboard at /")
     srv.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
     add_server_flags(srv)
+    add_log_level_flag(srv)
     run = commands.add_parser("run", help="run a workflow, streaming its events live")
     run.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     run.add_argument("--name", help="which workflow of a mapping")
@@ -271,7 +302,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a start-event field (JSON unless the field is a str; repeat)",
     )  # fmt: skip
     run.add_argument("--input", metavar="JSON|@FILE", help="start-event fields as a JSON object")
-    run.add_argument("--ndjson", action="store_true", help="one JSON envelope per line")
+    run.add_argument(
+        "--ndjson", action="store_true",
+        help="print only the HTTP envelopes, one JSON object per line (the stop event's holds "
+        "the result)",
+    )  # fmt: skip
+    run.add_argument(
+        "--traceback", action=argparse.BooleanOptionalAction, default=True,
+        help="when a step fails the run, print its traceback on stderr before the one-line "
+        "error, which is printed either way (default: on)",
+    )  # fmt: skip
+    add_log_level_flag(run)
     draw = commands.add_parser("draw", help="print a workflow's graph")
     draw.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     draw.add_argument("--name", help="which workflow of a mapping")
@@ -281,10 +322,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trioflow")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        from .. import __version__
+
+        return f"{__version__} (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trioflow`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in ("demo", "run", "serve"):  # the commands that run workflows
+        configure_logging(args.log_level)
     if args.command == "demo":
         if args.pace < 0:
             parser.error("--pace must be >= 0")

@@ -1,8 +1,10 @@
 """``trioflow run``: start a workflow from the command line and stream its events live.
 
 Readable lines by default, with a live progress line on a terminal where an event carries a
-``value`` between 0 and 1; one JSON envelope per line with ``--ndjson``. Ctrl-C cancels the run
-cleanly: the stream ends with its `WorkflowCancelledEvent`, which is shown.
+``value`` between 0 and 1, then the result; with ``--ndjson``, nothing but one JSON envelope per
+line (the result is in the stop event's). Ctrl-C cancels the run cleanly: the stream ends with
+its `WorkflowCancelledEvent`, which is shown. A failed run ends with one line on stderr naming
+the error and the step, after the step's traceback unless ``--no-traceback``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 import trio
 
+from .._core._log import failed_in, is_machinery
 from .._errors import WorkflowCancelledError
-from .._events import Event, StartEvent, StopEvent, WorkflowFailedEvent
+from .._events import Event, StartEvent, StepFailedEvent, StopEvent, WorkflowFailedEvent
 from .._wire import (
     decode_start_event,
     dumps,
@@ -50,15 +54,21 @@ def start_fields(start_type: type[StartEvent], given: Mapping[str, str]) -> dict
 
 
 async def run_and_stream(
-    workflow: Workflow, data: dict[str, Any], *, ndjson: bool, out: TextIO = sys.stdout
+    workflow: Workflow,
+    data: dict[str, Any],
+    *,
+    ndjson: bool,
+    show_traceback: bool = True,
+    out: TextIO = sys.stdout,
 ) -> int:
     """Run ``workflow`` with start fields ``data``, printing its events; return the exit code.
+    ``show_traceback``: print a failed step's traceback on stderr.
 
     Raises:
         WireError: ``data`` does not fit the start event.
     """
     start_event = decode_start_event(workflow.graph.start_event_type, data)
-    printer = _Printer(out, ndjson)
+    printer = _Printer(out, ndjson, show_traceback)
     # Listen before the run starts, so that an early Ctrl-C cancels it cleanly too.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with workflow.start(start_event) as handler:
@@ -87,18 +97,24 @@ async def run_and_stream(
 
 
 class _Printer:
-    def __init__(self, out: TextIO, ndjson: bool) -> None:
+    def __init__(self, out: TextIO, ndjson: bool, show_traceback: bool) -> None:
         self.out = out
         self.ndjson = ndjson
+        self.show_traceback = show_traceback
         self.seq = 0
         self.started = trio.current_time()
         self.live = not ndjson and out.isatty()
         self.progress_shown = False
         self.failed_step = ""
+        #: Each step's latest failed attempt: the one that failed the run names its attempt
+        #: and, for an error handler, the failure it was handling.
+        self.failures: dict[str, StepFailedEvent] = {}
 
     def event(self, event: Event) -> None:
         self.seq += 1
-        if isinstance(event, WorkflowFailedEvent):
+        if isinstance(event, StepFailedEvent):
+            self.failures[event.step_name] = event
+        elif isinstance(event, WorkflowFailedEvent):
             self.failed_step = event.step_name
         if self.ndjson:
             self.out.write(dumps(encode_envelope(self.seq, event)).decode() + "\n")
@@ -128,15 +144,56 @@ class _Printer:
             self.progress_shown = False
 
     def result(self, result: Any) -> None:
+        if self.ndjson:
+            return  # the stop event's envelope has it: the output stays NDJSON
         self._end_progress()
         if isinstance(result, StopEvent):
             result = encode_event_data(result)
-        if not self.ndjson:
-            self.out.write("result: ")
-        self.out.write(json.dumps(encode_value(result), ensure_ascii=False) + "\n")
+        self.out.write(f"result: {json.dumps(encode_value(result), ensure_ascii=False)}\n")
 
     def failure(self, error: BaseException) -> int:
+        """Report the run's ``error`` on stderr: the step's traceback (when the run failed in
+        a step, and unless switched off), then one line."""
         self._end_progress()
-        where = f" in step {self.failed_step!r}" if self.failed_step else ""
+        self.out.flush()  # the events first, where stdout and stderr share a terminal
+        where = ""
+        if self.failed_step:
+            if self.show_traceback:
+                sys.stderr.write(step_traceback(error))
+            where = self._failed_in(error)
         print(f"trioflow run: {type(error).__name__}{where}: {error}", file=sys.stderr)
         return EXIT_FAILED
+
+    def _failed_in(self, error: BaseException) -> str:
+        report = self.failures.get(self.failed_step)
+        if report is None or report.exception is not error:
+            return failed_in(self.failed_step)
+        handled = report.input_event  # for an error handler, the failure it was handling
+        if isinstance(handled, StepFailedEvent):
+            return failed_in(report.step_name, report.attempt, handled.step_name, handled.attempt)
+        return failed_in(report.step_name, report.attempt)
+
+
+def step_traceback(error: BaseException) -> str:
+    """``error``'s traceback as Python prints it (notes and chained exceptions included), less
+    the frames of the machinery that ran the step and passed its exception on (`is_machinery`).
+    As pytest hides its own frames: only those above the innermost frame of other code go;
+    where the error was raised stays."""
+    shown = traceback.TracebackException.from_exception(error)
+    _trim(shown, set())
+    return "".join(shown.format())
+
+
+def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
+    if id(shown) in seen:
+        return
+    seen.add(id(shown))
+    frames = list(shown.stack)
+    yours = [i for i, frame in enumerate(frames) if not is_machinery(frame.filename)]
+    if yours:
+        innermost = yours[-1]
+        kept = [f for f in frames[:innermost] if not is_machinery(f.filename)]
+        shown.stack = traceback.StackSummary.from_list(kept + frames[innermost:])
+    for chained in (shown.__cause__, shown.__context__, *(shown.exceptions or ())):
+        if chained is not None:
+            _trim(chained, seen)

@@ -139,7 +139,8 @@ def watch_step(code: types.CodeType, *, workflow: str, step: str, threshold: flo
     watched again with a smaller threshold (another workflow sharing the step function), the
     smaller one and its names apply from then on. Reports are made once per code object per
     trio run, as a `LoopBlockedWarning` pointing at the step's definition and a WARNING on the
-    ``trioflow`` logger.
+    ``trioflow`` logger with the fields ``workflow``, ``step``, ``duration`` (seconds the step
+    held the loop) and ``threshold``.
 
     Args:
         code: the step function's ``__code__``.
@@ -378,7 +379,20 @@ def _report(step: _Step, held: float) -> None:
         f"worker thread, or move the blocking call into `await trio.to_thread.run_sync(...)`"
     )
     code = step.code
-    log(logging.WARNING, "%s:%d: %s", code.co_filename, code.co_firstlineno, message)
+    fields = {
+        "workflow": step.workflow,
+        "step": step.name,
+        "duration": held,
+        "threshold": step.threshold,
+    }
+    log(
+        logging.WARNING,
+        "%s:%d: %s",
+        code.co_filename,
+        code.co_firstlineno,
+        message,
+        extra=fields,
+    )
     # warn_explicit rather than a stacklevel: the probe runs from trio's run loop, so no frame
     # of the caller's stack is the step; the useful location is the step's definition.
     with contextlib.suppress(Exception):  # -W error raises it here; the log line has told

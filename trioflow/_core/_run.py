@@ -24,7 +24,7 @@ from .._events import StartEvent, StopEvent, WorkflowCancelledEvent
 from ._blocking import watch_step
 from ._context import Context
 from ._graph import WorkflowGraph
-from ._log import add_note, describe, log
+from ._log import add_note, describe, failed_in, log
 from ._router import Router
 from ._state import RunState, RunStatus
 from ._stream import EventStream
@@ -161,15 +161,16 @@ class Run:
         fields = self._fields(outcome=state.outcome.value, duration=duration)
         if state.outcome is RunStatus.FAILED:
             assert state.failure is not None
-            fields["step"] = state.failed_step
+            where = state.failure_fields()
+            fields.update(where)
             # INFO, not WARNING: the failure is raised to the caller anyway; logging it loudly
             # too would say everything twice.
             log(
                 logging.INFO,
-                "run %s of %s failed in step %r: %s",
+                "run %s of %s failed%s: %s",
                 self.run_id,
                 self.workflow_name,
-                state.failed_step,
+                failed_in(**where),
                 describe(state.failure),
                 extra=fields,
             )

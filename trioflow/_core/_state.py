@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
+from typing import TypedDict
 
 import attrs
 import trio
@@ -58,6 +59,19 @@ def cancelled_from_outside(scope: trio.CancelScope) -> bool:
     return not scope.cancel_called and trio.current_effective_deadline() == -math.inf
 
 
+class FailureFields(TypedDict, total=False):
+    """Where a failed run failed, as the structured fields of its log records."""
+
+    #: The step whose failure decided the run (none when the server failed it).
+    step: str
+    #: Its attempt that failed (unknown after a `RunState.crash`).
+    attempt: int
+    #: When that step is an error handler, the step whose failure it was handling (where the
+    #: failure began, if the handler re-raised it), and that step's last attempt.
+    handled_step: str
+    handled_attempt: int
+
+
 @attrs.define(eq=False)
 class RunState:
     """A run's outcome and what decided it; one method per transition."""
@@ -71,6 +85,9 @@ class RunState:
     #: What failed the run, as raised by the step (or a `BaseException`, see `crash`).
     failure: BaseException | None = None
     failed_step: str = ""
+    #: The `StepFailedEvent` of the step failure that decided the run (None for a crash): its
+    #: attempt, and for a failing error handler, the failure it was handling (``input_event``).
+    failure_report: StepFailedEvent | None = None
     #: The steps running when the run timed out.
     active_steps: tuple[str, ...] = ()
     #: A `BaseException` that is no `Exception` (``KeyboardInterrupt``, ``SystemExit``) raised
@@ -129,6 +146,7 @@ class RunState:
             return False
         self.failure = exception
         self.failed_step = step_name
+        self.failure_report = report
         self._decide(RunStatus.FAILED)
         return True
 
@@ -169,6 +187,18 @@ class RunState:
         self.reports.append(failed)
 
     # -- derived --
+
+    def failure_fields(self) -> FailureFields:
+        """Where the run failed, as log fields (see `FailureFields`)."""
+        fields = FailureFields(step=self.failed_step) if self.failed_step else FailureFields()
+        report = self.failure_report
+        if report is not None:
+            fields["attempt"] = report.attempt
+            handled = report.input_event
+            if isinstance(handled, StepFailedEvent):  # the step was an error handler
+                fields["handled_step"] = handled.step_name
+                fields["handled_attempt"] = handled.attempt
+        return fields
 
     def terminal_event(self) -> StopEvent:
         """The stream's last event, as the outcome says."""

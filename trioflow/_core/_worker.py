@@ -321,9 +321,14 @@ async def _with_timeout(seconds: float, call: StepCall, event: Event) -> Any:
         return await call(event)
 
 
-def _step_note(crew: Crew, spec: StepSpec) -> str:
+def _step_note(crew: Crew, spec: StepSpec, event: Event | None = None) -> str:
     # No run id: one exception object raised by many runs gets the note once.
-    return f"trioflow: raised in step {spec.name!r} of {crew.workflow_name}"
+    note = f"trioflow: raised in step {spec.name!r} of {crew.workflow_name}"
+    if isinstance(event, StepFailedEvent):
+        # An error handler's failure, often the failure it was given, re-raised: where it
+        # began matters more than where it ended.
+        note += f" while handling the failure of step {event.step_name!r}"
+    return note
 
 
 async def _final_failure(
@@ -333,7 +338,7 @@ async def _final_failure(
     it decides the run (unless something else did already)."""
     spec = crew.graph.steps[index]
     state = crew.state
-    add_note(exc, _step_note(crew, spec))
+    add_note(exc, _step_note(crew, spec, event))
     failed = StepFailedEvent(step_name=spec.name, attempt=attempt, exception=exc, input_event=event)
     handlers = crew.graph.handlers_for[index]
     if state.outcome is not None and isinstance(exc, RunEndedError):

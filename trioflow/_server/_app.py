@@ -20,20 +20,24 @@ from .. import RunStatus, Workflow, WorkflowRuntimeError
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
-from ._feed import EventsExpired
+from ._feed import EventsExpired, TooManyWatchers
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
-from ._streaming import stream_feed
+from ._streaming import NDJSON_HEADERS, SSE_HEADERS, stream_feed
 
 logger = logging.getLogger("trioflow.server")
 
 
 def _hostname(host: str) -> str:
-    """The name in a Host header, without its port (``[::1]:8000`` -> ``::1``)."""
+    """The name in a Host header as DNS compares names: without its port, in lower case and
+    without the root's trailing dot (``LocalHost.:8000`` -> ``localhost``, ``[::1]:8000`` ->
+    ``::1``)."""
     if host.startswith("["):
-        return host[1 : host.find("]")]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return name.lower().removesuffix(".")
 
 
 class WorkflowApp:
@@ -52,13 +56,17 @@ class WorkflowApp:
         self.workflows = _named(workflows)
         self.options = ServerOptions(**options)
         self._registry: RunRegistry | None = None
+        self._hosts = frozenset(_hostname(name) for name in self.options.allowed_hosts)
         self._token = None if self.options.token is None else self.options.token.encode()
         self._dashboard: bytes | None = None
         self._sendable = {name: _sendable_event_types(wf) for name, wf in self.workflows.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(Request.from_scope(scope, receive, send))
+            request = Request.from_scope(scope, receive, send)
+            request.body_timeout = self.options.body_timeout
+            request.http_version = scope.get("http_version", "1.1")
+            await self._http(request)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -92,14 +100,7 @@ class WorkflowApp:
         if message["type"] != "lifespan.startup":
             raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
         async with trio.open_nursery() as nursery:
-            options = self.options
-            self._registry = RunRegistry(
-                nursery,
-                max_runs=options.max_runs,
-                keep_finished=options.keep_finished,
-                retain=options.retain,
-                hold_for_first_client=options.hold_for_first_client,
-            )
+            self._registry = RunRegistry(nursery, self.options)
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
             if message["type"] != "lifespan.shutdown":
@@ -134,10 +135,9 @@ class WorkflowApp:
     def _check_host(self, request: Request) -> None:
         # Against DNS rebinding: a page whose name was pointed at this machine reaches it as
         # same-origin, but its Host header still names the page's site.
-        allowed = self.options.allowed_hosts
-        if "*" in allowed:
+        if "*" in self._hosts:
             return
-        if _hostname(request.headers.get("host", "")) not in allowed:
+        if _hostname(request.headers.get("host", "")) not in self._hosts:
             raise HttpError(
                 403,
                 "forbidden_host",
@@ -202,9 +202,9 @@ class WorkflowApp:
             args = _match(pattern, parts)
             if args is None:
                 continue
-            route = methods.get(request.method)
+            route = methods.get("GET" if request.head else request.method)
             if route is None:
-                allow = ", ".join(methods).encode()
+                allow = ", ".join(["HEAD", *methods] if "GET" in methods else methods).encode()
                 raise HttpError(
                     405,
                     "method_not_allowed",
@@ -228,8 +228,9 @@ class WorkflowApp:
                 (
                     b"content-security-policy",
                     b"default-src 'self'; script-src 'unsafe-inline'; "
-                    b"style-src 'unsafe-inline'; img-src data:",
-                )
+                    b"style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+                ),
+                (b"x-frame-options", b"DENY"),  # frame-ancestors for older browsers
             ],
         )
 
@@ -260,7 +261,23 @@ class WorkflowApp:
         await request.respond_json(201, {"run_id": record.run_id}, [(b"location", location)])
 
     async def _list_runs(self, request: Request, args: list[str]) -> None:
-        await request.respond_json(200, {"runs": [r.describe() for r in self._runs().records()]})
+        query = request.query
+        limit = _int_param(query, "limit", low=1, high=LIST_LIMIT_MAX) or LIST_LIMIT
+        before = _int_param(query, "cursor", low=0, high=2**62)
+        workflow = query.get("workflow")
+        if workflow is not None:
+            self._workflow(workflow)
+        statuses = _statuses(query.get("status", ""))
+        records, following = self._runs().page(
+            limit, before=before, workflow=workflow, statuses=statuses
+        )
+        await request.respond_json(
+            200,
+            {
+                "runs": [record.summary() for record in records],
+                "next_cursor": None if following is None else str(following),
+            },
+        )
 
     async def _run_status(self, request: Request, args: list[str]) -> None:
         await request.respond_json(200, self._record(args[0]).describe())
@@ -273,6 +290,15 @@ class WorkflowApp:
             "application/x-ndjson" in accept and "text/event-stream" not in accept
         )
         try:
+            if request.head:  # the answer a GET would start with; no client attaches
+                feed = record.feed
+                feed.watch(after)  # raises what a GET would answer
+                ended = feed.finished and after == feed.last_seq  # a GET answers 204
+                await request.start_response(
+                    204 if ended else 200, NDJSON_HEADERS if ndjson else SSE_HEADERS
+                )
+                await request.send({"type": "http.response.body", "body": b""})
+                return
             await stream_feed(
                 request,
                 record.feed,
@@ -284,6 +310,8 @@ class WorkflowApp:
             )
         except EventsExpired as expired:
             raise HttpError(410, "events_expired", str(expired)) from None
+        except TooManyWatchers as full:
+            raise HttpError(429, "too_many_clients", str(full), [(b"retry-after", b"1")]) from None
         except ValueError as error:
             raise HttpError(400, "bad_request", str(error)) from None
 
@@ -355,6 +383,37 @@ class WorkflowApp:
                 400, "bad_request", f"abandon_after must be seconds >= 0, got {given!r}"
             )
         return seconds
+
+
+#: Runs a page of ``GET /runs`` lists unless ``?limit=`` says otherwise, and at most.
+LIST_LIMIT = 50
+LIST_LIMIT_MAX = 500
+
+
+def _int_param(query: Mapping[str, str], name: str, *, low: int, high: int) -> int | None:
+    """The integer query parameter ``name``, from ``low`` to ``high``; None if not given."""
+    given = query.get(name)
+    if given is None:
+        return None
+    if not (given.isascii() and given.isdigit() and low <= int(given) <= high):
+        raise HttpError(
+            400, "bad_request", f"{name} must be an integer from {low} to {high}, got {given!r}"
+        )
+    return int(given)
+
+
+def _statuses(given: str) -> list[RunStatus]:
+    """``?status=running,failed`` as statuses (none: any)."""
+    statuses = []
+    for name in filter(None, given.split(",")):
+        try:
+            statuses.append(RunStatus(name))
+        except ValueError:
+            known = ", ".join(status.value for status in RunStatus)
+            raise HttpError(
+                400, "bad_request", f"status must be one or more of {known}, got {name!r}"
+            ) from None
+    return statuses
 
 
 def _run_ended(record: RunRecord) -> HttpError:

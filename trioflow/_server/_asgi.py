@@ -6,20 +6,23 @@ directly and every `send` of a streamed body goes straight to the socket.
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
+import trio
 
-from .._wire import dumps
+from .._wire import BadJsonError, WireError, dumps, loads
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 class HttpError(Exception):
@@ -54,6 +57,15 @@ class Request:
     extra_headers: Headers = attrs.field(factory=list)
     #: The response has begun: from now on only its body can follow.
     started: bool = False
+    #: Seconds the body may take to arrive (`body`).
+    body_timeout: float = math.inf
+    #: The scope's ``http_version``: ``"1.1"``, ``"2"``...
+    http_version: str = "1.1"
+
+    @property
+    def head(self) -> bool:
+        """A ``HEAD`` request: answered as ``GET`` is, without the body."""
+        return self.method == "HEAD"
 
     @classmethod
     def from_scope(cls, scope: Scope, receive: Receive, send: Send) -> Request:
@@ -65,10 +77,21 @@ class Request:
         return cls(scope["method"], scope["path"], query, headers, receive, send)
 
     async def body(self, limit: int) -> bytes:
-        """Read the whole body, refusing one longer than ``limit`` bytes (413)."""
+        """Read the whole body, refusing one longer than ``limit`` bytes (413) or one that has
+        not arrived within `body_timeout` seconds (408: a request head without its body would
+        otherwise hold its connection for as long as the client likes)."""
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
+        with trio.move_on_after(self.body_timeout):
+            return await self._read_body(limit)
+        raise HttpError(
+            408,
+            "body_timeout",
+            f"the body did not arrive within {self.body_timeout:g} s (body_timeout)",
+        )
+
+    async def _read_body(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -84,16 +107,20 @@ class Request:
                 return b"".join(chunks)
 
     async def json(self, limit: int) -> Any:
-        """Read and parse a JSON body; an empty body is an empty object."""
+        """Read and parse a JSON body strictly (`loads`); an empty body is an empty object.
+        Bad JSON is a 400 ``bad_json``, valid JSON holding a value no field takes a 422
+        ``unsupported_value``."""
         body = await self.body(limit)
         if not body.strip():
             return {}
         try:
-            return json.loads(body)
-        except ValueError as exc:  # bad JSON, bad UTF-8, or an integer too long to convert
-            raise HttpError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise HttpError(400, "bad_json", "the body's JSON is nested too deeply") from None
+            return loads(body)
+        except BadJsonError as error:
+            raise HttpError(400, "bad_json", f"the body is not valid JSON: {error}") from None
+        except WireError as error:
+            # Valid JSON, but a value no field of any route takes (a lone surrogate, an int
+            # too long to convert): refused before the route reads the body, by one code.
+            raise HttpError(422, "unsupported_value", str(error)) from None
 
     async def respond(
         self,
@@ -112,7 +139,7 @@ class Request:
                 *headers,
             ],
         )
-        await self.send({"type": "http.response.body", "body": body})
+        await self.send({"type": "http.response.body", "body": b"" if self.head else body})
 
     async def respond_json(
         self, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()
@@ -129,7 +156,8 @@ class Request:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, *self.extra_headers],
+                # nosniff: a browser takes each response as its declared type, never guesses.
+                "headers": [*headers, *self.extra_headers, NOSNIFF],
             }
         )
 

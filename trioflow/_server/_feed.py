@@ -5,11 +5,14 @@ position, and clients that come back later (`Last-Event-ID`). The feed sits betw
 pump task takes each event off the run's stream, numbers it (``seq`` from 1), encodes it once,
 and appends it to a bounded history. Each client is a `Watcher` with a cursor into that history.
 
-Memory stays bounded whatever the clients do: the history holds at most ``retain`` entries.
-Making room for a new entry evicts the oldest one, unless an attached watcher has not taken it
-yet; then the pump waits, so the run's stream fills and the producing step waits too. That is
-how a slow client slows the producer end to end, while a client that is gone holds nothing
-back. A client that asks for an entry no longer retained gets `EventsExpired`, never a gap.
+Memory stays bounded whatever the clients do: the history holds at most ``retain`` entries
+and ``retain_bytes`` bytes (an entry larger than that is kept alone), and a watcher takes at
+most `BATCH` entries and `BATCH_BYTES` bytes at a time, which is what a client that stopped
+reading holds. Making room for a new entry evicts the oldest ones, unless an attached watcher
+has not taken them yet; then the pump waits, so the run's stream fills and the producing step
+waits too. That is how a slow client slows the producer end to end, while a client that is gone
+holds nothing back. A client that asks for an entry no longer retained gets `EventsExpired`,
+never a gap. At most ``max_watchers`` clients watch at once (`TooManyWatchers`).
 
 Until its first watcher attaches, a feed holds its first entries as if that watcher were
 already there, so the client that started a run and then asks for its events gets them all,
@@ -28,36 +31,59 @@ import trio
 
 @attrs.define(eq=False)
 class Entry:
-    """One numbered event, encoded once for every client that sends it."""
+    """One numbered event, encoded once for every client that sends it.
+
+    It keeps one bytes object, its Server-Sent Events message (``id``, ``event``, ``data``);
+    the other forms are cut from it. One copy, so that what the history holds is what
+    `size` says.
+    """
 
     seq: int
     type_name: str
-    #: The envelope as compact JSON.
-    json: bytes
-    _sse: bytes | None = None
-    _sse_anonymous: bytes | None = None
+    #: The entry as a named Server-Sent Events message: ``id: 1\nevent: Tick\ndata: {...}\n\n``.
+    frame: bytes
+    #: Where ``data: `` starts in `frame`.
+    _data_at: int
+
+    @classmethod
+    def encode(cls, seq: int, type_name: str, json: bytes) -> Entry:
+        head = b"id: %d\nevent: %s\n" % (seq, type_name.encode())
+        return cls(seq, type_name, b"%sdata: %s\n\n" % (head, json), len(head))
+
+    @property
+    def size(self) -> int:
+        """What keeping the entry costs, in bytes: its message and the object around it."""
+        return len(self.frame) + ENTRY_OVERHEAD
+
+    @property
+    def json(self) -> bytes:
+        """The envelope as compact JSON."""
+        return self.frame[self._data_at + 6 : -2]
 
     def sse(self, *, named: bool = True) -> bytes:
-        """The entry as a Server-Sent Events message (built on first use, then reused)."""
+        """The entry as a Server-Sent Events message; without ``event:`` unless ``named``."""
         if named:
-            if self._sse is None:
-                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (
-                    self.seq,
-                    self.type_name.encode(),
-                    self.json,
-                )
-            return self._sse
-        if self._sse_anonymous is None:
-            self._sse_anonymous = b"id: %d\ndata: %s\n\n" % (self.seq, self.json)
-        return self._sse_anonymous
+            return self.frame
+        id_line = self.frame.index(b"\n") + 1
+        return self.frame[:id_line] + self.frame[self._data_at :]
 
     def ndjson(self) -> bytes:
         """The entry as one line of newline-delimited JSON."""
-        return self.json + b"\n"
+        return self.frame[self._data_at + 6 : -1]
 
 
 #: Most entries a watcher takes at once (one write to its client).
 BATCH = 256
+#: Most bytes a watcher takes at once, unless one entry alone is larger: what a client that
+#: stopped reading holds, besides the socket's own buffers.
+BATCH_BYTES = 64 * 1024
+#: What an entry costs beyond its message: the object and its place in the history (measured
+#: with `sys.getsizeof`, rounded up).
+ENTRY_OVERHEAD = 128
+
+
+class TooManyWatchers(Exception):
+    """The run has as many clients as it may have (``max_watchers``)."""
 
 
 class EventsExpired(Exception):
@@ -78,11 +104,19 @@ class EventsExpired(Exception):
 class RunFeed:
     """The numbered, retained events of one run, shared by its watchers."""
 
-    def __init__(self, retain: int) -> None:
+    def __init__(
+        self, retain: int, retain_bytes: int = 1 << 62, max_watchers: int | None = None
+    ) -> None:
         if retain < 1:
             raise ValueError(f"retain must be at least 1, got {retain!r}")
+        if retain_bytes < 1:
+            raise ValueError(f"retain_bytes must be at least 1, got {retain_bytes!r}")
         self.retain = retain
+        self.retain_bytes = retain_bytes
+        self.max_watchers = max_watchers
         self._entries: deque[Entry] = deque()
+        #: Bytes the retained entries take (`Entry.size`).
+        self.size = 0
         self.last_seq = 0
         self.finished = False
         self._watchers: set[Watcher] = set()
@@ -90,6 +124,8 @@ class RunFeed:
         self.ever_watched = False
         #: Waiting for the first watcher: evict nothing (see `stop_holding`).
         self._holding = True
+        #: The pump waits for a watcher to take the oldest entries (see `append`).
+        self._pump_waiting = False
         #: Set when backpressure should stop (the server is shutting down): evict regardless.
         self._unblocked = False
         self._appended = trio.Event()  # set (and replaced) whenever an entry is appended
@@ -100,6 +136,11 @@ class RunFeed:
     def first_seq(self) -> int:
         """Seq of the oldest retained entry (``last_seq + 1`` when nothing is retained)."""
         return self._entries[0].seq if self._entries else self.last_seq + 1
+
+    @property
+    def newest_size(self) -> int:
+        """`Entry.size` of the newest retained entry (0 with none)."""
+        return self._entries[-1].size if self._entries else 0
 
     @property
     def watchers(self) -> int:
@@ -117,38 +158,53 @@ class RunFeed:
                 attached watcher (or kept for the first one).
             ValueError: ``seq`` is not the next number.
         """
-        if seq != self.last_seq + 1:
-            raise ValueError(f"the next entry is seq {self.last_seq + 1}, got {seq}")
-        if not self._make_room():
+        entry = self._next_entry(seq, type_name, json)
+        if not self._make_room(entry.size):
             raise trio.WouldBlock
-        self.last_seq = seq
-        self._entries.append(Entry(seq, type_name, json))
-        self._appended.set()
-        self._appended = trio.Event()
+        self._add(entry)
 
     async def append(self, seq: int, type_name: str, json: bytes) -> None:
         """Add the next entry as `append_nowait` does, waiting while there is no room. A
         checkpoint whether it waits or not, like every async function of trio's."""
+        entry = self._next_entry(seq, type_name, json)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._make_room():
+        if self._make_room(entry.size):
             await trio.lowlevel.cancel_shielded_checkpoint()
         # A watcher that attached during that yield may hold the oldest entry: look again.
-        while not self._make_room():
-            await self._progress.wait()
-        self.append_nowait(seq, type_name, json)
+        while not self._make_room(entry.size):
+            self._pump_waiting = True
+            try:
+                await self._progress.wait()
+            finally:
+                self._pump_waiting = False
+        self._add(entry)
 
-    def _make_room(self) -> bool:
-        """Evict what may be evicted until there is room for one more entry; whether there
-        is."""
+    def _next_entry(self, seq: int, type_name: str, json: bytes) -> Entry:
+        if seq != self.last_seq + 1:
+            raise ValueError(f"the next entry is seq {self.last_seq + 1}, got {seq}")
+        return Entry.encode(seq, type_name, json)
+
+    def _add(self, entry: Entry) -> None:
+        self.last_seq = entry.seq
+        self._entries.append(entry)
+        self.size += entry.size
+        self._appended.set()
+        self._appended = trio.Event()
+
+    def _make_room(self, incoming: int) -> bool:
+        """Evict what may be evicted until there is room for one more entry of ``incoming``
+        bytes; whether there is. An entry larger than ``retain_bytes`` has room once the
+        history is empty."""
         entries = self._entries
-        while len(entries) >= self.retain:
-            oldest = entries[0].seq
+        while entries and (len(entries) >= self.retain or self.size + incoming > self.retain_bytes):
+            oldest = entries[0]
             if not (
                 self._unblocked
-                or (not self._holding and all(w.cursor >= oldest for w in self._watchers))
+                or (not self._holding and all(w.cursor >= oldest.seq for w in self._watchers))
             ):
                 return False
             entries.popleft()
+            self.size -= oldest.size
         return True
 
     def finish(self) -> None:
@@ -175,7 +231,13 @@ class RunFeed:
         Raises:
             EventsExpired: entries after ``after`` were already evicted.
             ValueError: ``after`` is negative or beyond the last entry.
+            TooManyWatchers: ``max_watchers`` watchers are attached already.
         """
+        if self.max_watchers is not None and len(self._watchers) >= self.max_watchers:
+            raise TooManyWatchers(
+                f"this run has as many clients as it may have ({self.max_watchers}); "
+                "try again once one has left"
+            )
         if after < 0 or after > self.last_seq:
             raise ValueError(
                 f"after must be between 0 and the last event's seq ({self.last_seq}), got {after}"
@@ -211,11 +273,20 @@ class RunFeed:
         self._progress.set()
         self._progress = trio.Event()
 
-    def _entries_after(self, cursor: int, limit: int) -> list[Entry]:
+    def _entries_after(self, cursor: int) -> list[Entry]:
+        """The entries after ``cursor``: at most `BATCH` of them and `BATCH_BYTES` bytes, and
+        at least one."""
         if cursor < self.first_seq - 1:  # only after unblock(): say so rather than skip
             raise EventsExpired(cursor, self.first_seq)
         start = cursor + 1 - self.first_seq
-        return list(islice(self._entries, start, start + limit))
+        batch: list[Entry] = []
+        room = BATCH_BYTES
+        for entry in islice(self._entries, start, start + BATCH):
+            room -= len(entry.frame)
+            if room < 0 and batch:
+                break
+            batch.append(entry)
+        return batch
 
 
 class Watcher:
@@ -234,8 +305,8 @@ class Watcher:
         self._feed._detach(self)
 
     def next_batch_nowait(self) -> list[Entry]:
-        """Take the entries after the cursor, up to `BATCH` (empty once the feed is finished
-        and every entry was taken), if there are any.
+        """Take the entries after the cursor, up to `BATCH` entries and `BATCH_BYTES` bytes
+        (empty once the feed is finished and every entry was taken), if there are any.
 
         Raises:
             trio.WouldBlock: nothing to take yet.
@@ -246,9 +317,9 @@ class Watcher:
             if feed.finished:
                 return []
             raise trio.WouldBlock
-        batch = feed._entries_after(self.cursor, BATCH)
+        batch = feed._entries_after(self.cursor)
         self.cursor = batch[-1].seq
-        if len(feed._entries) >= feed.retain:  # the pump may be waiting for this
+        if feed._pump_waiting:  # for room, which this may have made
             feed._notify_progress()
         return batch
 

@@ -67,6 +67,20 @@ class ServerOptions:
         validator=_positive_int,
         metadata=_about("events kept per run for clients that join late or resume", unit="events"),
     )
+    retain_bytes: int = attrs.field(
+        default=4 * 1024 * 1024,
+        validator=_positive_int,
+        metadata=_about(
+            "bytes of events kept per run (an event larger than this is kept alone)", unit="bytes"
+        ),
+    )
+    max_clients_per_run: int = attrs.field(
+        default=128,
+        validator=_positive_int,
+        metadata=_about(
+            "clients streaming one run at once; another is answered 429", unit="clients"
+        ),
+    )
     hold_for_first_client: float = attrs.field(
         default=10.0,
         validator=_non_negative,
@@ -86,6 +100,14 @@ class ServerOptions:
         metadata=_about(
             "finished runs whose status and events stay readable, oldest forgotten first",
             unit="runs",
+        ),
+    )
+    keep_finished_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        validator=_positive_int,
+        metadata=_about(
+            "bytes of events and results kept for finished runs, oldest forgotten first",
+            unit="bytes",
         ),
     )
     max_body: int = attrs.field(
@@ -120,7 +142,11 @@ class ServerOptions:
     ping_interval: float = attrs.field(
         default=15.0,
         validator=_positive,
-        metadata=_about("seconds between ': ping' comments on an idle SSE stream (> 0)", unit="s"),
+        metadata=_about(
+            "seconds within which an idle stream notices a client that left; it carries a "
+            "keep-alive (SSE ': ping', NDJSON a space) every half of it (> 0)",
+            unit="s",
+        ),
     )
     retry_ms: int = attrs.field(
         default=2000,
@@ -141,8 +167,31 @@ class ServerOptions:
         default=5.0,
         validator=_non_negative,
         metadata=_about(
-            "seconds shutdown waits for cancelled runs to end, then again for slow clients",
+            "seconds each stage of a shutdown waits (runs ending, slow clients, open responses); "
+            "then the connections left are closed",
             unit="s",
+        ),
+    )
+    body_timeout: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_about("seconds a request's body may take to arrive (408 beyond)", unit="s"),
+    )
+    keep_alive_timeout: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata=_about(
+            "seconds serve() keeps a connection open with no request in progress (one whose "
+            "head is still arriving counts as none)",
+            unit="s",
+        ),
+    )
+    max_connections: int = attrs.field(
+        default=1000,
+        validator=_positive_int,
+        metadata=_about(
+            "connections serve() keeps open at once; more wait in the listen backlog",
+            unit="connections",
         ),
     )
 

@@ -11,17 +11,29 @@ That keeps the batching (a watcher wakes to a millisecond's worth of events and 
 one write) that yielding after every event loses: measured with ``python -m benchmarks --only
 serve --only serve_fanout``, a checkpoint per event cut the rate to one client about sixfold,
 and to 100 clients on one run about thirtyfold.
+
+An event that `dumps` cannot encode (a field holding an int too long to convert to text) must
+not end the pump: the feed would end without its terminal event. It goes to the feed with that
+value replaced by a marker string (`mark_unencodable`), and fails the run, if it is still
+running, with an `EncodeError` naming the event and the value, since its clients do not receive
+what it streamed. Once the outcome is decided, the event still goes out marked and the server
+logs a warning; that includes the terminal event (a stop event whose result holds such an int),
+so the stream always ends with one.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from .._wire import dumps, encode_envelope, type_name
+from .._wire import EncodeError, dumps, encode_envelope, mark_unencodable, type_name
 from ._record import RunRecord
+
+logger = logging.getLogger("trioflow.server")
 
 #: Seconds of work after which the pump lets other tasks run.
 YIELD_EVERY = 0.001
@@ -48,7 +60,11 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         if began - ended > RESUMED_AFTER:
             busy = 0.0
         seq = feed.last_seq + 1
-        name, json = type_name(type(event)), dumps(encode_envelope(seq, event))
+        name, envelope = type_name(type(event)), encode_envelope(seq, event)
+        try:
+            json = dumps(envelope)
+        except EncodeError as error:
+            json = _unencodable(record, envelope, error)
         try:
             feed.append_nowait(seq, name, json)
         except trio.WouldBlock:
@@ -61,3 +77,19 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
                 busy = 0.0
         ended = clock()
     record.pumped = True
+
+
+def _unencodable(record: RunRecord, envelope: dict[str, Any], error: EncodeError) -> bytes:
+    """The JSON of an event `dumps` refused: marked, failing the run if it still runs."""
+    failure = EncodeError(
+        f"the {envelope['type']} event (seq {envelope['seq']}) cannot be encoded as JSON: {error}",
+        error.field,
+    )
+    if not record.handler._fail_from_server(failure):  # decided: say what its clients miss
+        logger.warning(
+            "trioflow: run %s of %s: %s; it is sent with a marker in its place",
+            record.run_id,
+            record.workflow_name,
+            failure,
+        )
+    return dumps(mark_unencodable(envelope))

@@ -14,8 +14,11 @@ import attrs
 import trio
 
 from .. import RunStatus, WorkflowHandler
-from .._wire import encode_exception, encode_value
+from .._wire import encode_exception, encode_value, mark_unencodable
 from ._feed import RunFeed
+
+#: Characters of an error's message that ``GET /runs`` shows (``GET /runs/{id}`` has it all).
+SUMMARY_MESSAGE = 200
 
 
 @attrs.define(eq=False)
@@ -26,6 +29,8 @@ class RunRecord:
     workflow_name: str
     handler: WorkflowHandler
     feed: RunFeed
+    #: The registry's count of runs started before this one: the order of `GET /runs`.
+    number: int = 0
     started_at: float = attrs.field(factory=time.time)
     #: The pump has taken the run's whole stream into the feed, terminal event included.
     pumped: bool = False
@@ -38,6 +43,34 @@ class RunRecord:
     @property
     def run_id(self) -> str:
         return self.handler.run_id
+
+    def footprint(self) -> int:
+        """Bytes the record keeps: its retained events, and its result, counted as the size of
+        the terminal event that carries it (the last entry, once the feed is finished)."""
+        return self.feed.size + (self.feed.newest_size if self.feed.finished else 0)
+
+    def summary(self) -> dict[str, Any]:
+        """The run as ``GET /runs`` lists it: its status, without its result (which may be
+        large: ``GET /runs/{id}`` has it), and its error's type, step and the start of its
+        message."""
+        status = self.handler.status
+        summary: dict[str, Any] = {
+            "run_id": self.run_id,
+            "workflow": self.workflow_name,
+            "status": status.value,
+            "seq": self.feed.last_seq,
+            "watchers": self.feed.watchers,
+            "started_at": self.started_at,
+        }
+        if status is RunStatus.FAILED or status is RunStatus.TIMED_OUT:
+            try:
+                self.handler.result_nowait()
+            except BaseException as error:  # the run's own error, as describe() gives it
+                brief = self._error(error)
+                if len(brief["message"]) > SUMMARY_MESSAGE:
+                    brief["message"] = brief["message"][: SUMMARY_MESSAGE - 1] + "\u2026"
+                summary["error"] = brief
+        return summary
 
     def describe(self) -> dict[str, Any]:
         """The run's status as JSON (``GET /runs/{id}``), with its result or error once its
@@ -65,7 +98,9 @@ class RunRecord:
             # call raises no cancellation of this task.
             return {"error": self._error(error)}
         if self._encoded_result is None:
-            self._encoded_result = (encode_value(result),)  # once, not per request
+            # Once, not per request; an int too long to write goes out as a marker, as in
+            # the run's terminal event (see `_pump`), rather than failing every request.
+            self._encoded_result = (mark_unencodable(encode_value(result)),)
         return {"result": self._encoded_result[0]}
 
     def _error(self, error: BaseException) -> dict[str, Any]:

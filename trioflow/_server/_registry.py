@@ -17,15 +17,26 @@ half alive, unable to start runs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections import deque
+from collections.abc import Collection
 
 import trio
 
-from .. import StartEvent, TrioflowError, Workflow, WorkflowHandler, WorkflowRuntimeError
+from .. import (
+    RunStatus,
+    StartEvent,
+    TrioflowError,
+    Workflow,
+    WorkflowHandler,
+    WorkflowRuntimeError,
+)
 from ._feed import RunFeed
+from ._options import ServerOptions
 from ._pump import pump
 from ._record import RunRecord
+from ._report import log_failed_run
 
 logger = logging.getLogger("trioflow.server")
 
@@ -41,22 +52,15 @@ class ShuttingDown(TrioflowError):
 class RunRegistry:
     """Starts runs in ``nursery`` and finds them by id."""
 
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        *,
-        max_runs: int,
-        keep_finished: int,
-        retain: int,
-        hold_for_first_client: float,
-    ) -> None:
+    def __init__(self, nursery: trio.Nursery, options: ServerOptions) -> None:
         self._nursery = nursery
-        self._max_runs = max_runs
-        self._keep_finished = keep_finished
-        self._retain = retain
-        self._hold = hold_for_first_client
+        self._options = options
+        self._max_runs = options.max_runs
         self._records: dict[str, RunRecord] = {}
-        self._finished: deque[str] = deque()
+        self._numbers = itertools.count()
+        #: Finished runs, oldest first, and the bytes they keep (`RunRecord.footprint`).
+        self._finished: deque[tuple[str, int]] = deque()
+        self._finished_bytes = 0
         self._starting = 0  # runs between the limit check and their record
         self._closing = False
         self._fatal: BaseException | None = None
@@ -65,9 +69,29 @@ class RunRegistry:
     def get(self, run_id: str) -> RunRecord | None:
         return self._records.get(run_id)
 
-    def records(self) -> list[RunRecord]:
-        """Every run known, oldest first."""
-        return list(self._records.values())
+    def page(
+        self,
+        limit: int,
+        *,
+        before: int | None = None,
+        workflow: str | None = None,
+        statuses: Collection[RunStatus] = (),
+    ) -> tuple[list[RunRecord], int | None]:
+        """Up to ``limit`` runs, newest first, started before run number ``before`` (all when
+        None), of ``workflow`` and with one of ``statuses`` when given; and the number to pass
+        as ``before`` for the next page (None when there is none)."""
+        found: list[RunRecord] = []
+        for record in reversed(self._records.values()):  # newest first: in start order
+            if before is not None and record.number >= before:
+                continue
+            if workflow is not None and record.workflow_name != workflow:
+                continue
+            if statuses and record.handler.status not in statuses:
+                continue
+            if len(found) == limit:
+                return found, found[-1].number
+            found.append(record)
+        return found, None
 
     @property
     def running(self) -> int:
@@ -163,16 +187,19 @@ class RunRegistry:
         raised: BaseException | None = None
         try:
             async with workflow.start(start_event) as handler:
-                record = RunRecord(name, handler, RunFeed(self._retain))
+                options = self._options
+                feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
+                record = RunRecord(name, handler, feed, next(self._numbers))
                 self._records[record.run_id] = record
                 task_status.started(record)
-                await _follow(record, self._hold, abandon_after)
+                await _follow(record, self._options.hold_for_first_client, abandon_after)
         except BaseException as error:  # sorted out by `_end`, which re-raises what is ours
             raised = error
         if record is None:  # start() failed before the run was under way: the request's error
             assert raised is not None
             raise raised
         try:
+            log_failed_run(record)  # the traceback no client gets
             await self._end(record, raised)
         finally:
             record.feed.finish()
@@ -206,9 +233,17 @@ class RunRegistry:
             raise raised
 
     def _forget_old(self, record: RunRecord) -> None:
-        self._finished.append(record.run_id)
-        while len(self._finished) > self._keep_finished:
-            del self._records[self._finished.popleft()]
+        """Keep ``record`` and forget the oldest finished runs beyond ``keep_finished`` runs or
+        ``keep_finished_bytes`` bytes; the newest is kept whatever its size."""
+        kept = record.footprint()
+        self._finished.append((record.run_id, kept))
+        self._finished_bytes += kept
+        limit, limit_bytes = self._options.keep_finished, self._options.keep_finished_bytes
+        finished = self._finished
+        while len(finished) > 1 and (len(finished) > limit or self._finished_bytes > limit_bytes):
+            run_id, size = finished.popleft()
+            del self._records[run_id]
+            self._finished_bytes -= size
 
 
 def _is_cancellation(error: BaseException) -> bool:

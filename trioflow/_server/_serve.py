@@ -1,8 +1,18 @@
-"""`serve`: a `WorkflowApp` on hypercorn's trio worker, with a graceful shutdown.
+"""`serve`: a `WorkflowApp` on hypercorn, with a graceful shutdown that always ends.
 
 A library function: it installs no signal handlers and never exits the process, so it can run
 inside any trio program. Whoever embeds it decides what stops it (``shutdown_trigger``, or
 cancelling it); the ``trioflow serve`` command turns SIGINT and SIGTERM into that trigger.
+
+hypercorn speaks HTTP/1.1 and HTTP/2 on each connection; `serve` does the rest of what
+``hypercorn.trio.serve`` would: it listens, runs the app's ASGI lifespan, and accepts the
+connections (`Connections`: at most ``max_connections``, and all of them ended once the
+shutdown's grace period is over, which hypercorn cannot do with a client that stopped reading).
+
+Shutting down goes in three stages of at most ``shutdown_grace`` seconds each, the first two
+the app's (`WorkflowApp.shutdown`: the cancelled runs end, first with their slow clients
+holding them back, then without), the third the connections': they finish their responses,
+the streams up to their runs' terminal events, and are closed.
 
 hypercorn is imported when `serve` is called, so ``import trioflow`` stays light for programs
 that only run workflows in-process.
@@ -10,6 +20,7 @@ that only run workflows in-process.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -18,6 +29,7 @@ import trio
 
 from .. import Workflow
 from ._app import WorkflowApp
+from ._asgi import Message
 from ._options import LOOPBACK_NAMES
 
 
@@ -42,15 +54,17 @@ async def serve(
             server listens, as with ``await nursery.start(serve, ...)``.
         **options: `ServerOptions` fields, when ``workflows`` is not already an app.
 
-    Shutting down stops listening, cancels the running runs (each stream ends with its
-    `WorkflowCancelledEvent`), lets open streams finish, then returns.
+    Shutting down cancels the running runs (each stream ends with its
+    `WorkflowCancelledEvent`), stops listening, lets open responses finish, then returns:
+    within three times ``shutdown_grace`` whatever the clients do (see the module's docstring).
 
     Raises:
         BaseException: a run's ``SystemExit`` or ``KeyboardInterrupt`` (any `BaseException`
             that is no `Exception`), as itself, once it has shut the server down gracefully.
     """
     from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
+
+    from ._connections import Connections
 
     if isinstance(workflows, WorkflowApp):
         if options:
@@ -61,16 +75,27 @@ async def serve(
         app = WorkflowApp(workflows, **options)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = app.options.shutdown_grace
+    config.keep_alive_timeout = app.options.keep_alive_timeout
     config.accesslog = None
+    sockets = config.create_sockets().insecure_sockets
     fatal: list[BaseException] = []
-    await hypercorn_serve(
-        app,  # type: ignore[arg-type]  # hypercorn's scope TypedDicts; ours is a mapping
-        config,
-        shutdown_trigger=partial(_shut_down, app, shutdown_trigger or trio.sleep_forever, fatal),
-        task_status=task_status,
-        mode="asgi",
-    )
+    try:
+        listeners = [_listen(sock, config.backlog) for sock in sockets]
+        async with trio.open_nursery() as nursery:
+            stop_app = await nursery.start(_run_lifespan, app)
+            connections = Connections(app, config, app.options.max_connections)
+            try:
+                accepting = await nursery.start(connections.accept, listeners, nursery)
+                task_status.started([_address(sock) for sock in sockets])
+                await _shut_down(app, shutdown_trigger or trio.sleep_forever, fatal)
+                accepting.cancel()
+                await connections.finish(app.options.shutdown_grace)
+            finally:
+                connections.close_all()  # when cancelled: at once, whatever the clients do
+            stop_app.set()
+    finally:
+        for sock in sockets:
+            sock.close()
     if fatal:
         raise fatal[0]
 
@@ -78,9 +103,8 @@ async def serve(
 async def _shut_down(
     app: WorkflowApp, trigger: Callable[[], Awaitable[object]], fatal: list[BaseException]
 ) -> None:
-    """hypercorn's shutdown trigger: return (which stops hypercorn) once ``trigger`` has
-    returned or a run has raised a fatal exception (kept in ``fatal``), and the app has
-    cancelled its runs and recorded their ends."""
+    """Return once ``trigger`` has returned or a run has raised a fatal exception (kept in
+    ``fatal``), and the app has cancelled its runs and recorded their ends."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_then_cancel, trigger, nursery.cancel_scope)
         nursery.start_soon(_then_cancel, partial(_catch_fatal, app, fatal), nursery.cancel_scope)
@@ -94,6 +118,44 @@ async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: trio.Cancel
 
 async def _catch_fatal(app: WorkflowApp, fatal: list[BaseException]) -> None:
     fatal.append(await app.wait_fatal())
+
+
+async def _run_lifespan(
+    app: WorkflowApp, *, task_status: trio.TaskStatus[trio.Event] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the app's ASGI lifespan (its runs live in the nursery it holds); once it has
+    started, report an event whose setting shuts it down."""
+    to_app, app_receives = trio.open_memory_channel[Message](1)
+    app_sends, from_app = trio.open_memory_channel[Message](1)
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, scope, app_receives.receive, app_sends.send)
+        await _lifespan_step(to_app, from_app, "startup")
+        task_status.started(stop)
+        await stop.wait()
+        await _lifespan_step(to_app, from_app, "shutdown")
+
+
+async def _lifespan_step(
+    to_app: trio.MemorySendChannel[Message],
+    from_app: trio.MemoryReceiveChannel[Message],
+    step: str,
+) -> None:
+    await to_app.send({"type": f"lifespan.{step}"})
+    answer = await from_app.receive()
+    if answer["type"] != f"lifespan.{step}.complete":
+        raise RuntimeError(f"the app answered lifespan.{step} with {answer!r}")
+
+
+def _listen(sock: socket.socket, backlog: int) -> trio.SocketListener:
+    sock.listen(backlog)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 def hosts_for(host: str) -> tuple[str, ...]:

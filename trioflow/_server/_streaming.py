@@ -2,17 +2,36 @@
 
 Each batch of entries a `Watcher` takes is one ``http.response.body`` message, and hypercorn
 flushes each message as its own chunk, so an event reaches the socket as soon as the pump has
-it. ``await send(...)`` waits while the client's TCP window is closed: that wait is what holds
-the watcher back, and through the feed, the producing step.
+it. ``await send(...)`` waits while the client's TCP window is closed (over HTTP/2, the stream
+also waits for hypercorn's buffer to drain: `_http2`): that wait is what holds the watcher
+back, and through the feed, the producing step.
+
+A sibling task watches ``receive()`` for ``http.disconnect`` (hypercorn never fails a
+``send()`` to a client that has gone) and cancels the stream. The message that ends the body
+is sent outside its reach: cancelled inside that ``send()``, hypercorn would stop halfway
+through ending the response, and a connection that should close (HTTP/1.0, ``Connection:
+close``) or be kept for the next request would do neither.
+
+An idle stream carries a keep-alive every half ``ping_interval``: an SSE ``: ping`` comment, or
+for NDJSON, which has no comments, one space, which JSON allows before the next line's value.
+Besides keeping proxies from closing the stream, the write is how a client that has left is
+noticed while hypercorn reads nothing from its connection, which it does while a request is
+pipelined behind the stream: a write to a socket its client has closed fails, at the latest the
+second one (when the client had read everything, its kernel answers the first with a reset), so
+two writes per interval notice it within ``ping_interval``.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
+import attrs
 import trio
 
 from .._wire import dumps
 from ._asgi import Receive, Request
 from ._feed import Entry, EventsExpired, RunFeed, Watcher
+from ._http2 import Drain, flow_control
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -41,53 +60,102 @@ async def stream_feed(
     Raises:
         EventsExpired: entries after ``after`` are no longer retained (before any response).
         ValueError: ``after`` is beyond the last entry (before any response).
+        HttpError: 505, HTTP/2 where the stream could not wait for its client (`_http2`).
     """
     if feed.finished and after == feed.last_seq:
         # Nothing more will come. 204 also tells an EventSource to stop reconnecting.
         await request.start_response(204, [(b"cache-control", b"no-store")])
         await request.send({"type": "http.response.body", "body": b""})
         return
+    body = _Body(request, flow_control(request))
+    form: _Form = _Ndjson() if ndjson else _Sse(named, b"retry: %d\n" % retry_ms)
     with feed.watch(after) as watcher:
         await request.start_response(200, NDJSON_HEADERS if ndjson else SSE_HEADERS)
         async with trio.open_nursery() as nursery:
-            # hypercorn never fails a send() to a client that has gone; receive() tells.
             nursery.start_soon(_cancel_on_disconnect, request.receive, nursery.cancel_scope)
-            if ndjson:
-                await _send_ndjson(request, watcher)
-            else:
-                await _send_sse(request, watcher, named, ping_interval, retry_ms)
+            await _send_entries(body, watcher, form, ping_interval)
+            body.complete = True
             nursery.cancel_scope.cancel()
+    if body.complete:
+        await body.end()
 
 
-async def _send_sse(
-    request: Request, watcher: Watcher, named: bool, ping_interval: float, retry_ms: int
-) -> None:
-    await _send(request, b"retry: %d\n\n" % retry_ms)
+@attrs.define(eq=False)
+class _Body:
+    """The response body of one stream, sent in parts."""
+
+    request: Request
+    #: Awaited after each part (HTTP/2): see `_http2`.
+    drain: Drain | None
+    #: Every entry up to the last has been sent; what is left is to end the body.
+    complete: bool = False
+
+    async def send(self, part: bytes) -> None:
+        await self.request.send({"type": "http.response.body", "body": part, "more_body": True})
+        if self.drain is not None:
+            await self.drain()
+
+    async def end(self) -> None:
+        await self.request.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Form(Protocol):
+    """How a stream's parts are written: SSE or NDJSON."""
+
+    #: What an idle stream carries every half ``ping_interval``.
+    keep_alive: bytes
+
+    def batch(self, entries: list[Entry]) -> bytes: ...
+
+    def expired(self, error: EventsExpired) -> bytes: ...
+
+
+@attrs.define(eq=False)
+class _Sse:
+    named: bool
+    #: The ``retry:`` field, sent in the first event's block: alone, it would be a block of
+    #: its own, which some clients take for an event without data (httpx-sse does).
+    retry: bytes
+    keep_alive = b": ping\n\n"
+
+    def batch(self, entries: list[Entry]) -> bytes:
+        return self._first(b"".join([entry.sse(named=self.named) for entry in entries]))
+
+    def expired(self, error: EventsExpired) -> bytes:
+        # Not `event: error`: an EventSource fires its own `error` event when the connection
+        # fails, and a listener for it could not tell the two apart. No `id:` either, so that
+        # Last-Event-ID stays the last event received.
+        return self._first(b"event: expired\ndata: %s\n\n" % _expired(error))
+
+    def _first(self, block: bytes) -> bytes:
+        retry, self.retry = self.retry, b""
+        return retry + block
+
+
+class _Ndjson:
+    keep_alive = b" "  # JSON allows whitespace before a value: the next line stays valid
+
+    def batch(self, entries: list[Entry]) -> bytes:
+        return b"".join([entry.ndjson() for entry in entries])
+
+    def expired(self, error: EventsExpired) -> bytes:
+        return _expired(error) + b"\n"
+
+
+async def _send_entries(body: _Body, watcher: Watcher, form: _Form, ping_interval: float) -> None:
+    """Send the watcher's entries as they come, up to the last one."""
     while True:
-        with trio.move_on_after(ping_interval) as idle:
+        with trio.move_on_after(ping_interval / 2) as idle:
             batch = await _next_batch(watcher)
         if idle.cancelled_caught:
-            await _send(request, b": ping\n\n")  # keeps proxies and idle timeouts at bay
-            continue
-        if isinstance(batch, EventsExpired):
-            await _send(request, b"event: error\ndata: %s\n\n" % _expired(batch), end=True)
+            await body.send(form.keep_alive)
+        elif isinstance(batch, EventsExpired):
+            await body.send(form.expired(batch))
             return
-        if not batch:
-            await _send(request, b"", end=True)
+        elif batch:
+            await body.send(form.batch(batch))
+        else:
             return
-        await _send(request, b"".join([entry.sse(named=named) for entry in batch]))
-
-
-async def _send_ndjson(request: Request, watcher: Watcher) -> None:
-    while True:
-        batch = await _next_batch(watcher)  # no keep-alive: NDJSON has no comment lines
-        if isinstance(batch, EventsExpired):
-            await _send(request, _expired(batch) + b"\n", end=True)
-            return
-        if not batch:
-            await _send(request, b"", end=True)
-            return
-        await _send(request, b"".join([entry.ndjson() for entry in batch]))
 
 
 async def _next_batch(watcher: Watcher) -> list[Entry] | EventsExpired:
@@ -106,10 +174,6 @@ async def _next_batch(watcher: Watcher) -> list[Entry] | EventsExpired:
 
 def _expired(error: EventsExpired) -> bytes:
     return dumps({"error": {"code": "events_expired", "message": str(error)}})
-
-
-async def _send(request: Request, body: bytes, *, end: bool = False) -> None:
-    await request.send({"type": "http.response.body", "body": body, "more_body": not end})
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

@@ -1,23 +1,36 @@
 """The JSON wire format shared by the HTTP server and the command line.
 
-Events and results go out through `_encode` (nothing there raises: a step may stream any
-object); start events and events sent in are decoded strictly in `_decode`; a workflow's graph
-is described in `_describe`; the names and fields of types that all three use are read in
-`_typeinfo`. The layers above import the format from this package only.
+Events and results go out through `_encode` (its encoders never raise: a step may stream any
+object; only `dumps` refuses the one value with no JSON text, an int too long to convert, which
+`mark_unencodable` replaces); request bodies are parsed strictly by `loads`, and start events
+and events sent in are decoded strictly, in `_decode`; a workflow's graph is described in
+`_describe`; the names and fields of types that all three use are read in `_typeinfo`. The
+layers above import the format from this package only.
 """
 
-from ._decode import WireError, decode_event, decode_start_event, sendable_event_types
+from ._decode import (
+    BadJsonError,
+    WireError,
+    decode_event,
+    decode_start_event,
+    loads,
+    sendable_event_types,
+)
 from ._describe import describe_workflow
 from ._encode import (
+    EncodeError,
     dumps,
     encode_envelope,
     encode_event_data,
     encode_exception,
     encode_value,
+    mark_unencodable,
 )
 from ._typeinfo import field_types, qualified_name, takes_free_form_fields, type_name
 
 __all__ = [
+    "BadJsonError",
+    "EncodeError",
     "WireError",
     "decode_event",
     "decode_start_event",
@@ -28,6 +41,8 @@ __all__ = [
     "encode_exception",
     "encode_value",
     "field_types",
+    "loads",
+    "mark_unencodable",
     "qualified_name",
     "sendable_event_types",
     "takes_free_form_fields",

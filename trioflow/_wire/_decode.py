@@ -7,6 +7,16 @@ int is a fine float. Problems raise `WireError` naming the field by its path
 `StartEvent`'s free-form fields, are taken as they are. Values are read in the forms `_wire`
 writes them in: bytes as base64, dates and times as ISO 8601 strings, timedelta as seconds, an
 event inside a field as ``{"type": ..., "data": {...}}``.
+
+Bodies are parsed by `loads`, more strictly than `json.loads`, since what RFC 8259 leaves to
+the reader would otherwise reach a run: `BadJsonError` (bad JSON: the server's 400) for text
+that is not UTF-8 or not JSON, for ``NaN`` and ``Infinity`` (JSON has no such numbers, and
+``{"interval": Infinity}`` would make a run sleep forever), for numbers too large for a float
+(``1e999``), for an object naming a key twice (which JSON readers settle differently), and for
+arrays and objects nested more than `MAX_DEPTH` deep. `WireError` (the server's 422) for valid
+JSON holding a value that no field takes: a string with a lone surrogate (``"\\udfff"``, no
+Unicode character), or an integer of more digits than Python converts to text
+(`sys.get_int_max_str_digits`), either of which a run could not send back out as it came in.
 """
 
 from __future__ import annotations
@@ -17,6 +27,9 @@ import datetime as dt
 import enum
 import itertools
 import json
+import math
+import re
+import sys
 import typing
 import uuid
 from collections.abc import (
@@ -85,6 +98,56 @@ class WireError(TrioflowError):
         return self.message
 
 
+class BadJsonError(TrioflowError):
+    """A body that is not JSON as `loads` reads it: the server answers 400 with `message`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: How deeply a body's arrays and objects may nest (serde_json's limit). Reading, checking and
+#: echoing a value all recurse, so a deep one would run out of stack somewhere; well below
+#: Python's recursion limit, this one also leaves room for the frames of the server.
+MAX_DEPTH = 128
+
+
+def loads(body: bytes) -> Any:
+    """Parse a request body as JSON, strictly (see the module docstring).
+
+    Raises:
+        BadJsonError: the body is not UTF-8, not JSON, holds ``NaN``, an infinity or a number
+            too large for a float, names a key twice in an object, or nests more than
+            `MAX_DEPTH` deep.
+        WireError: the body is valid JSON but holds a value that no field takes: a string
+            (or a key) with a lone surrogate, or an integer of more digits than Python
+            converts; ``field`` names where.
+    """
+    try:
+        text = body.decode("utf-8-sig")  # RFC 8259: UTF-8; a reader may skip a BOM
+    except UnicodeDecodeError as error:
+        raise BadJsonError(f"the body is not UTF-8: {error}") from None
+    try:
+        value = _parse(_strict, text)
+        long_ints = False
+    except ValueError:  # from int(), the one other error valid JSON raises: where is it?
+        value = _parse(_marking, text)
+        long_ints = True
+    # Only an object or an array opened more than `MAX_DEPTH` times can nest that deep, and
+    # only a \u escape makes a surrogate (the text is valid UTF-8): both are rare, so look
+    # closer only then.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep_value(value):
+        raise BadJsonError(_too_deep())
+    if long_ints or ("\\u" in text and _SURROGATE_ESCAPE.search(text)):
+        refusal = _find_refused(value)
+        if refusal is not None:
+            raise refusal
+    return value
+
+
 def decode_start_event(start_type: type[StartEvent], data: Any) -> StartEvent:
     """Build a run's start event from the JSON value of a request body.
 
@@ -110,6 +173,8 @@ def decode_start_event(start_type: type[StartEvent], data: Any) -> StartEvent:
         return _build(start_type, data)
     except _Invalid as problem:
         raise problem.wire_error(()) from problem.__cause__
+    except RecursionError:
+        raise _too_deep_to_check() from None
 
 
 def sendable_event_types(workflow: Workflow) -> dict[str, type[Event]]:
@@ -161,6 +226,130 @@ def decode_event(types: Mapping[str, type[Event]], body: Any) -> Event:
         return _build(event_type, data)
     except _Invalid as problem:
         raise problem.wire_error(("data",)) from problem.__cause__
+    except RecursionError:
+        raise _too_deep_to_check() from None
+
+
+# --- Parsing a body ------------------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise BadJsonError(f"{name} is no JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise BadJsonError(f"the number {_clip(text)} is too large for a float")
+    return number
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    made = dict(pairs)
+    if len(made) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadJsonError(f"an object names the key {_clip(json.dumps(key))} twice")
+            seen.add(key)
+    return made
+
+
+class _LongInt:
+    """Where `_marking` read an integer of too many digits."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _int_or_long(text: str) -> int | _LongInt:
+    try:
+        return int(text)
+    except ValueError:
+        return _LongInt(len(text.lstrip("-")))
+
+
+_strict = json.JSONDecoder(
+    object_pairs_hook=_object, parse_float=_finite_float, parse_constant=_no_constants
+)
+#: Reads an integer of too many digits as a `_LongInt`, to find it: only for a body that
+#: `_strict` refused for one.
+_marking = json.JSONDecoder(
+    object_pairs_hook=_object,
+    parse_float=_finite_float,
+    parse_constant=_no_constants,
+    parse_int=_int_or_long,
+)
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _parse(decoder: json.JSONDecoder, text: str) -> Any:
+    try:
+        return decoder.decode(text)
+    except json.JSONDecodeError as error:
+        raise BadJsonError(str(error)) from None
+    except RecursionError:  # deeper than Python's stack allows, so deeper than MAX_DEPTH
+        raise BadJsonError(_too_deep()) from None
+
+
+def _too_deep_value(value: Any) -> bool:
+    """Whether parsed JSON nests more than `MAX_DEPTH` deep: a level at a time, no recursion.
+    (Reading the text instead would have to skip its strings, which costs more.)"""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [item for item in level if type(item) is dict or type(item) is list]
+        if not level:
+            return False
+        below: list[Any] = []
+        for container in level:
+            below += container.values() if type(container) is dict else container
+        level = below
+    return True
+
+
+def _too_deep() -> str:
+    return f"the body nests arrays and objects more than {MAX_DEPTH} deep"
+
+
+def _find_refused(value: Any) -> WireError | None:
+    """The first value (in document order) that `loads` refuses in parsed JSON, if any."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return _refused(path, _lone_surrogate("holds a string with", value))
+        elif isinstance(value, _LongInt):
+            limit = sys.get_int_max_str_digits()
+            return _refused(
+                path,
+                f"is an integer of {value.digits} digits: trioflow takes at most {limit} "
+                "(Python's limit for converting integers, sys.set_int_max_str_digits)",
+            )
+        elif isinstance(value, dict):
+            for key in value:
+                if _SURROGATE.search(key):
+                    return _refused(path, _lone_surrogate("has a key with", key))
+            stack.extend((item, (*path, _clip(key))) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((value[i], (*path, f"[{i}]")) for i in reversed(range(len(value))))
+    return None
+
+
+def _refused(path: tuple[str, ...], problem: str) -> WireError:
+    field = _join_path(path) or None
+    return WireError(f"{'the body' if field is None else f'field {field!r}'} {problem}", field)
+
+
+def _lone_surrogate(what: str, text: str) -> str:
+    found = _SURROGATE.search(text)
+    assert found is not None
+    return (
+        f"{what} a lone surrogate (\\u{ord(found[0]):04x}), which is no Unicode character and "
+        "has no UTF-8 form (a character beyond U+FFFF is escaped as a pair: \\ud83d\\ude00)"
+    )
 
 
 # --- Problems and their paths -------------------------------------------------------------
@@ -194,6 +383,10 @@ class _Invalid(Exception):
         else:
             message = f"field {field!r}: {self.detail}"
         return WireError(message, field)
+
+
+def _too_deep_to_check() -> WireError:
+    return WireError("the value is nested too deeply to check against its fields' types")
 
 
 def _join_path(path: Iterable[str]) -> str:
@@ -240,7 +433,10 @@ def _quote(value: Any) -> str:
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=repr)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (ValueError, RecursionError):  # an int too long to convert, or a deep value
+        return "(too large to show)"
 
 
 def _json_kind(value: Any) -> str:
@@ -406,7 +602,7 @@ def _structure_at(segment: str, value: Any, tp: Any) -> Any:
 def _structure(value: Any, tp: Any) -> Any:
     try:
         return _converter.structure(value, tp)
-    except _Invalid:
+    except (_Invalid, RecursionError):  # a value too deep to check is no mismatch down here
         raise
     except StructureHandlerNotFoundError:
         raise _Invalid("value", f"{type_str(tp)} values cannot be sent as JSON") from None

@@ -15,6 +15,16 @@ at any depth:
   `base64.b64decode`; UUID, Decimal and paths: their ``str``.
 - a float that is NaN or infinite: ``null``, as ``JSON.stringify`` does (JSON has no such
   numbers).
+
+`dumps` writes the text: UTF-8, except that U+2028, U+2029 and U+0085 are written as JSON
+escapes (``\\u2028``), since line-based readers (``str.splitlines``, httpx's ``aiter_lines``)
+would split an NDJSON line or an SSE field on them, and so is a lone surrogate (``\\udfff``),
+which has no UTF-8 form: any string can be sent, losslessly. One value has no JSON text: an
+int of more digits than Python converts to text (`sys.get_int_max_str_digits`, 4,300 by
+default); `dumps` refuses it with `EncodeError` naming where it is, and `mark_unencodable`
+replaces it with a marker string (``"<an integer of more than 4300 digits, too long to
+encode>"``) for the places that must send something all the same: the HTTP server's pump
+sends a run's event that way, failing the run if it is still running, and a run's result.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import datetime as dt
 import enum
 import json
 import math
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,21 +47,129 @@ from typing import Any
 import attrs
 import cattrs.preconf.json
 
+from .._errors import TrioflowError
 from .._events import Event, StartEvent, StopEvent
 from ._typeinfo import attrs_fields, is_public, is_subclass, qualified_name, type_name
 
 
+class EncodeError(TrioflowError, ValueError):
+    """A value that has no JSON text, from `dumps`.
+
+    Attributes:
+        message: what cannot be encoded, and where.
+        field: the path of the value (``"data.n"``, ``"items[2]"``), or None for the whole.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)  # both in args, so the error pickles
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# Made once: `json.dumps` with options builds an encoder per call, which the pump would pay
+# for every event. No check for cycles: the encoders here break them (`_encode`), and one
+# that slipped through would end as a RecursionError, which `dumps` reports.
+_encode_text = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+).encode
+
+
 def dumps(value: Any) -> bytes:
-    """Serialize a JSON-able value as compact UTF-8 JSON.
+    """Serialize a JSON-able value as compact UTF-8 JSON (see the module docstring for the
+    characters written as escapes).
 
     Args:
         value: made of dicts, lists, strings, numbers, booleans and None, as the encoders here
             return.
 
     Raises:
-        ValueError: ``value`` holds NaN or an infinity, which JSON cannot express.
+        EncodeError: ``value`` holds NaN or an infinity, which JSON cannot express, or an int
+            of more digits than Python converts to text, or is nested too deeply to write.
+            It is a `ValueError`.
     """
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        text = _encode_text(value)
+    except (ValueError, RecursionError) as error:
+        raise _unencodable(value, error) from None
+    if text.isascii():  # nothing to escape: the common case, and the fast one
+        return text.encode()
+    # These three can only stand in a string, where their JSON escapes mean the same.
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    text = text.replace("\x85", "\\u0085")
+    # A lone surrogate (which can only stand in a string too) becomes \udXXX: its JSON escape.
+    return text.encode("utf-8", "backslashreplace")
+
+
+def mark_unencodable(value: Any) -> Any:
+    """``value`` itself if `dumps` can write it; else a copy in which each int too long to
+    convert to text is replaced by a marker string, each NaN or infinity by None, and each
+    part nested too deeply to write by a marker string. Never raises for what the encoders
+    here return."""
+    try:
+        dumps(value)
+    except EncodeError:
+        return _marked(value, (), [])
+    return value
+
+
+def _unencodable(value: Any, error: BaseException) -> EncodeError:
+    found: list[tuple[str, str]] = []
+    _marked(value, (), found)
+    if not found:  # a bug of the search: report what json said rather than nothing
+        return EncodeError(f"the value cannot be encoded as JSON: {error}")
+    place, problem = found[0]
+    return EncodeError(f"{place or 'the value'} {problem}", place or None)
+
+
+def _marked(value: Any, path: tuple[str, ...], found: list[tuple[str, str]]) -> Any:
+    """``value`` with what has no JSON text replaced, as `mark_unencodable` says; the place
+    of each replaced value (``data.n``) and what is wrong with it go to ``found``."""
+    try:
+        if isinstance(value, dict):
+            return {
+                key: _marked(item, (*path, _segment(key)), found) for key, item in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [_marked(item, (*path, f"[{i}]"), found) for i, item in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append((_place(path), f"is {value!r}, which JSON cannot express"))
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and not _has_text(value):
+            limit = sys.get_int_max_str_digits()
+            found.append(
+                (
+                    _place(path),
+                    f"is an integer of more than {limit} digits, more than Python converts to "
+                    "text (sys.set_int_max_str_digits)",
+                )
+            )
+            return f"<an integer of more than {limit} digits, too long to encode>"
+        return value
+    except RecursionError:
+        found.append((_place(path), "is nested too deeply to encode"))
+        return "<nested too deeply to encode>"
+
+
+def _has_text(value: int) -> bool:
+    try:
+        int.__repr__(value)  # what json calls, limit included
+    except ValueError:
+        return False
+    return True
+
+
+def _segment(key: Any) -> str:
+    return key if isinstance(key, str) else _safe_repr(key)  # str() of a huge int raises
+
+
+def _place(path: tuple[str, ...]) -> str:
+    text = ""
+    for segment in path:
+        text += segment if segment.startswith("[") or not text else f".{segment}"
+    return text
 
 
 def encode_event_data(event: Event) -> dict[str, Any]:
@@ -153,7 +272,12 @@ def _unstructure_mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
 
 def _encode_key(key: Any) -> str:
     encoded = _encode(key)
-    return encoded if isinstance(encoded, str) else dumps(encoded).decode()
+    if isinstance(encoded, str):
+        return encoded
+    try:
+        return dumps(encoded).decode()
+    except EncodeError:  # a key is never worth failing a whole mapping for
+        return dumps(mark_unencodable(encoded)).decode()
 
 
 def _unstructure_set(value: AbstractSet[Any]) -> list[Any]:

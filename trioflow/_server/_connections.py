@@ -1,0 +1,170 @@
+"""`Connections`: the server's TCP connections, accepted here and spoken to by hypercorn.
+
+`serve` runs hypercorn's server for one connection (``hypercorn.trio.tcp_server.TCPServer``,
+what ``hypercorn.trio.serve`` runs for each connection it accepts: HTTP/1.1 and HTTP/2), but
+accepts and ends the connections itself, for what hypercorn's trio worker cannot do:
+
+- **Bound them.** At most ``limit`` connections are open at once; beyond that, new ones wait
+  in the kernel's listen backlog until one ends. Closing them at once instead would fail a
+  burst that the server could serve a moment later, and clients would retry in a storm; waiting
+  is what the server does anyway when it runs out of file descriptors, but here before it does,
+  so it never fails to open a file. A client whose connection waits sees a slow connect, not
+  an error, and those beyond the backlog retry as TCP does. (hypercorn bounds the rest: an
+  idle connection, one whose request head is still arriving included, is closed after
+  ``keep_alive_timeout``; a body that does not arrive is answered 408 by the app.)
+- **End them.** hypercorn shields its socket writes from cancellation, so a client that stops
+  reading holds its connection's task, and a shutdown that waits for that task, forever.
+  Closing the socket wakes such a write; `close_all` does it once the grace period is over.
+- **End a connection whose socket broke.** While it answers a request with another one
+  pipelined behind it, hypercorn reads nothing more from the connection. When a write then
+  fails because the client has gone, it tells the app, but its reading task would wait
+  forever, holding the connection (and its file descriptor) open.
+
+These are hypercorn's insides, the same in 0.17 and 0.18 as its own worker uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
+
+from ._app import WorkflowApp
+
+
+class Connections:
+    """The open connections of a server serving ``app``: at most ``limit`` at once."""
+
+    def __init__(self, app: WorkflowApp, config: Config, limit: int) -> None:
+        self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        self._config = config
+        self._slots = trio.Semaphore(limit)
+        self._open: set[_Connection] = set()
+        self._finishing = False
+        self._closed = trio.Event()  # set (and replaced) whenever a connection ends
+
+    async def accept(
+        self,
+        listeners: Iterable[trio.SocketListener],
+        nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections on ``listeners`` and serve each in ``nursery``; report a scope
+        whose cancellation stops accepting (and closes the listeners)."""
+        bounded = [_Bounded(listener, self._slots) for listener in listeners]
+        with trio.CancelScope() as accepting:
+            task_status.started(accepting)
+            await trio.serve_listeners(self._serve, bounded, handler_nursery=nursery)
+
+    async def finish(self, grace: float) -> None:
+        """Ask every connection to finish (answer what it is answering, then close), wait at
+        most ``grace`` seconds for them, then close the others."""
+        self._finishing = True
+        for connection in list(self._open):
+            await connection.finish()
+        with trio.move_on_after(grace):
+            while self._open:
+                await self._closed.wait()
+        self.close_all()
+
+    def close_all(self) -> None:
+        """End every connection now, whatever its client does."""
+        for connection in self._open:
+            connection.close()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        connection = _Connection(stream)
+        self._open.add(connection)
+        try:
+            if self._finishing:
+                await connection.finish()
+            with connection.scope:
+                # hypercorn 0.18 annotates the stream as an SSLStream; it takes any stream.
+                served: Any = connection
+                await TCPServer(self._app, self._config, connection.context, {}, served).run()
+        finally:
+            self._open.discard(connection)
+            stream.socket.close()  # hypercorn's own close is skipped when cancelled
+            self._slots.release()
+            self._closed.set()
+            self._closed = trio.Event()
+
+
+class _Bounded(trio.abc.Listener[trio.SocketStream]):
+    """A listener that accepts a connection only when a slot is free, and hands the slot to
+    the connection (which frees it when it ends)."""
+
+    def __init__(self, listener: trio.SocketListener, slots: trio.Semaphore) -> None:
+        self._listener = listener
+        self._slots = slots
+
+    async def accept(self) -> trio.SocketStream:
+        await self._slots.acquire()
+        try:
+            return await self._listener.accept()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+class _Connection(trio.abc.HalfCloseableStream):
+    """One connection: its socket stream, as hypercorn sees it, and how to end it.
+
+    A write that fails because the client has gone ends the connection at once (see the
+    module's docstring). So does the client closing its side, once hypercorn has answered
+    what it was answering: hypercorn takes no request after that, but it would keep an idle
+    connection (and its file descriptor and slot) until its keep-alive timer fires.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        #: The scope hypercorn's server for this connection runs in.
+        self.scope = trio.CancelScope()
+        # hypercorn's state for a worker, here one per connection: its `terminated` event
+        # tells the connection to finish (close once idle, take no further request).
+        self.context = WorkerContext(None)
+
+    async def finish(self) -> None:
+        """Close once what is being answered is answered; take no further request."""
+        await self.context.terminated.set()
+
+    def close(self) -> None:
+        """End the connection now."""
+        self.scope.cancel()
+        self._stream.socket.close()  # wakes a write that cancellation cannot reach
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The socket (hypercorn asks it for the addresses)."""
+        return self._stream.socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError:
+            self.scope.cancel()
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._stream.receive_some(max_bytes)
+        if not data:
+            await self.finish()
+        return data
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
