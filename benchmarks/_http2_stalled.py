@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -28,17 +27,9 @@ import h2.settings
 import httpx
 import trio
 
-from benchmarks._http_common import MIB, python, server_process
+from benchmarks._http_common import MIB, python, rss, server_process
 
 ARGV = python("-m", "trioflow", "serve", "benchmarks._trioflow_serving:WORKFLOWS", "--port", "0")
-
-
-def rss(pid: int) -> int:
-    """The resident set size of process ``pid``, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 async def stall_h2(stream: trio.SocketStream, path: str) -> None:

@@ -55,7 +55,7 @@ class Reading:
                         raise ValueError(f"a tick without its write time: {message[:200]!r}")
                     self.written.append(float(found[1]))
                     self.received.append(now)
-            elif b"data:" in message:  # not a comment (": ping") nor trioflow's "retry:"
+            elif b"data:" in message:  # not a comment (": ping")
                 self.others += 1
                 if STOP in message:
                     self.stopped = now

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import IO
 
 import attrs
@@ -32,6 +33,14 @@ MIB = 1024 * 1024
 START_TIMEOUT = 30.0
 #: Seconds a server gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 5.0
+
+
+def rss(pid: int) -> int:
+    """The resident set size of process ``pid``, in bytes (Linux: ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def blob(size: int) -> str:
