@@ -239,9 +239,9 @@ async def test_events_expired_mid_stream_are_an_expired_event_not_error() -> Non
 # -- shutdown --
 
 
-async def test_shutdown_ends_within_its_grace_periods_with_a_client_that_reads_nothing() -> None:
+async def test_shutdown_ends_within_its_grace_with_a_client_that_reads_nothing() -> None:
     """A client that stopped reading a stream of large events holds neither the run nor the
-    connection beyond the grace periods: serve() returns within about 2 x shutdown_grace."""
+    connection beyond the grace: serve() returns once shutdown_grace is over."""
     grace = 0.3
     stop = trio.Event()
     app = trioflow.WorkflowApp(FLOWS, shutdown_grace=grace)
@@ -252,11 +252,11 @@ async def test_shutdown_ends_within_its_grace_periods_with_a_client_that_reads_n
             await wait_until_stalled(record_of(app, run_id))
             stop.set()
             began = trio.current_time()
-            with trio.move_on_after(2 * grace + 1.5):
+            with trio.move_on_after(grace + 1.5):
                 await done.wait()
             took = trio.current_time() - began
         assert done.is_set(), "serve() did not return: a client that reads nothing held it"
-        assert took >= 2 * grace  # the run's end waited for the client, then the connection
+        assert took >= grace  # the run's end waited for the client, then the connection
 
 
 @asynccontextmanager
@@ -317,7 +317,7 @@ def serving_flows(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
             process.kill()
 
 
-def test_sigterm_ends_serve_within_its_grace_periods_with_a_client_that_reads_nothing() -> None:
+def test_sigterm_ends_serve_within_its_grace_with_a_client_that_reads_nothing() -> None:
     """`trioflow serve --shutdown-grace 0.3` exits soon after SIGTERM although a client
     stopped reading a stream of large events."""
     with (
@@ -335,5 +335,5 @@ def test_sigterm_ends_serve_within_its_grace_periods_with_a_client_that_reads_no
                 time.sleep(0.1)
                 seq, previous = client.get(f"/runs/{run_id}").json()["seq"], seq
             process.send_signal(signal.SIGTERM)
-            process.wait(timeout=2 * 0.3 + 5)
+            process.wait(timeout=0.3 + 5)
     assert process.returncode == 0

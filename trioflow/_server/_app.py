@@ -74,7 +74,8 @@ class WorkflowApp:
 
     async def shutdown(self) -> None:
         """Start no more runs, cancel the running ones, and wait until their terminal events
-        are recorded, so that open streams end with them (`ServerOptions.shutdown_grace`)."""
+        are recorded, so that open streams end with them; at most
+        `ServerOptions.shutdown_grace` seconds."""
         if self._registry is not None:
             await self._registry.shutdown(self.options.shutdown_grace)
 

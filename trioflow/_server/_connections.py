@@ -14,7 +14,7 @@ accepts and ends the connections itself, for what hypercorn's trio worker cannot
   ``keep_alive_timeout``; a body that does not arrive is answered 408 by the app.)
 - **End them.** hypercorn shields its socket writes from cancellation, so a client that stops
   reading holds its connection's task, and a shutdown that waits for that task, forever.
-  Closing the socket wakes such a write; `close_all` does it once the grace period is over.
+  Closing the socket wakes such a write; `close_all` does it once the shutdown's grace is over.
 - **End a connection whose socket broke.** While it answers a request with another one
   pipelined behind it, hypercorn reads nothing more from the connection. When a write then
   fails because the client has gone, it tells the app, but its reading task would wait
@@ -62,13 +62,13 @@ class Connections:
             task_status.started(accepting)
             await trio.serve_listeners(self._serve, bounded, handler_nursery=nursery)
 
-    async def finish(self, grace: float) -> None:
-        """Ask every connection to finish (answer what it is answering, then close), wait at
-        most ``grace`` seconds for them, then close the others."""
+    async def finish(self, deadline: float) -> None:
+        """Ask every connection to finish (answer what it is answering, then close), wait for
+        them until trio's clock reads ``deadline``, then close the others."""
         self._finishing = True
         for connection in list(self._open):
             await connection.finish()
-        with trio.move_on_after(grace):
+        with trio.move_on_at(deadline):
             while self._open:
                 await self._closed.wait()
         self.close_all()

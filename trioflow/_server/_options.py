@@ -167,8 +167,8 @@ class ServerOptions:
         default=5.0,
         validator=_non_negative,
         metadata=_about(
-            "seconds each stage of a shutdown waits (runs ending, slow clients, open responses); "
-            "then the connections left are closed",
+            "seconds a shutdown takes at most: runs end, clients get their last events, then "
+            "connections still open are closed",
             unit="s",
         ),
     )

@@ -127,17 +127,18 @@ class RunRegistry:
         return record
 
     async def shutdown(self, grace: float) -> None:
-        """Start no more runs, cancel the running ones, and wait (at most ``grace`` seconds
-        for each stage) until their terminal events are in their feeds. Clients still reading
-        then receive everything up to the terminal event; the first stage waits for slow
-        clients, the second stops waiting for them (see `RunFeed.unblock`)."""
+        """Start no more runs, cancel the running ones, and wait (at most ``grace`` seconds in
+        all) until their terminal events are in their feeds. Clients still reading then receive
+        everything up to the terminal event. For the first half of ``grace`` slow clients hold
+        their runs back as ever; then the feeds stop waiting for them (`RunFeed.unblock`)."""
         running = self._close()
-        with trio.move_on_after(grace):
+        deadline = trio.current_time() + grace
+        with trio.move_on_at(deadline - grace / 2):
             for record in running:
                 await record.done.wait()
         for record in running:
             record.feed.unblock()
-        with trio.move_on_after(grace):
+        with trio.move_on_at(deadline):
             for record in running:
                 await record.done.wait()
 

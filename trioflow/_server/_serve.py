@@ -9,10 +9,11 @@ hypercorn speaks HTTP/1.1 and HTTP/2 on each connection; `serve` does the rest o
 connections (`Connections`: at most ``max_connections``, and all of them ended once the
 shutdown's grace period is over, which hypercorn cannot do with a client that stopped reading).
 
-Shutting down goes in three stages of at most ``shutdown_grace`` seconds each, the first two
-the app's (`WorkflowApp.shutdown`: the cancelled runs end, first with their slow clients
-holding them back, then without), the third the connections': they finish their responses,
-the streams up to their runs' terminal events, and are closed.
+Shutting down takes at most ``shutdown_grace`` seconds in all, whatever the clients do. First
+the app's part (`WorkflowApp.shutdown`): the cancelled runs end, their slow clients holding them
+back for at most half the grace, then no more. Then the connections' part, until the grace is
+over: they finish their responses, the streams up to their runs' terminal events, and those
+still open then are closed.
 
 hypercorn is imported when `serve` is called, so ``import trioflow`` stays light for programs
 that only run workflows in-process.
@@ -56,7 +57,7 @@ async def serve(
 
     Shutting down cancels the running runs (each stream ends with its
     `WorkflowCancelledEvent`), stops listening, lets open responses finish, then returns:
-    within three times ``shutdown_grace`` whatever the clients do (see the module's docstring).
+    within ``shutdown_grace`` seconds whatever the clients do (see the module's docstring).
 
     Raises:
         BaseException: a run's ``SystemExit`` or ``KeyboardInterrupt`` (any `BaseException`
@@ -87,9 +88,11 @@ async def serve(
             try:
                 accepting = await nursery.start(connections.accept, listeners, nursery)
                 task_status.started([_address(sock) for sock in sockets])
-                await _shut_down(app, shutdown_trigger or trio.sleep_forever, fatal)
+                await _wait_for_stop(app, shutdown_trigger or trio.sleep_forever, fatal)
+                deadline = trio.current_time() + app.options.shutdown_grace
+                await app.shutdown()  # within the grace: the runs' ends are in their feeds
                 accepting.cancel()
-                await connections.finish(app.options.shutdown_grace)
+                await connections.finish(deadline)
             finally:
                 connections.close_all()  # when cancelled: at once, whatever the clients do
             stop_app.set()
@@ -100,15 +103,14 @@ async def serve(
         raise fatal[0]
 
 
-async def _shut_down(
+async def _wait_for_stop(
     app: WorkflowApp, trigger: Callable[[], Awaitable[object]], fatal: list[BaseException]
 ) -> None:
     """Return once ``trigger`` has returned or a run has raised a fatal exception (kept in
-    ``fatal``), and the app has cancelled its runs and recorded their ends."""
+    ``fatal``)."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_then_cancel, trigger, nursery.cancel_scope)
         nursery.start_soon(_then_cancel, partial(_catch_fatal, app, fatal), nursery.cancel_scope)
-    await app.shutdown()
 
 
 async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
