@@ -4,10 +4,14 @@ the workflows the server tests run."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -227,3 +231,29 @@ async def wait_until(condition: Callable[[], bool], *, limit: float = 20) -> Non
     with trio.fail_after(limit):
         while not condition():
             await trio.sleep(0.005)
+
+
+TESTS = Path(__file__).parent
+
+
+@contextmanager
+def serve_process(target: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`trioflow serve <target> --port 0 ...` run from tests/, once it listens: the process and
+    its URL. The process is killed when the block exits, if it still runs."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "serve", target, "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=TESTS,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            assert first.startswith("trioflow: serving "), first
+            line = process.stdout.readline()
+            address = re.match(r"trioflow: dashboard at (http://[\d.:]+)/", line)
+            assert address, line
+            yield process, address[1]
+        finally:
+            process.kill()

@@ -10,12 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from _http import serve_process
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -354,33 +353,11 @@ def test_draw_the_examples(name: str) -> None:
         assert "caller_caller --> event_Approval" in mermaid
 
 
-@contextmanager
-def serving(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`trioflow serve _cli_flows:SERVED --port 0 ...` run from tests/, once it listens: the
-    process and its URL. The process is killed when the block exits, if it still runs."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "serve", "_cli_flows:SERVED", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=TESTS,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline() == "trioflow: serving exit, stuck\n"
-            line = process.stdout.readline()
-            address = re.match(r"trioflow: dashboard at (http://[\d.:]+)/", line)
-            assert address, line
-            yield process, address[1]
-        finally:
-            process.kill()
-
-
 @pytest.mark.parametrize(("code", "exit_code"), [(3, 3), (None, 130)])
 def test_a_steps_system_exit_ends_serve_with_its_code(code: int | None, exit_code: int) -> None:
     """A step's sys.exit(3) stops the server gracefully, and `trioflow serve` exits with 3; a
     step's KeyboardInterrupt with 130, as an interrupted program. No traceback."""
-    with serving() as (process, url):
+    with serve_process("_cli_flows:SERVED") as (process, url):
         with httpx.Client(base_url=url, timeout=30) as client:
             started = client.post("/workflows/exit/runs", json={"code": code})
             assert started.status_code == 201
@@ -392,7 +369,7 @@ def test_a_steps_system_exit_ends_serve_with_its_code(code: int | None, exit_cod
 def test_a_second_signal_stops_serve_at_once() -> None:
     """While the shutdown waits for a `def` step that cannot be interrupted, a second SIGINT
     exits at once, with 130."""
-    with serving("--shutdown-grace", "60") as (process, url):
+    with serve_process("_cli_flows:SERVED", "--shutdown-grace", "60") as (process, url):
         with httpx.Client(base_url=url, timeout=30) as client:
             run_id = client.post("/workflows/stuck/runs", json={}).json()["run_id"]
             ndjson = {"accept": "application/x-ndjson"}
@@ -471,7 +448,7 @@ def test_serve_logs_a_failed_runs_traceback() -> None:
     """`trioflow serve` logs a failed run once, at WARNING: its id, the step (an error handler
     that re-raised) and where the failure began, with the traceback; retried attempts (INFO)
     stay out at the default log level."""
-    with serving_examples() as (process, url):
+    with serve_process("trioflow.examples:WORKFLOWS") as (process, url):
         with httpx.Client(base_url=url, timeout=30) as client:
             fields = {"failures": 3, "recover": False, "pace": 0}
             run_id = client.post("/workflows/flaky/runs", json=fields).json()["run_id"]
@@ -493,25 +470,3 @@ def test_serve_logs_a_failed_runs_traceback() -> None:
     assert "Traceback (most recent call last):" in err
     assert "    raise ev.exception\n" in err
     assert "retrying" not in err
-
-
-@contextmanager
-def serving_examples() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`trioflow serve trioflow.examples:WORKFLOWS --port 0 ...`, once it listens: the
-    process and its URL. The process is killed when the block exits, if it still runs."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "serve", "trioflow.examples:WORKFLOWS", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline() == "trioflow: serving research, approval, flaky\n"
-            address = re.match(
-                r"trioflow: dashboard at (http://[\d.:]+)/", process.stdout.readline()
-            )
-            assert address
-            yield process, address[1]
-        finally:
-            process.kill()

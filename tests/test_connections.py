@@ -8,18 +8,15 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 import trio
 import trio.testing
-from _http import FLOWS, served, wait_until
+from _http import FLOWS, serve_process, served, wait_until
 
 import trioflow
 from trioflow._server._record import RunRecord
@@ -293,35 +290,11 @@ async def wait_until_stalled(record: RunRecord) -> None:
             await trio.testing.wait_all_tasks_blocked(cushion=0.05)
 
 
-TESTS = Path(__file__).parent
-
-
-@contextmanager
-def serving_flows(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`trioflow serve _http:FLOWS --port 0 ...` from tests/, once it listens."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "serve", "_http:FLOWS", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=TESTS,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            process.stdout.readline()  # trioflow: serving ...
-            line = process.stdout.readline()
-            address = re.match(r"trioflow: dashboard at (http://[\d.:]+)/", line)
-            assert address, line
-            yield process, address[1]
-        finally:
-            process.kill()
-
-
 def test_sigterm_ends_serve_within_its_grace_with_a_client_that_reads_nothing() -> None:
     """`trioflow serve --shutdown-grace 0.3` exits soon after SIGTERM although a client
     stopped reading a stream of large events."""
     with (
-        serving_flows("--shutdown-grace", "0.3") as (process, url),
+        serve_process("_http:FLOWS", "--shutdown-grace", "0.3") as (process, url),
         httpx.Client(base_url=url, timeout=10) as client,
     ):
         started = client.post("/workflows/count/runs", json={"n": 10**6, "size": 10**4})

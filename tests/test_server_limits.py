@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _http import ForeverFlow, served, sse_messages, wait_until
+from _http import ForeverFlow, Go, served, sse_messages, wait_until
 
 from trioflow import Context, StartEvent, StopEvent, Workflow, step
 from trioflow._server._feed import BATCH_BYTES, RunFeed
@@ -206,18 +206,23 @@ def _watchers(server: Any, run_id: str) -> int:
 
 
 class Quick(Workflow):
-    """Ends after a few milliseconds, about when the requests racing it arrive."""
+    """Ends after a few milliseconds, about when the requests racing it arrive; takes any
+    number of `Go` events meanwhile."""
 
     @step
     async def end(self, ctx: Context, ev: StartEvent) -> StopEvent:
         await trio.sleep(random.random() * 0.01)
         return StopEvent(result="done")
 
+    @step
+    async def absorb(self, ev: Go) -> None:
+        pass
+
 
 async def test_cancel_racing_the_end_answers_what_happened() -> None:
     """Cancels sent while runs end: a 202 always means the run ends cancelled, a 409 that it
-    ended otherwise; an event sent meanwhile is refused with 409 run_ended or accepted, never
-    422."""
+    ended otherwise; an event the run takes, sent meanwhile, is accepted (202) or refused
+    with 409 run_ended, never 422."""
     async with served({"quick": Quick(), "forever": ForeverFlow(timeout=None)}) as server:
         answers: list[tuple[str, int]] = []
 

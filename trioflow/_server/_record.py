@@ -53,16 +53,8 @@ class RunRecord:
         """The run as ``GET /runs`` lists it: its status, without its result (which may be
         large: ``GET /runs/{id}`` has it), and its error's type, step and the start of its
         message."""
-        status = self.handler.status
-        summary: dict[str, Any] = {
-            "run_id": self.run_id,
-            "workflow": self.workflow_name,
-            "status": status.value,
-            "seq": self.feed.last_seq,
-            "watchers": self.feed.watchers,
-            "started_at": self.started_at,
-        }
-        if status is RunStatus.FAILED or status is RunStatus.TIMED_OUT:
+        summary = self._head()
+        if summary["status"] in ("failed", "timed_out"):
             try:
                 self.handler.result_nowait()
             except BaseException as error:  # the run's own error, as describe() gives it
@@ -75,18 +67,20 @@ class RunRecord:
     def describe(self) -> dict[str, Any]:
         """The run's status as JSON (``GET /runs/{id}``), with its result or error once its
         outcome is decided, which may be before its steps have unwound."""
-        status = self.handler.status
-        described: dict[str, Any] = {
+        described = self._head()
+        if self.handler.status is not RunStatus.RUNNING:
+            described.update(self._outcome())
+        return described
+
+    def _head(self) -> dict[str, Any]:
+        return {
             "run_id": self.run_id,
             "workflow": self.workflow_name,
-            "status": status.value,
+            "status": self.handler.status.value,
             "seq": self.feed.last_seq,
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
         }
-        if status is not RunStatus.RUNNING:
-            described.update(self._outcome())
-        return described
 
     def _outcome(self) -> dict[str, Any]:
         try:
