@@ -9,6 +9,7 @@ from ._core._stream import StreamIterator
 from ._core._sync import SyncContext, SyncStore
 from ._core._tracing import disable_tracing, enable_tracing
 from ._errors import (
+    NotInTrioError,
     RunEndedError,
     TrioflowError,
     WorkflowCancelledError,
@@ -55,6 +56,7 @@ __all__ = [
     "InputRequiredEvent",
     "LifecycleEvent",
     "LoopBlockedWarning",
+    "NotInTrioError",
     "RetryPolicy",
     "RunEndedError",
     "RunStatistics",

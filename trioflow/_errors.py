@@ -7,7 +7,8 @@ The tree::
      ├── WorkflowRuntimeError       an operation is not possible in the run's current state
      │    └── RunEndedError         the run's outcome is decided: it takes no more events
      ├── WorkflowTimeoutError       the run exceeded ``Workflow(timeout=...)``
-     └── WorkflowCancelledError     the run was cancelled before it produced a result
+     ├── WorkflowCancelledError     the run was cancelled before it produced a result
+     └── NotInTrioError             a run was started outside trio (under asyncio, say)
 
 A step's own exception is never wrapped in one of these: it propagates as itself, with a note
 naming the step.
@@ -16,6 +17,9 @@ naming the step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import sniffio
+import trio
 
 
 class TrioflowError(Exception):
@@ -58,3 +62,28 @@ class WorkflowTimeoutError(TrioflowError):
 
 class WorkflowCancelledError(TrioflowError):
     """The run was cancelled (``handler.cancel()`` or leaving ``start()``) before it finished."""
+
+
+class NotInTrioError(TrioflowError, RuntimeError):
+    """A run, or a server's lifespan, was started outside trio: under asyncio (uvicorn,
+    Starlette's default ``TestClient``) or outside any event loop. trioflow runs on trio only;
+    the message says how to serve or test an app on trio."""
+
+
+def require_trio(what: str) -> None:
+    """Raise `NotInTrioError` unless called from a trio task; ``what`` names the caller."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        pass
+    else:
+        return
+    try:
+        loop = f"under {sniffio.current_async_library()}"
+    except sniffio.AsyncLibraryNotFoundError:
+        loop = "outside any event loop"
+    raise NotInTrioError(
+        f"{what} needs trio, but this code runs {loop}. Run it with trio.run(...); serve an "
+        "ASGI app on hypercorn's trio worker (`hypercorn --worker-class trio module:app`, or "
+        'trioflow.serve), and test one with `TestClient(app, backend="trio")`'
+    )

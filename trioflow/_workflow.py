@@ -14,6 +14,7 @@ from ._core._log import add_note, describe
 from ._core._run import Run
 from ._core._state import is_cancellation
 from ._core._stream import EventStream
+from ._errors import require_trio
 from ._events import StartEvent
 from ._handler import WorkflowHandler
 
@@ -124,6 +125,7 @@ class Workflow:
             raise TypeError(f"cannot make the start event {expected.__name__}: {exc}") from None
 
     def _start(self, start_event: StartEvent, *, streamed: bool = True) -> _RunBlock:
+        require_trio("a trioflow run")  # before trio.open_nursery() fails obscurely
         stream = EventStream(self.stream_buffer)
         if not streamed:
             stream.discard_unread()  # `run()`: nobody will read, from the first event on

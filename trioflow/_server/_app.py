@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .. import RunStatus, Workflow, WorkflowRuntimeError
+from .._errors import require_trio
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -62,6 +63,7 @@ class WorkflowApp:
         self._sendable = {name: _sendable_event_types(wf) for name, wf in self.workflows.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        require_trio("WorkflowApp")  # its runs live in a trio nursery the lifespan opens
         if scope["type"] == "http":
             request = Request.from_scope(scope, receive, send)
             request.body_timeout = self.options.body_timeout
