@@ -14,6 +14,12 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
+def block_with(text: str) -> str:
+    """The README's one Python block that contains ``text``."""
+    (block,) = [block for block in python_blocks() if text in block]
+    return block
+
+
 def run_python(source: str) -> list[str]:
     """Run ``source`` in a fresh interpreter, as a user pasting it would; return its lines."""
     done = subprocess.run(
@@ -59,10 +65,22 @@ trio.run(main)
 def test_serving_example_streams_a_run_over_http() -> None:
     """The README's embedded-server example serves on a free port, starts a research run over
     HTTP and prints its NDJSON envelopes as they come, ending with the stop event."""
-    lines = run_python(python_blocks()[2])
+    lines = run_python(block_with("trioflow.serve, WORKFLOWS"))
     kinds = [line.split()[1] for line in lines]
     assert [line.split()[0] for line in lines] == [str(seq) for seq in range(1, len(lines) + 1)]
     assert kinds[0] == "Progress"
     assert "Token" in kinds
     assert kinds[-1] == "StopEvent"
     assert "'answer': 'trio keeps every task" in lines[-1]
+
+
+def test_testing_example_passes_under_pytest(tmp_path: Path) -> None:
+    """The README's "Testing your workflows" example is a test file that passes."""
+    (tmp_path / "test_example.py").write_text(block_with("from trioflow.testing import"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "trio", "-o", "trio_mode=true",
+         "-p", "no:cacheprovider", str(tmp_path / "test_example.py")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
