@@ -65,7 +65,7 @@ trio.run(main)
 def test_serving_example_streams_a_run_over_http() -> None:
     """The README's embedded-server example serves on a free port, starts a research run over
     HTTP and prints its NDJSON envelopes as they come, ending with the stop event."""
-    lines = run_python(block_with("trioflow.serve, WORKFLOWS"))
+    lines = run_python(block_with("application/x-ndjson"))
     kinds = [line.split()[1] for line in lines]
     assert [line.split()[0] for line in lines] == [str(seq) for seq in range(1, len(lines) + 1)]
     assert kinds[0] == "Progress"
@@ -84,3 +84,12 @@ def test_testing_example_passes_under_pytest(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+def test_client_example_streams_and_returns_the_result() -> None:
+    """The README's client example serves on a free port, follows a research run with
+    trioflow.client and prints its envelopes, then the result."""
+    lines = run_python(block_with("async with Client(binds[0]) as client"))
+    assert [line.split()[0] for line in lines[:-1]] == [str(seq) for seq in range(1, len(lines))]
+    assert lines[-2].split()[1] == "StopEvent"
+    assert lines[-1].startswith("{'answer': 'trio keeps every task")
