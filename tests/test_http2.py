@@ -15,6 +15,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -178,3 +179,48 @@ def test_an_event_stream_over_http2_without_known_flow_control_is_refused() -> N
         flow_control(request)
     assert (refused.value.status, refused.value.code) == (505, "http2_not_supported")
     assert flow_control(Request("GET", "/", {}, {}, receive, send)) is None
+
+
+async def _answered(url: str) -> int:
+    """The status of a plain GET /workflows on a new HTTP/1.1 connection."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        return (await client.get("/workflows")).status_code
+
+
+async def test_a_frame_for_a_closed_stream_ends_its_connection_not_the_server() -> None:
+    """A DATA frame on a stream the server has answered (hypercorn raises KeyError there)
+    ends that one connection; the server goes on serving."""
+    async with served() as server, h2_client(server.url, window=1 << 20) as client:
+        client.reading = True
+        connection = client.connection
+        headers = [(":method", "POST"), (":path", "/runs/nope/cancel"), (":scheme", "http")]
+        connection.send_headers(1, [*headers, (":authority", "127.0.0.1")])  # a body follows
+        client.bodies[1], client.ended[1] = bytearray(), trio.Event()
+        await client.flush()
+        with trio.fail_after(5):
+            await client.ended[1].wait()
+        assert client.status[1] == 404
+        connection.send_data(1, b"{}", end_stream=True)
+        await client.flush()
+        with trio.fail_after(5):
+            assert await _answered(server.url) == 200
+
+
+@pytest.mark.parametrize("what", ["preface only", "a response it cannot receive, then gone"])
+async def test_http2_connections_that_idle_or_left_free_their_slot(what: str) -> None:
+    """With max_connections=1: an h2 connection that sends only its preface is closed after
+    keep_alive_timeout (hypercorn's own timer never starts on it), and one that asked for a
+    response with a window of 0 and left is ended too (its response would wait for the window
+    forever); either way the next client is served."""
+    async with served(max_connections=1, keep_alive_timeout=0.2) as server:
+        await server.client.aclose()  # its kept-alive connection would hold the slot
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            client = H2Client(stream, window=0)
+            await client.flush()
+            if what != "preface only":
+                await client.get("/workflows")
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                await stream.aclose()
+            with trio.fail_after(5):
+                assert await _answered(server.url) == 200

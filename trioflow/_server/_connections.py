@@ -19,13 +19,24 @@ accepts and ends the connections itself, for what hypercorn's trio worker cannot
   pipelined behind it, hypercorn reads nothing more from the connection. When a write then
   fails because the client has gone, it tells the app, but its reading task would wait
   forever, holding the connection (and its file descriptor) open.
+- **End a connection whose client has gone or idles.** A client that closed its side gets
+  ``keep_alive_timeout`` more seconds for what is being answered, then the connection ends:
+  over HTTP/2 a response waiting for a flow-control window that will never open would
+  otherwise wait forever (hypercorn keeps waiting after the connection closed). And a
+  connection with no request in progress for ``keep_alive_timeout`` ends, whatever its
+  protocol: hypercorn's own idle timer never starts on an HTTP/2 connection that has not yet
+  finished a stream (a client sending only its preface, or PINGs, would hold its slot).
+- **Contain a connection's failure.** An error in hypercorn's handling of one connection (a
+  DATA frame on an HTTP/2 stream it has already closed raises ``KeyError`` there) ends that
+  connection, never the server.
 
 These are hypercorn's insides, the same in 0.17 and 0.18 as its own worker uses them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -35,6 +46,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
 from ._app import WorkflowApp
+
+logger = logging.getLogger("trioflow.server")
 
 
 class Connections:
@@ -79,15 +92,22 @@ class Connections:
             connection.close()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        connection = _Connection(stream)
+        connection = _Connection(stream, self._config.keep_alive_timeout)
         self._open.add(connection)
         try:
             if self._finishing:
                 await connection.finish()
-            with connection.scope:
-                # hypercorn 0.18 annotates the stream as an SSLStream; it takes any stream.
-                served: Any = connection
-                await TCPServer(self._app, self._config, connection.context, {}, served).run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.end_when_idle)
+                with connection.scope:
+                    # hypercorn 0.18 annotates the stream as an SSLStream; it takes any stream.
+                    served: Any = connection
+                    app: Any = _Counted(self._app, connection)
+                    try:
+                        await TCPServer(app, self._config, connection.context, {}, served).run()
+                    except Exception:
+                        logger.debug("trioflow: a connection failed in hypercorn", exc_info=True)
+                nursery.cancel_scope.cancel()
         finally:
             self._open.discard(connection)
             stream.socket.close()  # hypercorn's own close is skipped when cancelled
@@ -125,13 +145,39 @@ class _Connection(trio.abc.HalfCloseableStream):
     connection (and its file descriptor and slot) until its keep-alive timer fires.
     """
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, idle_timeout: float) -> None:
         self._stream = stream
+        self._idle_timeout = idle_timeout
         #: The scope hypercorn's server for this connection runs in.
         self.scope = trio.CancelScope()
         # hypercorn's state for a worker, here one per connection: its `terminated` event
         # tells the connection to finish (close once idle, take no further request).
         self.context = WorkerContext(None)
+        #: Requests of this connection that the app is answering.
+        self._requests = 0
+        self._requests_changed = trio.Event()
+
+    def request_began(self) -> None:
+        self._requests += 1
+        self._requests_changed.set()
+        self._requests_changed = trio.Event()
+
+    def request_ended(self) -> None:
+        self._requests -= 1
+        self._requests_changed.set()
+        self._requests_changed = trio.Event()
+
+    async def end_when_idle(self) -> None:
+        """End the connection once no request has been in progress for the idle timeout."""
+        while True:
+            while self._requests:
+                await self._requests_changed.wait()
+            with trio.move_on_after(self._idle_timeout) as idle:
+                while not self._requests:
+                    await self._requests_changed.wait()
+            if idle.cancelled_caught:
+                self.close()
+                return
 
     async def finish(self) -> None:
         """Close once what is being answered is answered; take no further request."""
@@ -158,13 +204,43 @@ class _Connection(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self._stream.receive_some(max_bytes)
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:  # a reset: the client has gone too
+            await self._client_left()
+            raise
         if not data:
-            await self.finish()
+            await self._client_left()
         return data
+
+    async def _client_left(self) -> None:
+        """The client closed its side: take no further request, and give what is being
+        answered the idle timeout to finish; then the connection ends."""
+        await self.finish()
+        deadline = trio.current_time() + self._idle_timeout
+        self.scope.deadline = min(self.scope.deadline, deadline)
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class _Counted:
+    """hypercorn's app (``wrap_app``) for one connection, telling the connection when each of
+    its HTTP requests begins and ends."""
+
+    def __init__(self, app: Callable[..., Any], connection: _Connection) -> None:
+        self._app = app
+        self._connection = connection
+
+    async def __call__(self, scope: Any, *args: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, *args)
+            return
+        self._connection.request_began()
+        try:
+            await self._app(scope, *args)
+        finally:
+            self._connection.request_ended()
