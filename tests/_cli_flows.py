@@ -132,6 +132,19 @@ class Missing(Event):
     pass
 
 
+class Huge(Event):
+    n: int
+
+
+class HugeFlow(Workflow):
+    """Streams, then returns, an int too long for JSON (5,000 digits)."""
+
+    @step
+    async def huge(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        await ctx.write_event_to_stream(Huge(n=10**5000))
+        return StopEvent(result=10**5000)
+
+
 FLOWS = {"count": CountFlow(), "fail": FailFlow(), "forever": ForeverFlow(timeout=None)}
 CLASSES = {"shapes": ShapesFlow, "broken": BrokenFlow}
 NOT_A_WORKFLOW = 42

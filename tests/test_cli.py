@@ -108,6 +108,20 @@ def test_serve_rejects_bad_options() -> None:
     done = run_cli("serve", "trioflow.examples:WORKFLOWS", "--retain", "0")
     assert done.returncode == 2
     assert "retain must be an int >= 1" in done.stderr
+    for port in ("99999", "-1"):
+        done = run_cli("serve", "trioflow.examples:WORKFLOWS", "--port", port)
+        assert done.returncode == 2
+        assert f"invalid port value: '{port}'" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_run_shows_an_int_too_long_for_json_as_the_servers_marker() -> None:
+    """An event or a result holding an int of 5,000 digits prints as the server sends it
+    (a marker in its place), not as a crash of the printer."""
+    for flags in ((), ("--ndjson",)):
+        done = run_in_tests("run", "_cli_flows:HugeFlow", *flags)
+        assert done.returncode == 0, done.stderr
+        assert "<an integer of more than 4300 digits, too long to encode>" in done.stdout
 
 
 # -- run, draw, validate --

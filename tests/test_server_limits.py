@@ -3,6 +3,7 @@ whose end races a request: each against a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import logging
 import random
 from contextlib import aclosing
 from typing import Any
@@ -298,3 +299,36 @@ async def test_head_works_where_get_does() -> None:
         missing = await server.client.head("/runs/nope")
         assert missing.status_code == 404
         assert (await server.client.request("PUT", "/runs")).headers["allow"] == "HEAD, GET"
+
+
+@pytest.mark.parametrize(
+    "host", ["LOCALHOST:1@evil", "localhost:abc", "[::1].evil", "localhost.evil.com", "[::1]:"]
+)
+async def test_host_names_with_anything_but_a_port_are_refused(host: str) -> None:
+    async with served() as server:
+        response = await server.client.get("/workflows", headers={"host": host})
+        assert (response.status_code, response.json()["error"]["code"]) == (403, "forbidden_host")
+
+
+async def test_numbers_too_long_in_the_query_are_bad_requests() -> None:
+    """A limit or cursor of 5,000 digits is a 400, not a 500 from int()."""
+    async with served() as server:
+        for name in ("limit", "cursor"):
+            response = await server.client.get("/runs", params={name: "1" * 5000})
+            assert (response.status_code, response.json()["error"]["code"]) == (400, "bad_request")
+
+
+async def test_a_websocket_upgrade_is_refused_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """trioflow serves no WebSocket: an upgrade gets 403, and nothing is logged as an error."""
+    async with served() as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                b"GET /workflows HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            with trio.fail_after(5):
+                answer = await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 403")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

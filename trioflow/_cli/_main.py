@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     srv = commands.add_parser("serve", help="serve workflows over HTTP, with a dashboard at /")
     srv.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
+    srv.add_argument("--port", type=_port, default=8000, help="port (8000; 0 picks a free one)")
     add_server_flags(srv)
     add_log_level_flag(srv)
     run = commands.add_parser("run", help="run a workflow, streaming its events live")
@@ -376,3 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (argparse reports a ValueError as a bad value)."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+_port.__name__ = "port"  # what argparse names in its error: "invalid port value"

@@ -28,6 +28,7 @@ from .._wire import (
     encode_event_data,
     encode_value,
     field_types,
+    mark_unencodable,
     takes_free_form_fields,
 )
 from .._workflow import Workflow
@@ -117,7 +118,7 @@ class _Printer:
         elif isinstance(event, WorkflowFailedEvent):
             self.failed_step = event.step_name
         if self.ndjson:
-            self.out.write(dumps(encode_envelope(self.seq, event)).decode() + "\n")
+            self.out.write(_json(encode_envelope(self.seq, event)) + "\n")
             self.out.flush()
             return
         data = encode_event_data(event)
@@ -127,7 +128,7 @@ class _Printer:
             return
         self._end_progress()
         elapsed = trio.current_time() - self.started
-        fields = "  ".join(f"{key}={json.dumps(v, ensure_ascii=False)}" for key, v in data.items())
+        fields = "  ".join(f"{key}={_json(value)}" for key, value in data.items())
         self.out.write(f"{elapsed:7.2f}s  {type(event).__name__:<18} {fields}\n")
         self.out.flush()
 
@@ -149,7 +150,7 @@ class _Printer:
         self._end_progress()
         if isinstance(result, StopEvent):
             result = encode_event_data(result)
-        self.out.write(f"result: {json.dumps(encode_value(result), ensure_ascii=False)}\n")
+        self.out.write(f"result: {_json(encode_value(result))}\n")
 
     def failure(self, error: BaseException) -> int:
         """Report the run's ``error`` on stderr: the step's traceback (when the run failed in
@@ -197,3 +198,9 @@ def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
     for chained in (shown.__cause__, shown.__context__, *(shown.exceptions or ())):
         if chained is not None:
             _trim(chained, seen)
+
+
+def _json(value: Any) -> str:
+    """``value`` as JSON text, as the server writes it; what has no JSON text (an int too long
+    to convert) is shown as the server's marker rather than crash the printing."""
+    return dumps(mark_unencodable(value)).decode()

@@ -33,11 +33,16 @@ logger = logging.getLogger("trioflow.server")
 def _hostname(host: str) -> str:
     """The name in a Host header as DNS compares names: without its port, in lower case and
     without the root's trailing dot (``LocalHost.:8000`` -> ``localhost``, ``[::1]:8000`` ->
-    ``::1``)."""
+    ``::1``). A port that is not digits, or anything after ``]``, makes no name: ``""``."""
     if host.startswith("["):
-        name = host[1 : host.find("]")]
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else rest or None
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
     else:
-        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        name, port = host, None
+    if port is not None and not (port.isascii() and port.isdigit()):
+        return ""
     return name.lower().removesuffix(".")
 
 
@@ -71,6 +76,10 @@ class WorkflowApp:
             await self._http(request)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            # Refused before accepting: the server answers 403, and nothing is logged.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1003})
         else:
             raise ValueError(f"trioflow serves HTTP only, not {scope['type']!r}")
 
@@ -398,7 +407,7 @@ def _int_param(query: Mapping[str, str], name: str, *, low: int, high: int) -> i
     given = query.get(name)
     if given is None:
         return None
-    if not (given.isascii() and given.isdigit() and low <= int(given) <= high):
+    if not (given.isascii() and given.isdigit() and len(given) <= 19 and low <= int(given) <= high):
         raise HttpError(
             400, "bad_request", f"{name} must be an integer from {low} to {high}, got {given!r}"
         )
