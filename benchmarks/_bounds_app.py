@@ -4,7 +4,20 @@ research example."""
 from __future__ import annotations
 
 from benchmarks._trioflow_serving import WORKFLOWS as SERVING
-from trioflow import Workflow
+from trioflow import StartEvent, StopEvent, Workflow, step
 from trioflow.examples import WORKFLOWS as EXAMPLES
 
-WORKFLOWS: dict[str, Workflow] = {**SERVING, "research": EXAMPLES["research"]}
+
+class BigResult(Workflow):
+    """Returns a result of 5 MB."""
+
+    @step
+    async def make(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="x" * 5_000_000)
+
+
+WORKFLOWS: dict[str, Workflow] = {
+    **SERVING,
+    "research": EXAMPLES["research"],
+    "big": BigResult(),
+}

@@ -1,6 +1,7 @@
 """The server's memory against its bounds, measured on a real ``trioflow serve`` process.
 
-    python -m benchmarks.server_bounds [--only stalled|h2|large] [--clients 200] [--requests 30]
+    python -m benchmarks.server_bounds [--only stalled|h2|large|result] [--clients 200]
+        [--requests 30]
 
 - ``stalled``: 200 clients (two runs, 100 each, under ``max_clients_per_run``) ask for a run's
   event stream over raw sockets and never read, while the runs stream 10 KB events.
@@ -9,6 +10,8 @@
 - ``large``: 30 requests of almost 1 MiB each (a topic of 1,000,000 characters) to the bundled
   research example, which echoes its topic into many events; a client reads each run's stream
   to its end. Also the size of ``GET /runs?limit=500`` afterwards.
+- ``result``: 200 clients ask for the status of a run with a 5 MB result
+  (``GET /runs/{id}``) and never read.
 
 Each reports the server's resident memory when idle and once it has settled (no growth over
 2 s, polled every 0.25 s), with the server's default bounds. Linux only (``/proc``).
@@ -97,6 +100,26 @@ async def large(client: httpx.AsyncClient, pid: int, requests: int) -> str:
     )
 
 
+async def result(client: httpx.AsyncClient, pid: int, clients: int) -> str:
+    """``clients`` sockets that ask for a run's 5 MB result and never read."""
+    idle = await settled_rss(pid)
+    run_id = await _start(client, "big", {})
+    while (await client.get(f"/runs/{run_id}")).json()["status"] == "running":
+        await trio.sleep(0.05)
+    host, port = _address(client)
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            stream = await trio.open_tcp_stream(host, port)
+            await stream.send_all(f"GET /runs/{run_id} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            nursery.start_soon(_hold, stream)
+        loaded = await settled_rss(pid)
+        nursery.cancel_scope.cancel()
+    return (
+        f"{clients} clients that never read a run's 5 MB result: server RSS "
+        f"{idle / MIB:.0f} MiB idle, {loaded / MIB:.0f} MiB stalled"
+    )
+
+
 async def _start(client: httpx.AsyncClient, workflow: str, fields: dict[str, object]) -> str:
     response = await client.post(f"/workflows/{workflow}/runs", content=json.dumps(fields))
     response.raise_for_status()
@@ -124,7 +147,7 @@ async def _measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["stalled", "h2", "large"], action="append")
+    parser.add_argument("--only", choices=["stalled", "h2", "large", "result"], action="append")
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args()
@@ -132,6 +155,7 @@ def main() -> None:
         "stalled": lambda client, pid: stalled(client, pid, args.clients),
         "h2": h2,
         "large": lambda client, pid: large(client, pid, args.requests),
+        "result": lambda client, pid: result(client, pid, args.clients),
     }
     for name in args.only or list(scenarios):
         began = time.monotonic()

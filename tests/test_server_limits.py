@@ -332,3 +332,27 @@ async def test_a_websocket_upgrade_is_refused_quietly(caplog: pytest.LogCaptureF
                 answer = await stream.receive_some(4096)
         assert answer.startswith(b"HTTP/1.1 403")
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+class Big(Workflow):
+    """Returns a result of about 1 MB."""
+
+    @step
+    async def make(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result={"text": "x" * 1_000_000, "n": 1})
+
+
+async def test_a_large_result_is_shared_by_every_request_and_sent_in_parts() -> None:
+    """GET /runs/{id} of a run with a 1 MB result: the result's JSON is made once and every
+    answer sends slices of it (a client that stops reading holds a part, not a copy); the
+    body arrives whole and equal to what the status says."""
+    async with served({"big": Big()}) as server:
+        run_id = await server.start("big")
+        status = await server.wait_status(run_id, "completed")
+        assert status["result"] == {"text": "x" * 1_000_000, "n": 1}
+        record = server.app._registry.get(run_id)  # type: ignore[union-attr]
+        assert record is not None
+        first, second = record.describe(), record.describe()
+        assert first[2] is second[2]  # the result's JSON, shared
+        head = await server.client.head(f"/runs/{run_id}")
+        assert int(head.headers["content-length"]) == sum(len(part) for part in first)

@@ -22,6 +22,7 @@ from .._wire import WireError, decode_event, decode_start_event, describe_workfl
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
 from ._feed import EventsExpired, TooManyWatchers
+from ._openapi import openapi_document, openapi_json
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
@@ -90,6 +91,12 @@ class WorkflowApp:
         if self._registry is not None:
             await self._registry.shutdown(self.options.shutdown_grace)
 
+    def openapi(self, prefix: str = "") -> dict[str, Any]:
+        """The OpenAPI 3.1 document that ``GET /openapi.json`` answers, as a new dict, its
+        paths under ``prefix`` (where the app is mounted: ``"/flows"``), to merge into the
+        document of the app it is mounted in."""
+        return openapi_document(self, prefix)
+
     async def wait_fatal(self) -> BaseException:
         """Wait until a run raises a `BaseException` that is no `Exception` (a step's
         ``SystemExit`` or ``KeyboardInterrupt``), and return it.
@@ -131,7 +138,8 @@ class WorkflowApp:
                 await self._preflight(request)
                 return
             self._check_origin(request)
-            self._authenticate(request)
+            if request.path.strip("/") != "health":  # a load balancer's probe has no token
+                self._authenticate(request)
             await self._route(request)
         except HttpError as error:
             if not request.started:  # a stream that has begun cannot turn into an error
@@ -292,7 +300,7 @@ class WorkflowApp:
         )
 
     async def _run_status(self, request: Request, args: list[str]) -> None:
-        await request.respond_json(200, self._record(args[0]).describe())
+        await request.respond(200, self._record(args[0]).describe())
 
     async def _run_events(self, request: Request, args: list[str]) -> None:
         record = self._record(args[0])
@@ -350,6 +358,24 @@ class WorkflowApp:
         if not record.handler.cancel():  # the outcome was decided already, by something else
             raise _run_ended(record)
         await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
+
+    async def _get_openapi(self, request: Request, args: list[str]) -> None:
+        await request.respond(200, openapi_json(self))
+
+    async def _health(self, request: Request, args: list[str]) -> None:
+        registry = self._registry
+        if registry is None:
+            health: dict[str, Any] = {"status": "not_started"}
+        else:
+            health = {"status": "shutting_down" if registry._closing else "ok"}
+        try:
+            self._authenticate(request)
+        except HttpError:  # anyone may know whether it serves; only the token shows the runs
+            pass
+        else:
+            health["running"] = 0 if registry is None else registry.running
+            health["max_runs"] = self.options.max_runs
+        await request.respond_json(200 if health["status"] == "ok" else 503, health)
 
     # -- lookups --
 
@@ -479,4 +505,6 @@ _ROUTES: Iterable[tuple[tuple[str, ...], dict[str, _Endpoint]]] = (
     (("runs", "*"), {"GET": WorkflowApp._run_status}),
     (("runs", "*", "events"), {"GET": WorkflowApp._run_events, "POST": WorkflowApp._send_event}),
     (("runs", "*", "cancel"), {"POST": WorkflowApp._cancel_run}),
+    (("openapi.json",), {"GET": WorkflowApp._get_openapi}),
+    (("health",), {"GET": WorkflowApp._health}),
 )

@@ -7,7 +7,7 @@ directly and every `send` of a streamed body goes straight to the socket.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -21,6 +21,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+#: Most bytes of a complete response sent in one message (see `Request.respond`).
+PART = 64 * 1024
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 
@@ -125,21 +128,50 @@ class Request:
     async def respond(
         self,
         status: int,
-        body: bytes,
+        body: bytes | Sequence[bytes],
         content_type: bytes = b"application/json",
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
-        """Send a complete response."""
+        """Send a complete response: ``body``, or the concatenation of its parts.
+
+        A large body goes out in parts of at most `PART` bytes, each sent once the client has
+        taken the one before (over HTTP/2, once hypercorn's buffer has drained), so a client
+        that stops reading holds one part, not a copy of the whole: the parts of a body that
+        many requests share (a run's result) are slices of one object.
+        """
+        parts = [body] if isinstance(body, bytes) else list(body)
+        size = sum(len(part) for part in parts)
         await self.start_response(
             status,
             [
                 (b"content-type", content_type),
-                (b"content-length", b"%d" % len(body)),
+                (b"content-length", b"%d" % size),
                 (b"cache-control", b"no-store"),
                 *headers,
             ],
         )
-        await self.send({"type": "http.response.body", "body": b"" if self.head else body})
+        if self.head or size <= PART:
+            body = b"" if self.head else b"".join(parts)
+            await self.send({"type": "http.response.body", "body": body})
+            return
+        drain = self._drain()
+        sent = 0
+        for part in parts:
+            for start in range(0, len(part), PART):
+                piece = part[start : start + PART]  # a copy of one piece at a time
+                sent += len(piece)
+                more = sent < size
+                await self.send({"type": "http.response.body", "body": piece, "more_body": more})
+                if more and drain is not None:
+                    await drain()
+
+    def _drain(self) -> Callable[[], Awaitable[None]] | None:
+        from ._http2 import flow_control  # which imports this module
+
+        try:
+            return flow_control(self)
+        except HttpError:  # HTTP/2 under another server: sent as it is
+            return None
 
     async def respond_json(
         self, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()

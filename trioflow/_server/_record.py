@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from .. import RunStatus, WorkflowHandler
-from .._wire import encode_exception, encode_value, mark_unencodable
+from .._wire import dumps, encode_exception, encode_value, mark_unencodable
 from ._feed import RunFeed
 
 #: Characters of an error's message that ``GET /runs`` shows (``GET /runs/{id}`` has it all).
@@ -38,7 +38,7 @@ class RunRecord:
     #: Not the run's status (the handler's): what `max_runs` and a shutdown wait for.
     done: trio.Event = attrs.field(factory=trio.Event)
     #: The result as JSON, in a tuple once encoded (the result itself may be None).
-    _encoded_result: tuple[Any] | None = attrs.field(default=None, init=False)
+    _result_json: bytes | None = attrs.field(default=None, init=False)
 
     @property
     def run_id(self) -> str:
@@ -64,13 +64,28 @@ class RunRecord:
                 summary["error"] = brief
         return summary
 
-    def describe(self) -> dict[str, Any]:
-        """The run's status as JSON (``GET /runs/{id}``), with its result or error once its
-        outcome is decided, which may be before its steps have unwound."""
+    def describe(self) -> list[bytes]:
+        """The run's status as JSON (``GET /runs/{id}``), in parts: with its result or error
+        once its outcome is decided, which may be before its steps have unwound. The result's
+        JSON is made once and shared by every request (`Request.respond` sends it in slices),
+        so many clients asking for a large result hold no copies of it."""
         described = self._head()
-        if self.handler.status is not RunStatus.RUNNING:
-            described.update(self._outcome())
-        return described
+        if self.handler.status is RunStatus.RUNNING:
+            return [dumps(described)]
+        try:
+            result = self.handler.result_nowait()
+        except trio.WouldBlock:  # pragma: no cover (the status said decided)
+            return [dumps(described)]
+        except BaseException as error:
+            # The run's own error, kept by its handler and only reported here: a synchronous
+            # call raises no cancellation of this task.
+            described["error"] = self._error(error)
+            return [dumps(described)]
+        if self._result_json is None:
+            # Once, not per request; an int too long to write goes out as a marker, as in
+            # the run's terminal event (see `_pump`), rather than failing every request.
+            self._result_json = dumps(mark_unencodable(encode_value(result)))
+        return [dumps(described)[:-1], b',"result":', self._result_json, b"}"]
 
     def _head(self) -> dict[str, Any]:
         return {
@@ -81,21 +96,6 @@ class RunRecord:
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
         }
-
-    def _outcome(self) -> dict[str, Any]:
-        try:
-            result = self.handler.result_nowait()
-        except trio.WouldBlock:  # pragma: no cover (the status said decided)
-            return {}
-        except BaseException as error:
-            # The run's own error, kept by its handler and only reported here: a synchronous
-            # call raises no cancellation of this task.
-            return {"error": self._error(error)}
-        if self._encoded_result is None:
-            # Once, not per request; an int too long to write goes out as a marker, as in
-            # the run's terminal event (see `_pump`), rather than failing every request.
-            self._encoded_result = (mark_unencodable(encode_value(result)),)
-        return {"result": self._encoded_result[0]}
 
     def _error(self, error: BaseException) -> dict[str, Any]:
         described = encode_exception(error)
