@@ -118,7 +118,8 @@ class _Printer:
         elif isinstance(event, WorkflowFailedEvent):
             self.failed_step = event.step_name
         if self.ndjson:
-            self.out.write(_json(encode_envelope(self.seq, event)) + "\n")
+            envelope = mark_unencodable(encode_envelope(self.seq, event))
+            self.out.write(dumps(envelope).decode() + "\n")
             self.out.flush()
             return
         data = encode_event_data(event)
@@ -201,6 +202,6 @@ def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
 
 
 def _json(value: Any) -> str:
-    """``value`` as JSON text, as the server writes it; what has no JSON text (an int too long
-    to convert) is shown as the server's marker rather than crash the printing."""
-    return dumps(mark_unencodable(value)).decode()
+    """``value`` as JSON text for a reader; what has no JSON text (an int too long to
+    convert) is shown as the server's marker rather than crash the printing."""
+    return json.dumps(mark_unencodable(value), ensure_ascii=False)

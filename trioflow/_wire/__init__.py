@@ -4,8 +4,8 @@ Events and results go out through `_encode` (its encoders never raise: a step ma
 object; only `dumps` refuses the one value with no JSON text, an int too long to convert, which
 `mark_unencodable` replaces); request bodies are parsed strictly by `loads`, and start events
 and events sent in are decoded strictly, in `_decode`; a workflow's graph is described in
-`_describe`; the names and fields of types that all three use are read in `_typeinfo`. The
-layers above import the format from this package only.
+`_describe`, and as JSON Schemas in `_schema`; the names and fields of types that all of them
+use are read in `_typeinfo`. The layers above import the format from this package only.
 """
 
 from ._decode import (
@@ -26,12 +26,15 @@ from ._encode import (
     encode_value,
     mark_unencodable,
 )
+from ._schema import JsonSchemas, any_envelope, event_schema, streamed_event_types
 from ._typeinfo import field_types, qualified_name, takes_free_form_fields, type_name
 
 __all__ = [
     "BadJsonError",
     "EncodeError",
+    "JsonSchemas",
     "WireError",
+    "any_envelope",
     "decode_event",
     "decode_start_event",
     "describe_workflow",
@@ -40,11 +43,13 @@ __all__ = [
     "encode_event_data",
     "encode_exception",
     "encode_value",
+    "event_schema",
     "field_types",
     "loads",
     "mark_unencodable",
     "qualified_name",
     "sendable_event_types",
+    "streamed_event_types",
     "takes_free_form_fields",
     "type_name",
 ]
