@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Self
+from typing import Any, Self
 
 import attrs
 import trio
@@ -44,11 +44,27 @@ class Entry:
     frame: bytes
     #: Where ``data: `` starts in `frame`.
     _data_at: int
+    #: The event's qualified name, for clients that filter by it.
+    qualified_name: str = ""
+    #: A `LifecycleEvent`: left out of a stream unless its client asks for it.
+    lifecycle: bool = False
+    #: The run's terminal event: in every stream, whatever its client filters.
+    terminal: bool = False
 
     @classmethod
-    def encode(cls, seq: int, type_name: str, json: bytes) -> Entry:
+    def encode(
+        cls,
+        seq: int,
+        type_name: str,
+        json: bytes,
+        *,
+        qualified_name: str = "",
+        lifecycle: bool = False,
+        terminal: bool = False,
+    ) -> Entry:
         head = b"id: %d\nevent: %s\n" % (seq, type_name.encode())
-        return cls(seq, type_name, b"%sdata: %s\n\n" % (head, json), len(head))
+        frame = b"%sdata: %s\n\n" % (head, json)
+        return cls(seq, type_name, frame, len(head), qualified_name, lifecycle, terminal)
 
     @property
     def size(self) -> int:
@@ -149,7 +165,7 @@ class RunFeed:
 
     # -- the pump's side --
 
-    def append_nowait(self, seq: int, type_name: str, json: bytes) -> None:
+    def append_nowait(self, seq: int, type_name: str, json: bytes, **kind: Any) -> None:
         """Add the next entry, numbered ``seq`` (``last_seq + 1``: there is one pump), if there
         is room for it without waiting.
 
@@ -158,15 +174,15 @@ class RunFeed:
                 attached watcher (or kept for the first one).
             ValueError: ``seq`` is not the next number.
         """
-        entry = self._next_entry(seq, type_name, json)
+        entry = self._next_entry(seq, type_name, json, kind)
         if not self._make_room(entry.size):
             raise trio.WouldBlock
         self._add(entry)
 
-    async def append(self, seq: int, type_name: str, json: bytes) -> None:
+    async def append(self, seq: int, type_name: str, json: bytes, **kind: Any) -> None:
         """Add the next entry as `append_nowait` does, waiting while there is no room. A
         checkpoint whether it waits or not, like every async function of trio's."""
-        entry = self._next_entry(seq, type_name, json)
+        entry = self._next_entry(seq, type_name, json, kind)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._make_room(entry.size):
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -179,10 +195,10 @@ class RunFeed:
                 self._pump_waiting = False
         self._add(entry)
 
-    def _next_entry(self, seq: int, type_name: str, json: bytes) -> Entry:
+    def _next_entry(self, seq: int, type_name: str, json: bytes, kind: dict[str, Any]) -> Entry:
         if seq != self.last_seq + 1:
             raise ValueError(f"the next entry is seq {self.last_seq + 1}, got {seq}")
-        return Entry.encode(seq, type_name, json)
+        return Entry.encode(seq, type_name, json, **kind)
 
     def _add(self, entry: Entry) -> None:
         self.last_seq = entry.seq

@@ -293,7 +293,14 @@ def _start_run(
                 {"type": "number", "minimum": 0},
                 "Cancel the run once its last client has left and none came back within this "
                 "many seconds (the server's `abandon_after` otherwise).",
-            )
+            ),
+            _param(
+                "lifecycle",
+                "query",
+                {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
+                "`1`: the run's lifecycle events (step started, finished, retried) go to its "
+                "stream too, for clients that ask for them with `?types=`.",
+            ),
         ],
         body={
             "required": False,
@@ -442,6 +449,14 @@ def _stream_events() -> dict[str, Any]:
                 {"type": "string", "default": "1"},
                 "`0`, `false` or `no`: leave out `event:`, so that every event reaches "
                 "`EventSource.onmessage`.",
+            ),
+            _param(
+                "types",
+                "query",
+                {"type": "string"},
+                "Comma-separated event type names (short or qualified; `LifecycleEvent` for "
+                "every lifecycle event): only those events, and the terminal event. Without "
+                "it, every event but the lifecycle ones.",
             ),
         ],
     )

@@ -30,7 +30,15 @@ from typing import Any
 
 import trio
 
-from .._wire import EncodeError, dumps, encode_envelope, mark_unencodable, type_name
+from .. import Event, LifecycleEvent, StopEvent
+from .._wire import (
+    EncodeError,
+    dumps,
+    encode_envelope,
+    mark_unencodable,
+    qualified_name,
+    type_name,
+)
 from ._record import RunRecord
 
 logger = logging.getLogger("trioflow.server")
@@ -55,20 +63,24 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     feed = record.feed
     busy = 0.0
     ended = clock()
-    async for event in record.handler.stream_events():
+    kinds: dict[type[Event], dict[str, Any]] = {}
+    # With lifecycle events asked for, every event passes the filter: `Event` is named too.
+    named = (Event, LifecycleEvent) if record.lifecycle else ()
+    async for event in record.handler.stream_events(*named):
         began = clock()
         if began - ended > RESUMED_AFTER:
             busy = 0.0
         seq = feed.last_seq + 1
-        name, envelope = type_name(type(event)), encode_envelope(seq, event)
+        kind = kinds.get(type(event)) or kinds.setdefault(type(event), _kind(type(event)))
+        name, envelope = kind["type_name"], encode_envelope(seq, event)
         try:
             json = dumps(envelope)
         except EncodeError as error:
             json = _unencodable(record, envelope, error)
         try:
-            feed.append_nowait(seq, name, json)
+            feed.append_nowait(seq, name, json, **kind["flags"])
         except trio.WouldBlock:
-            await feed.append(seq, name, json)  # waits for a slow watcher: that yields
+            await feed.append(seq, name, json, **kind["flags"])  # waits: that yields
             busy = 0.0
         else:
             busy += clock() - began
@@ -77,6 +89,19 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
                 busy = 0.0
         ended = clock()
     record.pumped = True
+
+
+def _kind(cls: type[Event]) -> dict[str, Any]:
+    """What the feed keeps of an event class besides the JSON: its names, for clients that
+    filter (``?types=``), and whether it is a lifecycle or a terminal event."""
+    return {
+        "type_name": type_name(cls),
+        "flags": {
+            "qualified_name": qualified_name(cls),
+            "lifecycle": issubclass(cls, LifecycleEvent),
+            "terminal": issubclass(cls, StopEvent),
+        },
+    }
 
 
 def _unencodable(record: RunRecord, envelope: dict[str, Any], error: EncodeError) -> bytes:

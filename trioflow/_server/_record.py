@@ -31,6 +31,8 @@ class RunRecord:
     feed: RunFeed
     #: The registry's count of runs started before this one: the order of `GET /runs`.
     number: int = 0
+    #: Lifecycle events go to the feed too (``POST .../runs?lifecycle=1``).
+    lifecycle: bool = False
     started_at: float = attrs.field(factory=time.time)
     #: The pump has taken the run's whole stream into the feed, terminal event included.
     pumped: bool = False

@@ -104,8 +104,10 @@ class RunRegistry:
         start_event: StartEvent,
         *,
         abandon_after: float | None,
+        lifecycle: bool = False,
     ) -> RunRecord:
-        """Start a run of ``workflow`` and return its record once the run is under way.
+        """Start a run of ``workflow`` and return its record once the run is under way; with
+        ``lifecycle``, its lifecycle events go to its feed too.
 
         Raises:
             TooManyRuns: ``max_runs`` runs are running already.
@@ -120,7 +122,7 @@ class RunRegistry:
         self._starting += 1
         try:
             record: RunRecord = await self._nursery.start(
-                self._drive, name, workflow, start_event, abandon_after
+                self._drive, name, workflow, start_event, abandon_after, lifecycle
             )
         finally:
             self._starting -= 1
@@ -182,6 +184,7 @@ class RunRegistry:
         workflow: Workflow,
         start_event: StartEvent,
         abandon_after: float | None,
+        lifecycle: bool,
         task_status: trio.TaskStatus[RunRecord],
     ) -> None:
         record: RunRecord | None = None
@@ -190,7 +193,7 @@ class RunRegistry:
             async with workflow.start(start_event) as handler:
                 options = self._options
                 feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
-                record = RunRecord(name, handler, feed, next(self._numbers))
+                record = RunRecord(name, handler, feed, next(self._numbers), lifecycle)
                 self._records[record.run_id] = record
                 task_status.started(record)
                 await _follow(record, self._options.hold_for_first_client, abandon_after)

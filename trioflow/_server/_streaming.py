@@ -23,6 +23,7 @@ two writes per interval notice it within ``ping_interval``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -54,8 +55,13 @@ async def stream_feed(
     named: bool,
     ping_interval: float,
     retry_ms: int,
+    types: frozenset[str] | None = None,
+    lifecycle: bool = False,
 ) -> None:
-    """Answer ``request`` with the feed's entries after seq ``after``, live, until the last.
+    """Answer ``request`` with the feed's entries after seq ``after``, live, until the last:
+    those whose type is named in ``types`` (short or qualified names; ``LifecycleEvent``
+    names every lifecycle event), or without ``types`` every one but the lifecycle events;
+    the terminal event in any case. ``lifecycle``: the feed holds lifecycle events.
 
     Raises:
         EventsExpired: entries after ``after`` are no longer retained (before any response).
@@ -73,7 +79,7 @@ async def stream_feed(
         await request.start_response(200, NDJSON_HEADERS if ndjson else SSE_HEADERS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, request.receive, nursery.cancel_scope)
-            await _send_entries(body, watcher, form, ping_interval)
+            await _send_entries(body, watcher, form, ping_interval, _wanted(types, lifecycle))
             body.complete = True
             nursery.cancel_scope.cancel()
     if body.complete:
@@ -142,7 +148,26 @@ class _Ndjson:
         return _expired(error) + b"\n"
 
 
-async def _send_entries(body: _Body, watcher: Watcher, form: _Form, ping_interval: float) -> None:
+def _wanted(types: frozenset[str] | None, lifecycle: bool) -> Callable[[Entry], bool] | None:
+    """Which entries a stream sends; None: all (no filter to pay for)."""
+    if types is None:
+        return (lambda entry: not entry.lifecycle) if lifecycle else None
+    every_lifecycle = "LifecycleEvent" in types
+    return lambda entry: (
+        entry.terminal
+        or entry.type_name in types
+        or entry.qualified_name in types
+        or (every_lifecycle and entry.lifecycle)
+    )
+
+
+async def _send_entries(
+    body: _Body,
+    watcher: Watcher,
+    form: _Form,
+    ping_interval: float,
+    wanted: Callable[[Entry], bool] | None,
+) -> None:
     """Send the watcher's entries as they come, up to the last one."""
     while True:
         with trio.move_on_after(ping_interval / 2) as idle:
@@ -153,6 +178,11 @@ async def _send_entries(body: _Body, watcher: Watcher, form: _Form, ping_interva
             await body.send(form.expired(batch))
             return
         elif batch:
+            if wanted is not None:
+                batch = [entry for entry in batch if wanted(entry)]
+                if not batch:  # all filtered out: the send that yields did not happen
+                    await trio.lowlevel.checkpoint()
+                    continue
             await body.send(form.batch(batch))
         else:
             return
