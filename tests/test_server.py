@@ -7,6 +7,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -694,7 +695,7 @@ async def test_an_integer_too_long_for_python_is_refused() -> None:
         ({"retain": 0}, "retain must be an int >= 1"),
     ],
 )
-def test_options_out_of_range_are_refused(options: dict[str, object], message: str) -> None:
+def test_options_out_of_range_are_refused(options: dict[str, Any], message: str) -> None:
     """ServerOptions refuses values that would make the server misbehave."""
     with pytest.raises(ValueError, match=message):
         trioflow.WorkflowApp(ForeverFlow(), **options)

@@ -43,7 +43,7 @@ async def test_events_arrive_in_order_then_terminal() -> None:
     """Every written event arrives in order, then the stop event, then iteration ends."""
     async with Writer().start(n=1000) as handler:
         events = [ev async for ev in handler.stream_events(Tick)]
-    assert [ev.i for ev in events[:-1]] == list(range(1000))  # type: ignore[attr-defined]
+    assert [ev.i for ev in events[:-1]] == list(range(1000))  # type: ignore[union-attr]
     assert events[-1] == StopEvent(result=1000)
 
 
@@ -121,7 +121,7 @@ async def test_breaking_out_releases_the_stream() -> None:
     """Breaking out of the loop hands the stream on: the next consumer gets the next event."""
     async with Writer().start(n=20) as handler:
         async for ev in handler.stream_events(Tick):
-            if ev.i == 4:  # type: ignore[attr-defined]
+            if ev.i == 4:  # type: ignore[union-attr]
                 break
         rest = [ev async for ev in handler.stream_events(Tick)]
     assert rest[0] == Tick(i=5)
@@ -206,7 +206,7 @@ async def test_stream_filter_must_be_event_types() -> None:
     """stream_events() refuses filters that are not Event subclasses."""
     async with Writer().start(n=1) as handler:
         with pytest.raises(TypeError, match="Event subclasses"):
-            handler.stream_events(int)  # type: ignore[arg-type]
+            handler.stream_events(int)  # type: ignore[type-var]
 
 
 async def test_a_kept_iterator_does_not_stop_result_from_draining(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, cast, overload
 
 import attrs
 import trio
@@ -14,6 +14,19 @@ from ._core._state import FailureFields, RunStatus
 from ._core._stream import StreamIterator
 from ._errors import WorkflowCancelledError, WorkflowTimeoutError
 from ._events import Event, LifecycleEvent, StopEvent
+from ._typevar import TypeVar
+
+#: What a run returns (`WorkflowHandler.result`, `Workflow.run`): ``Any`` unless the workflow
+#: says, as in ``class MyFlow(Workflow[MyStop])``.
+R = TypeVar("R", default=Any)
+
+# The event types named to `WorkflowHandler.stream_events`.
+E1 = TypeVar("E1", bound=Event)
+E2 = TypeVar("E2", bound=Event)
+E3 = TypeVar("E3", bound=Event)
+E4 = TypeVar("E4", bound=Event)
+E5 = TypeVar("E5", bound=Event)
+E6 = TypeVar("E6", bound=Event)
 
 
 @attrs.frozen(kw_only=True)
@@ -39,8 +52,12 @@ class RunStatistics:
     discarded: int
 
 
-class WorkflowHandler:
-    """A run in progress, handed out by ``async with workflow.start(...) as handler``."""
+class WorkflowHandler(Generic[R]):
+    """A run in progress, handed out by ``async with workflow.start(...) as handler``.
+
+    Generic in what `result` returns, as its `Workflow` is: a ``WorkflowHandler[MyStop]``
+    from a ``Workflow[MyStop]``, a plain (``Any``) one from a plain workflow.
+    """
 
     def __init__(self, run: Run) -> None:
         self._run = run
@@ -77,7 +94,37 @@ class WorkflowHandler:
         its terminal event on the stream and the stream closed."""
         return self._state.finished.is_set()
 
-    def stream_events(self, *types: type[Event]) -> StreamIterator:
+    # Typed for up to six types: ``stream_events(A, B)`` yields ``A | B | StopEvent`` (the
+    # terminal event comes whatever the filter), no types yields any `Event`, and more than
+    # six yield `Event` as well.
+    @overload
+    def stream_events(self) -> StreamIterator[Event]: ...
+    @overload
+    def stream_events(self, t1: type[E1], /) -> StreamIterator[E1 | StopEvent]: ...
+    @overload
+    def stream_events(
+        self, t1: type[E1], t2: type[E2], /
+    ) -> StreamIterator[E1 | E2 | StopEvent]: ...
+    @overload
+    def stream_events(
+        self, t1: type[E1], t2: type[E2], t3: type[E3], /
+    ) -> StreamIterator[E1 | E2 | E3 | StopEvent]: ...
+    @overload
+    def stream_events(
+        self, t1: type[E1], t2: type[E2], t3: type[E3], t4: type[E4], /
+    ) -> StreamIterator[E1 | E2 | E3 | E4 | StopEvent]: ...
+    @overload
+    def stream_events(
+        self, t1: type[E1], t2: type[E2], t3: type[E3], t4: type[E4], t5: type[E5], /
+    ) -> StreamIterator[E1 | E2 | E3 | E4 | E5 | StopEvent]: ...
+    @overload
+    def stream_events(
+        self, t1: type[E1], t2: type[E2], t3: type[E3], t4: type[E4], t5: type[E5], t6: type[E6], /
+    ) -> StreamIterator[E1 | E2 | E3 | E4 | E5 | E6 | StopEvent]: ...
+    @overload
+    def stream_events(self, *types: type[Event]) -> StreamIterator[Event]: ...
+
+    def stream_events(self, *types: type[Event]) -> StreamIterator[Any]:
         """Iterate over the run's stream as events are written.
 
         The iterator holds the stream until the terminal event; best use it as
@@ -138,7 +185,7 @@ class WorkflowHandler:
         state = self._state
         return not state.decided and state.fail("", error)
 
-    async def result(self) -> Any:
+    async def result(self) -> R:
         """Wait for the run to end and return its result: the stop event's ``result``, or the
         stop event itself when the workflow uses a `StopEvent` subclass.
 
@@ -159,7 +206,7 @@ class WorkflowHandler:
             self._failure_raised = True  # leaving start() need not raise it again
             raise
 
-    def result_nowait(self) -> Any:
+    def result_nowait(self) -> R:
         """The run's result once its outcome is decided, as `result` returns or raises it,
         without waiting for the steps to unwind. It only looks: leaving ``start()`` still
         raises a failure that only this raised.
@@ -175,7 +222,9 @@ class WorkflowHandler:
         if state.outcome is RunStatus.COMPLETED:
             stop = state.stop_event
             assert stop is not None
-            return stop.result if type(stop) is StopEvent else stop
+            # What the workflow's R promises; a `Workflow[R]` naming a StopEvent subclass is
+            # checked against its graph (`_graph._check_declared_result`).
+            return cast(R, stop.result if type(stop) is StopEvent else stop)
         self._raise(self._outcome_error())
 
     def _raise(self, error: BaseException) -> NoReturn:

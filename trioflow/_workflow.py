@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic
 
 import trio
 
@@ -16,7 +16,7 @@ from ._core._state import is_cancellation
 from ._core._stream import EventStream
 from ._errors import require_trio
 from ._events import StartEvent
-from ._handler import WorkflowHandler
+from ._handler import R, WorkflowHandler
 
 DEFAULT_TIMEOUT = 45.0
 """Seconds a run may take unless ``Workflow(timeout=...)`` says otherwise (LlamaIndex's)."""
@@ -28,12 +28,17 @@ DEFAULT_BLOCKING_THRESHOLD = 0.1
 """Seconds an async step may hold the event loop before trioflow warns about it."""
 
 
-class Workflow:
+class Workflow(Generic[R]):
     """Base class of workflows: subclass it and decorate async methods with `step`.
 
     An instance is a reusable definition: each `run` or `start` has its own context, and runs
     are isolated even when many run at once. The graph is checked when the first instance of a
     class is made.
+
+    For type checkers it is generic in what `run` returns: a plain ``Workflow`` returns
+    ``Any``, as ``StopEvent.result`` is; ``class MyFlow(Workflow[MyStop])`` is a workflow that
+    ends with the `StopEvent` subclass ``MyStop``, whose ``run()`` returns that event (the
+    graph's check refuses a ``Workflow[R]`` its steps contradict).
 
     Args:
         timeout: seconds a run may take, or None for no limit.
@@ -83,7 +88,7 @@ class Workflow:
         """The validated graph of this workflow's steps (built once per class)."""
         return graph_of(type(self))
 
-    async def run(self, /, start_event: StartEvent | None = None, **fields: Any) -> Any:
+    async def run(self, /, start_event: StartEvent | None = None, **fields: Any) -> R:
         """Run the workflow to its end and return the result; stream events are discarded.
 
         Pass a start event, or the start event's fields as keywords.
@@ -99,7 +104,7 @@ class Workflow:
 
     def start(
         self, /, start_event: StartEvent | None = None, **fields: Any
-    ) -> AbstractAsyncContextManager[WorkflowHandler]:
+    ) -> AbstractAsyncContextManager[WorkflowHandler[R], None]:
         """Start a run inside an ``async with`` block and hand out its `WorkflowHandler`.
 
         The run's steps live in a nursery inside the block. Leaving the block while the run is
@@ -124,7 +129,7 @@ class Workflow:
         except TypeError as exc:
             raise TypeError(f"cannot make the start event {expected.__name__}: {exc}") from None
 
-    def _start(self, start_event: StartEvent, *, streamed: bool = True) -> _RunBlock:
+    def _start(self, start_event: StartEvent, *, streamed: bool = True) -> _RunBlock[R]:
         require_trio("a trioflow run")  # before trio.open_nursery() fails obscurely
         stream = EventStream(self.stream_buffer)
         if not streamed:
@@ -140,24 +145,24 @@ class Workflow:
         return _RunBlock(run)
 
 
-class _RunBlock:
+class _RunBlock(Generic[R]):
     """The ``async with`` of `Workflow.start`: a nursery holding the run's task around the
     caller's block.
 
     A class rather than ``@asynccontextmanager``: contextlib assigns ``__traceback__`` to an
     exception that passes through a generator, which an exception that is a frozen dataclass
     refuses (``FrozenInstanceError`` in place of the step's own exception). Here the block's
-    exception is either let through untouched (``__aexit__`` returns False) or replaced by a
+    exception is either let through untouched (``__aexit__`` returns None) or replaced by a
     `raise`, and never wrapped in the group a strict nursery would make of it: the nursery only
     ever sees a body that ended cleanly.
     """
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._handler = WorkflowHandler(run)
+        self._handler: WorkflowHandler[R] = WorkflowHandler(run)
         self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
 
-    async def __aenter__(self) -> WorkflowHandler:
+    async def __aenter__(self) -> WorkflowHandler[R]:
         nursery = await self._nursery.__aenter__()
         self._run.state.on_fatal.append(nursery.cancel_scope.cancel)
         try:
@@ -172,7 +177,7 @@ class _RunBlock:
         exc_type: type[BaseException] | None,
         body_error: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         self._run.state.cancel()  # leaving the block ends the run, if still undecided
         try:
             await self._nursery.__aexit__(None, None, None)
@@ -184,9 +189,11 @@ class _RunBlock:
                 raise
             raise error  # noqa: B904 (the cancellation stays attached as __context__)
         error = _exit_error(self._handler, body_error)
-        if error is None or error is body_error:
-            return False  # nothing, or the block's own exception, as it was
-        raise error
+        if error is not None and error is not body_error:
+            raise error
+        # Else nothing, or the block's own exception as it was. Returning None, not False,
+        # tells type checkers that the block never swallows an exception (so a function that
+        # returns from inside ``async with flow.start()`` needs no return after it).
 
 
 def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> BaseException | None:

@@ -197,6 +197,8 @@ def _build(workflow_class: type) -> WorkflowGraph:
     _check_error_handlers(steps, problems)
     if start is not None:
         _check_start_fields(start, problems)
+    if stop is not None:
+        _check_declared_result(workflow_class, stop, problems)
     if problems or start is None or stop is None:
         raise WorkflowValidationError(name, problems)
     return WorkflowGraph(
@@ -414,6 +416,48 @@ def _check_error_handlers(steps: list[StepSpec], problems: list[str]) -> None:
                     f"step {spec.name!r} handles failures of {name!r}, an error handler: a failing "
                     "error handler ends the run"
                 )
+
+
+def _check_declared_result(
+    workflow_class: type, stop: type[StopEvent], problems: list[str]
+) -> None:
+    """A ``Workflow[R]`` whose ``R`` is a class tells type checkers what ``run()`` returns;
+    hold that to what it returns: the stop event itself when the steps end the run with a
+    `StopEvent` subclass, else ``StopEvent.result`` (which may be anything, so a plain stop
+    event is only held to not being declared as an event)."""
+    declared = _declared_result(workflow_class)
+    if declared is Any or not isinstance(declared, type) or typing.get_origin(declared):
+        return  # Any, a type variable, a union, a generic alias: nothing to check
+    as_declared = f"it is declared Workflow[{declared.__name__}]"
+    try:
+        if stop is not StopEvent and not issubclass(stop, declared):
+            problems.append(
+                f"{as_declared}, but its steps end it with {stop.__name__}, which run() "
+                f"returns: declare Workflow[{stop.__name__}]"
+            )
+        elif stop is StopEvent and issubclass(declared, StopEvent):
+            instead = (
+                "" if declared is StopEvent else f"make the steps return {declared.__name__}, or "
+            )
+            problems.append(
+                f"{as_declared}, but its steps end it with a plain StopEvent, so run() returns "
+                f"the event's result, not the event: {instead}declare the result's type"
+            )
+    except TypeError:  # a class issubclass() refuses: a protocol not @runtime_checkable
+        pass
+
+
+def _declared_result(workflow_class: type) -> object:
+    """The ``R`` of the ``Workflow[R]`` that ``workflow_class`` or a base class subclasses, or
+    None."""
+    from .._workflow import Workflow  # imported late: _workflow imports this module
+
+    for klass in workflow_class.__mro__:
+        # Only a class with a subscripted base has __orig_bases__ of its own.
+        for base in vars(klass).get("__orig_bases__", ()):
+            if typing.get_origin(base) is Workflow:
+                return typing.get_args(base)[0]
+    return None
 
 
 def _check_step_names(declared: dict[str, StepDeclaration], problems: list[str]) -> None:

@@ -1,8 +1,10 @@
 """`WorkflowApp`: the ASGI app that serves workflows over HTTP.
 
 Routes, authentication and CORS live here; streaming is in `_streaming`, the runs in
-`_registry`, the JSON forms of events in `_wire`. The app needs ASGI lifespan: its runs live in
-a nursery that the lifespan task opens at startup and closes at shutdown.
+`_registry`, the JSON forms of events in `_wire`. The app's runs live in a nursery that
+`WorkflowApp.running` opens and closes: the app's own ASGI lifespan enters it, and so does the
+lifespan of a Starlette or FastAPI app that mounts it (`WorkflowApp.lifespan`), since a mounted
+app gets no ASGI lifespan of its own.
 """
 
 from __future__ import annotations
@@ -11,24 +13,36 @@ import hmac
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from importlib import resources
+from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import trio
 
 from .. import RunStatus, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
-from .._wire import WireError, decode_event, decode_start_event, describe_workflow
+from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
 from ._feed import EventsExpired, TooManyWatchers
 from ._openapi import openapi_document, openapi_json
+from ._options import LOOPBACK_NAMES
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
 from ._streaming import NDJSON_HEADERS, SSE_HEADERS, stream_feed
 
 logger = logging.getLogger("trioflow.server")
+
+#: The `WorkflowApp`\ s running inside the app that `serve` serves. `serve` sets a list here in
+#: the task that runs that app's ASGI lifespan, and `WorkflowApp.running` entered there (the
+#: served app's own lifespan, or the lifespan of a Starlette or FastAPI app that mounts it)
+#: adds its app: `serve` then shuts those apps' runs down first, and raises their fatal
+#: exceptions, whatever the app it serves is.
+served_apps: ContextVar[list[WorkflowApp] | None] = ContextVar("served_apps", default=None)
 
 
 def _hostname(host: str) -> str:
@@ -53,16 +67,64 @@ class WorkflowApp:
     Args:
         workflows: one `Workflow` (served under its class name) or a mapping of names to
             workflows.
-        **options: the fields of `ServerOptions`.
+        retain, ..., max_connections: the fields of `ServerOptions`, which defines them
+            (their defaults and validation; ``tests/test_typing.py`` keeps these in step).
 
-    Runs started over HTTP live in a nursery owned by the app, opened by the ASGI lifespan
-    protocol (hypercorn speaks it; see `serve`).
+    Runs started over HTTP live in a nursery owned by the app, opened by `running`: the ASGI
+    lifespan protocol enters it (hypercorn speaks it; see `serve`), and so does the lifespan of
+    a Starlette or FastAPI app the app is mounted in (`lifespan`). Mounted, the app answers
+    under the mount's prefix (the scope's ``root_path``): its ``Location`` headers and its
+    dashboard's requests included.
     """
 
-    def __init__(self, workflows: Workflow | Mapping[str, Workflow], **options: Any) -> None:
+    # Each option spelt out, so that type checkers catch a misspelt one (and show the
+    # defaults); `ServerOptions` stays their definition and validates them.
+    def __init__(
+        self,
+        workflows: Workflow | Mapping[str, Workflow],
+        *,
+        retain: int = 1024,
+        retain_bytes: int = 4 * 1024 * 1024,
+        max_clients_per_run: int = 128,
+        hold_for_first_client: float = 10.0,
+        max_runs: int = 64,
+        keep_finished: int = 100,
+        keep_finished_bytes: int = 64 * 1024 * 1024,
+        max_body: int = 1024 * 1024,
+        token: str | None = None,
+        allowed_hosts: str | Iterable[str] = LOOPBACK_NAMES,
+        cors_origins: str | Iterable[str] = (),
+        ping_interval: float = 15.0,
+        retry_ms: int = 2000,
+        abandon_after: float | None = None,
+        shutdown_grace: float = 5.0,
+        body_timeout: float = 30.0,
+        keep_alive_timeout: float = 5.0,
+        max_connections: int = 1000,
+    ) -> None:
         self.workflows = _named(workflows)
-        self.options = ServerOptions(**options)
+        self.options = ServerOptions(
+            retain=retain,
+            retain_bytes=retain_bytes,
+            max_clients_per_run=max_clients_per_run,
+            hold_for_first_client=hold_for_first_client,
+            max_runs=max_runs,
+            keep_finished=keep_finished,
+            keep_finished_bytes=keep_finished_bytes,
+            max_body=max_body,
+            token=token,
+            allowed_hosts=allowed_hosts,
+            cors_origins=cors_origins,
+            ping_interval=ping_interval,
+            retry_ms=retry_ms,
+            abandon_after=abandon_after,
+            shutdown_grace=shutdown_grace,
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            max_connections=max_connections,
+        )
         self._registry: RunRegistry | None = None
+        self._running = False  # between entering and leaving `running`
         self._hosts = frozenset(_hostname(name) for name in self.options.allowed_hosts)
         self._token = None if self.options.token is None else self.options.token.encode()
         self._dashboard: bytes | None = None
@@ -83,6 +145,29 @@ class WorkflowApp:
             await send({"type": "websocket.close", "code": 1003})
         else:
             raise ValueError(f"trioflow serves HTTP only, not {scope['type']!r}")
+
+    def running(self) -> AbstractAsyncContextManager[None]:
+        """Run the app: ``async with app.running():`` opens the nursery its runs live in, and
+        leaving the block shuts them down (`shutdown`) and closes it.
+
+        The app's own ASGI lifespan enters it, so a server that speaks the lifespan protocol
+        (hypercorn, `serve`) needs nothing more. A mounted app gets no lifespan of its own:
+        enter it in the host app's lifespan, ``Starlette(..., lifespan=app.lifespan)``, or
+        ``async with app.running():`` inside a lifespan of your own. Until then requests that
+        need runs are answered 503 ``not_started``.
+
+        An app runs once at a time (it may run again once the block is left, with a fresh set
+        of runs); entering it while it runs raises `RuntimeError`.
+        """
+        return _Running(self)
+
+    def lifespan(self, app: object) -> AbstractAsyncContextManager[None]:
+        """`running`, as the ``lifespan`` of a Starlette or FastAPI app that mounts this one
+        (it is given that app, and ignores it)::
+
+            app = Starlette(routes=[Mount("/flows", app=wf_app)], lifespan=wf_app.lifespan)
+        """
+        return self.running()
 
     async def shutdown(self) -> None:
         """Start no more runs, cancel the running ones, and wait until their terminal events
@@ -106,10 +191,13 @@ class WorkflowApp:
         down, then raises the exception; an app served otherwise can do the same.
 
         Raises:
-            RuntimeError: the app has not started (the ASGI lifespan has not run).
+            RuntimeError: the app has not started (neither its ASGI lifespan nor `running`
+                has run).
         """
         if self._registry is None:
-            raise RuntimeError("the app has not started: the ASGI lifespan has not run")
+            raise RuntimeError(
+                "the app has not started: neither its ASGI lifespan nor running() has run"
+            )
         return await self._registry.wait_fatal()
 
     # -- lifespan --
@@ -118,14 +206,14 @@ class WorkflowApp:
         message = await receive()
         if message["type"] != "lifespan.startup":
             raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
-        async with trio.open_nursery() as nursery:
-            self._registry = RunRegistry(nursery, self.options)
+        if self._running:  # told to the server, which says it as it fails to start
+            await send({"type": "lifespan.startup.failed", "message": _ALREADY_RUNNING})
+            return
+        async with self.running():
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
             if message["type"] != "lifespan.shutdown":
                 raise RuntimeError(f"expected lifespan.shutdown, got {message['type']!r}")
-            await self.shutdown()
-            nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
     # -- requests --
@@ -271,13 +359,17 @@ class WorkflowApp:
             raise HttpError(422, "invalid_fields", str(error)) from None
         try:
             record = await self._runs().start(
-                name, workflow, start_event, abandon_after=abandon_after
+                name,
+                workflow,
+                start_event,
+                abandon_after=abandon_after,
+                lifecycle=_flag(request, "lifecycle"),
             )
         except TooManyRuns as busy:
             raise HttpError(429, "too_many_runs", str(busy), [(b"retry-after", b"1")]) from None
         except ShuttingDown as closing:
             raise HttpError(503, "shutting_down", str(closing)) from None
-        location = f"/runs/{record.run_id}".encode()
+        location = f"{quote(request.root_path)}/runs/{record.run_id}".encode()
         await request.respond_json(201, {"run_id": record.run_id}, [(b"location", location)])
 
     async def _list_runs(self, request: Request, args: list[str]) -> None:
@@ -324,7 +416,9 @@ class WorkflowApp:
                 record.feed,
                 after=after,
                 ndjson=ndjson,
-                named=request.query.get("named", "1") not in ("0", "false", "no"),
+                named=_flag(request, "named", default=True),
+                types=_types(request),
+                lifecycle=record.lifecycle,
                 ping_interval=self.options.ping_interval,
                 retry_ms=self.options.retry_ms,
             )
@@ -360,7 +454,14 @@ class WorkflowApp:
         await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
 
     async def _get_openapi(self, request: Request, args: list[str]) -> None:
-        await request.respond(200, openapi_json(self))
+        if not request.root_path:
+            await request.respond(200, openapi_json(self))
+            return
+        # Mounted: the paths stay the app's own, and the server's URL is where it is mounted,
+        # which a client resolves against the document's own URL (as FastAPI does).
+        document = openapi_document(self)
+        document["servers"] = [{"url": quote(request.root_path)}]
+        await request.respond(200, dumps(document))
 
     async def _health(self, request: Request, args: list[str]) -> None:
         registry = self._registry
@@ -385,7 +486,9 @@ class WorkflowApp:
                 503,
                 "not_started",
                 "the app has not started: serve it with an ASGI server that runs the lifespan "
-                "protocol (hypercorn does; see trioflow.serve)",
+                "protocol (hypercorn does; see trioflow.serve), or, mounted in another app, "
+                "enter it in that app's lifespan (lifespan=wf_app.lifespan, or "
+                "async with wf_app.running())",
             )
         return self._registry
 
@@ -423,9 +526,97 @@ class WorkflowApp:
         return seconds
 
 
+_ALREADY_RUNNING = (
+    "this WorkflowApp is running already: enter running() or its lifespan once at a time (a "
+    "mounted app takes lifespan=wf_app.lifespan or async with wf_app.running() in the host "
+    "app's lifespan, not both)"
+)
+
+
+class _Running:
+    """The ``async with`` of `WorkflowApp.running`: the nursery the app's runs live in, around
+    the caller's block.
+
+    A class rather than ``@asynccontextmanager``, for the reason `Workflow.start`'s block is
+    one: the nursery only ever sees a body that ended cleanly, so the block's own exception
+    leaves as itself, never wrapped in the group a strict nursery would make of it.
+    """
+
+    def __init__(self, app: WorkflowApp) -> None:
+        self._app = app
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> None:
+        app = self._app
+        require_trio("WorkflowApp.running()")  # before trio.open_nursery() fails obscurely
+        if app._running or self._nursery_manager is not None:
+            raise RuntimeError(_ALREADY_RUNNING)
+        app._running = True
+        self._nursery_manager = trio.open_nursery()
+        try:
+            self._nursery = await self._nursery_manager.__aenter__()
+        except BaseException:
+            app._running = False
+            raise
+        app._registry = RunRegistry(self._nursery, app.options)
+        served = served_apps.get()
+        if served is not None:
+            served.append(app)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        body_error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        assert self._nursery_manager is not None
+        assert self._nursery is not None
+        try:
+            if body_error is None:  # a failing block cancels the runs at once instead
+                await self._app.shutdown()
+        finally:
+            self._nursery.cancel_scope.cancel()
+            try:
+                # The runs never raise into it (see `RunRegistry`): what leaving it raises is
+                # a cancellation of the caller's scope, which the block's own error beats.
+                await self._nursery_manager.__aexit__(None, None, None)
+            except BaseException:
+                if body_error is None:
+                    raise
+                raise body_error  # noqa: B904 (the cancellation stays attached as __context__)
+            finally:
+                self._app._running = False
+        return False
+
+
 #: Runs a page of ``GET /runs`` lists unless ``?limit=`` says otherwise, and at most.
 LIST_LIMIT = 50
 LIST_LIMIT_MAX = 500
+
+
+def _flag(request: Request, name: str, *, default: bool = False) -> bool:
+    """A yes/no query parameter: ``1``, ``true``, ``yes`` or ``0``, ``false``, ``no``."""
+    given = request.query.get(name)
+    if given is None:
+        return default
+    if given.lower() in ("1", "true", "yes"):
+        return True
+    if given.lower() in ("0", "false", "no"):
+        return False
+    raise HttpError(400, "bad_request", f"{name} must be 1 or 0 (true or false), got {given!r}")
+
+
+def _types(request: Request) -> frozenset[str] | None:
+    """``?types=Token,Progress``: the names (short or qualified) of the events a stream sends,
+    its terminal event aside; None: every event but the lifecycle ones."""
+    given = request.query.get("types")
+    if given is None:
+        return None
+    names = frozenset(name.strip() for name in given.split(",") if name.strip())
+    if not names:
+        raise HttpError(400, "bad_request", "types names one or more event types: ?types=A,B")
+    return names
 
 
 def _int_param(query: Mapping[str, str], name: str, *, low: int, high: int) -> int | None:

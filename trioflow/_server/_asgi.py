@@ -64,6 +64,9 @@ class Request:
     body_timeout: float = math.inf
     #: The scope's ``http_version``: ``"1.1"``, ``"2"``...
     http_version: str = "1.1"
+    #: Where the app is mounted (``"/flows"``; ``""`` at the root): the scope's ``root_path``,
+    #: which `path` is relative to.
+    root_path: str = ""
 
     @property
     def head(self) -> bool:
@@ -77,7 +80,9 @@ class Request:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", ())
         }
-        return cls(scope["method"], scope["path"], query, headers, receive, send)
+        root_path = scope.get("root_path", "").rstrip("/")
+        path = _route_path(scope["path"], root_path)
+        return cls(scope["method"], path, query, headers, receive, send, root_path=root_path)
 
     async def body(self, limit: int) -> bytes:
         """Read the whole body, refusing one longer than ``limit`` bytes (413) or one that has
@@ -192,6 +197,19 @@ class Request:
                 "headers": [*headers, *self.extra_headers, NOSNIFF],
             }
         )
+
+
+def _route_path(path: str, root_path: str) -> str:
+    """``path`` relative to where the app is mounted. ASGI gives the full path with the mount
+    point in ``root_path`` (Starlette's ``Mount`` does: ``/flows/runs`` with ``/flows``); a
+    server that strips the prefix itself gives a path that does not start with it, taken as
+    it is."""
+    if not root_path or not path.startswith(root_path):
+        return path
+    rest = path[len(root_path) :]
+    if rest and not rest.startswith("/"):  # /flowsy is not under /flows
+        return path
+    return rest or "/"
 
 
 def _too_large(limit: int) -> HttpError:

@@ -36,7 +36,7 @@ These are hypercorn's insides, the same in 0.17 and 0.18 as its own worker uses 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -45,17 +45,23 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from ._app import WorkflowApp
-
 logger = logging.getLogger("trioflow.server")
 
 
 class Connections:
-    """The open connections of a server serving ``app``: at most ``limit`` at once."""
+    """The open connections of a server serving the ASGI app ``app``: at most ``limit`` at
+    once. Each request's scope gets a copy of ``state``, the app's lifespan state."""
 
-    def __init__(self, app: WorkflowApp, config: Config, limit: int) -> None:
-        self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        config: Config,
+        limit: int,
+        state: dict[str, Any],
+    ) -> None:
+        self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self._config = config
+        self._state = state
         self._slots = trio.Semaphore(limit)
         self._open: set[_Connection] = set()
         self._finishing = False
@@ -104,7 +110,9 @@ class Connections:
                     served: Any = connection
                     app: Any = _Counted(self._app, connection)
                     try:
-                        await TCPServer(app, self._config, connection.context, {}, served).run()
+                        await TCPServer(
+                            app, self._config, connection.context, self._state, served
+                        ).run()
                     except Exception:
                         logger.debug("trioflow: a connection failed in hypercorn", exc_info=True)
                 nursery.cancel_scope.cancel()
