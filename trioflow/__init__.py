@@ -38,12 +38,16 @@ from ._workflow import Workflow
 
 if _typing.TYPE_CHECKING:
     from ._server._app import ServerOptions, WorkflowApp
+    from ._server._group import NumberedEvent, RunGroup, open_run_group
     from ._server._serve import serve
 
 __version__ = "0.1.0"
 
 # The HTTP server (and hypercorn with it) costs 110-180 ms to import: it is loaded on first use.
 _LAZY = {
+    "NumberedEvent": "._server._group",
+    "RunGroup": "._server._group",
+    "open_run_group": "._server._group",
     "ServerOptions": "._server._app",
     "WorkflowApp": "._server._app",
     "serve": "._server._serve",
@@ -57,8 +61,10 @@ __all__ = [
     "LifecycleEvent",
     "LoopBlockedWarning",
     "NotInTrioError",
+    "NumberedEvent",
     "RetryPolicy",
     "RunEndedError",
+    "RunGroup",
     "RunStatistics",
     "RunStatus",
     "ServerOptions",
@@ -86,6 +92,7 @@ __all__ = [
     "WorkflowValidationError",
     "disable_tracing",
     "enable_tracing",
+    "open_run_group",
     "serve",
     "step",
 ]

@@ -50,6 +50,9 @@ class Entry:
     lifecycle: bool = False
     #: The run's terminal event: in every stream, whatever its client filters.
     terminal: bool = False
+    #: The event itself, kept for a run group's in-process readers (`RunGroup.events`); the
+    #: server keeps only the JSON.
+    event: Any = None
 
     @classmethod
     def encode(
@@ -61,10 +64,11 @@ class Entry:
         qualified_name: str = "",
         lifecycle: bool = False,
         terminal: bool = False,
+        event: Any = None,
     ) -> Entry:
         head = b"id: %d\nevent: %s\n" % (seq, type_name.encode())
         frame = b"%sdata: %s\n\n" % (head, json)
-        return cls(seq, type_name, frame, len(head), qualified_name, lifecycle, terminal)
+        return cls(seq, type_name, frame, len(head), qualified_name, lifecycle, terminal, event)
 
     @property
     def size(self) -> int:

@@ -66,6 +66,7 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     kinds: dict[type[Event], dict[str, Any]] = {}
     # With lifecycle events asked for, every event passes the filter: `Event` is named too.
     named = (Event, LifecycleEvent) if record.lifecycle else ()
+    keep_events = record.keep_events
     async for event in record.handler.stream_events(*named):
         began = clock()
         if began - ended > RESUMED_AFTER:
@@ -78,9 +79,10 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         except EncodeError as error:
             json = _unencodable(record, envelope, error)
         try:
-            feed.append_nowait(seq, name, json, **kind["flags"])
+            flags = {**kind["flags"], "event": event} if keep_events else kind["flags"]
+            feed.append_nowait(seq, name, json, **flags)
         except trio.WouldBlock:
-            await feed.append(seq, name, json, **kind["flags"])  # waits: that yields
+            await feed.append(seq, name, json, **flags)  # waits for a watcher: that yields
             busy = 0.0
         else:
             busy += clock() - began

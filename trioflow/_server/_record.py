@@ -33,6 +33,8 @@ class RunRecord:
     number: int = 0
     #: Lifecycle events go to the feed too (``POST .../runs?lifecycle=1``).
     lifecycle: bool = False
+    #: The feed keeps each event object besides its JSON (a `RunGroup`'s runs).
+    keep_events: bool = False
     started_at: float = attrs.field(factory=time.time)
     #: The pump has taken the run's whole stream into the feed, terminal event included.
     pumped: bool = False

@@ -52,9 +52,12 @@ class ShuttingDown(TrioflowError):
 class RunRegistry:
     """Starts runs in ``nursery`` and finds them by id."""
 
-    def __init__(self, nursery: trio.Nursery, options: ServerOptions) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, options: ServerOptions, *, keep_events: bool = False
+    ) -> None:
         self._nursery = nursery
         self._options = options
+        self._keep_events = keep_events
         self._max_runs = options.max_runs
         self._records: dict[str, RunRecord] = {}
         self._numbers = itertools.count()
@@ -144,6 +147,11 @@ class RunRegistry:
             for record in running:
                 await record.done.wait()
 
+    @property
+    def fatal(self) -> BaseException | None:
+        """The first `BaseException` that is no `Exception` a run raised, if any."""
+        return self._fatal
+
     async def wait_fatal(self) -> BaseException:
         """Wait until a run raises a `BaseException` that is no `Exception`; return it."""
         await self._fatal_raised.wait()
@@ -193,7 +201,9 @@ class RunRegistry:
             async with workflow.start(start_event) as handler:
                 options = self._options
                 feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
-                record = RunRecord(name, handler, feed, next(self._numbers), lifecycle)
+                record = RunRecord(
+                    name, handler, feed, next(self._numbers), lifecycle, self._keep_events
+                )
                 self._records[record.run_id] = record
                 task_status.started(record)
                 await _follow(record, self._options.hold_for_first_client, abandon_after)
