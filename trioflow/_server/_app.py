@@ -20,14 +20,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import trio
-
 from .. import RunStatus, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
 from ._feed import EventsExpired, TooManyWatchers
+from ._group import RunGroupBlock
 from ._openapi import openapi_document, openapi_json
 from ._options import LOOPBACK_NAMES
 from ._options import ServerOptions as ServerOptions
@@ -534,32 +533,30 @@ _ALREADY_RUNNING = (
 
 
 class _Running:
-    """The ``async with`` of `WorkflowApp.running`: the nursery the app's runs live in, around
-    the caller's block.
-
-    A class rather than ``@asynccontextmanager``, for the reason `Workflow.start`'s block is
-    one: the nursery only ever sees a body that ended cleanly, so the block's own exception
-    leaves as itself, never wrapped in the group a strict nursery would make of it.
+    """The ``async with`` of `WorkflowApp.running`: the app's runs are a run group's
+    (`open_run_group`'s block, the one place a nursery of runs is opened), entered once at a
+    time, and known to `serve` when entered in the lifespan it runs (`served_apps`).
     """
 
     def __init__(self, app: WorkflowApp) -> None:
         self._app = app
-        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._nursery: trio.Nursery | None = None
+        self._block: RunGroupBlock | None = None
 
     async def __aenter__(self) -> None:
         app = self._app
         require_trio("WorkflowApp.running()")  # before trio.open_nursery() fails obscurely
-        if app._running or self._nursery_manager is not None:
+        if app._running or self._block is not None:
             raise RuntimeError(_ALREADY_RUNNING)
         app._running = True
-        self._nursery_manager = trio.open_nursery()
+        # The app's runs are a run group's, without the events kept as objects (clients get
+        # JSON) and with a step's SystemExit left to `serve`, which shuts down first.
+        self._block = RunGroupBlock(app.options, keep_events=False, stops_on_fatal=False)
         try:
-            self._nursery = await self._nursery_manager.__aenter__()
+            await self._block.__aenter__()
         except BaseException:
             app._running = False
             raise
-        app._registry = RunRegistry(self._nursery, app.options)
+        app._registry = self._block.registry
         served = served_apps.get()
         if served is not None:
             served.append(app)
@@ -570,23 +567,11 @@ class _Running:
         body_error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        assert self._nursery_manager is not None
-        assert self._nursery is not None
+        assert self._block is not None
         try:
-            if body_error is None:  # a failing block cancels the runs at once instead
-                await self._app.shutdown()
+            await self._block.__aexit__(exc_type, body_error, traceback)
         finally:
-            self._nursery.cancel_scope.cancel()
-            try:
-                # The runs never raise into it (see `RunRegistry`): what leaving it raises is
-                # a cancellation of the caller's scope, which the block's own error beats.
-                await self._nursery_manager.__aexit__(None, None, None)
-            except BaseException:
-                if body_error is None:
-                    raise
-                raise body_error  # noqa: B904 (the cancellation stays attached as __context__)
-            finally:
-                self._app._running = False
+            self._app._running = False
         return False
 
 

@@ -205,11 +205,25 @@ class RunGroupBlock:
     rather than ``@asynccontextmanager``, as `Workflow.start`'s block: the block's own
     exception leaves as itself."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(
+        self, options: ServerOptions, *, keep_events: bool = True, stops_on_fatal: bool = True
+    ) -> None:
         self._options = options
+        #: Entries keep the events themselves (for `RunGroup.events`); a server needs no more
+        #: than their JSON.
+        self._keep_events = keep_events
+        #: A step's ``SystemExit`` cancels the block and leaves it as itself; a server
+        #: (`WorkflowApp`) leaves that to `serve`, which shuts down gracefully first.
+        self._stops_on_fatal = stops_on_fatal
         self._nursery_manager: Any = None
         self._nursery: trio.Nursery | None = None
         self._registry: RunRegistry | None = None
+
+    @property
+    def registry(self) -> RunRegistry:
+        """The registry the group's runs live in (inside the block)."""
+        assert self._registry is not None, "the block has not been entered"
+        return self._registry
 
     async def __aenter__(self) -> RunGroup:
         require_trio("open_run_group()")  # before trio.open_nursery() fails obscurely
@@ -217,8 +231,9 @@ class RunGroupBlock:
             raise RuntimeError("a run group's block is entered once")
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        self._registry = RunRegistry(self._nursery, self._options, keep_events=True)
-        self._nursery.start_soon(_stop_on_fatal, self._registry, self._nursery.cancel_scope)
+        self._registry = RunRegistry(self._nursery, self._options, keep_events=self._keep_events)
+        if self._stops_on_fatal:
+            self._nursery.start_soon(_stop_on_fatal, self._registry, self._nursery.cancel_scope)
         return RunGroup(self._registry)
 
     async def __aexit__(
@@ -240,11 +255,11 @@ class RunGroupBlock:
                 # a cancellation of the caller's scope, which the block's own error beats.
                 await self._nursery_manager.__aexit__(None, None, None)
             except BaseException:
-                if body_error is None or registry.fatal is not None:
+                if body_error is None or (self._stops_on_fatal and registry.fatal is not None):
                     raise
                 raise body_error  # noqa: B904 (the cancellation stays attached as __context__)
             fatal = registry.fatal
-            if fatal is not None:  # it cancelled the block (`_stop_on_fatal`): it goes on
+            if fatal is not None and self._stops_on_fatal:  # it cancelled the block: it goes on
                 raise fatal from None
 
 
