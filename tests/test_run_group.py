@@ -160,3 +160,16 @@ def test_the_readme_example_starts_a_run_that_outlives_its_request() -> None:
         assert portal is not None  # inside the `with`: the app's event loop runs
         result = portal.call(handler.result)
         assert result["answer"].startswith("trio keeps every task")
+
+
+async def test_reading_events_is_a_checkpoint_each_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every event taken, from a batch already fetched or not, is a checkpoint."""
+    async with trioflow.open_run_group() as runs:
+        handler = await runs.start(CountFlow(), n=5)
+        await handler.result()
+        async with runs.events(handler.run_id) as events:
+            for _ in range(6):
+                with trio.testing.assert_checkpoints():
+                    await events.__anext__()

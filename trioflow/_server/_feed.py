@@ -29,6 +29,19 @@ import attrs
 import trio
 
 
+@attrs.frozen
+class EventKind:
+    """What the feed keeps of an event's class besides the JSON, made once per class (by the
+    pump): its names, for clients that filter (``?types=``), and how streams treat it."""
+
+    type_name: str
+    qualified_name: str = ""
+    #: A `LifecycleEvent`: left out of a stream unless its client asks for it.
+    lifecycle: bool = False
+    #: The run's terminal event: in every stream, whatever its client filters.
+    terminal: bool = False
+
+
 @attrs.define(eq=False)
 class Entry:
     """One numbered event, encoded once for every client that sends it.
@@ -39,46 +52,33 @@ class Entry:
     """
 
     seq: int
-    type_name: str
+    kind: EventKind
     #: The entry as a named Server-Sent Events message: ``id: 1\nevent: Tick\ndata: {...}\n\n``.
     frame: bytes
     #: Where ``data: `` starts in `frame`.
     _data_at: int
-    #: The event's qualified name, for clients that filter by it.
-    qualified_name: str = ""
-    #: A `LifecycleEvent`: left out of a stream unless its client asks for it.
-    lifecycle: bool = False
-    #: The run's terminal event: in every stream, whatever its client filters.
-    terminal: bool = False
     #: The event itself, kept for a run group's in-process readers (`RunGroup.events`); the
     #: server keeps only the JSON.
     event: Any = None
 
     @classmethod
-    def encode(
-        cls,
-        seq: int,
-        type_name: str,
-        json: bytes,
-        *,
-        qualified_name: str = "",
-        lifecycle: bool = False,
-        terminal: bool = False,
-        event: Any = None,
-    ) -> Entry:
-        head = b"id: %d\nevent: %s\n" % (seq, type_name.encode())
+    def encode(cls, seq: int, kind: EventKind | str, json: bytes, event: Any = None) -> Entry:
+        """The entry of event number ``seq`` (``kind``, or just its type name), whose
+        envelope is ``json``."""
+        if isinstance(kind, str):
+            kind = EventKind(kind)
+        head = b"id: %d\nevent: %s\n" % (seq, kind.type_name.encode())
         frame = b"%sdata: %s\n\n" % (head, json)
-        return cls(seq, type_name, frame, len(head), qualified_name, lifecycle, terminal, event)
+        return cls(seq, kind, frame, len(head), event)
+
+    @property
+    def type_name(self) -> str:
+        return self.kind.type_name
 
     @property
     def size(self) -> int:
         """What keeping the entry costs, in bytes: its message and the object around it."""
         return len(self.frame) + ENTRY_OVERHEAD
-
-    @property
-    def json(self) -> bytes:
-        """The envelope as compact JSON."""
-        return self.frame[self._data_at + 6 : -2]
 
     def sse(self, *, named: bool = True) -> bytes:
         """The entry as a Server-Sent Events message; without ``event:`` unless ``named``."""
@@ -169,7 +169,9 @@ class RunFeed:
 
     # -- the pump's side --
 
-    def append_nowait(self, seq: int, type_name: str, json: bytes, **kind: Any) -> None:
+    def append_nowait(
+        self, seq: int, kind: EventKind | str, json: bytes, event: Any = None
+    ) -> None:
         """Add the next entry, numbered ``seq`` (``last_seq + 1``: there is one pump), if there
         is room for it without waiting.
 
@@ -178,15 +180,15 @@ class RunFeed:
                 attached watcher (or kept for the first one).
             ValueError: ``seq`` is not the next number.
         """
-        entry = self._next_entry(seq, type_name, json, kind)
+        entry = self._next_entry(seq, kind, json, event)
         if not self._make_room(entry.size):
             raise trio.WouldBlock
         self._add(entry)
 
-    async def append(self, seq: int, type_name: str, json: bytes, **kind: Any) -> None:
+    async def append(self, seq: int, kind: EventKind | str, json: bytes, event: Any = None) -> None:
         """Add the next entry as `append_nowait` does, waiting while there is no room. A
         checkpoint whether it waits or not, like every async function of trio's."""
-        entry = self._next_entry(seq, type_name, json, kind)
+        entry = self._next_entry(seq, kind, json, event)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._make_room(entry.size):
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -199,10 +201,10 @@ class RunFeed:
                 self._pump_waiting = False
         self._add(entry)
 
-    def _next_entry(self, seq: int, type_name: str, json: bytes, kind: dict[str, Any]) -> Entry:
+    def _next_entry(self, seq: int, kind: EventKind | str, json: bytes, event: Any) -> Entry:
         if seq != self.last_seq + 1:
             raise ValueError(f"the next entry is seq {self.last_seq + 1}, got {seq}")
-        return Entry.encode(seq, type_name, json, **kind)
+        return Entry.encode(seq, kind, json, event)
 
     def _add(self, entry: Entry) -> None:
         self.last_seq = entry.seq

@@ -138,6 +138,8 @@ class NumberedEvents:
 
     async def __anext__(self) -> NumberedEvent:
         self._attach()
+        if self._batch:
+            await trio.lowlevel.checkpoint()  # next_batch() is one; so is taking from a batch
         while not self._batch:
             try:
                 batch = await self._watcher.next_batch()
@@ -148,7 +150,6 @@ class NumberedEvents:
                 await self.aclose()
                 raise StopAsyncIteration
             self._batch = batch[::-1]
-        await trio.lowlevel.checkpoint_if_cancelled()
         entry = self._batch.pop()
         return NumberedEvent(entry.seq, entry.event)
 

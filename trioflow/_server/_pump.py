@@ -39,6 +39,7 @@ from .._wire import (
     qualified_name,
     type_name,
 )
+from ._feed import EventKind
 from ._record import RunRecord
 
 logger = logging.getLogger("trioflow.server")
@@ -63,7 +64,7 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     feed = record.feed
     busy = 0.0
     ended = clock()
-    kinds: dict[type[Event], dict[str, Any]] = {}
+    kinds: dict[type[Event], EventKind] = {}
     # With lifecycle events asked for, every event passes the filter: `Event` is named too.
     named = (Event, LifecycleEvent) if record.lifecycle else ()
     keep_events = record.keep_events
@@ -73,16 +74,16 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
             busy = 0.0
         seq = feed.last_seq + 1
         kind = kinds.get(type(event)) or kinds.setdefault(type(event), _kind(type(event)))
-        name, envelope = kind["type_name"], encode_envelope(seq, event)
+        envelope = encode_envelope(seq, event)
         try:
             json = dumps(envelope)
         except EncodeError as error:
             json = _unencodable(record, envelope, error)
+        kept = event if keep_events else None
         try:
-            flags = {**kind["flags"], "event": event} if keep_events else kind["flags"]
-            feed.append_nowait(seq, name, json, **flags)
+            feed.append_nowait(seq, kind, json, kept)
         except trio.WouldBlock:
-            await feed.append(seq, name, json, **flags)  # waits for a watcher: that yields
+            await feed.append(seq, kind, json, kept)  # waits for a watcher: that yields
             busy = 0.0
         else:
             busy += clock() - began
@@ -93,17 +94,13 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     record.pumped = True
 
 
-def _kind(cls: type[Event]) -> dict[str, Any]:
-    """What the feed keeps of an event class besides the JSON: its names, for clients that
-    filter (``?types=``), and whether it is a lifecycle or a terminal event."""
-    return {
-        "type_name": type_name(cls),
-        "flags": {
-            "qualified_name": qualified_name(cls),
-            "lifecycle": issubclass(cls, LifecycleEvent),
-            "terminal": issubclass(cls, StopEvent),
-        },
-    }
+def _kind(cls: type[Event]) -> EventKind:
+    return EventKind(
+        type_name(cls),
+        qualified_name(cls),
+        lifecycle=issubclass(cls, LifecycleEvent),
+        terminal=issubclass(cls, StopEvent),
+    )
 
 
 def _unencodable(record: RunRecord, envelope: dict[str, Any], error: EncodeError) -> bytes:

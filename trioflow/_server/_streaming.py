@@ -151,14 +151,19 @@ class _Ndjson:
 def _wanted(types: frozenset[str] | None, lifecycle: bool) -> Callable[[Entry], bool] | None:
     """Which entries a stream sends; None: all (no filter to pay for)."""
     if types is None:
-        return (lambda entry: not entry.lifecycle) if lifecycle else None
+        return (lambda entry: not entry.kind.lifecycle) if lifecycle else None
     every_lifecycle = "LifecycleEvent" in types
-    return lambda entry: (
-        entry.terminal
-        or entry.type_name in types
-        or entry.qualified_name in types
-        or (every_lifecycle and entry.lifecycle)
-    )
+
+    def wanted(entry: Entry) -> bool:
+        kind = entry.kind
+        return (
+            kind.terminal
+            or kind.type_name in types
+            or kind.qualified_name in types
+            or (every_lifecycle and kind.lifecycle)
+        )
+
+    return wanted
 
 
 async def _send_entries(
