@@ -93,3 +93,17 @@ def test_client_example_streams_and_returns_the_result() -> None:
     assert [line.split()[0] for line in lines[:-1]] == [str(seq) for seq in range(1, len(lines))]
     assert lines[-2].split()[1] == "StopEvent"
     assert lines[-1].startswith("{'answer': 'trio keeps every task")
+
+
+def test_llama_client_example_answers_the_approval_run() -> None:
+    """The README's LlamaIndex client example, against ``trioflow serve --llama-compat``: it
+    streams the approval run, answers its question, and prints the result."""
+    from _http import serve_process
+
+    example = block_with("from llama_agents.client import WorkflowClient")
+    with serve_process("trioflow.examples:WORKFLOWS", "--llama-compat") as (_, url):
+        lines = run_python(example.replace("http://127.0.0.1:8000", url))
+    types = [line.split()[0] for line in lines[:-1]]
+    assert "ApprovalRequired" in types
+    assert types[-1] == "StopEvent"
+    assert "'done': True" in lines[-1]

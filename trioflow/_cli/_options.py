@@ -57,6 +57,8 @@ def _parsing(option: attrs.Attribute[Any], flag: str) -> dict[str, Any]:
     """How argparse reads the option: ``T | None`` as ``T``, a tuple as a flag given once per
     item."""
     annotation: Any = option.type  # a type, a union or a generic alias
+    if annotation is bool:  # a switch: off unless given
+        return {"action": "store_true"}
     if typing.get_origin(annotation) is tuple:
         (item, _) = typing.get_args(annotation)
         metavar = flag.rpartition("-")[2].upper()

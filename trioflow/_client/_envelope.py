@@ -27,8 +27,7 @@ from .. import (
     WorkflowFailedEvent,
     WorkflowTimedOutEvent,
 )
-from .._wire import decode_event, field_types, qualified_name, type_name
-from .._wire._describe import _described_event_types
+from .._wire import decode_event, described_event_types, field_types, qualified_name, type_name
 from ._errors import ResponseError
 
 #: What ``decode=`` takes: a workflow (its event types, as ``GET /workflows/{name}`` lists
@@ -129,11 +128,11 @@ class Decoder:
 
 def _event_types(decode: Decode) -> list[type[Event]]:
     if isinstance(decode, Workflow):
-        return _described_event_types(decode)
+        return described_event_types(decode)
     if isinstance(decode, type) and issubclass(decode, Workflow):
         # Describing reads the class alone (its graph, its steps' code); an instance made
         # without __init__ stands in for it, since a subclass's __init__ may want arguments.
-        return _described_event_types(object.__new__(decode))
+        return described_event_types(object.__new__(decode))
     if isinstance(decode, type) and issubclass(decode, Event):
         return [decode]
     types = list(decode)

@@ -35,7 +35,7 @@ from .._events import Event, StartEvent
 from .._handler import WorkflowHandler, failure_fields
 from .._server._asgi import HttpError, Request
 from .._server._http2 import Drain
-from .._server._streaming import NDJSON_HEADERS, SSE_HEADERS, _Form, _Ndjson, _Sse
+from .._server._streaming import NdjsonForm, SseForm, StreamForm
 from .._workflow import Workflow
 from ._flow import flow_control
 from ._stream import stream_run
@@ -127,7 +127,7 @@ class EventStreamResponse(Response):
         self.background = None
         if format == "ndjson":
             self.media_type = "application/x-ndjson"
-        self.raw_headers = list(NDJSON_HEADERS if format == "ndjson" else SSE_HEADERS)
+        self.raw_headers = list((NdjsonForm if format == "ndjson" else SseForm).headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the workflow and stream its events to the client, until the run's terminal
@@ -157,8 +157,8 @@ class EventStreamResponse(Response):
     async def _run(self, request: Request, drain: Drain | None) -> None:
         """Start the run, and stream it once it is under way."""
         handler: WorkflowHandler | None = None
-        form: _Form = (
-            _Ndjson() if self.format == "ndjson" else _Sse(True, b"retry: %d\n" % self.retry_ms)
+        form: StreamForm = (
+            NdjsonForm() if self.format == "ndjson" else SseForm(retry_ms=self.retry_ms)
         )
         try:
             async with self.workflow.start(self.start_event) as handler:

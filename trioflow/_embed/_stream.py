@@ -29,7 +29,7 @@ from .._handler import WorkflowHandler
 from .._server._asgi import Receive, Send
 from .._server._feed import Entry
 from .._server._http2 import Drain
-from .._server._streaming import _cancel_on_disconnect, _Form
+from .._server._streaming import StreamForm, _cancel_on_disconnect
 from .._wire import EncodeError, dumps, encode_envelope, mark_unencodable
 from ._outbox import Outbox
 
@@ -41,7 +41,7 @@ async def stream_run(
     types: tuple[type[Event], ...],
     *,
     begin: Callable[[], Awaitable[None]],
-    form: _Form,
+    form: StreamForm,
     receive: Receive,
     send: Send,
     drain: Drain | None,
@@ -78,7 +78,7 @@ async def _read_events(handler: WorkflowHandler, events: StreamIterator, outbox:
     outbox.end()
 
 
-async def _send_batches(outbox: Outbox, form: _Form, body: _Body, idle_after: float) -> None:
+async def _send_batches(outbox: Outbox, form: StreamForm, body: _Body, idle_after: float) -> None:
     """Send what ``outbox`` holds as it comes, up to its end, and a keep-alive whenever it
     has been empty for ``idle_after`` seconds."""
     while True:

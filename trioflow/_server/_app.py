@@ -20,19 +20,20 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from .. import RunStatus, Workflow, WorkflowRuntimeError
+from .. import RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
 from ._feed import EventsExpired, TooManyWatchers
 from ._group import RunGroupBlock
+from ._llama import LLAMA_ROUTES
 from ._openapi import openapi_document, openapi_json
 from ._options import LOOPBACK_NAMES
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
-from ._streaming import NDJSON_HEADERS, SSE_HEADERS, stream_feed
+from ._streaming import NdjsonForm, SseForm, StreamForm, stream_feed
 
 logger = logging.getLogger("trioflow.server")
 
@@ -66,7 +67,7 @@ class WorkflowApp:
     Args:
         workflows: one `Workflow` (served under its class name) or a mapping of names to
             workflows.
-        retain, ..., max_connections: the fields of `ServerOptions`, which defines them
+        retain, ..., llama_compat: the fields of `ServerOptions`, which defines them
             (their defaults and validation; ``tests/test_typing.py`` keeps these in step).
 
     Runs started over HTTP live in a nursery owned by the app, opened by `running`: the ASGI
@@ -100,6 +101,7 @@ class WorkflowApp:
         body_timeout: float = 30.0,
         keep_alive_timeout: float = 5.0,
         max_connections: int = 1000,
+        llama_compat: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
         self.options = ServerOptions(
@@ -121,6 +123,7 @@ class WorkflowApp:
             body_timeout=body_timeout,
             keep_alive_timeout=keep_alive_timeout,
             max_connections=max_connections,
+            llama_compat=llama_compat,
         )
         self._registry: RunRegistry | None = None
         self._running = False  # between entering and leaving `running`
@@ -128,6 +131,10 @@ class WorkflowApp:
         self._token = None if self.options.token is None else self.options.token.encode()
         self._dashboard: bytes | None = None
         self._sendable = {name: _sendable_event_types(wf) for name, wf in self.workflows.items()}
+        # LlamaIndex's routes first: its /health answers in its own words.
+        self._routes: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
+            (*LLAMA_ROUTES, *_ROUTES) if self.options.llama_compat else _ROUTES
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         require_trio("WorkflowApp")  # its runs live in a trio nursery the lifespan opens
@@ -305,7 +312,7 @@ class WorkflowApp:
 
     async def _route(self, request: Request) -> None:
         parts = [part for part in request.path.split("/") if part]
-        for pattern, methods in _ROUTES:
+        for pattern, methods in self._routes:
             args = _match(pattern, parts)
             if args is None:
                 continue
@@ -356,18 +363,13 @@ class WorkflowApp:
             start_event = decode_start_event(workflow.graph.start_event_type, data)
         except WireError as error:
             raise HttpError(422, "invalid_fields", str(error)) from None
-        try:
-            record = await self._runs().start(
-                name,
-                workflow,
-                start_event,
-                abandon_after=abandon_after,
-                lifecycle=_flag(request, "lifecycle"),
-            )
-        except TooManyRuns as busy:
-            raise HttpError(429, "too_many_runs", str(busy), [(b"retry-after", b"1")]) from None
-        except ShuttingDown as closing:
-            raise HttpError(503, "shutting_down", str(closing)) from None
+        record = await self._start(
+            name,
+            workflow,
+            start_event,
+            abandon_after=abandon_after,
+            lifecycle=_flag(request, "lifecycle"),
+        )
         location = f"{quote(request.root_path)}/runs/{record.run_id}".encode()
         await request.respond_json(201, {"run_id": record.run_id}, [(b"location", location)])
 
@@ -400,26 +402,19 @@ class WorkflowApp:
         ndjson = request.query.get("format") == "ndjson" or (
             "application/x-ndjson" in accept and "text/event-stream" not in accept
         )
+        named = _flag(request, "named", default=True)
+        form: StreamForm = (
+            NdjsonForm() if ndjson else SseForm(named=named, retry_ms=self.options.retry_ms)
+        )
         try:
-            if request.head:  # the answer a GET would start with; no client attaches
-                feed = record.feed
-                feed.watch(after)  # raises what a GET would answer
-                ended = feed.finished and after == feed.last_seq  # a GET answers 204
-                await request.start_response(
-                    204 if ended else 200, NDJSON_HEADERS if ndjson else SSE_HEADERS
-                )
-                await request.send({"type": "http.response.body", "body": b""})
-                return
             await stream_feed(
                 request,
                 record.feed,
+                form,
                 after=after,
-                ndjson=ndjson,
-                named=_flag(request, "named", default=True),
                 types=_types(request),
                 lifecycle=record.lifecycle,
                 ping_interval=self.options.ping_interval,
-                retry_ms=self.options.retry_ms,
             )
         except EventsExpired as expired:
             raise HttpError(410, "events_expired", str(expired)) from None
@@ -464,10 +459,7 @@ class WorkflowApp:
 
     async def _health(self, request: Request, args: list[str]) -> None:
         registry = self._registry
-        if registry is None:
-            health: dict[str, Any] = {"status": "not_started"}
-        else:
-            health = {"status": "shutting_down" if registry._closing else "ok"}
+        health: dict[str, Any] = {"status": self._state}
         try:
             self._authenticate(request)
         except HttpError:  # anyone may know whether it serves; only the token shows the runs
@@ -478,6 +470,36 @@ class WorkflowApp:
         await request.respond_json(200 if health["status"] == "ok" else 503, health)
 
     # -- lookups --
+
+    @property
+    def _state(self) -> str:
+        """``ok``, ``not_started`` or ``shutting_down``: what ``GET /health`` says."""
+        if self._registry is None:
+            return "not_started"
+        return "shutting_down" if self._registry._closing else "ok"
+
+    async def _start(
+        self,
+        name: str,
+        workflow: Workflow,
+        start_event: StartEvent,
+        *,
+        abandon_after: float | None = None,
+        lifecycle: bool = False,
+    ) -> RunRecord:
+        """Start a run, or say why not: 429 at ``max_runs``, 503 shutting down."""
+        try:
+            return await self._runs().start(
+                name,
+                workflow,
+                start_event,
+                abandon_after=abandon_after,
+                lifecycle=lifecycle,
+            )
+        except TooManyRuns as busy:
+            raise HttpError(429, "too_many_runs", str(busy), [(b"retry-after", b"1")]) from None
+        except ShuttingDown as closing:
+            raise HttpError(503, "shutting_down", str(closing)) from None
 
     def _runs(self) -> RunRegistry:
         if self._registry is None:
@@ -672,7 +694,7 @@ def _named(workflows: Workflow | Mapping[str, Workflow]) -> dict[str, Workflow]:
 
 
 _Endpoint = Callable[[WorkflowApp, Request, list[str]], Awaitable[None]]
-_ROUTES: Iterable[tuple[tuple[str, ...], dict[str, _Endpoint]]] = (
+_ROUTES: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
     ((), {"GET": WorkflowApp._get_dashboard}),
     (("workflows",), {"GET": WorkflowApp._list_workflows}),
     (("workflows", "*"), {"GET": WorkflowApp._describe_workflow}),

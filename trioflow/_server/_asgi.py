@@ -67,6 +67,11 @@ class Request:
     #: Where the app is mounted (``"/flows"``; ``""`` at the root): the scope's ``root_path``,
     #: which `path` is relative to.
     root_path: str = ""
+    #: The query string as sent, for parameters given more than once (`query_all`).
+    query_string: str = ""
+    #: Errors also carry their message as ``"detail"``, where LlamaIndex clients look for it
+    #: (`_llama`'s routes).
+    detail_errors: bool = False
 
     @property
     def head(self) -> bool:
@@ -75,14 +80,28 @@ class Request:
 
     @classmethod
     def from_scope(cls, scope: Scope, receive: Receive, send: Send) -> Request:
-        query = dict(reversed(parse_qsl(scope.get("query_string", b"").decode("latin-1"))))
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        query = dict(reversed(parse_qsl(query_string)))
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", ())
         }
         root_path = scope.get("root_path", "").rstrip("/")
         path = _route_path(scope["path"], root_path)
-        return cls(scope["method"], path, query, headers, receive, send, root_path=root_path)
+        return cls(
+            scope["method"],
+            path,
+            query,
+            headers,
+            receive,
+            send,
+            root_path=root_path,
+            query_string=query_string,
+        )
+
+    def query_all(self, name: str) -> list[str]:
+        """Every value of the query parameter ``name``, in order (``?a=1&a=2``)."""
+        return [value for key, value in parse_qsl(self.query_string) if key == name]
 
     async def body(self, limit: int) -> bytes:
         """Read the whole body, refusing one longer than ``limit`` bytes (413) or one that has
@@ -184,7 +203,9 @@ class Request:
         await self.respond(status, dumps(payload), headers=headers)
 
     async def respond_error(self, error: HttpError) -> None:
-        payload = {"error": {"code": error.code, "message": error.message}}
+        payload: dict[str, Any] = {"error": {"code": error.code, "message": error.message}}
+        if self.detail_errors:
+            payload["detail"] = error.message
         await self.respond_json(error.status, payload, error.headers)
 
     async def start_response(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:

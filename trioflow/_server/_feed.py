@@ -28,6 +28,8 @@ from typing import Any, Self
 import attrs
 import trio
 
+from .._wire import envelope_data
+
 
 @attrs.frozen
 class EventKind:
@@ -40,6 +42,9 @@ class EventKind:
     lifecycle: bool = False
     #: The run's terminal event: in every stream, whatever its client filters.
     terminal: bool = False
+    #: The names of its `Event` base classes, nearest first (``Event`` itself left out):
+    #: what a LlamaIndex client reads as an envelope's ``types`` (`_llama`).
+    bases: tuple[str, ...] = ()
 
 
 @attrs.define(eq=False)
@@ -90,6 +95,10 @@ class Entry:
     def ndjson(self) -> bytes:
         """The entry as one line of newline-delimited JSON."""
         return self.frame[self._data_at + 6 : -1]
+
+    def event_data(self) -> memoryview:
+        """The event's fields (its envelope's ``"data"``) as JSON: a slice of `frame`."""
+        return envelope_data(self.frame, self._data_at + 6, len(self.frame) - 2)
 
 
 #: Most entries a watcher takes at once (one write to its client).

@@ -62,6 +62,10 @@ _FIXED = (
     "Cancelling",
     "Envelope",
     "SentEvent",
+    "LlamaEnvelope",
+    "LlamaHandler",
+    "LlamaHandlerList",
+    "LlamaHealth",
 )
 _REF = "#/components/schemas/"
 
@@ -95,6 +99,10 @@ def _build(app: WorkflowApp) -> dict[str, Any]:
     schemas.define("Envelope", ["Envelope"], lambda: _all_events(app, schemas))
     schemas.define("SentEvent", ["SentEvent"], lambda: _all_sent(app, schemas))
     secured = app.options.token is not None
+    compat = app.options.llama_compat
+    if compat:
+        for name, schema in _llama_schemas().items():
+            schemas.define(name, [name], functools.partial(_given, schema))
     paths = _paths(app, schemas, secured)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -109,6 +117,18 @@ def _build(app: WorkflowApp) -> dict[str, Any]:
             {"name": "workflows", "description": "The workflows served, and starting runs."},
             {"name": "runs", "description": "Runs: status, event streams, events in, cancel."},
             {"name": "server", "description": "The dashboard, this document, health."},
+            *(
+                [
+                    {
+                        "name": "llama-compat",
+                        "description": "llama-agents-server's routes, for LlamaIndex "
+                        "clients (`llama_compat`): the same runs, as handlers. Their errors "
+                        'also carry LlamaIndex\'s `"detail"`.',
+                    }
+                ]
+                if compat
+                else []
+            ),
         ],
         "paths": paths,
         "components": {"schemas": schemas.definitions},
@@ -176,6 +196,8 @@ def _paths(app: WorkflowApp, schemas: JsonSchemas, secured: bool) -> dict[str, A
         "/openapi.json": {"get": _openapi()},
         "/health": {"get": _health(secured)},
     }
+    if app.options.llama_compat:
+        paths |= _llama_paths(names)
     for item in paths.values():
         for method, operation in list(item.items()):
             if method in ("get", "post"):
@@ -573,6 +595,245 @@ def _head_of(get: dict[str, Any]) -> dict[str, Any]:
         for status, response in get["responses"].items()
     }
     return head
+
+
+def _llama_paths(names: list[str]) -> dict[str, Any]:
+    """llama-agents-server's routes (`_llama`), as its clients call them."""
+    name = _param(
+        "name", "path", {"type": "string", "enum": names}, "A workflow's name.", required=True
+    )
+    handler_id = [_param("handler_id", "path", {"type": "string"}, "A run's id.", required=True)]
+    unknown = {"404": _error("No such workflow or run (`detail` says which).")}
+    handler = _json("The run, as a handler.", _ref("LlamaHandler"))
+    run_body = {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": _object(
+                    {
+                        "start_event": {
+                            "description": "The start event: its fields, or an envelope "
+                            '`{"value", "type"}`, or either as JSON text.'
+                        },
+                        "kwargs": {"type": "object", "description": "Fields, when no start_event."},
+                        "context": {"description": "Refused (400) unless empty."},
+                        "handler_id": {"description": "Refused (400): trioflow names runs."},
+                    },
+                    [],
+                )
+            }
+        },
+    }
+    bad = {"400": _error("A start event that does not fit, or what trioflow does not do.")}
+    flag = {"type": "string", "enum": ["true", "false"]}
+
+    def operation(op: str, summary: str, responses: dict[str, Any], **more: Any) -> Any:
+        return _operation(f"llama_{op}", "llama-compat", summary, summary + ".", responses, **more)
+
+    paths: dict[str, Any] = {
+        "/health": {
+            "get": operation(
+                "health",
+                "Whether the server serves, in LlamaIndex's words",
+                {
+                    "200": _json("Healthy.", _ref("LlamaHealth")),
+                    "503": _json("Unhealthy; `state` says why.", _ref("LlamaHealth")),
+                },
+            )
+            | {"security": []}  # a probe needs no token
+        },
+        "/workflows/{name}/run": {
+            "post": operation(
+                "run",
+                "Start a run and answer when it ends",
+                {
+                    "200": handler,
+                    "500": _json("It did not complete.", _ref("LlamaHandler")),
+                    **bad,
+                    **unknown,
+                },
+                parameters=[name],
+                body=run_body,
+            )
+        },
+        "/workflows/{name}/run-nowait": {
+            "post": operation(
+                "runNowait",
+                "Start a run",
+                {"200": handler, **bad, **unknown},
+                parameters=[name],
+                body=run_body,
+            )
+        },
+    }
+    for route, op, summary in (
+        ("schema", "schema", "JSON Schemas of the start and stop events"),
+        ("events", "eventSchemas", "JSON Schemas of the workflow's event types"),
+        ("representation", "representation", "The graph as LlamaIndex's WorkflowGraph"),
+    ):
+        paths[f"/workflows/{{name}}/{route}"] = {
+            "get": operation(
+                op,
+                summary,
+                {"200": _json(summary + ".", {"type": "object"}), **unknown},
+                parameters=[name],
+            )
+        }
+    paths |= {
+        "/events/{handler_id}": {
+            "parameters": handler_id,
+            "get": operation(
+                "stream",
+                "A run's events as LlamaIndex envelopes",
+                {
+                    "200": {
+                        "description": "SSE (`id:` the sequence, `data:` an envelope), or "
+                        "NDJSON with `sse=false`.",
+                        "content": {
+                            "text/event-stream": {"schema": {"type": "string"}},
+                            "application/x-ndjson": {
+                                "schema": {
+                                    "description": "One line: a `LlamaEnvelope`.",
+                                    **_ref("LlamaEnvelope"),
+                                }
+                            },
+                        },
+                    },
+                    "204": {"description": "The run ended and every event was read."},
+                    "400": _error("A bad `after_sequence`."),
+                    "410": _error("`events_expired`: the events asked for are not retained."),
+                    **unknown,
+                },
+                parameters=[
+                    _param("sse", "query", flag, "SSE (the default) or NDJSON."),
+                    _param(
+                        "after_sequence",
+                        "query",
+                        {"type": "string"},
+                        "`now` (the default), or a sequence: -1 for every event.",
+                    ),
+                    _param("include_internal", "query", flag, "Lifecycle events too."),
+                    _param("include_qualified_name", "query", flag, "Qualified names."),
+                ],
+            ),
+            "post": operation(
+                "send",
+                "Send an event into a run",
+                {
+                    "200": _json("Sent.", _object({"status": {"const": "sent"}}, ["status"])),
+                    "400": _error("An event that does not fit, or a step that does not exist."),
+                    "409": _error("The run has ended."),
+                    **unknown,
+                },
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _object({"event": {}, "step": {"type": "string"}}, ["event"])
+                        }
+                    },
+                },
+            ),
+        },
+        "/handlers": {
+            "get": operation(
+                "handlers",
+                "Every run the server knows",
+                {
+                    "200": _json("The runs.", _ref("LlamaHandlerList")),
+                    "400": _error("A bad status."),
+                },
+                parameters=[
+                    _param(
+                        "status",
+                        "query",
+                        {"type": "array", "items": {"enum": _LLAMA_STATUSES}},
+                        "Filter.",
+                    ),
+                    _param(
+                        "workflow_name",
+                        "query",
+                        {"type": "array", "items": {"type": "string"}},
+                        "Filter.",
+                    ),
+                ],
+            )
+        },
+    }
+    for route, op in (("/handlers/{handler_id}", "handler"), ("/results/{handler_id}", "result")):
+        paths[route] = {
+            "parameters": handler_id,
+            "get": operation(
+                op,
+                "A run, as a handler",
+                {
+                    "200": handler,
+                    "202": _json("Still running.", _ref("LlamaHandler")),
+                    "500": _json("Failed or cancelled.", _ref("LlamaHandler")),
+                    **unknown,
+                },
+            ),
+        }
+    paths["/handlers/{handler_id}/cancel"] = {
+        "parameters": handler_id,
+        "post": operation(
+            "cancel",
+            "Cancel a run",
+            {
+                "200": _json(
+                    "Cancelled, or forgotten with `purge=true`.",
+                    _object({"status": {"enum": ["cancelled", "deleted"]}}, ["status"]),
+                ),
+                "404": _error("No such run, or it has ended (without `purge`)."),
+            },
+            parameters=[_param("purge", "query", flag, "Also forget the run.")],
+        ),
+    }
+    return paths
+
+
+_LLAMA_STATUSES = ["running", "completed", "failed", "cancelled"]
+
+
+def _llama_schemas() -> dict[str, Schema]:
+    string: dict[str, Any] = {"type": "string"}
+    names = {"type": ["array", "null"], "items": string}
+    envelope = _object(
+        {
+            "value": {"type": "object"},
+            "type": string,
+            "qualified_name": {"type": ["string", "null"]},
+            "types": names,
+        },
+        ["value", "type"],
+        "An event as LlamaIndex writes one: its fields, class name and event base classes.",
+    )
+    when = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "LlamaEnvelope": envelope,
+        "LlamaHandler": _object(
+            {
+                "handler_id": string,
+                "workflow_name": string,
+                "run_id": string,
+                "status": {"enum": _LLAMA_STATUSES},
+                "started_at": {**string, "format": "date-time"},
+                "updated_at": when,
+                "completed_at": when,
+                "error": {"type": ["string", "null"]},
+                "result": {"oneOf": [_ref("LlamaEnvelope"), {"type": "null"}]},
+                "result_unreadable": {"type": "boolean"},
+            },
+            ["handler_id", "workflow_name", "status", "started_at"],
+            "A run as LlamaIndex's HandlerData.",
+        ),
+        "LlamaHandlerList": _object(
+            {"handlers": {"type": "array", "items": _ref("LlamaHandler")}}, ["handlers"]
+        ),
+        "LlamaHealth": _object(
+            {"status": {"enum": ["healthy", "unhealthy"]}, "state": string}, ["status"]
+        ),
+    }
 
 
 # --- Schemas ------------------------------------------------------------------------------

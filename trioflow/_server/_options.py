@@ -194,6 +194,14 @@ class ServerOptions:
             unit="connections",
         ),
     )
+    llama_compat: bool = attrs.field(
+        default=False,
+        validator=attrs.validators.instance_of(bool),
+        metadata=_about(
+            "also serve llama-agents-server's routes, for LlamaIndex clients "
+            "(llama-agents-client, @llamaindex/workflows-client)"
+        ),
+    )
 
 
 def describe_default(option: attrs.Attribute[Any]) -> str:
@@ -203,6 +211,8 @@ def describe_default(option: attrs.Attribute[Any]) -> str:
     unit = option.metadata.get("unit", "")
     if value is None:
         return str(option.metadata.get("none", "none"))
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, tuple):
         return ", ".join(value) if value else "none"
     if unit == "bytes":

@@ -35,6 +35,7 @@ from .._wire import (
     EncodeError,
     dumps,
     encode_envelope,
+    event_bases,
     mark_unencodable,
     qualified_name,
     type_name,
@@ -100,6 +101,7 @@ def _kind(cls: type[Event]) -> EventKind:
         qualified_name(cls),
         lifecycle=issubclass(cls, LifecycleEvent),
         terminal=issubclass(cls, StopEvent),
+        bases=event_bases(cls),
     )
 
 

@@ -36,6 +36,10 @@ class RunRecord:
     #: The feed keeps each event object besides its JSON (a `RunGroup`'s runs).
     keep_events: bool = False
     started_at: float = attrs.field(factory=time.time)
+    #: When the run's task ended (`done`), in seconds since the epoch.
+    finished_at: float | None = None
+    #: Forget the run once it ends rather than keep it (`RunRegistry.forget`).
+    forgotten: bool = False
     #: The pump has taken the run's whole stream into the feed, terminal event included.
     pumped: bool = False
     #: Set once the run's task has ended: its steps have unwound and its feed is finished.
@@ -85,11 +89,16 @@ class RunRecord:
             # call raises no cancellation of this task.
             described["error"] = self._error(error)
             return [dumps(described)]
+        return [dumps(described)[:-1], b',"result":', self.result_json(result), b"}"]
+
+    def result_json(self, result: Any) -> bytes:
+        """The run's ``result`` (what its handler returned) as JSON, made once and shared by
+        every request that sends it."""
         if self._result_json is None:
             # Once, not per request; an int too long to write goes out as a marker, as in
             # the run's terminal event (see `_pump`), rather than failing every request.
             self._result_json = dumps(mark_unencodable(encode_value(result)))
-        return [dumps(described)[:-1], b',"result":', self._result_json, b"}"]
+        return self._result_json
 
     def _head(self) -> dict[str, Any]:
         return {

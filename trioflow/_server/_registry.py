@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Collection
 
@@ -71,6 +72,20 @@ class RunRegistry:
 
     def get(self, run_id: str) -> RunRecord | None:
         return self._records.get(run_id)
+
+    def forget(self, record: RunRecord) -> None:
+        """Forget ``record``'s run: at once if it has ended, else as soon as it ends (cancel
+        it first to make that soon). Clients streaming it keep their stream."""
+        if not record.done.is_set():
+            record.forgotten = True
+            return
+        if self._records.pop(record.run_id, None) is None:
+            return
+        for index, (run_id, size) in enumerate(self._finished):
+            if run_id == record.run_id:
+                del self._finished[index]
+                self._finished_bytes -= size
+                return
 
     def page(
         self,
@@ -217,8 +232,12 @@ class RunRegistry:
             await self._end(record, raised)
         finally:
             record.feed.finish()
+            record.finished_at = time.time()
             record.done.set()
-            self._forget_old(record)
+            if record.forgotten:
+                del self._records[record.run_id]
+            else:
+                self._forget_old(record)
 
     async def _end(self, record: RunRecord, raised: BaseException | None) -> None:
         """Sort out what leaving the run's ``start()`` raised: the run's own failure is the

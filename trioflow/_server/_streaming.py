@@ -49,19 +49,19 @@ NDJSON_HEADERS = [
 async def stream_feed(
     request: Request,
     feed: RunFeed,
+    form: StreamForm,
     *,
     after: int,
-    ndjson: bool,
-    named: bool,
     ping_interval: float,
-    retry_ms: int,
     types: frozenset[str] | None = None,
     lifecycle: bool = False,
 ) -> None:
-    """Answer ``request`` with the feed's entries after seq ``after``, live, until the last:
-    those whose type is named in ``types`` (short or qualified names; ``LifecycleEvent``
-    names every lifecycle event), or without ``types`` every one but the lifecycle events;
-    the terminal event in any case. ``lifecycle``: the feed holds lifecycle events.
+    """Answer ``request`` with the feed's entries after seq ``after``, live, until the last
+    (a ``HEAD`` request with the headers a ``GET`` would start with),
+    written by ``form``: those whose type is named in ``types`` (short or qualified names;
+    ``LifecycleEvent`` names every lifecycle event), or without ``types`` every one but the
+    lifecycle events; the terminal event in any case. ``lifecycle``: the feed holds lifecycle
+    events.
 
     Raises:
         EventsExpired: entries after ``after`` are no longer retained (before any response).
@@ -73,10 +73,14 @@ async def stream_feed(
         await request.start_response(204, [(b"cache-control", b"no-store")])
         await request.send({"type": "http.response.body", "body": b""})
         return
+    if request.head:  # the answer a GET would start with; no client attaches
+        feed.watch(after)  # raises what a GET would answer
+        await request.start_response(200, form.headers)
+        await request.send({"type": "http.response.body", "body": b""})
+        return
     body = _Body(request, flow_control(request))
-    form: _Form = _Ndjson() if ndjson else _Sse(named, b"retry: %d\n" % retry_ms)
     with feed.watch(after) as watcher:
-        await request.start_response(200, NDJSON_HEADERS if ndjson else SSE_HEADERS)
+        await request.start_response(200, form.headers)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, request.receive, nursery.cancel_scope)
             await _send_entries(body, watcher, form, ping_interval, _wanted(types, lifecycle))
@@ -105,9 +109,12 @@ class _Body:
         await self.request.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-class _Form(Protocol):
-    """How a stream's parts are written: SSE or NDJSON."""
+class StreamForm(Protocol):
+    """How a stream's parts are written: SSE or NDJSON, in trioflow's envelopes or another's
+    (a LlamaIndex client's: `_llama`)."""
 
+    #: The response's headers.
+    headers: list[tuple[bytes, bytes]]
     #: What an idle stream carries every half ``ping_interval``.
     keep_alive: bytes
 
@@ -116,36 +123,45 @@ class _Form(Protocol):
     def expired(self, error: EventsExpired) -> bytes: ...
 
 
-@attrs.define(eq=False)
-class _Sse:
-    named: bool
-    #: The ``retry:`` field, sent in the first event's block: alone, it would be a block of
-    #: its own, which some clients take for an event without data (httpx-sse does).
-    retry: bytes
+class SseForm:
+    """Server-Sent Events: each entry with its ``id`` (its seq), and its ``event`` name unless
+    not ``named``."""
+
+    headers = SSE_HEADERS
     keep_alive = b": ping\n\n"
 
+    def __init__(self, *, named: bool = True, retry_ms: int) -> None:
+        self._named = named
+        #: The ``retry:`` field, sent in the first event's block: alone, it would be a block
+        #: of its own, which some clients take for an event without data (httpx-sse does).
+        self._retry = b"retry: %d\n" % retry_ms
+
     def batch(self, entries: list[Entry]) -> bytes:
-        return self._first(b"".join([entry.sse(named=self.named) for entry in entries]))
+        return self.first(b"".join([entry.sse(named=self._named) for entry in entries]))
 
     def expired(self, error: EventsExpired) -> bytes:
         # Not `event: error`: an EventSource fires its own `error` event when the connection
         # fails, and a listener for it could not tell the two apart. No `id:` either, so that
         # Last-Event-ID stays the last event received.
-        return self._first(b"event: expired\ndata: %s\n\n" % _expired(error))
+        return self.first(b"event: expired\ndata: %s\n\n" % expired_json(error))
 
-    def _first(self, block: bytes) -> bytes:
-        retry, self.retry = self.retry, b""
+    def first(self, block: bytes) -> bytes:
+        """``block``, after the ``retry:`` field if it is the stream's first."""
+        retry, self._retry = self._retry, b""
         return retry + block
 
 
-class _Ndjson:
+class NdjsonForm:
+    """Newline-delimited JSON: one envelope per line."""
+
+    headers = NDJSON_HEADERS
     keep_alive = b" "  # JSON allows whitespace before a value: the next line stays valid
 
     def batch(self, entries: list[Entry]) -> bytes:
         return b"".join([entry.ndjson() for entry in entries])
 
     def expired(self, error: EventsExpired) -> bytes:
-        return _expired(error) + b"\n"
+        return expired_json(error) + b"\n"
 
 
 def _wanted(types: frozenset[str] | None, lifecycle: bool) -> Callable[[Entry], bool] | None:
@@ -169,7 +185,7 @@ def _wanted(types: frozenset[str] | None, lifecycle: bool) -> Callable[[Entry], 
 async def _send_entries(
     body: _Body,
     watcher: Watcher,
-    form: _Form,
+    form: StreamForm,
     ping_interval: float,
     wanted: Callable[[Entry], bool] | None,
 ) -> None:
@@ -207,7 +223,8 @@ async def _next_batch(watcher: Watcher) -> list[Entry] | EventsExpired:
         return expired
 
 
-def _expired(error: EventsExpired) -> bytes:
+def expired_json(error: EventsExpired) -> bytes:
+    """What a stream says when the events it was to send next were evicted (at shutdown)."""
     return dumps({"error": {"code": "events_expired", "message": str(error)}})
 
 

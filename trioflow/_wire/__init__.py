@@ -16,7 +16,7 @@ from ._decode import (
     loads,
     sendable_event_types,
 )
-from ._describe import describe_workflow
+from ._describe import describe_workflow, described_event_types, mentioned_event_types
 from ._encode import (
     EncodeError,
     dumps,
@@ -24,10 +24,11 @@ from ._encode import (
     encode_event_data,
     encode_exception,
     encode_value,
+    envelope_data,
     mark_unencodable,
 )
 from ._schema import JsonSchemas, any_envelope, event_schema, streamed_event_types
-from ._typeinfo import field_types, qualified_name, takes_free_form_fields, type_name
+from ._typeinfo import event_bases, field_types, qualified_name, takes_free_form_fields, type_name
 
 __all__ = [
     "BadJsonError",
@@ -38,15 +39,19 @@ __all__ = [
     "decode_event",
     "decode_start_event",
     "describe_workflow",
+    "described_event_types",
     "dumps",
     "encode_envelope",
     "encode_event_data",
     "encode_exception",
     "encode_value",
+    "envelope_data",
+    "event_bases",
     "event_schema",
     "field_types",
     "loads",
     "mark_unencodable",
+    "mentioned_event_types",
     "qualified_name",
     "sendable_event_types",
     "streamed_event_types",

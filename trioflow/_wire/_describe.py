@@ -66,8 +66,10 @@ def describe_workflow(name: str, workflow: Workflow) -> dict[str, Any]:
         "stop_event": type_name(graph.stop_event_type),
         "input": [] if free_form else _describe_fields(start_type),
         "free_form": free_form,
-        "steps": [_describe_step(spec, _mentioned_events(workflow, spec)) for spec in graph.steps],
-        "events": [_describe_event(t) for t in _described_event_types(workflow)],
+        "steps": [
+            _describe_step(spec, mentioned_event_types(workflow, spec)) for spec in graph.steps
+        ],
+        "events": [_describe_event(t) for t in described_event_types(workflow)],
     }
 
 
@@ -109,14 +111,16 @@ def _describe_retry(retry: RetryPolicy | None) -> dict[str, Any] | None:
 # --- Event types --------------------------------------------------------------------------
 
 
-def _described_event_types(workflow: Workflow) -> list[type[Event]]:
+def described_event_types(workflow: Workflow) -> list[type[Event]]:
+    """The event types of ``workflow``'s graph, then those its steps' code names without an
+    annotation (see `describe_workflow`)."""
     listed = dict.fromkeys(workflow.graph.event_types())
     for spec in workflow.graph.steps:
-        listed.update(dict.fromkeys(_mentioned_events(workflow, spec)))
+        listed.update(dict.fromkeys(mentioned_event_types(workflow, spec)))
     return list(listed)
 
 
-def _mentioned_events(workflow: Workflow, spec: StepSpec) -> list[type[Event]]:
+def mentioned_event_types(workflow: Workflow, spec: StepSpec) -> list[type[Event]]:
     """Event types the step's code names that its annotations do not."""
     step_function: Any = getattr(type(workflow), spec.name, None)
     annotated = set(spec.accepts + spec.returns)

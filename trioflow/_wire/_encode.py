@@ -201,6 +201,14 @@ def encode_envelope(seq: int, event: Event) -> dict[str, Any]:
     }
 
 
+def envelope_data(text: bytes, start: int = 0, end: int | None = None) -> memoryview:
+    """The ``"data"`` value of the envelope at ``text[start:end]``, as `dumps` wrote what
+    `encode_envelope` made: a slice, not a copy. ``"data"`` is its last key, and the ones
+    before it hold a number and names, which cannot contain ``,"data":``."""
+    at = text.index(b',"data":', start) + 8
+    return memoryview(text)[at : (len(text) if end is None else end) - 1]
+
+
 def encode_value(value: Any) -> Any:
     """A run's result as JSON; a `StopEvent` (a workflow's own subclass) becomes its data."""
     if isinstance(value, StopEvent):

@@ -53,7 +53,7 @@ from .._events import (
     StepFailedEvent,
 )
 from ._decode import _ARRAYS, _MAPPINGS, _MAX_LISTED, _name_table, _subclasses
-from ._describe import _described_event_types, _first_paragraph, _json_default
+from ._describe import _first_paragraph, _json_default, described_event_types
 from ._encode import encode_value
 from ._typeinfo import (
     attrs_fields,
@@ -105,7 +105,7 @@ def streamed_event_types(workflow: Workflow) -> list[type[Event]]:
     """
     described = [
         t
-        for t in _described_event_types(workflow)
+        for t in described_event_types(workflow)
         if not issubclass(t, StartEvent | HumanResponseEvent)
     ]
     return list(dict.fromkeys([*described, StepFailedEvent, *RUNTIME_STOP_EVENTS]))

@@ -29,6 +29,18 @@ def qualified_name(event_type: type) -> str:
     return f"{event_type.__module__}.{event_type.__qualname__}"
 
 
+def event_bases(event_type: type) -> tuple[str, ...]:
+    """The short names of the event classes ``event_type`` derives from, nearest first, up to
+    and without the root ``Event``: ``("StopEvent",)`` for a workflow's own stop event."""
+    from .._events import Event
+
+    return tuple(
+        type_name(base)
+        for base in event_type.__mro__[1:]
+        if base is not Event and issubclass(base, Event)
+    )
+
+
 def is_subclass(cls: Any, parent: type | tuple[type, ...]) -> bool:
     """`issubclass` for anything: a type hint such as ``list[int]`` is no subclass of anything."""
     return isinstance(cls, type) and issubclass(cls, parent)

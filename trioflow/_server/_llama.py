@@ -1,0 +1,613 @@
+"""LlamaIndex clients' routes: what llama-agents-server serves, on trioflow's runs.
+
+``trioflow serve --llama-compat`` (``WorkflowApp(llama_compat=True)``) adds these routes to the
+app's own, so that ``llama-agents-client``'s ``WorkflowClient`` and the TypeScript
+``@llamaindex/workflows-client`` (generated from the same OpenAPI document) drive trioflow
+runs: a LlamaIndex front end works unchanged. They are a second face of the same runs, not a
+second server: a run started here is in ``GET /runs`` too, and the other way round.
+
+What the names mean here:
+
+- A *handler* is a run; its ``handler_id`` and ``run_id`` are both the run's id.
+- An event travels as LlamaIndex's envelope, ``{"value": fields, "type": class name,
+  "qualified_name": module path, "types": its event base classes or null}``, and its
+  *sequence* is its seq minus one (LlamaIndex counts from 0, trioflow from 1).
+- *Internal* events (``include_internal=true``) are trioflow's lifecycle events; runs started
+  here record them, as llama-agents-server records its own.
+- Statuses: ``running`` (waiting for input included), ``completed``, ``failed`` (a timeout
+  too, as there), ``cancelled``.
+
+The request bodies are read as llama-agents-client writes them: a start event as bare fields
+or as an envelope (LlamaIndex's dict-like events nest their fields under ``"_data"``), an
+event sent in as an envelope or its JSON text. What trioflow does not do is refused with a
+clear 400: restoring a serialized LlamaIndex ``Context``, and a ``handler_id`` chosen by the
+client (trioflow names its runs). Errors carry LlamaIndex's ``"detail"`` besides trioflow's
+``"error"``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from .. import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    RunStatus,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    WorkflowRuntimeError,
+)
+from .._wire import (
+    BadJsonError,
+    WireError,
+    decode_event,
+    decode_start_event,
+    described_event_types,
+    dumps,
+    event_bases,
+    event_schema,
+    loads,
+    mentioned_event_types,
+    qualified_name,
+    streamed_event_types,
+    type_name,
+)
+from ._asgi import HttpError, Request
+from ._feed import Entry, EventKind, EventsExpired, TooManyWatchers
+from ._options import ServerOptions
+from ._record import RunRecord
+from ._registry import RunRegistry
+from ._streaming import NDJSON_HEADERS, SSE_HEADERS, expired_json, stream_feed
+
+
+class WorkflowApp(Protocol):
+    """What these routes use of a `WorkflowApp` (which imports this module)."""
+
+    @property
+    def options(self) -> ServerOptions: ...
+
+    @property
+    def _sendable(self) -> Mapping[str, Mapping[str, type[Event]]]: ...
+
+    @property
+    def _state(self) -> str: ...
+
+    def _workflow(self, name: str) -> tuple[str, Workflow]: ...
+
+    def _runs(self) -> RunRegistry: ...
+
+    async def _start(
+        self,
+        name: str,
+        workflow: Workflow,
+        start_event: StartEvent,
+        *,
+        abandon_after: float | None = None,
+        lifecycle: bool = False,
+    ) -> RunRecord: ...
+
+
+#: LlamaIndex's name for each status.
+_STATUS = {
+    RunStatus.RUNNING: "running",
+    RunStatus.COMPLETED: "completed",
+    RunStatus.FAILED: "failed",
+    RunStatus.TIMED_OUT: "failed",
+    RunStatus.CANCELLED: "cancelled",
+}
+
+
+# -- workflows --
+
+
+async def _health(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    state = app._state
+    healthy = state == "ok"
+    await request.respond_json(
+        200 if healthy else 503,
+        {"status": "healthy" if healthy else "unhealthy", "state": state},
+    )
+
+
+async def _schema(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    _, workflow = app._workflow(args[0])
+    graph = workflow.graph
+    await request.respond_json(
+        200,
+        {
+            "start": _model_schema(graph.start_event_type, "in"),
+            "stop": _model_schema(graph.stop_event_type, "out"),
+        },
+    )
+
+
+async def _event_schemas(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    _, workflow = app._workflow(args[0])
+    await request.respond_json(
+        200, {"events": [_model_schema(t, _direction(t)) for t in _event_types(workflow)]}
+    )
+
+
+async def _representation(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    _, workflow = app._workflow(args[0])
+    await request.respond_json(200, {"graph": _graph(workflow)})
+
+
+# -- runs --
+
+
+async def _run_nowait(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    record = await _start(app, request, args[0])
+    await request.respond(200, _handler_data(record))
+
+
+async def _run(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    record = await _start(app, request, args[0])
+    # Nobody is expected to stream a run its caller waits for: its events need not be held.
+    record.feed.stop_holding()
+    await record.done.wait()
+    completed = record.handler.status is RunStatus.COMPLETED
+    await request.respond(200 if completed else 500, _handler_data(record))
+
+
+async def _handlers(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    statuses = set(_list_param(request, "status"))
+    unknown = statuses - set(_STATUS.values())
+    if unknown:
+        known = ", ".join(sorted(set(_STATUS.values())))
+        raise HttpError(
+            400, "bad_request", f"status must be one of {known}, got {sorted(unknown)[0]!r}"
+        )
+    names = set(_list_param(request, "workflow_name"))
+    records, _ = app._runs().page(2**62)  # every run the server knows, newest first
+    parts: list[bytes] = []
+    for record in records:
+        if statuses and _STATUS[record.handler.status] not in statuses:
+            continue
+        if names and record.workflow_name not in names:
+            continue
+        parts += [b"," if parts else b"", *_handler_data(record)]
+    await request.respond(200, [b'{"handlers":[', *parts, b"]}"])
+
+
+async def _handler(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    record = _record(app, args[0])
+    status = record.handler.status
+    # As llama-agents-server answers: 202 while running, 500 once failed or cancelled.
+    code = 202 if status is RunStatus.RUNNING else 200 if status is RunStatus.COMPLETED else 500
+    await request.respond(code, _handler_data(record))
+
+
+async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    record = _record(app, args[0])
+    purge = _bool_param(request, "purge", False)
+    cancelled = record.handler.cancel()
+    if purge:
+        app._runs().forget(record)
+        await request.respond_json(200, {"status": "deleted"})
+    elif cancelled:
+        await request.respond_json(200, {"status": "cancelled"})
+    else:
+        status = record.handler.status.value
+        raise HttpError(
+            404,  # what llama-agents-server answers for a handler that has ended
+            "run_ended",
+            f"handler {record.run_id} has ended ({status}): only a running handler can be "
+            "cancelled (purge=true forgets it)",
+        )
+
+
+async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    record = _record(app, args[0])
+    body = await request.json(app.options.max_body)
+    if not isinstance(body, dict) or not body.get("event"):
+        raise HttpError(400, "bad_request", 'the body must be {"event": {"type": ..., ...}}')
+    step = body.get("step")
+    if step is not None and not isinstance(step, str):
+        raise HttpError(400, "bad_request", f"step must be a step's name, got {step!r}")
+    if record.handler.status is not RunStatus.RUNNING:
+        raise _ended(record)
+    try:
+        name, fields = _envelope(body["event"], "event")
+        if name is None:
+            raise WireError('the event needs its "type" (the class name)', "event.type")
+        event = decode_event(app._sendable[record.workflow_name], {"type": name, "data": fields})
+    except WireError as error:
+        raise HttpError(400, "invalid_event", str(error)) from None
+    try:
+        await record.handler.send_event(event, step or None)
+    except WorkflowRuntimeError as error:
+        if record.handler.status is not RunStatus.RUNNING:
+            raise _ended(record) from None
+        raise HttpError(400, "event_not_accepted", str(error)) from None
+    await request.respond_json(200, {"status": "sent"})
+
+
+async def _stream(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    record = _record(app, args[0])
+    feed = record.feed
+    sse = _bool_param(request, "sse", True)
+    form = _LlamaForm(
+        sse=sse,
+        qualified=_bool_param(request, "include_qualified_name", True),
+        retry_ms=app.options.retry_ms,
+    )
+    after = _after_sequence(request, sse)
+    after = feed.last_seq if after is None else after + 1  # "now", or LlamaIndex's count
+    if after > feed.last_seq:
+        raise HttpError(
+            400,
+            "bad_request",
+            f"after_sequence {after - 1} is beyond the last event's ({feed.last_seq - 1})",
+        )
+    try:
+        await stream_feed(
+            request,
+            feed,
+            form,
+            after=after,
+            # The lifecycle events are what LlamaIndex calls internal: left out unless asked.
+            lifecycle=record.lifecycle and not _bool_param(request, "include_internal", False),
+            ping_interval=app.options.ping_interval,
+        )
+    except EventsExpired as expired:
+        raise HttpError(410, "events_expired", str(expired)) from None
+    except TooManyWatchers as full:
+        raise HttpError(429, "too_many_clients", str(full), [(b"retry-after", b"1")]) from None
+
+
+class _LlamaForm:
+    """A stream of LlamaIndex envelopes: SSE ``id: <sequence>`` and ``data: <envelope>``, or
+    one envelope per line. The envelope is cut from the entry's own JSON (its ``"data"``) and
+    the kind's names, made once per kind: no event is encoded again."""
+
+    def __init__(self, *, sse: bool, qualified: bool, retry_ms: int) -> None:
+        self.headers = SSE_HEADERS if sse else NDJSON_HEADERS
+        self.keep_alive = b": ping\n\n" if sse else b" "
+        self._sse = sse
+        self._qualified = qualified
+        self._retry = b"retry: %d\n" % retry_ms if sse else b""
+        self._tails: dict[EventKind, bytes] = {}
+
+    def batch(self, entries: list[Entry]) -> bytes:
+        parts: list[bytes | memoryview] = [self._first()]
+        for entry in entries:
+            kind = entry.kind
+            tail = self._tails.get(kind) or self._tails.setdefault(kind, self._tail(kind))
+            if self._sse:
+                parts += [b"id: %d\ndata: " % (entry.seq - 1)]
+            parts += [b'{"value":', entry.event_data(), tail, b"\n\n" if self._sse else b"\n"]
+        return b"".join(parts)
+
+    def expired(self, error: EventsExpired) -> bytes:
+        if self._sse:
+            return self._first() + b"event: expired\ndata: %s\n\n" % expired_json(error)
+        return expired_json(error) + b"\n"
+
+    def _first(self) -> bytes:
+        retry, self._retry = self._retry, b""
+        return retry
+
+    def _tail(self, kind: EventKind) -> bytes:
+        names = _names(kind.type_name, kind.qualified_name, kind.bases, self._qualified)
+        return b"," + dumps(names)[1:]
+
+
+# -- the pieces --
+
+
+async def _start(app: WorkflowApp, request: Request, name: str) -> RunRecord:
+    """Start a run of workflow ``name`` from a LlamaIndex run request's body."""
+    name, workflow = app._workflow(name)
+    body = await request.json(app.options.max_body)
+    start_event = _start_event(workflow, body)
+    return await app._start(
+        name, workflow, start_event, abandon_after=app.options.abandon_after, lifecycle=True
+    )
+
+
+def _start_event(workflow: Workflow, body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise HttpError(400, "bad_request", 'the body must be a JSON object {"start_event": ...}')
+    if body.get("context"):
+        raise HttpError(
+            400,
+            "unsupported",
+            "trioflow does not restore a serialized LlamaIndex Context: leave context out",
+        )
+    if body.get("handler_id") is not None:
+        raise HttpError(
+            400,
+            "unsupported",
+            "trioflow names its runs itself: leave handler_id out (the answer has the run's "
+            "handler_id)",
+        )
+    start_type = workflow.graph.start_event_type
+    given = body.get("start_event", body.get("kwargs"))
+    try:
+        fields: dict[str, Any] = {}
+        if given is not None:
+            name, fields = _envelope(given, "start_event")
+            accepted = ("StartEvent", type_name(start_type), qualified_name(start_type))
+            if name is not None and name not in accepted:
+                raise WireError(
+                    f"{type(workflow).__name__} starts with {type_name(start_type)}, not {name}",
+                    "start_event.type",
+                )
+        return decode_start_event(start_type, fields)
+    except WireError as error:
+        raise HttpError(400, "invalid_fields", str(error)) from None
+
+
+#: The keys of an envelope, as LlamaIndex clients write one (``"data"``: an older form).
+_ENVELOPE_KEYS = frozenset({"value", "data", "type", "qualified_name", "types"})
+
+
+def _envelope(given: Any, where: str) -> tuple[str | None, dict[str, Any]]:
+    """The type name (None if not given) and the fields of an event as a LlamaIndex client
+    sends it: an envelope, or bare fields; either may come as JSON text.
+
+    Raises:
+        WireError: it is not a JSON object, or its fields are not one.
+    """
+    if isinstance(given, str):
+        try:
+            given = loads(given.encode())
+        except (BadJsonError, WireError) as error:
+            raise WireError(f"not valid JSON text: {error}", where) from None
+    if not isinstance(given, dict):
+        raise WireError(f"expected a JSON object, got {dumps(given)[:60].decode()}", where)
+    if not (given.keys() <= _ENVELOPE_KEYS and ("value" in given or "data" in given)):
+        return None, _unwrapped(given, where)
+    name = given.get("type") or given.get("qualified_name")
+    if name is not None and not isinstance(name, str):
+        raise WireError(f"type must be a class name, got {dumps(name).decode()}", where)
+    value = given.get("value", given.get("data"))
+    return name, _unwrapped({} if value is None else value, where)
+
+
+def _unwrapped(fields: Any, where: str) -> dict[str, Any]:
+    """The fields of a LlamaIndex event as it dumps itself: a dict-like event (its
+    ``StartEvent``, ``HumanResponseEvent``) keeps the fields it does not declare under
+    ``"_data"``."""
+    if not isinstance(fields, dict):
+        raise WireError(
+            f"the fields must be a JSON object, got {dumps(fields)[:60].decode()}", where
+        )
+    extra = fields.get("_data")
+    if not isinstance(extra, dict):
+        return fields
+    return {**{k: v for k, v in fields.items() if k != "_data"}, **extra}
+
+
+def _handler_data(record: RunRecord) -> list[bytes]:
+    """The run as LlamaIndex's ``HandlerData``, in parts (its result shared, not copied)."""
+    handler = record.handler
+    status = handler.status
+    finished = None if record.finished_at is None else _iso(record.finished_at)
+    head = {
+        "handler_id": record.run_id,
+        "workflow_name": record.workflow_name,
+        "run_id": record.run_id,
+        "status": _STATUS[status],
+        "started_at": _iso(record.started_at),
+        "updated_at": finished,
+        "completed_at": None if status is RunStatus.RUNNING else finished,
+        "error": None,
+        "result_unreadable": False,
+    }
+    if status is RunStatus.RUNNING:
+        return [dumps({**head, "result": None})]
+    try:
+        result = handler.result_nowait()
+    except BaseException as error:  # the run's own error, as its handler reports it
+        if status is not RunStatus.CANCELLED:
+            head["error"] = f"{type(error).__name__}: {error}"
+        return [dumps({**head, "result": None})]
+    json = record.result_json(result)
+    if isinstance(result, StopEvent):  # a workflow's own stop event: its fields
+        value, cls = [json], type(result)
+    else:  # the result of a plain StopEvent
+        value, cls = [b'{"result":', json, b"}"], StopEvent
+    names = _names(type_name(cls), qualified_name(cls), event_bases(cls), True)
+    return [dumps(head)[:-1], b',"result":{"value":', *value, b",", dumps(names)[1:], b"}"]
+
+
+def _names(
+    name: str, qualified: str, bases: tuple[str, ...], qualified_too: bool
+) -> dict[str, Any]:
+    return {
+        "qualified_name": qualified if qualified_too else None,
+        "type": name,
+        "types": list(bases) or None,
+    }
+
+
+def _ended(record: RunRecord) -> HttpError:
+    status = record.handler.status.value
+    return HttpError(409, "run_ended", f"handler {record.run_id} has ended ({status})")
+
+
+def _record(app: WorkflowApp, run_id: str) -> RunRecord:
+    record = app._runs().get(run_id)
+    if record is None:
+        raise HttpError(404, "unknown_run", f"Handler not found: no run with id {run_id!r}")
+    return record
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _bool_param(request: Request, name: str, default: bool) -> bool:
+    """A true/false query parameter as llama-agents-server reads one: ``true`` or not."""
+    given = request.query.get(name)
+    return default if given is None else given.lower() == "true"
+
+
+def _list_param(request: Request, name: str) -> list[str]:
+    """A filter given once per value (``?status=running&status=failed``); blanks ignored."""
+    return [value.strip() for value in request.query_all(name) if value.strip()]
+
+
+def _after_sequence(request: Request, sse: bool) -> int | None:
+    """Where a stream resumes, in LlamaIndex's count: ``Last-Event-ID`` (over SSE), else
+    ``?after_sequence=``: a sequence (-1: from the start) or ``now`` (None, the default)."""
+    if sse:
+        last = request.headers.get("last-event-id", "").strip()
+        if last.lstrip("-").isdigit() and len(last) < 19:
+            return max(int(last), -1)
+    given = request.query.get("after_sequence", "now").strip()
+    if given.lower() == "now":
+        return None
+    if not (given.lstrip("-").isdigit() and len(given) < 19 and int(given) >= -1):
+        raise HttpError(400, "bad_request", f"Invalid after_sequence: {given!r}")
+    return int(given)
+
+
+# -- schemas and the graph --
+
+
+def _event_types(workflow: Workflow) -> list[type[Event]]:
+    """Every event type a run of ``workflow`` is known to take or stream."""
+    return list(dict.fromkeys([*described_event_types(workflow), *streamed_event_types(workflow)]))
+
+
+def _direction(event_type: type[Event]) -> Literal["in", "out"]:
+    """Events a caller sends are described as the server reads them, the others as written."""
+    return "in" if issubclass(event_type, StartEvent | HumanResponseEvent) else "out"
+
+
+def _model_schema(event_type: type, direction: Literal["in", "out"]) -> dict[str, Any]:
+    """The JSON Schema of an event's fields as a LlamaIndex client reads one: the object
+    itself at the top (``title``, ``properties``), not a reference to it."""
+    schema = event_schema(event_type, direction)
+    definitions = dict(schema.get("$defs", {}))
+    reference = schema.get("$ref", "")
+    root = definitions.pop(reference.rpartition("/")[2], None)
+    if root is None:
+        return schema
+    lifted = {"$schema": schema["$schema"], **root}
+    if reference.encode() in dumps([root, definitions]):  # a recursive type: keep the root
+        definitions[reference.rpartition("/")[2]] = root
+    if definitions:
+        lifted["$defs"] = definitions  # nested references still point there
+    return lifted
+
+
+def _graph(workflow: Workflow) -> dict[str, Any]:
+    """The workflow as LlamaIndex's ``WorkflowGraph``: a node per step and per event type,
+    an ``external_step`` node where a step asks for input, and the edges between them."""
+    cls = type(workflow)
+    nodes: dict[str, dict[str, Any]] = {}
+    edges: list[dict[str, Any]] = []
+    produced_by: dict[str, list[str]] = {}
+
+    def event_node(event_type: type[Event]) -> str:
+        name = type_name(event_type)
+        if name not in nodes:
+            produced_by[name] = []
+            nodes[name] = {
+                "id": name,
+                "label": name,
+                "node_type": "event",
+                "event_type": name,
+                "event_types": [name, *event_bases(event_type)],
+                "event_schema": _model_schema(event_type, _direction(event_type)),
+                "produced_by": produced_by[name],
+            }
+        return name
+
+    def edge(source: str, target: str) -> None:
+        if {"source": source, "target": target, "label": None} not in edges:
+            edges.append({"source": source, "target": target, "label": None})
+
+    for spec in workflow.graph.steps:
+        nodes[spec.name] = {
+            "id": spec.name,
+            "label": spec.name,
+            "node_type": "step",
+            "description": _own_doc(getattr(cls, spec.name, None)),
+        }
+    asks = False
+    for spec in workflow.graph.steps:
+        mentioned = mentioned_event_types(workflow, spec)
+        awaited = [t for t in mentioned if issubclass(t, HumanResponseEvent)]
+        for event_type in [*spec.accepts, *awaited]:
+            edge(event_node(event_type), spec.name)
+        for event_type in _emitted(spec.returns, mentioned, awaited):
+            name = event_node(event_type)
+            edge(spec.name, name)
+            if spec.name not in produced_by[name]:
+                produced_by[name].append(spec.name)
+            if issubclass(event_type, InputRequiredEvent):
+                asks = True
+                edge(name, "external_step")
+        for event_type in awaited:
+            asks = True
+            edge("external_step", event_node(event_type))
+    if asks:
+        nodes["external_step"] = {
+            "id": "external_step",
+            "label": "external_step",
+            "node_type": "external",
+        }
+    return {
+        "name": cls.__name__,
+        "nodes": list(nodes.values()),
+        "edges": edges,
+        "description": _own_doc(cls),
+    }
+
+
+def _emitted(
+    returns: Iterable[type[Event]], mentioned: Iterable[type[Event]], awaited: Sequence[type[Event]]
+) -> list[type[Event]]:
+    """What a step sends on: its return types, then the events its code names (what it
+    streams, the question it asks) other than the replies it awaits."""
+    return list(dict.fromkeys([*returns, *(t for t in mentioned if t not in awaited)]))
+
+
+def _own_doc(obj: object) -> str | None:
+    """``obj``'s own docstring, cleaned; not one inherited from a base class."""
+    doc = getattr(obj, "__doc__", None) if obj is not None else None
+    if isinstance(obj, type) and "__doc__" not in vars(obj):
+        doc = None
+    return inspect.cleandoc(doc) if doc else None
+
+
+# -- the routes --
+
+_Endpoint = Callable[[WorkflowApp, Request, list[str]], Awaitable[None]]
+
+
+def _answers_in_detail(endpoint: _Endpoint) -> _Endpoint:
+    async def answer(app: WorkflowApp, request: Request, args: list[str]) -> None:
+        request.detail_errors = True
+        await endpoint(app, request, args)
+
+    return answer
+
+
+#: llama-agents-server's routes. ``GET /workflows`` is the app's own: the same answer.
+LLAMA_ROUTES: tuple[tuple[tuple[str, ...], dict[str, _Endpoint]], ...] = tuple(
+    (pattern, {method: _answers_in_detail(endpoint) for method, endpoint in methods.items()})
+    for pattern, methods in (
+        (("health",), {"GET": _health}),
+        (("workflows", "*", "run"), {"POST": _run}),
+        (("workflows", "*", "run-nowait"), {"POST": _run_nowait}),
+        (("workflows", "*", "schema"), {"GET": _schema}),
+        (("workflows", "*", "events"), {"GET": _event_schemas}),
+        (("workflows", "*", "representation"), {"GET": _representation}),
+        (("events", "*"), {"GET": _stream, "POST": _send}),
+        (("handlers",), {"GET": _handlers}),
+        (("handlers", "*"), {"GET": _handler}),
+        (("handlers", "*", "cancel"), {"POST": _cancel}),
+        (("results", "*"), {"GET": _handler}),
+    )
+)
