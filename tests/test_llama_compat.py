@@ -13,12 +13,22 @@ import json
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import trio
-from _http import TESTS, FailFlow, GateFlow, serve_process, served, sse_messages
+from _http import (
+    TESTS,
+    FailFlow,
+    GateFlow,
+    serve_process,
+    served,
+    sse_messages,
+    wait_for,
+    wait_until,
+)
 from llama_agents.client import WorkflowClient
 from workflows import events as llama_events
 
@@ -63,12 +73,42 @@ class WaitFlow(Workflow):
         raise AssertionError("unreachable")
 
 
+class Payload(trioflow.StartEvent):
+    data: dict[str, int]
+
+
+class EchoFlow(Workflow):
+    """Ends with its start event's one field, which is called ``data``."""
+
+    @step
+    async def echo(self, ev: Payload) -> StopEvent:
+        return StopEvent(result=ev.data)
+
+
+class HoldingFlow(Workflow):
+    """Waits until cancelled, then holds its unwinding until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+        self.release = trio.Event()
+
+    @step
+    async def hold(self, ev: trioflow.StartEvent) -> StopEvent:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.release.wait()
+        raise AssertionError("unreachable")
+
+
 def flows() -> dict[str, Workflow]:
     return {
         "score": ScoreFlow(timeout=None),
         "gate": GateFlow(timeout=None),
         "fail": FailFlow(),
         "wait": WaitFlow(timeout=None),
+        "echo": EchoFlow(timeout=None),
     }
 
 
@@ -111,7 +151,7 @@ async def test_the_llama_client_runs_a_workflow_and_streams_its_events() -> None
 
         healthy, listed, started, events, handler, waited = await with_llama(server.url, use)
     assert healthy.status == "healthy"
-    assert listed.workflows == ["score", "gate", "fail", "wait"]
+    assert listed.workflows == ["score", "gate", "fail", "wait", "echo"]
     assert started.handler_id == started.run_id
     assert started.workflow_name == "score"
     # Sequences count the run's internal events too (0 and 2 here), as LlamaIndex's do.
@@ -347,7 +387,7 @@ async def test_stream_options() -> None:
         for after in ("abc", "-2", "99"):
             bad = await client.get(url, params={"after_sequence": after})
             assert bad.status_code == 400
-            assert "after_sequence" in bad.json()["detail"]
+            assert "sequence" in bad.json()["detail"]
         missing = await client.get("/events/nope")
         assert missing.status_code == 404
         assert "Handler not found" in missing.json()["detail"]
@@ -380,7 +420,7 @@ async def test_the_routes_are_served_only_when_asked_for() -> None:
         assert (await server.client.get("/health")).json()["status"] == "ok"
     async with served(flows(), llama_compat=True) as server:
         health = (await server.client.get("/health")).json()
-        assert health == {"status": "healthy", "state": "ok"}
+        assert health == {"status": "healthy", "state": "ok", "running": 0, "max_runs": 64}
         run_id = await server.start("score", {"text": "own"})
         assert (await server.wait_status(run_id, "completed"))["result"]["score"] == 3
         assert (await server.client.get(f"/handlers/{run_id}")).json()["status"] == "completed"
@@ -410,6 +450,105 @@ async def test_openapi_documents_the_routes_when_served() -> None:
         assert (await server.client.get("/handlers")).status_code == 401
     plain = WorkflowApp(flows()).openapi()
     assert "/handlers" not in plain["paths"]
+
+
+async def test_review_findings() -> None:
+    """Sequences are ASCII digits (a bad Last-Event-ID is ignored, as there); a start field
+    called ``data`` is a field; /results answers the bare result; a decided run has its
+    completed_at; every error of the app carries ``detail``; /health keeps its counters."""
+    async with served(flows(), llama_compat=True) as server:
+        client = server.client
+        done = (await client.post("/workflows/score/run", json={})).json()
+        url = f"/events/{done['handler_id']}"
+        for after in ("--5", "\u00b2", "\u0663", "1" * 19):
+            bad = await client.get(url, params={"after_sequence": after})
+            assert bad.status_code == 400, after
+        ignored = await client.get(
+            url, headers={"last-event-id": "--5"}, params={"after_sequence": "2"}
+        )
+        assert [m["id"] for m in _sse(ignored.text)] == ["3"]
+        echoed = await client.post("/workflows/echo/run", json={"start_event": {"data": {"x": 1}}})
+        assert echoed.json()["result"]["value"] == {"result": {"x": 1}}
+        bare = (await client.get(f"/results/{echoed.json()['handler_id']}")).json()
+        assert bare["result"] == {"x": 1}
+        started = (await client.post("/workflows/score/run-nowait", json={})).json()
+        assert (started["status"] == "running") == (started["completed_at"] is None)
+        assert done["completed_at"] is not None
+        assert done["updated_at"] == done["completed_at"]
+        for response in (
+            await client.get("/workflows/score/run"),  # 405
+            await client.get("/nowhere"),  # 404
+        ):
+            assert response.json()["detail"] == response.json()["error"]["message"]
+        health = (await client.get("/health")).json()
+        assert health["status"] == "healthy"
+        assert health["state"] == "ok"
+        assert health["max_runs"] == 64
+
+
+async def test_a_purged_run_is_gone_at_once_while_it_unwinds() -> None:
+    """purge=true on a running run: it is found no more (404, not listed, a second purge
+    404) while its steps still unwind, as llama-agents-server deletes its row at once."""
+    holding = HoldingFlow()
+    async with served({"hold": holding}, llama_compat=True) as server:
+        try:
+            await check_purged_while_unwinding(server.client, server.app, holding)
+        finally:
+            holding.release.set()  # a failed check must not leave the run holding on
+
+
+async def check_purged_while_unwinding(
+    client: httpx.AsyncClient, app: WorkflowApp, holding: HoldingFlow
+) -> None:
+    handler_id = (await client.post("/workflows/hold/run-nowait", json={})).json()["handler_id"]
+    purged = await client.post(f"/handlers/{handler_id}/cancel", params={"purge": "true"})
+    assert purged.json() == {"status": "deleted"}
+    assert (await client.get(f"/handlers/{handler_id}")).status_code == 404
+    assert (await client.get("/handlers")).json() == {"handlers": []}
+    again = await client.post(f"/handlers/{handler_id}/cancel", params={"purge": "true"})
+    assert again.status_code == 404
+    assert (await client.get(f"/runs/{handler_id}")).status_code == 404
+    registry = app._registry
+    assert registry is not None
+    assert registry.running == 1  # still unwinding: it counts against max_runs
+    holding.release.set()
+    await wait_until(lambda: registry.running == 0)
+    assert registry._records == {}
+
+
+async def test_events_no_longer_kept_are_a_410_in_llama_terms() -> None:
+    """A run keeps its last `retain` events: asking for older ones is a 410 that says which
+    after_sequence goes on, never a silent gap."""
+    async with served(flows(), llama_compat=True, retain=2) as server:
+        client = server.client
+        done = (await client.post("/workflows/gate/run-nowait", json={"start_event": {}})).json()
+        url = f"/events/{done['handler_id']}"
+        await wait_until_asking(client, done["handler_id"])
+        await client.post(url, json={"event": {"type": "Go", "value": {"count": 5}}})
+        await wait_for(
+            lambda: client.get(f"/handlers/{done['handler_id']}"),
+            lambda response: response.json()["status"] == "completed",
+        )
+        expired = await client.get(url, params={"after_sequence": "-1"})
+        assert expired.status_code == 410
+        detail = expired.json()["detail"]
+        assert "no longer kept" in detail
+        oldest = int(detail.split("after_sequence=")[1].split()[0])
+        resumed = await client.get(url, params={"after_sequence": str(oldest)})
+        assert resumed.status_code == 200
+        assert _sse(resumed.text)[-1]["data"].startswith('{"value":{"result":5}')
+
+
+async def wait_until_asking(client: httpx.AsyncClient, handler_id: str) -> None:
+    """Wait until the gate run has asked its question (read as a client would)."""
+    url = f"/events/{handler_id}"
+    async with (
+        client.stream("GET", url, params={"after_sequence": "-1"}) as response,
+        aclosing(sse_messages(response)) as messages,
+    ):
+        async for message in messages:
+            if "InputRequiredEvent" in (message.get("data", {}).get("types") or []):
+                return
 
 
 def test_trioflow_serve_llama_compat_serves_the_llama_client() -> None:

@@ -83,6 +83,12 @@ class WorkflowHandler(Generic[R]):
         return self._state.status
 
     @property
+    def ended_at(self) -> float | None:
+        """When the run's outcome was decided, in seconds since the epoch (`time.time`); None
+        while it runs."""
+        return self._state.decided_at
+
+    @property
     def failed_step(self) -> str | None:
         """The step whose failure decided the run, once it is `RunStatus.FAILED`; else None
         (also when no step failed it, see `_fail_from_server`)."""

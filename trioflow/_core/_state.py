@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from collections.abc import Callable
 from typing import TypedDict
 
@@ -81,6 +82,8 @@ class RunState:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     #: None until decided; then how the run ended. Assigned only in `_decide`.
     outcome: RunStatus | None = None
+    #: When it was decided, in seconds since the epoch (wall time, for people and records).
+    decided_at: float | None = None
     stop_event: StopEvent | None = None
     #: What failed the run, as raised by the step (or a `BaseException`, see `crash`).
     failure: BaseException | None = None
@@ -114,6 +117,7 @@ class RunState:
 
     def _decide(self, outcome: RunStatus) -> None:
         self.outcome = outcome
+        self.decided_at = time.time()
         self.scope.cancel()
 
     # -- transitions: each returns whether it decided the run --

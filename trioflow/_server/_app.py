@@ -142,6 +142,8 @@ class WorkflowApp:
             request = Request.from_scope(scope, receive, send)
             request.body_timeout = self.options.body_timeout
             request.http_version = scope.get("http_version", "1.1")
+            # LlamaIndex clients read an error's message from "detail".
+            request.detail_errors = self.options.llama_compat
             await self._http(request)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -458,16 +460,22 @@ class WorkflowApp:
         await request.respond(200, dumps(document))
 
     async def _health(self, request: Request, args: list[str]) -> None:
-        registry = self._registry
+        health = self._health_fields(request)
+        await request.respond_json(200 if health["status"] == "ok" else 503, health)
+
+    def _health_fields(self, request: Request) -> dict[str, Any]:
+        """What ``GET /health`` says: ``status`` (`_state`), and to those with the token (or
+        on a server without one) the runs running and ``max_runs``."""
         health: dict[str, Any] = {"status": self._state}
         try:
             self._authenticate(request)
         except HttpError:  # anyone may know whether it serves; only the token shows the runs
             pass
         else:
+            registry = self._registry
             health["running"] = 0 if registry is None else registry.running
             health["max_runs"] = self.options.max_runs
-        await request.respond_json(200 if health["status"] == "ok" else 503, health)
+        return health
 
     # -- lookups --
 

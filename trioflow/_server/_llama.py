@@ -21,13 +21,15 @@ The request bodies are read as llama-agents-client writes them: a start event as
 or as an envelope (LlamaIndex's dict-like events nest their fields under ``"_data"``), an
 event sent in as an envelope or its JSON text. What trioflow does not do is refused with a
 clear 400: restoring a serialized LlamaIndex ``Context``, and a ``handler_id`` chosen by the
-client (trioflow names its runs). Errors carry LlamaIndex's ``"detail"`` besides trioflow's
-``"error"``.
+client (trioflow names its runs). With these routes served, every error of the app carries
+LlamaIndex's ``"detail"`` besides trioflow's ``"error"`` (`Request.detail_errors`), and
+``GET /health`` answers in LlamaIndex's words.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -74,8 +76,7 @@ class WorkflowApp(Protocol):
     @property
     def _sendable(self) -> Mapping[str, Mapping[str, type[Event]]]: ...
 
-    @property
-    def _state(self) -> str: ...
+    def _health_fields(self, request: Request) -> dict[str, Any]: ...
 
     def _workflow(self, name: str) -> tuple[str, Workflow]: ...
 
@@ -106,12 +107,10 @@ _STATUS = {
 
 
 async def _health(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    state = app._state
-    healthy = state == "ok"
-    await request.respond_json(
-        200 if healthy else 503,
-        {"status": "healthy" if healthy else "unhealthy", "state": state},
-    )
+    health = app._health_fields(request)  # trioflow's answer: its status is the state
+    healthy = health["status"] == "ok"
+    health = {**health, "status": "healthy" if healthy else "unhealthy", "state": health["status"]}
+    await request.respond_json(200 if healthy else 503, health)
 
 
 async def _schema(app: WorkflowApp, request: Request, args: list[str]) -> None:
@@ -148,7 +147,9 @@ async def _run_nowait(app: WorkflowApp, request: Request, args: list[str]) -> No
 
 async def _run(app: WorkflowApp, request: Request, args: list[str]) -> None:
     record = await _start(app, request, args[0])
-    # Nobody is expected to stream a run its caller waits for: its events need not be held.
+    # Its caller reads no events: holding them for a first client (as for a run started to
+    # be streamed) would stall a run of more than `retain` events until one comes or
+    # `hold_for_first_client` passes. Clients that do stream it start where they attach.
     record.feed.stop_holding()
     await record.done.wait()
     completed = record.handler.status is RunStatus.COMPLETED
@@ -176,11 +177,22 @@ async def _handlers(app: WorkflowApp, request: Request, args: list[str]) -> None
 
 
 async def _handler(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    record = _record(app, args[0])
+    await _answer_handler(app, request, args[0], bare_result=False)
+
+
+async def _result(app: WorkflowApp, request: Request, args: list[str]) -> None:
+    # LlamaIndex's deprecated form: the result itself, not the stop event's envelope.
+    await _answer_handler(app, request, args[0], bare_result=True)
+
+
+async def _answer_handler(
+    app: WorkflowApp, request: Request, run_id: str, *, bare_result: bool
+) -> None:
+    record = _record(app, run_id)
     status = record.handler.status
     # As llama-agents-server answers: 202 while running, 500 once failed or cancelled.
     code = 202 if status is RunStatus.RUNNING else 200 if status is RunStatus.COMPLETED else 500
-    await request.respond(code, _handler_data(record))
+    await request.respond(code, _handler_data(record, bare_result=bare_result))
 
 
 async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
@@ -213,7 +225,7 @@ async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
     if record.handler.status is not RunStatus.RUNNING:
         raise _ended(record)
     try:
-        name, fields = _envelope(body["event"], "event")
+        name, fields = _envelope(body["event"], "event", bare=False)
         if name is None:
             raise WireError('the event needs its "type" (the class name)', "event.type")
         event = decode_event(app._sendable[record.workflow_name], {"type": name, "data": fields})
@@ -243,7 +255,7 @@ async def _stream(app: WorkflowApp, request: Request, args: list[str]) -> None:
         raise HttpError(
             400,
             "bad_request",
-            f"after_sequence {after - 1} is beyond the last event's ({feed.last_seq - 1})",
+            f"sequence {after - 1} is beyond the run's last event ({feed.last_seq - 1})",
         )
     try:
         await stream_feed(
@@ -256,7 +268,13 @@ async def _stream(app: WorkflowApp, request: Request, args: list[str]) -> None:
             ping_interval=app.options.ping_interval,
         )
     except EventsExpired as expired:
-        raise HttpError(410, "events_expired", str(expired)) from None
+        raise HttpError(
+            410,
+            "events_expired",
+            f"events after sequence {expired.after - 1} are no longer kept (a run keeps its "
+            f"last `retain` events): the oldest kept is sequence {expired.oldest - 1}; ask for "
+            f"after_sequence={expired.oldest - 2} to continue from there",
+        ) from None
     except TooManyWatchers as full:
         raise HttpError(429, "too_many_clients", str(full), [(b"retry-after", b"1")]) from None
 
@@ -320,7 +338,7 @@ def _start_event(workflow: Workflow, body: Any) -> Any:
             "unsupported",
             "trioflow does not restore a serialized LlamaIndex Context: leave context out",
         )
-    if body.get("handler_id") is not None:
+    if body.get("handler_id"):
         raise HttpError(
             400,
             "unsupported",
@@ -332,7 +350,7 @@ def _start_event(workflow: Workflow, body: Any) -> Any:
     try:
         fields: dict[str, Any] = {}
         if given is not None:
-            name, fields = _envelope(given, "start_event")
+            name, fields = _envelope(given, "start_event", bare=True)
             accepted = ("StartEvent", type_name(start_type), qualified_name(start_type))
             if name is not None and name not in accepted:
                 raise WireError(
@@ -344,13 +362,12 @@ def _start_event(workflow: Workflow, body: Any) -> Any:
         raise HttpError(400, "invalid_fields", str(error)) from None
 
 
-#: The keys of an envelope, as LlamaIndex clients write one (``"data"``: an older form).
-_ENVELOPE_KEYS = frozenset({"value", "data", "type", "qualified_name", "types"})
-
-
-def _envelope(given: Any, where: str) -> tuple[str | None, dict[str, Any]]:
+def _envelope(given: Any, where: str, *, bare: bool) -> tuple[str | None, dict[str, Any]]:
     """The type name (None if not given) and the fields of an event as a LlamaIndex client
-    sends it: an envelope, or bare fields; either may come as JSON text.
+    sends it, either as JSON text: an envelope ``{"value": fields, "type": name}`` (or
+    ``"qualified_name"``; ``"data"`` for ``"value"`` in older clients), or where ``bare``
+    (a start event) its fields alone. As llama-agents-server reads them, a start event is an
+    envelope when it has ``"value"``, or both ``"type"`` and ``"qualified_name"``.
 
     Raises:
         WireError: it is not a JSON object, or its fields are not one.
@@ -362,12 +379,13 @@ def _envelope(given: Any, where: str) -> tuple[str | None, dict[str, Any]]:
             raise WireError(f"not valid JSON text: {error}", where) from None
     if not isinstance(given, dict):
         raise WireError(f"expected a JSON object, got {dumps(given)[:60].decode()}", where)
-    if not (given.keys() <= _ENVELOPE_KEYS and ("value" in given or "data" in given)):
+    enveloped = "value" in given or ("type" in given and "qualified_name" in given)
+    if bare and not enveloped:
         return None, _unwrapped(given, where)
     name = given.get("type") or given.get("qualified_name")
     if name is not None and not isinstance(name, str):
         raise WireError(f"type must be a class name, got {dumps(name).decode()}", where)
-    value = given.get("value", given.get("data"))
+    value = given["value"] if "value" in given else given.get("data")
     return name, _unwrapped({} if value is None else value, where)
 
 
@@ -385,19 +403,21 @@ def _unwrapped(fields: Any, where: str) -> dict[str, Any]:
     return {**{k: v for k, v in fields.items() if k != "_data"}, **extra}
 
 
-def _handler_data(record: RunRecord) -> list[bytes]:
-    """The run as LlamaIndex's ``HandlerData``, in parts (its result shared, not copied)."""
+def _handler_data(record: RunRecord, *, bare_result: bool = False) -> list[bytes]:
+    """The run as LlamaIndex's ``HandlerData``, in parts (its result shared, not copied);
+    with ``bare_result``, the result itself rather than the stop event's envelope (LlamaIndex's
+    deprecated ``GET /results/{id}``)."""
     handler = record.handler
     status = handler.status
-    finished = None if record.finished_at is None else _iso(record.finished_at)
+    ended = None if handler.ended_at is None else _iso(handler.ended_at)
     head = {
         "handler_id": record.run_id,
         "workflow_name": record.workflow_name,
         "run_id": record.run_id,
         "status": _STATUS[status],
         "started_at": _iso(record.started_at),
-        "updated_at": finished,
-        "completed_at": None if status is RunStatus.RUNNING else finished,
+        "updated_at": ended or _iso(record.started_at),  # its last change of status
+        "completed_at": ended,
         "error": None,
         "result_unreadable": False,
     }
@@ -410,6 +430,8 @@ def _handler_data(record: RunRecord) -> list[bytes]:
             head["error"] = f"{type(error).__name__}: {error}"
         return [dumps({**head, "result": None})]
     json = record.result_json(result)
+    if bare_result:
+        return [dumps(head)[:-1], b',"result":', json, b"}"]
     if isinstance(result, StopEvent):  # a workflow's own stop event: its fields
         value, cls = [json], type(result)
     else:  # the result of a plain StopEvent
@@ -456,18 +478,25 @@ def _list_param(request: Request, name: str) -> list[str]:
 
 
 def _after_sequence(request: Request, sse: bool) -> int | None:
-    """Where a stream resumes, in LlamaIndex's count: ``Last-Event-ID`` (over SSE), else
-    ``?after_sequence=``: a sequence (-1: from the start) or ``now`` (None, the default)."""
+    """Where a stream resumes, in LlamaIndex's count: ``Last-Event-ID`` over SSE (ignored
+    unless a sequence, as there), else ``?after_sequence=``: a sequence (-1: from the start)
+    or ``now`` (None, the default)."""
     if sse:
         last = request.headers.get("last-event-id", "").strip()
-        if last.lstrip("-").isdigit() and len(last) < 19:
+        if _SEQUENCE.fullmatch(last):
             return max(int(last), -1)
     given = request.query.get("after_sequence", "now").strip()
     if given.lower() == "now":
         return None
-    if not (given.lstrip("-").isdigit() and len(given) < 19 and int(given) >= -1):
-        raise HttpError(400, "bad_request", f"Invalid after_sequence: {given!r}")
+    if not (_SEQUENCE.fullmatch(given) and int(given) >= -1):
+        raise HttpError(
+            400, "bad_request", f"after_sequence must be now, -1 or a sequence; got {given!r}"
+        )
     return int(given)
+
+
+#: A sequence as text: ASCII digits only (``str.isdigit`` takes ``²`` and ``٣`` too).
+_SEQUENCE = re.compile(r"-?[0-9]{1,18}")
 
 
 # -- schemas and the graph --
@@ -585,29 +614,17 @@ def _own_doc(obj: object) -> str | None:
 
 _Endpoint = Callable[[WorkflowApp, Request, list[str]], Awaitable[None]]
 
-
-def _answers_in_detail(endpoint: _Endpoint) -> _Endpoint:
-    async def answer(app: WorkflowApp, request: Request, args: list[str]) -> None:
-        request.detail_errors = True
-        await endpoint(app, request, args)
-
-    return answer
-
-
 #: llama-agents-server's routes. ``GET /workflows`` is the app's own: the same answer.
-LLAMA_ROUTES: tuple[tuple[tuple[str, ...], dict[str, _Endpoint]], ...] = tuple(
-    (pattern, {method: _answers_in_detail(endpoint) for method, endpoint in methods.items()})
-    for pattern, methods in (
-        (("health",), {"GET": _health}),
-        (("workflows", "*", "run"), {"POST": _run}),
-        (("workflows", "*", "run-nowait"), {"POST": _run_nowait}),
-        (("workflows", "*", "schema"), {"GET": _schema}),
-        (("workflows", "*", "events"), {"GET": _event_schemas}),
-        (("workflows", "*", "representation"), {"GET": _representation}),
-        (("events", "*"), {"GET": _stream, "POST": _send}),
-        (("handlers",), {"GET": _handlers}),
-        (("handlers", "*"), {"GET": _handler}),
-        (("handlers", "*", "cancel"), {"POST": _cancel}),
-        (("results", "*"), {"GET": _handler}),
-    )
+LLAMA_ROUTES: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
+    (("health",), {"GET": _health}),
+    (("workflows", "*", "run"), {"POST": _run}),
+    (("workflows", "*", "run-nowait"), {"POST": _run_nowait}),
+    (("workflows", "*", "schema"), {"GET": _schema}),
+    (("workflows", "*", "events"), {"GET": _event_schemas}),
+    (("workflows", "*", "representation"), {"GET": _representation}),
+    (("events", "*"), {"GET": _stream, "POST": _send}),
+    (("handlers",), {"GET": _handlers}),
+    (("handlers", "*"), {"GET": _handler}),
+    (("handlers", "*", "cancel"), {"POST": _cancel}),
+    (("results", "*"), {"GET": _result}),
 )

@@ -624,7 +624,12 @@ def _llama_paths(names: list[str]) -> dict[str, Any]:
             }
         },
     }
-    bad = {"400": _error("A start event that does not fit, or what trioflow does not do.")}
+    bad = {
+        "400": _error("A start event that does not fit, or what trioflow does not do."),
+        "413": _error("`payload_too_large`: the body is larger than `max_body`."),
+        "429": _error("`too_many_runs`: the server runs `max_runs` runs already."),
+        "503": _error("`shutting_down`, or `not_started`: the app's lifespan has not run."),
+    }
     flag = {"type": "string", "enum": ["true", "false"]}
 
     def operation(op: str, summary: str, responses: dict[str, Any], **more: Any) -> Any:
@@ -702,6 +707,7 @@ def _llama_paths(names: list[str]) -> dict[str, Any]:
                     "204": {"description": "The run ended and every event was read."},
                     "400": _error("A bad `after_sequence`."),
                     "410": _error("`events_expired`: the events asked for are not retained."),
+                    "429": _error("`too_many_clients`: the run has `max_clients_per_run`."),
                     **unknown,
                 },
                 parameters=[
@@ -917,6 +923,10 @@ def _fixed_schemas() -> dict[str, Schema]:
         "seq": {**integer, "minimum": 0, "description": "Events streamed so far."},
         "watchers": {**integer, "minimum": 0, "description": "Clients streaming it now."},
         "started_at": {**number, "description": "Unix time."},
+        "ended_at": {
+            "type": ["number", "null"],
+            "description": "Unix time its outcome was decided; null while it runs.",
+        },
     }
     return {
         "Error": _object(

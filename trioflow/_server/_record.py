@@ -36,8 +36,6 @@ class RunRecord:
     #: The feed keeps each event object besides its JSON (a `RunGroup`'s runs).
     keep_events: bool = False
     started_at: float = attrs.field(factory=time.time)
-    #: When the run's task ended (`done`), in seconds since the epoch.
-    finished_at: float | None = None
     #: Forget the run once it ends rather than keep it (`RunRegistry.forget`).
     forgotten: bool = False
     #: The pump has taken the run's whole stream into the feed, terminal event included.
@@ -108,6 +106,7 @@ class RunRecord:
             "seq": self.feed.last_seq,
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
+            "ended_at": self.handler.ended_at,
         }
 
     def _error(self, error: BaseException) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Collection
 
@@ -71,13 +70,15 @@ class RunRegistry:
         self._fatal_raised = trio.Event()
 
     def get(self, run_id: str) -> RunRecord | None:
-        return self._records.get(run_id)
+        record = self._records.get(run_id)
+        return None if record is None or record.forgotten else record
 
     def forget(self, record: RunRecord) -> None:
-        """Forget ``record``'s run: at once if it has ended, else as soon as it ends (cancel
-        it first to make that soon). Clients streaming it keep their stream."""
+        """Forget ``record``'s run: it is found no more (`get`, `page`), and its record is
+        dropped once the run has ended (cancel it first to make that soon). Clients streaming
+        it keep their stream."""
+        record.forgotten = True
         if not record.done.is_set():
-            record.forgotten = True
             return
         if self._records.pop(record.run_id, None) is None:
             return
@@ -100,7 +101,7 @@ class RunRegistry:
         as ``before`` for the next page (None when there is none)."""
         found: list[RunRecord] = []
         for record in reversed(self._records.values()):  # newest first: in start order
-            if before is not None and record.number >= before:
+            if record.forgotten or (before is not None and record.number >= before):
                 continue
             if workflow is not None and record.workflow_name != workflow:
                 continue
@@ -232,7 +233,6 @@ class RunRegistry:
             await self._end(record, raised)
         finally:
             record.feed.finish()
-            record.finished_at = time.time()
             record.done.set()
             if record.forgotten:
                 del self._records[record.run_id]
