@@ -1,0 +1,127 @@
+"""Durable stores, named by URL: where runs and their events outlive the process.
+
+``memory:`` is no store at all: runs live in the process, as they always have (the server's
+`RunRegistry` and `RunFeed`). ``sqlite:///runs.db`` (a path relative to the working directory;
+``sqlite:////var/lib/runs.db`` for an absolute one, as SQLAlchemy writes them) is one SQLite file
+for one process (`_sqlite`). The layers above take a store from `open_store` and use only what
+`SqliteStore` offers.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+
+from ._errors import StoreError, StoreLocked
+from ._sqlite import EventRow, NewEvent, NewRun, RunEnded, RunRow, SqliteStore, open_sqlite
+
+#: The URL of the store a server uses when none is given: none, runs in memory.
+MEMORY = "memory:"
+
+
+def sqlite_path(url: str) -> tuple[str, dict[str, str]]:
+    """The file and the options of a ``sqlite:`` URL.
+
+    Raises:
+        StoreError: the URL names no file, or its options are given twice.
+    """
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
+        raise StoreError(
+            f"a SQLite store's URL is sqlite:///relative/path.db or sqlite:////absolute/path.db,"
+            f" got {url!r}"
+        )
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    named = dict(options)
+    if len(named) != len(options):
+        raise StoreError(f"an option is given twice in {url!r}")
+    return parts.path[1:], named
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a store this trioflow opens (without opening it).
+
+    Raises:
+        StoreError: it does not.
+    """
+    scheme = url.partition(":")[0].lower()
+    if url == MEMORY:
+        return url
+    if scheme == "sqlite":
+        sqlite_path(url)
+        return url
+    if scheme in ("postgresql", "postgres"):
+        raise StoreError(
+            "PostgreSQL stores (runs across machines) are not available yet: use sqlite:///"
+            "path.db for runs that outlive the process on one machine"
+        )
+    raise StoreError(f"a store is memory: or sqlite:///path.db, got {url!r}")
+
+
+def open_store(url: str) -> AbstractAsyncContextManager[SqliteStore | None]:
+    """The store named by ``url``, open for the block (None for ``memory:``), its writes
+    committed by a task of the block's; leaving the block commits what is pending and closes
+    it.
+
+    Raises:
+        StoreError: a URL this trioflow does not open, or a file that is no trioflow store.
+        StoreLocked: another process has the file open.
+    """
+    return _OpenStore(check_url(url))
+
+
+class _OpenStore:
+    """`open_store`'s block: a class, not ``@asynccontextmanager`` with a nursery around its
+    ``yield``, so that the block's own exception leaves as itself."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._store: SqliteStore | None = None
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> SqliteStore | None:
+        if self._url == MEMORY:
+            return None
+        path, options = sqlite_path(self._url)
+        store = await open_sqlite(path, **options)
+        self._nursery_manager = trio.open_nursery()
+        nursery = self._nursery = await self._nursery_manager.__aenter__()
+        nursery.start_soon(store.flush_forever)
+        self._store = store
+        return store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            with trio.CancelScope(shield=True):  # what was acknowledged is written
+                await store.drain()
+        finally:
+            try:
+                assert self._nursery is not None
+                self._nursery.cancel_scope.cancel()
+                await self._nursery_manager.__aexit__(None, None, None)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await store.aclose()
+
+
+__all__ = [
+    "MEMORY",
+    "EventRow",
+    "NewEvent",
+    "NewRun",
+    "RunEnded",
+    "RunRow",
+    "SqliteStore",
+    "StoreError",
+    "StoreLocked",
+    "check_url",
+    "open_store",
+    "sqlite_path",
+]

@@ -1,0 +1,14 @@
+"""The errors of durable stores."""
+
+from __future__ import annotations
+
+from .._errors import TrioflowError
+
+
+class StoreError(TrioflowError):
+    """A store cannot be opened or used: a bad URL, a file that is no trioflow store, a schema
+    this trioflow does not read."""
+
+
+class StoreLocked(StoreError):
+    """Another process has the store open (SQLite serves one process)."""

@@ -1,0 +1,469 @@
+"""`SqliteStore`: runs and their events in one SQLite file, for one process.
+
+The design is `DURABILITY.md`'s (§5): stdlib `sqlite3`, WAL with ``synchronous=NORMAL`` (a
+commit survives the process's crash; ``?synchronous=full`` also a power loss), one writing
+connection and one reading connection, each used from one worker thread at a time
+(`trio.to_thread.run_sync` under a `trio.CapacityLimiter` of 1), so that the event loop never
+waits on the disk. One process owns a file: it holds an exclusive ``flock`` on ``<file>.lock``,
+and a second process opening it fails at once, saying so.
+
+Writes are **group-committed**. Writers append operations to a pending list synchronously, in
+O(1) (`SqliteStore.append`); a flusher task commits everything pending in one transaction, as
+soon as the previous commit returned: one write per commit when quiet, hundreds under load. The
+pending list is bounded (`PENDING_MAX` operations, `PENDING_BYTES` bytes): a writer that finds
+it full waits in `SqliteStore.room`, which is backpressure from the disk. Listeners learn of
+each commit after it returned (`SqliteStore.on_commit`), so what they publish (events to
+clients) is only ever what a crash cannot take back.
+
+A commit that fails (a full disk) is retried every `RETRY_AFTER` seconds with a warning: nothing
+pending is dropped, and writers wait behind it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import trio
+
+from ._errors import StoreError, StoreLocked
+
+logger = logging.getLogger("trioflow.store")
+
+#: The schema this code reads and writes (``tf_meta.schema``).
+SCHEMA_VERSION = 1
+#: Operations and bytes that may wait for a commit before writers wait for room.
+PENDING_MAX = 4096
+PENDING_BYTES = 4 * 1024 * 1024
+#: Seconds between attempts at a commit that failed.
+RETRY_AFTER = 1.0
+
+_SCHEMA = """
+CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tf_runs (
+    run_id TEXT PRIMARY KEY,
+    number INTEGER NOT NULL UNIQUE,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    start_event BLOB NOT NULL,
+    lifecycle INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    error BLOB,
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE INDEX tf_runs_unfinished ON tf_runs (status) WHERE status = 'running';
+CREATE TABLE tf_events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    qualified_name TEXT NOT NULL,
+    flags INTEGER NOT NULL,
+    bases TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+@attrs.frozen
+class RunRow:
+    """A run as the store keeps it."""
+
+    run_id: str
+    #: The order runs were started in (``GET /runs`` lists newest first).
+    number: int
+    workflow: str
+    status: str
+    #: The start event's fields as JSON.
+    start_event: bytes
+    #: The run records its lifecycle events too.
+    lifecycle: bool
+    #: The seq of its last committed event.
+    last_seq: int
+    #: Once it ended: its result as JSON (completed), or its error (failed, timed out).
+    result: bytes | None
+    error: bytes | None
+    started_at: float
+    ended_at: float | None
+
+
+@attrs.frozen
+class EventRow:
+    """One committed stream event: its seq, its kind's names and flags, its envelope."""
+
+    seq: int
+    type: str
+    qualified_name: str
+    #: 1: a lifecycle event; 2: the terminal event.
+    flags: int
+    #: Its `Event` base classes' names, comma-separated.
+    bases: str
+    body: bytes
+
+
+@attrs.frozen
+class NewRun:
+    """Write: a run has started."""
+
+    row: RunRow
+
+    @property
+    def size(self) -> int:
+        return len(self.row.start_event) + 256
+
+
+@attrs.frozen
+class NewEvent:
+    """Write: a run streamed an event."""
+
+    run_id: str
+    event: EventRow
+
+    @property
+    def size(self) -> int:
+        return len(self.event.body) + 128
+
+
+@attrs.frozen
+class RunEnded:
+    """Write: a run's outcome, after its last event."""
+
+    run_id: str
+    status: str
+    result: bytes | None
+    error: bytes | None
+    ended_at: float
+    last_seq: int
+
+    @property
+    def size(self) -> int:
+        return len(self.result or b"") + len(self.error or b"") + 128
+
+
+Operation = NewRun | NewEvent | RunEnded
+
+
+class SqliteStore:
+    """One SQLite file of runs, opened by `open_sqlite` (use it as ``async with``)."""
+
+    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._lock_file: IO[bytes] | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_slot = trio.CapacityLimiter(1)
+        self._read_slot = trio.CapacityLimiter(1)
+        self._pending: list[Operation] = []
+        self._pending_bytes = 0
+        self._ready = trio.Event()  # something is pending
+        self._room = trio.Event()  # a commit took the pending list
+        #: Commits done; `flushed` waits for a count.
+        self._commits = 0
+        self._committed = trio.Event()
+        self._listeners: list[Callable[[Sequence[Operation]], None]] = []
+        self._next_number = 0
+
+    # -- opening and closing --
+
+    async def open(self) -> None:
+        """Lock the file and open it, creating the schema in a new file. Then start
+        `flush_forever` in a nursery that outlives every writer.
+
+        Raises:
+            StoreLocked: another process has the file open.
+            StoreError: it is not a trioflow store, or one of a schema this code does not
+                know, or no SQLite database at all.
+        """
+        await trio.to_thread.run_sync(self._open_files)
+        self._next_number = await self._read(_next_number)
+
+    def _open_files(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_file = open(lock_path, "ab")  # noqa: SIM115 (held open for as long as the store)
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise StoreLocked(
+                f"{self.path} is in use: another store holds {lock_path} (in this process or "
+                "another); SQLite serves one process"
+            ) from None
+        self._lock_file = lock_file
+        try:
+            # The file is checked before anything is set: WAL mode would rewrite the header
+            # of a database that is not ours.
+            self._writer = self._connect()
+            _prepare(self._writer, self.path)
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self._reader = self._connect()
+        except BaseException:
+            self._close_files()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=5.0
+            )
+        except sqlite3.DatabaseError as error:
+            raise StoreError(
+                f"{self.path} is no SQLite database trioflow can use: {error}"
+            ) from None
+        return connection
+
+    async def drain(self) -> None:
+        """Wait until everything appended so far is committed (the flusher must run)."""
+        while self._pending or self._committing is not None:
+            await self.flushed(self._commits + 1)
+
+    async def aclose(self) -> None:
+        """Close the file and release its lock (after `drain`, for nothing to be lost)."""
+        await trio.to_thread.run_sync(self._close_files)
+
+    def _close_files(self) -> None:
+        for connection in (self._writer, self._reader):
+            if connection is not None:
+                connection.close()
+        self._writer = self._reader = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+
+    # -- writing --
+
+    def next_number(self) -> int:
+        """The number of the next run started (its order in ``GET /runs``)."""
+        number = self._next_number
+        self._next_number += 1
+        return number
+
+    def append(self, operation: Operation) -> int:
+        """Add ``operation`` to what the next commit writes; return the count of commits
+        after which it is written (see `flushed`). Synchronous and O(1); call `room` before
+        a burst of appends so that the pending list stays bounded."""
+        self._pending.append(operation)
+        self._pending_bytes += operation.size
+        self._ready.set()
+        return self._commits + 1 if self._committing is None else self._commits + 2
+
+    #: The batch being committed, if a commit is under way.
+    _committing: list[Operation] | None = None
+
+    async def room(self) -> None:
+        """Wait while the pending list is full: backpressure from the disk. A checkpoint."""
+        await trio.lowlevel.checkpoint()
+        while len(self._pending) >= PENDING_MAX or self._pending_bytes >= PENDING_BYTES:
+            await self._room.wait()
+
+    async def flushed(self, commits: int) -> None:
+        """Wait until ``commits`` commits have been made (what `append` returned)."""
+        await trio.lowlevel.checkpoint()
+        while self._commits < commits:
+            await self._committed.wait()
+
+    def on_commit(self, listener: Callable[[Sequence[Operation]], None]) -> None:
+        """Call ``listener`` with each committed batch, once it is committed."""
+        self._listeners.append(listener)
+
+    async def flush_forever(self) -> None:
+        """Commit what is pending, batch after batch, until cancelled."""
+        while True:
+            await self._ready.wait()
+            self._ready = trio.Event()
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            self._committing = batch
+            self._room.set()
+            self._room = trio.Event()
+            await self._commit(batch)
+            self._committing = None
+            self._commits += 1
+            self._committed.set()
+            self._committed = trio.Event()
+            for listener in self._listeners:
+                listener(batch)
+
+    async def _commit(self, batch: list[Operation]) -> None:
+        while True:
+            try:
+                await trio.to_thread.run_sync(self._write, batch, limiter=self._write_slot)
+                return
+            except sqlite3.Error as error:  # a full disk, an I/O error: nothing is dropped
+                logger.warning(
+                    "trioflow: cannot commit %d writes to %s (%s); retrying in %g s",
+                    len(batch),
+                    self.path,
+                    error,
+                    RETRY_AFTER,
+                )
+                await trio.sleep(RETRY_AFTER)
+
+    def _write(self, batch: list[Operation]) -> None:
+        connection = self._writer
+        assert connection is not None
+        runs = [_run_values(op.row) for op in batch if isinstance(op, NewRun)]
+        events = [
+            (op.run_id, e.seq, e.type, e.qualified_name, e.flags, e.bases, e.body)
+            for op in batch
+            if isinstance(op, NewEvent)
+            for e in (op.event,)
+        ]
+        ends = [
+            (op.status, op.result, op.error, op.ended_at, op.last_seq, op.run_id)
+            for op in batch
+            if isinstance(op, RunEnded)
+        ]
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(
+                "INSERT INTO tf_runs (run_id, number, workflow, status, start_event, lifecycle,"
+                " last_seq, result, error, started_at, ended_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                runs,
+            )
+            connection.executemany(
+                "INSERT INTO tf_events (run_id, seq, type, qualified_name, flags, bases, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            connection.executemany(
+                "UPDATE tf_runs SET status = ?, result = ?, error = ?, ended_at = ?,"
+                " last_seq = ? WHERE run_id = ?",
+                ends,
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    # -- reading --
+
+    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            assert self._reader is not None
+            return query(self._reader)
+
+        return await trio.to_thread.run_sync(run, limiter=self._read_slot)
+
+    async def run(self, run_id: str) -> RunRow | None:
+        """The run ``run_id``, as last committed."""
+        rows = await self._read(
+            lambda db: db.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchall()
+        )
+        return _run_row(rows[0]) if rows else None
+
+    async def runs(self, *, status: str | None = None) -> list[RunRow]:
+        """Every run (with ``status``, if given), oldest first."""
+        query = f"{_SELECT_RUN} ORDER BY number"
+        args: tuple[str, ...] = ()
+        if status is not None:
+            query, args = f"{_SELECT_RUN} WHERE status = ? ORDER BY number", (status,)
+        rows = await self._read(lambda db: db.execute(query, args).fetchall())
+        return [_run_row(row) for row in rows]
+
+    async def events(
+        self, run_id: str, *, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[EventRow]:
+        """Up to ``limit`` committed events of ``run_id`` after seq ``after``, in order, and
+        no more than ``max_bytes`` of bodies (at least one event, when there is one)."""
+
+        def query(db: sqlite3.Connection) -> list[EventRow]:
+            cursor = db.execute(
+                "SELECT seq, type, qualified_name, flags, bases, body FROM tf_events"
+                " WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (run_id, after, limit),
+            )
+            found: list[EventRow] = []
+            room = math.inf if max_bytes is None else max_bytes
+            for row in cursor:
+                event = EventRow(*row)
+                room -= len(event.body)
+                if room < 0 and found:
+                    break
+                found.append(event)
+            return found
+
+        events: list[EventRow] = await self._read(query)
+        return events
+
+
+_SELECT_RUN = (
+    "SELECT run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
+    " started_at, ended_at FROM tf_runs"
+)
+
+
+def _run_values(row: RunRow) -> tuple[Any, ...]:
+    return (
+        row.run_id,
+        row.number,
+        row.workflow,
+        row.status,
+        row.start_event,
+        int(row.lifecycle),
+        row.last_seq,
+        row.result,
+        row.error,
+        row.started_at,
+        row.ended_at,
+    )
+
+
+def _run_row(values: Iterable[Any]) -> RunRow:
+    (run_id, number, workflow, status, start, lifecycle, last, result, error, at, end) = values
+    return RunRow(
+        run_id, number, workflow, status, start, bool(lifecycle), last, result, error, at, end
+    )
+
+
+def _next_number(db: sqlite3.Connection) -> int:
+    (number,) = db.execute("SELECT coalesce(max(number) + 1, 0) FROM tf_runs").fetchone()
+    return int(number)
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new (empty) database; check it in an existing one."""
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"{path} is no SQLite database trioflow can use: {error}") from None
+    if not tables:  # a new file: the schema in one transaction
+        db.executescript(
+            f"BEGIN IMMEDIATE;{_SCHEMA}INSERT INTO tf_meta VALUES ('application', 'trioflow'),"
+            f" ('schema', '{SCHEMA_VERSION}'); COMMIT;"
+        )
+        return
+    if "tf_meta" not in tables:
+        raise StoreError(
+            f"{path} is an SQLite database, but not a trioflow store (it has no tf_meta "
+            "table): give trioflow a file of its own"
+        )
+    meta = dict(db.execute("SELECT key, value FROM tf_meta"))
+    if meta.get("application") != "trioflow" or meta.get("schema") != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"{path} is a trioflow store of schema {meta.get('schema')!r}; this trioflow "
+            f"reads schema {SCHEMA_VERSION!r}"
+        )
+
+
+async def open_sqlite(path: str | os.PathLike[str], **options: str) -> SqliteStore:
+    """Open the store at ``path`` (see `SqliteStore.open`); ``options`` from its URL."""
+    synchronous = options.pop("synchronous", "normal").lower()
+    if synchronous not in ("normal", "full"):
+        raise StoreError(f"synchronous must be normal or full, got {synchronous!r}")
+    if options:
+        raise StoreError(f"unknown sqlite store options: {', '.join(sorted(options))}")
+    store = SqliteStore(Path(path), synchronous=synchronous)
+    await store.open()
+    return store
