@@ -264,6 +264,12 @@ class RunFeed:
             ValueError: ``after`` is negative or beyond the last entry.
             TooManyWatchers: ``max_watchers`` watchers are attached already.
         """
+        self._check_watch(after)
+        if after < self.first_seq - 1:
+            raise EventsExpired(after, self.first_seq)
+        return Watcher(self, after)
+
+    def _check_watch(self, after: int) -> None:
         if self.max_watchers is not None and len(self._watchers) >= self.max_watchers:
             raise TooManyWatchers(
                 f"this run has as many clients as it may have ({self.max_watchers}); "
@@ -273,9 +279,6 @@ class RunFeed:
             raise ValueError(
                 f"after must be between 0 and the last event's seq ({self.last_seq}), got {after}"
             )
-        if after < self.first_seq - 1:
-            raise EventsExpired(after, self.first_seq)
-        return Watcher(self, after)
 
     def _attach(self, watcher: Watcher) -> None:
         self._watchers.add(watcher)

@@ -16,7 +16,16 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 
 from ._errors import StoreError, StoreLocked
-from ._sqlite import EventRow, NewEvent, NewRun, RunEnded, RunRow, SqliteStore, open_sqlite
+from ._sqlite import (
+    EventRow,
+    NewEvent,
+    NewRun,
+    Operation,
+    RunEnded,
+    RunRow,
+    SqliteStore,
+    open_sqlite,
+)
 
 #: The URL of the store a server uses when none is given: none, runs in memory.
 MEMORY = "memory:"
@@ -116,6 +125,7 @@ __all__ = [
     "EventRow",
     "NewEvent",
     "NewRun",
+    "Operation",
     "RunEnded",
     "RunRow",
     "SqliteStore",

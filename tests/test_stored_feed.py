@@ -1,0 +1,123 @@
+"""A run's feed on a store: committed events only, every one of them for any client (the
+store serves what the feed's cache no longer holds), and no client holding the run back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trioflow._server._feed import BATCH, EventKind, TooManyWatchers
+from trioflow._server._stored import StoredFeed, StoredWatcher, event_row
+from trioflow._store import NewEvent, NewRun, Operation, RunRow, SqliteStore, open_store
+
+TICK = EventKind("Tick", "tests.Tick")
+STOP = EventKind("StopEvent", "trioflow.StopEvent", terminal=True)
+STARTED = EventKind(
+    "StepStartedEvent", "trioflow.StepStartedEvent", lifecycle=True, bases=("LifecycleEvent",)
+)
+
+
+async def drain(watcher: StoredWatcher) -> list[int]:
+    """Every seq the watcher takes until the feed ends."""
+    seqs: list[int] = []
+    while batch := await watcher.next_batch():
+        seqs += [entry.seq for entry in batch]
+    return seqs
+
+
+def publish_into(feed: StoredFeed) -> Callable[[Sequence[Operation]], None]:
+    def listener(batch: Sequence[Operation]) -> None:
+        for operation in batch:
+            if isinstance(operation, NewEvent) and operation.run_id == feed.run_id:
+                feed.append_row(operation.event)
+
+    return listener
+
+
+async def start(store: SqliteStore, run_id: str) -> None:
+    row = RunRow(
+        run_id, store.next_number(), "flow", "running", b"{}", False, 0, None, None, 0.0, None
+    )
+    await store.flushed(store.append(NewRun(row)))
+
+
+async def test_a_late_client_gets_every_event_from_the_store(tmp_path: Path) -> None:
+    """The feed caches 5 events; a client attaching after 600 gets all 600 (from the store,
+    in batches), then the live ones, then the end; the writer never waited for it."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        await start(store, "r")
+        feed = StoredFeed(store, "r", retain=5, retain_bytes=1 << 20)
+        store.on_commit(publish_into(feed))
+        for seq in range(1, 601):
+            store.append(NewEvent("r", event_row(seq, TICK, b'{"seq":%d}' % seq)))
+        await store.drain()
+        assert feed.last_seq == 600
+        assert len(feed._entries) == 5  # the cache, not the history
+        with feed.watch(0) as watcher:
+            first = await watcher.next_batch()
+            assert [e.seq for e in first] == list(range(1, BATCH + 1))
+            assert first[0].kind == TICK
+            async with trio.open_nursery() as nursery:
+
+                async def more() -> None:
+                    store.append(NewEvent("r", event_row(601, TICK, b"{}")))
+                    store.append(NewEvent("r", event_row(602, STOP, b"{}")))
+                    await store.drain()
+                    feed.finish()
+
+                nursery.start_soon(more)
+                rest = await drain(watcher)
+        assert rest == list(range(BATCH + 1, 603))
+
+
+async def test_a_finished_run_known_only_from_the_store(tmp_path: Path) -> None:
+    """A run that ended before this process started: its feed caches nothing, and a client
+    from any point gets the rest, kinds included; positions past the end are refused."""
+    url = f"sqlite:///{tmp_path}/runs.db"
+    async with open_store(url) as store:
+        assert store is not None
+        await start(store, "old")
+        store.append(NewEvent("old", event_row(1, STARTED, b"{}")))
+        for seq in range(2, 10):
+            store.append(NewEvent("old", event_row(seq, TICK, b"{}")))
+        store.append(NewEvent("old", event_row(10, STOP, b"{}")))
+        await store.drain()
+    async with open_store(url) as store:
+        assert store is not None
+        feed = StoredFeed(store, "old", 1024, 1 << 20, max_watchers=1, last_seq=10, finished=True)
+        with feed.watch(0) as watcher:
+            batch = await watcher.next_batch()
+            assert [e.kind for e in (batch[0], batch[1], batch[-1])] == [STARTED, TICK, STOP]
+            assert await watcher.next_batch() == []
+            with pytest.raises(TooManyWatchers):
+                feed.watch(3)
+        with feed.watch(7) as watcher:
+            assert await drain(watcher) == [8, 9, 10]
+        with pytest.raises(ValueError, match="between 0 and"):
+            feed.watch(11)
+
+
+async def test_a_client_that_stops_reading_holds_nothing_back(tmp_path: Path) -> None:
+    """The writer goes on while a watcher takes nothing: the cache evicts, and the watcher
+    later reads what it missed from the store, with nothing lost or repeated."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        await start(store, "r")
+        feed = StoredFeed(store, "r", retain=3, retain_bytes=1 << 20)
+        store.on_commit(publish_into(feed))
+        with feed.watch(0) as watcher:
+            store.append(NewEvent("r", event_row(1, TICK, b"{}")))
+            await store.drain()
+            assert [e.seq for e in watcher.next_batch_nowait()] == [1]
+            for seq in range(2, 50):
+                store.append(NewEvent("r", event_row(seq, TICK, b"{}")))
+            await store.drain()
+            with pytest.raises(trio.WouldBlock):
+                watcher.next_batch_nowait()  # behind the cache: only next_batch reads the store
+            feed.finish()
+            assert await drain(watcher) == list(range(2, 50))
