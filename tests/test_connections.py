@@ -120,7 +120,7 @@ async def test_a_body_that_does_not_arrive_is_answered_408() -> None:
         assert response.startswith(b"HTTP/1.1 408")
         error = json.loads(response.partition(b"\r\n\r\n")[2])["error"]
         assert error["code"] == "body_timeout"
-        assert server.app._registry.page(10)[0] == []  # type: ignore[union-attr]
+        assert (await server.app._registry.page(10))[0] == []  # type: ignore[union-attr]
 
 
 async def test_connections_beyond_max_connections_wait_until_one_closes() -> None:

@@ -68,7 +68,9 @@ def test_every_option_is_a_flag_of_trioflow_serve(capsys: pytest.CaptureFixture[
         flag = option.metadata.get("flag", "--" + option.name.replace("_", "-"))
         assert f"{flag} " in shown, flag
         assert option.metadata["help"] in shown
-        assert f"default: {describe_default(option)}" in shown
+        env = option.metadata.get("env")
+        default = describe_default(option)
+        assert f"default: {f'${env}, else {default}' if env else default}" in shown
 
 
 def test_flags_are_parsed_by_the_options_types() -> None:

@@ -293,3 +293,20 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     events = trio.run(read)
     assert len(events) >= acknowledged
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_writes_pending_when_the_block_is_cancelled_are_committed(tmp_path: Path) -> None:
+    """Cancelled from outside (a server stopped at once), the block still commits what was
+    appended before it closes the file: its flusher is gone, so it commits them itself."""
+    url = f"sqlite:///{tmp_path}/runs.db"
+    with trio.CancelScope() as scope:
+        async with open_store(url) as store:
+            assert store is not None
+            await store.flushed(store.append(NewRun(run_row("a", 0))))
+            scope.cancel()
+            for seq in range(1, 4):
+                store.append(NewEvent("a", event(seq)))
+            await trio.sleep_forever()
+    async with open_store(url) as store:
+        assert store is not None
+        assert [e.seq for e in await store.events("a", after=0, limit=9)] == [1, 2, 3]

@@ -121,3 +121,27 @@ async def test_a_client_that_stops_reading_holds_nothing_back(tmp_path: Path) ->
                 watcher.next_batch_nowait()  # behind the cache: only next_batch reads the store
             feed.finish()
             assert await drain(watcher) == list(range(2, 50))
+
+
+async def test_entries_evicted_while_a_watcher_waits_come_from_the_store(tmp_path: Path) -> None:
+    """A watcher waiting for the next event while a burst evicts it from the cache reads it
+    from the store when it wakes, instead of failing."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        await start(store, "r")
+        feed = StoredFeed(store, "r", retain=2, retain_bytes=1 << 20)
+        store.on_commit(publish_into(feed))
+        with feed.watch(0) as watcher:
+            async with trio.open_nursery() as nursery:
+                taken: list[int] = []
+
+                async def read() -> None:
+                    taken.extend(await drain(watcher))
+
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()  # it waits for the first event
+                for seq in range(1, 11):  # one commit: 10 events through a 2-event cache
+                    store.append(NewEvent("r", event_row(seq, TICK, b"{}")))
+                await store.drain()
+                feed.finish()
+        assert taken == list(range(1, 11))

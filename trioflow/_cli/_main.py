@@ -21,6 +21,7 @@ from trioflow import Event, Workflow, WorkflowApp, WorkflowValidationError, serv
 
 from .._core._graph import graph_of
 from .._server._serve import hosts_for
+from .._store import StoreError
 from .._wire import WireError, describe_workflow
 from ._draw import to_dot, to_mermaid
 from ._logs import add_log_level_flag, configure_logging
@@ -224,6 +225,10 @@ async def _serve(app: WorkflowApp, host: str, port: int) -> int:
                     file=sys.stderr,
                 )
                 return 1
+            store_error = _store_error(group)
+            if store_error is not None:  # the store is in use, or no trioflow store
+                print(f"trioflow serve: error: {store_error}", file=sys.stderr)
+                return 1
             raise _alone(group) from None  # a step's SystemExit or KeyboardInterrupt, as itself
     print("trioflow: stopped", flush=True)
     return 0
@@ -249,6 +254,18 @@ def _bind_error(group: BaseExceptionGroup[BaseException]) -> OSError | None:
     first: OSError | ExceptionGroup[OSError] = errors
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
+    return first
+
+
+def _store_error(group: BaseExceptionGroup[BaseException]) -> StoreError | None:
+    """The `StoreError` that kept the server from starting, if that is all ``group`` holds."""
+    errors, rest = group.split(StoreError)
+    if errors is None or rest is not None:
+        return None
+    first: BaseException = errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, StoreError)
     return first
 
 

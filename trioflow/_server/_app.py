@@ -20,8 +20,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+import trio
+
 from .. import RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
+from .._store import MEMORY, SqliteStore, open_sqlite, sqlite_path
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -33,6 +36,7 @@ from ._options import LOOPBACK_NAMES
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
+from ._stored import StoredRecord
 from ._streaming import NdjsonForm, SseForm, StreamForm, stream_feed
 
 logger = logging.getLogger("trioflow.server")
@@ -101,6 +105,7 @@ class WorkflowApp:
         body_timeout: float = 30.0,
         keep_alive_timeout: float = 5.0,
         max_connections: int = 1000,
+        store: str = "memory:",
         llama_compat: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
@@ -123,6 +128,7 @@ class WorkflowApp:
             body_timeout=body_timeout,
             keep_alive_timeout=keep_alive_timeout,
             max_connections=max_connections,
+            store=store,
             llama_compat=llama_compat,
         )
         self._registry: RunRegistry | None = None
@@ -217,11 +223,21 @@ class WorkflowApp:
         if self._running:  # told to the server, which says it as it fails to start
             await send({"type": "lifespan.startup.failed", "message": _ALREADY_RUNNING})
             return
-        async with self.running():
+        running = self.running()
+        try:
+            await running.__aenter__()
+        except Exception as error:  # its store cannot be opened, say: the server must not start
+            await send({"type": "lifespan.startup.failed", "message": str(error)})
+            raise  # `serve` raises it as itself
+        try:
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
             if message["type"] != "lifespan.shutdown":
                 raise RuntimeError(f"expected lifespan.shutdown, got {message['type']!r}")
+        except BaseException as error:
+            await running.__aexit__(type(error), error, error.__traceback__)
+            raise
+        await running.__aexit__(None, None, None)
         await send({"type": "lifespan.shutdown.complete"})
 
     # -- requests --
@@ -383,7 +399,7 @@ class WorkflowApp:
         if workflow is not None:
             self._workflow(workflow)
         statuses = _statuses(query.get("status", ""))
-        records, following = self._runs().page(
+        records, following = await self._runs().page(
             limit, before=before, workflow=workflow, statuses=statuses
         )
         await request.respond_json(
@@ -395,10 +411,10 @@ class WorkflowApp:
         )
 
     async def _run_status(self, request: Request, args: list[str]) -> None:
-        await request.respond(200, self._record(args[0]).describe())
+        await request.respond(200, (await self._record(args[0])).describe())
 
     async def _run_events(self, request: Request, args: list[str]) -> None:
-        record = self._record(args[0])
+        record = await self._record(args[0])
         after = _after(request)
         accept = request.headers.get("accept", "")
         ndjson = request.query.get("format") == "ndjson" or (
@@ -426,9 +442,10 @@ class WorkflowApp:
             raise HttpError(400, "bad_request", str(error)) from None
 
     async def _send_event(self, request: Request, args: list[str]) -> None:
-        record = self._record(args[0])
+        record = await self._record(args[0])
         body = await request.json(self.options.max_body)
-        self._ensure_running(record)
+        if not isinstance(record, RunRecord) or record.status is not RunStatus.RUNNING:
+            raise _run_ended(record)
         try:
             event = decode_event(self._sendable[record.workflow_name], body)
         except WireError as error:
@@ -438,14 +455,14 @@ class WorkflowApp:
         except WorkflowRuntimeError as error:
             # The outcome may have been decided while the body was read: then the run, not
             # the event, is what is wrong.
-            if record.handler.status is not RunStatus.RUNNING:
+            if record.status is not RunStatus.RUNNING:
                 raise HttpError(409, "run_ended", str(error)) from None
             raise HttpError(422, "event_not_accepted", str(error)) from None
         await request.respond_json(202, {"run_id": record.run_id, "accepted": True})
 
     async def _cancel_run(self, request: Request, args: list[str]) -> None:
-        record = self._record(args[0])
-        if not record.handler.cancel():  # the outcome was decided already, by something else
+        record = await self._record(args[0])
+        if not record.cancel():  # the outcome was decided already, by something else
             raise _run_ended(record)
         await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
 
@@ -530,15 +547,11 @@ class WorkflowApp:
                 404, "unknown_workflow", f"no workflow named {name!r} (served: {known})"
             ) from None
 
-    def _record(self, run_id: str) -> RunRecord:
-        record = self._runs().get(run_id)
+    async def _record(self, run_id: str) -> RunRecord | StoredRecord:
+        record = await self._runs().find(run_id)
         if record is None:
             raise HttpError(404, "unknown_run", f"no run with id {run_id!r}")
         return record
-
-    def _ensure_running(self, record: RunRecord) -> None:
-        if record.handler.status is not RunStatus.RUNNING:
-            raise _run_ended(record)
 
     def _abandon_after(self, request: Request) -> float | None:
         given = request.query.get("abandon_after")
@@ -571,6 +584,7 @@ class _Running:
     def __init__(self, app: WorkflowApp) -> None:
         self._app = app
         self._block: RunGroupBlock | None = None
+        self._store: SqliteStore | None = None
 
     async def __aenter__(self) -> None:
         app = self._app
@@ -578,13 +592,18 @@ class _Running:
         if app._running or self._block is not None:
             raise RuntimeError(_ALREADY_RUNNING)
         app._running = True
-        # The app's runs are a run group's, without the events kept as objects (clients get
-        # JSON) and with a step's SystemExit left to `serve`, which shuts down first.
-        self._block = RunGroupBlock(app.options, keep_events=False, stops_on_fatal=False)
         try:
+            self._store = await _open_store(app.options.store)
+            # The app's runs are a run group's, without the events kept as objects (clients
+            # get JSON) and with a step's SystemExit left to `serve`, which shuts down first.
+            self._block = RunGroupBlock(
+                app.options, keep_events=False, stops_on_fatal=False, store=self._store
+            )
             await self._block.__aenter__()
         except BaseException:
             app._running = False
+            self._block = None
+            await self._close_store()
             raise
         app._registry = self._block.registry
         served = served_apps.get()
@@ -602,7 +621,15 @@ class _Running:
             await self._block.__aexit__(exc_type, body_error, traceback)
         finally:
             self._app._running = False
+            self._block = None
+            await self._close_store()
         return False
+
+    async def _close_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
 
 
 #: Runs a page of ``GET /runs`` lists unless ``?limit=`` says otherwise, and at most.
@@ -660,8 +687,8 @@ def _statuses(given: str) -> list[RunStatus]:
     return statuses
 
 
-def _run_ended(record: RunRecord) -> HttpError:
-    status = record.handler.status.value
+def _run_ended(record: RunRecord | StoredRecord) -> HttpError:
+    status = record.status.value
     return HttpError(409, "run_ended", f"run {record.run_id} has ended ({status})")
 
 
@@ -714,3 +741,11 @@ _ROUTES: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
     (("openapi.json",), {"GET": WorkflowApp._get_openapi}),
     (("health",), {"GET": WorkflowApp._health}),
 )
+
+
+async def _open_store(url: str) -> SqliteStore | None:
+    """The store named by ``url`` (`ServerOptions.store`), opened; None for ``memory:``."""
+    if url == MEMORY:
+        return None
+    path, options = sqlite_path(url)
+    return await open_sqlite(path, **options)

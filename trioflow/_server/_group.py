@@ -22,6 +22,7 @@ import trio
 
 from .. import Event, RunEndedError, StartEvent, Workflow, WorkflowHandler, WorkflowRuntimeError
 from .._errors import require_trio
+from .._store import SqliteStore
 from ._feed import Entry, EventsExpired, Watcher
 from ._options import ServerOptions
 from ._record import RunRecord
@@ -207,9 +208,17 @@ class RunGroupBlock:
     exception leaves as itself."""
 
     def __init__(
-        self, options: ServerOptions, *, keep_events: bool = True, stops_on_fatal: bool = True
+        self,
+        options: ServerOptions,
+        *,
+        keep_events: bool = True,
+        stops_on_fatal: bool = True,
+        store: SqliteStore | None = None,
     ) -> None:
         self._options = options
+        #: Where the runs are committed (`WorkflowApp` on ``store=``); its flusher runs in the
+        #: block's nursery, and what is pending is committed before the block is left.
+        self._store = store
         #: Entries keep the events themselves (for `RunGroup.events`); a server needs no more
         #: than their JSON.
         self._keep_events = keep_events
@@ -232,7 +241,17 @@ class RunGroupBlock:
             raise RuntimeError("a run group's block is entered once")
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        self._registry = RunRegistry(self._nursery, self._options, keep_events=self._keep_events)
+        self._registry = RunRegistry(
+            self._nursery, self._options, keep_events=self._keep_events, store=self._store
+        )
+        if self._store is not None:
+            self._nursery.start_soon(self._store.flush_forever)
+            try:
+                await self._registry.recover()
+            except BaseException:
+                self._nursery.cancel_scope.cancel()
+                await self._nursery_manager.__aexit__(None, None, None)
+                raise
         if self._stops_on_fatal:
             self._nursery.start_soon(_stop_on_fatal, self._registry, self._nursery.cancel_scope)
         return RunGroup(self._registry)
@@ -250,6 +269,12 @@ class RunGroupBlock:
             if body_error is None:  # a failing block cancels the runs at once instead
                 await registry.shutdown(self._options.shutdown_grace)
         finally:
+            if self._store is not None:
+                # What the runs wrote is committed before the flusher goes (a kill would
+                # lose no more than this would).
+                grace = self._options.shutdown_grace
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + grace):
+                    await self._store.drain()
             self._nursery.cancel_scope.cancel()
             try:
                 # The runs never raise into it (see `RunRegistry`): what leaving it raises is

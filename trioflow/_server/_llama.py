@@ -64,6 +64,7 @@ from ._feed import Entry, EventKind, EventsExpired, TooManyWatchers
 from ._options import ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry
+from ._stored import StoredRecord
 from ._streaming import NDJSON_HEADERS, SSE_HEADERS, expired_json, stream_feed
 
 
@@ -165,10 +166,10 @@ async def _handlers(app: WorkflowApp, request: Request, args: list[str]) -> None
             400, "bad_request", f"status must be one of {known}, got {sorted(unknown)[0]!r}"
         )
     names = set(_list_param(request, "workflow_name"))
-    records, _ = app._runs().page(2**62)  # every run the server knows, newest first
+    records, _ = await app._runs().page(2**62)  # every run the server knows, newest first
     parts: list[bytes] = []
     for record in records:
-        if statuses and _STATUS[record.handler.status] not in statuses:
+        if statuses and _STATUS[record.status] not in statuses:
             continue
         if names and record.workflow_name not in names:
             continue
@@ -188,24 +189,24 @@ async def _result(app: WorkflowApp, request: Request, args: list[str]) -> None:
 async def _answer_handler(
     app: WorkflowApp, request: Request, run_id: str, *, bare_result: bool
 ) -> None:
-    record = _record(app, run_id)
-    status = record.handler.status
+    record = await _record(app, run_id)
+    status = record.status
     # As llama-agents-server answers: 202 while running, 500 once failed or cancelled.
     code = 202 if status is RunStatus.RUNNING else 200 if status is RunStatus.COMPLETED else 500
     await request.respond(code, _handler_data(record, bare_result=bare_result))
 
 
 async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    record = _record(app, args[0])
+    record = await _record(app, args[0])
     purge = _bool_param(request, "purge", False)
-    cancelled = record.handler.cancel()
+    cancelled = record.cancel()
     if purge:
-        app._runs().forget(record)
+        await app._runs().forget(record)
         await request.respond_json(200, {"status": "deleted"})
     elif cancelled:
         await request.respond_json(200, {"status": "cancelled"})
     else:
-        status = record.handler.status.value
+        status = record.status.value
         raise HttpError(
             404,  # what llama-agents-server answers for a handler that has ended
             "run_ended",
@@ -215,14 +216,14 @@ async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
 
 
 async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    record = _record(app, args[0])
+    record = await _record(app, args[0])
     body = await request.json(app.options.max_body)
     if not isinstance(body, dict) or not body.get("event"):
         raise HttpError(400, "bad_request", 'the body must be {"event": {"type": ..., ...}}')
     step = body.get("step")
     if step is not None and not isinstance(step, str):
         raise HttpError(400, "bad_request", f"step must be a step's name, got {step!r}")
-    if record.handler.status is not RunStatus.RUNNING:
+    if not isinstance(record, RunRecord) or record.status is not RunStatus.RUNNING:
         raise _ended(record)
     try:
         name, fields = _envelope(body["event"], "event", bare=False)
@@ -234,14 +235,14 @@ async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
     try:
         await record.handler.send_event(event, step or None)
     except WorkflowRuntimeError as error:
-        if record.handler.status is not RunStatus.RUNNING:
+        if record.status is not RunStatus.RUNNING:
             raise _ended(record) from None
         raise HttpError(400, "event_not_accepted", str(error)) from None
     await request.respond_json(200, {"status": "sent"})
 
 
 async def _stream(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    record = _record(app, args[0])
+    record = await _record(app, args[0])
     feed = record.feed
     sse = _bool_param(request, "sse", True)
     form = _LlamaForm(
@@ -403,13 +404,12 @@ def _unwrapped(fields: Any, where: str) -> dict[str, Any]:
     return {**{k: v for k, v in fields.items() if k != "_data"}, **extra}
 
 
-def _handler_data(record: RunRecord, *, bare_result: bool = False) -> list[bytes]:
+def _handler_data(record: RunRecord | StoredRecord, *, bare_result: bool = False) -> list[bytes]:
     """The run as LlamaIndex's ``HandlerData``, in parts (its result shared, not copied);
     with ``bare_result``, the result itself rather than the stop event's envelope (LlamaIndex's
     deprecated ``GET /results/{id}``)."""
-    handler = record.handler
-    status = handler.status
-    ended = None if handler.ended_at is None else _iso(handler.ended_at)
+    status = record.status
+    ended = None if record.ended_at is None else _iso(record.ended_at)
     head = {
         "handler_id": record.run_id,
         "workflow_name": record.workflow_name,
@@ -421,22 +421,21 @@ def _handler_data(record: RunRecord, *, bare_result: bool = False) -> list[bytes
         "error": None,
         "result_unreadable": False,
     }
-    if status is RunStatus.RUNNING:
+    result, error = record.outcome_json()
+    if error is not None and status is not RunStatus.CANCELLED:
+        described = loads(error)
+        head["error"] = f"{described['type']}: {described['message']}"
+    if result is None:
         return [dumps({**head, "result": None})]
-    try:
-        result = handler.result_nowait()
-    except BaseException as error:  # the run's own error, as its handler reports it
-        if status is not RunStatus.CANCELLED:
-            head["error"] = f"{type(error).__name__}: {error}"
-        return [dumps({**head, "result": None})]
-    json = record.result_json(result)
     if bare_result:
-        return [dumps(head)[:-1], b',"result":', json, b"}"]
-    if isinstance(result, StopEvent):  # a workflow's own stop event: its fields
-        value, cls = [json], type(result)
+        return [dumps(head)[:-1], b',"result":', result, b"}"]
+    own = record.result_names()
+    if own is not None:  # a workflow's own stop event: the result is its fields
+        value, names = [result], {**own, "types": own["bases"] or None}
+        del names["bases"]
     else:  # the result of a plain StopEvent
-        value, cls = [b'{"result":', json, b"}"], StopEvent
-    names = _names(type_name(cls), qualified_name(cls), event_bases(cls), True)
+        value = [b'{"result":', result, b"}"]
+        names = _names(type_name(StopEvent), qualified_name(StopEvent), (), True)
     return [dumps(head)[:-1], b',"result":{"value":', *value, b",", dumps(names)[1:], b"}"]
 
 
@@ -450,13 +449,13 @@ def _names(
     }
 
 
-def _ended(record: RunRecord) -> HttpError:
-    status = record.handler.status.value
+def _ended(record: RunRecord | StoredRecord) -> HttpError:
+    status = record.status.value
     return HttpError(409, "run_ended", f"handler {record.run_id} has ended ({status})")
 
 
-def _record(app: WorkflowApp, run_id: str) -> RunRecord:
-    record = app._runs().get(run_id)
+async def _record(app: WorkflowApp, run_id: str) -> RunRecord | StoredRecord:
+    record = await app._runs().find(run_id)
     if record is None:
         raise HttpError(404, "unknown_run", f"Handler not found: no run with id {run_id!r}")
     return record

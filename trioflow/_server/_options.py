@@ -44,6 +44,17 @@ def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | N
         _non_negative(_, attribute, value)
 
 
+def _store_url(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    from .._store import StoreError, check_url
+
+    if not isinstance(value, str):
+        raise TypeError(f"store must be a URL string, got {value!r}")
+    try:
+        check_url(value)
+    except StoreError as error:
+        raise ValueError(str(error)) from None
+
+
 def _names(values: str | Iterable[str]) -> tuple[str, ...]:
     """A tuple of names; one string is one name (not its characters)."""
     return (values,) if isinstance(values, str) else tuple(values)
@@ -194,6 +205,15 @@ class ServerOptions:
             unit="connections",
         ),
     )
+    store: str = attrs.field(
+        default="memory:",
+        validator=_store_url,
+        metadata=_about(
+            "where runs are kept: memory: (in the process) or sqlite:///runs.db (they outlive "
+            "it; a relative path, sqlite:////abs/path.db for an absolute one)",
+            env="TRIOFLOW_STORE",
+        ),
+    )
     llama_compat: bool = attrs.field(
         default=False,
         validator=attrs.validators.instance_of(bool),
@@ -213,6 +233,8 @@ def describe_default(option: attrs.Attribute[Any]) -> str:
         return str(option.metadata.get("none", "none"))
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, str):
+        return value
     if isinstance(value, tuple):
         return ", ".join(value) if value else "none"
     if unit == "bytes":

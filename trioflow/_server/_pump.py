@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from .. import Event, LifecycleEvent, StopEvent
+from .._store import NewEvent
 from .._wire import (
     EncodeError,
     dumps,
@@ -42,6 +43,7 @@ from .._wire import (
 )
 from ._feed import EventKind
 from ._record import RunRecord
+from ._stored import StoredFeed, event_row
 
 logger = logging.getLogger("trioflow.server")
 
@@ -63,6 +65,10 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     yield again at once, cutting the batches its watchers send into small writes.
     """
     feed = record.feed
+    store = record.store
+    # On a store the feed is a StoredFeed: the pump waits for the disk and for the clients
+    # attached, and the feed gets each event once it is committed.
+    stored = feed if isinstance(feed, StoredFeed) else None
     busy = 0.0
     ended = clock()
     kinds: dict[type[Event], EventKind] = {}
@@ -73,18 +79,29 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         began = clock()
         if began - ended > RESUMED_AFTER:
             busy = 0.0
-        seq = feed.last_seq + 1
-        kind = kinds.get(type(event)) or kinds.setdefault(type(event), _kind(type(event)))
+        seq = record.seq + 1
+        kind = kinds.get(type(event)) or kinds.setdefault(type(event), event_kind(type(event)))
         envelope = encode_envelope(seq, event)
         try:
             json = dumps(envelope)
         except EncodeError as error:
             json = _unencodable(record, envelope, error)
         kept = event if keep_events else None
+        record.seq = seq
         try:
-            feed.append_nowait(seq, kind, json, kept)
+            if store is None or stored is None:
+                feed.append_nowait(seq, kind, json, kept)
+            else:  # its clients get it once it is committed (`RunRegistry._published`)
+                if store.full or stored.keeps_waiting(seq):
+                    raise trio.WouldBlock
+                store.append(NewEvent(record.run_id, event_row(seq, kind, json), kind))
         except trio.WouldBlock:
-            await feed.append(seq, kind, json, kept)  # waits for a watcher: that yields
+            if store is None or stored is None:
+                await feed.append(seq, kind, json, kept)  # waits for a watcher: that yields
+            else:
+                await stored.wait_for_watchers(seq)  # waits for a client: that yields
+                await store.room()  # waits for the disk
+                store.append(NewEvent(record.run_id, event_row(seq, kind, json), kind))
             busy = 0.0
         else:
             busy += clock() - began
@@ -95,7 +112,8 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     record.pumped = True
 
 
-def _kind(cls: type[Event]) -> EventKind:
+def event_kind(cls: type[Event]) -> EventKind:
+    """What the feed keeps of an event class (made once per class and run)."""
     return EventKind(
         type_name(cls),
         qualified_name(cls),

@@ -13,8 +13,17 @@ from typing import Any
 import attrs
 import trio
 
-from .. import RunStatus, WorkflowHandler
-from .._wire import dumps, encode_exception, encode_value, mark_unencodable
+from .. import RunStatus, StopEvent, WorkflowHandler
+from .._store import SqliteStore
+from .._wire import (
+    dumps,
+    encode_exception,
+    encode_value,
+    event_bases,
+    mark_unencodable,
+    qualified_name,
+    type_name,
+)
 from ._feed import RunFeed
 
 #: Characters of an error's message that ``GET /runs`` shows (``GET /runs/{id}`` has it all).
@@ -43,12 +52,62 @@ class RunRecord:
     #: Set once the run's task has ended: its steps have unwound and its feed is finished.
     #: Not the run's status (the handler's): what `max_runs` and a shutdown wait for.
     done: trio.Event = attrs.field(factory=trio.Event)
+    #: The durable store its events and outcome are committed to (None: memory only).
+    store: SqliteStore | None = None
+    #: The seq of the last event the pump numbered (on a store, the feed has it once
+    #: committed).
+    seq: int = 0
     #: The result as JSON, in a tuple once encoded (the result itself may be None).
     _result_json: bytes | None = attrs.field(default=None, init=False)
 
     @property
     def run_id(self) -> str:
         return self.handler.run_id
+
+    @property
+    def status(self) -> RunStatus:
+        return self.handler.status
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.handler.ended_at
+
+    @property
+    def live(self) -> bool:
+        """It runs in this process: events can be sent into it."""
+        return True
+
+    def cancel(self) -> bool:
+        """Cancel the run; False if its outcome was decided already."""
+        return self.handler.cancel()
+
+    def outcome_json(self) -> tuple[bytes | None, bytes | None]:
+        """The run's result and error as JSON (each None when it has none); (None, None)
+        while it runs."""
+        if self.handler.status is RunStatus.RUNNING:
+            return None, None
+        try:
+            result = self.handler.result_nowait()
+        except trio.WouldBlock:  # pragma: no cover (the status said decided)
+            return None, None
+        except BaseException as error:  # the run's own error, kept by its handler
+            return None, dumps(self._error(error))
+        return self.result_json(result), None
+
+    def result_names(self) -> dict[str, Any] | None:
+        """When the run completed with the workflow's own stop event: that event's class's
+        ``type``, ``qualified_name`` and ``bases``; else None."""
+        if self.handler.status is not RunStatus.COMPLETED:
+            return None
+        stop = self.handler.result_nowait()
+        if not isinstance(stop, StopEvent):
+            return None
+        cls = type(stop)
+        return {
+            "type": type_name(cls),
+            "qualified_name": qualified_name(cls),
+            "bases": list(event_bases(cls)),
+        }
 
     def footprint(self) -> int:
         """Bytes the record keeps: its retained events, and its result, counted as the size of
@@ -64,10 +123,7 @@ class RunRecord:
             try:
                 self.handler.result_nowait()
             except BaseException as error:  # the run's own error, as describe() gives it
-                brief = self._error(error)
-                if len(brief["message"]) > SUMMARY_MESSAGE:
-                    brief["message"] = brief["message"][: SUMMARY_MESSAGE - 1] + "\u2026"
-                summary["error"] = brief
+                summary["error"] = brief(self._error(error))
         return summary
 
     def describe(self) -> list[bytes]:
@@ -75,19 +131,7 @@ class RunRecord:
         once its outcome is decided, which may be before its steps have unwound. The result's
         JSON is made once and shared by every request (`Request.respond` sends it in slices),
         so many clients asking for a large result hold no copies of it."""
-        described = self._head()
-        if self.handler.status is RunStatus.RUNNING:
-            return [dumps(described)]
-        try:
-            result = self.handler.result_nowait()
-        except trio.WouldBlock:  # pragma: no cover (the status said decided)
-            return [dumps(described)]
-        except BaseException as error:
-            # The run's own error, kept by its handler and only reported here: a synchronous
-            # call raises no cancellation of this task.
-            described["error"] = self._error(error)
-            return [dumps(described)]
-        return [dumps(described)[:-1], b',"result":', self.result_json(result), b"}"]
+        return described(dumps(self._head()), *self.outcome_json())
 
     def result_json(self, result: Any) -> bytes:
         """The run's ``result`` (what its handler returned) as JSON, made once and shared by
@@ -106,7 +150,7 @@ class RunRecord:
             "seq": self.feed.last_seq,
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
-            "ended_at": self.handler.ended_at,
+            "ended_at": self.ended_at,
         }
 
     def _error(self, error: BaseException) -> dict[str, Any]:
@@ -115,3 +159,21 @@ class RunRecord:
         if step is not None:
             described["step"] = step
         return described
+
+
+def described(head: bytes, result: bytes | None, error: bytes | None) -> list[bytes]:
+    """A run's status (``head``, a JSON object) with its ``result`` or ``error`` JSON, in
+    parts, the result not copied."""
+    if result is not None:
+        return [head[:-1], b',"result":', result, b"}"]
+    if error is not None:
+        return [head[:-1], b',"error":', error, b"}"]
+    return [head]
+
+
+def brief(error: dict[str, Any]) -> dict[str, Any]:
+    """A run's error as ``GET /runs`` lists it: its message cut to `SUMMARY_MESSAGE`."""
+    message = error.get("message", "")
+    if len(message) > SUMMARY_MESSAGE:
+        error = {**error, "message": message[: SUMMARY_MESSAGE - 1] + "\u2026"}
+    return error

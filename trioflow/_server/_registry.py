@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import trio
 
@@ -29,14 +30,33 @@ from .. import (
     StartEvent,
     TrioflowError,
     Workflow,
+    WorkflowFailedEvent,
     WorkflowHandler,
     WorkflowRuntimeError,
 )
+from .._store import (
+    NewEvent,
+    NewRun,
+    Operation,
+    RunEnded,
+    RunInterrupted,
+    RunPurged,
+    RunRow,
+    SqliteStore,
+)
+from .._wire import (
+    dumps,
+    encode_envelope,
+    encode_event_data,
+    encode_exception,
+    mark_unencodable,
+)
 from ._feed import RunFeed
 from ._options import ServerOptions
-from ._pump import pump
+from ._pump import event_kind, pump
 from ._record import RunRecord
 from ._report import log_failed_run
+from ._stored import StoredFeed, StoredRecord, event_row
 
 logger = logging.getLogger("trioflow.server")
 
@@ -53,11 +73,23 @@ class RunRegistry:
     """Starts runs in ``nursery`` and finds them by id."""
 
     def __init__(
-        self, nursery: trio.Nursery, options: ServerOptions, *, keep_events: bool = False
+        self,
+        nursery: trio.Nursery,
+        options: ServerOptions,
+        *,
+        keep_events: bool = False,
+        store: SqliteStore | None = None,
     ) -> None:
         self._nursery = nursery
         self._options = options
         self._keep_events = keep_events
+        #: Where runs, their events and their outcomes are committed (None: memory only).
+        #: Its flusher runs in ``nursery`` too, and tells `_published` of each commit.
+        self._store = store
+        #: Runs forgotten whose rows the store has not yet deleted: `find` skips them.
+        self._hidden: set[str] = set()
+        if store is not None:
+            store.on_commit(self._published)
         self._max_runs = options.max_runs
         self._records: dict[str, RunRecord] = {}
         self._numbers = itertools.count()
@@ -70,16 +102,44 @@ class RunRegistry:
         self._fatal_raised = trio.Event()
 
     def get(self, run_id: str) -> RunRecord | None:
+        """The run ``run_id`` if this process keeps it in memory."""
         record = self._records.get(run_id)
         return None if record is None or record.forgotten else record
 
-    def forget(self, record: RunRecord) -> None:
-        """Forget ``record``'s run: it is found no more (`get`, `page`), and its record is
-        dropped once the run has ended (cancel it first to make that soon). Clients streaming
-        it keep their stream."""
+    async def find(self, run_id: str) -> RunRecord | StoredRecord | None:
+        """The run ``run_id``: in memory, or else in the store (a run that ended before)."""
+        await trio.lowlevel.checkpoint()
+        record = self._records.get(run_id)
+        if record is not None:
+            return None if record.forgotten else record
+        if self._store is None or run_id in self._hidden:
+            return None
+        row = await self._store.run(run_id)
+        if row is None:
+            return None
+        return StoredRecord.of(row, self._store, self._options.max_clients_per_run)
+
+    async def forget(self, record: RunRecord | StoredRecord) -> None:
+        """Forget ``record``'s run: it is found no more (`get`, `find`, `page`), and it is
+        dropped (from the store too) once it has ended (cancel it first to make that soon).
+        Clients streaming it keep their stream."""
+        await trio.lowlevel.checkpoint()
         record.forgotten = True
+        if isinstance(record, StoredRecord):
+            assert self._store is not None
+            await self._store.flushed(self._store.append(RunPurged(record.run_id)))
+            return
+        if self._store is not None:  # also in the store, where `find` would find it
+            self._hidden.add(record.run_id)
         if not record.done.is_set():
             return
+        self._drop(record)
+
+    def _drop(self, record: RunRecord) -> None:
+        """Drop the forgotten ``record``, which has ended (and on a store, whose end is
+        committed)."""
+        if self._store is not None:
+            self._store.append(RunPurged(record.run_id))
         if self._records.pop(record.run_id, None) is None:
             return
         for index, (run_id, size) in enumerate(self._finished):
@@ -88,18 +148,22 @@ class RunRegistry:
                 self._finished_bytes -= size
                 return
 
-    def page(
+    async def page(
         self,
         limit: int,
         *,
         before: int | None = None,
         workflow: str | None = None,
         statuses: Collection[RunStatus] = (),
-    ) -> tuple[list[RunRecord], int | None]:
+    ) -> tuple[list[RunRecord | StoredRecord], int | None]:
         """Up to ``limit`` runs, newest first, started before run number ``before`` (all when
         None), of ``workflow`` and with one of ``statuses`` when given; and the number to pass
-        as ``before`` for the next page (None when there is none)."""
-        found: list[RunRecord] = []
+        as ``before`` for the next page (None when there is none). On a store, every run it
+        has (those this process runs as they are in memory)."""
+        await trio.lowlevel.checkpoint()
+        if self._store is not None:
+            return await self._stored_page(limit, before, workflow, statuses)
+        found: list[RunRecord | StoredRecord] = []
         for record in reversed(self._records.values()):  # newest first: in start order
             if record.forgotten or (before is not None and record.number >= before):
                 continue
@@ -111,6 +175,54 @@ class RunRegistry:
                 return found, found[-1].number
             found.append(record)
         return found, None
+
+    async def _stored_page(
+        self,
+        limit: int,
+        before: int | None,
+        workflow: str | None,
+        statuses: Collection[RunStatus],
+    ) -> tuple[list[RunRecord | StoredRecord], int | None]:
+        assert self._store is not None
+        rows = await self._store.page(
+            limit + 1,
+            before=before,
+            workflow=workflow,
+            statuses=[status.value for status in statuses],
+        )
+        found: list[RunRecord | StoredRecord] = []
+        for row in rows[:limit]:
+            record = self._records.get(row.run_id)
+            if row.run_id in self._hidden:
+                continue
+            if record is None:
+                found.append(StoredRecord.of(row, self._store, self._options.max_clients_per_run))
+            elif not record.forgotten:
+                found.append(record)
+        return found, (rows[limit - 1].number if len(rows) > limit else None)
+
+    async def recover(self) -> None:
+        """Close the runs the store has as running (their process stopped before they
+        ended): each gets its terminal event, a `WorkflowFailedEvent` with `RunInterrupted`,
+        and its status, ``failed``."""
+        store = self._store
+        assert store is not None
+        for row in await store.runs(status=RunStatus.RUNNING.value):
+            error = RunInterrupted(
+                "the process running it stopped (a crash, a kill) before it ended"
+            )
+            seq = await store.last_seq(row.run_id) + 1
+            ended = WorkflowFailedEvent(step_name="", exception=error)
+            json = dumps(encode_envelope(seq, ended))
+            store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
+            failure = dumps(encode_exception(error))
+            store.append(RunEnded(row.run_id, "failed", None, failure, time.time(), seq))
+            logger.warning(
+                "trioflow: run %s of %s was interrupted (its process stopped); it has failed",
+                row.run_id,
+                row.workflow,
+            )
+        await store.drain()
 
     @property
     def running(self) -> int:
@@ -215,12 +327,7 @@ class RunRegistry:
         raised: BaseException | None = None
         try:
             async with workflow.start(start_event) as handler:
-                options = self._options
-                feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
-                record = RunRecord(
-                    name, handler, feed, next(self._numbers), lifecycle, self._keep_events
-                )
-                self._records[record.run_id] = record
+                record = await self._record(name, handler, start_event, lifecycle)
                 task_status.started(record)
                 await _follow(record, self._options.hold_for_first_client, abandon_after)
         except BaseException as error:  # sorted out by `_end`, which re-raises what is ours
@@ -232,12 +339,74 @@ class RunRegistry:
             log_failed_run(record)  # the traceback no client gets
             await self._end(record, raised)
         finally:
-            record.feed.finish()
-            record.done.set()
-            if record.forgotten:
-                del self._records[record.run_id]
+            if self._store is not None:
+                self._store.append(_ended(record))  # `_published` finishes it once committed
             else:
-                self._forget_old(record)
+                self._wrap_up(record)
+            record.done.set()
+
+    async def _record(
+        self, name: str, handler: WorkflowHandler, start_event: StartEvent, lifecycle: bool
+    ) -> RunRecord:
+        """The record of a run just started; on a store, once its row is committed."""
+        options = self._options
+        store = self._store
+        if store is None:
+            feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
+            number = next(self._numbers)
+        else:
+            feed = StoredFeed(
+                store,
+                handler.run_id,
+                options.retain,
+                options.retain_bytes,
+                options.max_clients_per_run,
+            )
+            number = store.next_number()
+        record = RunRecord(name, handler, feed, number, lifecycle, self._keep_events, store=store)
+        self._records[record.run_id] = record
+        if store is not None:
+            fields = dumps(mark_unencodable(encode_event_data(start_event)))
+            row = RunRow(
+                record.run_id,
+                number,
+                name,
+                RunStatus.RUNNING.value,
+                fields,
+                lifecycle,
+                0,
+                None,
+                None,
+                record.started_at,
+                None,
+            )
+            await store.flushed(store.append(NewRun(row)))
+        return record
+
+    def _wrap_up(self, record: RunRecord) -> None:
+        """The run's last event is in its feed: end the feed, and keep or forget the run."""
+        record.feed.finish()
+        if record.forgotten:
+            self._drop(record)
+        else:
+            self._forget_old(record)
+
+    def _published(self, batch: Sequence[Operation]) -> None:
+        """The store committed ``batch``: its events go to their runs' clients, and a run
+        whose end it holds is finished."""
+        for operation in batch:
+            if isinstance(operation, NewEvent):
+                record = self._records.get(operation.run_id)
+                if record is not None:
+                    feed = record.feed
+                    assert isinstance(feed, StoredFeed)
+                    feed.append_row(operation.event, operation.tag)
+            elif isinstance(operation, RunEnded):
+                record = self._records.get(operation.run_id)
+                if record is not None:
+                    self._wrap_up(record)
+            elif isinstance(operation, RunPurged):
+                self._hidden.discard(operation.run_id)
 
     async def _end(self, record: RunRecord, raised: BaseException | None) -> None:
         """Sort out what leaving the run's ``start()`` raised: the run's own failure is the
@@ -344,3 +513,20 @@ async def _cancel_when_abandoned(record: RunRecord, grace: float) -> None:
         if waiting.cancelled_caught:
             record.handler.cancel()
             return
+
+
+def _ended(record: RunRecord) -> RunEnded:
+    """What the store keeps of a run that has ended: its status, its result or error, and
+    for a result that is the workflow's own stop event, that event's class."""
+    result, error = record.outcome_json()
+    names = record.result_names()
+    result_type = None if names is None else dumps(names).decode()
+    return RunEnded(
+        record.run_id,
+        record.status.value,
+        result,
+        error,
+        record.ended_at or time.time(),
+        record.seq,
+        result_type,
+    )

@@ -93,6 +93,7 @@ async def serve(
     body_timeout: float = 30.0,
     keep_alive_timeout: float = 5.0,
     max_connections: int = 1000,
+    store: str = "memory:",
     llama_compat: bool = False,
 ) -> None: ...
 @overload

@@ -11,10 +11,16 @@ finished before this process started) has a feed of that kind with nothing cache
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import trio
 
-from .._store import EventRow, SqliteStore, StoreError
+from .. import RunStatus
+from .._store import EventRow, RunRow, SqliteStore, StoreError
+from .._wire import dumps, loads
 from ._feed import BATCH, BATCH_BYTES, Entry, EventKind, EventsExpired, RunFeed, Watcher
+from ._record import brief, described
 
 #: `EventRow.flags`: the bits of an `EventKind`.
 LIFECYCLE = 1
@@ -23,8 +29,20 @@ TERMINAL = 2
 
 def event_row(seq: int, kind: EventKind, json: bytes) -> EventRow:
     """The row that keeps event ``seq`` of ``kind``, whose envelope is ``json``."""
-    flags = (LIFECYCLE if kind.lifecycle else 0) | (TERMINAL if kind.terminal else 0)
-    return EventRow(seq, kind.type_name, kind.qualified_name, flags, ",".join(kind.bases), json)
+    columns = _COLUMNS.get(kind)
+    if columns is None:
+        flags = (LIFECYCLE if kind.lifecycle else 0) | (TERMINAL if kind.terminal else 0)
+        columns = _COLUMNS[kind] = (
+            kind.type_name,
+            kind.qualified_name,
+            flags,
+            ",".join(kind.bases),
+        )
+    return EventRow(seq, *columns, json)
+
+
+#: The columns of each kind's rows, made once per kind (a handful per workflow).
+_COLUMNS: dict[EventKind, tuple[str, str, int, str]] = {}
 
 
 class StoredFeed(RunFeed):
@@ -46,15 +64,18 @@ class StoredFeed(RunFeed):
         self.run_id = run_id
         self.last_seq = last_seq
         self.finished = finished
-        # The store keeps everything: nothing is held for a first client, and no client
-        # holds the run back.
+        # The store keeps everything: nothing is held for a first client, and the cache
+        # evicts whatever it must (`_unblocked`): a client behind it reads the store.
         self._holding = False
         self._unblocked = True
+        #: The run's writer no longer waits for its clients (`unblock`: a shutdown).
+        self._released = False
         self._kinds: dict[tuple[str, str, int, str], EventKind] = {}
 
-    def append_row(self, row: EventRow) -> None:
-        """Add a committed event (the store's commit listener calls this, in seq order)."""
-        self.append_nowait(row.seq, self.kind_of(row), row.body)
+    def append_row(self, row: EventRow, kind: EventKind | None = None) -> None:
+        """Add a committed event (the store's commit listener calls this, in seq order), of
+        ``kind`` when its writer said (else read from the row)."""
+        self.append_nowait(row.seq, kind or self.kind_of(row), row.body)
 
     def kind_of(self, row: EventRow) -> EventKind:
         """The `EventKind` of a stored event, made once per kind."""
@@ -69,6 +90,29 @@ class StoredFeed(RunFeed):
                 bases=tuple(name for name in row.bases.split(",") if name),
             )
         return kind
+
+    def keeps_waiting(self, seq: int) -> bool:
+        """Whether event ``seq`` would put an attached client `retain` events behind: then
+        its writer waits (`wait_for_watchers`), as it waits for a run's clients in memory, so
+        that live clients read from the cache, not the store."""
+        if self._released:
+            return False
+        low = seq - self.retain
+        return any(watcher.cursor <= low for watcher in self._watchers)
+
+    async def wait_for_watchers(self, seq: int) -> None:
+        """Wait until no attached client is `retain` events behind event ``seq`` (one that
+        leaves no longer counts)."""
+        while self.keeps_waiting(seq):
+            self._pump_waiting = True
+            try:
+                await self._progress.wait()
+            finally:
+                self._pump_waiting = False
+
+    def unblock(self) -> None:
+        self._released = True
+        super().unblock()
 
     def watch(self, after: int = 0) -> StoredWatcher:
         """A watcher from the entry after seq ``after``, as `RunFeed.watch`, except that no
@@ -113,5 +157,84 @@ class StoredWatcher(Watcher):
                 return entries
             try:
                 return await super().next_batch()
-            except EventsExpired:  # evicted while it waited: read the store
+            except (EventsExpired, trio.WouldBlock):  # evicted while it waited: read the store
                 continue
+
+
+@attrs.define(eq=False)
+class StoredRecord:
+    """A run known from the store only (it ended before this process started, or this
+    process no longer keeps it in memory): what `RunRecord` says of a run, read from its row.
+    It runs nowhere, so it takes no events and cannot be cancelled."""
+
+    row: RunRow
+    feed: StoredFeed
+    forgotten: bool = False
+
+    @classmethod
+    def of(cls, row: RunRow, store: SqliteStore, max_watchers: int | None) -> StoredRecord:
+        feed = StoredFeed(
+            store, row.run_id, 1, 1, max_watchers, last_seq=row.last_seq, finished=True
+        )
+        return cls(row, feed)
+
+    @property
+    def run_id(self) -> str:
+        return self.row.run_id
+
+    @property
+    def workflow_name(self) -> str:
+        return self.row.workflow
+
+    @property
+    def number(self) -> int:
+        return self.row.number
+
+    @property
+    def lifecycle(self) -> bool:
+        return self.row.lifecycle
+
+    @property
+    def started_at(self) -> float:
+        return self.row.started_at
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.row.ended_at
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus(self.row.status)
+
+    @property
+    def live(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def outcome_json(self) -> tuple[bytes | None, bytes | None]:
+        return self.row.result, self.row.error
+
+    def result_names(self) -> dict[str, Any] | None:
+        return None if self.row.result_type is None else loads(self.row.result_type.encode())
+
+    def summary(self) -> dict[str, Any]:
+        summary = self._head()
+        if self.row.error is not None and summary["status"] in ("failed", "timed_out"):
+            summary["error"] = brief(loads(self.row.error))
+        return summary
+
+    def describe(self) -> list[bytes]:
+        return described(dumps(self._head()), self.row.result, self.row.error)
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow_name,
+            "status": self.row.status,
+            "seq": self.row.last_seq,
+            "watchers": self.feed.watchers,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }

@@ -15,13 +15,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
-from ._errors import StoreError, StoreLocked
+from ._errors import RunInterrupted, StoreError, StoreLocked
 from ._sqlite import (
     EventRow,
     NewEvent,
     NewRun,
     Operation,
     RunEnded,
+    RunPurged,
     RunRow,
     SqliteStore,
     open_sqlite,
@@ -127,11 +128,14 @@ __all__ = [
     "NewRun",
     "Operation",
     "RunEnded",
+    "RunInterrupted",
+    "RunPurged",
     "RunRow",
     "SqliteStore",
     "StoreError",
     "StoreLocked",
     "check_url",
+    "open_sqlite",
     "open_store",
     "sqlite_path",
 ]

@@ -12,3 +12,8 @@ class StoreError(TrioflowError):
 
 class StoreLocked(StoreError):
     """Another process has the store open (SQLite serves one process)."""
+
+
+class RunInterrupted(TrioflowError):
+    """A run on a store was running when the process running it stopped (a crash, a kill):
+    what ends it when it cannot be resumed."""

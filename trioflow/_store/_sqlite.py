@@ -28,7 +28,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import attrs
 import trio
@@ -56,11 +56,13 @@ CREATE TABLE tf_runs (
     lifecycle INTEGER NOT NULL DEFAULT 0,
     last_seq INTEGER NOT NULL DEFAULT 0,
     result BLOB,
+    result_type TEXT,
     error BLOB,
     started_at REAL NOT NULL,
     ended_at REAL
 );
 CREATE INDEX tf_runs_unfinished ON tf_runs (status) WHERE status = 'running';
+CREATE INDEX tf_runs_workflow ON tf_runs (workflow, number);
 CREATE TABLE tf_events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -89,16 +91,20 @@ class RunRow:
     lifecycle: bool
     #: The seq of its last committed event.
     last_seq: int
-    #: Once it ended: its result as JSON (completed), or its error (failed, timed out).
+    #: Once it ended: its result as JSON (completed), or its error (failed, timed out,
+    #: cancelled), as ``GET /runs/{id}`` gives them.
     result: bytes | None
     error: bytes | None
     started_at: float
     ended_at: float | None
+    #: When the result is the workflow's own stop event: its class's names as JSON
+    #: (``{"type", "qualified_name", "bases"}``), for clients that name it.
+    result_type: str | None = None
 
 
-@attrs.frozen
-class EventRow:
-    """One committed stream event: its seq, its kind's names and flags, its envelope."""
+class EventRow(NamedTuple):
+    """One committed stream event: its seq, its kind's names and flags, its envelope. A
+    tuple: one is made per event, on the hot path of a durable run."""
 
     seq: int
     type: str
@@ -121,16 +127,17 @@ class NewRun:
         return len(self.row.start_event) + 256
 
 
-@attrs.frozen
 class NewEvent:
-    """Write: a run streamed an event."""
+    """Write: a run streamed an event; ``tag`` is anything its writer wants its commit
+    listeners to get back with it (the server: the event's kind, made once per class)."""
 
-    run_id: str
-    event: EventRow
+    __slots__ = ("event", "run_id", "size", "tag")
 
-    @property
-    def size(self) -> int:
-        return len(self.event.body) + 128
+    def __init__(self, run_id: str, event: EventRow, tag: Any = None) -> None:
+        self.run_id = run_id
+        self.event = event
+        self.tag = tag
+        self.size = len(event.body) + 128
 
 
 @attrs.frozen
@@ -143,13 +150,25 @@ class RunEnded:
     error: bytes | None
     ended_at: float
     last_seq: int
+    result_type: str | None = None
 
     @property
     def size(self) -> int:
         return len(self.result or b"") + len(self.error or b"") + 128
 
 
-Operation = NewRun | NewEvent | RunEnded
+@attrs.frozen
+class RunPurged:
+    """Write: forget a run that has ended, events and all."""
+
+    run_id: str
+
+    @property
+    def size(self) -> int:
+        return 64
+
+
+Operation = NewRun | NewEvent | RunEnded | RunPurged
 
 
 class SqliteStore:
@@ -171,6 +190,8 @@ class SqliteStore:
         self._commits = 0
         self._committed = trio.Event()
         self._listeners: list[Callable[[Sequence[Operation]], None]] = []
+        #: Held by whoever commits (the flusher, or `drain`): one commit at a time, in order.
+        self._flushing = trio.Lock()
         self._next_number = 0
 
     # -- opening and closing --
@@ -224,9 +245,12 @@ class SqliteStore:
         return connection
 
     async def drain(self) -> None:
-        """Wait until everything appended so far is committed (the flusher must run)."""
+        """Commit everything appended so far, with or without the flusher: also when it was
+        cancelled (its process is shutting down), which is why a caller shields this."""
         while self._pending or self._committing is not None:
-            await self.flushed(self._commits + 1)
+            async with self._flushing:  # after a commit under way, in order
+                if self._pending:
+                    await self._flush_once()
 
     async def aclose(self) -> None:
         """Close the file and release its lock (after `drain`, for nothing to be lost)."""
@@ -264,7 +288,7 @@ class SqliteStore:
     async def room(self) -> None:
         """Wait while the pending list is full: backpressure from the disk. A checkpoint."""
         await trio.lowlevel.checkpoint()
-        while len(self._pending) >= PENDING_MAX or self._pending_bytes >= PENDING_BYTES:
+        while self.full:
             await self._room.wait()
 
     async def flushed(self, commits: int) -> None:
@@ -278,21 +302,34 @@ class SqliteStore:
         self._listeners.append(listener)
 
     async def flush_forever(self) -> None:
-        """Commit what is pending, batch after batch, until cancelled."""
+        """Commit what is pending, batch after batch, until cancelled. A commit under way
+        when it is cancelled completes (the thread is waited for)."""
         while True:
             await self._ready.wait()
             self._ready = trio.Event()
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
-            self._committing = batch
-            self._room.set()
-            self._room = trio.Event()
+            async with self._flushing:
+                if self._pending:
+                    await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        """Commit everything pending in one transaction, then tell the listeners."""
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        self._committing = batch
+        self._room.set()
+        self._room = trio.Event()
+        try:
             await self._commit(batch)
+        except BaseException:  # cancelled between attempts: the batch is pending again
+            self._pending[:0] = batch
+            self._pending_bytes += sum(operation.size for operation in batch)
             self._committing = None
-            self._commits += 1
-            self._committed.set()
-            self._committed = trio.Event()
-            for listener in self._listeners:
-                listener(batch)
+            raise
+        self._committing = None
+        self._commits += 1
+        self._committed.set()
+        self._committed = trio.Event()
+        for listener in self._listeners:
+            listener(batch)
 
     async def _commit(self, batch: list[Operation]) -> None:
         while True:
@@ -313,23 +350,19 @@ class SqliteStore:
         connection = self._writer
         assert connection is not None
         runs = [_run_values(op.row) for op in batch if isinstance(op, NewRun)]
-        events = [
-            (op.run_id, e.seq, e.type, e.qualified_name, e.flags, e.bases, e.body)
-            for op in batch
-            if isinstance(op, NewEvent)
-            for e in (op.event,)
-        ]
+        events = [(op.run_id, *op.event) for op in batch if isinstance(op, NewEvent)]
         ends = [
-            (op.status, op.result, op.error, op.ended_at, op.last_seq, op.run_id)
+            (op.status, op.result, op.result_type, op.error, op.ended_at, op.last_seq, op.run_id)
             for op in batch
             if isinstance(op, RunEnded)
         ]
+        purged = [(op.run_id,) for op in batch if isinstance(op, RunPurged)]
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(
                 "INSERT INTO tf_runs (run_id, number, workflow, status, start_event, lifecycle,"
-                " last_seq, result, error, started_at, ended_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_seq, result, error, started_at, ended_at, result_type)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 runs,
             )
             connection.executemany(
@@ -338,10 +371,12 @@ class SqliteStore:
                 events,
             )
             connection.executemany(
-                "UPDATE tf_runs SET status = ?, result = ?, error = ?, ended_at = ?,"
-                " last_seq = ? WHERE run_id = ?",
+                "UPDATE tf_runs SET status = ?, result = ?, result_type = ?, error = ?,"
+                " ended_at = ?, last_seq = ? WHERE run_id = ?",
                 ends,
             )
+            connection.executemany("DELETE FROM tf_events WHERE run_id = ?", purged)
+            connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -372,6 +407,42 @@ class SqliteStore:
         rows = await self._read(lambda db: db.execute(query, args).fetchall())
         return [_run_row(row) for row in rows]
 
+    async def page(
+        self,
+        limit: int,
+        *,
+        before: int | None = None,
+        workflow: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[RunRow]:
+        """Up to ``limit`` runs, newest first, numbered below ``before`` (all when None), of
+        ``workflow`` and with one of ``statuses`` when given."""
+        where = ["number < ?"]
+        args: list[Any] = [2**62 if before is None else before]
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args += list(statuses)
+        query = f"{_SELECT_RUN} WHERE {' AND '.join(where)} ORDER BY number DESC LIMIT ?"
+        rows = await self._read(lambda db: db.execute(query, (*args, limit)).fetchall())
+        return [_run_row(row) for row in rows]
+
+    async def last_seq(self, run_id: str) -> int:
+        """The seq of the last committed event of ``run_id`` (0 with none)."""
+        (seq,) = await self._read(
+            lambda db: db.execute(
+                "SELECT coalesce(max(seq), 0) FROM tf_events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        )
+        return int(seq)
+
+    @property
+    def full(self) -> bool:
+        """Whether a writer should wait in `room` before appending more."""
+        return len(self._pending) >= PENDING_MAX or self._pending_bytes >= PENDING_BYTES
+
     async def events(
         self, run_id: str, *, after: int, limit: int, max_bytes: int | None = None
     ) -> list[EventRow]:
@@ -400,7 +471,7 @@ class SqliteStore:
 
 _SELECT_RUN = (
     "SELECT run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
-    " started_at, ended_at FROM tf_runs"
+    " started_at, ended_at, result_type FROM tf_runs"
 )
 
 
@@ -417,13 +488,27 @@ def _run_values(row: RunRow) -> tuple[Any, ...]:
         row.error,
         row.started_at,
         row.ended_at,
+        row.result_type,
     )
 
 
 def _run_row(values: Iterable[Any]) -> RunRow:
-    (run_id, number, workflow, status, start, lifecycle, last, result, error, at, end) = values
+    (run_id, number, workflow, status, start, lifecycle, last, result, error, at, end, kind) = (
+        values
+    )
     return RunRow(
-        run_id, number, workflow, status, start, bool(lifecycle), last, result, error, at, end
+        run_id,
+        number,
+        workflow,
+        status,
+        start,
+        bool(lifecycle),
+        last,
+        result,
+        error,
+        at,
+        end,
+        kind,
     )
 
 

@@ -1,0 +1,206 @@
+"""The server on a SQLite store: runs, their events, statuses and results outlive the process;
+clients see committed events only; a run interrupted by a crash ends with a terminal event."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _http import FLOWS, serve_process, served, wait_until
+
+from trioflow import WorkflowApp
+from trioflow._store import EventRow, NewEvent, NewRun, RunRow, StoreLocked, open_store
+
+
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/runs.db"
+
+
+async def test_finished_runs_are_served_after_a_restart(tmp_path: Path) -> None:
+    """A run's status, result and whole stream are there after the server restarts on the
+    same file: listed, described, streamed from the start and resumed from Last-Event-ID;
+    new runs go on being numbered after the old ones."""
+    url = store_url(tmp_path)
+    async with served(FLOWS, store=url) as server:
+        first = await server.start("count", {"n": 5})
+        await server.wait_status(first, "completed")
+        before = await server.events(first)
+    async with served(FLOWS, store=url) as server:
+        listed = (await server.client.get("/runs")).json()["runs"]
+        assert [run["run_id"] for run in listed] == [first]
+        assert listed[0]["status"] == "completed"
+        assert listed[0]["ended_at"] >= listed[0]["started_at"]
+        status = await server.status(first)
+        assert status["result"] == {"counted": 5}
+        assert status["seq"] == 6
+        assert await server.events(first) == before
+        resumed = await server.client.get(f"/runs/{first}/events", headers={"last-event-id": "4"})
+        assert [m["id"] for m in _messages(resumed.text)] == ["5", "6"]
+        second = await server.start("count", {"n": 1})
+        await server.wait_status(second, "completed")
+        listed = (await server.client.get("/runs", params={"limit": 1})).json()
+        assert [run["run_id"] for run in listed["runs"]] == [second]
+        older = await server.client.get("/runs", params={"cursor": listed["next_cursor"]})
+        assert [run["run_id"] for run in older.json()["runs"]] == [first]
+        sent = await server.client.post(f"/runs/{first}/events", json={"type": "Go", "data": {}})
+        assert sent.status_code == 409
+        cancel = await server.client.post(f"/runs/{first}/cancel")
+        assert cancel.status_code == 409
+
+
+async def test_runs_beyond_keep_finished_are_served_from_the_store(tmp_path: Path) -> None:
+    """With a store, keep_finished bounds memory only: older runs are read from the file."""
+    async with served(FLOWS, store=store_url(tmp_path), keep_finished=1) as server:
+        runs = [await server.start("count", {"n": 2}) for _ in range(3)]
+        for run_id in runs:
+            await server.wait_status(run_id, "completed")
+        registry = server.app._registry
+        assert registry is not None
+        await wait_until(lambda: len(registry._records) == 1)
+        listed = (await server.client.get("/runs")).json()["runs"]
+        assert [run["run_id"] for run in listed] == runs[::-1]
+        assert [m["data"]["type"] for m in await server.events(runs[0])] == [
+            "Tick",
+            "Tick",
+            "StopEvent",
+        ]
+
+
+async def test_clients_see_committed_events_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the store cannot commit (a stalled disk), a run's events reach no client; once
+    it commits, they all do, in order."""
+    async with served(FLOWS, store=store_url(tmp_path)) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        disk = threading.Event()
+        write = store._write
+
+        def stalled(batch: Any) -> None:
+            disk.wait()
+            write(batch)
+
+        run_id = await server.start("gate")
+        record = registry.get(run_id)
+        assert record is not None
+        await wait_until(lambda: record.seq >= 2)
+        monkeypatch.setattr(store, "_write", stalled)
+        await server.client.post(
+            f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 3}}
+        )
+        await wait_until(lambda: record.seq == 6)
+        published = record.feed.last_seq
+        assert published < record.seq  # numbered, not yet committed: no client has them
+        disk.set()
+        events = await server.events(run_id)
+        assert [int(m["id"]) for m in events] == list(range(1, 7))
+        assert published <= 2
+
+
+async def test_an_interrupted_run_ends_with_a_terminal_event(tmp_path: Path) -> None:
+    """A run the store has as running when the server starts (its process was killed) is
+    closed: its stream ends with WorkflowFailedEvent (RunInterrupted) after its events, and
+    its status is failed."""
+    url = store_url(tmp_path)
+    async with open_store(url) as store:
+        assert store is not None
+        row = RunRow(
+            "lost", store.next_number(), "gate", "running", b"{}", False, 0, None, None, 1.0, None
+        )
+        store.append(NewRun(row))
+        for seq in (1, 2):
+            body = json.dumps({"seq": seq, "type": "Tick", "qualified_name": "t.Tick", "data": {}})
+            store.append(NewEvent("lost", EventRow(seq, "Tick", "t.Tick", 0, "", body.encode())))
+        await store.drain()
+    async with served(FLOWS, store=url) as server:
+        status = await server.status("lost")
+        assert status["status"] == "failed"
+        assert status["error"]["type"] == "RunInterrupted"
+        events = await server.events("lost", after=1)
+        assert [(m["id"], m["event"]) for m in events] == [
+            ("2", "Tick"),
+            ("3", "WorkflowFailedEvent"),
+        ]
+        assert events[-1]["data"]["data"]["exception"]["type"] == "RunInterrupted"
+
+
+async def test_one_server_per_store(tmp_path: Path) -> None:
+    """A second server on a file in use does not start: its lifespan fails with StoreLocked,
+    and serve() raises it."""
+    url = store_url(tmp_path)
+    async with served(FLOWS, store=url):
+        with pytest.raises(BaseExceptionGroup) as failed:
+            async with served(FLOWS, store=url):
+                pass
+        assert failed.group_contains(StoreLocked)
+
+
+def test_bad_store_urls_are_refused_up_front() -> None:
+    for url in ("postgres://db/x", "sqlite://host/x.db", "redis://x"):
+        with pytest.raises(ValueError, match="store"):
+            WorkflowApp(FLOWS, store=url)
+
+
+async def test_llama_purge_forgets_a_run_in_the_store(tmp_path: Path) -> None:
+    """purge=true deletes a finished run from the store: it is gone after a restart too."""
+    url = store_url(tmp_path)
+    async with served(FLOWS, store=url, llama_compat=True) as server:
+        kept = await server.start("count", {"n": 1})
+        gone = await server.start("count", {"n": 1})
+        for run_id in (kept, gone):
+            await server.wait_status(run_id, "completed")
+        purged = await server.client.post(f"/handlers/{gone}/cancel", params={"purge": "true"})
+        assert purged.json() == {"status": "deleted"}
+        assert (await server.client.get(f"/runs/{gone}")).status_code == 404
+    async with served(FLOWS, store=url, llama_compat=True) as server:
+        handlers = (await server.client.get("/handlers")).json()["handlers"]
+        assert [h["handler_id"] for h in handlers] == [kept]
+        assert handlers[0]["result"]["value"] == {"result": {"counted": 1}}
+        assert (await server.client.get(f"/runs/{gone}")).status_code == 404
+
+
+def test_kill_9_then_restart(tmp_path: Path) -> None:
+    """``trioflow serve --store``, for real: a run waiting for input when the server is
+    killed with SIGKILL is, after a restart on the same file, failed with RunInterrupted; a
+    client resuming with Last-Event-ID gets the terminal event after the events it had, and
+    finished runs are still there."""
+    url = store_url(tmp_path)
+    with serve_process("_http:FLOWS", "--store", url) as (process, base):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            done = client.post("/workflows/count/runs", json={"n": 3}).json()["run_id"]
+            waiting = client.post("/workflows/gate/runs", json={}).json()["run_id"]
+            seen = []
+            with client.stream("GET", f"/runs/{waiting}/events") as response:
+                for line in response.iter_lines():
+                    if line.startswith("id: "):
+                        seen.append(int(line[4:]))
+                    if line.startswith("event: Asking"):
+                        break
+        process.kill()
+        process.wait(timeout=30)
+    with (
+        serve_process("_http:FLOWS", "--store", url) as (_, base),
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        assert client.get(f"/runs/{done}").json()["result"] == {"counted": 3}
+        resumed = client.get(f"/runs/{waiting}/events", headers={"last-event-id": str(seen[-1])})
+        after = _messages(resumed.text)
+        assert [m["id"] for m in after] == [str(seen[-1] + 1)]
+        assert after[0]["event"] == "WorkflowFailedEvent"
+        assert client.get(f"/runs/{waiting}").json()["status"] == "failed"
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    messages = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            messages.append(fields)
+    return messages
