@@ -204,3 +204,31 @@ def _messages(text: str) -> list[dict[str, str]]:
         if "data" in fields:
             messages.append(fields)
     return messages
+
+
+async def test_a_run_whose_terminal_event_was_committed_keeps_its_end(tmp_path: Path) -> None:
+    """Killed after its StopEvent was committed but before its end was recorded, a run stays
+    completed, with no second terminal event: clients saw it complete."""
+    url = store_url(tmp_path)
+    async with open_store(url) as store:
+        assert store is not None
+        row = RunRow(
+            "done", store.next_number(), "count", "running", b"{}", False, 0, None, None, 1.0, None
+        )
+        store.append(NewRun(row))
+        body = json.dumps(
+            {
+                "seq": 1,
+                "type": "StopEvent",
+                "qualified_name": "trioflow.StopEvent",
+                "data": {"result": {"counted": 0}},
+            },
+            separators=(",", ":"),  # as the server writes envelopes
+        ).encode()
+        store.append(NewEvent("done", EventRow(1, "StopEvent", "trioflow.StopEvent", 2, "", body)))
+        await store.drain()
+    async with served(FLOWS, store=url) as server:
+        status = await server.status("done")
+        assert status["status"] == "completed"
+        assert status["result"] == {"counted": 0}
+        assert [m["event"] for m in await server.events("done")] == ["StopEvent"]

@@ -87,7 +87,6 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         except EncodeError as error:
             json = _unencodable(record, envelope, error)
         kept = event if keep_events else None
-        record.seq = seq
         try:
             if store is None or stored is None:
                 feed.append_nowait(seq, kind, json, kept)
@@ -103,7 +102,9 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
                 await store.room()  # waits for the disk
                 store.append(NewEvent(record.run_id, event_row(seq, kind, json), kind))
             busy = 0.0
+            record.seq = seq  # taken only once appended: a cancelled wait leaves no gap
         else:
+            record.seq = seq
             busy += clock() - began
             if busy >= YIELD_EVERY:
                 await trio.lowlevel.checkpoint()

@@ -49,6 +49,8 @@ from .._wire import (
     encode_envelope,
     encode_event_data,
     encode_exception,
+    envelope_data,
+    loads,
     mark_unencodable,
 )
 from ._feed import RunFeed
@@ -56,7 +58,7 @@ from ._options import ServerOptions
 from ._pump import event_kind, pump
 from ._record import RunRecord
 from ._report import log_failed_run
-from ._stored import StoredFeed, StoredRecord, event_row
+from ._stored import TERMINAL, StoredFeed, StoredRecord, event_row
 
 logger = logging.getLogger("trioflow.server")
 
@@ -208,10 +210,13 @@ class RunRegistry:
         store = self._store
         assert store is not None
         for row in await store.runs(status=RunStatus.RUNNING.value):
+            last = await store.last_seq(row.run_id)
+            if last and await _ended_on_stream(store, row.run_id, last):
+                continue
             error = RunInterrupted(
                 "the process running it stopped (a crash, a kill) before it ended"
             )
-            seq = await store.last_seq(row.run_id) + 1
+            seq = last + 1
             ended = WorkflowFailedEvent(step_name="", exception=error)
             json = dumps(encode_envelope(seq, ended))
             store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
@@ -364,7 +369,6 @@ class RunRegistry:
             )
             number = store.next_number()
         record = RunRecord(name, handler, feed, number, lifecycle, self._keep_events, store=store)
-        self._records[record.run_id] = record
         if store is not None:
             fields = dumps(mark_unencodable(encode_event_data(start_event)))
             row = RunRow(
@@ -381,6 +385,8 @@ class RunRegistry:
                 None,
             )
             await store.flushed(store.append(NewRun(row)))
+        # Known once committed: until then `_starting` counts it against max_runs.
+        self._records[record.run_id] = record
         return record
 
     def _wrap_up(self, record: RunRecord) -> None:
@@ -530,3 +536,30 @@ def _ended(record: RunRecord) -> RunEnded:
         record.seq,
         result_type,
     )
+
+
+#: The status a run's terminal event says it ended with.
+_ENDED_BY = {
+    "WorkflowFailedEvent": RunStatus.FAILED,
+    "WorkflowCancelledEvent": RunStatus.CANCELLED,
+    "WorkflowTimedOutEvent": RunStatus.TIMED_OUT,
+}
+
+
+async def _ended_on_stream(store: SqliteStore, run_id: str, last: int) -> bool:
+    """Whether the run's last committed event is its terminal event (its process died after
+    committing it, before its end): then it ended as that event says, and clients that saw the
+    event are not told otherwise. Its end is recorded; the result of a completed run is its
+    stop event's data (``result`` of a plain `StopEvent`)."""
+    (row,) = await store.events(run_id, after=last - 1, limit=1)
+    if not row.flags & TERMINAL:
+        return False
+    status = _ENDED_BY.get(row.type, RunStatus.COMPLETED)
+    data = bytes(envelope_data(row.body))
+    result = error = None
+    if status is RunStatus.COMPLETED:
+        result = dumps(loads(data).get("result")) if row.type == "StopEvent" else data
+    else:
+        error = dumps({"type": "RunInterrupted", "message": "its end was not recorded"})
+    store.append(RunEnded(run_id, status.value, result, error, time.time(), last))
+    return True
