@@ -310,3 +310,28 @@ async def test_writes_pending_when_the_block_is_cancelled_are_committed(tmp_path
     async with open_store(url) as store:
         assert store is not None
         assert [e.seq for e in await store.events("a", after=0, limit=9)] == [1, 2, 3]
+
+
+async def test_a_failing_listener_stops_no_commit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit listener that raises is logged; the flusher goes on committing."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+
+        def broken(batch: Any) -> None:
+            raise RuntimeError("listener bug")
+
+        store.on_commit(broken)
+        with caplog.at_level(logging.ERROR, logger="trioflow.store"):
+            await store.flushed(store.append(NewRun(run_row("a", 0))))
+            await store.flushed(store.append(NewRun(run_row("b", 1))))
+        assert [r.run_id for r in await store.runs()] == ["a", "b"]
+        assert "listener bug" in caplog.text
+
+
+async def test_a_store_in_a_folder_it_cannot_create_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot open the store"):
+        async with open_store(f"sqlite:///{tmp_path}/file/runs.db"):
+            pass

@@ -209,9 +209,12 @@ class SqliteStore:
         self._next_number = await self._read(_next_number)
 
     def _open_files(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
-        lock_file = open(lock_path, "ab")  # noqa: SIM115 (held open for as long as the store)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_file = open(lock_path, "ab")  # noqa: SIM115 (held for as long as the store)
+        except OSError as error:  # not a failure to listen: say which file
+            raise StoreError(f"cannot open the store {self.path}: {error}") from None
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -329,7 +332,10 @@ class SqliteStore:
         self._committed.set()
         self._committed = trio.Event()
         for listener in self._listeners:
-            listener(batch)
+            try:
+                listener(batch)
+            except Exception:  # one listener's bug must not stop the commits of all
+                logger.exception("trioflow: a listener of %s failed on a commit", self.path)
 
     async def _commit(self, batch: list[Operation]) -> None:
         while True:
