@@ -215,6 +215,17 @@ async def sse_messages(response: httpx.Response) -> AsyncGenerator[dict[str, Any
         yield message
 
 
+def sse_text_messages(text: str) -> list[dict[str, str]]:
+    """The messages with data of a whole SSE body, each as its fields (``id``, ``event``,
+    ``data`` unparsed)."""
+    messages = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            messages.append(fields)
+    return messages
+
+
 async def wait_for(
     probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, limit: float = 20
 ) -> T:

@@ -26,6 +26,7 @@ from _http import (
     serve_process,
     served,
     sse_messages,
+    sse_text_messages,
     wait_for,
     wait_until,
 )
@@ -383,7 +384,7 @@ async def test_stream_options() -> None:
         resumed = await client.get(
             url, headers={"last-event-id": "2"}, params={"after_sequence": "-1"}
         )
-        assert [m["id"] for m in _sse(resumed.text)] == ["3"]
+        assert [m["id"] for m in sse_text_messages(resumed.text)] == ["3"]
         for after in ("abc", "-2", "99"):
             bad = await client.get(url, params={"after_sequence": after})
             assert bad.status_code == 400
@@ -466,7 +467,7 @@ async def test_review_findings() -> None:
         ignored = await client.get(
             url, headers={"last-event-id": "--5"}, params={"after_sequence": "2"}
         )
-        assert [m["id"] for m in _sse(ignored.text)] == ["3"]
+        assert [m["id"] for m in sse_text_messages(ignored.text)] == ["3"]
         echoed = await client.post("/workflows/echo/run", json={"start_event": {"data": {"x": 1}}})
         assert echoed.json()["result"]["value"] == {"result": {"x": 1}}
         bare = (await client.get(f"/results/{echoed.json()['handler_id']}")).json()
@@ -536,7 +537,7 @@ async def test_events_no_longer_kept_are_a_410_in_llama_terms() -> None:
         oldest = int(detail.split("after_sequence=")[1].split()[0])
         resumed = await client.get(url, params={"after_sequence": str(oldest)})
         assert resumed.status_code == 200
-        assert _sse(resumed.text)[-1]["data"].startswith('{"value":{"result":5}')
+        assert sse_text_messages(resumed.text)[-1]["data"].startswith('{"value":{"result":5}')
 
 
 async def wait_until_asking(client: httpx.AsyncClient, handler_id: str) -> None:
@@ -573,12 +574,3 @@ def test_trioflow_serve_llama_compat_serves_the_llama_client() -> None:
     assert handler.status == "completed"
     assert handler.result is not None
     assert handler.result.value == {"result": {"counted": 2}}
-
-
-def _sse(text: str) -> list[dict[str, str]]:
-    messages = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "data" in fields:
-            messages.append(fields)
-    return messages

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _http import FLOWS, serve_process, served, wait_until
+from _http import FLOWS, serve_process, served, sse_text_messages, wait_until
 
 from trioflow import WorkflowApp
 from trioflow._store import EventRow, NewEvent, NewRun, RunRow, StoreLocked, open_store
@@ -39,7 +39,7 @@ async def test_finished_runs_are_served_after_a_restart(tmp_path: Path) -> None:
         assert status["seq"] == 6
         assert await server.events(first) == before
         resumed = await server.client.get(f"/runs/{first}/events", headers={"last-event-id": "4"})
-        assert [m["id"] for m in _messages(resumed.text)] == ["5", "6"]
+        assert [m["id"] for m in sse_text_messages(resumed.text)] == ["5", "6"]
         second = await server.start("count", {"n": 1})
         await server.wait_status(second, "completed")
         listed = (await server.client.get("/runs", params={"limit": 1})).json()
@@ -191,44 +191,7 @@ def test_kill_9_then_restart(tmp_path: Path) -> None:
     ):
         assert client.get(f"/runs/{done}").json()["result"] == {"counted": 3}
         resumed = client.get(f"/runs/{waiting}/events", headers={"last-event-id": str(seen[-1])})
-        after = _messages(resumed.text)
+        after = sse_text_messages(resumed.text)
         assert [m["id"] for m in after] == [str(seen[-1] + 1)]
         assert after[0]["event"] == "WorkflowFailedEvent"
         assert client.get(f"/runs/{waiting}").json()["status"] == "failed"
-
-
-def _messages(text: str) -> list[dict[str, str]]:
-    messages = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "data" in fields:
-            messages.append(fields)
-    return messages
-
-
-async def test_a_run_whose_terminal_event_was_committed_keeps_its_end(tmp_path: Path) -> None:
-    """Killed after its StopEvent was committed but before its end was recorded, a run stays
-    completed, with no second terminal event: clients saw it complete."""
-    url = store_url(tmp_path)
-    async with open_store(url) as store:
-        assert store is not None
-        row = RunRow(
-            "done", store.next_number(), "count", "running", b"{}", False, 0, None, None, 1.0, None
-        )
-        store.append(NewRun(row))
-        body = json.dumps(
-            {
-                "seq": 1,
-                "type": "StopEvent",
-                "qualified_name": "trioflow.StopEvent",
-                "data": {"result": {"counted": 0}},
-            },
-            separators=(",", ":"),  # as the server writes envelopes
-        ).encode()
-        store.append(NewEvent("done", EventRow(1, "StopEvent", "trioflow.StopEvent", 2, "", body)))
-        await store.drain()
-    async with served(FLOWS, store=url) as server:
-        status = await server.status("done")
-        assert status["status"] == "completed"
-        assert status["result"] == {"counted": 0}
-        assert [m["event"] for m in await server.events("done")] == ["StopEvent"]

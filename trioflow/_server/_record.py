@@ -72,11 +72,6 @@ class RunRecord:
     def ended_at(self) -> float | None:
         return self.handler.ended_at
 
-    @property
-    def live(self) -> bool:
-        """It runs in this process: events can be sent into it."""
-        return True
-
     def cancel(self) -> bool:
         """Cancel the run; False if its outcome was decided already."""
         return self.handler.cancel()

@@ -206,10 +206,6 @@ class StoredRecord:
     def status(self) -> RunStatus:
         return RunStatus(self.row.status)
 
-    @property
-    def live(self) -> bool:
-        return False
-
     def cancel(self) -> bool:
         return False
 

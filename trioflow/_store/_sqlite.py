@@ -249,7 +249,9 @@ class SqliteStore:
 
     async def drain(self) -> None:
         """Commit everything appended so far, with or without the flusher: also when it was
-        cancelled (its process is shutting down), which is why a caller shields this."""
+        cancelled (its process is shutting down), which is why a caller shields this. A
+        checkpoint."""
+        await trio.lowlevel.checkpoint()
         while self._pending or self._committing is not None:
             async with self._flushing:  # after a commit under way, in order
                 if self._pending:
