@@ -144,12 +144,54 @@ class Stuck(Workflow):
         return StopEvent(result="released")
 
 
+class Hop(Event):
+    i: int
+
+
+class Chain(StartEvent):
+    hops: int
+    #: A file each execution of a hop appends its number to: what ran twice after a crash.
+    log: str
+    pause: float = 0.0
+
+
+class ChainFlow(Workflow):
+    """``hops`` executions of one step, each writing a tick, logging itself and pausing."""
+
+    @step
+    async def first(self, ctx: Context, ev: Chain) -> Hop:
+        await ctx.store.set("chain", {"hops": ev.hops, "log": ev.log, "pause": ev.pause})
+        return Hop(i=1)
+
+    @step
+    async def hop(self, ctx: Context, ev: Hop) -> Hop | StopEvent:
+        chain = await ctx.store.get("chain")
+        await trio.to_thread.run_sync(_append, chain["log"], f"{ev.i}\n")
+        await ctx.write_event_to_stream(Tick(n=ev.i))
+        await trio.sleep(chain["pause"])
+        if ev.i == chain["hops"]:
+            return StopEvent(result=chain["hops"])
+        return Hop(i=ev.i + 1)
+
+
+def _append(path: str, text: str) -> None:
+    with open(path, "a") as file:
+        file.write(text)
+
+
 FLOWS: dict[str, Workflow] = {
     "count": CountFlow(timeout=None),
     "gate": GateFlow(timeout=None),
     "fail": FailFlow(),
     "forever": ForeverFlow(timeout=None),
     "slow": SlowFlow(timeout=0.05),
+}
+
+#: What the tests of durable runs run (`trioflow serve _http:DURABLE_FLOWS --store ...`).
+DURABLE_FLOWS: dict[str, Workflow] = {
+    "chain": ChainFlow(timeout=None),
+    "count": CountFlow(timeout=None),
+    "gate": GateFlow(timeout=None),
 }
 
 # -- the server --

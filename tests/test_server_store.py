@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 from _http import FLOWS, serve_process, served, sse_text_messages, wait_until
 
 from trioflow import WorkflowApp
@@ -92,13 +94,22 @@ async def test_clients_see_committed_events_only(
         assert record is not None
         await wait_until(lambda: record.seq >= 2)
         monkeypatch.setattr(store, "_write", stalled)
-        await server.client.post(
-            f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 3}}
-        )
-        await wait_until(lambda: record.seq == 6)
-        published = record.feed.last_seq
-        assert published < record.seq  # numbered, not yet committed: no client has them
-        disk.set()
+        answers: list[int] = []
+
+        async def answer() -> None:
+            response = await server.client.post(
+                f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 3}}
+            )
+            answers.append(response.status_code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer)
+            await wait_until(lambda: record.seq == 6)
+            published = record.feed.last_seq
+            assert published < record.seq  # numbered, not yet committed: no client has them
+            assert answers == []  # accepted once committed: a crash now would lose it
+            disk.set()
+        assert answers == [202]
         events = await server.events(run_id)
         assert [int(m["id"]) for m in events] == list(range(1, 7))
         assert published <= 2
@@ -166,32 +177,100 @@ async def test_llama_purge_forgets_a_run_in_the_store(tmp_path: Path) -> None:
         assert (await server.client.get(f"/runs/{gone}")).status_code == 404
 
 
-def test_kill_9_then_restart(tmp_path: Path) -> None:
-    """``trioflow serve --store``, for real: a run waiting for input when the server is
-    killed with SIGKILL is, after a restart on the same file, failed with RunInterrupted; a
-    client resuming with Last-Event-ID gets the terminal event after the events it had, and
-    finished runs are still there."""
+def _read_until(
+    client: httpx.Client,
+    run_id: str,
+    stop: Callable[[dict[str, str]], bool],
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, str]]:
+    """SSE messages of ``run_id`` read line by line until ``stop(message)`` or the end."""
+    messages: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    with client.stream("GET", f"/runs/{run_id}/events", headers=headers or {}) as response:
+        for line in response.iter_lines():
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "data" in fields:
+                messages.append(fields)
+                if stop(fields):
+                    break
+            fields = {}
+    return messages
+
+
+def test_kill_9_mid_stream_then_resume(tmp_path: Path) -> None:
+    """``trioflow serve --store``, for real: SIGKILL in the middle of a run of 60 hops; after
+    a restart on the same file the run goes on where it was. A client resuming with
+    Last-Event-ID gets every later event once and no gap; the hops that had finished are not
+    run again, the one in flight runs again once (after a StepFailedEvent for the lost
+    attempt); the result is the uncrashed one; finished runs are still there."""
     url = store_url(tmp_path)
-    with serve_process("_http:FLOWS", "--store", url) as (process, base):
+    log = tmp_path / "hops.log"
+    start = {"hops": 60, "log": str(log), "pause": 0.02}
+    with serve_process("_http:DURABLE_FLOWS", "--store", url) as (process, base):
         with httpx.Client(base_url=base, timeout=30) as client:
             done = client.post("/workflows/count/runs", json={"n": 3}).json()["run_id"]
-            waiting = client.post("/workflows/gate/runs", json={}).json()["run_id"]
-            seen = []
-            with client.stream("GET", f"/runs/{waiting}/events") as response:
-                for line in response.iter_lines():
-                    if line.startswith("id: "):
-                        seen.append(int(line[4:]))
-                    if line.startswith("event: Asking"):
-                        break
+            run_id = client.post("/workflows/chain/runs", json=start).json()["run_id"]
+            before = _read_until(client, run_id, lambda m: int(m["id"]) >= 20)
         process.kill()
         process.wait(timeout=30)
     with (
-        serve_process("_http:FLOWS", "--store", url) as (_, base),
-        httpx.Client(base_url=base, timeout=30) as client,
+        serve_process("_http:DURABLE_FLOWS", "--store", url) as (_, base),
+        httpx.Client(base_url=base, timeout=60) as client,
     ):
         assert client.get(f"/runs/{done}").json()["result"] == {"counted": 3}
-        resumed = client.get(f"/runs/{waiting}/events", headers={"last-event-id": str(seen[-1])})
-        after = sse_text_messages(resumed.text)
-        assert [m["id"] for m in after] == [str(seen[-1] + 1)]
-        assert after[0]["event"] == "WorkflowFailedEvent"
-        assert client.get(f"/runs/{waiting}").json()["status"] == "failed"
+        last = before[-1]["id"]
+        after = _read_until(client, run_id, lambda m: False, {"last-event-id": last})
+        ids = [int(m["id"]) for m in before + after]
+        assert ids == list(range(1, len(ids) + 1))  # no gap, no duplicate, across the crash
+        assert after[-1]["event"] == "StopEvent"
+        status = client.get(f"/runs/{run_id}").json()
+        assert (status["status"], status["result"]) == ("completed", 60)
+    ran = [int(line) for line in log.read_text().split()]
+    again = [i for i in set(ran) if ran.count(i) > 1]
+    assert sorted(set(ran)) == list(range(1, 61))
+    assert len(ran) - 60 == len(again) <= 1  # at most the hop in flight ran twice
+    events = [m["event"] for m in before + after]
+    ticks = [json.loads(m["data"])["data"]["n"] for m in before + after if m["event"] == "Tick"]
+    assert sorted(set(ticks)) == list(range(1, 61))
+    lost = [json.loads(m["data"])["data"] for m in after if m["event"] == "StepFailedEvent"]
+    assert len(lost) == len(again)
+    for failed in lost:
+        assert failed["exception"]["type"] == "WorkerLost"
+        assert failed["input_event"]["data"]["i"] == again[0]
+    assert events.count("StopEvent") == 1
+
+
+def test_kill_9_while_waiting_for_an_answer(tmp_path: Path) -> None:
+    """A run waiting for a human answer when the server is killed still waits after the
+    restart (its step runs again, as a new attempt), is not asked again, and an answer sent
+    then completes it."""
+    url = store_url(tmp_path)
+    with serve_process("_http:DURABLE_FLOWS", "--store", url) as (process, base):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            waiting = client.post("/workflows/gate/runs", json={}).json()["run_id"]
+            before = _read_until(client, waiting, lambda m: m["event"] == "Asking")
+        process.kill()
+        process.wait(timeout=30)
+    with (
+        serve_process("_http:DURABLE_FLOWS", "--store", url) as (_, base),
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        assert client.get(f"/runs/{waiting}").json()["status"] == "running"
+        answer = client.post(f"/runs/{waiting}/events", json={"type": "Go", "data": {"count": 2}})
+        assert answer.status_code == 202
+        after = _read_until(client, waiting, lambda m: False, {"last-event-id": before[-1]["id"]})
+        # The step was in flight: it runs again (its tick again), after a StepFailedEvent
+        # for the lost attempt, and takes the answer without asking again.
+        assert [m["event"] for m in after] == [
+            "StepFailedEvent",
+            "Tick",
+            "Tick",
+            "Tick",
+            "StopEvent",
+        ]
+        assert json.loads(after[0]["data"])["data"]["exception"]["type"] == "WorkerLost"
+        assert [int(m["id"]) for m in before + after] == list(range(1, len(before) + 6))
+        assert client.get(f"/runs/{waiting}").json()["result"] == 2

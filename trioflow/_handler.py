@@ -172,6 +172,9 @@ class WorkflowHandler(Generic[R]):
         if not isinstance(event, Event):
             raise TypeError(f"send_event() takes an Event, got {event!r}")
         self._run.router.send(event, step)
+        durable = self._run.durable
+        if durable is not None:  # accepted once journaled: a crash does not lose it
+            await durable.committed()
 
     def cancel(self) -> bool:
         """Cancel the run, at once: its status is `RunStatus.CANCELLED`, its stream ends with

@@ -129,9 +129,19 @@ class Workflow(Generic[R]):
         except TypeError as exc:
             raise TypeError(f"cannot make the start event {expected.__name__}: {exc}") from None
 
-    def _start(self, start_event: StartEvent, *, streamed: bool = True) -> _RunBlock[R]:
+    def _start(
+        self,
+        start_event: StartEvent,
+        *,
+        streamed: bool = True,
+        stream: EventStream | None = None,
+        **durable: Any,
+    ) -> _RunBlock[R]:
+        """A run's block. ``stream``, and ``durable`` (``run_id``, ``durable``,
+        ``time_used``), make it a durable run (`trioflow._durable.start_durable`)."""
         require_trio("a trioflow run")  # before trio.open_nursery() fails obscurely
-        stream = EventStream(self.stream_buffer)
+        if stream is None:
+            stream = EventStream(self.stream_buffer)
         if not streamed:
             stream.discard_unread()  # `run()`: nobody will read, from the first event on
         run = Run(
@@ -141,6 +151,7 @@ class Workflow(Generic[R]):
             timeout=self.timeout,
             stream=stream,
             blocking_threshold=self.blocking_threshold,
+            **durable,
         )
         return _RunBlock(run)
 

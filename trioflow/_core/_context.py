@@ -17,6 +17,9 @@ from ._stream import EventStream
 
 #: The step whose code is running in this task; set once by each step worker.
 current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
+#: The step execution under way in this task, whose ``key`` is `Context.task_key`: the
+#: worker's `WorkerState` (set once per worker), or a durable run's `TaskRef` (per attempt).
+current_execution: ContextVar[Any] = ContextVar("trioflow_execution", default=None)
 
 _E = TypeVar("_E", bound=Event)
 
@@ -58,6 +61,22 @@ class Context:
     def run_id(self) -> str:
         """The id of this run (the same as `WorkflowHandler.run_id`)."""
         return self._run_id
+
+    @property
+    def task_key(self) -> str:
+        """A key for the step execution under way: the same for every attempt of it (its
+        retries) and, in a durable run, for every recovery of it after its process stopped;
+        different for any other. Pass it as the idempotency key of effects outside the run
+        (a payment, an e-mail), so that running a step again does not repeat them.
+
+        Raises:
+            WorkflowRuntimeError: called outside a step's code.
+        """
+        execution = current_execution.get()
+        if execution is None:
+            raise WorkflowRuntimeError("ctx.task_key names a step execution: use it in a step")
+        key: str = execution.key
+        return key
 
     async def write_event_to_stream(self, event: Event) -> None:
         """Put ``event`` on the run's stream, waiting while the stream's buffer is full.

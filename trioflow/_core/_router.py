@@ -58,10 +58,14 @@ _MISSING = object()
 class Waiter:
     """A step suspended in `Context.wait_for_event`."""
 
-    __slots__ = ("event", "event_type", "parked", "requirements", "task")
+    __slots__ = ("event", "event_type", "key", "parked", "requirements", "task")
 
     def __init__(
-        self, event_type: type[Event], requirements: Mapping[str, Any], task: trio.lowlevel.Task
+        self,
+        event_type: type[Event],
+        requirements: Mapping[str, Any],
+        task: trio.lowlevel.Task | None,
+        key: object = None,
     ) -> None:
         self.event_type = event_type
         self.requirements = requirements
@@ -70,6 +74,8 @@ class Waiter:
         self.parked = False
         #: An answer that arrived before the waiter parked.
         self.event: Event | None = None
+        #: Which wait of which step execution this is, in a durable run (None in memory).
+        self.key = key
 
     def matches(self, event: Event) -> bool:
         if not isinstance(event, self.event_type):
@@ -140,7 +146,7 @@ class Router:
                 raise WorkflowRuntimeError(
                     f"step {step!r} of {graph.workflow_name} does not accept {type(event).__name__}"
                 )
-            self.inboxes[index].put(event)
+            self._put(event, (index,))
             return
         if not routes:
             if isinstance(event, InputRequiredEvent):
@@ -150,8 +156,12 @@ class Router:
                 f"no step of {graph.workflow_name} accepts {type(event).__name__} and no "
                 "step waits for it, so it would be lost (add it to a step's event annotation)"
             )
+        self._put(event, routes)
+
+    def _put(self, event: Event, steps: Sequence[int]) -> None:
+        """Queue ``event`` for each of ``steps`` (a durable run's router journals it too)."""
         inboxes = self.inboxes
-        for index in routes:
+        for index in steps:
             inboxes[index].put(event)
 
     def _stream_for_caller(self, event: InputRequiredEvent) -> None:
@@ -211,10 +221,12 @@ class Router:
         waiter_event: Event | None,
         timeout: float | None,  # noqa: ASYNC109 (Context.wait_for_event's, passed on)
         write: Callable[[Event], Any],
+        key: object = None,
     ) -> Event:
         """Register a waiter, ``await write(waiter_event)``, then park until an event that
-        matches arrives; `trio.TooSlowError` when ``timeout`` seconds pass, writing included."""
-        waiter = Waiter(event_type, requirements, current_task())
+        matches arrives; `trio.TooSlowError` when ``timeout`` seconds pass, writing included.
+        A durable run's waiter has a ``key``, and `_registered` is told once it is asked."""
+        waiter = Waiter(event_type, requirements, current_task(), key)
         self.waiters.append(waiter)
         with trio.fail_after(math.inf if timeout is None else timeout):
             try:
@@ -228,9 +240,14 @@ class Router:
                     return waiter.event
                 self._withdraw(waiter)
                 raise
+            if key is not None:
+                self._registered(waiter)
             if waiter.event is not None:  # answered while it wrote
                 return waiter.event
             return await self._park(waiter)
+
+    def _registered(self, waiter: Waiter) -> None:
+        """A keyed waiter has written its question (a durable run journals the wait)."""
 
     @enable_ki_protection
     async def _park(self, waiter: Waiter) -> Event:
@@ -251,6 +268,7 @@ class Router:
         self.delivered_to_waiters += 1
         if waiter.parked:
             waiter.parked = False
+            assert waiter.task is not None  # a parked waiter has its task
             reschedule(waiter.task, Value(event))
         else:
             waiter.event = event

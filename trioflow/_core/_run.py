@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -32,6 +33,24 @@ from ._tracing import current_tracer, end_run_span, run_span
 from ._worker import Observation, WorkerState, work
 
 
+class Durability(Protocol):
+    """What makes a run durable (`trioflow._durable`): its router, context and workers
+    journal what happens, and a resumed run begins where its journal ends. The memory path
+    never touches it: a run without one is exactly as fast as before it existed."""
+
+    def attach(self, run: Run) -> None:
+        """Give ``run`` its journaling router and context (called once it is built)."""
+
+    def worker(self) -> Callable[[Run, int], Awaitable[None]]:
+        """The coroutine function each step worker runs (`work`'s journaling twin)."""
+
+    def begin(self, run: Run) -> None:
+        """Route the start event, or hand a resumed run's unfinished tasks to the steps."""
+
+    async def committed(self) -> None:
+        """Wait until what the run journaled so far is committed."""
+
+
 @attrs.define(eq=False)
 class Run:
     """One run: its state, router, stream and workers. The handler reads it."""
@@ -43,6 +62,10 @@ class Run:
     stream: EventStream
     blocking_threshold: float | None = None
     run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    #: None: a run in memory. Else what journals it (`Durability`).
+    durable: Durability | None = None
+    #: Seconds of ``timeout`` used up before this process ran it (a resumed run's).
+    time_used: float = 0.0
     state: RunState = attrs.field(init=False)
     router: Router = attrs.field(init=False)
     context: Context = attrs.field(init=False)
@@ -54,6 +77,8 @@ class Run:
         self.state = RunState(self.timeout)
         self.router = Router(self.graph, self.state, self.stream)
         self.context = Context(self.run_id, self.router, self.stream)
+        if self.durable is not None:
+            self.durable.attach(self)
 
     @property
     def workflow_name(self) -> str:
@@ -89,13 +114,21 @@ class Run:
         try:
             with state.scope:
                 self._watch_for_blocking()
+                durable = self.durable
+                worker = work if durable is None else durable.worker()
                 async with trio.open_nursery() as nursery:
                     for index, spec in enumerate(self.graph.steps):
                         for _ in range(spec.config.num_workers):
-                            nursery.start_soon(work, self, index, name=f"trioflow step {spec.name}")
+                            nursery.start_soon(
+                                worker, self, index, name=f"trioflow step {spec.name}"
+                            )
                     if self.timeout is not None:
-                        nursery.start_soon(self._expire, trio.current_time() + self.timeout)
-                    self.router.send(self.start_event)
+                        deadline = trio.current_time() + self.timeout - self.time_used
+                        nursery.start_soon(self._expire, deadline)
+                    if durable is None:
+                        self.router.send(self.start_event)
+                    else:
+                        durable.begin(self)
                     task_status.started()
                     try:
                         await trio.sleep_forever()

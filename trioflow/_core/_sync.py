@@ -51,6 +51,11 @@ class SyncContext:
         """The id of this run."""
         return self._context.run_id
 
+    @property
+    def task_key(self) -> str:
+        """`Context.task_key`: the key of the step execution under way."""
+        return self._context.task_key
+
     def write_event_to_stream(self, event: Event) -> None:
         """Put ``event`` on the stream, blocking this thread while the buffer is full."""
         trio.from_thread.run(self._context.write_event_to_stream, event)

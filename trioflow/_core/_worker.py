@@ -31,7 +31,7 @@ from .._events import (
     StepRetryEvent,
     StepStartedEvent,
 )
-from ._context import Context, current_step
+from ._context import Context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._log import add_note, describe, log
 from ._router import Router
@@ -41,17 +41,27 @@ from ._sync import SyncContext
 from ._tracing import step_span
 
 StepCall = Callable[[Event], Awaitable[Any]]
+WorkLoop = Callable[["Crew", int, "WorkerState"], Awaitable[None]]
 
 
 class WorkerState:
     """What `WorkflowHandler.statistics` and a timeout's report see of one worker."""
 
-    __slots__ = ("busy", "step")
+    __slots__ = ("busy", "prefix", "step", "taken")
 
-    def __init__(self, step: str) -> None:
+    def __init__(self, step: str, prefix: str = "") -> None:
         self.step = step
         #: Inside a step call right now.
         self.busy = False
+        #: Events taken so far, and what names this worker in `key`.
+        self.taken = 0
+        self.prefix = prefix
+
+    @property
+    def key(self) -> str:
+        """`Context.task_key` of the step execution under way: the run, the step, the worker
+        and its count of events (retries of one execution keep it)."""
+        return f"{self.prefix}.{self.taken}"
 
 
 class Observation:
@@ -88,8 +98,9 @@ class Crew(Protocol):
     def workflow_name(self) -> str: ...
 
 
-async def work(crew: Crew, index: int) -> None:
-    """One worker of step ``index``: runs until the run's scope is cancelled.
+async def work(crew: Crew, index: int, loop: WorkLoop | None = None) -> None:
+    """One worker of step ``index``: runs until the run's scope is cancelled. ``loop`` is
+    what it does with the events it takes (`_work`, or a durable run's journaling loop).
 
     A step's `Exception` is the step's failure (retries, handlers, the run's failure). A
     `BaseException` that is no cancellation (``KeyboardInterrupt``, ``SystemExit``) decides the
@@ -97,10 +108,10 @@ async def work(crew: Crew, index: int) -> None:
     out of this task would turn it into an exception group and cancel the caller's scope.
     """
     spec = crew.graph.steps[index]
-    me = WorkerState(spec.name)
+    me = WorkerState(spec.name, f"{crew.run_id}:{spec.name}.{len(crew.workers)}")
     crew.workers.append(me)
     try:
-        await _work(crew, index, me)
+        await (_work if loop is None else loop)(crew, index, me)
     except Exception as exc:
         # Not a step's failure (those are handled inside): trioflow's own error, or a
         # reporting write that failed. It still decides the run, never silently.
@@ -117,6 +128,7 @@ async def work(crew: Crew, index: int) -> None:
 async def _work(crew: Crew, index: int, me: WorkerState) -> None:
     spec = crew.graph.steps[index]
     current_step.set(spec.name)
+    current_execution.set(me)
     call = _step_call(crew, spec)
     get = crew.router.inboxes[index].getter()
     # The router's hand-off table, read here rather than through a method call: this is the
@@ -128,6 +140,7 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
         event = await get()
         if state.outcome is not None:
             return  # the run is decided: start nothing new while the scope unwinds
+        me.taken += 1
         me.busy = True
         try:  # `_attempt`, inlined: one coroutine frame less per hop
             if observation.observed:  # lifecycle events or spans were asked for

@@ -106,6 +106,7 @@ class WorkflowApp:
         keep_alive_timeout: float = 5.0,
         max_connections: int = 1000,
         store: str = "memory:",
+        max_recoveries: int = 3,
         llama_compat: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
@@ -129,6 +130,7 @@ class WorkflowApp:
             keep_alive_timeout=keep_alive_timeout,
             max_connections=max_connections,
             store=store,
+            max_recoveries=max_recoveries,
             llama_compat=llama_compat,
         )
         self._registry: RunRegistry | None = None
@@ -597,7 +599,11 @@ class _Running:
             # The app's runs are a run group's, without the events kept as objects (clients
             # get JSON) and with a step's SystemExit left to `serve`, which shuts down first.
             self._block = RunGroupBlock(
-                app.options, keep_events=False, stops_on_fatal=False, store=self._store
+                app.options,
+                keep_events=False,
+                stops_on_fatal=False,
+                store=self._store,
+                workflows=app.workflows,
             )
             await self._block.__aenter__()
         except BaseException:

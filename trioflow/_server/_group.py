@@ -14,6 +14,7 @@ What leaving the block does: the runs still running are cancelled and their ends
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -214,8 +215,11 @@ class RunGroupBlock:
         keep_events: bool = True,
         stops_on_fatal: bool = True,
         store: SqliteStore | None = None,
+        workflows: Mapping[str, Workflow] | None = None,
     ) -> None:
         self._options = options
+        #: The workflows served by name: a store's unfinished runs are resumed on them.
+        self._workflows = workflows or {}
         #: Where the runs are committed (`WorkflowApp` on ``store=``); its flusher runs in the
         #: block's nursery, and what is pending is committed before the block is left.
         self._store = store
@@ -247,7 +251,7 @@ class RunGroupBlock:
         if self._store is not None:
             self._nursery.start_soon(self._store.flush_forever)
             try:
-                await self._registry.recover()
+                await self._registry.recover(self._workflows)
             except BaseException:
                 self._nursery.cancel_scope.cancel()
                 await self._nursery_manager.__aexit__(None, None, None)

@@ -214,6 +214,16 @@ class ServerOptions:
             env="TRIOFLOW_STORE",
         ),
     )
+    max_recoveries: int = attrs.field(
+        default=3,
+        validator=_positive_int,
+        metadata=_about(
+            "with a store: times a run is resumed after its process stopped while it ran; "
+            "once more and it fails with WorkerLost (a step that crashes every process it "
+            "runs in)",
+            unit="recoveries",
+        ),
+    )
     llama_compat: bool = attrs.field(
         default=False,
         validator=attrs.validators.instance_of(bool),

@@ -26,12 +26,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from .. import Event, LifecycleEvent, StopEvent
-from .._store import NewEvent
+from .._store import NewEvent, SqliteStore
 from .._wire import (
     EncodeError,
     dumps,
@@ -85,7 +85,7 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         try:
             json = dumps(envelope)
         except EncodeError as error:
-            json = _unencodable(record, envelope, error)
+            json = _unencodable(record.handler._fail_from_server, record, envelope, error)
         kept = event if keep_events else None
         try:
             if store is None or stored is None:
@@ -124,17 +124,75 @@ def event_kind(cls: type[Event]) -> EventKind:
     )
 
 
-def _unencodable(record: RunRecord, envelope: dict[str, Any], error: EncodeError) -> bytes:
-    """The JSON of an event `dumps` refused: marked, failing the run if it still runs."""
+class _Named(Protocol):
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def workflow_name(self) -> str: ...
+
+
+def _unencodable(
+    fail: Callable[[Exception], bool],
+    run: _Named,
+    envelope: dict[str, Any],
+    error: EncodeError,
+) -> bytes:
+    """The JSON of an event `dumps` refused: marked, failing the run (``fail``) if it still
+    runs."""
     failure = EncodeError(
         f"the {envelope['type']} event (seq {envelope['seq']}) cannot be encoded as JSON: {error}",
         error.field,
     )
-    if not record.handler._fail_from_server(failure):  # decided: say what its clients miss
+    if not fail(failure):  # decided: say what its clients miss
         logger.warning(
             "trioflow: run %s of %s: %s; it is sent with a marker in its place",
-            record.run_id,
-            record.workflow_name,
+            run.run_id,
+            run.workflow_name,
             failure,
         )
     return dumps(mark_unencodable(envelope))
+
+
+class StoreSink:
+    """Where the stream events of a durable run go on a server (`trioflow._durable`'s
+    `StreamSink`): numbered, encoded once and appended to the store by the task that writes
+    them, so that they are committed in order with the journal; its clients get them from
+    ``feed`` once committed (`RunRegistry._published`). A writer waits for the disk and for
+    the run's attached clients, as the pump does."""
+
+    def __init__(
+        self, store: SqliteStore, feed: StoredFeed, workflow_name: str, *, seq: int = 0
+    ) -> None:
+        self.seq = seq
+        self.run_id = feed.run_id
+        self.workflow_name = workflow_name
+        self._store = store
+        self._feed = feed
+        self._kinds: dict[type[Event], EventKind] = {}
+        self._fail: Callable[[Exception], bool] = lambda _: False
+        #: The run's record, once it has one: its ``seq`` follows the sink's.
+        self.record: RunRecord | None = None
+
+    def attach(self, fail: Callable[[Exception], bool]) -> None:
+        self._fail = fail
+
+    def has_room(self) -> bool:
+        return not (self._store.full or self._feed.keeps_waiting(self.seq + 1))
+
+    async def wait_for_room(self) -> None:
+        await self._feed.wait_for_watchers(self.seq + 1)
+        await self._store.room()
+
+    def write(self, seq: int, event: Event) -> None:
+        cls = type(event)
+        kind = self._kinds.get(cls) or self._kinds.setdefault(cls, event_kind(cls))
+        envelope = encode_envelope(seq, event)
+        try:
+            json = dumps(envelope)
+        except EncodeError as error:
+            json = _unencodable(self._fail, self, envelope, error)
+        self._store.append(NewEvent(self.run_id, event_row(seq, kind, json), kind))
+        self.seq = seq
+        if self.record is not None:
+            self.record.seq = seq

@@ -20,9 +20,11 @@ import contextlib
 import itertools
 import logging
 import time
+import uuid
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+import attrs
 import trio
 
 from .. import (
@@ -34,6 +36,7 @@ from .. import (
     WorkflowHandler,
     WorkflowRuntimeError,
 )
+from .._durable import Replay, ReplayError, WorkerLost, codec_for, fingerprint, fold, start_durable
 from .._store import (
     NewEvent,
     NewRun,
@@ -41,10 +44,14 @@ from .._store import (
     RunEnded,
     RunInterrupted,
     RunPurged,
+    RunResumed,
     RunRow,
     SqliteStore,
 )
 from .._wire import (
+    BadJsonError,
+    WireError,
+    decode_start_event,
     dumps,
     encode_envelope,
     encode_event_data,
@@ -55,7 +62,7 @@ from .._wire import (
 )
 from ._feed import RunFeed
 from ._options import ServerOptions
-from ._pump import event_kind, pump
+from ._pump import StoreSink, event_kind, pump
 from ._record import RunRecord
 from ._report import log_failed_run
 from ._stored import TERMINAL, StoredFeed, StoredRecord, event_row
@@ -203,31 +210,91 @@ class RunRegistry:
                 found.append(record)
         return found, (rows[limit - 1].number if len(rows) > limit else None)
 
-    async def recover(self) -> None:
-        """Close the runs the store has as running (their process stopped before they
-        ended): each gets its terminal event, a `WorkflowFailedEvent` with `RunInterrupted`,
-        and its status, ``failed``."""
+    async def recover(self, workflows: Mapping[str, Workflow]) -> None:
+        """Resume the runs the store has as running (their process stopped before they
+        ended) from their journals, each under the same id, its stream going on after its
+        last committed event. A run that cannot be resumed ends instead, with a
+        `WorkflowFailedEvent` saying why, and status ``failed``: its workflow is no longer
+        served or has changed (`ReplayError`), it was resumed ``max_recoveries`` times already
+        (`WorkerLost`), or it predates journals (`RunInterrupted`)."""
         store = self._store
         assert store is not None
         for row in await store.runs(status=RunStatus.RUNNING.value):
             last = await store.last_seq(row.run_id)
             if last and await _ended_on_stream(store, row.run_id, last):
                 continue
-            error = RunInterrupted(
-                "the process running it stopped (a crash, a kill) before it ended"
-            )
-            seq = last + 1
-            ended = WorkflowFailedEvent(step_name="", exception=error)
-            json = dumps(encode_envelope(seq, ended))
-            store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
-            failure = dumps(encode_exception(error))
-            store.append(RunEnded(row.run_id, "failed", None, failure, time.time(), seq))
-            logger.warning(
-                "trioflow: run %s of %s was interrupted (its process stopped); it has failed",
-                row.run_id,
-                row.workflow,
-            )
+            try:
+                resumed = await self._resumable(row, last, workflows)
+            except (ReplayError, WorkerLost, RunInterrupted) as error:
+                self._interrupted(row, last, error)
+                continue
+            await self._nursery.start(self._drive_stored, *resumed)
         await store.drain()
+
+    async def _resumable(
+        self, row: RunRow, last: int, workflows: Mapping[str, Workflow]
+    ) -> tuple[str, Workflow, StartEvent, None, bool, _Resume]:
+        """What `_drive_stored` resumes ``row``'s run from.
+
+        Raises:
+            RunInterrupted, ReplayError, WorkerLost: it cannot be resumed (the message says
+                why).
+        """
+        assert self._store is not None
+        workflow = workflows.get(row.workflow)
+        if not row.fingerprint:
+            raise RunInterrupted(
+                "the process running it stopped (a crash, a kill) before it ended, and it "
+                "has no journal to resume from (a store of an older trioflow)"
+            )
+        if workflow is None:
+            raise ReplayError(
+                f"its process stopped, and this server no longer serves workflow {row.workflow!r}"
+            )
+        if fingerprint(workflow) != row.fingerprint:
+            raise ReplayError(
+                f"its process stopped, and workflow {row.workflow!r} has changed since it "
+                "started (its steps or their events): its journal does not fit the new graph, "
+                "so it is not resumed"
+            )
+        limit = self._options.max_recoveries
+        if row.recoveries >= limit:
+            raise WorkerLost(
+                f"its process stopped while it ran {row.recoveries + 1} times; it was resumed "
+                f"{limit} times already (max_recoveries)"
+            )
+        try:
+            start_event = decode_start_event(
+                workflow.graph.start_event_type, loads(row.start_event)
+            )
+        except (WireError, BadJsonError) as error:
+            raise ReplayError(f"its start event cannot be read back: {error}") from None
+        records = await self._store.journal(row.run_id)
+        replay = fold(records, codec_for(workflow), [spec.name for spec in workflow.graph.steps])
+        logger.info(
+            "trioflow: resuming run %s of %s (%d unfinished steps; recovery %d)",
+            row.run_id,
+            row.workflow,
+            len(replay.pending),
+            row.recoveries + 1,
+        )
+        return row.workflow, workflow, start_event, None, row.lifecycle, _Resume(row, last, replay)
+
+    def _interrupted(self, row: RunRow, last: int, error: Exception) -> None:
+        """End ``row``'s run, which stopped with its process and is not resumed."""
+        assert self._store is not None
+        seq = last + 1
+        ended = WorkflowFailedEvent(step_name="", exception=error)
+        json = dumps(encode_envelope(seq, ended))
+        self._store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
+        failure = dumps(encode_exception(error))
+        self._store.append(RunEnded(row.run_id, "failed", None, failure, time.time(), seq))
+        logger.warning(
+            "trioflow: run %s of %s was interrupted and is not resumed: %s",
+            row.run_id,
+            row.workflow,
+            error,
+        )
 
     @property
     def running(self) -> int:
@@ -256,9 +323,10 @@ class RunRegistry:
         # Count the run at once: starting it takes checkpoints, and concurrent requests must
         # not all pass the limit check meanwhile.
         self._starting += 1
+        drive = self._drive if self._store is None else self._drive_stored
         try:
             record: RunRecord = await self._nursery.start(
-                self._drive, name, workflow, start_event, abandon_after, lifecycle
+                drive, name, workflow, start_event, abandon_after, lifecycle
             )
         finally:
             self._starting -= 1
@@ -332,7 +400,7 @@ class RunRegistry:
         raised: BaseException | None = None
         try:
             async with workflow.start(start_event) as handler:
-                record = await self._record(name, handler, start_event, lifecycle)
+                record = self._record(name, handler, lifecycle)
                 task_status.started(record)
                 await _follow(record, self._options.hold_for_first_client, abandon_after)
         except BaseException as error:  # sorted out by `_end`, which re-raises what is ours
@@ -344,50 +412,110 @@ class RunRegistry:
             log_failed_run(record)  # the traceback no client gets
             await self._end(record, raised)
         finally:
-            if self._store is not None:
-                self._store.append(_ended(record))  # `_published` finishes it once committed
-            else:
-                self._wrap_up(record)
+            self._wrap_up(record)
             record.done.set()
 
-    async def _record(
-        self, name: str, handler: WorkflowHandler, start_event: StartEvent, lifecycle: bool
-    ) -> RunRecord:
-        """The record of a run just started; on a store, once its row is committed."""
+    def _record(self, name: str, handler: WorkflowHandler, lifecycle: bool) -> RunRecord:
+        """The record of a run just started in memory (no checkpoint before its pump reads:
+        the run's first lifecycle events would go by)."""
         options = self._options
+        feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
+        number = next(self._numbers)
+        record = RunRecord(name, handler, feed, number, lifecycle, self._keep_events)
+        self._records[record.run_id] = record
+        return record
+
+    async def _drive_stored(
+        self,
+        name: str,
+        workflow: Workflow,
+        start_event: StartEvent,
+        abandon_after: float | None,
+        lifecycle: bool,
+        resume: _Resume | None = None,
+        *,
+        task_status: trio.TaskStatus[RunRecord],
+    ) -> None:
+        """`_drive` on a store: a durable run (`trioflow._durable`), whose row is committed
+        before its record is handed out, whose stream events go to the store as they are
+        written, and whose end is recorded when it is over. With ``resume``, a run of an
+        earlier process goes on from its journal."""
         store = self._store
-        if store is None:
-            feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
-            number = next(self._numbers)
-        else:
-            feed = StoredFeed(
-                store,
-                handler.run_id,
-                options.retain,
-                options.retain_bytes,
-                options.max_clients_per_run,
-            )
-            number = store.next_number()
-        record = RunRecord(name, handler, feed, number, lifecycle, self._keep_events, store=store)
-        if store is not None:
-            fields = dumps(mark_unencodable(encode_event_data(start_event)))
+        assert store is not None
+        options = self._options
+        if resume is None:
             row = RunRow(
-                record.run_id,
-                number,
+                uuid.uuid4().hex,
+                store.next_number(),
                 name,
                 RunStatus.RUNNING.value,
-                fields,
+                dumps(mark_unencodable(encode_event_data(start_event))),
                 lifecycle,
                 0,
                 None,
                 None,
-                record.started_at,
+                time.time(),
                 None,
+                fingerprint=fingerprint(workflow),
             )
-            await store.flushed(store.append(NewRun(row)))
-        # Known once committed: until then `_starting` counts it against max_runs.
-        self._records[record.run_id] = record
-        return record
+            # Before the run's first journal record: a committed journal has its run.
+            ticket = store.append(NewRun(row))
+            last, replay, used = 0, None, 0.0
+        else:
+            row, last, replay = resume.row, resume.last_seq, resume.replay
+            ticket = store.append(RunResumed(row.run_id, row.recoveries + 1))
+            used = max(0.0, time.time() - row.started_at)  # its timeout counts wall time
+        feed = StoredFeed(
+            store,
+            row.run_id,
+            options.retain,
+            options.retain_bytes,
+            options.max_clients_per_run,
+            last_seq=last,
+        )
+        sink = StoreSink(store, feed, name, seq=last)
+        record: RunRecord | None = None
+        raised: BaseException | None = None
+        try:
+            async with start_durable(
+                workflow,
+                start_event,
+                store=store,
+                run_id=row.run_id,
+                sink=sink,
+                replay=replay,
+                time_used=used,
+                lifecycle=lifecycle,
+            ) as handler:
+                record = RunRecord(
+                    name,
+                    handler,
+                    feed,
+                    row.number,
+                    lifecycle,
+                    self._keep_events,
+                    started_at=row.started_at,
+                    store=store,
+                    seq=sink.seq,
+                )
+                sink.record = record
+                await store.flushed(ticket)
+                # Known once committed: until then `_starting` counts it against max_runs.
+                self._records[row.run_id] = record
+                task_status.started(record)
+                await _follow_stored(record, abandon_after)
+        except BaseException as error:  # sorted out by `_end`, which re-raises what is ours
+            raised = error
+        if record is None:  # start() failed before the run was under way: the request's error
+            assert raised is not None
+            raise raised
+        record.pumped = True
+        try:
+            log_failed_run(record)
+            await self._end(record, raised)
+        finally:
+            store.append(_ended(record))  # `_published` finishes it once committed
+            record.done.set()
 
     def _wrap_up(self, record: RunRecord) -> None:
         """The run's last event is in its feed: end the feed, and keep or forget the run."""
@@ -496,6 +624,26 @@ async def _follow(record: RunRecord, hold: float, abandon_after: float | None) -
             nursery.start_soon(_cancel_when_abandoned, record, abandon_after)
         await pump(record)
         nursery.cancel_scope.cancel()
+
+
+async def _follow_stored(record: RunRecord, abandon_after: float | None) -> None:
+    """Wait for a durable run to end (its stream goes to the store as it is written), with
+    `_cancel_when_abandoned` alongside."""
+    async with trio.open_nursery() as nursery:
+        if abandon_after is not None:
+            nursery.start_soon(_cancel_when_abandoned, record, abandon_after)
+        await record.handler._state.finished.wait()
+        nursery.cancel_scope.cancel()
+
+
+@attrs.frozen
+class _Resume:
+    """What a run of an earlier process is resumed from: its row, the seq of its last
+    committed event, its journal folded."""
+
+    row: RunRow
+    last_seq: int
+    replay: Replay
 
 
 async def _hold_for_first_client(feed: RunFeed, seconds: float) -> None:

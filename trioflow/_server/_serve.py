@@ -94,6 +94,7 @@ async def serve(
     keep_alive_timeout: float = 5.0,
     max_connections: int = 1000,
     store: str = "memory:",
+    max_recoveries: int = 3,
     llama_compat: bool = False,
 ) -> None: ...
 @overload

@@ -18,11 +18,13 @@ import trio
 from ._errors import RunInterrupted, StoreError, StoreLocked
 from ._sqlite import (
     EventRow,
+    JournalEntry,
     NewEvent,
     NewRun,
     Operation,
     RunEnded,
     RunPurged,
+    RunResumed,
     RunRow,
     SqliteStore,
     open_sqlite,
@@ -124,12 +126,14 @@ class _OpenStore:
 __all__ = [
     "MEMORY",
     "EventRow",
+    "JournalEntry",
     "NewEvent",
     "NewRun",
     "Operation",
     "RunEnded",
     "RunInterrupted",
     "RunPurged",
+    "RunResumed",
     "RunRow",
     "SqliteStore",
     "StoreError",

@@ -38,7 +38,7 @@ from ._errors import StoreError, StoreLocked
 logger = logging.getLogger("trioflow.store")
 
 #: The schema this code reads and writes (``tf_meta.schema``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Operations and bytes that may wait for a commit before writers wait for room.
 PENDING_MAX = 4096
 PENDING_BYTES = 4 * 1024 * 1024
@@ -59,7 +59,9 @@ CREATE TABLE tf_runs (
     result_type TEXT,
     error BLOB,
     started_at REAL NOT NULL,
-    ended_at REAL
+    ended_at REAL,
+    fingerprint TEXT NOT NULL DEFAULT '',
+    recoveries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tf_runs_unfinished ON tf_runs (status) WHERE status = 'running';
 CREATE INDEX tf_runs_workflow ON tf_runs (workflow, number);
@@ -73,6 +75,26 @@ CREATE TABLE tf_events (
     body BLOB NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE tf_journal (
+    run_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (run_id, n)
+) WITHOUT ROWID;
+"""
+#: What turns a store of schema 1 (trioflow 0.x before run journals) into one of schema 2.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE tf_runs ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE tf_runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE tf_journal (
+    run_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (run_id, n)
+) WITHOUT ROWID;
+UPDATE tf_meta SET value = '2' WHERE key = 'schema';
 """
 
 
@@ -100,6 +122,11 @@ class RunRow:
     #: When the result is the workflow's own stop event: its class's names as JSON
     #: (``{"type", "qualified_name", "bases"}``), for clients that name it.
     result_type: str | None = None
+    #: The workflow's graph it runs on (`trioflow._durable.fingerprint`): a journal is
+    #: replayed only into the graph it was written by.
+    fingerprint: str = ""
+    #: How many times it was resumed after its process stopped.
+    recoveries: int = 0
 
 
 class EventRow(NamedTuple):
@@ -168,7 +195,33 @@ class RunPurged:
         return 64
 
 
-Operation = NewRun | NewEvent | RunEnded | RunPurged
+class JournalEntry:
+    """Write: record ``n`` of a run's journal (`trioflow._durable`), of ``kind``, its body
+    JSON. What a resumed run is rebuilt from."""
+
+    __slots__ = ("body", "kind", "n", "run_id", "size")
+
+    def __init__(self, run_id: str, n: int, kind: str, body: bytes) -> None:
+        self.run_id = run_id
+        self.n = n
+        self.kind = kind
+        self.body = body
+        self.size = len(body) + 64
+
+
+@attrs.frozen
+class RunResumed:
+    """Write: a run is resumed after its process stopped (one recovery more)."""
+
+    run_id: str
+    recoveries: int
+
+    @property
+    def size(self) -> int:
+        return 64
+
+
+Operation = NewRun | NewEvent | RunEnded | RunPurged | JournalEntry | RunResumed
 
 
 class SqliteStore:
@@ -365,12 +418,17 @@ class SqliteStore:
             if isinstance(op, RunEnded)
         ]
         purged = [(op.run_id,) for op in batch if isinstance(op, RunPurged)]
+        journal = [
+            (op.run_id, op.n, op.kind, op.body) for op in batch if isinstance(op, JournalEntry)
+        ]
+        resumed = [(op.recoveries, op.run_id) for op in batch if isinstance(op, RunResumed)]
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(
                 "INSERT INTO tf_runs (run_id, number, workflow, status, start_event, lifecycle,"
-                " last_seq, result, error, started_at, ended_at, result_type)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_seq, result, error, started_at, ended_at, result_type, fingerprint,"
+                " recoveries)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 runs,
             )
             connection.executemany(
@@ -383,7 +441,12 @@ class SqliteStore:
                 " ended_at = ?, last_seq = ? WHERE run_id = ?",
                 ends,
             )
+            connection.executemany(
+                "INSERT INTO tf_journal (run_id, n, kind, body) VALUES (?, ?, ?, ?)", journal
+            )
+            connection.executemany("UPDATE tf_runs SET recoveries = ? WHERE run_id = ?", resumed)
             connection.executemany("DELETE FROM tf_events WHERE run_id = ?", purged)
+            connection.executemany("DELETE FROM tf_journal WHERE run_id = ?", purged)
             connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
         except BaseException:
@@ -437,6 +500,15 @@ class SqliteStore:
         rows = await self._read(lambda db: db.execute(query, (*args, limit)).fetchall())
         return [_run_row(row) for row in rows]
 
+    async def journal(self, run_id: str) -> list[tuple[int, str, bytes]]:
+        """The committed journal of ``run_id``: ``(n, kind, body)`` in order."""
+        rows = await self._read(
+            lambda db: db.execute(
+                "SELECT n, kind, body FROM tf_journal WHERE run_id = ? ORDER BY n", (run_id,)
+            ).fetchall()
+        )
+        return [(int(n), kind, bytes(body)) for n, kind, body in rows]
+
     async def last_seq(self, run_id: str) -> int:
         """The seq of the last committed event of ``run_id`` (0 with none)."""
         (seq,) = await self._read(
@@ -479,7 +551,7 @@ class SqliteStore:
 
 _SELECT_RUN = (
     "SELECT run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
-    " started_at, ended_at, result_type FROM tf_runs"
+    " started_at, ended_at, result_type, fingerprint, recoveries FROM tf_runs"
 )
 
 
@@ -497,13 +569,28 @@ def _run_values(row: RunRow) -> tuple[Any, ...]:
         row.started_at,
         row.ended_at,
         row.result_type,
+        row.fingerprint,
+        row.recoveries,
     )
 
 
 def _run_row(values: Iterable[Any]) -> RunRow:
-    (run_id, number, workflow, status, start, lifecycle, last, result, error, at, end, kind) = (
-        values
-    )
+    (
+        run_id,
+        number,
+        workflow,
+        status,
+        start,
+        lifecycle,
+        last,
+        result,
+        error,
+        at,
+        end,
+        kind,
+        *more,
+    ) = values
+    fingerprint, recoveries = more
     return RunRow(
         run_id,
         number,
@@ -517,6 +604,8 @@ def _run_row(values: Iterable[Any]) -> RunRow:
         at,
         end,
         kind,
+        fingerprint,
+        recoveries,
     )
 
 
@@ -543,6 +632,9 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
             "table): give trioflow a file of its own"
         )
     meta = dict(db.execute("SELECT key, value FROM tf_meta"))
+    if meta.get("application") == "trioflow" and meta.get("schema") == "1":
+        db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}COMMIT;")
+        meta["schema"] = "2"
     if meta.get("application") != "trioflow" or meta.get("schema") != str(SCHEMA_VERSION):
         raise StoreError(
             f"{path} is a trioflow store of schema {meta.get('schema')!r}; this trioflow "

@@ -1,0 +1,414 @@
+"""Durable runs in process: the journal, and runs resumed from every prefix of it.
+
+A run is journaled to a store that only keeps a list (`Recorder`): its journal records and
+its stream events, in the one order a store commits them. A crash keeps a prefix of that
+list; the run is resumed from each prefix in a fresh run, and what the two did together must
+be what one uncrashed run does: the same result, each finished task done once, no send routed
+twice, one dense stream with one terminal event, one `StepFailedEvent` (`WorkerLost`) for each
+task that was running, and no question asked twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioflow import (
+    Context,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    RetryPolicy,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+    Workflow,
+    WorkflowRuntimeError,
+    step,
+)
+from trioflow._durable import (
+    JournaledError,
+    NotJournalable,
+    ReplayError,
+    WorkerLost,
+    codec_for,
+    fingerprint,
+    fold,
+    start_durable,
+)
+from trioflow._store import JournalEntry
+
+
+class Recorder:
+    """A store that keeps what it is given, in order: journal records and stream events."""
+
+    def __init__(self, kept: list[Any] | None = None) -> None:
+        self.ops: list[Any] = list(kept or [])
+
+    def append(self, operation: Any) -> int:
+        self.ops.append(operation)
+        return 0
+
+    async def flushed(self, commits: int) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def journal(self) -> list[tuple[int, str, bytes]]:
+        return [(op.n, op.kind, op.body) for op in self.ops if isinstance(op, JournalEntry)]
+
+    def records(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(kind, json.loads(body)) for _, kind, body in self.journal()]
+
+    def events(self) -> list[tuple[int, Event]]:
+        return [(op.seq, op.event) for op in self.ops if isinstance(op, Written)]
+
+
+@attrs.frozen
+class Written:
+    """A stream event as `Recorder` keeps it."""
+
+    seq: int
+    event: Event
+
+
+class Sink:
+    """A stream sink writing to a `Recorder` (the event itself stands in for its row)."""
+
+    def __init__(self, store: Recorder, seq: int = 0) -> None:
+        self.store = store
+        self.seq = seq
+
+    def attach(self, fail: Callable[[Exception], bool]) -> None:
+        pass
+
+    def has_room(self) -> bool:
+        return True
+
+    async def wait_for_room(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def write(self, seq: int, event: Event) -> None:
+        self.store.append(Written(seq, event))
+        self.seq = seq
+
+
+async def run_durably(
+    workflow: Workflow,
+    start: StartEvent,
+    store: Recorder,
+    *,
+    kept: Recorder | None = None,
+    answer: Event | None = None,
+) -> Any:
+    """Run ``workflow`` journaled to ``store`` (resumed from ``kept``, a crashed run's
+    prefix, if given) to its end; send ``answer`` whenever a step waits for one. Returns the
+    result, or the exception the run ended with."""
+    replay = None
+    seq = 0
+    if kept is not None:
+        replay = fold(kept.journal(), codec_for(workflow), [s.name for s in workflow.graph.steps])
+        seq = max((s for s, _ in kept.events()), default=0)
+    sink = Sink(store, seq)
+    with trio.fail_after(10):
+        try:
+            async with start_durable(
+                workflow, start, store=store, run_id="run", sink=sink, replay=replay
+            ) as handler:
+                run = handler._run
+                if answer is not None:
+                    while not run.state.decided:
+                        if any(w.task is not None and w.parked for w in run.router.waiters):
+                            await handler.send_event(answer)
+                            break
+                        await trio.sleep(0.001)
+                await run.state.finished.wait()
+                return handler.result_nowait()
+        except Exception as error:  # the run's failure, as leaving its block raises it
+            return error
+
+
+# -- workflows: deterministic (one worker per step), each using the journaled calls --
+
+
+class Part(Event):
+    i: int
+
+
+class Summed(Event):
+    total: int
+
+
+class Approve(InputRequiredEvent):
+    question: str
+
+
+class Approval(HumanResponseEvent):
+    ok: bool
+
+
+class Plan(StartEvent):
+    parts: int = 3
+    flaky: bool = False
+
+
+class FanFlow(Workflow):
+    """Fans out ``parts`` events by send_event, collects them, keeps a store total, asks a
+    human, and (``flaky``) fails a step's first attempt once."""
+
+    @step
+    async def split(self, ctx: Context, ev: Plan) -> Part | None:
+        await ctx.store.set("parts", ev.parts)
+        await ctx.store.set("flaky", ev.flaky)
+        for i in range(ev.parts):
+            await ctx.write_event_to_stream(Part(i=i))
+            ctx.send_event(Part(i=i))
+
+    @step(retry=RetryPolicy(max_attempts=2, delay=0.001))
+    async def work(self, ctx: Context, ev: Part) -> Summed | None:
+        if await ctx.store.get("flaky") and ev.i == 0 and not await ctx.store.get("failed"):
+            await ctx.store.set("failed", True)
+            raise ValueError("first attempt of part 0")
+        parts = await ctx.store.get("parts")
+        got = ctx.collect_events(ev, [Part] * parts)
+        if got is None:
+            return None
+        return Summed(total=sum(p.i * p.i for p in got))
+
+    @step
+    async def ask(self, ctx: Context, ev: Summed) -> StopEvent:
+        answer = await ctx.wait_for_event(Approval, waiter_event=Approve(question="ok?"))
+        await ctx.store.set("answer", answer.ok)
+        return StopEvent(result={"total": ev.total, "ok": answer.ok, "key": ctx.task_key})
+
+
+def _check_resumed(crashed: Recorder, cut: int, resumed: Recorder, expected: Any, got: Any) -> None:
+    kept = Recorder(crashed.ops[:cut])
+    both = Recorder(kept.ops + resumed.ops[len(kept.ops) :])
+    assert isinstance(got, dict), got
+    assert (got["total"], got["ok"]) == (expected["total"], expected["ok"])
+    records = both.records()
+    done = [body["task"] for kind, body in records if kind == "done"]
+    assert len(done) == len(set(done)), "a finished task finished again"
+    causes = [tuple(body["cause"]) for kind, body in records if isinstance(body.get("cause"), list)]
+    assert len(causes) == len(set(causes)), "a send was routed twice"
+    events = both.events()
+    assert [s for s, _ in events] == list(range(1, len(events) + 1)), "the stream has a gap"
+    assert sum(isinstance(e, StopEvent) for _, e in events) == 1
+    assert isinstance(events[-1][1], StopEvent)
+    started = {body["task"] for kind, body in kept.records() if kind == "start"}
+    finished = {body["task"] for kind, body in kept.records() if kind == "done"} | {
+        body["task"] for kind, body in kept.records() if kind == "fail" and body["final"]
+    }
+    lost = [
+        e
+        for _, e in resumed.events()[: len(resumed.events())]
+        if isinstance(e, StepFailedEvent) and isinstance(e.exception, WorkerLost)
+    ]
+    # Each task running at the crash runs again after one StepFailedEvent(WorkerLost); a
+    # task that ended the run (not journaled as done) may be among them.
+    assert len(lost) <= len(started - finished)
+    questions = [e for _, e in events if isinstance(e, Approve)]
+    asked = any(kind == "call" and body["op"] == "wait" for kind, body in kept.records())
+    assert len(questions) == 1 if asked else len(questions) >= 1
+
+
+def _terminal(store: Recorder) -> int:
+    """Where the run's terminal event is: a crash after it leaves a run that has ended (the
+    server records its end from that event, `_ended_on_stream`), nothing to resume."""
+    return next(
+        i
+        for i, op in enumerate(store.ops)
+        if isinstance(op, Written) and isinstance(op.event, StopEvent)
+    )
+
+
+async def test_a_run_resumes_from_every_prefix_of_its_journal() -> None:
+    flow = FanFlow(timeout=None)
+    start = Plan(parts=3, flaky=True)
+    crashed = Recorder()
+    expected = await run_durably(flow, start, crashed, answer=Approval(ok=True))
+    assert expected["total"] == 5 and expected["ok"] is True
+    for cut in range(_terminal(crashed) + 1):
+        kept = Recorder(crashed.ops[:cut])
+        resumed = Recorder(kept.ops)
+        got = await run_durably(flow, start, resumed, kept=kept, answer=Approval(ok=True))
+        _check_resumed(crashed, cut, resumed, expected, got)
+
+
+@given(parts=st.integers(1, 5), flaky=st.booleans(), ok=st.booleans(), data=st.data())
+async def test_any_crash_point_resumes_to_the_same_result(
+    parts: int, flaky: bool, ok: bool, data: st.DataObject
+) -> None:
+    flow = FanFlow(timeout=None)
+    start = Plan(parts=parts, flaky=flaky)
+    crashed = Recorder()
+    expected = await run_durably(flow, start, crashed, answer=Approval(ok=ok))
+    cut = data.draw(st.integers(0, _terminal(crashed)))
+    kept = Recorder(crashed.ops[:cut])
+    resumed = Recorder(kept.ops)
+    got = await run_durably(flow, start, resumed, kept=kept, answer=Approval(ok=ok))
+    _check_resumed(crashed, cut, resumed, expected, got)
+    # A crash after the resumed run's own records: resumed once more, from there.
+    cut2 = data.draw(st.integers(cut, _terminal(resumed)))
+    kept2 = Recorder(resumed.ops[:cut2])
+    again = Recorder(kept2.ops)
+    got2 = await run_durably(flow, start, again, kept=kept2, answer=Approval(ok=ok))
+    assert (got2["total"], got2["ok"]) == (expected["total"], expected["ok"])
+
+
+async def test_the_answer_journaled_before_a_crash_is_not_asked_for_again() -> None:
+    flow = FanFlow(timeout=None)
+    crashed = Recorder()
+    await run_durably(flow, Plan(parts=1), crashed, answer=Approval(ok=False))
+    records = crashed.records()
+    answered = next(
+        i for i, (kind, body) in enumerate(records) if kind == "route" and "answer" in body
+    )
+    # Keep everything up to the answer's route record.
+    cut = [i for i, op in enumerate(crashed.ops) if isinstance(op, JournalEntry)][answered] + 1
+    kept = Recorder(crashed.ops[:cut])
+    resumed = Recorder(kept.ops)
+    got = await run_durably(flow, Plan(parts=1), resumed, kept=kept)  # nobody answers now
+    assert got["ok"] is False
+    new = resumed.events()[len(kept.events()) :]
+    assert not any(isinstance(e, Approve) for _, e in new)
+    assert isinstance(new[0][1], StepFailedEvent) and isinstance(new[0][1].exception, WorkerLost)
+
+
+async def test_task_key_is_the_same_on_every_recovery() -> None:
+    flow = FanFlow(timeout=None)
+    crashed = Recorder()
+    expected = await run_durably(flow, Plan(parts=1), crashed, answer=Approval(ok=True))
+    last_start = max(
+        i
+        for i, op in enumerate(crashed.ops)
+        if isinstance(op, JournalEntry) and op.kind == "start"
+    )
+    kept = Recorder(crashed.ops[: last_start + 1])
+    got = await run_durably(
+        flow, Plan(parts=1), Recorder(kept.ops), kept=kept, answer=Approval(ok=True)
+    )
+    assert got["key"] == expected["key"]
+    assert got["key"].startswith("run:")
+
+
+# -- what cannot be journaled, and journals that do not fit --
+
+
+class Holder(Event):
+    value: Any
+
+
+class Unjournalable(Workflow):
+    @step
+    async def first(self, ctx: Context, ev: StartEvent) -> StopEvent | Holder:
+        what = ev.get("what")
+        if what == "store":
+            await ctx.store.set("k", {"ok": [1, 2], "bad": (1, 2)})
+        elif what == "event":
+            ctx.send_event(Holder(value=object()))
+        return StopEvent(result="unreachable")
+
+    @step
+    async def hold(self, ev: Holder) -> None:
+        pass
+
+
+async def test_a_store_value_that_cannot_be_recorded_fails_with_a_clear_error() -> None:
+    got = await run_durably(Unjournalable(), StartEvent(what="store"), Recorder())
+    assert isinstance(got, NotJournalable)
+    assert "'k'['bad'] holds a tuple" in str(got)
+
+
+async def test_an_event_that_cannot_be_recorded_fails_its_step() -> None:
+    got = await run_durably(Unjournalable(), StartEvent(what="event"), Recorder())
+    assert isinstance(got, NotJournalable)
+    assert "Holder" in str(got) and "'value'" in str(got)
+
+
+async def test_a_retry_in_a_durable_run_acts_again_as_in_memory() -> None:
+    """Retries keep their in-memory meaning: the second attempt's calls act (its sends are
+    routed again); only a recovery replays a lost attempt's calls."""
+    flow = FanFlow(timeout=None)
+    store = Recorder()
+    got = await run_durably(flow, Plan(parts=2, flaky=True), store, answer=Approval(ok=True))
+    assert got["total"] == 1
+    fails = [body for kind, body in store.records() if kind == "fail"]
+    assert [(f["attempt"], f["final"], f["lost"]) for f in fails] == [(1, False, False)]
+
+
+def test_a_changed_graph_has_another_fingerprint() -> None:
+    class Before(Workflow):
+        @step
+        async def only(self, ev: StartEvent) -> StopEvent:
+            return StopEvent()
+
+    class After(Workflow):  # one step more
+        @step
+        async def only(self, ev: StartEvent) -> StopEvent | Part:
+            return StopEvent()
+
+        @step
+        async def more(self, ev: Part) -> StopEvent:
+            return StopEvent()
+
+    assert fingerprint(Before()) == fingerprint(Before())
+    assert fingerprint(Before()) != fingerprint(After())
+
+
+def test_a_journal_that_does_not_fit_is_refused() -> None:
+    flow = FanFlow(timeout=None)
+    codec = codec_for(flow)
+    names = [s.name for s in flow.graph.steps]
+    route = json.dumps({"event": {"q": "nowhere.Gone", "data": {}}, "cause": "x", "to": [0]})
+    with pytest.raises(ReplayError, match="nowhere.Gone"):
+        fold([(0, "route", route.encode())], codec, names)
+    far = json.dumps({"event": {"q": f"{__name__}.Plan", "data": {}}, "cause": "x", "to": [9]})
+    with pytest.raises(ReplayError, match="step 9"):
+        fold([(0, "route", far.encode())], codec, names)
+    with pytest.raises(ReplayError, match="unknown kind"):
+        fold([(0, "mystery", b"{}")], codec, names)
+
+
+def test_a_step_failure_reads_back_with_its_type_and_message() -> None:
+    codec = codec_for(FanFlow(timeout=None))
+    failed = StepFailedEvent(
+        step_name="work", attempt=2, exception=ValueError("bad part"), input_event=Part(i=1)
+    )
+    back = codec.decode(codec.encode(failed))
+    assert isinstance(back, StepFailedEvent)
+    assert isinstance(back.exception, JournaledError)
+    assert (back.exception.type_name, back.exception.message) == ("ValueError", "bad part")
+    assert back.input_event == Part(i=1)
+
+
+async def test_task_key_in_memory_is_per_execution() -> None:
+    keys: list[str] = []
+
+    class Keys(Workflow):
+        @step
+        async def first(self, ctx: Context, ev: StartEvent) -> Part:
+            keys.append(ctx.task_key)
+            return Part(i=0)
+
+        @step
+        async def second(self, ctx: Context, ev: Part) -> StopEvent:
+            keys.append(ctx.task_key)
+            return StopEvent()
+
+    await Keys().run()
+    await Keys().run()
+    assert len(set(keys)) == 4
+
+
+async def test_task_key_outside_a_step_is_an_error() -> None:
+    async with FanFlow(timeout=None).start(Plan(parts=1)) as handler:
+        with pytest.raises(WorkflowRuntimeError, match="task_key"):
+            handler._run.context.task_key  # noqa: B018
+        handler.cancel()

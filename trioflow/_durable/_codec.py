@@ -1,0 +1,192 @@
+"""How a durable run's journal writes events and store values, and reads them back.
+
+Events go through the wire format (`trioflow._wire`), as the HTTP API writes them, with their
+qualified name. Reading one back looks the name up among the workflow's own event types and
+their subclasses (and `HumanResponseEvent`'s), never an arbitrary import. Since a journal is
+only worth what it can rebuild, an event is checked when it is written: read back, it must
+equal itself, or the step that made it fails with an error naming the field that does not
+survive. A `StepFailedEvent` is the exception: its exception comes back as a `JournaledError`
+with the original's type name and message (exceptions are not data).
+
+Store values must be JSON values as they are (None, bool, int, float, str, list, dict with
+str keys): anything else would come back changed (a tuple as a list, an object as its repr).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+
+from .._errors import TrioflowError, WorkflowRuntimeError
+from .._events import Event, HumanResponseEvent, StartEvent, StepFailedEvent
+from .._wire import (
+    WireError,
+    decode_event,
+    decode_start_event,
+    encode_event_data,
+    encode_exception,
+    qualified_name,
+)
+
+
+class JournaledError(TrioflowError):
+    """An exception read back from a run's journal: its type's name and its message (the
+    original object stayed with the process that raised it)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+
+class NotJournalable(WorkflowRuntimeError):
+    """A value a durable run must record cannot be: it would not come back as it is."""
+
+
+class EventCodec:
+    """Writes and reads the events of one workflow's journal."""
+
+    def __init__(self, event_types: Iterable[type[Event]]) -> None:
+        #: The graph's own types: what is read back must be one of them or a subclass.
+        self._roots = (*event_types, HumanResponseEvent, StepFailedEvent)
+        self._types: dict[str, type[Event]] = {qualified_name(t): t for t in self._roots}
+
+    def lookup(self, name: str) -> type[Event]:
+        """The event type whose qualified name is ``name``.
+
+        Raises:
+            NotJournalable: it is neither one of the workflow's event types nor a subclass of
+                one.
+        """
+        found = self._types.get(name)
+        if found is None:
+            for root in self._roots:
+                for cls in _subclasses(root):
+                    self._types.setdefault(qualified_name(cls), cls)
+            found = self._types.get(name)
+        if found is None:
+            raise NotJournalable(
+                f"event type {name} is not one of the workflow's event types (nor a subclass "
+                "of one), so a durable run cannot record it"
+            )
+        return found
+
+    def name(self, cls: type[Event]) -> str:
+        """``cls``'s qualified name, once it is known to read back as ``cls``."""
+        name = qualified_name(cls)
+        if self.lookup(name) is not cls:
+            raise NotJournalable(
+                f"two event classes are called {name}: a durable run cannot tell them apart"
+            )
+        return name
+
+    def encode(self, event: Event) -> dict[str, Any]:
+        """``event`` as journal JSON.
+
+        Raises:
+            NotJournalable: it would not read back equal to itself (the message names it and
+                the field that does not).
+        """
+        if isinstance(event, StepFailedEvent):
+            return {
+                "q": qualified_name(StepFailedEvent),
+                "step_name": event.step_name,
+                "attempt": event.attempt,
+                "error": encode_exception(event.exception),
+                "input": self.encode(event.input_event),
+            }
+        name = self.name(type(event))
+        body = {"q": name, "data": encode_event_data(event)}
+        try:
+            back = self.decode(body)
+        except WireError as error:
+            raise NotJournalable(
+                f"{type(event).__name__} cannot be recorded by a durable run: {error}"
+            ) from None
+        if back != event:
+            raise NotJournalable(
+                f"{type(event).__name__} cannot be recorded by a durable run: "
+                f"{_differing(event, back)} does not read back as it was (a durable run's "
+                "events hold JSON values, events and attrs classes of them)"
+            )
+        return body
+
+    def decode(self, body: dict[str, Any]) -> Event:
+        """The event ``body`` (from `encode`) stands for.
+
+        Raises:
+            WireError, NotJournalable: it does not fit its type any more.
+        """
+        cls = self.lookup(body["q"])
+        if cls is StepFailedEvent:
+            error = body["error"]
+            return StepFailedEvent(
+                step_name=body["step_name"],
+                attempt=body["attempt"],
+                exception=JournaledError(error["type"], error["message"]),
+                input_event=self.decode(body["input"]),
+            )
+        if issubclass(cls, StartEvent):
+            return decode_start_event(cls, body["data"])
+        return decode_event({body["q"]: cls}, {"type": body["q"], "data": body["data"]})
+
+
+def check_storable(key: str, value: Any) -> None:
+    """Refuse a store value a durable run cannot record as it is.
+
+    Raises:
+        NotJournalable: ``value`` holds something that is no JSON value (the message names
+            the key and where in the value).
+    """
+    problem = _not_json(value, "")
+    if problem is not None:
+        where, what = problem
+        place = f"{key!r}{where}"
+        raise NotJournalable(
+            f"ctx.store.set({key!r}, ...) in a durable run: {place} holds {what}; a durable "
+            "run's store holds JSON values (None, bool, int, float, str, list, dict with str "
+            "keys), which it can record and give back as they are"
+        )
+
+
+def _not_json(value: Any, where: str) -> tuple[str, str] | None:
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return None
+    if kind is float:
+        return None if math.isfinite(value) else (where, repr(value))
+    if kind is list:
+        for index, item in enumerate(value):
+            found = _not_json(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if kind is dict:
+        for name, item in value.items():
+            if type(name) is not str:
+                return (where, f"the key {name!r}, which is no str")
+            found = _not_json(item, f"{where}[{name!r}]")
+            if found is not None:
+                return found
+        return None
+    return (where, f"a {kind.__name__}")
+
+
+def _differing(event: Event, back: Event) -> str:
+    for field in attrs.fields(type(event)):  # type: ignore[arg-type]  # attrs at runtime
+        try:
+            if getattr(event, field.name) != getattr(back, field.name):
+                return f"field {field.name!r}"
+        except Exception:
+            return f"field {field.name!r}"
+    return "a field"
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    subclass: type
+    for subclass in cls.__subclasses__():
+        yield subclass
+        yield from _subclasses(subclass)

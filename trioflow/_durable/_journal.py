@@ -1,0 +1,279 @@
+"""A durable run's journal: what it records, and `fold`, which reads it back into a `Replay`.
+
+The journal is one ordered log per run, appended to synchronously (in O(1)) by the run's own
+tasks, and committed in order by the store's group commit. Log order is causal order: whatever
+a step saw was recorded before what the step did about it, so a crash keeps a prefix of the
+log that never holds an effect without its cause.
+
+Records, by kind (bodies are JSON):
+
+- ``route``: an event was routed: ``{"event", "cause", "to": [step indexes]}`` or, to a step
+  waiting in `Context.wait_for_event`, ``{"event", "cause", "answer": [task, k]}``. Each
+  destination step gets a *task*, named ``"<n>.<step index>"`` after the record's number ``n``:
+  a stable name for one execution of one step, whatever happens to the process. ``cause`` is
+  ``"start"``, ``"x"`` (sent from outside the run) or ``[task, k]``: call ``k`` of that task's
+  step code (``k = -1``: what the step returned, or its failure handed to error handlers).
+- ``start``: ``{"task", "attempt"}``: an attempt of a task began.
+- ``call``: ``{"task", "k", "op", ...}``: call ``k`` of a task's step code, other than a send
+  (``set``: a store value; ``collect``: `Context.collect_events` and what it returned;
+  ``wait``: `Context.wait_for_event` asked and waits, or with ``"timed_out"`` gave up).
+- ``done``: ``{"task", "attempt"}``: the task is finished (what it returned was routed
+  before).
+- ``fail``: ``{"task", "attempt", "error", "final", "lost"}``: an attempt failed; ``final``:
+  the failure went to the step's error handlers, so the task is finished; ``lost``: its
+  process stopped while it ran (a recovery wrote this).
+
+A resumed run is the fold of its journal: the tasks that are not finished, what the store and
+the collect buffers held, and for each unfinished task the results of the context calls its
+lost attempt made, so that running the step again repeats none of them (`TaskRef`).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+import attrs
+
+from .._errors import TrioflowError
+from .._events import Event
+from .._store import JournalEntry, Operation
+from .._wire import dumps, encode_exception, loads
+from ._codec import EventCodec
+
+logger = logging.getLogger("trioflow.durable")
+
+#: The task whose step code runs in this context (set by a durable run's step workers).
+current_ref: ContextVar[TaskRef | None] = ContextVar("trioflow_task", default=None)
+
+#: The call number of what a step returned (or its failure handed on), in a ``cause``.
+RETURNED = -1
+
+
+class ReplayError(TrioflowError):
+    """A run's journal cannot be replayed into its workflow (its code changed, or the journal
+    is damaged): the run is failed rather than resumed into the wrong graph."""
+
+
+class Appender(Protocol):
+    """What a journal appends to: a store's pending list (`SqliteStore`)."""
+
+    def append(self, operation: Operation) -> int: ...
+
+    async def flushed(self, commits: int) -> None: ...
+
+
+class Journal:
+    """The journal of one run, from its next record on."""
+
+    def __init__(self, store: Appender, run_id: str, codec: EventCodec, next_n: int = 0) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.codec = codec
+        self.next_n = next_n
+        #: What `SqliteStore.append` returned for the last record: see `committed`.
+        self._ticket = 0
+
+    def _write(self, kind: str, body: dict[str, Any]) -> int:
+        n = self.next_n
+        self._ticket = self._store.append(JournalEntry(self.run_id, n, kind, dumps(body)))
+        self.next_n = n + 1
+        return n
+
+    async def committed(self) -> None:
+        """Wait until every record appended so far is committed."""
+        await self._store.flushed(self._ticket)
+
+    def route(self, event: dict[str, Any], steps: list[int], cause: object) -> int:
+        """``event`` (encoded) goes to ``steps``; returns the record's number, which names
+        the tasks."""
+        return self._write("route", {"event": event, "cause": cause, "to": steps})
+
+    def answer(self, event: dict[str, Any], key: tuple[str, int], cause: object) -> None:
+        self._write("route", {"event": event, "cause": cause, "answer": list(key)})
+
+    def start(self, task: str, attempt: int) -> None:
+        self._write("start", {"task": task, "attempt": attempt})
+
+    def call(self, task: str, k: int, op: str, **fields: Any) -> None:
+        self._write("call", {"task": task, "k": k, "op": op, **fields})
+
+    def done(self, task: str, attempt: int) -> None:
+        self._write("done", {"task": task, "attempt": attempt})
+
+    def fail(
+        self, task: str, attempt: int, error: BaseException, *, final: bool, lost: bool = False
+    ) -> None:
+        self._write(
+            "fail",
+            {
+                "task": task,
+                "attempt": attempt,
+                "error": encode_exception(error),
+                "final": final,
+                "lost": lost,
+            },
+        )
+
+
+class TaskRef:
+    """One attempt of one task, as its step code's context calls see it: their numbers, and
+    for an attempt that repeats a lost one, what that one's calls did (``memo``)."""
+
+    __slots__ = ("answers", "attempt", "k", "key", "memo", "task")
+
+    def __init__(
+        self,
+        task: str,
+        attempt: int,
+        key: str,
+        memo: dict[int, dict[str, Any]] | None = None,
+        answers: dict[int, Event] | None = None,
+    ) -> None:
+        self.task = task
+        self.attempt = attempt
+        #: `Context.task_key`.
+        self.key = key
+        self.k = 0
+        self.memo = memo or None
+        self.answers = answers or {}
+
+    def next(self) -> int:
+        k = self.k
+        self.k = k + 1
+        return k
+
+    def recorded(self, k: int, op: str) -> dict[str, Any] | None:
+        """What call ``k`` did in the lost attempt, if it was an ``op`` (else None: the call
+        acts). A call of another kind than recorded means the step does not repeat itself:
+        it is logged, and from there on its calls act."""
+        memo = self.memo
+        if memo is None:
+            return None
+        found = memo.get(k)
+        if found is None or found["op"] == op:
+            return found
+        logger.warning(
+            "trioflow: task %s runs differently than before its process stopped (call %d was "
+            "%s, now %s); its calls act from here on (NonDeterministicReplay)",
+            self.task,
+            k,
+            found["op"],
+            op,
+        )
+        self.memo = None
+        return None
+
+
+@attrs.define(eq=False)
+class PendingTask:
+    """A task the journal holds as not finished."""
+
+    task: str
+    step: int
+    event: Event
+    #: The attempt that ran last (0: none began).
+    attempt: int = 0
+    #: Attempts that failed (and were retried): what the step's retry policy counts.
+    tries: int = 0
+    #: What the context calls of its current attempt did, by call number (see `TaskRef`).
+    calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
+    #: Answers its waits were handed, by call number.
+    answers: dict[int, Event] = attrs.field(factory=dict)
+
+    def open_wait(self) -> tuple[int, dict[str, Any]] | None:
+        """Its last call, if that is a wait still unanswered: where it was when it stopped."""
+        if not self.calls:
+            return None
+        k = max(self.calls)
+        call = self.calls[k]
+        if call["op"] != "wait" or call.get("timed_out") or k in self.answers:
+            return None
+        return k, call
+
+
+@attrs.define(eq=False)
+class Replay:
+    """A journal, folded: what a resumed run starts from."""
+
+    #: The unfinished tasks, in the order they were routed.
+    pending: dict[str, PendingTask] = attrs.field(factory=dict)
+    #: The run's store as its ``set`` calls left it.
+    store: dict[str, Any] = attrs.field(factory=dict)
+    #: `Context.collect_events` calls to make again, in order: (step, event, expected).
+    collects: list[tuple[str, Event, tuple[type[Event], ...]]] = attrs.field(factory=list)
+    #: The number of the next record.
+    next_n: int = 0
+
+
+def fold(records: list[tuple[int, str, bytes]], codec: EventCodec, step_names: list[str]) -> Replay:
+    """Read a run's committed journal back.
+
+    Raises:
+        ReplayError: a record does not fit the workflow (an event type it no longer has, a
+            step index out of range) or cannot be read.
+    """
+    replay = Replay()
+    for n, kind, raw in records:
+        try:
+            _apply(replay, n, kind, loads(raw), codec, step_names)
+        except ReplayError:
+            raise
+        except Exception as error:
+            raise ReplayError(f"journal record {n} ({kind}) does not fit: {error}") from None
+        replay.next_n = n + 1
+    return replay
+
+
+def _apply(
+    replay: Replay,
+    n: int,
+    kind: str,
+    body: dict[str, Any],
+    codec: EventCodec,
+    step_names: list[str],
+) -> None:
+    pending = replay.pending
+    if kind == "route":
+        event = codec.decode(body["event"])
+        cause = body["cause"]
+        if isinstance(cause, list) and cause[0] in pending:
+            pending[cause[0]].calls[cause[1]] = {"op": "send"}
+        answer = body.get("answer")
+        if answer is not None:
+            task, k = answer
+            if task in pending:
+                pending[task].answers[k] = event
+            return
+        for step in body["to"]:
+            if not 0 <= step < len(step_names):
+                raise ReplayError(f"journal record {n} routes to step {step}, which is gone")
+            task = f"{n}.{step}"
+            pending[task] = PendingTask(task, step, event)
+        return
+    if kind not in ("call", "start", "done", "fail"):
+        raise ReplayError(f"journal record {n} is of an unknown kind {kind!r}")
+    task = pending.get(body["task"])
+    if kind == "call":
+        op = body["op"]
+        if op == "set":
+            replay.store[body["key"]] = body["value"]
+        elif op == "collect":
+            expected = tuple(codec.lookup(name) for name in body["expected"])
+            replay.collects.append((body["step"], codec.decode(body["event"]), expected))
+        if task is not None:
+            task.calls[body["k"]] = body
+    elif kind == "start":
+        if task is not None:
+            task.attempt = body["attempt"]
+    elif kind == "done":
+        pending.pop(body["task"], None)
+    elif kind == "fail":
+        if body["final"]:
+            pending.pop(body["task"], None)
+        elif task is not None and not body["lost"]:
+            # Retried: the next attempt starts afresh, its calls act again.
+            task.tries += 1
+            task.calls.clear()
+            task.answers.clear()

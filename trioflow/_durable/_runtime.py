@@ -1,0 +1,551 @@
+"""A durable run: the router, context, stream and step workers that journal what they do.
+
+Each is the memory run's own class or loop with the journal added where state changes, so
+the memory path stays as it is (`trioflow._core._run.Durability`):
+
+- `DurableRouter` routes as `Router` does, with no hand-off table (every event a step returns
+  goes through `emit`), and journals each route; each destination step gets a task, whose
+  name goes into the step's inbox with the event (a worker that is handed an event directly
+  may wake after another, so the name cannot be looked up in a queue of its own).
+- `DurableContext` numbers the context calls of the step code under way (`TaskRef`) and
+  journals them; an attempt that repeats a lost one gets each call's recorded result instead
+  of acting again: a send is not routed again, a store value not set again, a collect gives
+  what it gave, a wait answered before the crash returns that answer, and one still waiting
+  waits again without asking again.
+- `DurableStream` numbers each stream event and hands it to a `StreamSink` (the server's:
+  the store) at write time, in the writing task, so that an event a step wrote is recorded
+  before anything the step did after it.
+- `_work_durable` is `_work` with the journal: a ``start`` before each attempt, ``done`` or
+  ``fail`` after, and for a task whose process stopped while it ran, a `StepFailedEvent` with
+  `WorkerLost` before it runs again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from .._core._context import Context, Store, current_execution, current_step
+from .._core._graph import StepSpec
+from .._core._log import add_note, describe, log
+from .._core._router import Router, Waiter
+from .._core._run import Run
+from .._core._state import RunState
+from .._core._stream import EventStream
+from .._core._worker import (
+    StepCall,
+    WorkerState,
+    _attempt,
+    _log_retry,
+    _step_call,
+    _step_note,
+    work,
+)
+from .._errors import RunEndedError, TrioflowError
+from .._events import (
+    Event,
+    InputRequiredEvent,
+    StepFailedEvent,
+    StepRetryEvent,
+    StopEvent,
+)
+from ._codec import check_storable
+from ._journal import RETURNED, Journal, PendingTask, Replay, TaskRef
+
+_E = TypeVar("_E", bound=Event)
+
+
+class WorkerLost(TrioflowError):
+    """The process running a step stopped (a crash, a kill) before the step finished: that
+    attempt is lost, and the step runs again."""
+
+
+class StreamSink(Protocol):
+    """Where a durable run's stream events go (the server: its store, for its clients)."""
+
+    #: The seq of the last event the sink has (a resumed run goes on after it).
+    seq: int
+
+    def attach(self, fail: Callable[[Exception], bool]) -> None:
+        """``fail(error)`` fails the run (unless its outcome is decided; returns whether it
+        did): for an event the sink cannot take as it is."""
+
+    def has_room(self) -> bool:
+        """Whether an event may be written now without waiting."""
+
+    async def wait_for_room(self) -> None:
+        """Wait until `has_room` (backpressure: the disk, the clients). A checkpoint."""
+
+    def write(self, seq: int, event: Event) -> None:
+        """Take event number ``seq``; synchronous, and taken even without room."""
+
+
+class DurableStream(EventStream):
+    """A run's stream whose events go to a `StreamSink`, numbered, at write time. No task in
+    the process reads it: the sink is the consumer."""
+
+    def __init__(self, capacity: int, sink: StreamSink) -> None:
+        super().__init__(capacity)
+        self.sink = sink
+        self.send_nowait = self._send_to_sink  # type: ignore[assignment]
+
+    def _send_to_sink(self, event: Event) -> None:
+        sink = self.sink
+        if not sink.has_room():
+            raise trio.WouldBlock
+        sink.write(sink.seq + 1, event)
+
+    def write_nowait(self, event: Event) -> None:
+        # For writers that cannot wait (an `InputRequiredEvent` sent): the sink takes it.
+        sink = self.sink
+        sink.write(sink.seq + 1, event)
+        self.written += 1
+
+    def make_room_if_unread(self) -> bool:
+        return True
+
+    async def write_when_full(self, event: Event) -> None:
+        started = trio.current_time()
+        try:
+            await self.sink.wait_for_room()
+        finally:
+            self.waited += trio.current_time() - started
+        sink = self.sink
+        sink.write(sink.seq + 1, event)
+        self.written += 1
+
+    def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
+        super().close(terminal)
+        sink = self.sink
+        try:
+            for event in (*trailing, terminal):
+                sink.write(sink.seq + 1, event)
+        except Exception as exc:  # the run's end must not fail with its sink: said loudly
+            log(logging.ERROR, "the end of a durable run could not be recorded: %s", describe(exc))
+
+
+class DurableRouter(Router):
+    """`Router` with a journal: see the module docstring."""
+
+    def __init__(self, graph: Any, state: RunState, stream: EventStream, journal: Journal) -> None:
+        super().__init__(graph, state, stream)
+        self._direct = {}  # every result goes through `emit`, so that it is journaled
+        self.journal = journal
+        #: What the next route is journaled as caused by (set around each send).
+        self._cause: object = "x"
+        #: Waits of resumed tasks that were waiting when their process stopped, until the
+        #: task's step code waits again (`resume_wait`), by (task, call number).
+        self.reserved: dict[tuple[str, int], Waiter] = {}
+
+    def send_from(self, event: Event, step: str | None, cause: object) -> None:
+        """`send`, journaled as caused by ``cause``."""
+        self._cause = cause
+        try:
+            self.send(event, step)
+        finally:
+            self._cause = "x"
+
+    def _put(self, event: Event, steps: Sequence[int]) -> None:
+        # Encoded (and checked) first: an event the journal cannot hold goes nowhere.
+        n = self.journal.route(self.journal.codec.encode(event), list(steps), self._cause)
+        for index in steps:
+            self.inboxes[index].put((f"{n}.{index}", event))  # type: ignore[arg-type]
+
+    def _hand(self, waiter: Waiter, event: Event) -> None:
+        key = waiter.key
+        if key is not None:
+            assert isinstance(key, tuple)
+            self.journal.answer(self.journal.codec.encode(event), key, self._cause)
+        super()._hand(waiter, event)
+
+    def _registered(self, waiter: Waiter) -> None:
+        # Checked by `DurableContext.wait_for_event`: the type has a name, the requirements
+        # are JSON values.
+        assert isinstance(waiter.key, tuple)
+        task, k = waiter.key
+        journal = self.journal
+        journal.call(
+            task, k, "wait", type=journal.codec.name(waiter.event_type), req=waiter.requirements
+        )
+
+    def put_task(self, task: PendingTask) -> None:
+        """Queue a resumed run's unfinished ``task`` for its step again."""
+        self.inboxes[task.step].put((task.task, task.event))  # type: ignore[arg-type]
+
+    def reserve(
+        self, key: tuple[str, int], event_type: type[Event], requirements: dict[str, Any]
+    ) -> None:
+        """Keep the place of a wait that was under way when the run's process stopped: an
+        answer that comes before its step waits again is kept for it."""
+        waiter = Waiter(event_type, requirements, None, key)
+        self.waiters.append(waiter)
+        self.reserved[key] = waiter
+
+    async def resume_wait(self, key: tuple[str, int], timeout: float | None) -> Event | None:  # noqa: ASYNC109
+        """Wait again in a reserved wait (without asking again); None if there is none."""
+        waiter = self.reserved.pop(key, None)
+        if waiter is None:
+            return None
+        if waiter.event is not None:  # answered before the step came back to it
+            return waiter.event
+        waiter.task = trio.lowlevel.current_task()
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            return await self._park(waiter)
+
+    def release(self, task: str) -> None:
+        """``task`` finished without coming back to its reserved wait: let it go, and route
+        an answer it was kept for as if it had just been sent."""
+        for key in [key for key in self.reserved if key[0] == task]:
+            waiter = self.reserved.pop(key)
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            elif waiter.event is not None:
+                self.delivered_to_waiters -= 1
+                try:
+                    self._route(waiter.event, None)
+                except Exception as exc:
+                    log(
+                        logging.ERROR,
+                        "an answer kept for a resumed wait was lost: %s",
+                        describe(exc),
+                    )
+
+    async def emit_from(self, step_name: str, result: object, cause: object) -> None:
+        """`emit`, with what is routed journaled as caused by ``cause``."""
+        if isinstance(result, Event) and not isinstance(result, StopEvent | InputRequiredEvent):
+            self.send_from(result, None, cause)
+            return
+        if isinstance(result, InputRequiredEvent):
+            await self._stream.write(result)
+            if self._graph.routes_for(type(result)):
+                self.send_from(result, None, cause)
+            return
+        await self.emit(step_name, result)  # no event, or a stop event: nothing is routed
+
+
+class DurableStore(Store):
+    """`Store` whose ``set`` calls are journaled (and not repeated by a repeated attempt)."""
+
+    def __init__(self, journal: Journal, data: dict[str, Any]) -> None:
+        super().__init__()
+        self._journal = journal
+        self._data.update(data)
+
+    async def set(self, key: str, value: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        ref = _ref()
+        if ref is None:
+            check_storable(key, value)
+            self._data[key] = value
+            return
+        k = ref.next()
+        if ref.recorded(k, "set") is not None:
+            return  # set before the crash: the store has it
+        check_storable(key, value)
+        self._journal.call(ref.task, k, "set", key=key, value=value)
+        self._data[key] = value
+
+
+class DurableContext(Context):
+    """`Context` whose calls are numbered per step execution and journaled."""
+
+    def __init__(self, run: Run, router: DurableRouter, journal: Journal) -> None:
+        super().__init__(run.run_id, router, run.stream)
+        self._durable_router = router
+        self._journal = journal
+        self.store = DurableStore(journal, {})
+
+    def send_event(self, event: Event, step: str | None = None) -> None:
+        if not isinstance(event, Event):
+            raise TypeError(f"send_event() takes an Event, got {event!r}")
+        ref = _ref()
+        if ref is None:
+            self._durable_router.send_from(event, step, "x")
+            return
+        k = ref.next()
+        if ref.recorded(k, "send") is not None:
+            return  # routed before the crash: its steps have it
+        self._durable_router.send_from(event, step, [ref.task, k])
+
+    def collect_events(self, event: Event, expected: Sequence[type[Event]]) -> list[Event] | None:
+        if not isinstance(event, Event):
+            raise TypeError(f"collect_events() takes an Event, got {event!r}")
+        ref = _ref()
+        codec = self._journal.codec
+        if ref is None:
+            return super().collect_events(event, expected)
+        k = ref.next()
+        recorded = ref.recorded(k, "collect")
+        if recorded is not None:
+            result = recorded["result"]
+            return None if result is None else [codec.decode(item) for item in result]
+        encoded = codec.encode(event)
+        names = [codec.name(t) if isinstance(t, type) else repr(t) for t in expected]
+        collected = super().collect_events(event, expected)
+        self._journal.call(
+            ref.task,
+            k,
+            "collect",
+            step=current_step.get(),
+            event=encoded,
+            expected=names,
+            result=None if collected is None else [codec.encode(e) for e in collected],
+        )
+        return collected
+
+    async def wait_for_event(
+        self,
+        event_type: type[_E],
+        *,
+        waiter_event: Event | None = None,
+        requirements: Mapping[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (API.md fixes this parameter)
+    ) -> _E:
+        ref = _ref()
+        if ref is None:
+            return await super().wait_for_event(
+                event_type, waiter_event=waiter_event, requirements=requirements, timeout=timeout
+            )
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise TypeError(f"wait_for_event() waits for an Event subclass, got {event_type!r}")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        wanted = dict(requirements or {})
+        check_storable("requirements", wanted)
+        self._journal.codec.name(event_type)  # one it can record
+        k = ref.next()
+        recorded = ref.recorded(k, "wait")
+        router = self._durable_router
+        key = (ref.task, k)
+        try:
+            if recorded is not None:
+                if recorded.get("timed_out"):
+                    await trio.lowlevel.checkpoint()
+                    raise trio.TooSlowError
+                answer = ref.answers.get(k)
+                if answer is None:
+                    # Asked before the crash: wait again, without asking again.
+                    answer = await router.resume_wait(key, timeout)
+                if answer is None:
+                    answer = await router.wait_for(
+                        event_type, wanted, None, timeout, self._write, key
+                    )
+            else:
+                answer = await router.wait_for(
+                    event_type,
+                    wanted,
+                    waiter_event,
+                    timeout,
+                    self.write_event_to_stream,
+                    key,
+                )
+        except trio.TooSlowError:
+            self._journal.call(ref.task, k, "wait", timed_out=True)
+            raise
+        assert isinstance(answer, event_type)
+        return answer
+
+    async def _write(self, event: Event) -> None:
+        await self.write_event_to_stream(event)
+
+
+def _ref() -> TaskRef | None:
+    execution = current_execution.get()
+    return execution if isinstance(execution, TaskRef) else None
+
+
+class Durable:
+    """What makes one run durable (`Durability`): its journal, and when it is resumed, the
+    fold of the journal it resumes from."""
+
+    def __init__(
+        self, journal: Journal, replay: Replay | None = None, *, lifecycle: bool = False
+    ) -> None:
+        self.journal = journal
+        self.replay = replay
+        #: Lifecycle events go to the stream (nobody in the process asks: its sink does).
+        self.lifecycle = lifecycle
+        #: The resumed tasks not yet taken by a worker, by name.
+        self.resumed: dict[str, PendingTask] = {} if replay is None else dict(replay.pending)
+
+    def attach(self, run: Run) -> None:
+        stream = run.stream
+        assert isinstance(stream, DurableStream)
+        state = run.state
+        stream.sink.attach(lambda error: not state.decided and state.fail("", error))
+        run.observation.stream_lifecycle(self.lifecycle)
+        router = DurableRouter(run.graph, run.state, run.stream, self.journal)
+        run.router = router
+        context = DurableContext(run, router, self.journal)
+        run.context = context
+        replay = self.replay
+        if replay is not None:
+            context.store = DurableStore(self.journal, replay.store)
+            for step_name, event, expected in replay.collects:
+                context._collector.collect(step_name, event, expected)
+
+    def worker(self) -> Callable[[Run, int], Awaitable[None]]:
+        return functools.partial(work, loop=self._loop)  # type: ignore[arg-type]
+
+    def begin(self, run: Run) -> None:
+        router = run.router
+        assert isinstance(router, DurableRouter)
+        if self.replay is None or self.replay.next_n == 0:  # nothing journaled yet
+            router.send_from(run.start_event, None, "start")
+            return
+        codec = self.journal.codec
+        for task in self.replay.pending.values():
+            waiting = task.open_wait()
+            if waiting is not None:
+                k, call = waiting
+                router.reserve((task.task, k), codec.lookup(call["type"]), call["req"])
+            router.put_task(task)
+
+    async def committed(self) -> None:
+        """Wait until what the run journaled so far is committed."""
+        await self.journal.committed()
+
+    async def _loop(self, crew: Run, index: int, me: WorkerState) -> None:
+        await _work_durable(crew, index, me, self)
+
+
+async def _work_durable(crew: Run, index: int, me: WorkerState, durable: Durable) -> None:
+    """`_work`, journaled (see the module docstring)."""
+    spec = crew.graph.steps[index]
+    current_step.set(spec.name)
+    call = _step_call(crew, spec)
+    router = crew.router
+    assert isinstance(router, DurableRouter)
+    get: Callable[[], Awaitable[tuple[str, Event]]] = router.inboxes[index].getter()  # type: ignore[assignment]
+    state = crew.state
+    while True:
+        task, event = await get()
+        if state.outcome is not None:
+            return
+        me.busy = True
+        try:
+            await _execute(crew, spec, index, call, event, task, durable.resumed.pop(task, None))
+        finally:
+            me.busy = False
+            router.release(task)
+
+
+async def _execute(
+    crew: Run,
+    spec: StepSpec,
+    index: int,
+    call: StepCall,
+    event: Event,
+    task: str,
+    resumed: PendingTask | None,
+) -> None:
+    """Run ``task`` (``event`` for step ``index``) to its end: attempts, retries, and what
+    its result or failure does next."""
+    router = crew.router
+    assert isinstance(router, DurableRouter)
+    journal = router.journal
+    key = f"{crew.run_id}:{task}"
+    attempt, tries = 1, 0
+    memo: dict[int, dict[str, Any]] | None = None
+    answers: dict[int, Event] | None = None
+    if resumed is not None:
+        tries = resumed.tries
+        attempt = resumed.attempt + 1 if resumed.attempt else tries + 1
+        memo, answers = resumed.calls, resumed.answers
+        if resumed.attempt:  # it was running when its process stopped: that attempt is lost
+            lost = WorkerLost(f"the process running step {spec.name!r} stopped before it finished")
+            journal.fail(task, resumed.attempt, lost, final=False, lost=True)
+            await crew.stream.write(
+                StepFailedEvent(
+                    step_name=spec.name, attempt=resumed.attempt, exception=lost, input_event=event
+                )
+            )
+    retry = spec.config.retry
+    while True:
+        journal.start(task, attempt)
+        ref = TaskRef(task, attempt, key, memo, answers)
+        current_execution.set(ref)
+        try:
+            result = await _attempt(crew, spec, call, event, attempt)
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            failure = None
+        if failure is None:
+            break
+        tries += 1
+        if not (
+            retry is not None and tries < retry.max_attempts and isinstance(failure, retry.retry_on)
+        ):
+            await _final_failure(crew, spec, index, task, event, failure, attempt)
+            return
+        failed = StepFailedEvent(
+            step_name=spec.name, attempt=attempt, exception=failure, input_event=event
+        )
+        journal.fail(task, attempt, failure, final=False)
+        try:
+            await crew.stream.write(failed)
+        except BaseException:
+            crew.state.report(failed)
+            raise
+        delay = retry.delay_before(tries + 1)
+        attempt += 1
+        memo = answers = None  # a retry's calls act again, as in memory
+        _log_retry(crew, spec, attempt, retry.max_attempts, delay, failure)
+        if crew.observation.lifecycle:
+            await crew.stream.write(
+                StepRetryEvent(step_name=spec.name, attempt=attempt, delay=delay, exception=failure)
+            )
+        await trio.sleep(delay)
+    if isinstance(result, StopEvent):
+        # Not journaled as done: should the process stop before the run's end is recorded,
+        # the step runs again and ends the run again.
+        await router.emit(spec.name, result)
+        return
+    if result is not None and ref.recorded(RETURNED, "send") is None:
+        try:
+            await router.emit_from(spec.name, result, [task, RETURNED])
+        except Exception as exc:
+            await _final_failure(crew, spec, index, task, event, exc, attempt)
+            return
+    journal.done(task, attempt)
+
+
+async def _final_failure(
+    crew: Run,
+    spec: StepSpec,
+    index: int,
+    task: str,
+    event: Event,
+    exc: Exception,
+    attempt: int,
+) -> None:
+    """`_worker._final_failure`, journaled: a failure its error handlers take finishes the
+    task; one that ends the run is not journaled (run again, the step fails again)."""
+    router = crew.router
+    assert isinstance(router, DurableRouter)
+    state = crew.state
+    add_note(exc, _step_note(crew, spec, event))
+    failed = StepFailedEvent(step_name=spec.name, attempt=attempt, exception=exc, input_event=event)
+    handlers = crew.graph.handlers_for[index]
+    if state.outcome is not None and isinstance(exc, RunEndedError):
+        return
+    if state.outcome is not None or not handlers:
+        state.fail(spec.name, exc, failed)
+        return
+    try:
+        await crew.stream.write(failed)
+    except BaseException:
+        state.report(failed)
+        raise
+    router._cause = [task, RETURNED]
+    try:
+        router._put(failed, handlers)
+    finally:
+        router._cause = "x"
+    router.journal.fail(task, attempt, exc, final=True)
