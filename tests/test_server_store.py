@@ -6,13 +6,22 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from _http import FLOWS, serve_process, served, sse_text_messages, wait_until
+from _http import (
+    DURABLE_FLOWS,
+    FLOWS,
+    serve_process,
+    served,
+    sse_messages,
+    sse_text_messages,
+    wait_until,
+)
 
 from trioflow import WorkflowApp
 from trioflow._store import EventRow, NewEvent, NewRun, RunRow, StoreLocked, open_store
@@ -274,3 +283,33 @@ def test_kill_9_while_waiting_for_an_answer(tmp_path: Path) -> None:
         assert json.loads(after[0]["data"])["data"]["exception"]["type"] == "WorkerLost"
         assert [int(m["id"]) for m in before + after] == list(range(1, len(before) + 6))
         assert client.get(f"/runs/{waiting}").json()["result"] == 2
+
+
+async def test_a_graceful_stop_suspends_runs_and_the_next_start_resumes_them(
+    tmp_path: Path,
+) -> None:
+    """Stopping the server (Ctrl-C, SIGTERM) does not cancel a durable run: nothing of its
+    stop is recorded, and the next start resumes it (a step that was running runs again
+    after a StepFailedEvent, as after a crash); a finished run stays finished."""
+    url = store_url(tmp_path)
+    async with served(DURABLE_FLOWS, store=url) as server:
+        done = await server.start("count", {"n": 2})
+        await server.wait_status(done, "completed")
+        waiting = await server.start("gate")
+        async with (
+            server.client.stream("GET", f"/runs/{waiting}/events") as response,
+            aclosing(sse_messages(response)) as messages,
+        ):
+            async for message in messages:
+                if message.get("event") == "Asking":  # it asked: it waits
+                    break
+    async with served(DURABLE_FLOWS, store=url) as server:
+        assert (await server.status(done))["status"] == "completed"
+        assert (await server.status(waiting))["status"] == "running"
+        sent = await server.client.post(
+            f"/runs/{waiting}/events", json={"type": "Go", "data": {"count": 1}}
+        )
+        assert sent.status_code == 202
+        await server.wait_status(waiting, "completed")
+        events = [m["event"] for m in await server.events(waiting)]
+        assert events == ["Tick", "Asking", "StepFailedEvent", "Tick", "Tick", "StopEvent"]

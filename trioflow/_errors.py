@@ -5,10 +5,14 @@ The tree::
     TrioflowError
      ├── WorkflowValidationError    a Workflow class's graph is wrong (raised on construction)
      ├── WorkflowRuntimeError       an operation is not possible in the run's current state
-     │    └── RunEndedError         the run's outcome is decided: it takes no more events
+     │    ├── RunEndedError         the run's outcome is decided: it takes no more events
+     │    └── NotJournalable        a durable run cannot record a value as it is
      ├── WorkflowTimeoutError       the run exceeded ``Workflow(timeout=...)``
      ├── WorkflowCancelledError     the run was cancelled before it produced a result
-     └── NotInTrioError             a run was started outside trio (under asyncio, say)
+     ├── NotInTrioError             a run was started outside trio (under asyncio, say)
+     ├── WorkerLost                 the process running a step stopped before it finished
+     ├── ReplayError                a durable run's journal does not fit its workflow
+     └── JournaledError             an exception read back from a durable run's journal
 
 A step's own exception is never wrapped in one of these: it propagates as itself, with a note
 naming the step.
@@ -87,3 +91,30 @@ def require_trio(what: str) -> None:
         "ASGI app on hypercorn's trio worker (`hypercorn --worker-class trio module:app`, or "
         'trioflow.serve), and test one with `TestClient(app, backend="trio")`'
     )
+
+
+class NotJournalable(WorkflowRuntimeError):
+    """A durable run must record a value that would not read back as it is (a store value
+    that is no JSON value, an event field holding a socket): the message names it."""
+
+
+class WorkerLost(TrioflowError):
+    """The process running a step stopped (a crash, a kill) before the step finished: that
+    attempt is lost, and the step runs again. Also what fails a run that was resumed
+    ``max_recoveries`` times."""
+
+
+class ReplayError(TrioflowError):
+    """A durable run's journal cannot be replayed into its workflow (its code changed, it is
+    no longer served, or the journal is damaged): the run fails rather than being resumed into
+    the wrong graph."""
+
+
+class JournaledError(TrioflowError):
+    """An exception read back from a durable run's journal (in a `StepFailedEvent` that an
+    error handler receives after a recovery): the original's type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message

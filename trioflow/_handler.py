@@ -186,6 +186,15 @@ class WorkflowHandler(Generic[R]):
         """
         return self._state.cancel()
 
+    def _suspend(self) -> bool:
+        """Stop a durable run as its process stopping would (a server shutting down): it is
+        cancelled here, but nothing of that is recorded, so it resumes at the next start.
+        False if its outcome was decided already (or it is no durable run: then cancel it)."""
+        durable = self._run.durable
+        if durable is None:
+            return self.cancel()
+        return durable.suspend(self._run)
+
     def _fail_from_server(self, error: Exception) -> bool:
         """Fail the run with ``error`` unless its outcome is decided, as if a step had raised
         it but naming no step: for the layers above, when what the run produced cannot be

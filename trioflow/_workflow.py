@@ -189,7 +189,7 @@ class _RunBlock(Generic[R]):
         body_error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._run.state.cancel()  # leaving the block ends the run, if still undecided
+        self._run.state.stop()  # leaving the block ends the run, if still undecided
         try:
             await self._nursery.__aexit__(None, None, None)
         except BaseException:

@@ -50,6 +50,10 @@ class Durability(Protocol):
     async def committed(self) -> None:
         """Wait until what the run journaled so far is committed."""
 
+    def suspend(self, run: Run) -> bool:
+        """Stop the run as if its process stopped now (`RunState.stop`): nothing it does from
+        here on is recorded, so it resumes from here; False if its outcome was decided."""
+
 
 @attrs.define(eq=False)
 class Run:
@@ -135,7 +139,7 @@ class Run:
                     finally:
                         # Only a cancellation gets here: the run's own scope (decided), or the
                         # caller's, which is decided now, before any step has unwound.
-                        state.cancel()
+                        state.stop()
         finally:
             self._conclude(trio.current_time() - started)
 

@@ -106,6 +106,9 @@ class RunState:
     #: Called when a step raises a `fatal` exception: ``start()`` cancels the caller's block,
     #: so the exception reaches the caller as promptly as trio's own nursery would make it.
     on_fatal: list[Callable[[], None]] = attrs.field(factory=list)
+    #: Called when the run is stopped from outside (`stop`) just before that decides it: a
+    #: durable run stops recording there, so that it resumes rather than ends cancelled.
+    on_stop: Callable[[], None] | None = None
 
     @property
     def status(self) -> RunStatus:
@@ -128,7 +131,7 @@ class RunState:
             return False  # a second stop event, or one after a failure: the first decided
         if cancelled_from_outside(self.scope):
             # A step that caught the caller's cancellation and returned a stop event anyway.
-            self._decide(RunStatus.CANCELLED)
+            self.stop()
             return False
         self.stop_event = stop_event
         self._decide(RunStatus.COMPLETED)
@@ -144,7 +147,7 @@ class RunState:
         if self.outcome is None and cancelled_from_outside(self.scope):
             # Raised while the caller's cancellation unwound the step (a cleanup error):
             # the cancellation came first, so it decides.
-            self._decide(RunStatus.CANCELLED)
+            self.stop()
         if self.outcome is not None:
             self.later_failures.append((step_name, exception))
             return False
@@ -180,9 +183,20 @@ class RunState:
         return True
 
     def cancel(self) -> bool:
-        """The caller cancelled the run, or left the scope it runs in."""
+        """The caller cancelled the run (`WorkflowHandler.cancel`)."""
         if self.outcome is not None:
             return False
+        self._decide(RunStatus.CANCELLED)
+        return True
+
+    def stop(self) -> bool:
+        """The run is stopped from outside: the scope it runs in is cancelled, or the caller
+        left its ``start()`` block. Cancelled, as `cancel`; a durable run is stopped as if its
+        process stopped (`on_stop`), to resume later."""
+        if self.outcome is not None:
+            return False
+        if self.on_stop is not None:
+            self.on_stop()
         self._decide(RunStatus.CANCELLED)
         return True
 

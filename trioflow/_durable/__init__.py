@@ -17,10 +17,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from .. import StartEvent, Workflow, WorkflowHandler
+from .._errors import JournaledError, NotJournalable, ReplayError, WorkerLost
 from .._wire import qualified_name
-from ._codec import EventCodec, JournaledError, NotJournalable, check_storable
-from ._journal import Appender, Journal, Replay, ReplayError, fold
-from ._runtime import Durable, DurableStream, StreamSink, WorkerLost
+from ._codec import EventCodec, check_storable
+from ._journal import Appender, Journal, Replay, fold
+from ._runtime import Durable, DurableStream, StreamSink
 
 
 def fingerprint(workflow: Workflow) -> str:

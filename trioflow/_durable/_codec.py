@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from .._errors import TrioflowError, WorkflowRuntimeError
+from .._errors import JournaledError, NotJournalable
 from .._events import Event, HumanResponseEvent, StartEvent, StepFailedEvent
 from .._wire import (
     WireError,
@@ -30,20 +30,6 @@ from .._wire import (
     encode_exception,
     qualified_name,
 )
-
-
-class JournaledError(TrioflowError):
-    """An exception read back from a run's journal: its type's name and its message (the
-    original object stayed with the process that raised it)."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}" if message else type_name)
-        self.type_name = type_name
-        self.message = message
-
-
-class NotJournalable(WorkflowRuntimeError):
-    """A value a durable run must record cannot be: it would not come back as it is."""
 
 
 class EventCodec:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._errors import TrioflowError
+from .._errors import ReplayError
 from .._events import Event
 from .._store import JournalEntry, Operation
 from .._wire import dumps, encode_exception, loads
@@ -49,11 +49,6 @@ current_ref: ContextVar[TaskRef | None] = ContextVar("trioflow_task", default=No
 
 #: The call number of what a step returned (or its failure handed on), in a ``cause``.
 RETURNED = -1
-
-
-class ReplayError(TrioflowError):
-    """A run's journal cannot be replayed into its workflow (its code changed, or the journal
-    is damaged): the run is failed rather than resumed into the wrong graph."""
 
 
 class Appender(Protocol):
@@ -74,9 +69,18 @@ class Journal:
         self.next_n = next_n
         #: What `SqliteStore.append` returned for the last record: see `committed`.
         self._ticket = 0
+        #: Records are no longer written (the run is suspended: `stop`).
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Write nothing more: the journal ends here, as a crash now would end it."""
+        self.stopped = True
 
     def _write(self, kind: str, body: dict[str, Any]) -> int:
         n = self.next_n
+        if self.stopped:
+            self.next_n = n + 1
+            return n
         self._ticket = self._store.append(JournalEntry(self.run_id, n, kind, dumps(body)))
         self.next_n = n + 1
         return n

@@ -46,7 +46,7 @@ from .._core._worker import (
     _step_note,
     work,
 )
-from .._errors import RunEndedError, TrioflowError
+from .._errors import RunEndedError, WorkerLost
 from .._events import (
     Event,
     InputRequiredEvent,
@@ -58,11 +58,6 @@ from ._codec import check_storable
 from ._journal import RETURNED, Journal, PendingTask, Replay, TaskRef
 
 _E = TypeVar("_E", bound=Event)
-
-
-class WorkerLost(TrioflowError):
-    """The process running a step stopped (a crash, a kill) before the step finished: that
-    attempt is lost, and the step runs again."""
 
 
 class StreamSink(Protocol):
@@ -93,9 +88,13 @@ class DurableStream(EventStream):
         super().__init__(capacity)
         self.sink = sink
         self.send_nowait = self._send_to_sink  # type: ignore[assignment]
+        #: The run is suspended: its events go nowhere (as if its process had stopped).
+        self.suspended = False
 
     def _send_to_sink(self, event: Event) -> None:
         sink = self.sink
+        if self.suspended:
+            return
         if not sink.has_room():
             raise trio.WouldBlock
         sink.write(sink.seq + 1, event)
@@ -103,7 +102,8 @@ class DurableStream(EventStream):
     def write_nowait(self, event: Event) -> None:
         # For writers that cannot wait (an `InputRequiredEvent` sent): the sink takes it.
         sink = self.sink
-        sink.write(sink.seq + 1, event)
+        if not self.suspended:
+            sink.write(sink.seq + 1, event)
         self.written += 1
 
     def make_room_if_unread(self) -> bool:
@@ -116,11 +116,14 @@ class DurableStream(EventStream):
         finally:
             self.waited += trio.current_time() - started
         sink = self.sink
-        sink.write(sink.seq + 1, event)
+        if not self.suspended:
+            sink.write(sink.seq + 1, event)
         self.written += 1
 
     def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
         super().close(terminal)
+        if self.suspended:
+            return
         sink = self.sink
         try:
             for event in (*trailing, terminal):
@@ -378,6 +381,7 @@ class Durable:
         assert isinstance(stream, DurableStream)
         state = run.state
         stream.sink.attach(lambda error: not state.decided and state.fail("", error))
+        state.on_stop = functools.partial(self._stop_recording, run)
         run.observation.stream_lifecycle(self.lifecycle)
         router = DurableRouter(run.graph, run.state, run.stream, self.journal)
         run.router = router
@@ -409,6 +413,21 @@ class Durable:
     async def committed(self) -> None:
         """Wait until what the run journaled so far is committed."""
         await self.journal.committed()
+
+    @property
+    def suspended(self) -> bool:
+        return self.journal.stopped
+
+    def suspend(self, run: Run) -> bool:
+        return run.state.stop()
+
+    def _stop_recording(self, run: Run) -> None:
+        """The run is stopped from outside (`RunState.stop`): from here on nothing it does is
+        recorded, as if its process had stopped now, so it resumes from here."""
+        self.journal.stop()
+        stream = run.stream
+        assert isinstance(stream, DurableStream)
+        stream.suspended = True
 
     async def _loop(self, crew: Run, index: int, me: WorkerState) -> None:
         await _work_durable(crew, index, me, self)

@@ -101,6 +101,9 @@ class RunRegistry:
             store.on_commit(self._published)
         self._max_runs = options.max_runs
         self._records: dict[str, RunRecord] = {}
+        #: On a store, the feeds of the runs under way, from before their first event (which
+        #: may be committed before the run's record is known) until their end is committed.
+        self._feeds: dict[str, StoredFeed] = {}
         self._numbers = itertools.count()
         #: Finished runs, oldest first, and the bytes they keep (`RunRecord.footprint`).
         self._finished: deque[tuple[str, int]] = deque()
@@ -360,11 +363,15 @@ class RunRegistry:
         return self._fatal
 
     def _close(self) -> list[RunRecord]:
-        """Start no more runs and cancel the running ones; return those."""
+        """Start no more runs and cancel the running ones (on a store, suspend them: they
+        resume at the next start); return those."""
         self._closing = True
         running = [r for r in self._records.values() if not r.done.is_set()]
         for record in running:
-            record.handler.cancel()
+            if self._store is None:
+                record.handler.cancel()
+            else:
+                record.handler._suspend()
         return running
 
     def _stop_for(self, error: BaseException, workflow_name: str) -> None:
@@ -474,6 +481,7 @@ class RunRegistry:
             last_seq=last,
         )
         sink = StoreSink(store, feed, name, seq=last)
+        self._feeds[row.run_id] = feed
         record: RunRecord | None = None
         raised: BaseException | None = None
         try:
@@ -508,13 +516,27 @@ class RunRegistry:
             raised = error
         if record is None:  # start() failed before the run was under way: the request's error
             assert raised is not None
+            self._feeds.pop(row.run_id, None)
             raise raised
         record.pumped = True
+        durable = handler._run.durable
+        suspended = durable is not None and durable.suspended  # type: ignore[attr-defined]
         try:
-            log_failed_run(record)
+            if suspended:
+                logger.info(
+                    "trioflow: run %s of %s is suspended; it resumes at the next start",
+                    row.run_id,
+                    name,
+                )
+            else:
+                log_failed_run(record)
             await self._end(record, raised)
         finally:
-            store.append(_ended(record))  # `_published` finishes it once committed
+            if suspended:  # nothing recorded: its clients' streams end, to resume later
+                self._feeds.pop(row.run_id, None)
+                self._wrap_up(record)
+            else:
+                store.append(_ended(record))  # `_published` finishes it once committed
             record.done.set()
 
     def _wrap_up(self, record: RunRecord) -> None:
@@ -530,12 +552,11 @@ class RunRegistry:
         whose end it holds is finished."""
         for operation in batch:
             if isinstance(operation, NewEvent):
-                record = self._records.get(operation.run_id)
-                if record is not None:
-                    feed = record.feed
-                    assert isinstance(feed, StoredFeed)
+                feed = self._feeds.get(operation.run_id)
+                if feed is not None:
                     feed.append_row(operation.event, operation.tag)
             elif isinstance(operation, RunEnded):
+                self._feeds.pop(operation.run_id, None)
                 record = self._records.get(operation.run_id)
                 if record is not None:
                     self._wrap_up(record)
