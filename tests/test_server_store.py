@@ -313,3 +313,22 @@ async def test_a_graceful_stop_suspends_runs_and_the_next_start_resumes_them(
         await server.wait_status(waiting, "completed")
         events = [m["event"] for m in await server.events(waiting)]
         assert events == ["Tick", "Asking", "StepFailedEvent", "Tick", "Tick", "StopEvent"]
+
+
+async def test_stops_do_not_count_as_recoveries(tmp_path: Path) -> None:
+    """A run stopped gracefully more often than max_recoveries still resumes: only crashes
+    count."""
+    url = store_url(tmp_path)
+    async with served(DURABLE_FLOWS, store=url, max_recoveries=1) as server:
+        waiting = await server.start("gate")
+        registry = server.app._registry
+        assert registry is not None
+        await wait_until(lambda: registry._records[waiting].seq >= 2)  # it asked: it waits
+    for _ in range(3):
+        async with served(DURABLE_FLOWS, store=url, max_recoveries=1) as server:
+            assert (await server.status(waiting))["status"] == "running"
+    async with open_store(url) as store:
+        assert store is not None
+        row = await store.run(waiting)
+        assert row is not None
+        assert row.recoveries == 0

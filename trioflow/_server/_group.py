@@ -273,12 +273,6 @@ class RunGroupBlock:
             if body_error is None:  # a failing block cancels the runs at once instead
                 await registry.shutdown(self._options.shutdown_grace)
         finally:
-            if self._store is not None:
-                # What the runs wrote is committed before the flusher goes (a kill would
-                # lose no more than this would).
-                grace = self._options.shutdown_grace
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + grace):
-                    await self._store.drain()
             self._nursery.cancel_scope.cancel()
             try:
                 # The runs never raise into it (see `RunRegistry`): what leaving it raises is
@@ -288,6 +282,13 @@ class RunGroupBlock:
                 if body_error is None or (self._stops_on_fatal and registry.fatal is not None):
                     raise
                 raise body_error  # noqa: B904 (the cancellation stays attached as __context__)
+            finally:
+                if self._store is not None:
+                    # What the runs wrote, to their last records, is committed before the
+                    # store closes (a kill would lose no more than this would).
+                    grace = self._options.shutdown_grace
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + grace):
+                        await self._store.drain()
             fatal = registry.fatal
             if fatal is not None and self._stops_on_fatal:  # it cancelled the block: it goes on
                 raise fatal from None
