@@ -144,11 +144,11 @@ class Summed(Event):
     total: int
 
 
-class Approve(InputRequiredEvent):
+class AskConsent(InputRequiredEvent):
     question: str
 
 
-class Approval(HumanResponseEvent):
+class Consent(HumanResponseEvent):
     ok: bool
 
 
@@ -183,7 +183,7 @@ class FanFlow(Workflow):
 
     @step
     async def ask(self, ctx: Context, ev: Summed) -> StopEvent:
-        answer = await ctx.wait_for_event(Approval, waiter_event=Approve(question="ok?"))
+        answer = await ctx.wait_for_event(Consent, waiter_event=AskConsent(question="ok?"))
         await ctx.store.set("answer", answer.ok)
         return StopEvent(result={"total": ev.total, "ok": answer.ok, "key": ctx.task_key})
 
@@ -214,7 +214,7 @@ def _check_resumed(crashed: Recorder, cut: int, resumed: Recorder, expected: Any
     # Each task running at the crash runs again after one StepFailedEvent(WorkerLost); a
     # task that ended the run (not journaled as done) may be among them.
     assert len(lost) <= len(started - finished)
-    questions = [e for _, e in events if isinstance(e, Approve)]
+    questions = [e for _, e in events if isinstance(e, AskConsent)]
     asked = any(kind == "call" and body["op"] == "wait" for kind, body in kept.records())
     assert len(questions) == 1 if asked else len(questions) >= 1
 
@@ -233,13 +233,13 @@ async def test_a_run_resumes_from_every_prefix_of_its_journal() -> None:
     flow = FanFlow(timeout=None)
     start = Plan(parts=3, flaky=True)
     crashed = Recorder()
-    expected = await run_durably(flow, start, crashed, answer=Approval(ok=True))
+    expected = await run_durably(flow, start, crashed, answer=Consent(ok=True))
     assert expected["total"] == 5
     assert expected["ok"] is True
     for cut in range(_terminal(crashed) + 1):
         kept = Recorder(crashed.ops[:cut])
         resumed = Recorder(kept.ops)
-        got = await run_durably(flow, start, resumed, kept=kept, answer=Approval(ok=True))
+        got = await run_durably(flow, start, resumed, kept=kept, answer=Consent(ok=True))
         _check_resumed(crashed, cut, resumed, expected, got)
 
 
@@ -250,24 +250,24 @@ async def test_any_crash_point_resumes_to_the_same_result(
     flow = FanFlow(timeout=None)
     start = Plan(parts=parts, flaky=flaky)
     crashed = Recorder()
-    expected = await run_durably(flow, start, crashed, answer=Approval(ok=ok))
+    expected = await run_durably(flow, start, crashed, answer=Consent(ok=ok))
     cut = data.draw(st.integers(0, _terminal(crashed)))
     kept = Recorder(crashed.ops[:cut])
     resumed = Recorder(kept.ops)
-    got = await run_durably(flow, start, resumed, kept=kept, answer=Approval(ok=ok))
+    got = await run_durably(flow, start, resumed, kept=kept, answer=Consent(ok=ok))
     _check_resumed(crashed, cut, resumed, expected, got)
     # A crash after the resumed run's own records: resumed once more, from there.
     cut2 = data.draw(st.integers(cut, _terminal(resumed)))
     kept2 = Recorder(resumed.ops[:cut2])
     again = Recorder(kept2.ops)
-    got2 = await run_durably(flow, start, again, kept=kept2, answer=Approval(ok=ok))
+    got2 = await run_durably(flow, start, again, kept=kept2, answer=Consent(ok=ok))
     assert (got2["total"], got2["ok"]) == (expected["total"], expected["ok"])
 
 
 async def test_the_answer_journaled_before_a_crash_is_not_asked_for_again() -> None:
     flow = FanFlow(timeout=None)
     crashed = Recorder()
-    await run_durably(flow, Plan(parts=1), crashed, answer=Approval(ok=False))
+    await run_durably(flow, Plan(parts=1), crashed, answer=Consent(ok=False))
     records = crashed.records()
     answered = next(
         i for i, (kind, body) in enumerate(records) if kind == "route" and "answer" in body
@@ -279,7 +279,7 @@ async def test_the_answer_journaled_before_a_crash_is_not_asked_for_again() -> N
     got = await run_durably(flow, Plan(parts=1), resumed, kept=kept)  # nobody answers now
     assert got["ok"] is False
     new = resumed.events()[len(kept.events()) :]
-    assert not any(isinstance(e, Approve) for _, e in new)
+    assert not any(isinstance(e, AskConsent) for _, e in new)
     assert isinstance(new[0][1], StepFailedEvent)
     assert isinstance(new[0][1].exception, WorkerLost)
 
@@ -287,13 +287,13 @@ async def test_the_answer_journaled_before_a_crash_is_not_asked_for_again() -> N
 async def test_task_key_is_the_same_on_every_recovery() -> None:
     flow = FanFlow(timeout=None)
     crashed = Recorder()
-    expected = await run_durably(flow, Plan(parts=1), crashed, answer=Approval(ok=True))
+    expected = await run_durably(flow, Plan(parts=1), crashed, answer=Consent(ok=True))
     last_start = max(
         i for i, op in enumerate(crashed.ops) if isinstance(op, JournalEntry) and op.kind == "start"
     )
     kept = Recorder(crashed.ops[: last_start + 1])
     got = await run_durably(
-        flow, Plan(parts=1), Recorder(kept.ops), kept=kept, answer=Approval(ok=True)
+        flow, Plan(parts=1), Recorder(kept.ops), kept=kept, answer=Consent(ok=True)
     )
     assert got["key"] == expected["key"]
     assert got["key"].startswith("run:")
@@ -339,7 +339,7 @@ async def test_a_retry_in_a_durable_run_acts_again_as_in_memory() -> None:
     routed again); only a recovery replays a lost attempt's calls."""
     flow = FanFlow(timeout=None)
     store = Recorder()
-    got = await run_durably(flow, Plan(parts=2, flaky=True), store, answer=Approval(ok=True))
+    got = await run_durably(flow, Plan(parts=2, flaky=True), store, answer=Consent(ok=True))
     assert got["total"] == 1
     fails = [body for kind, body in store.records() if kind == "fail"]
     assert [(f["attempt"], f["final"], f["lost"]) for f in fails] == [(1, False, False)]
