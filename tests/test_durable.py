@@ -29,6 +29,7 @@ from trioflow import (
     StartEvent,
     StepFailedEvent,
     StopEvent,
+    SyncContext,
     Workflow,
     WorkflowRuntimeError,
     step,
@@ -414,3 +415,20 @@ async def test_task_key_outside_a_step_is_an_error() -> None:
         with pytest.raises(WorkflowRuntimeError, match="task_key"):
             handler._run.context.task_key  # noqa: B018
         handler.cancel()
+
+
+async def test_a_def_steps_calls_are_journaled_too() -> None:
+    """A plain ``def`` step's context calls cross into trio from its thread: they are
+    numbered and journaled as an async step's are."""
+
+    class SyncFlow(Workflow):
+        @step
+        def only(self, ctx: SyncContext, ev: StartEvent) -> StopEvent:
+            ctx.store.set("k", 1)
+            return StopEvent(result=ctx.task_key)
+
+    store = Recorder()
+    assert await run_durably(SyncFlow(), StartEvent(), store) == "run:0.0"
+    assert ("call", {"task": "0.0", "k": 0, "op": "set", "key": "k", "value": 1}) in (
+        store.records()
+    )
