@@ -24,7 +24,15 @@ from _http import (
 )
 
 from trioflow import WorkflowApp
-from trioflow._store import EventRow, NewEvent, NewRun, RunRow, StoreLocked, open_store
+from trioflow._store import (
+    EventRow,
+    NewEvent,
+    NewRun,
+    RunEnded,
+    RunRow,
+    StoreLocked,
+    open_store,
+)
 
 
 def store_url(tmp_path: Path) -> str:
@@ -332,3 +340,41 @@ async def test_stops_do_not_count_as_recoveries(tmp_path: Path) -> None:
         row = await store.run(waiting)
         assert row is not None
         assert row.recoveries == 0
+
+
+async def test_a_cancel_answered_202_is_not_undone_by_a_crash(tmp_path: Path) -> None:
+    """The 202 for a cancel comes once it is recorded: a process that stops before the run's
+    end (its terminal event, its status) is recorded does not resume the run at the next
+    start, it ends it as cancelled."""
+    url = store_url(tmp_path)
+    async with served(DURABLE_FLOWS, store=url) as server:
+        waiting = await server.start("gate")
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        await wait_until(lambda: registry._records[waiting].seq >= 2)  # it asked: it waits
+        record = registry._records[waiting]
+        # As if the process stopped right after the 202: the run's end is never recorded.
+        ends: list[Any] = []
+        append = store.append
+        monkey = pytest.MonkeyPatch()
+
+        def lost(op: Any) -> bool:
+            terminal = isinstance(op, NewEvent) and op.event.flags & 2
+            return isinstance(op, RunEnded) or bool(terminal)
+
+        monkey.setattr(store, "append", lambda op: ends.append(op) if lost(op) else append(op))
+        try:
+            cancelled = await server.client.post(f"/runs/{waiting}/cancel")
+            assert cancelled.status_code == 202
+            await record.done.wait()
+        finally:
+            monkey.undo()
+        assert len(ends) == 2  # its terminal event and its end were not written
+    async with served(DURABLE_FLOWS, store=url) as server:
+        status = await server.status(waiting)
+        assert status["status"] == "cancelled"
+        events = await server.events(waiting)
+        assert events[-1]["event"] == "WorkflowCancelledEvent"
+        assert "StepFailedEvent" not in [m["event"] for m in events]

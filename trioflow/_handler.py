@@ -184,7 +184,20 @@ class WorkflowHandler(Generic[R]):
             True if this call cancelled the run; False if its outcome was decided already
             (it completed, failed, timed out or was cancelled), which this call leaves alone.
         """
-        return self._state.cancel()
+        if not self._state.cancel():
+            return False
+        durable = self._run.durable
+        if durable is not None:
+            durable.cancelled()
+        return True
+
+    async def _committed(self) -> None:
+        """Wait until what a durable run has recorded so far (a cancel, say) is committed."""
+        durable = self._run.durable
+        if durable is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await durable.committed()
 
     def _suspend(self) -> bool:
         """Stop a durable run as its process stopping would (a server shutting down): it is

@@ -50,6 +50,10 @@ class Durability(Protocol):
     async def committed(self) -> None:
         """Wait until what the run journaled so far is committed."""
 
+    def cancelled(self) -> None:
+        """The caller cancelled the run: recorded, so that a crash before its end is recorded
+        ends it as cancelled rather than resuming it."""
+
     def suspend(self, run: Run) -> bool:
         """Stop the run as if its process stopped now (`RunState.stop`): nothing it does from
         here on is recorded, so it resumes from here; False if its outcome was decided."""

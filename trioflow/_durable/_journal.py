@@ -22,6 +22,7 @@ Records, by kind (bodies are JSON):
 - ``fail``: ``{"task", "attempt", "error", "final", "lost"}``: an attempt failed; ``final``:
   the failure went to the step's error handlers, so the task is finished; ``lost``: its
   process stopped while it ran (a recovery wrote this).
+- ``cancel``: ``{}``: the caller cancelled the run.
 
 A resumed run is the fold of its journal: the tasks that are not finished, what the store and
 the collect buffers held, and for each unfinished task the results of the context calls its
@@ -102,6 +103,10 @@ class Journal:
 
     def call(self, task: str, k: int, op: str, **fields: Any) -> None:
         self._write("call", {"task": task, "k": k, "op": op, **fields})
+
+    def cancel(self) -> None:
+        """The caller cancelled the run."""
+        self._write("cancel", {})
 
     def done(self, task: str, attempt: int) -> None:
         self._write("done", {"task": task, "attempt": attempt})
@@ -209,6 +214,8 @@ class Replay:
     collects: list[tuple[str, Event, tuple[type[Event], ...]]] = attrs.field(factory=list)
     #: The number of the next record.
     next_n: int = 0
+    #: The caller cancelled the run (its end was not recorded): it ends so at recovery.
+    cancelled: bool = False
 
 
 def fold(records: list[tuple[int, str, bytes]], codec: EventCodec, step_names: list[str]) -> Replay:
@@ -255,6 +262,9 @@ def _apply(
                 raise ReplayError(f"journal record {n} routes to step {step}, which is gone")
             task = f"{n}.{step}"
             pending[task] = PendingTask(task, step, event)
+        return
+    if kind == "cancel":
+        replay.cancelled = True
         return
     if kind not in ("call", "start", "done", "fail"):
         raise ReplayError(f"journal record {n} is of an unknown kind {kind!r}")

@@ -414,6 +414,9 @@ class Durable:
         """Wait until what the run journaled so far is committed."""
         await self.journal.committed()
 
+    def cancelled(self) -> None:
+        self.journal.cancel()
+
     @property
     def suspended(self) -> bool:
         return self.journal.stopped

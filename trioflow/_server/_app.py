@@ -466,6 +466,8 @@ class WorkflowApp:
         record = await self._record(args[0])
         if not record.cancel():  # the outcome was decided already, by something else
             raise _run_ended(record)
+        if isinstance(record, RunRecord):
+            await record.committed()  # on a store: a crash now does not resume it
         await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
 
     async def _get_openapi(self, request: Request, args: list[str]) -> None:

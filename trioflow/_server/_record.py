@@ -76,6 +76,10 @@ class RunRecord:
         """Cancel the run; False if its outcome was decided already."""
         return self.handler.cancel()
 
+    async def committed(self) -> None:
+        """Wait until what the run has recorded in its store (a cancel) is committed."""
+        await self.handler._committed()
+
     def outcome_json(self) -> tuple[bytes | None, bytes | None]:
         """The run's result and error as JSON (each None when it has none); (None, None)
         while it runs."""

@@ -30,8 +30,11 @@ import trio
 from .. import (
     RunStatus,
     StartEvent,
+    StopEvent,
     TrioflowError,
     Workflow,
+    WorkflowCancelledError,
+    WorkflowCancelledEvent,
     WorkflowFailedEvent,
     WorkflowHandler,
     WorkflowRuntimeError,
@@ -231,6 +234,9 @@ class RunRegistry:
             except (ReplayError, WorkerLost, RunInterrupted) as error:
                 self._interrupted(row, last, error)
                 continue
+            except WorkflowCancelledError as error:
+                self._interrupted(row, last, error, WorkflowCancelledEvent(), RunStatus.CANCELLED)
+                continue
             await self._nursery.start(self._drive_stored, *resumed)
         await store.drain()
 
@@ -242,6 +248,7 @@ class RunRegistry:
         Raises:
             RunInterrupted, ReplayError, WorkerLost: it cannot be resumed (the message says
                 why).
+            WorkflowCancelledError: its caller had cancelled it.
         """
         assert self._store is not None
         workflow = workflows.get(row.workflow)
@@ -274,6 +281,9 @@ class RunRegistry:
             raise ReplayError(f"its start event cannot be read back: {error}") from None
         records = await self._store.journal(row.run_id)
         replay = fold(records, codec_for(workflow), [spec.name for spec in workflow.graph.steps])
+        if replay.cancelled:
+            # Its caller cancelled it; its process stopped before it recorded the end.
+            raise WorkflowCancelledError(f"{row.workflow} run {row.run_id} was cancelled")
         logger.info(
             "trioflow: resuming run %s of %s (%d unfinished steps; recovery %d)",
             row.run_id,
@@ -283,15 +293,24 @@ class RunRegistry:
         )
         return row.workflow, workflow, start_event, None, row.lifecycle, _Resume(row, last, replay)
 
-    def _interrupted(self, row: RunRow, last: int, error: Exception) -> None:
-        """End ``row``'s run, which stopped with its process and is not resumed."""
+    def _interrupted(
+        self,
+        row: RunRow,
+        last: int,
+        error: Exception,
+        ended: StopEvent | None = None,
+        status: RunStatus = RunStatus.FAILED,
+    ) -> None:
+        """End ``row``'s run, which stopped with its process and is not resumed: with a
+        `WorkflowFailedEvent` for ``error``, or ``ended`` with ``status``."""
         assert self._store is not None
         seq = last + 1
-        ended = WorkflowFailedEvent(step_name="", exception=error)
+        if ended is None:
+            ended = WorkflowFailedEvent(step_name="", exception=error)
         json = dumps(encode_envelope(seq, ended))
         self._store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
         failure = dumps(encode_exception(error))
-        self._store.append(RunEnded(row.run_id, "failed", None, failure, time.time(), seq))
+        self._store.append(RunEnded(row.run_id, status.value, None, failure, time.time(), seq))
         logger.warning(
             "trioflow: run %s of %s was interrupted and is not resumed: %s",
             row.run_id,
