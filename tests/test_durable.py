@@ -387,7 +387,7 @@ def test_a_step_failure_reads_back_with_its_type_and_message() -> None:
     back = codec.decode(codec.encode(failed))
     assert isinstance(back, StepFailedEvent)
     assert isinstance(back.exception, JournaledError)
-    assert (back.exception.type_name, back.exception.message) == ("ValueError", "bad part")
+    assert (back.exception.type_name, str(back.exception)) == ("ValueError", "bad part")
     assert back.input_event == Part(i=1)
 
 

@@ -319,8 +319,18 @@ async def test_a_graceful_stop_suspends_runs_and_the_next_start_resumes_them(
         )
         assert sent.status_code == 202
         await server.wait_status(waiting, "completed")
-        events = [m["event"] for m in await server.events(waiting)]
-        assert events == ["Tick", "Asking", "StepFailedEvent", "Tick", "Tick", "StopEvent"]
+        events = await server.events(waiting)
+        assert [m["event"] for m in events] == [
+            "Tick",
+            "Asking",
+            "StepFailedEvent",
+            "Tick",
+            "Tick",
+            "StopEvent",
+        ]
+        lost = events[2]["data"]["data"]["exception"]
+        assert lost["type"] == "WorkerLost"
+        assert "was stopped" in lost["message"]
 
 
 async def test_stops_do_not_count_as_recoveries(tmp_path: Path) -> None:
@@ -378,3 +388,66 @@ async def test_a_cancel_answered_202_is_not_undone_by_a_crash(tmp_path: Path) ->
         events = await server.events(waiting)
         assert events[-1]["event"] == "WorkflowCancelledEvent"
         assert "StepFailedEvent" not in [m["event"] for m in events]
+
+
+def _crash_now(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the server's store takes no writes, as if its process were killed now
+    (what was committed stays)."""
+    registry = server.app._registry
+    assert registry is not None
+    monkeypatch.setattr(registry._store, "append", lambda op: 0)
+
+
+async def test_crashes_while_a_run_only_waits_do_not_count_as_recoveries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_recoveries counts crashes while one of the run's steps was running: a run that
+    waits for an answer through more crashes than that is still resumed, and the lost
+    attempt's WorkerLost says its process crashed."""
+    url = store_url(tmp_path)
+    async with served(DURABLE_FLOWS, store=url, max_recoveries=1) as server:
+        waiting = await server.start("gate")
+        registry = server.app._registry
+        assert registry is not None
+        await wait_until(lambda: registry._records[waiting].seq >= 2)  # it asked: it waits
+        _crash_now(server, monkeypatch)
+    for _ in range(3):
+        monkeypatch.undo()
+        async with served(DURABLE_FLOWS, store=url, max_recoveries=1) as server:
+            assert (await server.status(waiting))["status"] == "running"
+            _crash_now(server, monkeypatch)
+    monkeypatch.undo()
+    async with served(DURABLE_FLOWS, store=url, max_recoveries=1) as server:
+        sent = await server.client.post(
+            f"/runs/{waiting}/events", json={"type": "Go", "data": {"count": 0}}
+        )
+        assert sent.status_code == 202
+        await server.wait_status(waiting, "completed")
+        events = await server.events(waiting)
+        lost = [m["data"]["data"]["exception"] for m in events if m["event"] == "StepFailedEvent"]
+        assert lost
+        assert all(e["type"] == "WorkerLost" and "a crash" in e["message"] for e in lost)
+
+
+async def test_a_run_whose_failure_was_committed_keeps_its_error(tmp_path: Path) -> None:
+    """A run killed after its terminal WorkflowFailedEvent was committed, before its end was:
+    at the next start its status and error are the ones its stream showed."""
+    url = store_url(tmp_path)
+    async with open_store(url) as store:
+        assert store is not None
+        row = RunRow(
+            "ended", store.next_number(), "gate", "running", b"{}", False, 0, None, None, 1.0, None
+        )
+        store.append(NewRun(row))
+        data = {"step_name": "gate", "exception": {"type": "Boom", "message": "kaboom"}}
+        body = json.dumps(
+            {"seq": 1, "type": "WorkflowFailedEvent", "qualified_name": "x", "data": data},
+            separators=(",", ":"),  # as the server writes envelopes
+        )
+        event = EventRow(1, "WorkflowFailedEvent", "x", 2, "StopEvent", body.encode())
+        store.append(NewEvent("ended", event))
+        await store.drain()
+    async with served(FLOWS, store=url) as server:
+        status = await server.status("ended")
+        assert status["status"] == "failed"
+        assert status["error"] == {"type": "Boom", "message": "kaboom"}

@@ -112,9 +112,11 @@ class ReplayError(TrioflowError):
 
 class JournaledError(TrioflowError):
     """An exception read back from a durable run's journal (in a `StepFailedEvent` that an
-    error handler receives after a recovery): the original's type name and message."""
+    error handler receives after a recovery): its ``str()`` is the original's, and
+    ``type_name`` names the original's class (the object itself stayed with the process that
+    raised it, so ``isinstance`` checks against that class do not hold)."""
 
     def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}" if message else type_name)
+        super().__init__(message)
         self.type_name = type_name
         self.message = message

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import StartEvent, Workflow, WorkflowHandler
 from .._errors import JournaledError, NotJournalable, ReplayError, WorkerLost
-from .._wire import qualified_name
+from .._wire import field_types, qualified_name
 from ._codec import EventCodec, check_storable
 from ._journal import Appender, Journal, Replay, fold
 from ._runtime import Durable, DurableStream, StreamSink
@@ -26,13 +26,17 @@ from ._runtime import Durable, DurableStream, StreamSink
 
 def fingerprint(workflow: Workflow) -> str:
     """A digest of ``workflow``'s graph: its steps, what each takes and returns, its start and
-    stop events. A journal is replayed only into a graph with the same digest."""
+    stop events, and the fields (names and types) of the events they name. A journal is
+    replayed only into a graph with the same digest."""
     graph = workflow.graph
     parts = [qualified_name(graph.start_event_type), qualified_name(graph.stop_event_type)]
     for spec in graph.steps:
         accepts = ",".join(qualified_name(t) for t in spec.accepts)
         returns = ",".join(qualified_name(t) for t in spec.returns)
         parts.append(f"{spec.name}({accepts})->{returns}")
+    for event_type in graph.event_types():  # and the fields of every event it names
+        fields = ",".join(f"{name}:{tp!r}" for name, tp in field_types(event_type).items())
+        parts.append(f"{qualified_name(event_type)}{{{fields}}}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 

@@ -23,6 +23,8 @@ Records, by kind (bodies are JSON):
   the failure went to the step's error handlers, so the task is finished; ``lost``: its
   process stopped while it ran (a recovery wrote this).
 - ``cancel``: ``{}``: the caller cancelled the run.
+- ``stop``: ``{}``: the run was stopped on purpose (its server shut down): the last record of
+  its process, so that a recovery can tell a stop from a crash.
 
 A resumed run is the fold of its journal: the tasks that are not finished, what the store and
 the collect buffers held, and for each unfinished task the results of the context calls its
@@ -74,7 +76,9 @@ class Journal:
         self.stopped = False
 
     def stop(self) -> None:
-        """Write nothing more: the journal ends here, as a crash now would end it."""
+        """Write nothing more but a ``stop`` record: the journal ends here, as a crash now
+        would end it, saying it was a stop."""
+        self._write("stop", {})
         self.stopped = True
 
     def _write(self, kind: str, body: dict[str, Any]) -> int:
@@ -216,6 +220,14 @@ class Replay:
     next_n: int = 0
     #: The caller cancelled the run (its end was not recorded): it ends so at recovery.
     cancelled: bool = False
+    #: Its process stopped on purpose (a ``stop`` record is its last), not by a crash.
+    stopped: bool = False
+
+    @property
+    def executing(self) -> bool:
+        """Whether a step was running when its process stopped (a task began and neither
+        finished nor waits for an answer): what counts as a recovery (``max_recoveries``)."""
+        return any(t.attempt and t.open_wait() is None for t in self.pending.values())
 
 
 def fold(records: list[tuple[int, str, bytes]], codec: EventCodec, step_names: list[str]) -> Replay:
@@ -234,6 +246,7 @@ def fold(records: list[tuple[int, str, bytes]], codec: EventCodec, step_names: l
         except Exception as error:
             raise ReplayError(f"journal record {n} ({kind}) does not fit: {error}") from None
         replay.next_n = n + 1
+        replay.stopped = kind == "stop"
     return replay
 
 
@@ -265,6 +278,8 @@ def _apply(
         return
     if kind == "cancel":
         replay.cancelled = True
+        return
+    if kind == "stop":
         return
     if kind not in ("call", "start", "done", "fail"):
         raise ReplayError(f"journal record {n} is of an unknown kind {kind!r}")

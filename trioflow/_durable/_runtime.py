@@ -375,6 +375,8 @@ class Durable:
         self.lifecycle = lifecycle
         #: The resumed tasks not yet taken by a worker, by name.
         self.resumed: dict[str, PendingTask] = {} if replay is None else dict(replay.pending)
+        #: The process before stopped on purpose (else it crashed).
+        self.replay_stopped = replay is not None and replay.stopped
 
     def attach(self, run: Run) -> None:
         stream = run.stream
@@ -451,7 +453,7 @@ async def _work_durable(crew: Run, index: int, me: WorkerState, durable: Durable
             return
         me.busy = True
         try:
-            await _execute(crew, spec, index, call, event, task, durable.resumed.pop(task, None))
+            await _execute(crew, spec, index, call, event, task, durable)
         finally:
             me.busy = False
             router.release(task)
@@ -464,10 +466,11 @@ async def _execute(
     call: StepCall,
     event: Event,
     task: str,
-    resumed: PendingTask | None,
+    durable: Durable,
 ) -> None:
     """Run ``task`` (``event`` for step ``index``) to its end: attempts, retries, and what
     its result or failure does next."""
+    resumed = durable.resumed.pop(task, None)
     router = crew.router
     assert isinstance(router, DurableRouter)
     journal = router.journal
@@ -480,7 +483,11 @@ async def _execute(
         attempt = resumed.attempt + 1 if resumed.attempt else tries + 1
         memo, answers = resumed.calls, resumed.answers
         if resumed.attempt:  # it was running when its process stopped: that attempt is lost
-            lost = WorkerLost(f"the process running step {spec.name!r} stopped before it finished")
+            how = "was stopped" if durable.replay_stopped else "stopped (a crash, a kill)"
+            lost = WorkerLost(
+                f"the process running step {spec.name!r} {how} before the step finished; "
+                "it runs again"
+            )
             journal.fail(task, resumed.attempt, lost, final=False, lost=True)
             await crew.stream.write(
                 StepFailedEvent(

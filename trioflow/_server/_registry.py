@@ -267,12 +267,6 @@ class RunRegistry:
                 "started (its steps or their events): its journal does not fit the new graph, "
                 "so it is not resumed"
             )
-        limit = self._options.max_recoveries
-        if row.recoveries >= limit:
-            raise WorkerLost(
-                f"its process stopped while it ran {row.recoveries + 1} times; it was resumed "
-                f"{limit} times already (max_recoveries)"
-            )
         try:
             start_event = decode_start_event(
                 workflow.graph.start_event_type, loads(row.start_event)
@@ -284,6 +278,15 @@ class RunRegistry:
         if replay.cancelled:
             # Its caller cancelled it; its process stopped before it recorded the end.
             raise WorkflowCancelledError(f"{row.workflow} run {row.run_id} was cancelled")
+        # A crash counts against max_recoveries when one of the run's steps was running: not a
+        # stop, nor a crash while the run only waited for an answer.
+        crashed = replay.executing and not replay.stopped
+        limit = self._options.max_recoveries
+        if crashed and row.recoveries >= limit:
+            raise WorkerLost(
+                f"its process stopped while one of its steps ran {row.recoveries + 1} times; "
+                f"it was resumed {limit} times already (max_recoveries)"
+            )
         logger.info(
             "trioflow: resuming run %s of %s (%d unfinished steps; recovery %d)",
             row.run_id,
@@ -291,7 +294,8 @@ class RunRegistry:
             len(replay.pending),
             row.recoveries + 1,
         )
-        return row.workflow, workflow, start_event, None, row.lifecycle, _Resume(row, last, replay)
+        resume = _Resume(row, last, replay, crashed)
+        return row.workflow, workflow, start_event, None, row.lifecycle, resume
 
     def _interrupted(
         self,
@@ -489,7 +493,7 @@ class RunRegistry:
             last, replay, used = 0, None, 0.0
         else:
             row, last, replay = resume.row, resume.last_seq, resume.replay
-            ticket = store.append(RunResumed(row.run_id, row.recoveries + 1))
+            ticket = store.append(RunResumed(row.run_id, row.recoveries + int(resume.crashed)))
             used = max(0.0, time.time() - row.started_at)  # its timeout counts wall time
         feed = StoredFeed(
             store,
@@ -686,6 +690,8 @@ class _Resume:
     row: RunRow
     last_seq: int
     replay: Replay
+    #: Its process crashed while one of its steps ran: a recovery (``max_recoveries``).
+    crashed: bool
 
 
 async def _hold_for_first_client(feed: RunFeed, seconds: float) -> None:
@@ -749,7 +755,11 @@ async def _ended_on_stream(store: SqliteStore, run_id: str, last: int) -> bool:
     result = error = None
     if status is RunStatus.COMPLETED:
         result = dumps(loads(data).get("result")) if row.type == "StopEvent" else data
-    else:
-        error = dumps({"type": "RunInterrupted", "message": "its end was not recorded"})
+    else:  # the exception its terminal event carries (a cancel or a timeout carries none)
+        exception = loads(data).get("exception")
+        if isinstance(exception, dict) and isinstance(exception.get("type"), str):
+            error = dumps(exception)
+        else:
+            error = dumps({"type": "RunInterrupted", "message": "its end was not recorded"})
     store.append(RunEnded(run_id, status.value, result, error, time.time(), last))
     return True
