@@ -335,3 +335,37 @@ async def test_a_store_in_a_folder_it_cannot_create_is_a_store_error(tmp_path: P
     with pytest.raises(StoreError, match="cannot open the store"):
         async with open_store(f"sqlite:///{tmp_path}/file/runs.db"):
             pass
+
+
+_SCHEMA_1 = """
+CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tf_runs (
+    run_id TEXT PRIMARY KEY, number INTEGER NOT NULL UNIQUE, workflow TEXT NOT NULL,
+    status TEXT NOT NULL, start_event BLOB NOT NULL, lifecycle INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0, result BLOB, result_type TEXT, error BLOB,
+    started_at REAL NOT NULL, ended_at REAL
+);
+CREATE TABLE tf_events (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+    qualified_name TEXT NOT NULL, flags INTEGER NOT NULL, bases TEXT NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '1');
+INSERT INTO tf_runs (run_id, number, workflow, status, start_event, started_at)
+    VALUES ('old', 0, 'flow', 'completed', '{}', 1.0);
+"""
+
+
+async def test_a_store_of_schema_1_is_migrated(tmp_path: Path) -> None:
+    """A store written before run journals (schema 1) opens as schema 2, its runs kept."""
+    path = tmp_path / "runs.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_1)
+    async with open_store(f"sqlite:///{path}") as store:
+        assert store is not None
+        row = await store.run("old")
+        assert row is not None
+        assert (row.status, row.fingerprint, row.recoveries) == ("completed", "", 0)
+        assert await store.journal("old") == []
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM tf_meta WHERE key = 'schema'").fetchone() == ("2",)

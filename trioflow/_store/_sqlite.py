@@ -45,6 +45,17 @@ PENDING_BYTES = 4 * 1024 * 1024
 #: Seconds between attempts at a commit that failed.
 RETRY_AFTER = 1.0
 
+#: A run's journal (`trioflow._durable`): its records in order.
+_JOURNAL = """
+CREATE TABLE tf_journal (
+    run_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (run_id, n)
+) WITHOUT ROWID;
+"""
+
 _SCHEMA = """
 CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE tf_runs (
@@ -75,25 +86,11 @@ CREATE TABLE tf_events (
     body BLOB NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
-CREATE TABLE tf_journal (
-    run_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (run_id, n)
-) WITHOUT ROWID;
 """
 #: What turns a store of schema 1 (trioflow 0.x before run journals) into one of schema 2.
 _MIGRATE_1_TO_2 = """
 ALTER TABLE tf_runs ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
 ALTER TABLE tf_runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE tf_journal (
-    run_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (run_id, n)
-) WITHOUT ROWID;
 UPDATE tf_meta SET value = '2' WHERE key = 'schema';
 """
 
@@ -622,8 +619,8 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise StoreError(f"{path} is no SQLite database trioflow can use: {error}") from None
     if not tables:  # a new file: the schema in one transaction
         db.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}INSERT INTO tf_meta VALUES ('application', 'trioflow'),"
-            f" ('schema', '{SCHEMA_VERSION}'); COMMIT;"
+            f"BEGIN IMMEDIATE;{_SCHEMA}{_JOURNAL}INSERT INTO tf_meta VALUES"
+            f" ('application', 'trioflow'), ('schema', '{SCHEMA_VERSION}'); COMMIT;"
         )
         return
     if "tf_meta" not in tables:
@@ -633,7 +630,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         )
     meta = dict(db.execute("SELECT key, value FROM tf_meta"))
     if meta.get("application") == "trioflow" and meta.get("schema") == "1":
-        db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}COMMIT;")
+        db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}{_JOURNAL}COMMIT;")
         meta["schema"] = "2"
     if meta.get("application") != "trioflow" or meta.get("schema") != str(SCHEMA_VERSION):
         raise StoreError(
