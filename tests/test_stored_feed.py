@@ -145,3 +145,29 @@ async def test_entries_evicted_while_a_watcher_waits_come_from_the_store(tmp_pat
                 await store.drain()
                 feed.finish()
         assert taken == list(range(1, 11))
+
+
+async def test_a_client_that_read_the_store_past_the_cache_waits_for_it(tmp_path: Path) -> None:
+    """A commit is visible to the store's reader before its listeners have appended it to
+    the cache: a client that read those events from the store waits for the cache to catch
+    up, then goes on, instead of failing."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        await start(store, "r")
+        feed = StoredFeed(store, "r", retain=5, retain_bytes=1 << 20, last_seq=2)
+        for seq in range(1, 5):  # committed, but only 1 and 2 reached the cache yet
+            store.append(NewEvent("r", event_row(seq, TICK, b'{"seq":%d}' % seq)))
+        await store.drain()
+        with feed.watch(0) as watcher:
+            assert [e.seq for e in await watcher.next_batch()] == [1, 2, 3, 4]
+            with pytest.raises(trio.WouldBlock):
+                watcher.next_batch_nowait()
+            async with trio.open_nursery() as nursery:
+
+                async def listeners_run() -> None:
+                    for seq in (3, 4, 5):
+                        feed.append_row(event_row(seq, TICK, b"{}"))
+                        await trio.lowlevel.checkpoint()
+
+                nursery.start_soon(listeners_run)
+                assert [e.seq for e in await watcher.next_batch()] == [5]

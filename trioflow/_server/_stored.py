@@ -135,6 +135,10 @@ class StoredWatcher(Watcher):
     def next_batch_nowait(self) -> list[Entry]:
         if self.cursor < self._feed.first_seq - 1:
             raise trio.WouldBlock  # behind the cache: reading the store takes a thread
+        if self.cursor > self._feed.last_seq:
+            # It read the store past the cache: a commit is visible to the reader before its
+            # listeners have appended it to the cache.
+            raise trio.WouldBlock
         try:
             return super().next_batch_nowait()
         except EventsExpired:  # evicted meanwhile: the store has them
@@ -143,6 +147,9 @@ class StoredWatcher(Watcher):
     async def next_batch(self) -> list[Entry]:
         feed = self._feed
         while True:
+            if self.cursor > feed.last_seq and not feed.finished:  # see next_batch_nowait
+                await feed._appended.wait()
+                continue
             if self.cursor < feed.first_seq - 1:
                 rows = await feed.store.events(
                     feed.run_id, after=self.cursor, limit=BATCH, max_bytes=BATCH_BYTES
