@@ -209,7 +209,7 @@ def _check_resumed(crashed: Recorder, cut: int, resumed: Recorder, expected: Any
     }
     lost = [
         e
-        for _, e in resumed.events()[: len(resumed.events())]
+        for _, e in resumed.events()[len(kept.events()) :]
         if isinstance(e, StepFailedEvent) and isinstance(e.exception, WorkerLost)
     ]
     # Each task running at the crash runs again after one StepFailedEvent(WorkerLost); a

@@ -192,10 +192,9 @@ class DurableRouter(Router):
     async def resume_wait(self, key: tuple[str, int], timeout: float | None) -> Event | None:  # noqa: ASYNC109
         """Wait again in a reserved wait (without asking again); None if there is none."""
         waiter = self.reserved.pop(key, None)
-        if waiter is None:
-            return None
-        if waiter.event is not None:  # answered before the step came back to it
-            return waiter.event
+        if waiter is None or waiter.event is not None:  # none, or answered meanwhile
+            await trio.lowlevel.checkpoint()
+            return None if waiter is None else waiter.event
         waiter.task = trio.lowlevel.current_task()
         with trio.fail_after(math.inf if timeout is None else timeout):
             return await self._park(waiter)
@@ -203,6 +202,8 @@ class DurableRouter(Router):
     def release(self, task: str) -> None:
         """``task`` finished without coming back to its reserved wait: let it go, and route
         an answer it was kept for as if it had just been sent."""
+        if not self.reserved:  # the common case: one check per task
+            return
         for key in [key for key in self.reserved if key[0] == task]:
             waiter = self.reserved.pop(key)
             if waiter in self.waiters:
@@ -325,18 +326,20 @@ class DurableContext(Context):
         recorded = ref.recorded(k, "wait")
         router = self._durable_router
         key = (ref.task, k)
-        try:
-            if recorded is not None:
-                if recorded.get("timed_out"):
-                    await trio.lowlevel.checkpoint()
-                    raise trio.TooSlowError
-                answer = ref.answers.get(k)
+        if recorded is not None:  # asked before the crash: never asked again
+            answer = ref.answers.get(k)
+            if recorded.get("timed_out") or answer is not None:
+                await trio.lowlevel.checkpoint()
                 if answer is None:
-                    # Asked before the crash: wait again, without asking again.
-                    answer = await router.resume_wait(key, timeout)
+                    raise trio.TooSlowError  # it gave up before the crash: so it does again
+                assert isinstance(answer, event_type)
+                return answer
+        try:
+            if recorded is not None:  # it waits again
+                answer = await router.resume_wait(key, timeout)
                 if answer is None:
                     answer = await router.wait_for(
-                        event_type, wanted, None, timeout, self._write, key
+                        event_type, wanted, None, timeout, self.write_event_to_stream, key
                     )
             else:
                 answer = await router.wait_for(
@@ -352,9 +355,6 @@ class DurableContext(Context):
             raise
         assert isinstance(answer, event_type)
         return answer
-
-    async def _write(self, event: Event) -> None:
-        await self.write_event_to_stream(event)
 
 
 def _ref() -> TaskRef | None:
