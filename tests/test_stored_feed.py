@@ -10,9 +10,18 @@ import pytest
 import trio
 import trio.testing
 
-from trioflow._server._feed import BATCH, EventKind, TooManyWatchers
-from trioflow._server._stored import StoredFeed, StoredWatcher, event_row
-from trioflow._store import NewEvent, NewRun, Operation, RunRow, SqliteStore, open_store
+from trioflow._server._feed import BATCH, TooManyWatchers
+from trioflow._server._stored import StoredFeed, StoredWatcher
+from trioflow._store import (
+    EventKind,
+    NewEvent,
+    NewRun,
+    Operation,
+    RunRow,
+    SqliteStore,
+    event_row,
+    open_store,
+)
 
 TICK = EventKind("Tick", "tests.Tick")
 STOP = EventKind("StopEvent", "trioflow.StopEvent", terminal=True)

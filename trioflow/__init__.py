@@ -43,6 +43,7 @@ from ._workflow import Workflow
 if _typing.TYPE_CHECKING:
     from ._server._app import ServerOptions, WorkflowApp
     from ._server._group import NumberedEvent, RunGroup, open_run_group
+    from ._durable._runstore import RunStore, open_store
     from ._server._serve import serve
 
 __version__ = "0.1.0"
@@ -52,6 +53,8 @@ _LAZY = {
     "NumberedEvent": "._server._group",
     "RunGroup": "._server._group",
     "open_run_group": "._server._group",
+    "RunStore": "._durable._runstore",
+    "open_store": "._durable._runstore",
     "ServerOptions": "._server._app",
     "WorkflowApp": "._server._app",
     "serve": "._server._serve",
@@ -74,6 +77,7 @@ __all__ = [
     "RunGroup",
     "RunStatistics",
     "RunStatus",
+    "RunStore",
     "ServerOptions",
     "StartEvent",
     "StepFailedEvent",
@@ -101,6 +105,7 @@ __all__ = [
     "disable_tracing",
     "enable_tracing",
     "open_run_group",
+    "open_store",
     "serve",
     "step",
 ]

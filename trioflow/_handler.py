@@ -9,6 +9,7 @@ from typing import Any, Generic, NoReturn, cast, overload
 import attrs
 import trio
 
+from ._core._context import Context
 from ._core._run import Run
 from ._core._state import FailureFields, RunStatus
 from ._core._stream import StreamIterator
@@ -75,6 +76,12 @@ class WorkflowHandler(Generic[R]):
     def run_id(self) -> str:
         """This run's id."""
         return self._run.run_id
+
+    @property
+    def ctx(self) -> Context:
+        """The run's context: the one given to ``run(ctx=...)``/``start(ctx=...)``, or the
+        run's own. Give it to the next run to go on with its store (a chat's next turn)."""
+        return self._run.held or self._run.context
 
     @property
     def status(self) -> RunStatus:

@@ -9,6 +9,7 @@ from typing import Any, Generic
 
 import trio
 
+from ._core._context import Context
 from ._core._graph import WorkflowGraph, graph_of
 from ._core._log import add_note, describe
 from ._core._run import Run
@@ -88,10 +89,14 @@ class Workflow(Generic[R]):
         """The validated graph of this workflow's steps (built once per class)."""
         return graph_of(type(self))
 
-    async def run(self, /, start_event: StartEvent | None = None, **fields: Any) -> R:
+    async def run(
+        self, /, start_event: StartEvent | None = None, *, ctx: Context | None = None, **fields: Any
+    ) -> R:
         """Run the workflow to its end and return the result; stream events are discarded.
 
-        Pass a start event, or the start event's fields as keywords.
+        Pass a start event, or the start event's fields as keywords. With ``ctx`` (a
+        ``Context(workflow)`` of the caller's), the run uses that context: its store is what
+        earlier runs given it left.
 
         Raises:
             Exception: a failed step's own exception, with a note naming the step.
@@ -99,20 +104,20 @@ class Workflow(Generic[R]):
             WorkflowCancelledError: the run was cancelled.
         """
         event = self._start_event(start_event, fields)
-        async with self._start(event, streamed=False) as handler:
+        async with self._start(event, streamed=False, held=_held(ctx)) as handler:
             return await handler.result()
 
     def start(
-        self, /, start_event: StartEvent | None = None, **fields: Any
+        self, /, start_event: StartEvent | None = None, *, ctx: Context | None = None, **fields: Any
     ) -> AbstractAsyncContextManager[WorkflowHandler[R], None]:
         """Start a run inside an ``async with`` block and hand out its `WorkflowHandler`.
 
         The run's steps live in a nursery inside the block. Leaving the block while the run is
         unfinished cancels it; once the block has exited, no step code of the run executes.
         Leaving raises the run's failure or timeout unless `WorkflowHandler.result` already
-        raised it; a cancellation the caller asked for raises nothing.
+        raised it; a cancellation the caller asked for raises nothing. ``ctx``: as for `run`.
         """
-        return self._start(self._start_event(start_event, fields))
+        return self._start(self._start_event(start_event, fields), held=_held(ctx))
 
     def _start_event(self, start_event: StartEvent | None, fields: dict[str, Any]) -> StartEvent:
         expected = self.graph.start_event_type
@@ -137,8 +142,9 @@ class Workflow(Generic[R]):
         stream: EventStream | None = None,
         **durable: Any,
     ) -> _RunBlock[R]:
-        """A run's block. ``stream``, and ``durable`` (``run_id``, ``durable``,
-        ``time_used``), make it a durable run (`trioflow._durable.start_durable`)."""
+        """A run's block. ``durable`` may hold ``held`` (the caller's context); ``stream``, with
+        ``run_id``, ``durable`` and ``time_used``, makes it a durable run
+        (`trioflow._durable.start_durable`)."""
         require_trio("a trioflow run")  # before trio.open_nursery() fails obscurely
         if stream is None:
             stream = EventStream(self.stream_buffer)
@@ -221,6 +227,12 @@ def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> B
             return unreported
         add_note(body_error, f"trioflow: the run had also failed: {describe(unreported)}")
     return body_error
+
+
+def _held(ctx: object) -> Context | None:
+    if ctx is None or isinstance(ctx, Context):
+        return ctx
+    raise TypeError(f"ctx must be a trioflow Context (Context(workflow)), got {ctx!r}")
 
 
 def _positive(value: object) -> bool:

@@ -14,6 +14,7 @@ from .._events import Event, StopEvent
 from ._collect import Collector
 from ._router import Router
 from ._stream import EventStream
+from ._values import json_problem
 
 #: The step whose code is running in this task; set once by each step worker.
 current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
@@ -44,22 +45,114 @@ class Store:
 class Context:
     """The run's context, passed to steps that declare a ``ctx: Context`` parameter.
 
-    Every run has its own; steps of one run share it.
+    Every run has its own, and steps of one run share it. A caller may also make one,
+    ``Context(workflow)``, and hand it to runs of that workflow, one after the other
+    (``workflow.run(ctx=ctx)``): each run starts with the store the one before left (a chat's
+    state between its turns). `to_dict` and `from_dict` save it and read it back.
     """
 
-    def __init__(self, run_id: str, router: Router, stream: EventStream) -> None:
-        self._run_id = run_id
-        self._router = router
-        self._stream = stream
-        self._send_nowait = stream.send_nowait
+    def __init__(self, workflow: Any) -> None:
+        graph = getattr(workflow, "graph", None)
+        if graph is None or not hasattr(graph, "steps"):
+            raise TypeError(f"Context() takes the workflow it is for, got {workflow!r}")
+        self._start(type(workflow))
+
+    def _start(self, workflow_type: type) -> None:
+        """A context of ``workflow_type``'s runs that no run uses yet."""
+        #: The workflow class whose runs may use it.
+        self._workflow_type = workflow_type
+        self.store = Store()
+        #: The run that uses it now or used it last (None: none yet).
+        self._run: Any = None
+        self._run_id = ""
+        self._router: Router = _NOT_IN_A_RUN
+        self._stream: EventStream = _NOT_IN_A_RUN
+        self._send_nowait = _not_in_a_run
         self._collector = Collector()
         #: Event classes `write_event_to_stream` has checked: they may go to the stream.
         self._streamable: set[type] = set()
-        self.store = Store()
+
+    @classmethod
+    def _of_run(cls, run: Any) -> Context:
+        """A run's own context (for a run the caller gave none)."""
+        context = cls.__new__(cls)
+        context._start(type(run.workflow))
+        context._bind(run)
+        return context
+
+    def _claim(self, run: Any) -> None:
+        """Note that ``run`` (a `Run`) uses this context.
+
+        Raises:
+            WorkflowRuntimeError: the context is for another workflow, or another run that
+                has not ended uses it.
+        """
+        if type(run.workflow) is not self._workflow_type:
+            raise WorkflowRuntimeError(
+                f"this context is for runs of {self._workflow_type.__name__}, not of "
+                f"{type(run.workflow).__name__}"
+            )
+        if self._run is not None and not self._run.state.finished.is_set():
+            raise WorkflowRuntimeError(
+                f"this context is in use by run {self._run.run_id}, which has not ended: a "
+                "context goes to one run at a time"
+            )
+        self._run = run
+        self._run_id = run.run_id
+
+    def _bind(self, run: Any) -> None:
+        """Make this the context of ``run``, whose steps it serves from now on (`_claim`)."""
+        self._claim(run)
+        self._router = run.router
+        self._stream = run.stream
+        self._send_nowait = run.stream.send_nowait
+        self._collector = Collector()  # collected events belong to the run that got them
+        self._streamable = set()
+
+    def to_dict(self) -> dict[str, Any]:
+        """This context as JSON values, for `from_dict`: its store (``{"store": {...}}``).
+
+        Raises:
+            TypeError: a store value is no JSON value (the message names its key).
+        """
+        data = dict(self.store._data)
+        for key, value in data.items():
+            problem = json_problem(value)
+            if problem is not None:
+                where, what = problem
+                raise TypeError(
+                    f"ctx.to_dict(): store value {key!r}{where} holds {what}; a saved context "
+                    "holds JSON values (None, bool, int, float, str, list, dict with str keys)"
+                )
+        return {"store": data}
+
+    @classmethod
+    def from_dict(cls, workflow: Any, data: Mapping[str, Any]) -> Context:
+        """A context for runs of ``workflow`` holding what `to_dict` saved.
+
+        Raises:
+            ValueError: ``data`` is not what `to_dict` returns.
+        """
+        store = data.get("store") if isinstance(data, Mapping) else None
+        if not isinstance(store, Mapping) or not all(isinstance(k, str) for k in store):
+            raise ValueError(
+                "Context.from_dict() takes what ctx.to_dict() returned: "
+                f'{{"store": {{str: value}}}}, got {data!r:.200}'
+            )
+        context = cls(workflow)
+        context.store._data.update(store)
+        return context
 
     @property
     def run_id(self) -> str:
-        """The id of this run (the same as `WorkflowHandler.run_id`)."""
+        """The id of this run (the same as `WorkflowHandler.run_id`); of a context held by
+        the caller, the id of the run that uses it now or used it last.
+
+        Raises:
+            WorkflowRuntimeError: no run has used this context yet.
+        """
+        if not self._run_id:
+            raise WorkflowRuntimeError("this context has not been given to a run yet")
         return self._run_id
 
     @property
@@ -157,6 +250,20 @@ class Context:
         if not isinstance(event, Event):
             raise TypeError(f"collect_events() takes an Event, got {event!r}")
         return self._collector.collect(current_step.get(), event, expected)
+
+
+def _not_in_a_run(event: object) -> None:
+    raise WorkflowRuntimeError("this context has not been given to a run yet")
+
+
+class _NotInARun:
+    """The router of a context no run has used yet: every call says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise WorkflowRuntimeError("this context has not been given to a run yet")
+
+
+_NOT_IN_A_RUN: Any = _NotInARun()
 
 
 def _not_streamable(event: object) -> Exception:

@@ -74,6 +74,9 @@ class Run:
     durable: Durability | None = None
     #: Seconds of ``timeout`` used up before this process ran it (a resumed run's).
     time_used: float = 0.0
+    #: The context the caller gave the run (``run(ctx=...)``): a memory run uses it as its
+    #: own; a durable run starts from its store and leaves its own store there at its end.
+    held: Context | None = None
     state: RunState = attrs.field(init=False)
     router: Router = attrs.field(init=False)
     context: Context = attrs.field(init=False)
@@ -84,7 +87,14 @@ class Run:
     def __attrs_post_init__(self) -> None:
         self.state = RunState(self.timeout)
         self.router = Router(self.graph, self.state, self.stream)
-        self.context = Context(self.run_id, self.router, self.stream)
+        held = self.held
+        if held is not None and self.durable is None:
+            held._bind(self)
+            self.context = held
+        else:
+            self.context = Context._of_run(self)
+            if held is not None:
+                held._claim(self)
         if self.durable is not None:
             self.durable.attach(self)
 
@@ -175,6 +185,9 @@ class Run:
             terminal = state.terminal_event()
         finally:
             self.stream.close(terminal, state.reports)
+            held = self.held
+            if held is not None and held is not self.context:  # a durable run's: a copy
+                held.store._data = dict(self.context.store._data)
             state.finished.set()
         for step_name, exception in state.later_failures:
             log(

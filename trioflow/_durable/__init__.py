@@ -12,64 +12,23 @@ caller) choose the store and the stream's sink.
 
 from __future__ import annotations
 
-import hashlib
-from contextlib import AbstractAsyncContextManager
-from typing import Any
-
-from .. import StartEvent, Workflow, WorkflowHandler
 from .._errors import JournaledError, NotJournalable, ReplayError, WorkerLost
-from .._wire import field_types, qualified_name
-from ._codec import EventCodec, check_storable
-from ._journal import Appender, Journal, Replay, fold
-from ._runtime import Durable, DurableStream, StreamSink
-
-
-def fingerprint(workflow: Workflow) -> str:
-    """A digest of ``workflow``'s graph: its steps, what each takes and returns, its start and
-    stop events, and the fields (names and types) of the events they name. A journal is
-    replayed only into a graph with the same digest."""
-    graph = workflow.graph
-    parts = [qualified_name(graph.start_event_type), qualified_name(graph.stop_event_type)]
-    for spec in graph.steps:
-        accepts = ",".join(qualified_name(t) for t in spec.accepts)
-        returns = ",".join(qualified_name(t) for t in spec.returns)
-        parts.append(f"{spec.name}({accepts})->{returns}")
-    for event_type in graph.event_types():  # and the fields of every event it names
-        fields = ",".join(f"{name}:{tp!r}" for name, tp in field_types(event_type).items())
-        parts.append(f"{qualified_name(event_type)}{{{fields}}}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-def codec_for(workflow: Workflow) -> EventCodec:
-    """The codec of ``workflow``'s journals."""
-    return EventCodec(workflow.graph.event_types())
-
-
-def start_durable(
-    workflow: Workflow,
-    start_event: StartEvent,
-    *,
-    store: Appender,
-    run_id: str,
-    sink: StreamSink,
-    replay: Replay | None = None,
-    time_used: float = 0.0,
-    lifecycle: bool = False,
-) -> AbstractAsyncContextManager[WorkflowHandler[Any], None]:
-    """`Workflow.start`, for a run journaled to ``store`` whose stream goes to ``sink`` (with
-    its lifecycle events if ``lifecycle``); with ``replay``, a run resumed from its journal,
-    ``time_used`` seconds of its timeout gone."""
-    codec = codec_for(workflow)
-    journal = Journal(store, run_id, codec, 0 if replay is None else replay.next_n)
-    stream = DurableStream(workflow.stream_buffer, sink)
-    return workflow._start(
-        start_event,
-        stream=stream,
-        run_id=run_id,
-        durable=Durable(journal, replay, lifecycle=lifecycle),
-        time_used=time_used,
-    )
-
+from ._codec import EventCodec, check_storable, codec_for, fingerprint
+from ._journal import Journal, Replay, fold
+from ._runtime import Durable, DurableStream, StreamSink, start_durable
+from ._stored import (
+    Resume,
+    RowSink,
+    TeeStream,
+    ended_on_stream,
+    error_json,
+    interrupt,
+    new_row,
+    run_ended,
+    stop_names,
+    unencodable,
+    unfinished,
+)
 
 __all__ = [
     "Durable",
@@ -80,11 +39,22 @@ __all__ = [
     "NotJournalable",
     "Replay",
     "ReplayError",
+    "Resume",
+    "RowSink",
     "StreamSink",
+    "TeeStream",
     "WorkerLost",
     "check_storable",
     "codec_for",
+    "ended_on_stream",
+    "error_json",
     "fingerprint",
     "fold",
+    "interrupt",
+    "new_row",
+    "run_ended",
     "start_durable",
+    "stop_names",
+    "unencodable",
+    "unfinished",
 ]

@@ -14,12 +14,13 @@ str keys): anything else would come back changed (a tuple as a list, an object a
 
 from __future__ import annotations
 
-import math
+import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
 
+from .._core._values import json_problem
 from .._errors import JournaledError, NotJournalable
 from .._events import Event, HumanResponseEvent, StartEvent, StepFailedEvent
 from .._wire import (
@@ -28,6 +29,7 @@ from .._wire import (
     decode_start_event,
     encode_event_data,
     encode_exception,
+    field_types,
     qualified_name,
 )
 
@@ -127,7 +129,7 @@ def check_storable(key: str, value: Any) -> None:
         NotJournalable: ``value`` holds something that is no JSON value (the message names
             the key and where in the value).
     """
-    problem = _not_json(value, "")
+    problem = json_problem(value)
     if problem is not None:
         where, what = problem
         place = f"{key!r}{where}"
@@ -136,29 +138,6 @@ def check_storable(key: str, value: Any) -> None:
             "run's store holds JSON values (None, bool, int, float, str, list, dict with str "
             "keys), which it can record and give back as they are"
         )
-
-
-def _not_json(value: Any, where: str) -> tuple[str, str] | None:
-    kind = type(value)
-    if value is None or kind in (bool, int, str):
-        return None
-    if kind is float:
-        return None if math.isfinite(value) else (where, repr(value))
-    if kind is list:
-        for index, item in enumerate(value):
-            found = _not_json(item, f"{where}[{index}]")
-            if found is not None:
-                return found
-        return None
-    if kind is dict:
-        for name, item in value.items():
-            if type(name) is not str:
-                return (where, f"the key {name!r}, which is no str")
-            found = _not_json(item, f"{where}[{name!r}]")
-            if found is not None:
-                return found
-        return None
-    return (where, f"a {kind.__name__}")
 
 
 def _differing(event: Event, back: Event) -> str:
@@ -176,3 +155,24 @@ def _subclasses(cls: type) -> Iterator[type]:
     for subclass in cls.__subclasses__():
         yield subclass
         yield from _subclasses(subclass)
+
+
+def fingerprint(workflow: Any) -> str:
+    """A digest of ``workflow``'s graph: its steps, what each takes and returns, its start and
+    stop events, and the fields (names and types) of the events they name. A journal is
+    replayed only into a graph with the same digest."""
+    graph = workflow.graph
+    parts = [qualified_name(graph.start_event_type), qualified_name(graph.stop_event_type)]
+    for spec in graph.steps:
+        accepts = ",".join(qualified_name(t) for t in spec.accepts)
+        returns = ",".join(qualified_name(t) for t in spec.returns)
+        parts.append(f"{spec.name}({accepts})->{returns}")
+    for event_type in graph.event_types():  # and the fields of every event it names
+        fields = ",".join(f"{name}:{tp!r}" for name, tp in field_types(event_type).items())
+        parts.append(f"{qualified_name(event_type)}{{{fields}}}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def codec_for(workflow: Any) -> EventCodec:
+    """The codec of ``workflow``'s journals."""
+    return EventCodec(workflow.graph.event_types())

@@ -50,6 +50,10 @@ logger = logging.getLogger("trioflow.durable")
 #: The task whose step code runs in this context (set by a durable run's step workers).
 current_ref: ContextVar[TaskRef | None] = ContextVar("trioflow_task", default=None)
 
+#: The task of what comes from outside the run's steps (its caller): an event sent, a store
+#: value set (a ``call`` record of this task is journaled, never replayed as a task's).
+OUTSIDE = "x"
+
 #: The call number of what a step returned (or its failure handed on), in a ``cause``.
 RETURNED = -1
 

@@ -26,6 +26,7 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -54,8 +55,9 @@ from .._events import (
     StepRetryEvent,
     StopEvent,
 )
-from ._codec import check_storable
-from ._journal import RETURNED, Journal, PendingTask, Replay, TaskRef
+from .._handler import WorkflowHandler
+from ._codec import check_storable, codec_for
+from ._journal import OUTSIDE, RETURNED, Appender, Journal, PendingTask, Replay, TaskRef
 
 _E = TypeVar("_E", bound=Event)
 
@@ -140,7 +142,7 @@ class DurableRouter(Router):
         self._direct = {}  # every result goes through `emit`, so that it is journaled
         self.journal = journal
         #: What the next route is journaled as caused by (set around each send).
-        self._cause: object = "x"
+        self._cause: object = OUTSIDE
         #: Waits of resumed tasks that were waiting when their process stopped, until the
         #: task's step code waits again (`resume_wait`), by (task, call number).
         self.reserved: dict[tuple[str, int], Waiter] = {}
@@ -151,7 +153,15 @@ class DurableRouter(Router):
         try:
             self.send(event, step)
         finally:
-            self._cause = "x"
+            self._cause = OUTSIDE
+
+    def put_from(self, event: Event, steps: Sequence[int], cause: object) -> None:
+        """Put ``event`` in the inboxes of ``steps``, journaled as caused by ``cause``."""
+        self._cause = cause
+        try:
+            self._put(event, steps)
+        finally:
+            self._cause = OUTSIDE
 
     def _put(self, event: Event, steps: Sequence[int]) -> None:
         # Encoded (and checked) first: an event the journal cannot hold goes nowhere.
@@ -243,8 +253,9 @@ class DurableStore(Store):
     async def set(self, key: str, value: Any) -> None:
         await trio.lowlevel.checkpoint()
         ref = _ref()
-        if ref is None:
+        if ref is None:  # from outside the run's steps (the caller): journaled as such
             check_storable(key, value)
+            self._journal.call(OUTSIDE, 0, "set", key=key, value=value)
             self._data[key] = value
             return
         k = ref.next()
@@ -259,7 +270,8 @@ class DurableContext(Context):
     """`Context` whose calls are numbered per step execution and journaled."""
 
     def __init__(self, run: Run, router: DurableRouter, journal: Journal) -> None:
-        super().__init__(run.run_id, router, run.stream)
+        self._start(type(run.workflow))
+        self._bind(run)
         self._durable_router = router
         self._journal = journal
         self.store = DurableStore(journal, {})
@@ -269,7 +281,7 @@ class DurableContext(Context):
             raise TypeError(f"send_event() takes an Event, got {event!r}")
         ref = _ref()
         if ref is None:
-            self._durable_router.send_from(event, step, "x")
+            self._durable_router.send_from(event, step, OUTSIDE)
             return
         k = ref.next()
         if ref.recorded(k, "send") is not None:
@@ -377,6 +389,8 @@ class Durable:
         self.resumed: dict[str, PendingTask] = {} if replay is None else dict(replay.pending)
         #: The process before stopped on purpose (else it crashed).
         self.replay_stopped = replay is not None and replay.stopped
+        #: The store values a new run begins with (the caller's context's).
+        self.seed: dict[str, Any] = {}
 
     def attach(self, run: Run) -> None:
         stream = run.stream
@@ -390,6 +404,12 @@ class Durable:
         context = DurableContext(run, router, self.journal)
         run.context = context
         replay = self.replay
+        held = run.held
+        if replay is None and held is not None:  # begins with the caller's store (`begin`)
+            self.seed = dict(held.store._data)
+            for key, value in self.seed.items():
+                check_storable(key, value)
+            context.store = DurableStore(self.journal, self.seed)
         if replay is not None:
             context.store = DurableStore(self.journal, replay.store)
             for step_name, event, expected in replay.collects:
@@ -402,6 +422,8 @@ class Durable:
         router = run.router
         assert isinstance(router, DurableRouter)
         if self.replay is None or self.replay.next_n == 0:  # nothing journaled yet
+            for key, value in self.seed.items():
+                self.journal.call(OUTSIDE, 0, "set", key=key, value=value)
             router.send_from(run.start_event, None, "start")
             return
         codec = self.journal.codec
@@ -572,9 +594,38 @@ async def _final_failure(
     except BaseException:
         state.report(failed)
         raise
-    router._cause = [task, RETURNED]
-    try:
-        router._put(failed, handlers)
-    finally:
-        router._cause = "x"
+    router.put_from(failed, handlers, [task, RETURNED])
     router.journal.fail(task, attempt, exc, final=True)
+
+
+def start_durable(
+    workflow: Any,
+    start_event: Event,
+    *,
+    store: Appender,
+    run_id: str,
+    sink: StreamSink,
+    replay: Replay | None = None,
+    time_used: float = 0.0,
+    lifecycle: bool = False,
+    stream: DurableStream | None = None,
+    held: Context | None = None,
+) -> AbstractAsyncContextManager[WorkflowHandler[Any], None]:
+    """`Workflow.start`, for a run journaled to ``store`` whose stream goes to ``sink`` (with
+    its lifecycle events if ``lifecycle``), through ``stream`` if given (a `TeeStream`, for a
+    reader in the process); with ``replay``, a run resumed from its journal, ``time_used``
+    seconds of its timeout gone; with ``held``, a new run beginning with that context's store.
+    """
+    journal = Journal(store, run_id, codec_for(workflow), 0 if replay is None else replay.next_n)
+    if stream is None:
+        stream = DurableStream(workflow.stream_buffer, sink)
+    durable: dict[str, Any] = {"held": held} if held is not None else {}
+    result: AbstractAsyncContextManager[WorkflowHandler[Any], None] = workflow._start(
+        start_event,
+        stream=stream,
+        run_id=run_id,
+        durable=Durable(journal, replay, lifecycle=lifecycle),
+        time_used=time_used,
+        **durable,
+    )
+    return result

@@ -28,23 +28,8 @@ from typing import Any, Self
 import attrs
 import trio
 
+from .._store import EventKind
 from .._wire import envelope_data
-
-
-@attrs.frozen
-class EventKind:
-    """What the feed keeps of an event's class besides the JSON, made once per class (by the
-    pump): its names, for clients that filter (``?types=``), and how streams treat it."""
-
-    type_name: str
-    qualified_name: str = ""
-    #: A `LifecycleEvent`: left out of a stream unless its client asks for it.
-    lifecycle: bool = False
-    #: The run's terminal event: in every stream, whatever its client filters.
-    terminal: bool = False
-    #: The names of its `Event` base classes, nearest first (``Event`` itself left out):
-    #: what a LlamaIndex client reads as an envelope's ``types`` (`_llama`).
-    bases: tuple[str, ...] = ()
 
 
 @attrs.define(eq=False)

@@ -44,6 +44,7 @@ from .. import (
     Workflow,
     WorkflowRuntimeError,
 )
+from .._store import EventKind
 from .._wire import (
     BadJsonError,
     WireError,
@@ -60,7 +61,7 @@ from .._wire import (
     type_name,
 )
 from ._asgi import HttpError, Request
-from ._feed import Entry, EventKind, EventsExpired, TooManyWatchers
+from ._feed import Entry, EventsExpired, TooManyWatchers
 from ._options import ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry

@@ -26,24 +26,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 import trio
 
-from .. import Event, LifecycleEvent, StopEvent
-from .._store import NewEvent, SqliteStore
+from .. import Event, LifecycleEvent
+from .._durable import RowSink, unencodable
+from .._store import EventKind, NewEvent, SqliteStore, event_kind, event_row
 from .._wire import (
     EncodeError,
     dumps,
     encode_envelope,
-    event_bases,
-    mark_unencodable,
-    qualified_name,
-    type_name,
 )
-from ._feed import EventKind
 from ._record import RunRecord
-from ._stored import StoredFeed, event_row
+from ._stored import StoredFeed
 
 logger = logging.getLogger("trioflow.server")
 
@@ -85,7 +80,13 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
         try:
             json = dumps(envelope)
         except EncodeError as error:
-            json = _unencodable(record.handler._fail_from_server, record, envelope, error)
+            json = unencodable(
+                record.handler._fail_from_server,
+                record.run_id,
+                record.workflow_name,
+                envelope,
+                error,
+            )
         kept = event if keep_events else None
         try:
             if store is None or stored is None:
@@ -113,86 +114,27 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
     record.pumped = True
 
 
-def event_kind(cls: type[Event]) -> EventKind:
-    """What the feed keeps of an event class (made once per class and run)."""
-    return EventKind(
-        type_name(cls),
-        qualified_name(cls),
-        lifecycle=issubclass(cls, LifecycleEvent),
-        terminal=issubclass(cls, StopEvent),
-        bases=event_bases(cls),
-    )
-
-
-class _Named(Protocol):
-    @property
-    def run_id(self) -> str: ...
-
-    @property
-    def workflow_name(self) -> str: ...
-
-
-def _unencodable(
-    fail: Callable[[Exception], bool],
-    run: _Named,
-    envelope: dict[str, Any],
-    error: EncodeError,
-) -> bytes:
-    """The JSON of an event `dumps` refused: marked, failing the run (``fail``) if it still
-    runs."""
-    failure = EncodeError(
-        f"the {envelope['type']} event (seq {envelope['seq']}) cannot be encoded as JSON: {error}",
-        error.field,
-    )
-    if not fail(failure):  # decided: say what its clients miss
-        logger.warning(
-            "trioflow: run %s of %s: %s; it is sent with a marker in its place",
-            run.run_id,
-            run.workflow_name,
-            failure,
-        )
-    return dumps(mark_unencodable(envelope))
-
-
-class StoreSink:
-    """Where the stream events of a durable run go on a server (`trioflow._durable`'s
-    `StreamSink`): numbered, encoded once and appended to the store by the task that writes
-    them, so that they are committed in order with the journal; its clients get them from
-    ``feed`` once committed (`RunRegistry._published`). A writer waits for the disk and for
-    the run's attached clients, as the pump does."""
+class StoreSink(RowSink):
+    """`RowSink` for a run served over HTTP: a writer also waits for the run's attached
+    clients, as the pump does; its clients get each event from ``feed`` once committed
+    (`RunRegistry._published`)."""
 
     def __init__(
         self, store: SqliteStore, feed: StoredFeed, workflow_name: str, *, seq: int = 0
     ) -> None:
-        self.seq = seq
-        self.run_id = feed.run_id
-        self.workflow_name = workflow_name
-        self._store = store
+        super().__init__(store, feed.run_id, workflow_name, seq=seq)
         self._feed = feed
-        self._kinds: dict[type[Event], EventKind] = {}
-        self._fail: Callable[[Exception], bool] = lambda _: False
         #: The run's record, once it has one: its ``seq`` follows the sink's.
         self.record: RunRecord | None = None
 
-    def attach(self, fail: Callable[[Exception], bool]) -> None:
-        self._fail = fail
-
     def has_room(self) -> bool:
-        return not (self._store.full or self._feed.keeps_waiting(self.seq + 1))
+        return super().has_room() and not self._feed.keeps_waiting(self.seq + 1)
 
     async def wait_for_room(self) -> None:
         await self._feed.wait_for_watchers(self.seq + 1)
-        await self._store.room()
+        await super().wait_for_room()
 
     def write(self, seq: int, event: Event) -> None:
-        cls = type(event)
-        kind = self._kinds.get(cls) or self._kinds.setdefault(cls, event_kind(cls))
-        envelope = encode_envelope(seq, event)
-        try:
-            json = dumps(envelope)
-        except EncodeError as error:
-            json = _unencodable(self._fail, self, envelope, error)
-        self._store.append(NewEvent(self.run_id, event_row(seq, kind, json), kind))
-        self.seq = seq
+        super().write(seq, event)
         if self.record is not None:
             self.record.seq = seq

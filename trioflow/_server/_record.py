@@ -13,16 +13,13 @@ from typing import Any
 import attrs
 import trio
 
-from .. import RunStatus, StopEvent, WorkflowHandler
+from .. import RunStatus, WorkflowHandler
+from .._durable import error_json, stop_names
 from .._store import SqliteStore
 from .._wire import (
     dumps,
-    encode_exception,
     encode_value,
-    event_bases,
     mark_unencodable,
-    qualified_name,
-    type_name,
 )
 from ._feed import RunFeed
 
@@ -98,15 +95,7 @@ class RunRecord:
         ``type``, ``qualified_name`` and ``bases``; else None."""
         if self.handler.status is not RunStatus.COMPLETED:
             return None
-        stop = self.handler.result_nowait()
-        if not isinstance(stop, StopEvent):
-            return None
-        cls = type(stop)
-        return {
-            "type": type_name(cls),
-            "qualified_name": qualified_name(cls),
-            "bases": list(event_bases(cls)),
-        }
+        return stop_names(self.handler.result_nowait())
 
     def footprint(self) -> int:
         """Bytes the record keeps: its retained events, and its result, counted as the size of
@@ -153,11 +142,7 @@ class RunRecord:
         }
 
     def _error(self, error: BaseException) -> dict[str, Any]:
-        described = encode_exception(error)
-        step = self.handler.failed_step
-        if step is not None:
-            described["step"] = step
-        return described
+        return error_json(error, self.handler.failed_step)
 
 
 def described(head: bytes, result: bytes | None, error: bytes | None) -> list[bytes]:

@@ -20,55 +20,38 @@ import contextlib
 import itertools
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 
-import attrs
 import trio
 
 from .. import (
     RunStatus,
     StartEvent,
-    StopEvent,
     TrioflowError,
     Workflow,
-    WorkflowCancelledError,
-    WorkflowCancelledEvent,
-    WorkflowFailedEvent,
     WorkflowHandler,
     WorkflowRuntimeError,
 )
-from .._durable import Replay, ReplayError, WorkerLost, codec_for, fingerprint, fold, start_durable
+from .._durable import Resume, fingerprint, new_row, start_durable, unfinished
 from .._store import (
     NewEvent,
     NewRun,
     Operation,
     RunEnded,
-    RunInterrupted,
     RunPurged,
     RunResumed,
-    RunRow,
     SqliteStore,
 )
 from .._wire import (
-    BadJsonError,
-    WireError,
-    decode_start_event,
     dumps,
-    encode_envelope,
-    encode_event_data,
-    encode_exception,
-    envelope_data,
-    loads,
-    mark_unencodable,
 )
 from ._feed import RunFeed
 from ._options import ServerOptions
-from ._pump import StoreSink, event_kind, pump
+from ._pump import StoreSink, pump
 from ._record import RunRecord
 from ._report import log_failed_run
-from ._stored import TERMINAL, StoredFeed, StoredRecord, event_row
+from ._stored import StoredFeed, StoredRecord
 
 logger = logging.getLogger("trioflow.server")
 
@@ -220,107 +203,24 @@ class RunRegistry:
         """Resume the runs the store has as running (their process stopped before they
         ended) from their journals, each under the same id, its stream going on after its
         last committed event. A run that cannot be resumed ends instead, with a
-        `WorkflowFailedEvent` saying why, and status ``failed``: its workflow is no longer
-        served or has changed (`ReplayError`), it was resumed ``max_recoveries`` times already
-        (`WorkerLost`), or it predates journals (`RunInterrupted`)."""
+        `WorkflowFailedEvent` saying why (`trioflow._durable.unfinished`): its workflow is
+        no longer served or has changed, it was resumed ``max_recoveries`` times already, or
+        it predates journals."""
         store = self._store
         assert store is not None
-        for row in await store.runs(status=RunStatus.RUNNING.value):
-            last = await store.last_seq(row.run_id)
-            if last and await _ended_on_stream(store, row.run_id, last):
-                continue
-            try:
-                resumed = await self._resumable(row, last, workflows)
-            except (ReplayError, WorkerLost, RunInterrupted) as error:
-                self._interrupted(row, last, error)
-                continue
-            except WorkflowCancelledError as error:
-                self._interrupted(row, last, error, WorkflowCancelledEvent(), RunStatus.CANCELLED)
-                continue
-            await self._nursery.start(self._drive_stored, *resumed)
-        await store.drain()
-
-    async def _resumable(
-        self, row: RunRow, last: int, workflows: Mapping[str, Workflow]
-    ) -> tuple[str, Workflow, StartEvent, None, bool, _Resume]:
-        """What `_drive_stored` resumes ``row``'s run from.
-
-        Raises:
-            RunInterrupted, ReplayError, WorkerLost: it cannot be resumed (the message says
-                why).
-            WorkflowCancelledError: its caller had cancelled it.
-        """
-        assert self._store is not None
-        workflow = workflows.get(row.workflow)
-        if not row.fingerprint:
-            raise RunInterrupted(
-                "the process running it stopped (a crash, a kill) before it ended, and it "
-                "has no journal to resume from (a store of an older trioflow)"
-            )
-        if workflow is None:
-            raise ReplayError(
-                f"its process stopped, and this server no longer serves workflow {row.workflow!r}"
-            )
-        if fingerprint(workflow) != row.fingerprint:
-            raise ReplayError(
-                f"its process stopped, and workflow {row.workflow!r} has changed since it "
-                "started (its steps or their events): its journal does not fit the new graph, "
-                "so it is not resumed"
-            )
-        try:
-            start_event = decode_start_event(
-                workflow.graph.start_event_type, loads(row.start_event)
-            )
-        except (WireError, BadJsonError) as error:
-            raise ReplayError(f"its start event cannot be read back: {error}") from None
-        records = await self._store.journal(row.run_id)
-        replay = fold(records, codec_for(workflow), [spec.name for spec in workflow.graph.steps])
-        if replay.cancelled:
-            # Its caller cancelled it; its process stopped before it recorded the end.
-            raise WorkflowCancelledError(f"{row.workflow} run {row.run_id} was cancelled")
-        # A crash counts against max_recoveries when one of the run's steps was running: not a
-        # stop, nor a crash while the run only waited for an answer.
-        crashed = replay.executing and not replay.stopped
         limit = self._options.max_recoveries
-        if crashed and row.recoveries >= limit:
-            raise WorkerLost(
-                f"its process stopped while one of its steps ran {row.recoveries + 1} times; "
-                f"it was resumed {limit} times already (max_recoveries)"
+        for resume in await unfinished(store, workflows, max_recoveries=limit):
+            row = resume.row
+            await self._nursery.start(
+                self._drive_stored,
+                row.workflow,
+                resume.workflow,
+                resume.start_event,
+                None,
+                row.lifecycle,
+                resume,
             )
-        logger.info(
-            "trioflow: resuming run %s of %s (%d unfinished steps; recovery %d)",
-            row.run_id,
-            row.workflow,
-            len(replay.pending),
-            row.recoveries + 1,
-        )
-        resume = _Resume(row, last, replay, crashed)
-        return row.workflow, workflow, start_event, None, row.lifecycle, resume
-
-    def _interrupted(
-        self,
-        row: RunRow,
-        last: int,
-        error: Exception,
-        ended: StopEvent | None = None,
-        status: RunStatus = RunStatus.FAILED,
-    ) -> None:
-        """End ``row``'s run, which stopped with its process and is not resumed: with a
-        `WorkflowFailedEvent` for ``error``, or ``ended`` with ``status``."""
-        assert self._store is not None
-        seq = last + 1
-        if ended is None:
-            ended = WorkflowFailedEvent(step_name="", exception=error)
-        json = dumps(encode_envelope(seq, ended))
-        self._store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
-        failure = dumps(encode_exception(error))
-        self._store.append(RunEnded(row.run_id, status.value, None, failure, time.time(), seq))
-        logger.warning(
-            "trioflow: run %s of %s was interrupted and is not resumed: %s",
-            row.run_id,
-            row.workflow,
-            error,
-        )
+        await store.drain()
 
     @property
     def running(self) -> int:
@@ -462,7 +362,7 @@ class RunRegistry:
         start_event: StartEvent,
         abandon_after: float | None,
         lifecycle: bool,
-        resume: _Resume | None = None,
+        resume: Resume | None = None,
         *,
         task_status: trio.TaskStatus[RunRecord],
     ) -> None:
@@ -474,18 +374,12 @@ class RunRegistry:
         assert store is not None
         options = self._options
         if resume is None:
-            row = RunRow(
-                uuid.uuid4().hex,
-                store.next_number(),
+            row = new_row(
+                store,
                 name,
-                RunStatus.RUNNING.value,
-                dumps(mark_unencodable(encode_event_data(start_event))),
-                lifecycle,
-                0,
-                None,
-                None,
-                time.time(),
-                None,
+                workflow,
+                start_event,
+                lifecycle=lifecycle,
                 fingerprint=fingerprint(workflow),
             )
             # Before the run's first journal record: a committed journal has its run.
@@ -494,7 +388,7 @@ class RunRegistry:
         else:
             row, last, replay = resume.row, resume.last_seq, resume.replay
             ticket = store.append(RunResumed(row.run_id, row.recoveries + int(resume.crashed)))
-            used = max(0.0, time.time() - row.started_at)  # its timeout counts wall time
+            used = resume.time_used
         feed = StoredFeed(
             store,
             row.run_id,
@@ -682,18 +576,6 @@ async def _follow_stored(record: RunRecord, abandon_after: float | None) -> None
         nursery.cancel_scope.cancel()
 
 
-@attrs.frozen
-class _Resume:
-    """What a run of an earlier process is resumed from: its row, the seq of its last
-    committed event, its journal folded."""
-
-    row: RunRow
-    last_seq: int
-    replay: Replay
-    #: Its process crashed while one of its steps ran: a recovery (``max_recoveries``).
-    crashed: bool
-
-
 async def _hold_for_first_client(feed: RunFeed, seconds: float) -> None:
     """Keep the run's first events for its first client for at most ``seconds``."""
     with trio.move_on_after(seconds):
@@ -732,34 +614,3 @@ def _ended(record: RunRecord) -> RunEnded:
         record.seq,
         result_type,
     )
-
-
-#: The status a run's terminal event says it ended with.
-_ENDED_BY = {
-    "WorkflowFailedEvent": RunStatus.FAILED,
-    "WorkflowCancelledEvent": RunStatus.CANCELLED,
-    "WorkflowTimedOutEvent": RunStatus.TIMED_OUT,
-}
-
-
-async def _ended_on_stream(store: SqliteStore, run_id: str, last: int) -> bool:
-    """Whether the run's last committed event is its terminal event (its process died after
-    committing it, before its end): then it ended as that event says, and clients that saw the
-    event are not told otherwise. Its end is recorded; the result of a completed run is its
-    stop event's data (``result`` of a plain `StopEvent`)."""
-    (row,) = await store.events(run_id, after=last - 1, limit=1)
-    if not row.flags & TERMINAL:
-        return False
-    status = _ENDED_BY.get(row.type, RunStatus.COMPLETED)
-    data = bytes(envelope_data(row.body))
-    result = error = None
-    if status is RunStatus.COMPLETED:
-        result = dumps(loads(data).get("result")) if row.type == "StopEvent" else data
-    else:  # the exception its terminal event carries (a cancel or a timeout carries none)
-        exception = loads(data).get("exception")
-        if isinstance(exception, dict) and isinstance(exception.get("type"), str):
-            error = dumps(exception)
-        else:
-            error = dumps({"type": "RunInterrupted", "message": "its end was not recorded"})
-    store.append(RunEnded(run_id, status.value, result, error, time.time(), last))
-    return True

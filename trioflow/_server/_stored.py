@@ -17,32 +17,10 @@ import attrs
 import trio
 
 from .. import RunStatus
-from .._store import EventRow, RunRow, SqliteStore, StoreError
+from .._store import LIFECYCLE, TERMINAL, EventKind, EventRow, RunRow, SqliteStore, StoreError
 from .._wire import dumps, loads
-from ._feed import BATCH, BATCH_BYTES, Entry, EventKind, EventsExpired, RunFeed, Watcher
+from ._feed import BATCH, BATCH_BYTES, Entry, EventsExpired, RunFeed, Watcher
 from ._record import brief, described
-
-#: `EventRow.flags`: the bits of an `EventKind`.
-LIFECYCLE = 1
-TERMINAL = 2
-
-
-def event_row(seq: int, kind: EventKind, json: bytes) -> EventRow:
-    """The row that keeps event ``seq`` of ``kind``, whose envelope is ``json``."""
-    columns = _COLUMNS.get(kind)
-    if columns is None:
-        flags = (LIFECYCLE if kind.lifecycle else 0) | (TERMINAL if kind.terminal else 0)
-        columns = _COLUMNS[kind] = (
-            kind.type_name,
-            kind.qualified_name,
-            flags,
-            ",".join(kind.bases),
-        )
-    return EventRow(seq, *columns, json)
-
-
-#: The columns of each kind's rows, made once per kind (a handful per workflow).
-_COLUMNS: dict[EventKind, tuple[str, str, int, str]] = {}
 
 
 class StoredFeed(RunFeed):

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 
 from ._errors import RunInterrupted, StoreError, StoreLocked
+from ._rows import LIFECYCLE, TERMINAL, EventKind, event_kind, event_row
 from ._sqlite import (
     EventRow,
     JournalEntry,
@@ -124,7 +125,10 @@ class _OpenStore:
 
 
 __all__ = [
+    "LIFECYCLE",
     "MEMORY",
+    "TERMINAL",
+    "EventKind",
     "EventRow",
     "JournalEntry",
     "NewEvent",
@@ -139,6 +143,8 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "check_url",
+    "event_kind",
+    "event_row",
     "open_sqlite",
     "open_store",
     "sqlite_path",

@@ -1,0 +1,329 @@
+"""Durable runs in process: `open_store`, runs on it, resuming them after their process
+stopped, and a context kept by the caller across runs (in memory and on a store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from _embedded_flows import Answer, Ask, Asking, Chat, Half, Steps, Tick, Ticks
+
+from trioflow import (
+    Context,
+    Event,
+    NotJournalable,
+    RunStore,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+    WorkerLost,
+    Workflow,
+    WorkflowCancelledEvent,
+    WorkflowFailedEvent,
+    WorkflowRuntimeError,
+    open_store,
+    step,
+)
+from trioflow._store import open_store as open_backend
+
+HERE = Path(__file__).parent
+#: The child process a test kills: its workflows imported from the module this test imports
+#: (run as ``__main__`` they would be other classes, and the run's journal would not fit).
+CHILD = "import sys, trio, _embedded_flows as f; trio.run(f.child, sys.argv[1], sys.argv[2])"
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/runs.db"
+
+
+async def stored(tmp_path: Path, run_id: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The row and the stream (as envelopes) a store file keeps of a run."""
+    import json
+
+    async with open_backend(url(tmp_path)) as backend:
+        assert backend is not None
+        row = await backend.run(run_id)
+        events = await backend.events(run_id, after=0, limit=1000)
+    return row, [json.loads(bytes(event.body)) for event in events]
+
+
+# -- a context kept by the caller --
+
+
+async def test_a_held_context_carries_its_store_from_run_to_run() -> None:
+    flow = Chat()
+    ctx = Context(flow)
+    assert await flow.run(message="hi", ctx=ctx) == 1
+    async with flow.start(message="again", ctx=ctx) as handler:
+        assert handler.ctx is ctx
+        assert await handler.result() == 2
+    assert ctx.run_id == handler.run_id
+    assert await ctx.store.get("history") == ["hi", "again"]
+    # Without one, each run has its own.
+    assert await flow.run(message="alone") == 1
+
+
+async def test_a_saved_context_reads_back_as_it_was() -> None:
+    flow = Chat()
+    ctx = Context(flow)
+    await flow.run(message="one", ctx=ctx)
+    saved = ctx.to_dict()
+    assert saved == {"store": {"history": ["one"]}}
+    again = Context.from_dict(flow, saved)
+    assert await flow.run(message="two", ctx=again) == 2
+    await ctx.store.set("bad", object())
+    with pytest.raises(TypeError, match="'bad' holds a object"):
+        ctx.to_dict()
+    with pytest.raises(ValueError, match="to_dict"):
+        Context.from_dict(flow, {"history": []})
+
+
+async def test_a_context_is_for_one_workflow_and_one_run_at_a_time() -> None:
+    flow = Asking()
+    ctx = Context(flow)
+    with pytest.raises(WorkflowRuntimeError, match="not been given to a run"):
+        ctx.run_id  # noqa: B018
+    with pytest.raises(WorkflowRuntimeError, match="not been given to a run"):
+        ctx.send_event(Answer(ok=True))
+    with pytest.raises(WorkflowRuntimeError, match="for runs of Asking, not of Chat"):
+        await Chat().run(message="x", ctx=ctx)
+    with pytest.raises(TypeError, match="Context"):
+        await flow.run(ctx={"store": {}})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="the workflow it is for"):
+        Context("Asking")
+    for ok in (True, False):  # free again once its run has ended
+        async with flow.start(n=0, ctx=ctx) as handler:
+            with pytest.raises(WorkflowRuntimeError, match="in use by run"):
+                flow.start(n=0, ctx=ctx)
+            await answer_when_asked(handler, ok)
+            assert await handler.result() == {"ok": ok, "ticks": 0}
+
+
+async def answer_when_asked(handler: Any, ok: bool | None) -> list[Event]:
+    """Read the run's stream, answering its question (with ``ok=None``, stop reading once it
+    is asked); returns what was read."""
+    seen = []
+    async for event in handler.stream_events():
+        seen.append(event)
+        if isinstance(event, Ask):
+            if ok is None:
+                break
+            await handler.send_event(Answer(ok=ok))
+    return seen
+
+
+# -- the memory store --
+
+
+async def test_the_memory_store_keeps_nothing() -> None:
+    async with open_store("memory:") as store:
+        assert isinstance(store, RunStore)
+        assert not store.durable
+        assert await store.run(Chat(), message="x") == 1
+        async with store.resume([Chat()]) as handlers:
+            assert handlers == []
+        with pytest.raises(LookupError):
+            await store.context(Chat(), "nope")
+
+
+# -- runs on a SQLite store --
+
+
+async def test_a_run_on_a_store_streams_in_process_and_is_kept(tmp_path: Path) -> None:
+    """Events reach the handler's reader while the run goes on (it waits for the answer the
+    reader sends), and the store holds the same stream, the answer and the result."""
+    flow = Asking()
+    async with open_store(url(tmp_path)) as store:
+        assert store.durable
+        async with store.start(flow, n=3) as handler:
+            seen = await answer_when_asked(handler, True)
+            assert await handler.result() == {"ok": True, "ticks": 3}
+    assert [type(e) for e in seen] == [Tick, Tick, Tick, Ask, StopEvent]
+    row, events = await stored(tmp_path, handler.run_id)
+    assert (row.workflow, row.status, row.last_seq) == ("Asking", "completed", 5)
+    assert row.result == b'{"ok":true,"ticks":3}'
+    assert [e["type"] for e in events] == ["Tick", "Tick", "Tick", "Ask", "StopEvent"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+
+
+async def test_a_store_run_begins_with_its_context_and_leaves_it_there(tmp_path: Path) -> None:
+    flow = Chat()
+    async with open_store(url(tmp_path)) as store:
+        ctx = Context(flow)
+        await ctx.store.set("history", ["before"])
+        async with store.start(flow, message="first", ctx=ctx) as handler:
+            assert await handler.result() == 2
+        assert await ctx.store.get("history") == ["before", "first"]
+        first = handler.run_id
+    # A restart: the next turn goes on from what the first left.
+    async with open_store(url(tmp_path)) as store:
+        ctx = await store.context(flow, first)
+        assert await store.run(flow, message="second", ctx=ctx) == 3
+        assert await ctx.store.get("history") == ["before", "first", "second"]
+        with pytest.raises(LookupError, match="no run 'missing'"):
+            await store.context(flow, "missing")
+
+
+async def test_a_context_value_a_store_cannot_keep_starts_nothing(tmp_path: Path) -> None:
+    flow = Chat()
+    async with open_store(url(tmp_path)) as store:
+        ctx = Context(flow)
+        await ctx.store.set("history", [object()])
+        with pytest.raises(NotJournalable, match=r"'history'\[0\] holds a object"):
+            await store.run(flow, message="x", ctx=ctx)
+        async with open_backend(url(tmp_path).replace("runs.db", "other.db")) as other:
+            assert other is not None
+    async with open_backend(url(tmp_path)) as backend:
+        assert backend is not None
+        assert await backend.runs() == []
+
+
+async def test_a_suspended_run_resumes_waiting_without_asking_again(tmp_path: Path) -> None:
+    """Leaving a run's block by a cancellation (a deadline, a shutdown) suspends it; the next
+    `resume` goes on with it: the question it asked is not asked again, and an answer
+    completes it."""
+    flow = Asking()
+    async with open_store(url(tmp_path)) as store:
+        with trio.CancelScope() as shutdown:
+            async with store.start(flow, n=2) as handler:
+                async for event in handler.stream_events():
+                    if isinstance(event, Ask):
+                        break
+                shutdown.cancel()
+                await trio.sleep_forever()
+        run_id = handler.run_id
+    row, _ = await stored(tmp_path, run_id)
+    assert row.status == "running"
+    async with open_store(url(tmp_path)) as store:
+        async with store.resume([Chat(), flow]) as handlers:
+            assert [h.run_id for h in handlers] == [run_id]
+            (resumed,) = handlers
+            await resumed.send_event(Answer(ok=False))
+            after = [event async for event in resumed.stream_events()]
+            assert await resumed.result() == {"ok": False, "ticks": 2}
+        async with store.resume([flow]) as handlers:
+            assert handlers == []
+    assert not any(isinstance(e, Ask) for e in after)
+    row, events = await stored(tmp_path, run_id)
+    assert row.status == "completed"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["type"] for e in events].count("Ask") == 1
+    assert events[-1]["type"] == "StopEvent"
+
+
+async def test_leaving_a_store_runs_block_cancels_it_for_good(tmp_path: Path) -> None:
+    flow = Asking()
+    async with open_store(url(tmp_path)) as store:
+        async with store.start(flow, n=1) as handler:
+            pass
+        async with store.resume([flow]) as handlers:
+            assert handlers == []
+    row, events = await stored(tmp_path, handler.run_id)
+    assert row.status == "cancelled"
+    assert events[-1]["type"] == "WorkflowCancelledEvent"
+
+
+async def test_a_changed_workflow_is_not_resumed_and_others_are_left(tmp_path: Path) -> None:
+    class Changed(Workflow):
+        @step
+        async def ask(self, ev: Ticks) -> Half:
+            return Half()
+
+        @step
+        async def more(self, ev: Half) -> StopEvent:
+            return StopEvent()
+
+    async with open_store(url(tmp_path)) as store:
+        for name in ("kept", "changed"):
+            with trio.CancelScope() as shutdown:
+                async with store.start(Asking(), n=0, name=name) as handler:
+                    await answer_when_asked(handler, None)
+                    shutdown.cancel()
+                    await trio.sleep_forever()
+            if name == "kept":
+                kept = handler.run_id
+        async with store.resume({"changed": Changed()}) as handlers:
+            assert handlers == []
+        async with store.resume({"kept": Asking()}) as handlers:
+            assert [h.run_id for h in handlers] == [kept]
+            await handlers[0].send_event(Answer(ok=True))  # asked before: it waits already
+            assert await handlers[0].result() == {"ok": True, "ticks": 0}
+    async with open_backend(url(tmp_path)) as backend:
+        assert backend is not None
+        rows = {row.workflow: row for row in await backend.runs()}
+        assert rows["changed"].status == "failed"
+        assert b"ReplayError" in rows["changed"].error
+        assert b"has changed since it started" in rows["changed"].error
+        assert rows["kept"].status == "completed"
+    with pytest.raises(TypeError, match="list of workflows"):
+        store.resume(Asking())  # type: ignore[arg-type]
+
+
+async def test_a_run_killed_with_its_process_resumes_in_another(tmp_path: Path) -> None:
+    """``kill -9`` of a process running a store run in its second step: a new process's
+    `resume` runs the second step again (after a `StepFailedEvent` with `WorkerLost`), with the
+    same `ctx.task_key`, not the first; the context the run began with is there."""
+    db, marks = tmp_path / "runs.db", tmp_path / "marks"
+    child = await trio.lowlevel.open_process(
+        [sys.executable, "-c", CHILD, str(db), str(marks)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "TRIOFLOW_TEST_HANG": "1", "PYTHONPATH": str(HERE)},
+    )
+    try:
+        assert child.stdout is not None
+        out = b""
+        with trio.fail_after(60):  # its id, and that the second step hangs, in either order
+            while out.count(b"\n") < 2:
+                out += await child.stdout.receive_some()
+        lines = set(out.decode().split())
+        assert "hanging" in lines
+        (run_id,) = lines - {"hanging"}
+    finally:
+        child.kill()
+        await child.wait()
+        if child.stdout is not None:
+            await child.stdout.aclose()
+    async with open_store(f"sqlite:///{db}") as store, store.resume([Steps()]) as handlers:
+        (handler,) = handlers
+        assert handler.run_id == run_id
+        events = [event async for event in handler.stream_events()]
+        first_key = await handler.result()
+    lost = events[0]
+    assert isinstance(lost, StepFailedEvent)
+    assert isinstance(lost.exception, WorkerLost)
+    assert lost.step_name == "second"
+    assert isinstance(events[-1], StopEvent)
+    ran = marks.read_text().splitlines()
+    assert ran[0] == "first"
+    assert len(ran) == 3
+    assert ran[1] == ran[2]  # the second step, twice, with the same task key
+    assert first_key.startswith(f"{run_id}:")
+    row, stream = await stored(tmp_path, run_id)
+    assert (row.status, row.recoveries) == ("completed", 1)
+    assert [e["seq"] for e in stream] == list(range(1, len(stream) + 1))
+
+
+async def test_a_run_on_a_store_fails_as_in_memory(tmp_path: Path) -> None:
+    class Boom(Workflow):
+        @step
+        async def go(self, ev: StartEvent) -> StopEvent:
+            raise ValueError("boom")
+
+    async with open_store(url(tmp_path)) as store:
+        with pytest.raises(ValueError, match="boom"):
+            await store.run(Boom())
+        async with store.resume([Boom()]) as handlers:
+            assert handlers == []
+    async with open_backend(url(tmp_path)) as backend:
+        assert backend is not None
+        (row,) = await backend.runs()
+    assert row.status == "failed"
+    assert b"boom" in row.error
+    _, events = await stored(tmp_path, row.run_id)
+    assert events[-1]["type"] == WorkflowFailedEvent.__name__
+    assert WorkflowCancelledEvent.__name__ not in [e["type"] for e in events]

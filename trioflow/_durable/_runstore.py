@@ -1,0 +1,378 @@
+"""`open_store` and `RunStore`: durable runs for a caller in its own process, no server.
+
+A run started on a SQLite store is journaled as the server journals its runs (the same rows,
+so ``trioflow serve --store`` can list, serve and resume it later, and the other way round).
+Its handler works as a memory run's does: `WorkflowHandler.stream_events` gets each event at
+write time (`TeeStream`), while the store gets it too. After the process stops, `RunStore.resume`
+goes on with the runs it left unfinished; `RunStore.context` reads back what a finished run's
+store held, for the next run of a conversation.
+
+On ``memory:`` nothing is kept: runs are plain memory runs and there is nothing to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from .._core._context import Context
+from .._core._log import add_note, describe
+from .._errors import TrioflowError
+from .._events import StartEvent
+from .._handler import WorkflowHandler
+from .._store import MEMORY, NewRun, RunResumed, SqliteStore, StoreError, check_url
+from .._store import open_store as _open_backend
+from .._workflow import Workflow
+from ._codec import codec_for, fingerprint
+from ._journal import fold
+from ._runtime import DurableStream, start_durable
+from ._stored import Resume, RowSink, TeeStream, new_row, run_ended, unfinished
+
+logger = logging.getLogger("trioflow.durable")
+
+#: How many times a run whose process crashed while one of its steps ran is resumed before
+#: it fails with `WorkerLost` (the server's ``max_recoveries`` default).
+MAX_RECOVERIES = 3
+
+
+def open_store(url: str = MEMORY) -> AbstractAsyncContextManager[RunStore]:
+    """Open the store named by ``url`` for the ``async with`` block: ``memory:`` (nothing is
+    kept) or ``sqlite:///path/to/runs.db``. Leaving the block commits what is pending and
+    closes the file; runs started on it must have ended or been left by then.
+
+    Raises:
+        StoreError: a URL this trioflow does not open, or a file that is no trioflow store.
+        StoreLocked: another process (or block) has the file open.
+    """
+    return _OpenRunStore(check_url(url))
+
+
+class _OpenRunStore:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._backend = _open_backend(url)
+
+    async def __aenter__(self) -> RunStore:
+        return RunStore(await self._backend.__aenter__(), self._url)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._backend.__aexit__(exc_type, exc, traceback)
+
+
+class RunStore:
+    """Where runs are kept (`open_store`): start runs on it, resume the runs a stopped
+    process left unfinished, and read back a finished run's context."""
+
+    def __init__(self, backend: SqliteStore | None, url: str) -> None:
+        self._backend = backend
+        self.url = url
+        #: Ids of runs of this store under way in this process: `resume` leaves them alone.
+        self._active: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<RunStore {self.url}>"
+
+    @property
+    def durable(self) -> bool:
+        """Whether runs on this store outlive the process (False for ``memory:``)."""
+        return self._backend is not None
+
+    def start(
+        self,
+        workflow: Workflow[Any],
+        /,
+        start_event: StartEvent | None = None,
+        *,
+        ctx: Context | None = None,
+        name: str | None = None,
+        **fields: Any,
+    ) -> AbstractAsyncContextManager[WorkflowHandler[Any]]:
+        """`Workflow.start` on this store: the run's events, store values and end are kept,
+        and once it is under way (the ``async with`` has entered) its row is committed, so a
+        crash from then on leaves it to `resume`. ``name`` is the name it is kept under (the
+        workflow's class name by default): `resume` finds its workflow by it.
+
+        Leaving the block while the run is unfinished cancels it, as in memory, except when
+        the block is left by a cancellation or a `BaseException` that is no `Exception` (a
+        deadline around it, Ctrl-C, the process shutting down): the run is then *suspended*,
+        nothing more of it is recorded, and `resume` goes on with it later.
+
+        Raises:
+            NotJournalable: a store value of ``ctx`` is no JSON value (nothing is started).
+        """
+        event = workflow._start_event(start_event, fields)
+        if self._backend is None:
+            return workflow._start(event, held=_held(ctx))
+        return _StoredRunBlock(self, self._backend, workflow, event, _name(workflow, name), ctx)
+
+    async def run(
+        self,
+        workflow: Workflow[Any],
+        /,
+        start_event: StartEvent | None = None,
+        *,
+        ctx: Context | None = None,
+        name: str | None = None,
+        **fields: Any,
+    ) -> Any:
+        """`Workflow.run` on this store (see `start`): the result, or the run's error."""
+        event = workflow._start_event(start_event, fields)
+        if self._backend is None:
+            return await workflow.run(event, ctx=ctx)
+        block = _StoredRunBlock(
+            self, self._backend, workflow, event, _name(workflow, name), ctx, streamed=False
+        )
+        async with block as handler:
+            return await handler.result()
+
+    def resume(
+        self, workflows: Iterable[Workflow[Any]] | Mapping[str, Workflow[Any]]
+    ) -> AbstractAsyncContextManager[list[WorkflowHandler[Any]]]:
+        """Go on with the runs of ``workflows`` (a list, each kept under its class name, or a
+        mapping of the names given to `start`) that a process left unfinished: each is
+        resumed from its journal in the ``async with`` block, under its own id, and its
+        handler handed out. Steps that finished are not run again; a step that was running
+        runs again after a `StepFailedEvent` (`WorkerLost`); context calls it made are not
+        repeated, and a run waiting for an answer waits again without asking again.
+
+        A run whose workflow changed since it started, or that crashed its process more
+        than ``MAX_RECOVERIES`` times while a step ran, is not resumed: it ends ``failed``
+        with a `ReplayError` or `WorkerLost` (as do the runs of a store of an older trioflow).
+        Runs of workflows not named are left as they are. Leaving the block is as leaving
+        `start`'s, for each run.
+        """
+        chosen = _named(workflows)
+        if self._backend is None:
+            return _Resumed(self, None, chosen)
+        return _Resumed(self, self._backend, chosen)
+
+    async def context(self, workflow: Workflow[Any], run_id: str) -> Context:
+        """A ``Context(workflow)`` holding what run ``run_id``'s store held when its journal
+        ended (at its end, for a run that ended): give it to the next run (``ctx=``) to go
+        on from there, in this process or after a restart.
+
+        Raises:
+            LookupError: the store has no run ``run_id`` (never, on ``memory:``).
+            ReplayError: its journal does not fit ``workflow``.
+        """
+        backend = self._backend
+        row = None if backend is None else await backend.run(run_id)
+        if backend is None or row is None:
+            raise LookupError(f"{self.url} has no run {run_id!r}")
+        records = await backend.journal(run_id)
+        replay = fold(records, codec_for(workflow), [s.name for s in workflow.graph.steps])
+        return Context.from_dict(workflow, {"store": replay.store})
+
+
+def _name(workflow: Workflow[Any], name: str | None) -> str:
+    if name is None:
+        return workflow.graph.workflow_name
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    return name
+
+
+def _named(
+    workflows: Iterable[Workflow[Any]] | Mapping[str, Workflow[Any]],
+) -> dict[str, Workflow[Any]]:
+    if isinstance(workflows, Workflow):
+        raise TypeError("resume() takes a list of workflows (or a mapping of names to them)")
+    if isinstance(workflows, Mapping):
+        chosen = dict(workflows)
+    else:
+        chosen = {}
+        for workflow in workflows:
+            if not isinstance(workflow, Workflow):
+                raise TypeError(f"resume() takes workflows, got {workflow!r}")
+            name = workflow.graph.workflow_name
+            if name in chosen and chosen[name] is not workflow:
+                raise ValueError(
+                    f"two workflows are named {name!r}: pass a mapping of distinct names"
+                )
+            chosen[name] = workflow
+    for name, workflow in chosen.items():
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"resume() takes workflows, got {workflow!r} for {name!r}")
+    return chosen
+
+
+def _held(ctx: object) -> Context | None:
+    if ctx is None or isinstance(ctx, Context):
+        return ctx
+    raise TypeError(f"ctx must be a trioflow Context (Context(workflow)), got {ctx!r}")
+
+
+class _StoredRunBlock:
+    """The ``async with`` of a run on a store: `Workflow.start`'s block, with the run's row
+    committed before it is handed out and its end (or its suspension) recorded after."""
+
+    def __init__(
+        self,
+        owner: RunStore,
+        store: SqliteStore,
+        workflow: Workflow[Any],
+        start_event: StartEvent,
+        name: str,
+        ctx: Context | None,
+        *,
+        streamed: bool = True,
+        resume: Resume | None = None,
+    ) -> None:
+        self._owner = owner
+        self._store = store
+        self._name = name
+        if resume is None:
+            self._row = new_row(
+                store, name, workflow, start_event, fingerprint=fingerprint(workflow)
+            )
+            last, replay, used = 0, None, 0.0
+        else:
+            self._row, last, replay = resume.row, resume.last_seq, resume.replay
+            used = resume.time_used
+        self._resume = resume
+        self._sink = RowSink(store, self._row.run_id, name, seq=last)
+        stream = (TeeStream if streamed else _sink_only)(workflow.stream_buffer, self._sink)
+        self._block = start_durable(
+            workflow,
+            start_event,
+            store=store,
+            run_id=self._row.run_id,
+            sink=self._sink,
+            replay=replay,
+            time_used=used,
+            stream=stream,
+            held=_held(ctx),
+        )
+        self._handler: WorkflowHandler[Any] | None = None
+
+    async def __aenter__(self) -> WorkflowHandler[Any]:
+        store, row, resume = self._store, self._row, self._resume
+        if resume is None:
+            # Before the run's first journal record: a committed journal has its run.
+            ticket = store.append(NewRun(row))
+        else:
+            ticket = store.append(RunResumed(row.run_id, row.recoveries + int(resume.crashed)))
+        handler = await self._block.__aenter__()
+        self._handler = handler
+        self._owner._active.add(row.run_id)
+        try:
+            await store.flushed(ticket)  # the run is known to the store: it can be resumed
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return handler
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        handler = self._handler
+        assert handler is not None
+        if exc is None or isinstance(exc, Exception):
+            handler.cancel()  # as in memory; a cancel recorded, so it is not resumed
+        # Else the inner block's `RunState.stop` suspends it (`Durable.suspend`).
+        try:
+            await self._block.__aexit__(exc_type, exc, traceback)
+        finally:
+            await self._record_end(handler)
+
+    async def _record_end(self, handler: WorkflowHandler[Any]) -> None:
+        store, row = self._store, self._row
+        self._owner._active.discard(row.run_id)
+        durable = handler._run.durable
+        if durable is not None and durable.suspended:  # type: ignore[attr-defined]
+            logger.info("trioflow: run %s of %s is suspended", row.run_id, self._name)
+            ticket = store.append(RunResumed(row.run_id, row.recoveries))
+        else:
+            ticket = store.append(run_ended(handler, self._sink.seq))
+        with trio.CancelScope(shield=True):  # what the caller was told is what is kept
+            try:
+                await store.flushed(ticket)
+            except StoreError as error:
+                logger.error("trioflow: the end of run %s was not recorded: %s", row.run_id, error)
+
+
+def _sink_only(capacity: int, sink: RowSink) -> DurableStream:
+    """The stream of a run nobody in the process reads (`RunStore.run`)."""
+    stream = DurableStream(capacity, sink)
+    stream.discard_unread()
+    return stream
+
+
+class _Resumed:
+    """`RunStore.resume`'s block: each unfinished run in a `_StoredRunBlock` of its own."""
+
+    def __init__(
+        self, owner: RunStore, store: SqliteStore | None, workflows: dict[str, Workflow[Any]]
+    ) -> None:
+        self._owner = owner
+        self._store = store
+        self._workflows = workflows
+        self._blocks: list[_StoredRunBlock] = []
+
+    async def __aenter__(self) -> list[WorkflowHandler[Any]]:
+        store = self._store
+        if store is None:
+            await trio.lowlevel.checkpoint()
+            return []
+        owner = self._owner
+        found = await unfinished(
+            store,
+            self._workflows,
+            max_recoveries=MAX_RECOVERIES,
+            others="keep",
+            skip=owner._active,
+        )
+        handlers = []
+        try:
+            for resume in found:
+                block = _StoredRunBlock(
+                    self._owner,
+                    store,
+                    resume.workflow,
+                    resume.start_event,
+                    resume.row.workflow,
+                    None,
+                    resume=resume,
+                )
+                handlers.append(await block.__aenter__())
+                self._blocks.append(block)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return handlers
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        errors: list[BaseException] = []
+        for block in reversed(self._blocks):
+            try:
+                await block.__aexit__(exc_type, exc, traceback)
+            except BaseException as error:  # each run's own failure
+                if error is not exc:
+                    errors.append(error)
+        self._blocks.clear()
+        if errors:  # the first run's; the others are named on it
+            first = errors[-1]
+            for other in errors[-2::-1]:
+                add_note(first, f"trioflow: another resumed run also failed: {describe(other)}")
+            raise first
+
+
+__all__ = ["MAX_RECOVERIES", "RunStore", "TrioflowError", "open_store"]
