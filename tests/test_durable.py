@@ -285,6 +285,44 @@ async def test_the_answer_journaled_before_a_crash_is_not_asked_for_again() -> N
     assert isinstance(new[0][1].exception, WorkerLost)
 
 
+class Patient(Workflow):
+    """Asks, gives up after a while, and says so (on the stream, then as its result)."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        try:
+            await ctx.wait_for_event(Consent, waiter_event=AskConsent(question="?"), timeout=5)
+        except trio.TooSlowError:
+            await ctx.write_event_to_stream(Part(i=-1))
+            return StopEvent(result="gave up")
+        return StopEvent(result="answered")
+
+
+async def test_a_wait_that_timed_out_before_a_crash_times_out_again_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A step whose wait gave up before the crash gives up again when it runs again, at
+    once: it does not ask again, nor wait again, and an answer sent now is not taken."""
+    crashed = Recorder()
+    assert await run_durably(Patient(timeout=None), StartEvent(), crashed) == "gave up"
+    timed_out = max(
+        i
+        for i, op in enumerate(crashed.ops)
+        if isinstance(op, JournalEntry) and b'"timed_out":true' in op.body
+    )
+    kept = Recorder(crashed.ops[: timed_out + 1])
+    resumed = Recorder(kept.ops)
+    began = trio.current_time()
+    got = await run_durably(
+        Patient(timeout=None), StartEvent(), resumed, kept=kept, answer=Consent(ok=True)
+    )
+    assert got == "gave up"
+    assert trio.current_time() - began < 1  # no new wait of 5 s
+    new = [e for _, e in resumed.events()[len(kept.events()) :]]
+    assert not any(isinstance(e, AskConsent) for e in new)
+    assert [type(e) for e in new] == [StepFailedEvent, Part, StopEvent]
+
+
 async def test_task_key_is_the_same_on_every_recovery() -> None:
     flow = FanFlow(timeout=None)
     crashed = Recorder()

@@ -107,3 +107,19 @@ def test_llama_client_example_answers_the_approval_run() -> None:
     assert "ApprovalRequired" in types
     assert types[-1] == "StopEvent"
     assert "'done': True" in lines[-1]
+
+
+def test_open_store_example_runs(tmp_path: Path) -> None:
+    """The README's `open_store` example streams a run kept in a file, then, in a second
+    block (as after a restart), goes on from that run's context."""
+    done = subprocess.run(
+        [sys.executable, "-c", block_with("open_store(")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["StopEvent(result='turn 1: hello')", "turn 2: again"]
+    assert (tmp_path / "chat.db").exists()

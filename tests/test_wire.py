@@ -584,6 +584,22 @@ def test_a_short_name_two_types_share_asks_for_the_qualified_name() -> None:
     assert decode_event(sendable, {"type": qualified_name(other), "data": {"n": 1}}) == other(n=1)  # type: ignore[call-arg]
 
 
+def test_a_graphs_own_type_keeps_its_short_name_whatever_else_shares_it() -> None:
+    """A type of another module named as one of the workflow's own does not make the
+    workflow's ambiguous: its short name is the workflow's type."""
+
+    def elsewhere() -> type[Event]:
+        class Quote(HumanResponseEvent):
+            total: float
+
+        return Quote
+
+    other = elsewhere()
+    sendable = sendable_event_types(Shop())
+    assert sendable["Quote"] is Quote
+    assert sendable[qualified_name(other)] is other
+
+
 def test_unknown_event_type_lists_the_known_names() -> None:
     """An unknown type is an error on "type" that lists the short names to choose from."""
     sendable = {"Quote": Quote, "Verdict": Verdict}

@@ -183,13 +183,19 @@ def sendable_event_types(workflow: Workflow) -> dict[str, type[Event]]:
     These are the graph's event types other than start, stop, step-failed and input-required
     events, and every `HumanResponseEvent` subclass in the process (a step may await one with
     `Context.wait_for_event` without naming it in an annotation). Each is listed under its
-    qualified name, and under its short name when no other type listed shares it.
+    qualified name, and under its short name when no other type listed shares it; a short
+    name that one of the graph's own types has is that type's, whatever other modules of the
+    process define (an ``Answer`` elsewhere does not make this workflow's ``Answer``
+    ambiguous).
     """
     responses = [t for t in _subclasses(HumanResponseEvent) if not issubclass(t, _NOT_SENDABLE)]
     in_graph = [t for t in workflow.graph.event_types() if not issubclass(t, _NOT_SENDABLE)]
     # The graph's own types go last, so they win should a stale class (one from an earlier
     # call of the function that defines it) share their qualified name.
-    return _name_table([*responses, *in_graph])
+    table = _name_table([*responses, *in_graph])
+    own = _name_table(in_graph)
+    table.update({name: t for name, t in own.items() if "." not in name})
+    return table
 
 
 def decode_event(types: Mapping[str, type[Event]], body: Any) -> Event:
