@@ -31,6 +31,7 @@ from trioflow import (
     open_store,
     step,
 )
+from trioflow._store import StoreError
 from trioflow._store import open_store as open_backend
 
 HERE = Path(__file__).parent
@@ -342,3 +343,17 @@ async def test_a_run_on_a_store_fails_as_in_memory(tmp_path: Path) -> None:
     _, events = await stored(tmp_path, row.run_id)
     assert events[-1]["type"] == WorkflowFailedEvent.__name__
     assert WorkflowCancelledEvent.__name__ not in [e["type"] for e in events]
+
+
+async def test_a_store_whose_block_was_left_says_so(tmp_path: Path) -> None:
+    async with open_store(url(tmp_path)) as store:
+        pass
+    with pytest.raises(StoreError, match="is closed"):
+        store.start(Chat(), message="late")
+    with pytest.raises(StoreError, match="is closed"):
+        await store.run(Chat(), message="late")
+    with pytest.raises(StoreError, match="is closed"):
+        store.resume([Chat()])
+    async with open_backend(url(tmp_path)) as backend:
+        assert backend is not None
+        assert await backend.runs() == []

@@ -22,16 +22,24 @@ import trio
 
 from .._core._context import Context
 from .._core._log import add_note, describe
-from .._errors import TrioflowError
-from .._events import StartEvent
+from .._core._state import RunStatus
+from .._errors import WorkflowCancelledError
+from .._events import StartEvent, WorkflowCancelledEvent
 from .._handler import WorkflowHandler
-from .._store import MEMORY, NewRun, RunResumed, SqliteStore, StoreError, check_url
+from .._store import (
+    MEMORY,
+    NewRun,
+    RunResumed,
+    SqliteStore,
+    StoreError,
+    check_url,
+)
 from .._store import open_store as _open_backend
 from .._workflow import Workflow
 from ._codec import codec_for, fingerprint
 from ._journal import fold
 from ._runtime import DurableStream, start_durable
-from ._stored import Resume, RowSink, TeeStream, new_row, run_ended, unfinished
+from ._stored import Resume, RowSink, TeeStream, interrupt, new_row, run_ended, unfinished
 
 logger = logging.getLogger("trioflow.durable")
 
@@ -58,7 +66,8 @@ class _OpenRunStore:
         self._backend = _open_backend(url)
 
     async def __aenter__(self) -> RunStore:
-        return RunStore(await self._backend.__aenter__(), self._url)
+        self._store = RunStore(await self._backend.__aenter__(), self._url)
+        return self._store
 
     async def __aexit__(
         self,
@@ -66,6 +75,7 @@ class _OpenRunStore:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._store._closed = True
         await self._backend.__aexit__(exc_type, exc, traceback)
 
 
@@ -78,6 +88,20 @@ class RunStore:
         self.url = url
         #: Ids of runs of this store under way in this process: `resume` leaves them alone.
         self._active: set[str] = set()
+        #: Its `open_store` block has been left.
+        self._closed = False
+
+    def _open_backend(self) -> SqliteStore | None:
+        """The file (None on ``memory:``), while the store's block is open.
+
+        Raises:
+            StoreError: the block has been left.
+        """
+        if self._closed:
+            raise StoreError(
+                f"{self.url} is closed: its `async with open_store(...)` block has been left"
+            )
+        return self._backend
 
     def __repr__(self) -> str:
         return f"<RunStore {self.url}>"
@@ -111,9 +135,10 @@ class RunStore:
             NotJournalable: a store value of ``ctx`` is no JSON value (nothing is started).
         """
         event = workflow._start_event(start_event, fields)
-        if self._backend is None:
+        backend = self._open_backend()
+        if backend is None:
             return workflow._start(event, held=_held(ctx))
-        return _StoredRunBlock(self, self._backend, workflow, event, _name(workflow, name), ctx)
+        return _StoredRunBlock(self, backend, workflow, event, _name(workflow, name), ctx)
 
     async def run(
         self,
@@ -127,10 +152,11 @@ class RunStore:
     ) -> Any:
         """`Workflow.run` on this store (see `start`): the result, or the run's error."""
         event = workflow._start_event(start_event, fields)
-        if self._backend is None:
+        backend = self._open_backend()
+        if backend is None:
             return await workflow.run(event, ctx=ctx)
         block = _StoredRunBlock(
-            self, self._backend, workflow, event, _name(workflow, name), ctx, streamed=False
+            self, backend, workflow, event, _name(workflow, name), ctx, streamed=False
         )
         async with block as handler:
             return await handler.result()
@@ -152,9 +178,7 @@ class RunStore:
         `start`'s, for each run.
         """
         chosen = _named(workflows)
-        if self._backend is None:
-            return _Resumed(self, None, chosen)
-        return _Resumed(self, self._backend, chosen)
+        return _Resumed(self, self._open_backend(), chosen)
 
     async def context(self, workflow: Workflow[Any], run_id: str) -> Context:
         """A ``Context(workflow)`` holding what run ``run_id``'s store held when its journal
@@ -165,7 +189,7 @@ class RunStore:
             LookupError: the store has no run ``run_id`` (never, on ``memory:``).
             ReplayError: its journal does not fit ``workflow``.
         """
-        backend = self._backend
+        backend = self._open_backend()
         row = None if backend is None else await backend.run(run_id)
         if backend is None or row is None:
             raise LookupError(f"{self.url} has no run {run_id!r}")
@@ -252,6 +276,7 @@ class _StoredRunBlock:
             time_used=used,
             stream=stream,
             held=_held(ctx),
+            lifecycle=self._row.lifecycle,
         )
         self._handler: WorkflowHandler[Any] | None = None
 
@@ -262,7 +287,15 @@ class _StoredRunBlock:
             ticket = store.append(NewRun(row))
         else:
             ticket = store.append(RunResumed(row.run_id, row.recoveries + int(resume.crashed)))
-        handler = await self._block.__aenter__()
+        try:
+            handler = await self._block.__aenter__()
+        except BaseException:
+            if resume is None:  # it never got under way: it ends so (a resumed one waits)
+                error = WorkflowCancelledError(f"run {row.run_id} was cancelled as it started")
+                interrupt(
+                    store, row, self._sink.seq, error, WorkflowCancelledEvent(), RunStatus.CANCELLED
+                )
+            raise
         self._handler = handler
         self._owner._active.add(row.run_id)
         try:
@@ -375,4 +408,4 @@ class _Resumed:
             raise first
 
 
-__all__ = ["MAX_RECOVERIES", "RunStore", "TrioflowError", "open_store"]
+__all__ = ["MAX_RECOVERIES", "RunStore", "open_store"]
