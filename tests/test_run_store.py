@@ -275,10 +275,16 @@ def started(db: Path) -> int:
     return int(count)
 
 
-async def test_a_run_killed_with_its_process_resumes_in_another(tmp_path: Path) -> None:
-    """``kill -9`` of a process running a store run in its second step: a new process's
-    `resume` runs the second step again (after a `StepFailedEvent` with `WorkerLost`), with the
-    same `ctx.task_key`, not the first; the context the run began with is there."""
+async def wait_for_starts(db: Path, count: int) -> None:
+    """Until the journal in ``db`` has ``count`` step attempts begun (committed)."""
+    with trio.fail_after(60):
+        while await trio.to_thread.run_sync(started, db) < count:
+            await trio.sleep(0.01)
+
+
+async def killed_in_second_step(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A `Steps` run in a child process, ``kill -9``-ed in its second step: the store file,
+    the marks file and the run's id."""
     db, marks = tmp_path / "runs.db", tmp_path / "marks"
     child = await trio.lowlevel.open_process(
         [sys.executable, "-c", CHILD, str(db), str(marks)],
@@ -296,14 +302,20 @@ async def test_a_run_killed_with_its_process_resumes_in_another(tmp_path: Path) 
         (run_id,) = lines - {"hanging"}
         # Killed once its second step's start is committed (else that step was never
         # under way, as far as any later process can know).
-        with trio.fail_after(60):
-            while await trio.to_thread.run_sync(started, db) < 2:
-                await trio.sleep(0.01)
+        await wait_for_starts(db, 2)
     finally:
         child.kill()
         await child.wait()
         if child.stdout is not None:
             await child.stdout.aclose()
+    return db, marks, run_id
+
+
+async def test_a_run_killed_with_its_process_resumes_in_another(tmp_path: Path) -> None:
+    """``kill -9`` of a process running a store run in its second step: a new process's
+    `resume` runs the second step again (after a `StepFailedEvent` with `WorkerLost`), with the
+    same `ctx.task_key`, not the first; the context the run began with is there."""
+    db, marks, run_id = await killed_in_second_step(tmp_path)
     async with open_store(f"sqlite:///{db}") as store, store.resume([Steps()]) as handlers:
         (handler,) = handlers
         assert handler.run_id == run_id
@@ -357,3 +369,31 @@ async def test_a_store_whose_block_was_left_says_so(tmp_path: Path) -> None:
     async with open_backend(url(tmp_path)) as backend:
         assert backend is not None
         assert await backend.runs() == []
+
+
+async def test_a_stop_after_a_recovery_keeps_the_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash counts as a recovery once resumed; suspending the resumed run (a stop) neither
+    counts nor takes the count back."""
+    db, _, run_id = await killed_in_second_step(tmp_path)
+    monkeypatch.setenv("TRIOFLOW_TEST_HANG", "1")
+    async with open_store(f"sqlite:///{db}") as store:
+        with trio.CancelScope() as shutdown:
+            async with store.resume([Steps()]) as handlers:
+                assert [h.run_id for h in handlers] == [run_id]
+                await wait_for_starts(db, 3)  # the second step runs again, and hangs
+                shutdown.cancel()
+                await trio.sleep_forever()
+    row, _ = await stored(tmp_path, run_id)
+    assert (row.status, row.recoveries) == ("running", 1)
+    monkeypatch.delenv("TRIOFLOW_TEST_HANG")
+    async with open_store(f"sqlite:///{db}") as store, store.resume([Steps()]) as handlers:
+        (handler,) = handlers
+        lost = [e async for e in handler.stream_events() if isinstance(e, StepFailedEvent)]
+        await handler.result()
+    assert [str(e.exception) for e in lost] == [
+        "the process running step 'second' was stopped before the step finished; it runs again"
+    ]
+    row, _ = await stored(tmp_path, run_id)
+    assert (row.status, row.recoveries) == ("completed", 1)

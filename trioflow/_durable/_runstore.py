@@ -326,13 +326,18 @@ class _StoredRunBlock:
         self._owner._active.discard(row.run_id)
         durable = handler._run.durable
         if durable is not None and durable.suspended:  # type: ignore[attr-defined]
+            # Its journal ends with a ``stop`` record: the next `resume` goes on from there,
+            # not counting it as a crash.
             logger.info("trioflow: run %s of %s is suspended", row.run_id, self._name)
-            ticket = store.append(RunResumed(row.run_id, row.recoveries))
+            ticket = None
         else:
             ticket = store.append(run_ended(handler, self._sink.seq))
         with trio.CancelScope(shield=True):  # what the caller was told is what is kept
             try:
-                await store.flushed(ticket)
+                if ticket is None:
+                    await handler._committed()  # its journal, to the ``stop`` record
+                else:
+                    await store.flushed(ticket)
             except StoreError as error:
                 logger.error("trioflow: the end of run %s was not recorded: %s", row.run_id, error)
 

@@ -450,8 +450,8 @@ class RunRegistry:
             await self._end(record, raised)
         finally:
             if suspended:  # nothing recorded: its clients' streams end, to resume later
-                # A stop is no crash: it does not count against max_recoveries.
-                store.append(RunResumed(row.run_id, row.recoveries))
+                # (A stop is no crash: its journal ends with a ``stop`` record, so the next
+                # start does not count it against max_recoveries.)
                 self._feeds.pop(row.run_id, None)
                 self._wrap_up(record)
             else:
