@@ -47,3 +47,13 @@ def test_quick_suite_runs_every_scenario(tmp_path: Path) -> None:
         "serve", "serve_fanout", "sse_latency", "http_backpressure",
     }  # fmt: skip
     assert {impl for _, impl in statuses} == {"trioflow", "anchor", "floor"}
+
+
+async def test_the_in_process_store_benchmark_runs(tmp_path: Path) -> None:
+    """`benchmarks.store_inprocess` reads every event of both runs (tiny sizes: its figures
+    mean nothing here)."""
+    from benchmarks import store_inprocess
+
+    results = await store_inprocess.measure(f"sqlite:///{tmp_path}/bench.db", 50, 10, 1)
+    assert set(results) == {"memory", "sqlite", "sqlite_over_memory"}
+    assert results["sqlite"]["events_per_second"] > 0
