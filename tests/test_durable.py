@@ -108,8 +108,9 @@ async def run_durably(
     answer: Event | None = None,
 ) -> Any:
     """Run ``workflow`` journaled to ``store`` (resumed from ``kept``, a crashed run's
-    prefix, if given) to its end; send ``answer`` whenever a step waits for one. Returns the
-    result, or the exception the run ended with."""
+    prefix, if given) to its end; send ``answer`` when a step waits for a `Consent`, and
+    `part_answer` to each step that waits for a `PartConsent`. Returns the result, or the
+    exception the run ended with."""
     replay = None
     seq = 0
     if kept is not None:
@@ -122,12 +123,21 @@ async def run_durably(
                 workflow, start, store=store, run_id="run", sink=sink, replay=replay
             ) as handler:
                 run = handler._run
-                if answer is not None:
-                    while not run.state.decided:
-                        if any(w.task is not None and w.parked for w in run.router.waiters):
+                answered: list[object] = []  # the waiters themselves: ids are reused
+                while not run.state.decided:
+                    for waiter in list(run.router.waiters):
+                        if waiter.task is None or not waiter.parked:
+                            continue
+                        if any(waiter is done for done in answered):
+                            continue
+                        if waiter.event_type is PartConsent:
+                            answered.append(waiter)
+                            await handler.send_event(part_answer(waiter.requirements["part"]))
+                        elif answer is not None:
+                            answered.append(waiter)
                             await handler.send_event(answer)
-                            break
-                        await trio.sleep(0.001)
+                            answer = None  # once
+                    await trio.sleep(0.001)
                 await run.state.finished.wait()
                 return handler.result_nowait()
         except Exception as error:  # the run's failure, as leaving its block raises it
@@ -153,19 +163,37 @@ class Consent(HumanResponseEvent):
     ok: bool
 
 
+class AskPart(InputRequiredEvent):
+    part: int
+
+
+class PartConsent(HumanResponseEvent):
+    part: int
+    ok: bool
+
+
+def part_answer(part: int) -> PartConsent:
+    """The answer the driver gives each part's question: even parts are approved."""
+    return PartConsent(part=part, ok=part % 2 == 0)
+
+
 class Plan(StartEvent):
     parts: int = 3
     flaky: bool = False
+    #: Each part waits for its own answer (several waits at once), and counts if approved.
+    ask_each: bool = False
 
 
 class FanFlow(Workflow):
     """Fans out ``parts`` events by send_event, collects them, keeps a store total, asks a
-    human, and (``flaky``) fails a step's first attempt once."""
+    human (with ``ask_each``, each part asks for its own answer too), and (``flaky``) fails
+    a step's first attempt once."""
 
     @step
     async def split(self, ctx: Context, ev: Plan) -> Part | None:
         await ctx.store.set("parts", ev.parts)
         await ctx.store.set("flaky", ev.flaky)
+        await ctx.store.set("ask_each", ev.ask_each)
         for i in range(ev.parts):
             await ctx.write_event_to_stream(Part(i=i))
             ctx.send_event(Part(i=i))
@@ -177,6 +205,12 @@ class FanFlow(Workflow):
             await ctx.store.set("failed", True)
             raise ValueError("first attempt of part 0")
         parts = await ctx.store.get("parts")
+        if await ctx.store.get("ask_each"):
+            reply = await ctx.wait_for_event(
+                PartConsent, waiter_event=AskPart(part=ev.i), requirements={"part": ev.i}
+            )
+            if not reply.ok:
+                ev = Part(i=0)  # counts nothing
         got = ctx.collect_events(ev, [Part] * parts)
         if got is None:
             return None
@@ -215,9 +249,15 @@ def _check_resumed(crashed: Recorder, cut: int, resumed: Recorder, expected: Any
     # Each task running at the crash runs again after one StepFailedEvent(WorkerLost); a
     # task that ended the run (not journaled as done) may be among them.
     assert len(lost) <= len(started - finished)
+    # A question whose wait was recorded before the crash is not asked again.
+    waits = [body for kind, body in kept.records() if kind == "call" and body["op"] == "wait"]
     questions = [e for _, e in events if isinstance(e, AskConsent)]
-    asked = any(kind == "call" and body["op"] == "wait" for kind, body in kept.records())
+    asked = any(not body["req"] for body in waits if "req" in body)
     assert len(questions) == 1 if asked else len(questions) >= 1
+    for part in {e.part for _, e in events if isinstance(e, AskPart)}:
+        of_part = [e for _, e in events if isinstance(e, AskPart) and e.part == part]
+        asked = any(body.get("req") == {"part": part} for body in waits)
+        assert len(of_part) == 1 if asked else len(of_part) >= 1
 
 
 def _terminal(store: Recorder) -> int:
@@ -230,12 +270,13 @@ def _terminal(store: Recorder) -> int:
     )
 
 
-async def test_a_run_resumes_from_every_prefix_of_its_journal() -> None:
+@pytest.mark.parametrize("ask_each", [False, True])
+async def test_a_run_resumes_from_every_prefix_of_its_journal(ask_each: bool) -> None:
     flow = FanFlow(timeout=None)
-    start = Plan(parts=3, flaky=True)
+    start = Plan(parts=3, flaky=True, ask_each=ask_each)
     crashed = Recorder()
     expected = await run_durably(flow, start, crashed, answer=Consent(ok=True))
-    assert expected["total"] == 5
+    assert expected["total"] == (4 if ask_each else 5)  # part 1's answer is no
     assert expected["ok"] is True
     for cut in range(_terminal(crashed) + 1):
         kept = Recorder(crashed.ops[:cut])
@@ -244,12 +285,18 @@ async def test_a_run_resumes_from_every_prefix_of_its_journal() -> None:
         _check_resumed(crashed, cut, resumed, expected, got)
 
 
-@given(parts=st.integers(1, 5), flaky=st.booleans(), ok=st.booleans(), data=st.data())
+@given(
+    parts=st.integers(1, 5),
+    flaky=st.booleans(),
+    ok=st.booleans(),
+    ask_each=st.booleans(),
+    data=st.data(),
+)
 async def test_any_crash_point_resumes_to_the_same_result(
-    parts: int, flaky: bool, ok: bool, data: st.DataObject
+    parts: int, flaky: bool, ok: bool, ask_each: bool, data: st.DataObject
 ) -> None:
     flow = FanFlow(timeout=None)
-    start = Plan(parts=parts, flaky=flaky)
+    start = Plan(parts=parts, flaky=flaky, ask_each=ask_each)
     crashed = Recorder()
     expected = await run_durably(flow, start, crashed, answer=Consent(ok=ok))
     cut = data.draw(st.integers(0, _terminal(crashed)))
