@@ -4,6 +4,7 @@ what a ``kill -9`` leaves (every acknowledged write)."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +40,10 @@ def event(seq: int, body: bytes = b"") -> EventRow:
     return EventRow(seq, "Tick", "tests.Tick", 0, "", body or b'{"seq":%d}' % seq)
 
 
+def listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
 # -- URLs --
 
 
@@ -51,8 +56,15 @@ def test_store_urls() -> None:
         "/var/lib/x.db",
         {"synchronous": "full"},
     )
+    assert sqlite_path("sqlite:///my%20runs.db") == ("my runs.db", {})  # percent-decoded
+    assert sqlite_path("sqlite:////srv/r%C3%BCns.db?synchronous=full") == (
+        "/srv/r\u00fcns.db",
+        {"synchronous": "full"},
+    )
     for url, expected in [
         ("sqlite://host/x.db", "sqlite:///relative"),
+        ("sqlite:///x%00.db", "NUL"),
+        ("sqlite:///x%ff.db", "UTF-8"),
         ("sqlite:///", "sqlite:///relative"),
         ("sqlite:///x.db?a=1&a=2", "given twice"),
         ("postgresql://db/tf", "not available yet"),
@@ -61,6 +73,15 @@ def test_store_urls() -> None:
     ]:
         with pytest.raises(StoreError, match=expected):
             check_url(url)
+
+
+async def test_a_store_url_names_its_file_percent_decoded(tmp_path: Path) -> None:
+    """``%20`` in a URL is a space in the file's name, as in any URL."""
+    async with open_store(f"sqlite:///{tmp_path}/my%20runs.db") as store:
+        assert store is not None
+        await store.flushed(store.append(NewRun(run_row("a", 0))))
+    assert (tmp_path / "my runs.db").is_file()
+    assert not (tmp_path / "my%20runs.db").exists()
 
 
 async def test_store_options_are_checked(tmp_path: Path) -> None:
@@ -208,6 +229,177 @@ async def test_a_failed_commit_is_retried_without_losing_writes(
         assert "retrying" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlite3.OperationalError("database is locked"),
+        sqlite3.OperationalError("database table is locked"),
+        sqlite3.OperationalError("disk I/O error"),
+    ],
+)
+async def test_transient_commit_errors_are_retried(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+    error: sqlite3.Error,
+) -> None:
+    """A busy file or an I/O error that may clear is retried, as a full disk is."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        write = store._write
+        failures = [error, error]
+
+        def failing_write(batch: Any) -> None:
+            if failures:
+                raise failures.pop()
+            write(batch)
+
+        monkeypatch.setattr(store, "_write", failing_write)
+        with caplog.at_level(logging.WARNING, logger="trioflow.store"):
+            await store.flushed(store.append(NewRun(run_row("a", 0))))
+        assert await store.run("a") is not None
+        assert store.failed is None
+        assert caplog.text.count("retrying") == 2
+
+
+async def test_a_disk_that_fills_up_is_waited_out(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A real SQLITE_FULL (the file may grow no more: ``max_page_count``), which SQLite
+    answers by rolling the transaction back itself, is retried until there is room, and
+    nothing acknowledged is lost."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        writer = store._writer
+        assert writer is not None
+        await store.flushed(store.append(NewRun(run_row("a", 0))))
+        (pages,) = writer.execute("PRAGMA page_count").fetchone()
+        writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        write = store._write
+        attempts: list[int] = []
+
+        def write_then_make_room(batch: Any) -> None:
+            attempts.append(len(batch))
+            try:
+                write(batch)
+            finally:  # room is made while the store waits to retry
+                writer.execute("PRAGMA max_page_count = 1000000")
+
+        monkeypatch.setattr(store, "_write", write_then_make_room)
+        for seq in range(1, 101):
+            store.append(NewEvent("a", event(seq, b"x" * 1000)))
+        with caplog.at_level(logging.WARNING, logger="trioflow.store"):
+            await store.drain()
+        assert attempts == [100, 100]
+        assert store.failed is None
+        assert "database or disk is full" in caplog.text
+        assert len(await store.events("a", after=0, limit=999)) == 100
+
+
+async def test_a_write_sqlite_refuses_fails_the_store_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch SQLite refuses for good (here a run written twice: its primary key) is not
+    retried forever: the store fails, whoever waits for that commit gets a StoreError naming
+    the file and the error, the error is logged once with its traceback, the flusher raises
+    it (the block fails), and nothing of the batch is written."""
+    url = f"sqlite:///{tmp_path}/runs.db"
+    with (
+        caplog.at_level(logging.ERROR, logger="trioflow.store"),
+        pytest.raises(BaseExceptionGroup) as raised,
+    ):
+        async with open_store(url) as store:
+            assert store is not None
+            await store.flushed(store.append(NewRun(run_row("a", 0))))
+            store.append(NewEvent("a", event(1)))
+            ticket = store.append(NewRun(run_row("a", 1)))  # a again
+            with pytest.raises(StoreError, match="UNIQUE constraint failed") as waited:
+                await store.flushed(ticket)
+            assert str(tmp_path / "runs.db") in str(waited.value)
+            assert isinstance(waited.value.__cause__, sqlite3.IntegrityError)
+            assert store.failed is not None
+            with pytest.raises(StoreError, match="UNIQUE constraint failed"):
+                store.append(NewEvent("a", event(2)))
+    assert raised.group_contains(StoreError, match="UNIQUE constraint failed")
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged.exc_info is not None
+    assert "UNIQUE constraint failed" in logged.getMessage()
+    async with open_store(url) as store:  # the batch was rolled back whole
+        assert store is not None
+        assert [r.number for r in await store.runs()] == [0]
+        assert await store.events("a", after=0, limit=9) == []
+
+
+async def test_every_waiter_of_a_failed_store_gets_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers waiting for a commit or for room when the store fails, and whoever comes
+    after, get the StoreError at once (none hangs); so does `drain`, which commits without
+    the flusher. Nothing committed before is touched."""
+    monkeypatch.setattr(_sqlite, "PENDING_MAX", 2)
+    store = await _sqlite.open_sqlite(tmp_path / "runs.db")
+    try:
+        store.append(NewRun(run_row("a", 0)))
+        await store.drain()  # committed without a flusher
+        disk = threading.Event()
+
+        def corrupt_write(batch: Any) -> None:
+            disk.wait()
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+        monkeypatch.setattr(store, "_write", corrupt_write)
+        failed: list[str] = []
+
+        async def wait(waiting: Any) -> None:
+            with pytest.raises(StoreError, match="malformed") as error:
+                await waiting()
+            failed.append(str(error.value))
+
+        with pytest.raises(BaseExceptionGroup) as raised:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.flush_forever)
+                ticket = store.append(NewEvent("a", event(1)))
+                await trio.testing.wait_all_tasks_blocked()  # the commit is under way
+                store.append(NewEvent("a", event(2)))
+                store.append(NewEvent("a", event(3)))
+                assert store.full
+                nursery.start_soon(wait, lambda: store.flushed(ticket))
+                nursery.start_soon(wait, store.room)
+                await trio.testing.wait_all_tasks_blocked()
+                disk.set()
+                await trio.sleep_forever()  # cancelled by the flusher's failure
+        assert raised.group_contains(StoreError, match="malformed")
+        assert len(failed) == 2
+        assert all(str(tmp_path / "runs.db") in message for message in failed)
+        await store.flushed(1)  # committed before the failure: done
+        for waiting in (lambda: store.flushed(ticket), store.room, store.drain):
+            with pytest.raises(StoreError, match="malformed"):
+                await waiting()
+        with pytest.raises(StoreError, match="malformed"):
+            store.append(NewEvent("a", event(4)))
+    finally:
+        await store.aclose()
+
+
+async def test_an_error_that_is_no_sqlite_error_fails_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a write (an operation SQLite cannot bind: a ProgrammingError) is no reason to
+    retry either; `drain`, committing alone, raises it."""
+    store = await _sqlite.open_sqlite(tmp_path / "runs.db")
+    try:
+        store.append(NewEvent("a", EventRow(1, "T", "m.T", 0, "", [1])))  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="ProgrammingError"):
+            await store.drain()
+        assert store.failed is not None
+    finally:
+        await store.aclose()
+
+
 # -- one process per file, and files that are no store --
 
 
@@ -222,9 +414,93 @@ async def test_one_store_per_file(tmp_path: Path) -> None:
         assert store is not None
 
 
+_OPENER = """
+import sys, trio
+from trioflow._store import open_store, StoreError
+
+async def main(url):
+    try:
+        async with open_store(url):
+            print("opened")
+    except StoreError as error:
+        print(type(error).__name__, error)
+
+trio.run(main, sys.argv[1])
+"""
+
+#: Runs a command as root without the capabilities that let root write any file (dropped from
+#: its bounding set, then exec'd): file modes stop it as they stop any user.
+_WITHOUT_ROOT_POWERS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+    if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        sys.exit(77)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def open_elsewhere(path: Path | str, *, as_a_user: bool = False) -> str:
+    """What opening the store at ``path`` in another process says: ``opened``, or its
+    StoreError. ``as_a_user``: without root's power over file modes, when run as root."""
+    command = [sys.executable, "-c", _OPENER, f"sqlite:///{path}"]
+    if as_a_user and os.geteuid() == 0:
+        command = [sys.executable, "-c", _WITHOUT_ROOT_POWERS, *command[1:]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode == 77:
+        pytest.skip("cannot drop root's capabilities here to make a file read-only to it")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_a_store_through_a_symlink_or_a_hard_link_is_the_same_store(
+    tmp_path: Path,
+) -> None:
+    """The lock is the file's, not its name's: opening the file in use under another name (a
+    symbolic link, a hard link), here or in another process, fails as opening it again does."""
+    path = tmp_path / "runs.db"
+    (tmp_path / "elsewhere").mkdir()
+    symlink = tmp_path / "elsewhere" / "symlink.db"
+    symlink.symlink_to(path)
+    async with open_store(f"sqlite:///{path}"):
+        hardlink = tmp_path / "elsewhere" / "hardlink.db"
+        os.link(path, hardlink)
+        for name in (symlink, hardlink):
+            with pytest.raises(StoreLocked, match="in use"):
+                async with open_store(f"sqlite:///{name}"):
+                    pass
+            assert open_elsewhere(name).startswith(f"StoreLocked {name} is in use")
+    assert open_elsewhere(hardlink) == "opened"
+    assert open_elsewhere(symlink) == "opened"
+
+
+def test_a_store_it_cannot_write_is_refused_at_open(tmp_path: Path) -> None:
+    """A read-only file, or a file in a read-only folder (where SQLite writes its WAL), is
+    refused at once, in one line naming the file, instead of failing every commit after; the
+    folder is left as it was. (As root, in a process without root's power over file
+    modes.)"""
+    path = tmp_path / "runs.db"
+    assert open_elsewhere(path) == "opened"
+    before = listing(tmp_path)
+    path.chmod(0o444)
+    said = open_elsewhere(path, as_a_user=True)
+    assert said.startswith(f"StoreError cannot write the store {path}:")
+    assert "\n" not in said
+    assert listing(tmp_path) == before
+    path.chmod(0o644)
+    tmp_path.chmod(0o555)
+    try:
+        said = open_elsewhere(path, as_a_user=True)
+    finally:
+        tmp_path.chmod(0o755)
+    assert said.startswith(f"StoreError cannot write the store {path}:")
+    assert listing(tmp_path) == before
+    assert open_elsewhere(path, as_a_user=True) == "opened"
+
+
 async def test_files_that_are_no_store_are_refused(tmp_path: Path) -> None:
     """Garbage, another application's SQLite database and another schema version are clear
-    errors, and the file is left as it was."""
+    errors, and the file and its folder are left as they were."""
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"these are not the bytes of a database" * 100)
     foreign = tmp_path / "foreign.db"
@@ -241,10 +517,28 @@ async def test_files_that_are_no_store_are_refused(tmp_path: Path) -> None:
         (newer, "schema '99'"),
     ]:
         before = path.read_bytes()
+        names = listing(tmp_path)
         with pytest.raises(StoreError, match=expected):
             async with open_store(f"sqlite:///{path}"):
                 pass
         assert path.read_bytes() == before
+        assert listing(tmp_path) == names  # no lock file left beside it
+
+
+async def test_a_new_file_refused_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the store created, then refused (here: as if it could not be written), is
+    removed: the folder is left as it was."""
+
+    def refuse(db: sqlite3.Connection, path: Path, synchronous: str) -> None:
+        raise StoreError(f"cannot write the store {path}")
+
+    monkeypatch.setattr(_sqlite, "_set_up", refuse)
+    with pytest.raises(StoreError, match="cannot write"):
+        async with open_store(f"sqlite:///{tmp_path}/runs.db"):
+            pass
+    assert listing(tmp_path) == []
 
 
 # -- a crash --

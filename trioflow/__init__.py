@@ -41,9 +41,9 @@ from ._step import RetryPolicy, step
 from ._workflow import Workflow
 
 if _typing.TYPE_CHECKING:
+    from ._durable._runstore import RunStore, open_store
     from ._server._app import ServerOptions, WorkflowApp
     from ._server._group import NumberedEvent, RunGroup, open_run_group
-    from ._durable._runstore import RunStore, open_store
     from ._server._serve import serve
 
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trio
 
@@ -36,7 +36,8 @@ MEMORY = "memory:"
 
 
 def sqlite_path(url: str) -> tuple[str, dict[str, str]]:
-    """The file and the options of a ``sqlite:`` URL.
+    """The file and the options of a ``sqlite:`` URL, percent-decoded as a URL's are
+    (``sqlite:///my%20runs.db`` is ``my runs.db``).
 
     Raises:
         StoreError: the URL names no file, or its options are given twice.
@@ -47,11 +48,19 @@ def sqlite_path(url: str) -> tuple[str, dict[str, str]]:
             f"a SQLite store's URL is sqlite:///relative/path.db or sqlite:////absolute/path.db,"
             f" got {url!r}"
         )
+    try:
+        path = unquote(parts.path[1:], errors="strict")
+    except UnicodeDecodeError:
+        raise StoreError(
+            f"a store's file name is UTF-8 once percent-decoded, got {url!r}"
+        ) from None
+    if "\0" in path:  # no file has it in its name: opening it would raise a ValueError
+        raise StoreError(f"a store's file name has no NUL (%00), got {url!r}")
     options = parse_qsl(parts.query, keep_blank_values=True)
     named = dict(options)
     if len(named) != len(options):
         raise StoreError(f"an option is given twice in {url!r}")
-    return parts.path[1:], named
+    return path, named
 
 
 def check_url(url: str) -> str:

@@ -4,8 +4,10 @@ The design is `DURABILITY.md`'s (§5): stdlib `sqlite3`, WAL with ``synchronous=
 commit survives the process's crash; ``?synchronous=full`` also a power loss), one writing
 connection and one reading connection, each used from one worker thread at a time
 (`trio.to_thread.run_sync` under a `trio.CapacityLimiter` of 1), so that the event loop never
-waits on the disk. One process owns a file: it holds an exclusive ``flock`` on ``<file>.lock``,
-and a second process opening it fails at once, saying so.
+waits on the disk. One process owns a file: it holds an exclusive ``flock`` on the file itself
+(not on its name: a symbolic or hard link to it is the same store), and a second process opening
+it fails at once, saying so. A file it cannot write is refused at open, as is a file that is no
+trioflow store, and neither leaves anything beside it.
 
 Writes are **group-committed**. Writers append operations to a pending list synchronously, in
 O(1) (`SqliteStore.append`); a flusher task commits everything pending in one transaction, as
@@ -15,20 +17,26 @@ it full waits in `SqliteStore.room`, which is backpressure from the disk. Listen
 each commit after it returned (`SqliteStore.on_commit`), so what they publish (events to
 clients) is only ever what a crash cannot take back.
 
-A commit that fails (a full disk) is retried every `RETRY_AFTER` seconds with a warning: nothing
-pending is dropped, and writers wait behind it.
+A commit that fails for a while (a full disk, a busy file, an I/O error) is retried every
+`RETRY_AFTER` seconds with a warning: nothing pending is dropped, and writers wait behind it. A
+commit SQLite refuses for good (a constraint, a corrupt file, a bug in a write) would be refused
+forever: it fails the store instead (`SqliteStore.failed`), loudly: it is logged, the flusher
+raises it, and every writer and waiter gets it as a `StoreError`. Nothing acknowledged is lost
+either way: what was not committed was never acknowledged.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 import trio
@@ -44,6 +52,32 @@ PENDING_MAX = 4096
 PENDING_BYTES = 4 * 1024 * 1024
 #: Seconds between attempts at a commit that failed.
 RETRY_AFTER = 1.0
+#: SQLite's (primary) result codes of a commit that may go through if tried again: the file is
+#: busy or locked, memory or the disk is short (the store waits for room), an I/O error that may
+#: clear. Any other error (a constraint, a corrupt or read-only file, a write SQLite cannot
+#: bind) is refused again on every attempt: it fails the store.
+_TRANSIENT = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+#: The same errors by SQLite's messages, for an error that carries no code (made in Python).
+_TRANSIENT_MESSAGES = (
+    "database is locked",
+    "database table is locked",
+    "out of memory",
+    "disk I/O error",
+    "database or disk is full",
+    "locking protocol",
+)
+#: SQLite's result codes that say the file (or its folder, where the WAL goes) cannot be
+#: written, or opened for writing.
+_UNWRITABLE = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
 
 #: A run's journal (`trioflow._durable`): its records in order.
 _JOURNAL = """
@@ -227,7 +261,13 @@ class SqliteStore:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._lock_file: IO[bytes] | None = None
+        #: Why the store failed: a commit SQLite refused for good. Then nothing more is
+        #: written, and every writer and waiter gets this error (`append`, `flushed`, `room`,
+        #: `drain`).
+        self.failed: StoreError | None = None
+        #: The file, open and locked (``flock``), and its identity (`_held`).
+        self._lock_fd: int | None = None
+        self._inode: tuple[int, int] | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_slot = trio.CapacityLimiter(1)
@@ -251,50 +291,83 @@ class SqliteStore:
         `flush_forever` in a nursery that outlives every writer.
 
         Raises:
-            StoreLocked: another process has the file open.
+            StoreLocked: another store (of this process or another) has the file open, under
+                this name or another.
             StoreError: it is not a trioflow store, or one of a schema this code does not
-                know, or no SQLite database at all.
+                know, or no SQLite database at all; or it (or its folder) cannot be written.
+                Nothing is left beside it.
         """
         await trio.to_thread.run_sync(self._open_files)
         self._next_number = await self._read(_next_number)
 
     def _open_files(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
+        try:  # the folder of a new file: as the path names it, which may be through a link
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock_file = open(lock_path, "ab")  # noqa: SIM115 (held for as long as the store)
         except OSError as error:  # not a failure to listen: say which file
             raise StoreError(f"cannot open the store {self.path}: {error}") from None
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock_file.close()
-            raise StoreLocked(
-                f"{self.path} is in use: another store holds {lock_path} (in this process or "
-                "another); SQLite serves one process"
-            ) from None
-        self._lock_file = lock_file
+        # The file itself, through any symbolic link: SQLite puts its WAL beside it.
+        path = os.path.realpath(self.path)
+        created = self._lock(path)
         try:
             # The file is checked before anything is set: WAL mode would rewrite the header
             # of a database that is not ours.
-            self._writer = self._connect()
-            _prepare(self._writer, self.path)
-            self._writer.execute("PRAGMA journal_mode=WAL")
-            self._writer.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            self._reader = self._connect()
+            self._writer = self._connect(path)
+            try:
+                _prepare(self._writer, self.path)
+                _set_up(self._writer, self.path, self.synchronous)
+            except sqlite3.Error as error:
+                raise _open_error(self.path, error) from None
+            self._reader = self._connect(path)
         except BaseException:
-            self._close_files()
+            self._close_connections()
+            if created:  # leave the folder as it was, while no other store can have it
+                Path(path).unlink(missing_ok=True)
+            self._unlock()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _lock(self, path: str) -> bool:
+        """Open the file ``path`` for writing (creating it: whether it did is returned) and
+        take an exclusive ``flock`` on it, which another process's store, or this one's,
+        would hold: the lock is the file's (its inode's), under whatever name it is opened.
+
+        Raises:
+            StoreLocked: a store has it open.
+            StoreError: it cannot be opened for writing.
+        """
+        with _held_lock:
+            try:
+                known = os.stat(path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise StoreError(f"cannot open the store {self.path}: {error}") from None
+            else:  # refused before opening it: see `_held`
+                if (known.st_dev, known.st_ino) in _held:
+                    raise self._in_use()
+            fd, created = _open_for_writing(path, self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._in_use() from None
+            opened = os.fstat(fd)
+            self._lock_fd, self._inode = fd, (opened.st_dev, opened.st_ino)
+            _held.add(self._inode)
+        return created
+
+    def _in_use(self) -> StoreLocked:
+        return StoreLocked(
+            f"{self.path} is in use: another store has this file open (in this process or "
+            "another, maybe under another name); SQLite serves one process"
+        )
+
+    def _connect(self, path: str) -> sqlite3.Connection:
         try:
             connection = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=5.0
+                path, check_same_thread=False, isolation_level=None, timeout=5.0
             )
-        except sqlite3.DatabaseError as error:
-            raise StoreError(
-                f"{self.path} is no SQLite database trioflow can use: {error}"
-            ) from None
+        except sqlite3.Error as error:
+            raise _open_error(self.path, error) from None
         return connection
 
     async def drain(self) -> None:
@@ -302,9 +375,13 @@ class SqliteStore:
         cancelled (its process is shutting down), which is why a caller shields this. A
         checkpoint."""
         await trio.lowlevel.checkpoint()
-        while self._pending or self._committing is not None:
+        while True:
+            if self.failed is not None:  # nothing more is written
+                raise self._failure()
+            if not (self._pending or self._committing is not None):
+                return
             async with self._flushing:  # after a commit under way, in order
-                if self._pending:
+                if self._pending and self.failed is None:
                     await self._flush_once()
 
     async def aclose(self) -> None:
@@ -312,13 +389,26 @@ class SqliteStore:
         await trio.to_thread.run_sync(self._close_files)
 
     def _close_files(self) -> None:
+        self._close_connections()
+        self._unlock()
+
+    def _close_connections(self) -> None:
         for connection in (self._writer, self._reader):
             if connection is not None:
                 connection.close()
         self._writer = self._reader = None
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
-            self._lock_file = None
+
+    def _unlock(self) -> None:
+        """Close the file's descriptor, which releases its ``flock``: after SQLite's, as
+        closing a descriptor of the file drops the POSIX locks the process holds on it, which
+        are SQLite's."""
+        with _held_lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+            if self._inode is not None:
+                _held.discard(self._inode)
+                self._inode = None
 
     # -- writing --
 
@@ -331,7 +421,13 @@ class SqliteStore:
     def append(self, operation: Operation) -> int:
         """Add ``operation`` to what the next commit writes; return the count of commits
         after which it is written (see `flushed`). Synchronous and O(1); call `room` before
-        a burst of appends so that the pending list stays bounded."""
+        a burst of appends so that the pending list stays bounded.
+
+        Raises:
+            StoreError: the store has failed (`failed`).
+        """
+        if self.failed is not None:
+            raise self._failure()
         self._pending.append(operation)
         self._pending_bytes += operation.size
         self._ready.set()
@@ -341,15 +437,29 @@ class SqliteStore:
     _committing: list[Operation] | None = None
 
     async def room(self) -> None:
-        """Wait while the pending list is full: backpressure from the disk. A checkpoint."""
+        """Wait while the pending list is full: backpressure from the disk. A checkpoint.
+
+        Raises:
+            StoreError: the store has failed (`failed`): there will be no room.
+        """
         await trio.lowlevel.checkpoint()
-        while self.full:
+        while True:
+            if self.failed is not None:
+                raise self._failure()
+            if not self.full:
+                return
             await self._room.wait()
 
     async def flushed(self, commits: int) -> None:
-        """Wait until ``commits`` commits have been made (what `append` returned)."""
+        """Wait until ``commits`` commits have been made (what `append` returned).
+
+        Raises:
+            StoreError: the store failed before: they never will be.
+        """
         await trio.lowlevel.checkpoint()
         while self._commits < commits:
+            if self.failed is not None:
+                raise self._failure()
             await self._committed.wait()
 
     def on_commit(self, listener: Callable[[Sequence[Operation]], None]) -> None:
@@ -358,22 +468,35 @@ class SqliteStore:
 
     async def flush_forever(self) -> None:
         """Commit what is pending, batch after batch, until cancelled. A commit under way
-        when it is cancelled completes (the thread is waited for)."""
+        when it is cancelled completes (the thread is waited for).
+
+        Raises:
+            StoreError: the store failed (`failed`): its task fails, for its nursery to stop
+                what relies on the store, rather than go on without writing.
+        """
         while True:
             await self._ready.wait()
             self._ready = trio.Event()
             async with self._flushing:
+                if self.failed is not None:  # failed in `drain`
+                    raise self._failure()
                 if self._pending:
                     await self._flush_once()
 
     async def _flush_once(self) -> None:
-        """Commit everything pending in one transaction, then tell the listeners."""
+        """Commit everything pending in one transaction, then tell the listeners.
+
+        Raises:
+            StoreError: SQLite refused the batch for good: the store has failed.
+        """
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         self._committing = batch
         self._room.set()
         self._room = trio.Event()
         try:
             await self._commit(batch)
+        except Exception as error:  # refused for good: retrying would wedge every writer
+            raise self._fail(batch, error) from error
         except BaseException:  # cancelled between attempts: the batch is pending again
             self._pending[:0] = batch
             self._pending_bytes += sum(operation.size for operation in batch)
@@ -389,12 +512,38 @@ class SqliteStore:
             except Exception:  # one listener's bug must not stop the commits of all
                 logger.exception("trioflow: a listener of %s failed on a commit", self.path)
 
+    def _fail(self, batch: Sequence[Operation], error: Exception) -> StoreError:
+        """Fail the store for the error ``batch`` was refused with: log it (once, with its
+        traceback), and wake every writer and waiter, who get the failure (none waits
+        forever for a commit that will not come)."""
+        failure = StoreError(
+            f"the store {self.path} has failed: a commit of {_described(batch)} failed for"
+            f" good ({type(error).__name__}: {error}); nothing more is written to it"
+        )
+        failure.__cause__ = error
+        self.failed = failure
+        self._committing = None
+        logger.error("trioflow: %s", failure, exc_info=error)
+        self._committed.set()
+        self._room.set()
+        return failure
+
+    def _failure(self) -> StoreError:
+        """`failed`, as a new exception for one more caller: one object raised in many tasks
+        would gather all their tracebacks."""
+        assert self.failed is not None
+        error = StoreError(*self.failed.args)
+        error.__cause__ = self.failed.__cause__
+        return error
+
     async def _commit(self, batch: list[Operation]) -> None:
         while True:
             try:
                 await trio.to_thread.run_sync(self._write, batch, limiter=self._write_slot)
                 return
             except sqlite3.Error as error:  # a full disk, an I/O error: nothing is dropped
+                if not _transient(error):
+                    raise
                 logger.warning(
                     "trioflow: cannot commit %d writes to %s (%s); retrying in %g s",
                     len(batch),
@@ -447,7 +596,10 @@ class SqliteStore:
             connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # SQLite may have rolled back itself (a full disk does): a ROLLBACK then would fail,
+            # and its error hide the one that matters.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
 
     # -- reading --
@@ -611,12 +763,95 @@ def _next_number(db: sqlite3.Connection) -> int:
     return int(number)
 
 
+def _described(batch: Sequence[Operation]) -> str:
+    """What a batch writes, for an error: how many writes, of which runs."""
+    runs = list(
+        dict.fromkeys(op.row.run_id if isinstance(op, NewRun) else op.run_id for op in batch)
+    )
+    named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+    writes = f"{len(batch)} write{'s' if len(batch) > 1 else ''}"
+    return f"{writes} (of run{'s' if len(runs) > 1 else ''} {named})"
+
+
+def _transient(error: sqlite3.Error) -> bool:
+    """Whether a commit that failed with ``error`` may go through if tried again."""
+    code: int | None = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _TRANSIENT  # an extended code's primary one
+    return isinstance(error, sqlite3.OperationalError) and str(error).startswith(
+        _TRANSIENT_MESSAGES
+    )
+
+
+_held_lock = threading.Lock()
+#: The files (device, inode) this process's stores have open. A second opening is refused
+#: before it opens the file (`SqliteStore._lock`): closing the descriptor it would have opened
+#: would drop the POSIX locks SQLite holds on the file in this process (whichever descriptor
+#: took them), which tell other processes' SQLite connections that it is in use.
+_held: set[tuple[int, int]] = set()
+
+
+def _open_for_writing(path: str, named: Path) -> tuple[int, bool]:
+    """A descriptor of the file ``path`` (``named`` so by its store's URL) open for writing,
+    and whether it was created for it.
+
+    Raises:
+        StoreError: it cannot be written (SQLite would open it read-only, without a word),
+            or opened.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            return os.open(path, flags), False
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _unwritable(named, error.strerror) from None
+        raise StoreError(f"cannot open the store {named}: {error.strerror}") from None
+
+
+def _unwritable(path: Path, reason: object) -> StoreError:
+    return StoreError(
+        f"cannot write the store {path}: {reason} (a store is written to, and SQLite writes "
+        "its -wal and -shm files beside it: give trioflow a file and a folder it can write)"
+    )
+
+
+def _open_error(path: Path, error: sqlite3.Error) -> StoreError:
+    """What opening the store at ``path`` failing with ``error`` says."""
+    code: int | None = getattr(error, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in _UNWRITABLE:
+        return _unwritable(path, error)
+    if primary in (None, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return StoreError(f"{path} is no SQLite database trioflow can use: {error}")
+    return StoreError(f"cannot open the store {path}: {error}")  # busy, out of room...
+
+
+def _set_up(db: sqlite3.Connection, path: Path, synchronous: str) -> None:
+    """Put the checked store in WAL mode, and make sure it can be written: SQLite opens a
+    file (or a WAL in a folder) it cannot write read-only without a word, and a store that
+    cannot commit would only fail at its first commit. The write is undone: the file is left
+    as it was."""
+    (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise _unwritable(path, f"SQLite keeps it in journal mode {mode!r}, not WAL")
+    db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    db.execute("BEGIN IMMEDIATE")
+    try:  # BEGIN IMMEDIATE alone succeeds on a read-only file: a write does not
+        db.execute("UPDATE tf_meta SET value = value WHERE key = 'schema'")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
 def _prepare(db: sqlite3.Connection, path: Path) -> None:
     """Create the schema in a new (empty) database; check it in an existing one."""
     try:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as error:
-        raise StoreError(f"{path} is no SQLite database trioflow can use: {error}") from None
+        raise _open_error(path, error) from None
     if not tables:  # a new file: the schema in one transaction
         db.executescript(
             f"BEGIN IMMEDIATE;{_SCHEMA}{_JOURNAL}INSERT INTO tf_meta VALUES"
