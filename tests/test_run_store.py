@@ -397,3 +397,17 @@ async def test_a_stop_after_a_recovery_keeps_the_count(
     ]
     row, _ = await stored(tmp_path, run_id)
     assert (row.status, row.recoveries) == ("completed", 1)
+
+
+async def test_a_run_past_its_recoveries_ends_failed(tmp_path: Path) -> None:
+    db, marks, run_id = await killed_in_second_step(tmp_path)
+    async with open_store(f"sqlite:///{db}") as store:
+        with pytest.raises(ValueError, match="max_recoveries"):
+            store.resume([Steps()], max_recoveries=-1)
+        async with store.resume([Steps()], max_recoveries=0) as handlers:
+            assert handlers == []
+    row, events = await stored(tmp_path, run_id)
+    assert row.status == "failed"
+    assert b"WorkerLost" in (row.error or b"")
+    assert events[-1]["type"] == "WorkflowFailedEvent"
+    assert marks.read_text().splitlines()[1:] == [f"second {run_id}:4.1"]  # not run again

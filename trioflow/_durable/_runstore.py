@@ -162,7 +162,10 @@ class RunStore:
             return await handler.result()
 
     def resume(
-        self, workflows: Iterable[Workflow[Any]] | Mapping[str, Workflow[Any]]
+        self,
+        workflows: Iterable[Workflow[Any]] | Mapping[str, Workflow[Any]],
+        *,
+        max_recoveries: int = MAX_RECOVERIES,
     ) -> AbstractAsyncContextManager[list[WorkflowHandler[Any]]]:
         """Go on with the runs of ``workflows`` (a list, each kept under its class name, or a
         mapping of the names given to `start`) that a process left unfinished: each is
@@ -172,13 +175,17 @@ class RunStore:
         repeated, and a run waiting for an answer waits again without asking again.
 
         A run whose workflow changed since it started, or that crashed its process more
-        than ``MAX_RECOVERIES`` times while a step ran, is not resumed: it ends ``failed``
+        than ``max_recoveries`` times while a step ran, is not resumed: it ends ``failed``
         with a `ReplayError` or `WorkerLost` (as do the runs of a store of an older trioflow).
         Runs of workflows not named are left as they are. Leaving the block is as leaving
         `start`'s, for each run.
         """
         chosen = _named(workflows)
-        return _Resumed(self, self._open_backend(), chosen)
+        if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int):
+            raise TypeError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
+        if max_recoveries < 0:
+            raise ValueError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
+        return _Resumed(self, self._open_backend(), chosen, max_recoveries)
 
     async def context(self, workflow: Workflow[Any], run_id: str) -> Context:
         """A ``Context(workflow)`` holding what run ``run_id``'s store held when its journal
@@ -353,8 +360,13 @@ class _Resumed:
     """`RunStore.resume`'s block: each unfinished run in a `_StoredRunBlock` of its own."""
 
     def __init__(
-        self, owner: RunStore, store: SqliteStore | None, workflows: dict[str, Workflow[Any]]
+        self,
+        owner: RunStore,
+        store: SqliteStore | None,
+        workflows: dict[str, Workflow[Any]],
+        max_recoveries: int,
     ) -> None:
+        self._max_recoveries = max_recoveries
         self._owner = owner
         self._store = store
         self._workflows = workflows
@@ -369,7 +381,7 @@ class _Resumed:
         found = await unfinished(
             store,
             self._workflows,
-            max_recoveries=MAX_RECOVERIES,
+            max_recoveries=self._max_recoveries,
             others="keep",
             skip=owner._active,
         )
