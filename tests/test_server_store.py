@@ -4,9 +4,12 @@ clients see committed events only; a run interrupted by a crash ends with a term
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import threading
-from collections.abc import Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,16 @@ from _http import (
     wait_until,
 )
 
-from trioflow import WorkflowApp
+from trioflow import StartEvent, StopEvent, Workflow, WorkflowApp, step
+from trioflow._server._feed import BATCH
+from trioflow._server._options import LIST_LIMIT_MAX
 from trioflow._store import (
     EventRow,
     NewEvent,
     NewRun,
     RunEnded,
     RunRow,
+    SqliteStore,
     StoreLocked,
     open_store,
 )
@@ -451,3 +457,316 @@ async def test_a_run_whose_failure_was_committed_keeps_its_error(tmp_path: Path)
         status = await server.status("ended")
         assert status["status"] == "failed"
         assert status["error"] == {"type": "Boom", "message": "kaboom"}
+
+
+@asynccontextmanager
+async def stalled_disk(store: SqliteStore) -> AsyncIterator[threading.Event]:
+    """Inside the block the store's commits wait (a stalled disk) until the event yielded is
+    set; leaving the block sets it."""
+    disk = threading.Event()
+    write = store._write
+
+    def stalled(batch: Any) -> None:
+        disk.wait()
+        write(batch)
+
+    store._write = stalled  # type: ignore[method-assign]
+    try:
+        yield disk
+    finally:
+        disk.set()
+        del store._write
+
+
+async def test_a_purge_before_the_end_is_committed_still_ends_the_streams(tmp_path: Path) -> None:
+    """purge=true after a run has ended, before its end is committed: the clients attached
+    to its stream still get every event up to the terminal one, then the end of the stream;
+    and the run is gone, from the store too."""
+    async with served(FLOWS, store=store_url(tmp_path), llama_compat=True) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        run_id = await server.start("gate")
+        record = registry.get(run_id)
+        assert record is not None
+        await wait_until(lambda: record.feed.last_seq >= 2)  # it asked: it waits
+        streamed: list[dict[str, Any]] = []
+
+        async def stream() -> None:
+            streamed.extend(await server.events(run_id))
+
+        with trio.fail_after(20):  # a stream left hanging fails the test
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream)
+                await wait_until(lambda: record.feed.watchers == 1)
+                async with stalled_disk(store) as disk:
+                    go = {"type": "Go", "data": {"count": 2}}
+                    nursery.start_soon(
+                        partial(server.client.post, f"/runs/{run_id}/events", json=go)
+                    )
+                    await wait_until(record.done.is_set)  # ended; its end not yet committed
+                    purged = await server.client.post(
+                        f"/handlers/{run_id}/cancel", params={"purge": "true"}
+                    )
+                    assert purged.json() == {"status": "deleted"}
+                    assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
+                    disk.set()
+        assert [m["event"] for m in streamed] == ["Tick", "Asking", "Tick", "Tick", "StopEvent"]
+        await store.drain()
+        await wait_until(lambda: run_id not in registry._records)
+        assert await store.run(run_id) is None
+        assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "first"),
+    [("/runs/{}/events", {}, 1), ("/events/{}", {"after_sequence": "-1"}, 0)],
+    ids=["trioflow", "llama"],
+)
+async def test_a_run_purged_while_streamed_from_the_file_ends_its_streams_cleanly(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+    params: dict[str, str],
+    first: int,
+) -> None:
+    """A client streaming a run the server reads from the file (it ended before this process
+    started), in batches: the run purged between two of them, the stream ends cleanly after
+    the events the client got (no error logged, no broken response), over either route."""
+    url = store_url(tmp_path)
+    async with served(FLOWS, store=url) as server:
+        run_id = await server.start("count", {"n": BATCH + 10})
+        await server.wait_status(run_id, "completed")
+    async with served(FLOWS, store=url, llama_compat=True) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        events = store.events
+        reads: list[int] = []
+        purged = trio.Event()
+
+        async def read_then_wait(run_id: str, **options: Any) -> list[EventRow]:
+            reads.append(options["after"])
+            if len(reads) == 2:  # the second batch is read once the run is purged
+                await purged.wait()
+            return await events(run_id, **options)
+
+        store.events = read_then_wait  # type: ignore[method-assign]
+        streamed: list[dict[str, Any]] = []
+
+        async def stream() -> None:
+            url = route.format(run_id)
+            async with server.client.stream("GET", url, params=params) as response:
+                assert response.status_code == 200
+                streamed.extend([m async for m in sse_messages(response) if "data" in m])
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream)
+                await wait_until(lambda: len(reads) == 2)
+                gone = await server.client.post(
+                    f"/handlers/{run_id}/cancel", params={"purge": "true"}
+                )
+                assert gone.json() == {"status": "deleted"}
+                purged.set()
+        assert [int(m["id"]) for m in streamed] == list(range(first, first + BATCH))
+        assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_clients_of_a_run_served_from_the_file_share_its_feed(tmp_path: Path) -> None:
+    """A run the server reads from the file has one feed while it has clients, as a run in
+    memory does: its status counts them, max_clients_per_run holds (429), and once the last
+    one has left the feed is dropped."""
+    url = store_url(tmp_path)
+    async with served(FLOWS, store=url) as server:
+        run_id = await server.start("count", {"n": 3})
+        await server.wait_status(run_id, "completed")
+    async with served(FLOWS, store=url, llama_compat=True, max_clients_per_run=1) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        events = store.events
+        reading = trio.Event()
+        release = trio.Event()
+
+        async def held(run_id: str, **options: Any) -> list[EventRow]:
+            reading.set()
+            await release.wait()
+            return await events(run_id, **options)
+
+        store.events = held  # type: ignore[method-assign]
+        streamed: list[dict[str, Any]] = []
+
+        async def stream() -> None:
+            streamed.extend(await server.events(run_id))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream)
+                await reading.wait()  # its client is attached, waiting for the file
+                assert (await server.status(run_id))["watchers"] == 1
+                for url in (f"/runs/{run_id}/events", f"/events/{run_id}"):
+                    params = {"after_sequence": "-1"} if url.startswith("/events") else {}
+                    async with server.client.stream("GET", url, params=params) as refused:
+                        assert refused.status_code == 429
+                        await refused.aread()
+                    assert refused.json()["error"]["code"] == "too_many_clients"
+                release.set()
+        assert [m["event"] for m in streamed] == ["Tick", "Tick", "Tick", "StopEvent"]
+        assert (await server.status(run_id))["watchers"] == 0
+        assert registry._stored_feeds == {}
+        assert [m["event"] for m in await server.events(run_id, after=3)] == ["StopEvent"]
+        assert registry._stored_feeds == {}
+
+
+class Blocking(Workflow):
+    """A ``def`` step blocks its thread until `release` is set: suspending the run waits."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @step
+    def block(self, ev: StartEvent) -> StopEvent:
+        self.entered.set()
+        self.release.wait()
+        return StopEvent(result="released")
+
+
+async def test_the_store_is_drained_within_what_is_left_of_the_shutdown_grace(
+    tmp_path: Path,
+) -> None:
+    """A shutdown whose runs took its whole grace to suspend (a `def` step holds one up) on
+    a store that cannot commit (its disk fails): the store's drain, after the runs, gets what
+    is left of the grace (nothing here), not a grace of its own on top."""
+    stuck = Blocking()
+    app = WorkflowApp({"stuck": stuck}, store=store_url(tmp_path), shutdown_grace=0.2)
+    drained_by: list[float] = []
+    async with app.running():
+        registry = app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        record = await registry.start("stuck", stuck, StartEvent(), abandon_after=None)
+        await trio.to_thread.run_sync(stuck.entered.wait)
+        drain = store.drain
+
+        def failing(batch: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")  # retried: nothing is dropped
+
+        async def recorded() -> None:
+            drained_by.append(trio.current_effective_deadline())
+            await drain()
+
+        store._write = failing  # type: ignore[method-assign]
+        store.drain = recorded  # type: ignore[method-assign]
+        try:
+            await app.shutdown()  # the run's thread holds it up to the end of the grace
+            shut_down_at = trio.current_time()
+            assert not record.done.is_set()
+        finally:
+            stuck.release.set()
+    assert len(drained_by) == 1
+    assert drained_by[0] <= shut_down_at  # the grace was over when the runs' part ended
+
+
+async def test_runs_are_listed_by_the_status_the_server_reports(tmp_path: Path) -> None:
+    """A run that has completed, its end not yet committed (the store still says running):
+    GET /runs and GET /handlers filter it by the status GET /runs/{id} reports, not the
+    store's, in pages that stay full."""
+    async with served(FLOWS, store=store_url(tmp_path), llama_compat=True) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        older = [await server.start("forever") for _ in range(3)]
+        run_id = await server.start("gate")
+        record = registry.get(run_id)
+        assert record is not None
+        await wait_until(lambda: record.feed.last_seq >= 2)  # it asked: it waits
+
+        async def listed(**params: Any) -> list[str]:
+            response = await server.client.get("/runs", params=params)
+            return [run["run_id"] for run in response.json()["runs"]]
+
+        async def paged(**params: Any) -> list[list[str]]:
+            pages: list[list[str]] = []
+            cursor = None
+            while True:
+                more: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+                page = (await server.client.get("/runs", params=params | more)).json()
+                pages.append([run["run_id"] for run in page["runs"]])
+                if (cursor := page["next_cursor"]) is None:
+                    return pages
+
+        async def handlers(status: str) -> list[str]:
+            response = await server.client.get("/handlers", params={"status": status})
+            return [handler["handler_id"] for handler in response.json()["handlers"]]
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery, stalled_disk(store) as disk:
+                go = {"type": "Go", "data": {"count": 0}}
+                nursery.start_soon(partial(server.client.post, f"/runs/{run_id}/events", json=go))
+                await wait_until(record.done.is_set)  # completed; its end not committed
+                row = await store.run(run_id)
+                assert row is not None
+                assert row.status == "running"
+                assert (await server.status(run_id))["status"] == "completed"
+                assert await listed(status="completed") == [run_id]
+                assert await listed(status="running") == older[::-1]
+                assert await paged(status="running", limit=2) == [older[:0:-1], older[:1]]
+                assert await paged(limit=2) == [[run_id, older[2]], older[1::-1]]
+                assert await handlers("completed") == [run_id]
+                assert await handlers("running") == older[::-1]
+                disk.set()
+        assert await listed(status="completed") == [run_id]
+        assert await listed(status="running") == older[::-1]
+
+
+async def test_llama_handlers_lists_the_newest_runs_of_a_store_at_most(tmp_path: Path) -> None:
+    """GET /handlers on a store of more runs than a page of GET /runs holds at most answers
+    the newest that many that match its filters, as LlamaIndex's data; GET /runs pages
+    through them all."""
+    url = store_url(tmp_path)
+    async with open_store(url) as store:
+        assert store is not None
+        error = json.dumps({"type": "Boom", "message": "kaboom"}).encode()
+        old = RunRow(
+            "old", store.next_number(), "gate", "failed", b"{}", False, 0, None, error, 1.0, 2.0
+        )
+        store.append(NewRun(old))
+        for n in range(LIST_LIMIT_MAX + 5):
+            number = store.next_number()
+            row = RunRow(
+                f"r{n}", number, "count", "completed", b"{}", False, 0, b"1", None, 1.0, 2.0
+            )
+            store.append(NewRun(row))
+        await store.drain()
+    async with served(FLOWS, store=url, llama_compat=True) as server:
+
+        async def handlers(**params: Any) -> list[str]:
+            response = await server.client.get("/handlers", params=params)
+            assert response.status_code == 200
+            return [handler["handler_id"] for handler in response.json()["handlers"]]
+
+        newest = [f"r{n}" for n in reversed(range(LIST_LIMIT_MAX + 5))]
+        assert await handlers() == newest[:LIST_LIMIT_MAX]
+        assert await handlers(status="completed") == newest[:LIST_LIMIT_MAX]
+        assert await handlers(status="failed") == ["old"]
+        assert await handlers(workflow_name="gate") == ["old"]
+        assert await handlers(workflow_name=["gate", "fail"]) == ["old"]
+        assert await handlers(workflow_name=["gate", "count"]) == newest[:LIST_LIMIT_MAX]
+        listed: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": LIST_LIMIT_MAX} | ({} if cursor is None else {"cursor": cursor})
+            page = (await server.client.get("/runs", params=params)).json()
+            listed += [run["run_id"] for run in page["runs"]]
+            if (cursor := page["next_cursor"]) is None:
+                break
+        assert listed == [*newest, "old"]

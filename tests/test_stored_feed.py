@@ -180,3 +180,34 @@ async def test_a_client_that_read_the_store_past_the_cache_waits_for_it(tmp_path
 
                 nursery.start_soon(listeners_run)
                 assert [e.seq for e in await watcher.next_batch()] == [5]
+
+
+async def test_the_feeds_of_a_run_share_their_clients(tmp_path: Path) -> None:
+    """Two feeds of one run served from the store, shared: a client of either is the first
+    one's while it has clients (its count and its max_watchers hold for both), and once the
+    last has left neither is kept. A feed that already has clients when shared is kept."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        await start(store, "r")
+        shared: dict[str, StoredFeed] = {}
+
+        def feed() -> StoredFeed:
+            return StoredFeed(store, "r", 1, 1, 2, last_seq=0, finished=True, shared=shared)
+
+        first, second = feed(), feed()
+        with first.watch(0):
+            assert shared == {"r": first}
+            with second.watch(0) as watcher:
+                assert watcher._feed is first
+                assert (first.watchers, second.watchers) == (2, 2)
+                with pytest.raises(TooManyWatchers):
+                    second.watch(0)
+            assert (first.watchers, second.watchers) == (1, 1)
+        assert shared == {}
+        assert (first.watchers, second.watchers) == (0, 0)
+        live = StoredFeed(store, "r", 1, 1, 2)
+        with live.watch(0):
+            live.share(shared)
+            assert shared == {"r": live}
+            assert feed().watchers == 1
+        assert shared == {}

@@ -32,7 +32,7 @@ from ._feed import EventsExpired, TooManyWatchers
 from ._group import RunGroupBlock
 from ._llama import LLAMA_ROUTES
 from ._openapi import openapi_document, openapi_json
-from ._options import LOOPBACK_NAMES
+from ._options import LIST_LIMIT, LIST_LIMIT_MAX, LOOPBACK_NAMES
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
@@ -189,8 +189,13 @@ class WorkflowApp:
         """Start no more runs, cancel the running ones, and wait until their terminal events
         are recorded, so that open streams end with them; at most
         `ServerOptions.shutdown_grace` seconds."""
+        await self._shutdown()
+
+    async def _shutdown(self, by: float | None = None) -> None:
+        """`shutdown`, over by ``by`` (trio's clock) when given: `serve`'s own deadline. What
+        follows the runs when the app stops (its store's drain) keeps to that deadline."""
         if self._registry is not None:
-            await self._registry.shutdown(self.options.shutdown_grace)
+            await self._registry.shutdown(self.options.shutdown_grace, by=by)
 
     def openapi(self, prefix: str = "") -> dict[str, Any]:
         """The OpenAPI 3.1 document that ``GET /openapi.json`` answers, as a new dict, its
@@ -638,11 +643,6 @@ class _Running:
         if store is not None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
-
-
-#: Runs a page of ``GET /runs`` lists unless ``?limit=`` says otherwise, and at most.
-LIST_LIMIT = 50
-LIST_LIMIT_MAX = 500
 
 
 def _flag(request: Request, name: str, *, default: bool = False) -> bool:

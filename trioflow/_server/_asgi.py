@@ -7,7 +7,7 @@ directly and every `send` of a streamed body goes straight to the socket.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -158,10 +158,12 @@ class Request:
     ) -> None:
         """Send a complete response: ``body``, or the concatenation of its parts.
 
-        A large body goes out in parts of at most `PART` bytes, each sent once the client has
-        taken the one before (over HTTP/2, once hypercorn's buffer has drained), so a client
-        that stops reading holds one part, not a copy of the whole: the parts of a body that
-        many requests share (a run's result) are slices of one object.
+        A large body goes out in pieces of `PART` bytes (the last one shorter), each sent once
+        the client has taken the one before (over HTTP/2, once hypercorn's buffer has
+        drained), so a client that stops reading holds one piece, not a copy of the whole:
+        the parts of a body that many requests share (a run's result) are copied a piece at a
+        time. Small parts go out together (``GET /handlers`` has three per run): a message
+        each would cost a write to the socket each.
         """
         parts = [body] if isinstance(body, bytes) else list(body)
         size = sum(len(part) for part in parts)
@@ -180,14 +182,12 @@ class Request:
             return
         drain = self._drain()
         sent = 0
-        for part in parts:
-            for start in range(0, len(part), PART):
-                piece = part[start : start + PART]  # a copy of one piece at a time
-                sent += len(piece)
-                more = sent < size
-                await self.send({"type": "http.response.body", "body": piece, "more_body": more})
-                if more and drain is not None:
-                    await drain()
+        for piece in _pieces(parts):
+            sent += len(piece)
+            more = sent < size
+            await self.send({"type": "http.response.body", "body": piece, "more_body": more})
+            if more and drain is not None:
+                await drain()
 
     def _drain(self) -> Callable[[], Awaitable[None]] | None:
         from ._http2 import flow_control  # which imports this module
@@ -218,6 +218,26 @@ class Request:
                 "headers": [*headers, *self.extra_headers, NOSNIFF],
             }
         )
+
+
+def _pieces(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """The concatenation of ``parts`` in pieces of `PART` bytes, the last one shorter: a copy
+    of one piece at a time."""
+    piece = bytearray()
+    for part in parts:
+        view = memoryview(part)
+        while len(view) >= PART - len(piece):
+            cut = PART - len(piece)
+            if piece:
+                piece += view[:cut]
+                yield bytes(piece)
+                piece.clear()
+            else:
+                yield bytes(view[:cut])
+            view = view[cut:]
+        piece += view
+    if piece:
+        yield bytes(piece)
 
 
 def _route_path(path: str, root_path: str) -> str:

@@ -269,9 +269,12 @@ class RunGroupBlock:
         assert self._nursery is not None
         assert self._registry is not None
         registry = self._registry
+        grace = self._options.shutdown_grace
+        # The shutdown's deadline, unless one began before (`serve` shut the runs down first).
+        deadline = trio.current_time() + grace
         try:
             if body_error is None:  # a failing block cancels the runs at once instead
-                await registry.shutdown(self._options.shutdown_grace)
+                await registry.shutdown(grace)
         finally:
             self._nursery.cancel_scope.cancel()
             try:
@@ -285,9 +288,12 @@ class RunGroupBlock:
             finally:
                 if self._store is not None:
                     # What the runs wrote, to their last records, is committed before the
-                    # store closes (a kill would lose no more than this would).
-                    grace = self._options.shutdown_grace
-                    with trio.CancelScope(shield=True, deadline=trio.current_time() + grace):
+                    # store closes (a kill would lose no more than this would), within what
+                    # is left of the shutdown's grace: on a store that cannot commit (a
+                    # failing disk, retried) the shutdown still takes its grace once.
+                    if registry.shutdown_deadline is not None:
+                        deadline = registry.shutdown_deadline
+                    with trio.CancelScope(shield=True, deadline=deadline):
                         await self._store.drain()
             fatal = registry.fatal
             if fatal is not None and self._stops_on_fatal:  # it cancelled the block: it goes on

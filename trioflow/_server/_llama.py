@@ -62,7 +62,7 @@ from .._wire import (
 )
 from ._asgi import HttpError, Request
 from ._feed import Entry, EventsExpired, TooManyWatchers
-from ._options import ServerOptions
+from ._options import LIST_LIMIT_MAX, ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry
 from ._stored import StoredRecord
@@ -167,13 +167,24 @@ async def _handlers(app: WorkflowApp, request: Request, args: list[str]) -> None
             400, "bad_request", f"status must be one of {known}, got {sorted(unknown)[0]!r}"
         )
     names = set(_list_param(request, "workflow_name"))
-    records, _ = await app._runs().page(2**62)  # every run the server knows, newest first
+    # LlamaIndex's route answers every handler at once and has no paging; on a store that is
+    # every run ever kept, which would all be read into memory for one answer. So it answers
+    # the newest `LIST_LIMIT_MAX` that match (the most a page of GET /runs holds), the store
+    # read a page at a time, filtered as it is read; older runs are still found by id
+    # (GET /handlers/{id}) and listed by GET /runs, which pages.
+    wanted = [status for status, name in _STATUS.items() if name in statuses]
+    workflow = next(iter(names)) if len(names) == 1 else None
+    found: list[RunRecord | StoredRecord] = []
+    before: int | None = None
+    while len(found) < LIST_LIMIT_MAX:
+        records, before = await app._runs().page(
+            LIST_LIMIT_MAX, before=before, workflow=workflow, statuses=wanted
+        )
+        found += [record for record in records if not names or record.workflow_name in names]
+        if before is None:
+            break
     parts: list[bytes] = []
-    for record in records:
-        if statuses and _STATUS[record.status] not in statuses:
-            continue
-        if names and record.workflow_name not in names:
-            continue
+    for record in found[:LIST_LIMIT_MAX]:
         parts += [b"," if parts else b"", *_handler_data(record)]
     await request.respond(200, [b'{"handlers":[', *parts, b"]}"])
 

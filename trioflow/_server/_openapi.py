@@ -26,7 +26,7 @@ from .. import Event, RunStatus, Workflow, __version__
 from .._wire import JsonSchemas, any_envelope, dumps, streamed_event_types
 from .._wire import qualified_name as _qualified_name
 from .._wire import type_name as _type_name
-from ._options import ServerOptions
+from ._options import LIST_LIMIT, LIST_LIMIT_MAX, ServerOptions
 
 Schema = dict[str, Any] | bool
 
@@ -332,8 +332,6 @@ def _start_run(
 
 
 def _list_runs(names: list[str]) -> dict[str, Any]:
-    from ._app import LIST_LIMIT, LIST_LIMIT_MAX  # here: `_app` imports this module
-
     return _operation(
         "listRuns",
         "runs",
@@ -744,7 +742,7 @@ def _llama_paths(names: list[str]) -> dict[str, Any]:
         "/handlers": {
             "get": operation(
                 "handlers",
-                "Every run the server knows",
+                f"The newest runs the server knows, at most {LIST_LIMIT_MAX}",
                 {
                     "200": _json("The runs.", _ref("LlamaHandlerList")),
                     "400": _error("A bad status."),

@@ -18,6 +18,11 @@ import attrs
 #: The names of this machine's loopback interface, which the server answers for by default.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
+#: Runs a page of ``GET /runs`` lists unless ``?limit=`` says otherwise, and at most; also the
+#: most handlers ``GET /handlers`` (``llama_compat``) lists.
+LIST_LIMIT = 50
+LIST_LIMIT_MAX = 500
+
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not (0 <= value < math.inf):

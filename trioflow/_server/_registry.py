@@ -41,6 +41,7 @@ from .._store import (
     RunEnded,
     RunPurged,
     RunResumed,
+    RunRow,
     SqliteStore,
 )
 from .._wire import (
@@ -90,12 +91,18 @@ class RunRegistry:
         #: On a store, the feeds of the runs under way, from before their first event (which
         #: may be committed before the run's record is known) until their end is committed.
         self._feeds: dict[str, StoredFeed] = {}
+        #: On a store, the feeds of runs served from it (`StoredRecord`) that have clients:
+        #: one per run, shared by every request while it has clients (`StoredFeed.share`),
+        #: so that ``max_clients_per_run`` and the count of its watchers hold.
+        self._stored_feeds: dict[str, StoredFeed] = {}
         self._numbers = itertools.count()
         #: Finished runs, oldest first, and the bytes they keep (`RunRecord.footprint`).
         self._finished: deque[tuple[str, int]] = deque()
         self._finished_bytes = 0
         self._starting = 0  # runs between the limit check and their record
         self._closing = False
+        #: When the shutdown must be over (`shutdown`), once one has begun.
+        self._deadline: float | None = None
         self._fatal: BaseException | None = None
         self._fatal_raised = trio.Event()
 
@@ -115,7 +122,14 @@ class RunRegistry:
         row = await self._store.run(run_id)
         if row is None:
             return None
-        return StoredRecord.of(row, self._store, self._options.max_clients_per_run)
+        return self._stored(row)
+
+    def _stored(self, row: RunRow) -> StoredRecord:
+        """The record of a run served from the store, with its clients' feed if it has any."""
+        assert self._store is not None
+        return StoredRecord.of(
+            row, self._store, self._options.max_clients_per_run, self._stored_feeds
+        )
 
     async def forget(self, record: RunRecord | StoredRecord) -> None:
         """Forget ``record``'s run: it is found no more (`get`, `find`, `page`), and it is
@@ -129,7 +143,10 @@ class RunRegistry:
             return
         if self._store is not None:  # also in the store, where `find` would find it
             self._hidden.add(record.run_id)
-        if not record.done.is_set():
+        if not record.done.is_set() or record.run_id in self._feeds:
+            # Under way, or on a store ended but its end not yet committed (its feed takes
+            # committed events until then, its terminal one included): `_wrap_up` drops it
+            # once that end is committed (`_published`), after its feed is finished.
             return
         self._drop(record)
 
@@ -181,23 +198,44 @@ class RunRegistry:
         workflow: str | None,
         statuses: Collection[RunStatus],
     ) -> tuple[list[RunRecord | StoredRecord], int | None]:
-        assert self._store is not None
-        rows = await self._store.page(
-            limit + 1,
-            before=before,
-            workflow=workflow,
-            statuses=[status.value for status in statuses],
-        )
-        found: list[RunRecord | StoredRecord] = []
-        for row in rows[:limit]:
-            record = self._records.get(row.run_id)
-            if row.run_id in self._hidden:
-                continue
-            if record is None:
-                found.append(StoredRecord.of(row, self._store, self._options.max_clients_per_run))
-            elif not record.forgotten:
-                found.append(record)
-        return found, (rows[limit - 1].number if len(rows) > limit else None)
+        """`page` on a store. A run this process has in memory is what it says there (its
+        status is its handler's, as `find` gives it); the store's row of it may lag behind
+        (its end is committed after it is decided). So the store lists the runs it alone
+        has, filtered by their committed status, and the runs in memory are filtered by their
+        own, then merged in: a page is as full as the store allows, and says what
+        ``GET /runs/{id}`` says. The rows skipped, those of runs in memory or forgotten, are
+        bounded by what memory keeps."""
+        store = self._store
+        assert store is not None
+        wanted = [status.value for status in statuses]
+        stored: list[RunRecord | StoredRecord] = []
+        #: The runs in memory met in the store's rows: listed by their own status, even if
+        #: forgotten from memory (`_forget_old`) while the next rows were read.
+        held: dict[str, RunRecord] = {}
+        cursor = before
+        while len(stored) <= limit:
+            rows = await store.page(limit + 1, before=cursor, workflow=workflow, statuses=wanted)
+            for row in rows:
+                record = self._records.get(row.run_id)
+                if record is not None:
+                    held[row.run_id] = record
+                elif row.run_id not in self._hidden:
+                    stored.append(self._stored(row))
+            if len(rows) <= limit:  # the store has no more
+                break
+            cursor = rows[-1].number
+        in_memory = [
+            record
+            for record in {**held, **self._records}.values()
+            if not record.forgotten
+            and (before is None or record.number < before)
+            and (workflow is None or record.workflow_name == workflow)
+            and (not statuses or record.status in statuses)
+        ]
+        found = sorted([*stored, *in_memory], key=lambda record: record.number, reverse=True)
+        if len(found) > limit:
+            return found[:limit], found[limit - 1].number
+        return found, None
 
     async def recover(self, workflows: Mapping[str, Workflow]) -> None:
         """Resume the runs the store has as running (their process stopped before they
@@ -258,14 +296,22 @@ class RunRegistry:
             self._starting -= 1
         return record
 
-    async def shutdown(self, grace: float) -> None:
+    async def shutdown(self, grace: float, *, by: float | None = None) -> None:
         """Start no more runs, cancel the running ones, and wait (at most ``grace`` seconds in
-        all) until their terminal events are in their feeds. Clients still reading then receive
-        everything up to the terminal event. For the first half of ``grace`` slow clients hold
-        their runs back as ever; then the feeds stop waiting for them (`RunFeed.unblock`)."""
+        all, and no later than ``by`` when given) until their terminal events are in their
+        feeds. Clients still reading then receive everything up to the terminal event. For the
+        first half of that time slow clients hold their runs back as ever; then the feeds stop
+        waiting for them (`RunFeed.unblock`).
+
+        The first call sets the shutdown's deadline (`shutdown_deadline`); a later one (the
+        run group's block, left after `serve` has shut the app's runs down) keeps it, and so
+        does what follows the runs (the store's drain): a shutdown takes its grace once."""
         running = self._close()
-        deadline = trio.current_time() + grace
-        with trio.move_on_at(deadline - grace / 2):
+        now = trio.current_time()
+        if self._deadline is None:
+            self._deadline = now + grace if by is None else min(now + grace, by)
+        deadline = self._deadline
+        with trio.move_on_at(now + max(deadline - now, 0) / 2):
             for record in running:
                 await record.done.wait()
         for record in running:
@@ -273,6 +319,12 @@ class RunRegistry:
         with trio.move_on_at(deadline):
             for record in running:
                 await record.done.wait()
+
+    @property
+    def shutdown_deadline(self) -> float | None:
+        """When the shutdown that began (`shutdown`) must be over, on trio's clock; None
+        before one begins."""
+        return self._deadline
 
     @property
     def fatal(self) -> BaseException | None:
@@ -475,10 +527,12 @@ class RunRegistry:
                 if feed is not None:
                     feed.append_row(operation.event, operation.tag)
             elif isinstance(operation, RunEnded):
-                self._feeds.pop(operation.run_id, None)
+                feed = self._feeds.pop(operation.run_id, None)
                 record = self._records.get(operation.run_id)
                 if record is not None:
                     self._wrap_up(record)
+                elif feed is not None:  # its record is gone: its clients' streams end still
+                    feed.finish()
             elif isinstance(operation, RunPurged):
                 self._hidden.discard(operation.run_id)
 
@@ -518,8 +572,12 @@ class RunRegistry:
         finished = self._finished
         while len(finished) > 1 and (len(finished) > limit or self._finished_bytes > limit_bytes):
             run_id, size = finished.popleft()
-            del self._records[run_id]
+            forgotten = self._records.pop(run_id)
             self._finished_bytes -= size
+            if isinstance(forgotten.feed, StoredFeed):
+                # Served from the store from now on: the clients it still has and those that
+                # come are in one feed.
+                forgotten.feed.share(self._stored_feeds)
 
 
 def _is_cancellation(error: BaseException) -> bool:

@@ -14,7 +14,9 @@ Shutting down takes at most ``shutdown_grace`` seconds in all, whatever the clie
 the workflow apps' part (`WorkflowApp.shutdown`): the cancelled runs end, their slow clients
 holding them back for at most half the grace, then no more. Then the connections' part, until
 the grace is over: they finish their responses, the streams up to their runs' terminal events,
-and those still open then are closed. Last, the app's lifespan shuts down.
+and those still open then are closed. Last, the app's lifespan shuts down: a workflow app on a
+store commits what its runs wrote last, within what is left of the same grace (a store that
+cannot commit does not add a grace of its own).
 
 The app served may be any ASGI app: a Starlette or FastAPI app with a `WorkflowApp` mounted
 in it, or a `WorkflowApp` wrapped in middleware. `serve` learns which workflow apps run inside
@@ -243,7 +245,7 @@ async def _shut_down(apps: list[WorkflowApp], deadline: float) -> None:
     with trio.move_on_at(deadline):
         async with trio.open_nursery() as nursery:
             for app in apps:
-                nursery.start_soon(app.shutdown)
+                nursery.start_soon(app._shutdown, deadline)
 
 
 @attrs.define(eq=False)

@@ -36,12 +36,17 @@ class StoredFeed(RunFeed):
         *,
         last_seq: int = 0,
         finished: bool = False,
+        shared: dict[str, StoredFeed] | None = None,
     ) -> None:
         super().__init__(retain, retain_bytes, max_watchers)
         self.store = store
         self.run_id = run_id
         self.last_seq = last_seq
         self.finished = finished
+        #: Where the feeds of runs served from the store are found by run id while they have
+        #: watchers (`RunRegistry`), so that every client of a run is in one feed: its
+        #: ``max_watchers`` and its count of watchers hold (see `share`).
+        self._shared = shared
         # The store keeps everything: nothing is held for a first client, and the cache
         # evicts whatever it must (`_unblocked`): a client behind it reads the store.
         self._holding = False
@@ -92,25 +97,65 @@ class StoredFeed(RunFeed):
         self._released = True
         super().unblock()
 
+    def share(self, shared: dict[str, StoredFeed]) -> None:
+        """Be the feed of this run in ``shared`` while it has watchers: the registry's feeds
+        of runs served from the store. A watcher that attaches puts it there (unless another
+        feed of the run is there already), and the last one to leave takes it out, so that
+        the feeds of runs nobody watches are not kept."""
+        self._shared = shared
+        if self._watchers:
+            shared.setdefault(self.run_id, self)
+
+    def _current(self) -> StoredFeed:
+        """The feed of this run its clients share (`share`): another, or this one."""
+        shared = None if self._shared is None else self._shared.get(self.run_id)
+        return self if shared is None else shared
+
+    @property
+    def watchers(self) -> int:
+        """Clients attached right now, to this run's shared feed (`share`)."""
+        return len(self._current()._watchers)
+
     def watch(self, after: int = 0) -> StoredWatcher:
         """A watcher from the entry after seq ``after``, as `RunFeed.watch`, except that no
-        event is ever too old: the store has them all.
+        event is ever too old: the store has them all. While another feed of the run has
+        watchers (`share`), the watcher is that feed's.
 
         Raises:
             ValueError: ``after`` is negative or beyond the last entry.
             TooManyWatchers: ``max_watchers`` watchers are attached already.
         """
+        current = self._current()
+        if current is not self:
+            return current.watch(after)
         self._check_watch(after)
         return StoredWatcher(self, after)
+
+    def _attach(self, watcher: Watcher) -> None:
+        super()._attach(watcher)
+        if self._shared is not None:
+            self._shared.setdefault(self.run_id, self)
+
+    def _detach(self, watcher: Watcher) -> None:
+        super()._detach(watcher)
+        shared = self._shared
+        if shared is not None and not self._watchers and shared.get(self.run_id) is self:
+            del shared[self.run_id]
 
 
 class StoredWatcher(Watcher):
     """A client's position in a `StoredFeed`: entries the feed no longer holds come from the
-    store, in batches as large as the feed's."""
+    store, in batches as large as the feed's. A run purged meanwhile (`RunRegistry.forget`:
+    the store deleted its events) ends there: the client has had what it could still get,
+    and its stream ends as any stream does, with no more entries."""
 
     _feed: StoredFeed
+    #: The run was purged from the store while this watcher read it: nothing more comes.
+    _purged = False
 
     def next_batch_nowait(self) -> list[Entry]:
+        if self._purged:
+            return []
         if self.cursor < self._feed.first_seq - 1:
             raise trio.WouldBlock  # behind the cache: reading the store takes a thread
         if self.cursor > self._feed.last_seq:
@@ -125,6 +170,9 @@ class StoredWatcher(Watcher):
     async def next_batch(self) -> list[Entry]:
         feed = self._feed
         while True:
+            if self._purged:
+                await trio.lowlevel.checkpoint()
+                return []
             if self.cursor > feed.last_seq and not feed.finished:  # see next_batch_nowait
                 await feed._appended.wait()
                 continue
@@ -133,6 +181,11 @@ class StoredWatcher(Watcher):
                     feed.run_id, after=self.cursor, limit=BATCH, max_bytes=BATCH_BYTES
                 )
                 if not rows:
+                    # Its events and its row go in one commit: a run still there has lost
+                    # events, which is the store's error; a run gone was purged.
+                    if await feed.store.run(feed.run_id) is None:
+                        self._purged = True
+                        return []
                     raise StoreError(
                         f"the store has no event of run {feed.run_id} after seq {self.cursor}, "
                         f"though the run has {feed.last_seq}"
@@ -157,10 +210,27 @@ class StoredRecord:
     forgotten: bool = False
 
     @classmethod
-    def of(cls, row: RunRow, store: SqliteStore, max_watchers: int | None) -> StoredRecord:
-        feed = StoredFeed(
-            store, row.run_id, 1, 1, max_watchers, last_seq=row.last_seq, finished=True
-        )
+    def of(
+        cls,
+        row: RunRow,
+        store: SqliteStore,
+        max_watchers: int | None,
+        shared: dict[str, StoredFeed] | None = None,
+    ) -> StoredRecord:
+        """The record of the run of ``row``, with the run's feed in ``shared`` (the one its
+        clients are attached to: `StoredFeed.share`), else a new one that caches nothing."""
+        feed = None if shared is None else shared.get(row.run_id)
+        if feed is None:
+            feed = StoredFeed(
+                store,
+                row.run_id,
+                1,
+                1,
+                max_watchers,
+                last_seq=row.last_seq,
+                finished=True,
+                shared=shared,
+            )
         return cls(row, feed)
 
     @property
