@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +377,12 @@ async def test_every_waiter_of_a_failed_store_gets_its_error(
         assert len(failed) == 2
         assert all(str(tmp_path / "runs.db") in message for message in failed)
         await store.flushed(1)  # committed before the failure: done
-        for waiting in (lambda: store.flushed(ticket), store.room, store.drain):
+        waits: list[Callable[[], Awaitable[None]]] = [
+            lambda: store.flushed(ticket),
+            store.room,
+            store.drain,
+        ]
+        for waiting in waits:
             with pytest.raises(StoreError, match="malformed"):
                 await waiting()
         with pytest.raises(StoreError, match="malformed"):
