@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import trio
+import trio.lowlevel
 
 from trioflow import (
     Context,
@@ -102,3 +103,45 @@ async def child(db: str, marks: str) -> None:
         async with store.start(flow, marks=marks, ctx=ctx) as handler:
             print(handler.run_id, flush=True)
             await handler.result()
+
+
+class Left(Event):
+    pass
+
+
+class Right(Event):
+    pass
+
+
+class Both(Workflow):
+    """Two steps stream at once: 200 ticks each."""
+
+    @step
+    async def fan(self, ctx: Context, ev: Ticks) -> Left | Right | None:
+        ctx.send_event(Left())
+        ctx.send_event(Right())
+        return None
+
+    @step
+    async def left(self, ctx: Context, ev: Left) -> StopEvent | None:
+        for i in range(ev_count := 200):
+            await ctx.write_event_to_stream(Tick(i=i))
+        await ctx.store.set("left", ev_count)
+        return None
+
+    @step
+    async def right(self, ctx: Context, ev: Right) -> StopEvent:
+        for i in range(200):
+            await ctx.write_event_to_stream(Tick(i=1000 + i))
+        while await ctx.store.get("left") is None:
+            await trio.lowlevel.checkpoint()
+        return StopEvent(result="both")
+
+
+class Interrupted(Workflow):
+    """Its step is where Ctrl-C lands."""
+
+    @step
+    async def go(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        await ctx.store.set("began", True)
+        raise KeyboardInterrupt

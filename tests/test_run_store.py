@@ -8,12 +8,25 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from _embedded_flows import Answer, Ask, Asking, Chat, Half, Steps, Tick, Ticks
+import trio.lowlevel
+from _embedded_flows import (
+    Answer,
+    Ask,
+    Asking,
+    Both,
+    Chat,
+    Half,
+    Interrupted,
+    Steps,
+    Tick,
+    Ticks,
+)
 
 from trioflow import (
     Context,
@@ -25,6 +38,7 @@ from trioflow import (
     StopEvent,
     WorkerLost,
     Workflow,
+    WorkflowCancelledError,
     WorkflowCancelledEvent,
     WorkflowFailedEvent,
     WorkflowRuntimeError,
@@ -99,10 +113,12 @@ async def test_a_context_is_for_one_workflow_and_one_run_at_a_time() -> None:
         await flow.run(ctx={"store": {}})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="the workflow it is for"):
         Context("Asking")
+    flow.start(n=0, ctx=ctx)  # made, never entered: that run never had it
     for ok in (True, False):  # free again once its run has ended
         async with flow.start(n=0, ctx=ctx) as handler:
             with pytest.raises(WorkflowRuntimeError, match="in use by run"):
-                flow.start(n=0, ctx=ctx)
+                async with flow.start(n=0, ctx=ctx):
+                    pass
             await answer_when_asked(handler, ok)
             assert await handler.result() == {"ok": ok, "ticks": 0}
 
@@ -411,3 +427,159 @@ async def test_a_run_past_its_recoveries_ends_failed(tmp_path: Path) -> None:
     assert b"WorkerLost" in (row.error or b"")
     assert events[-1]["type"] == "WorkflowFailedEvent"
     assert marks.read_text().splitlines()[1:] == [f"second {run_id}:4.1"]  # not run again
+
+
+async def test_two_resumes_at_once_resume_a_run_once(tmp_path: Path) -> None:
+    async with open_store(url(tmp_path)) as store:
+        with trio.CancelScope() as shutdown:
+            async with store.start(Asking(), n=0) as handler:
+                await answer_when_asked(handler, None)
+                shutdown.cancel()
+                await trio.sleep_forever()
+    got: list[list[Any]] = []
+    async with open_store(url(tmp_path)) as store:
+
+        async def resume() -> None:
+            async with store.resume([Asking()]) as handlers:
+                got.append(handlers)
+                for resumed in handlers:
+                    await resumed.send_event(Answer(ok=True))
+                    await resumed.result()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume)
+            nursery.start_soon(resume)
+    assert sorted(len(handlers) for handlers in got) == [0, 1]
+    row, events = await stored(tmp_path, handler.run_id)
+    assert row.status == "completed"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_leaving_the_store_with_a_run_on_it_suspends_the_run(tmp_path: Path) -> None:
+    """A run whose block is in another task when the store's block is left is stopped as
+    by a shutdown, recorded, and resumed later; nothing hangs."""
+    outcome: list[BaseException] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, open_store(url(tmp_path)) as store:
+
+            async def runner(task_status: trio.TaskStatus[str]) -> None:
+                async with store.start(Asking(), n=1) as handler:
+                    await answer_when_asked(handler, None)
+                    task_status.started(handler.run_id)
+                    try:
+                        await handler.result()
+                    except WorkflowCancelledError as error:  # as seen in the process
+                        outcome.append(error)
+
+            run_id = await nursery.start(runner)
+    assert [type(error) for error in outcome] == [WorkflowCancelledError]
+    row, _ = await stored(tmp_path, run_id)
+    assert row.status == "running"
+    async with open_store(url(tmp_path)) as store, store.resume([Asking()]) as handlers:
+        (handler,) = handlers
+        await handler.send_event(Answer(ok=True))
+        assert await handler.result() == {"ok": True, "ticks": 1}
+
+
+async def test_the_reader_and_the_store_get_two_writers_events_in_one_order(
+    tmp_path: Path,
+) -> None:
+    for buffer in (0, 4):
+        flow = Both(stream_buffer=buffer)
+        seen: list[int] = []
+        async with open_store(url(tmp_path)) as store:
+            async with store.start(flow, n=0) as handler:
+                async for event in handler.stream_events(Tick):
+                    if isinstance(event, Tick):
+                        seen.append(event.i)
+                        if len(seen) % 3 == 0:
+                            await trio.lowlevel.checkpoint()  # a reader slower than the writers
+            assert await handler.result() == "both"
+        _, events = await stored(tmp_path, handler.run_id)
+        assert [e["data"]["i"] for e in events if e["type"] == "Tick"] == seen
+        assert len(seen) == 400
+
+
+async def test_a_run_given_a_context_is_answered_through_handler_ctx(tmp_path: Path) -> None:
+    """On a store, `handler.ctx` is the run's own (live) context: sending through it works,
+    and the context given gets the run's store at its end; after the end the run's store is
+    as it ended."""
+    flow = Asking()
+    async with open_store(url(tmp_path)) as store:
+        ctx = Context(flow)
+        await ctx.store.set("turn", 1)
+        async with store.start(flow, n=0, ctx=ctx) as handler:
+            async for event in handler.stream_events():
+                if isinstance(event, Ask):
+                    await handler.ctx.store.set("asked", True)
+                    handler.ctx.send_event(Answer(ok=True))
+            assert await handler.result() == {"ok": True, "ticks": 0}
+        assert await ctx.store.get("asked") is True
+        with pytest.raises(WorkflowRuntimeError, match="has ended"):
+            await handler.ctx.store.set("late", 1)
+        kept = await store.context(flow, handler.run_id)
+        assert kept.to_dict() == {"store": {"turn": 1, "asked": True}}
+
+
+async def test_the_reader_gets_the_failure_that_ended_a_store_run(tmp_path: Path) -> None:
+    class Boom(Workflow):
+        @step
+        async def go(self, ev: StartEvent) -> StopEvent:
+            raise ValueError("boom")
+
+    async with open_store(url(tmp_path)) as store:
+        with pytest.raises(ValueError, match="boom"):
+            async with store.start(Boom()) as handler:
+                events = [event async for event in handler.stream_events()]
+    assert [type(event) for event in events] == [StepFailedEvent, WorkflowFailedEvent]
+    _, stored_events = await stored(tmp_path, handler.run_id)
+    assert [e["type"] for e in stored_events] == ["StepFailedEvent", "WorkflowFailedEvent"]
+
+
+async def test_ctrl_c_in_a_step_suspends_a_store_run(tmp_path: Path) -> None:
+    async with open_store(url(tmp_path)) as store:
+        with pytest.raises(KeyboardInterrupt):
+            await store.run(Interrupted())
+        (row,) = await store._backend.runs()  # type: ignore[union-attr]
+    assert row.status == "running"  # the process was stopping: it resumes later
+
+
+async def test_a_run_in_a_cancelled_scope_raises_cancelled(tmp_path: Path) -> None:
+    caught: list[BaseException] = []
+    async with open_store(url(tmp_path)) as store:
+        runs: list[Callable[[], Awaitable[object]]] = [
+            lambda: Chat().run(message="x"),
+            lambda: store.run(Chat(), message="x"),
+        ]
+        for run in runs:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                try:
+                    await run()
+                except BaseException as error:  # not a group: trio's scope catches it
+                    caught.append(error)
+                    raise
+            assert scope.cancelled_caught
+        assert [type(error) for error in caught] == [trio.Cancelled, trio.Cancelled]
+
+
+def test_bad_arguments_get_clear_errors(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with open_store(url(tmp_path)) as store:
+            for bad, error in [
+                (None, "list of workflows"),
+                ("Chat", "list of workflows"),
+                ({1: Chat()}, "non-empty str"),
+                ({"chat": "Chat"}, "runs workflows"),
+                ([Chat], "not its class"),
+            ]:
+                with pytest.raises(TypeError, match=error):
+                    store.resume(bad)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="non-empty str"):
+                store.start(Chat(), message="x", name=1)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="non-empty str"):
+                store.start(Chat(), message="x", name="")
+            with pytest.raises(TypeError, match="runs workflows"):
+                await store.run("x")  # type: ignore[arg-type]
+
+    trio.run(main)

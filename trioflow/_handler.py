@@ -80,8 +80,9 @@ class WorkflowHandler(Generic[R]):
     @property
     def ctx(self) -> Context:
         """The run's context: the one given to ``run(ctx=...)``/``start(ctx=...)``, or the
-        run's own. Give it to the next run to go on with its store (a chat's next turn)."""
-        return self._run.held or self._run.context
+        run's own (on a durable store, always its own: the one given gets its store when the
+        run ends). Give it to the next run to go on with its store (a chat's next turn)."""
+        return self._run.context
 
     @property
     def status(self) -> RunStatus:

@@ -180,13 +180,22 @@ class _RunBlock(Generic[R]):
         self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
 
     async def __aenter__(self) -> WorkflowHandler[R]:
+        self._run.take_held_context()  # before anything runs: a context in use is refused
         nursery = await self._nursery.__aenter__()
         self._run.state.on_fatal.append(nursery.cancel_scope.cancel)
         try:
             await nursery.start(self._run.main)
         except BaseException as exc:
-            await self._nursery.__aexit__(type(exc), exc, exc.__traceback__)  # may raise a group
-            raise
+            # Cancelled before the run got under way (the caller's scope): the nurseries'
+            # groups of `trio.Cancelled` reach the caller as one `trio.Cancelled`.
+            error = _one_cancelled(exc) or exc
+            try:
+                await self._nursery.__aexit__(type(error), error, error.__traceback__)
+            except BaseExceptionGroup as group:
+                if _one_cancelled(group) is not None and isinstance(error, trio.Cancelled):
+                    raise error from None
+                raise
+            raise error from None
         return self._handler
 
     async def __aexit__(
@@ -227,6 +236,16 @@ def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> B
             return unreported
         add_note(body_error, f"trioflow: the run had also failed: {describe(unreported)}")
     return body_error
+
+
+def _one_cancelled(error: BaseException) -> trio.Cancelled | None:
+    """A `trio.Cancelled` standing for ``error``, when it is one or a group of nothing else."""
+    if isinstance(error, trio.Cancelled):
+        return error
+    if isinstance(error, BaseExceptionGroup) and error.split(trio.Cancelled)[1] is None:
+        first = error.exceptions[0]
+        return _one_cancelled(first)
+    return None
 
 
 def _held(ctx: object) -> Context | None:

@@ -75,7 +75,8 @@ class Run:
     #: Seconds of ``timeout`` used up before this process ran it (a resumed run's).
     time_used: float = 0.0
     #: The context the caller gave the run (``run(ctx=...)``): a memory run uses it as its
-    #: own; a durable run starts from its store and leaves its own store there at its end.
+    #: own; a durable run starts from its store and leaves its own store there at its end
+    #: (`take_held_context`).
     held: Context | None = None
     state: RunState = attrs.field(init=False)
     router: Router = attrs.field(init=False)
@@ -87,16 +88,27 @@ class Run:
     def __attrs_post_init__(self) -> None:
         self.state = RunState(self.timeout)
         self.router = Router(self.graph, self.state, self.stream)
+        self.context = Context._of_run(self)
+        if self.durable is not None:
+            self.durable.attach(self)
+
+    def take_held_context(self) -> None:
+        """As the run begins: the caller's context (``held``) is now in use by it. A memory
+        run uses it as its own; a durable run (which began from a copy of its store) gives
+        it its store when it ends.
+
+        Raises:
+            WorkflowRuntimeError: another run that has not ended uses it, or it is for
+                another workflow.
+        """
         held = self.held
-        if held is not None and self.durable is None:
+        if held is None:
+            return
+        if self.durable is None:
             held._bind(self)
             self.context = held
         else:
-            self.context = Context._of_run(self)
-            if held is not None:
-                held._claim(self)
-        if self.durable is not None:
-            self.durable.attach(self)
+            held._claim(self)
 
     @property
     def workflow_name(self) -> str:

@@ -169,6 +169,10 @@ class RunState:
             self.later_failures.append((step_name, exception))
         if self.outcome is not None:
             return False
+        if isinstance(exception, KeyboardInterrupt) and self.on_stop is not None:
+            # Ctrl-C landed in the step's code: the process is stopping, so a durable run is
+            # stopped as by a shutdown (it resumes later), not failed for good.
+            self.on_stop()
         self.failure = exception
         self.failed_step = step_name
         self._decide(RunStatus.FAILED)

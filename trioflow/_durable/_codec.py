@@ -122,8 +122,9 @@ class EventCodec:
         return decode_event({body["q"]: cls}, {"type": body["q"], "data": body["data"]})
 
 
-def check_storable(key: str, value: Any) -> None:
-    """Refuse a store value a durable run cannot record as it is.
+def check_storable(key: str, value: Any, *, given: bool = False) -> None:
+    """Refuse a store value a durable run cannot record as it is (``given``: one of the
+    store of the context a caller gave the run, rather than set by ``ctx.store.set``).
 
     Raises:
         NotJournalable: ``value`` holds something that is no JSON value (the message names
@@ -133,8 +134,13 @@ def check_storable(key: str, value: Any) -> None:
     if problem is not None:
         where, what = problem
         place = f"{key!r}{where}"
+        said = (
+            f"the context given to a durable run (ctx=...): its store value {place}"
+            if given
+            else f"ctx.store.set({key!r}, ...) in a durable run: {place}"
+        )
         raise NotJournalable(
-            f"ctx.store.set({key!r}, ...) in a durable run: {place} holds {what}; a durable "
+            f"{said} holds {what}; a durable "
             "run's store holds JSON values (None, bool, int, float, str, list, dict with str "
             "keys), which it can record and give back as they are"
         )

@@ -47,7 +47,7 @@ from .._core._worker import (
     _step_note,
     work,
 )
-from .._errors import RunEndedError, WorkerLost
+from .._errors import RunEndedError, WorkerLost, WorkflowRuntimeError
 from .._events import (
     Event,
     InputRequiredEvent,
@@ -123,7 +123,15 @@ class DurableStream(EventStream):
         self.written += 1
 
     def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
-        super().close(terminal)
+        self._close_for_reader(terminal, ())
+        self._record_end(terminal, trailing)
+
+    def _close_for_reader(self, terminal: StopEvent, trailing: Sequence[Event]) -> None:
+        """End the stream for a reader in the process (`EventStream.close`)."""
+        EventStream.close(self, terminal, trailing)
+
+    def _record_end(self, terminal: StopEvent, trailing: Sequence[Event]) -> None:
+        """Give the sink ``trailing`` and the terminal event, unless suspended."""
         if self.suspended:
             return
         sink = self.sink
@@ -245,15 +253,21 @@ class DurableRouter(Router):
 class DurableStore(Store):
     """`Store` whose ``set`` calls are journaled (and not repeated by a repeated attempt)."""
 
-    def __init__(self, journal: Journal, data: dict[str, Any]) -> None:
+    def __init__(self, journal: Journal, state: RunState, data: dict[str, Any]) -> None:
         super().__init__()
         self._journal = journal
+        self._state = state
         self._data.update(data)
 
     async def set(self, key: str, value: Any) -> None:
         await trio.lowlevel.checkpoint()
         ref = _ref()
         if ref is None:  # from outside the run's steps (the caller): journaled as such
+            if self._state.decided:
+                raise WorkflowRuntimeError(
+                    "this run has ended: its store is kept as it ended; give its context to "
+                    "a new run (ctx=...) to go on from there"
+                )
             check_storable(key, value)
             self._journal.call(OUTSIDE, 0, "set", key=key, value=value)
             self._data[key] = value
@@ -274,7 +288,7 @@ class DurableContext(Context):
         self._bind(run)
         self._durable_router = router
         self._journal = journal
-        self.store = DurableStore(journal, {})
+        self.store = DurableStore(journal, run.state, {})
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         if not isinstance(event, Event):
@@ -408,10 +422,10 @@ class Durable:
         if replay is None and held is not None:  # begins with the caller's store (`begin`)
             self.seed = dict(held.store._data)
             for key, value in self.seed.items():
-                check_storable(key, value)
-            context.store = DurableStore(self.journal, self.seed)
+                check_storable(key, value, given=True)
+            context.store = DurableStore(self.journal, run.state, self.seed)
         if replay is not None:
-            context.store = DurableStore(self.journal, replay.store)
+            context.store = DurableStore(self.journal, run.state, replay.store)
             for step_name, event, expected in replay.collects:
                 context._collector.collect(step_name, event, expected)
 

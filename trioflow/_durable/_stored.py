@@ -146,15 +146,19 @@ def unencodable(
 
 class TeeStream(DurableStream):
     """A durable run's stream that a consumer in the process reads as well: each event goes
-    to the sink (the store) and into the stream's own bounded buffer, at once and in the same
-    order, so that `WorkflowHandler.stream_events` gets it at write time. A writer waits for
-    room in both: the disk, and the consumer (or, with nobody reading while ``result()``
-    waits, the buffer is emptied as in memory)."""
+    to the sink (the store) and into the stream's own bounded buffer in one step, so that
+    `WorkflowHandler.stream_events` gets it at write time, and the reader and the store see
+    the writers' events in one order. A writer waits for room in both: the disk, and the
+    reader (or, with nobody reading while ``result()`` waits, the buffer is emptied as in
+    memory)."""
 
     def __init__(self, capacity: int, sink: StreamSink) -> None:
         super().__init__(capacity, sink)
         self._to_buffer = self._send.send_nowait
         self.send_nowait = self._send_to_both  # type: ignore[assignment]
+        #: Events recorded by writers cancelled while they waited for room in the buffer
+        #: (the run ended): the reader gets them before the end, as the store has them.
+        self._late: list[Event] = []
 
     def _send_to_both(self, event: Event) -> None:
         if self.suspended:
@@ -182,17 +186,29 @@ class TeeStream(DurableStream):
         started = trio.current_time()
         try:
             await self.sink.wait_for_room()
+            if self.suspended:
+                return
+            # Recorded, and queued for the buffer, with no checkpoint between: a blocked
+            # writer keeps its place in the channel's queue (first in, first into the
+            # buffer), and while one waits the buffer stays full for everyone else, so the
+            # reader gets events in the order the store has them.
+            sink = self.sink
+            sink.write(sink.seq + 1, event)
             self._notify()  # `wait_closed` may have to drain for a stream nobody reads
             try:
                 await self._send.send(event)
+            except trio.Cancelled:
+                self._late.append(event)
+                raise
             except trio.ClosedResourceError:
                 raise WorkflowRuntimeError("the run has ended; its stream is closed") from None
         finally:
             self.waited += trio.current_time() - started
-        if not self.suspended:
-            sink = self.sink
-            sink.write(sink.seq + 1, event)
         self.written += 1
+
+    def close(self, terminal: StopEvent, trailing: Sequence[Event] = ()) -> None:
+        self._close_for_reader(terminal, [*self._late, *trailing])
+        self._record_end(terminal, trailing)
 
 
 # -- the end of a run --

@@ -261,9 +261,9 @@ class SqliteStore:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self.path = path
         self.synchronous = synchronous
-        #: Why the store failed: a commit SQLite refused for good. Then nothing more is
-        #: written, and every writer and waiter gets this error (`append`, `flushed`, `room`,
-        #: `drain`).
+        #: Why the store failed: a commit SQLite refused for good, or it is closed. Then
+        #: nothing more is written, and every writer and waiter gets this error (`append`,
+        #: `flushed`, `room`, `drain`).
         self.failed: StoreError | None = None
         #: The file, open and locked (``flock``), and its identity (`_held`).
         self._lock_fd: int | None = None
@@ -385,7 +385,13 @@ class SqliteStore:
                     await self._flush_once()
 
     async def aclose(self) -> None:
-        """Close the file and release its lock (after `drain`, for nothing to be lost)."""
+        """Close the file and release its lock (after `drain`, for nothing to be lost). From
+        then on the store is `failed`: a write, or a wait for a commit, raises `StoreError`
+        rather than wait for a commit that will not come."""
+        if self.failed is None:
+            self.failed = StoreError(f"the store {self.path} is closed")
+        self._committed.set()
+        self._room.set()
         await trio.to_thread.run_sync(self._close_files)
 
     def _close_files(self) -> None:
