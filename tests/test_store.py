@@ -19,6 +19,7 @@ import trio.testing
 
 from trioflow._store import (
     EventRow,
+    JournalEntry,
     NewEvent,
     NewRun,
     RunEnded,
@@ -136,6 +137,25 @@ async def test_runs_and_events_round_trip(tmp_path: Path) -> None:
         await store.flushed(store.append(NewRun(run_row("b", store.next_number()))))
         assert [r.run_id for r in await store.runs()] == ["a", "b"]
         assert [r.run_id for r in await store.runs(status="running")] == ["b"]
+
+
+@pytest.mark.parametrize("count", [1, 1023, 1024, 1025, 2 * 1024 + 777])
+async def test_a_commit_of_many_events_keeps_each_once_in_order(tmp_path: Path, count: int) -> None:
+    """One commit of ``count`` events and journal records (written many rows a statement)
+    keeps every one, once, as it was."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        store.append(NewRun(run_row("a", store.next_number())))
+        for seq in range(1, count + 1):
+            store.append(NewEvent("a", event(seq, b"%d" % seq)))
+            store.append(JournalEntry("a", seq - 1, "route", b'{"n":%d}' % seq))
+        await store.drain()
+        events = await store.events("a", after=0, limit=count + 10)
+        assert [(e.seq, bytes(e.body)) for e in events] == [
+            (seq, b"%d" % seq) for seq in range(1, count + 1)
+        ]
+        journal = await store.journal("a")
+        assert journal == [(n, "route", b'{"n":%d}' % (n + 1)) for n in range(count)]
 
 
 async def test_writes_are_group_committed_and_published_after_commit(tmp_path: Path) -> None:

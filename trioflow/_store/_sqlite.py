@@ -583,9 +583,10 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 runs,
             )
-            connection.executemany(
+            _insert_many(
+                connection,
                 "INSERT INTO tf_events (run_id, seq, type, qualified_name, flags, bases, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES ",
                 events,
             )
             connection.executemany(
@@ -593,8 +594,8 @@ class SqliteStore:
                 " ended_at = ?, last_seq = ? WHERE run_id = ?",
                 ends,
             )
-            connection.executemany(
-                "INSERT INTO tf_journal (run_id, n, kind, body) VALUES (?, ?, ?, ?)", journal
+            _insert_many(
+                connection, "INSERT INTO tf_journal (run_id, n, kind, body) VALUES ", journal
             )
             connection.executemany("UPDATE tf_runs SET recoveries = ? WHERE run_id = ?", resumed)
             connection.executemany("DELETE FROM tf_events WHERE run_id = ?", purged)
@@ -767,6 +768,35 @@ def _run_row(values: Iterable[Any]) -> RunRow:
 def _next_number(db: sqlite3.Connection) -> int:
     (number,) = db.execute("SELECT coalesce(max(number) + 1, 0) FROM tf_runs").fetchone()
     return int(number)
+
+
+#: Rows one INSERT statement of `_insert_many` takes at most (7,168 values at 7 a row, under
+#: the 32,766 a statement that SQLite takes by default).
+ROWS_PER_INSERT = 1024
+
+
+def _insert_many(
+    connection: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """``insert`` (``"INSERT INTO t (a, b) VALUES "``) of ``rows``, `ROWS_PER_INSERT` rows a
+    statement. Not ``executemany``, which steps once a row: `sqlite3` lets go of the GIL for
+    each step and must take it back from the event loop's thread after each one, so a commit
+    thread inserting row by row spends most of its time waiting for the GIL (measured: 3.2 s
+    of wall time for 1.0 s of work, 60,000 rows, on a busy server)."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    start, size = 0, ROWS_PER_INSERT
+    while start < len(rows):
+        # Full statements, then the rest by halves (512, 256, ... 1 rows): a few statements
+        # of fixed sizes, which `sqlite3` compiles once and keeps in its cache.
+        while len(rows) - start < size:
+            size //= 2
+        statement = insert + ", ".join([one] * size)
+        connection.execute(
+            statement, [value for row in rows[start : start + size] for value in row]
+        )
+        start += size
 
 
 def _described(batch: Sequence[Operation]) -> str:
