@@ -10,7 +10,7 @@ from .._wire import event_bases, qualified_name, type_name
 from ._sqlite import EventRow
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a key of `_COLUMNS`, looked up for every event written
 class EventKind:
     """What the feed keeps of an event's class besides the JSON, made once per class (by the
     pump): its names, for clients that filter (``?types=``), and how streams treat it."""
