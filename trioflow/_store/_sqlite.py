@@ -576,31 +576,39 @@ class SqliteStore:
         resumed = [(op.recoveries, op.run_id) for op in batch if isinstance(op, RunResumed)]
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.executemany(
-                "INSERT INTO tf_runs (run_id, number, workflow, status, start_event, lifecycle,"
-                " last_seq, result, error, started_at, ended_at, result_type, fingerprint,"
-                " recoveries)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                runs,
-            )
+            # Only the statements that have rows: each call lets go of the GIL and waits to
+            # take it back from the event loop's thread, also for no rows.
+            if runs:
+                connection.executemany(
+                    "INSERT INTO tf_runs (run_id, number, workflow, status, start_event,"
+                    " lifecycle, last_seq, result, error, started_at, ended_at, result_type,"
+                    " fingerprint, recoveries)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    runs,
+                )
             _insert_many(
                 connection,
                 "INSERT INTO tf_events (run_id, seq, type, qualified_name, flags, bases, body)"
                 " VALUES ",
                 events,
             )
-            connection.executemany(
-                "UPDATE tf_runs SET status = ?, result = ?, result_type = ?, error = ?,"
-                " ended_at = ?, last_seq = ? WHERE run_id = ?",
-                ends,
-            )
+            if ends:
+                connection.executemany(
+                    "UPDATE tf_runs SET status = ?, result = ?, result_type = ?, error = ?,"
+                    " ended_at = ?, last_seq = ? WHERE run_id = ?",
+                    ends,
+                )
             _insert_many(
                 connection, "INSERT INTO tf_journal (run_id, n, kind, body) VALUES ", journal
             )
-            connection.executemany("UPDATE tf_runs SET recoveries = ? WHERE run_id = ?", resumed)
-            connection.executemany("DELETE FROM tf_events WHERE run_id = ?", purged)
-            connection.executemany("DELETE FROM tf_journal WHERE run_id = ?", purged)
-            connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
+            if resumed:
+                connection.executemany(
+                    "UPDATE tf_runs SET recoveries = ? WHERE run_id = ?", resumed
+                )
+            if purged:
+                connection.executemany("DELETE FROM tf_events WHERE run_id = ?", purged)
+                connection.executemany("DELETE FROM tf_journal WHERE run_id = ?", purged)
+                connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back itself (a full disk does): a ROLLBACK then would fail,
