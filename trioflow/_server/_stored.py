@@ -78,14 +78,10 @@ class StoredFeed(RunFeed):
         """Whether event ``seq`` would put an attached client `retain` events behind: then
         its writer waits (`wait_for_watchers`), as it waits for a run's clients in memory, so
         that live clients read from the cache, not the store."""
-        # Asked for every event written: a plain loop, most often over one watcher or none.
         if self._released:
             return False
         low = seq - self.retain
-        for watcher in self._watchers:
-            if watcher.cursor <= low:
-                return True
-        return False
+        return any(watcher.cursor <= low for watcher in self._watchers)
 
     async def wait_for_watchers(self, seq: int) -> None:
         """Wait until no attached client is `retain` events behind event ``seq`` (one that
