@@ -35,6 +35,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -562,18 +563,27 @@ class SqliteStore:
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
         assert connection is not None
-        runs = [_run_values(op.row) for op in batch if isinstance(op, NewRun)]
-        events = [(op.run_id, *op.event) for op in batch if isinstance(op, NewEvent)]
-        ends = [
-            (op.status, op.result, op.result_type, op.error, op.ended_at, op.last_seq, op.run_id)
-            for op in batch
-            if isinstance(op, RunEnded)
-        ]
-        purged = [(op.run_id,) for op in batch if isinstance(op, RunPurged)]
-        journal = [
-            (op.run_id, op.n, op.kind, op.body) for op in batch if isinstance(op, JournalEntry)
-        ]
-        resumed = [(op.recoveries, op.run_id) for op in batch if isinstance(op, RunResumed)]
+        # One pass, most operations being events: this thread holds the GIL while it sorts
+        # them, and the event loop's thread waits for it meanwhile.
+        events: list[tuple[Any, ...]] = []
+        journal: list[tuple[Any, ...]] = []
+        runs, ends, purged, resumed = [], [], [], []
+        add_event, add_record = events.append, journal.append
+        for op in batch:
+            kind = type(op)
+            if kind is NewEvent:
+                add_event((op.run_id, *op.event))  # type: ignore[union-attr]
+            elif kind is JournalEntry:
+                add_record((op.run_id, op.n, op.kind, op.body))  # type: ignore[union-attr]
+            elif isinstance(op, NewRun):
+                runs.append(_run_values(op.row))
+            elif isinstance(op, RunEnded):
+                outcome = (op.status, op.result, op.result_type, op.error, op.ended_at)
+                ends.append((*outcome, op.last_seq, op.run_id))
+            elif isinstance(op, RunPurged):
+                purged.append((op.run_id,))
+            elif isinstance(op, RunResumed):
+                resumed.append((op.recoveries, op.run_id))
         connection.execute("BEGIN IMMEDIATE")
         try:
             # Only the statements that have rows: each call lets go of the GIL and waits to
@@ -801,9 +811,7 @@ def _insert_many(
         while len(rows) - start < size:
             size //= 2
         statement = insert + ", ".join([one] * size)
-        connection.execute(
-            statement, [value for row in rows[start : start + size] for value in row]
-        )
+        connection.execute(statement, list(chain.from_iterable(rows[start : start + size])))
         start += size
 
 
