@@ -14,14 +14,13 @@ one after the other.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
 import time
 from typing import Any
 
 import trio
 
+from benchmarks.store_throughput import paired, report
 from trioflow import Context, Event, StartEvent, StopEvent, Workflow, open_store, step
 
 
@@ -69,14 +68,7 @@ async def measure(url: str, events: int, size: int, repeat: int) -> dict[str, An
         for _ in range(repeat):
             rates["memory"].append(await one_run(None, events, size))
             rates["sqlite"].append(await one_run(store, events, size))
-    ratios = [s / m for s, m in zip(rates["sqlite"], rates["memory"], strict=True)]
-    return {
-        **{
-            name: {"events_per_second": statistics.median(r), "runs": r}
-            for name, r in rates.items()
-        },
-        "sqlite_over_memory": round(statistics.median(ratios), 3),
-    }
+    return paired(rates)
 
 
 def main() -> None:
@@ -90,13 +82,7 @@ def main() -> None:
         results = trio.run(
             measure, f"sqlite:///{folder}/bench.db", args.events, args.size, args.repeat
         )
-    report = {"events": args.events, "size": args.size, **results}
-    for name in ("memory", "sqlite"):
-        print(f"{name:>7}: {results[name]['events_per_second']:>10,.0f} events/s (median)")
-    print(f"sqlite / memory (median of paired runs): {report['sqlite_over_memory']:.2f}")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
+    report(results, args.json, events=args.events, size=args.size)
 
 
 if __name__ == "__main__":

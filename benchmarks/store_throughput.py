@@ -70,6 +70,12 @@ def measure(stores: dict[str, str], events: int, size: int, repeat: int) -> dict
         for _ in range(repeat):
             for name, url in urls.items():
                 rates[name].append(trio.run(one_run, url, events, size))
+    return paired(rates)
+
+
+def paired(rates: dict[str, list[float]]) -> dict[str, Any]:
+    """Each store's median rate, and SQLite's ratio to memory as the median over the pairs
+    of runs taken one after the other (the machine is shared: pairs cancel its drift)."""
     ratios = [s / m for s, m in zip(rates["sqlite"], rates["memory"], strict=True)]
     return {
         **{
@@ -78,6 +84,16 @@ def measure(stores: dict[str, str], events: int, size: int, repeat: int) -> dict
         },
         "sqlite_over_memory": round(statistics.median(ratios), 3),
     }
+
+
+def report(results: dict[str, Any], json_path: str | None, **about: Any) -> None:
+    """Print `paired`'s ``results``, and write them with ``about`` to ``json_path``."""
+    for name in ("memory", "sqlite"):
+        print(f"{name:>7}: {results[name]['events_per_second']:>10,.0f} events/s (median)")
+    print(f"sqlite / memory (median of paired runs): {results['sqlite_over_memory']:.2f}")
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump({**about, **results}, out, indent=2)
 
 
 def main() -> None:
@@ -90,13 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         stores = {"memory": "memory:", "sqlite": f"sqlite:///{folder}/bench.db"}
         results = measure(stores, args.events, args.size, args.repeat)
-    report = {"events": args.events, "size": args.size, **results}
-    for name in ("memory", "sqlite"):
-        print(f"{name:>7}: {results[name]['events_per_second']:>10,.0f} events/s (median)")
-    print(f"sqlite / memory (median of paired runs): {report['sqlite_over_memory']:.2f}")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
+    report(results, args.json, events=args.events, size=args.size)
 
 
 if __name__ == "__main__":
