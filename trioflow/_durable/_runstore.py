@@ -380,9 +380,9 @@ class _StoredRunBlock:
             return
         self._ended = True
         store, row = self._store, self._row
-        ticket = self._end_ticket(handler)
         with trio.CancelScope(shield=True):
             try:
+                ticket = self._end_ticket(handler)
                 if ticket is None:
                     await handler._committed()  # its journal, to the ``stop`` record
                 else:
@@ -410,8 +410,15 @@ class _StoredRunBlock:
         handler._run.state.stop()
         await handler._run.state.finished.wait()
         self._ended = True
-        self._end_ticket(handler)
-        self._owner._active.pop(self._row.run_id, None)
+        run_id = self._row.run_id
+        self._owner._active.pop(run_id, None)
+        try:
+            self._end_ticket(handler)  # committed as the store's block drains it
+        except StoreError as error:
+            logger.error(
+                "trioflow: the end of run %s was not recorded: %s", self._row.run_id, error
+            )
+            return
         logger.warning(
             "trioflow: the store %s was closed with run %s of %s still under way in this "
             "process: it is suspended, to resume later",
