@@ -35,7 +35,7 @@ from .._store import (
     check_url,
 )
 from .._store import open_store as _open_backend
-from .._workflow import Workflow
+from .._workflow import Workflow, _held
 from ._codec import codec_for, fingerprint
 from ._journal import fold
 from ._runtime import DurableStream, start_durable
@@ -271,12 +271,6 @@ def _named(workflows: object) -> dict[str, Workflow[Any]]:
             raise ValueError(f"two workflows are named {name!r}: pass a mapping of distinct names")
         chosen[name] = workflow
     return chosen
-
-
-def _held(ctx: object) -> Context | None:
-    if ctx is None or isinstance(ctx, Context):
-        return ctx
-    raise TypeError(f"ctx must be a trioflow Context (Context(workflow)), got {ctx!r}")
 
 
 class _StoredRunBlock:
