@@ -770,3 +770,25 @@ async def test_llama_handlers_lists_the_newest_runs_of_a_store_at_most(tmp_path:
             if (cursor := page["next_cursor"]) is None:
                 break
         assert listed == [*newest, "old"]
+
+
+async def test_a_resumed_run_that_writes_nonstop_does_not_keep_the_server_from_listening(
+    tmp_path: Path,
+) -> None:
+    """The restart commits what it decided about stopped runs before it listens, but does not
+    wait for the store to have nothing pending: a resumed run that writes nonstop would keep
+    it from ever being so."""
+    url = store_url(tmp_path)
+    async with served(DURABLE_FLOWS, store=url) as server:
+        endless = await server.start("count", {"n": 10**9})
+        registry = server.app._registry
+        assert registry is not None
+        await wait_until(lambda: registry._records[endless].seq >= 100)
+    with trio.fail_after(15):  # on a hang: the server never listens
+        async with served(DURABLE_FLOWS, store=url) as server:
+            registry = server.app._registry
+            assert registry is not None
+            resumed = registry._records[endless]
+            seq = resumed.seq
+            await wait_until(lambda: resumed.seq > seq + 100)  # it goes on writing
+            assert (await server.status(endless))["status"] == "running"

@@ -247,7 +247,13 @@ class RunRegistry:
         store = self._store
         assert store is not None
         limit = self._options.max_recoveries
-        for resume in await unfinished(store, workflows, max_recoveries=limit):
+        resumable = await unfinished(store, workflows, max_recoveries=limit)
+        # The ends of the runs that are not resumed are committed before the server listens
+        # (nothing else writes yet, so this is quick); each resumed run's start waits for its
+        # own `RunResumed`. Not a drain after them: a run that writes nonstop would keep
+        # the store from ever being drained, and the server from listening.
+        await store.drain()
+        for resume in resumable:
             row = resume.row
             await self._nursery.start(
                 self._drive_stored,
@@ -258,7 +264,6 @@ class RunRegistry:
                 row.lifecycle,
                 resume,
             )
-        await store.drain()
 
     @property
     def running(self) -> int:
