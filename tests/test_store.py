@@ -479,25 +479,35 @@ def open_elsewhere(path: Path | str, *, as_a_user: bool = False) -> str:
     return done.stdout.strip()
 
 
-async def test_a_store_through_a_symlink_or_a_hard_link_is_the_same_store(
+async def test_a_store_through_a_symlink_is_the_same_store_and_a_hard_link_is_refused(
     tmp_path: Path,
 ) -> None:
     """The lock is the file's, not its name's: opening the file in use under another name (a
-    symbolic link, a hard link), here or in another process, fails as opening it again does."""
+    symbolic link, a hard link), here or in another process, fails as opening it again does.
+    A file with a second hard link is refused even when free: SQLite finds its WAL by the name
+    it opens, so a crash under one name would lose what was committed under the other."""
     path = tmp_path / "runs.db"
     (tmp_path / "elsewhere").mkdir()
     symlink = tmp_path / "elsewhere" / "symlink.db"
     symlink.symlink_to(path)
+    hardlink = tmp_path / "elsewhere" / "hardlink.db"
     async with open_store(f"sqlite:///{path}"):
-        hardlink = tmp_path / "elsewhere" / "hardlink.db"
         os.link(path, hardlink)
         for name in (symlink, hardlink):
             with pytest.raises(StoreLocked, match="in use"):
                 async with open_store(f"sqlite:///{name}"):
                     pass
             assert open_elsewhere(name).startswith(f"StoreLocked {name} is in use")
-    assert open_elsewhere(hardlink) == "opened"
+    for name in (path, symlink, hardlink):
+        with pytest.raises(StoreError, match="2 hard links"):
+            async with open_store(f"sqlite:///{name}"):
+                pass
+        said = open_elsewhere(name)
+        assert said.startswith(f"StoreError cannot open the store {name}: the file has 2 hard")
+    assert os.stat(path).st_nlink == 2  # refused: left as it was
+    hardlink.unlink()
     assert open_elsewhere(symlink) == "opened"
+    assert open_elsewhere(path) == "opened"
 
 
 def test_a_store_it_cannot_write_is_refused_at_open(tmp_path: Path) -> None:

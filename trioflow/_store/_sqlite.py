@@ -5,9 +5,10 @@ commit survives the process's crash; ``?synchronous=full`` also a power loss), o
 connection and one reading connection, each used from one worker thread at a time
 (`trio.to_thread.run_sync` under a `trio.CapacityLimiter` of 1), so that the event loop never
 waits on the disk. One process owns a file: it holds an exclusive ``flock`` on the file itself
-(not on its name: a symbolic or hard link to it is the same store), and a second process opening
-it fails at once, saying so. A file it cannot write is refused at open, as is a file that is no
-trioflow store, and neither leaves anything beside it.
+(not on its name: a symbolic link to it is the same store), and a second process opening it
+fails at once, saying so. A file with several hard links is refused: SQLite finds its WAL by
+the name it opens, so two names would be two logs. A file it cannot write is refused at open,
+as is a file that is no trioflow store, and neither leaves anything beside it.
 
 Writes are **group-committed**. Writers append operations to a pending list synchronously, in
 O(1) (`SqliteStore.append`); a flusher task commits everything pending in one transaction, as
@@ -352,6 +353,14 @@ class SqliteStore:
                 os.close(fd)
                 raise self._in_use() from None
             opened = os.fstat(fd)
+            if opened.st_nlink > 1:
+                os.close(fd)
+                raise StoreError(
+                    f"cannot open the store {self.path}: the file has {opened.st_nlink} hard "
+                    "links. SQLite keeps its write-ahead log beside the name it opens, so a "
+                    "process that opens another name would not see the log, and a crash "
+                    "would lose committed runs. Keep one name (a symbolic link is fine)"
+                )
             self._lock_fd, self._inode = fd, (opened.st_dev, opened.st_ino)
             _held.add(self._inode)
         return created
