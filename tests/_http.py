@@ -136,10 +136,12 @@ class Stuck(Workflow):
 
     def __init__(self) -> None:
         super().__init__(timeout=None)
+        self.entered = threading.Event()
         self.release = threading.Event()
 
     @step
     def block(self, ev: StartEvent) -> StopEvent:
+        self.entered.set()
         self.release.wait()
         return StopEvent(result="released")
 

@@ -19,6 +19,8 @@ import trio
 from _http import (
     DURABLE_FLOWS,
     FLOWS,
+    GateFlow,
+    Stuck,
     serve_process,
     served,
     sse_messages,
@@ -506,12 +508,20 @@ async def test_a_purge_before_the_end_is_committed_still_ends_the_streams(tmp_pa
                         partial(server.client.post, f"/runs/{run_id}/events", json=go)
                     )
                     await wait_until(record.done.is_set)  # ended; its end not yet committed
-                    purged = await server.client.post(
-                        f"/handlers/{run_id}/cancel", params={"purge": "true"}
-                    )
-                    assert purged.json() == {"status": "deleted"}
+                    answers: list[httpx.Response] = []
+
+                    async def purge() -> None:  # answered once the purge is committed
+                        answers.append(
+                            await server.client.post(
+                                f"/handlers/{run_id}/cancel", params={"purge": "true"}
+                            )
+                        )
+
+                    nursery.start_soon(purge)
+                    await wait_until(lambda: run_id in registry._hidden)
                     assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
                     disk.set()
+        assert [answer.json() for answer in answers] == [{"status": "deleted"}]
         assert [m["event"] for m in streamed] == ["Tick", "Asking", "Tick", "Tick", "StopEvent"]
         await store.drain()
         await wait_until(lambda: run_id not in registry._records)
@@ -781,9 +791,9 @@ async def test_a_resumed_run_that_writes_nonstop_does_not_keep_the_server_from_l
     url = store_url(tmp_path)
     async with served(DURABLE_FLOWS, store=url) as server:
         endless = await server.start("count", {"n": 10**9})
-        registry = server.app._registry
-        assert registry is not None
-        await wait_until(lambda: registry._records[endless].seq >= 100)
+        first = server.app._registry
+        assert first is not None
+        await wait_until(lambda: first._records[endless].seq >= 100)
     with trio.fail_after(15):  # on a hang: the server never listens
         async with served(DURABLE_FLOWS, store=url) as server:
             registry = server.app._registry
@@ -792,3 +802,63 @@ async def test_a_resumed_run_that_writes_nonstop_does_not_keep_the_server_from_l
             seq = resumed.seq
             await wait_until(lambda: resumed.seq > seq + 100)  # it goes on writing
             assert (await server.status(endless))["status"] == "running"
+
+
+def _rows_of(path: Path, run_id: str) -> dict[str, int]:
+    """How many rows each table of the store at ``path`` has of ``run_id``."""
+    with sqlite3.connect(path) as db:
+        return {
+            table: db.execute(
+                f"SELECT count(*) FROM {table} WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            for table in ("tf_runs", "tf_events", "tf_journal")
+        }
+
+
+async def test_llama_cancel_and_purge_answered_are_not_undone_by_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --llama-compat, a cancel is answered once it is committed, and purge=true once the
+    run is deleted from the file, also while its steps unwind (a ``def`` step in its thread):
+    a crash right after the answer undoes neither. What a purged run writes while it unwinds
+    is dropped, so nothing of it is left in the file."""
+    url = store_url(tmp_path)
+    unwinding, crashed = Stuck(), Stuck()
+    flows = {"gate": GateFlow(timeout=None), "unwinding": unwinding, "crashed": crashed}
+    async with served(flows, store=url, llama_compat=True) as server:
+        try:
+            registry = server.app._registry
+            assert registry is not None
+            waiting = await server.start("gate")
+            purged = [await server.start("unwinding"), await server.start("crashed")]
+            await wait_until(lambda: registry._records[waiting].seq >= 2)  # it asked: it waits
+            await wait_until(lambda: unwinding.entered.is_set() and crashed.entered.is_set())
+
+            answer = await server.client.post(f"/handlers/{purged[0]}/cancel?purge=true")
+            assert answer.json() == {"status": "deleted"}
+            record = registry._records[purged[0]]
+            unwinding.release.set()
+            await record.done.wait()
+            await wait_until(lambda: purged[0] not in registry._feeds)  # its end is committed
+            assert _rows_of(tmp_path / "runs.db", purged[0]) == dict.fromkeys(
+                ("tf_runs", "tf_events", "tf_journal"), 0
+            )
+
+            answer = await server.client.post(f"/handlers/{waiting}/cancel")
+            assert answer.json() == {"status": "cancelled"}
+            answer = await server.client.post(f"/handlers/{purged[1]}/cancel?purge=true")
+            assert answer.json() == {"status": "deleted"}
+            # The process dies now: nothing pending is written any more.
+            store = registry._store
+            assert store is not None
+            monkeypatch.setattr(store, "_write", lambda batch: None)
+            crashed.release.set()
+        finally:  # a failed check must not leave a thread blocked, and the server with it
+            unwinding.release.set()
+            crashed.release.set()
+    async with served(flows, store=url, llama_compat=True) as server:
+        assert (await server.status(waiting))["status"] == "cancelled"
+        for run_id in purged:
+            assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
+        handlers = (await server.client.get("/handlers")).json()["handlers"]
+        assert [handler["handler_id"] for handler in handlers] == [waiting]

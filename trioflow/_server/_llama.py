@@ -212,6 +212,8 @@ async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
     record = await _record(app, args[0])
     purge = _bool_param(request, "purge", False)
     cancelled = record.cancel()
+    if cancelled and isinstance(record, RunRecord):
+        await record.committed()  # on a store: a crash now does not resume it
     if purge:
         await app._runs().forget(record)
         await request.respond_json(200, {"status": "deleted"})

@@ -133,16 +133,17 @@ class RunRegistry:
 
     async def forget(self, record: RunRecord | StoredRecord) -> None:
         """Forget ``record``'s run: it is found no more (`get`, `find`, `page`), and it is
-        dropped (from the store too) once it has ended (cancel it first to make that soon).
-        Clients streaming it keep their stream."""
+        dropped once it has ended (cancel it first to make that soon). Clients streaming it
+        keep their stream. On a store the run is purged from it before this returns, so a
+        crash does not bring it back; what it still writes until its end is dropped."""
         await trio.lowlevel.checkpoint()
         record.forgotten = True
+        if self._store is not None:
+            self._hidden.add(record.run_id)  # `find` skips it until its purge is committed
+            under_way = isinstance(record, RunRecord) and not record.done.is_set()
+            await self._store.flushed(self._store.append(RunPurged(record.run_id, under_way)))
         if isinstance(record, StoredRecord):
-            assert self._store is not None
-            await self._store.flushed(self._store.append(RunPurged(record.run_id)))
             return
-        if self._store is not None:  # also in the store, where `find` would find it
-            self._hidden.add(record.run_id)
         if not record.done.is_set() or record.run_id in self._feeds:
             # Under way, or on a store ended but its end not yet committed (its feed takes
             # committed events until then, its terminal one included): `_wrap_up` drops it
@@ -153,8 +154,6 @@ class RunRegistry:
     def _drop(self, record: RunRecord) -> None:
         """Drop the forgotten ``record``, which has ended (and on a store, whose end is
         committed)."""
-        if self._store is not None:
-            self._store.append(RunPurged(record.run_id))
         if self._records.pop(record.run_id, None) is None:
             return
         for index, (run_id, size) in enumerate(self._finished):

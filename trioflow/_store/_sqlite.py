@@ -219,9 +219,13 @@ class RunEnded:
 
 @attrs.frozen
 class RunPurged:
-    """Write: forget a run that has ended, events and all."""
+    """Write: forget a run, events, journal and all. Usually one that has ended; with
+    ``under_way``, one that still runs (it was cancelled, and its end is on its way): what it
+    writes from then on, up to its end, is dropped, so that the purge is final once
+    committed, and a crash leaves nothing of it behind."""
 
     run_id: str
+    under_way: bool = False
 
     @property
     def size(self) -> int:
@@ -285,6 +289,10 @@ class SqliteStore:
         #: Held by whoever commits (the flusher, or `drain`): one commit at a time, in order.
         self._flushing = trio.Lock()
         self._next_number = 0
+        #: Runs purged while under way (`RunPurged.under_way`) whose end has not been
+        #: written yet: what they write is dropped, up to their end. Changed by the commit
+        #: thread only after a commit (and a retried commit drops the same).
+        self._dropping: set[str] = set()
 
     # -- opening and closing --
 
@@ -444,6 +452,8 @@ class SqliteStore:
         """
         if self.failed is not None:
             raise self._failure()
+        if type(operation) is RunPurged and operation.under_way:  # from now on, not after
+            self._dropping.add(operation.run_id)  # its commit: it is in this batch or later
         self._pending.append(operation)
         self._pending_bytes += operation.size
         self._ready.set()
@@ -578,8 +588,16 @@ class SqliteStore:
         journal: list[tuple[Any, ...]] = []
         runs, ends, purged, resumed = [], [], [], []
         add_event, add_record = events.append, journal.append
+        dropping = self._dropping
+        finished: list[str] = []  # runs no longer dropped once this commit is made
         for op in batch:
             kind = type(op)
+            if dropping and kind is not NewRun and op.run_id in dropping:  # type: ignore[union-attr]
+                if kind is RunPurged:
+                    purged.append((op.run_id,))  # type: ignore[union-attr]
+                elif kind is RunEnded:
+                    finished.append(op.run_id)  # type: ignore[union-attr]
+                continue
             if kind is NewEvent:
                 add_event((op.run_id, *op.event))  # type: ignore[union-attr]
             elif kind is JournalEntry:
@@ -629,6 +647,7 @@ class SqliteStore:
                 connection.executemany("DELETE FROM tf_journal WHERE run_id = ?", purged)
                 connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
+            dropping.difference_update(finished)
         except BaseException:
             # SQLite may have rolled back itself (a full disk does): a ROLLBACK then would fail,
             # and its error hide the one that matters.
