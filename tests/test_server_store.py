@@ -25,6 +25,7 @@ from _http import (
     served,
     sse_messages,
     sse_text_messages,
+    wait_for,
     wait_until,
 )
 
@@ -862,3 +863,40 @@ async def test_llama_cancel_and_purge_answered_are_not_undone_by_a_crash(
             assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
         handlers = (await server.client.get("/handlers")).json()["handlers"]
         assert [handler["handler_id"] for handler in handlers] == [waiting]
+
+
+async def test_a_run_starting_is_not_served_from_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the commit of a new run's row and its 201, the run is not served as a run of
+    the file (which would be listed beside its record once that is known, and whose stream
+    would end at once, without a terminal event): it is found once it is under way, listed
+    once."""
+    async with served(DURABLE_FLOWS, store=store_url(tmp_path)) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        flushed, gate = store.flushed, trio.Event()
+
+        async def held_after_the_commit(commits: int) -> None:
+            await flushed(commits)
+            await gate.wait()
+
+        monkeypatch.setattr(store, "flushed", held_after_the_commit)
+        started: list[str] = []
+
+        async def start() -> None:
+            started.append(await server.start("gate"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start)
+            rows = await wait_for(lambda: store.page(10), bool)  # its row is committed
+            run_id = rows[0].run_id
+            assert (await server.client.get("/runs")).json()["runs"] == []
+            assert (await server.client.get(f"/runs/{run_id}")).status_code == 404
+            gate.set()
+        assert started == [run_id]
+        listed = (await server.client.get("/runs")).json()["runs"]
+        assert [run["run_id"] for run in listed] == [run_id]
+        assert (await server.status(run_id))["status"] == "running"

@@ -117,7 +117,9 @@ class RunRegistry:
         record = self._records.get(run_id)
         if record is not None:
             return None if record.forgotten else record
-        if self._store is None or run_id in self._hidden:
+        if self._store is None or run_id in self._hidden or run_id in self._feeds:
+            # (A run in `_feeds` but not yet in `_records` is starting: its row is
+            # committed, its id not yet handed out. Its row is no ended run's to serve.)
             return None
         row = await self._store.run(run_id)
         if row is None:
@@ -218,8 +220,8 @@ class RunRegistry:
                 record = self._records.get(row.run_id)
                 if record is not None:
                     held[row.run_id] = record
-                elif row.run_id not in self._hidden:
-                    stored.append(self._stored(row))
+                elif row.run_id not in self._hidden and row.run_id not in self._feeds:
+                    stored.append(self._stored(row))  # (not one starting: see `find`)
             if len(rows) <= limit:  # the store has no more
                 break
             cursor = rows[-1].number
