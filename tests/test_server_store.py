@@ -687,9 +687,9 @@ async def test_the_store_is_drained_within_what_is_left_of_the_shutdown_grace(
 
 
 async def test_runs_are_listed_by_the_status_the_server_reports(tmp_path: Path) -> None:
-    """A run that has completed, its end not yet committed (the store still says running):
-    GET /runs and GET /handlers filter it by the status GET /runs/{id} reports, not the
-    store's, in pages that stay full."""
+    """A run that has completed, its end not yet committed: GET /runs/{id}, GET /runs and
+    GET /handlers all say it runs (a crash could still change its outcome), in pages that
+    stay full; once its end is committed, all say it completed."""
     async with served(FLOWS, store=store_url(tmp_path), llama_compat=True) as server:
         registry = server.app._registry
         assert registry is not None
@@ -727,16 +727,21 @@ async def test_runs_are_listed_by_the_status_the_server_reports(tmp_path: Path) 
                 row = await store.run(run_id)
                 assert row is not None
                 assert row.status == "running"
-                assert (await server.status(run_id))["status"] == "completed"
-                assert await listed(status="completed") == [run_id]
-                assert await listed(status="running") == older[::-1]
-                assert await paged(status="running", limit=2) == [older[:0:-1], older[:1]]
-                assert await paged(limit=2) == [[run_id, older[2]], older[1::-1]]
-                assert await handlers("completed") == [run_id]
-                assert await handlers("running") == older[::-1]
+                assert (await server.status(run_id))["status"] == "running"
+                assert await listed(status="completed") == []
+                assert await listed(status="running") == [run_id, *older[::-1]]
+                running = [[run_id, older[2]], older[1::-1]]
+                assert await paged(status="running", limit=2) == running
+                assert await paged(limit=2) == running
+                assert await handlers("completed") == []
+                assert await handlers("running") == [run_id, *older[::-1]]
                 disk.set()
+        await wait_until(record.settled.is_set)
+        assert (await server.status(run_id))["status"] == "completed"
         assert await listed(status="completed") == [run_id]
         assert await listed(status="running") == older[::-1]
+        assert await paged(status="running", limit=2) == [older[:0:-1], older[:1]]
+        assert await handlers("completed") == [run_id]
 
 
 async def test_llama_handlers_lists_the_newest_runs_of_a_store_at_most(tmp_path: Path) -> None:
@@ -900,3 +905,44 @@ async def test_a_run_starting_is_not_served_from_its_row(
         listed = (await server.client.get("/runs")).json()["runs"]
         assert [run["run_id"] for run in listed] == [run_id]
         assert (await server.status(run_id))["status"] == "running"
+
+
+async def test_an_outcome_is_served_once_it_is_committed(tmp_path: Path) -> None:
+    """A run that has ended in memory, its end not yet committed, is served as running, with
+    no result: a crash could still change its outcome (it would resume). LlamaIndex's
+    synchronous run answers once the end is committed too."""
+    async with served(DURABLE_FLOWS, store=store_url(tmp_path), llama_compat=True) as server:
+        registry = server.app._registry
+        assert registry is not None
+        store = registry._store
+        assert store is not None
+        client = server.client
+        answers: list[httpx.Response] = []
+
+        async def run_to_the_end() -> None:
+            answers.append(await client.post("/workflows/gate/run", json={}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_to_the_end)
+            await wait_until(lambda: len(registry._records) == 1)
+            (record,) = registry._records.values()
+            run_id = record.run_id
+            await wait_until(lambda: record.feed.last_seq >= 2)  # it asked: it waits
+            async with stalled_disk(store) as disk:
+                go = {"type": "Go", "data": {"count": 1}}
+                nursery.start_soon(partial(client.post, f"/runs/{run_id}/events", json=go))
+                await wait_until(record.done.is_set)  # ended; its end not yet committed
+                assert record.handler.status.value == "completed"
+                status = await server.status(run_id)
+                assert (status["status"], status["ended_at"]) == ("running", None)
+                assert "result" not in status
+                listed = (await client.get("/runs")).json()["runs"]
+                assert [run["status"] for run in listed] == ["running"]
+                handler = await client.get(f"/handlers/{run_id}")
+                assert (handler.status_code, handler.json()["result"]) == (202, None)
+                assert answers == []
+                disk.set()
+        assert [answer.status_code for answer in answers] == [200]
+        assert answers[0].json()["result"]["value"] == {"result": 1}
+        status = await server.status(run_id)
+        assert (status["status"], status["result"]) == ("completed", 1)

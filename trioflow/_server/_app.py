@@ -36,7 +36,7 @@ from ._options import LIST_LIMIT, LIST_LIMIT_MAX, LOOPBACK_NAMES
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
-from ._stored import StoredRecord
+from ._stored import StoredRecord, ended_as
 from ._streaming import NdjsonForm, SseForm, StreamForm, stream_feed
 
 logger = logging.getLogger("trioflow.server")
@@ -451,7 +451,9 @@ class WorkflowApp:
     async def _send_event(self, request: Request, args: list[str]) -> None:
         record = await self._record(args[0])
         body = await request.json(self.options.max_body)
-        if not isinstance(record, RunRecord) or record.status is not RunStatus.RUNNING:
+        # (The handler's status: decided, maybe before its end is committed. A refusal
+        # acknowledges nothing, so it need not wait for the commit.)
+        if not isinstance(record, RunRecord) or record.handler.status is not RunStatus.RUNNING:
             raise _run_ended(record)
         try:
             event = decode_event(self._sendable[record.workflow_name], body)
@@ -462,7 +464,7 @@ class WorkflowApp:
         except WorkflowRuntimeError as error:
             # The outcome may have been decided while the body was read: then the run, not
             # the event, is what is wrong.
-            if record.status is not RunStatus.RUNNING:
+            if record.handler.status is not RunStatus.RUNNING:
                 raise HttpError(409, "run_ended", str(error)) from None
             raise HttpError(422, "event_not_accepted", str(error)) from None
         await request.respond_json(202, {"run_id": record.run_id, "accepted": True})
@@ -696,8 +698,7 @@ def _statuses(given: str) -> list[RunStatus]:
 
 
 def _run_ended(record: RunRecord | StoredRecord) -> HttpError:
-    status = record.status.value
-    return HttpError(409, "run_ended", f"run {record.run_id} has ended ({status})")
+    return HttpError(409, "run_ended", f"run {record.run_id} has ended{ended_as(record)}")
 
 
 def _after(request: Request) -> int:

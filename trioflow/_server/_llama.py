@@ -65,7 +65,7 @@ from ._feed import Entry, EventsExpired, TooManyWatchers
 from ._options import LIST_LIMIT_MAX, ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry
-from ._stored import StoredRecord
+from ._stored import StoredRecord, ended_as
 from ._streaming import NDJSON_HEADERS, SSE_HEADERS, expired_json, stream_feed
 
 
@@ -154,8 +154,12 @@ async def _run(app: WorkflowApp, request: Request, args: list[str]) -> None:
     # `hold_for_first_client` passes. Clients that do stream it start where they attach.
     record.feed.stop_holding()
     await record.done.wait()
-    completed = record.handler.status is RunStatus.COMPLETED
-    await request.respond(200 if completed else 500, _handler_data(record))
+    if record.store is not None and not record.suspended:
+        await record.settled.wait()  # answered once a crash cannot change the outcome
+    completed = record.status is RunStatus.COMPLETED
+    # (Still running: suspended by a shutdown, to resume at the next start.)
+    code = 200 if completed else 503 if record.status is RunStatus.RUNNING else 500
+    await request.respond(code, _handler_data(record))
 
 
 async def _handlers(app: WorkflowApp, request: Request, args: list[str]) -> None:
@@ -220,12 +224,11 @@ async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
     elif cancelled:
         await request.respond_json(200, {"status": "cancelled"})
     else:
-        status = record.status.value
         raise HttpError(
             404,  # what llama-agents-server answers for a handler that has ended
             "run_ended",
-            f"handler {record.run_id} has ended ({status}): only a running handler can be "
-            "cancelled (purge=true forgets it)",
+            f"handler {record.run_id} has ended{ended_as(record)}: only a running handler "
+            "can be cancelled (purge=true forgets it)",
         )
 
 
@@ -237,7 +240,7 @@ async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
     step = body.get("step")
     if step is not None and not isinstance(step, str):
         raise HttpError(400, "bad_request", f"step must be a step's name, got {step!r}")
-    if not isinstance(record, RunRecord) or record.status is not RunStatus.RUNNING:
+    if not isinstance(record, RunRecord) or record.handler.status is not RunStatus.RUNNING:
         raise _ended(record)
     try:
         name, fields = _envelope(body["event"], "event", bare=False)
@@ -249,7 +252,7 @@ async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
     try:
         await record.handler.send_event(event, step or None)
     except WorkflowRuntimeError as error:
-        if record.status is not RunStatus.RUNNING:
+        if record.handler.status is not RunStatus.RUNNING:
             raise _ended(record) from None
         raise HttpError(400, "event_not_accepted", str(error)) from None
     await request.respond_json(200, {"status": "sent"})
@@ -464,8 +467,7 @@ def _names(
 
 
 def _ended(record: RunRecord | StoredRecord) -> HttpError:
-    status = record.status.value
-    return HttpError(409, "run_ended", f"handler {record.run_id} has ended ({status})")
+    return HttpError(409, "run_ended", f"handler {record.run_id} has ended{ended_as(record)}")
 
 
 async def _record(app: WorkflowApp, run_id: str) -> RunRecord | StoredRecord:

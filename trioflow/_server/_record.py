@@ -54,6 +54,13 @@ class RunRecord:
     #: The seq of the last event the pump numbered (on a store, the feed has it once
     #: committed).
     seq: int = 0
+    #: On a store: set once the run's end is committed, which a crash can no longer change.
+    #: Until then the run is served as running (`status`), as its terminal event is not
+    #: streamed before it is committed either.
+    settled: trio.Event = attrs.field(factory=trio.Event)
+    #: On a store: the run was suspended (the server stopped); it resumes at the next start,
+    #: so its end is never committed here.
+    suspended: bool = False
     #: The result as JSON, in a tuple once encoded (the result itself may be None).
     _result_json: bytes | None = attrs.field(default=None, init=False)
 
@@ -63,11 +70,15 @@ class RunRecord:
 
     @property
     def status(self) -> RunStatus:
+        """The run's status as it is served: its handler's (decided before its steps have
+        unwound), but on a store running until its end is committed (`settled`)."""
+        if self.store is not None and not self.settled.is_set():
+            return RunStatus.RUNNING
         return self.handler.status
 
     @property
     def ended_at(self) -> float | None:
-        return self.handler.ended_at
+        return None if self.status is RunStatus.RUNNING else self.handler.ended_at
 
     def cancel(self) -> bool:
         """Cancel the run; False if its outcome was decided already."""
@@ -79,8 +90,8 @@ class RunRecord:
 
     def outcome_json(self) -> tuple[bytes | None, bytes | None]:
         """The run's result and error as JSON (each None when it has none); (None, None)
-        while it runs."""
-        if self.handler.status is RunStatus.RUNNING:
+        while it runs (`status`)."""
+        if self.status is RunStatus.RUNNING:
             return None, None
         try:
             result = self.handler.result_nowait()
@@ -93,7 +104,7 @@ class RunRecord:
     def result_names(self) -> dict[str, Any] | None:
         """When the run completed with the workflow's own stop event: that event's class's
         ``type``, ``qualified_name`` and ``bases``; else None."""
-        if self.handler.status is not RunStatus.COMPLETED:
+        if self.status is not RunStatus.COMPLETED:
             return None
         return stop_names(self.handler.result_nowait())
 
@@ -134,7 +145,7 @@ class RunRecord:
         return {
             "run_id": self.run_id,
             "workflow": self.workflow_name,
-            "status": self.handler.status.value,
+            "status": self.status.value,
             "seq": self.feed.last_seq,
             "watchers": self.feed.watchers,
             "started_at": self.started_at,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 
@@ -33,7 +32,7 @@ from .. import (
     WorkflowHandler,
     WorkflowRuntimeError,
 )
-from .._durable import Resume, fingerprint, new_row, start_durable, unfinished
+from .._durable import Resume, fingerprint, new_row, run_ended, start_durable, unfinished
 from .._store import (
     NewEvent,
     NewRun,
@@ -43,9 +42,6 @@ from .._store import (
     RunResumed,
     RunRow,
     SqliteStore,
-)
-from .._wire import (
-    dumps,
 )
 from ._feed import RunFeed
 from ._options import ServerOptions
@@ -496,6 +492,7 @@ class RunRegistry:
         record.pumped = True
         durable = handler._run.durable
         suspended = durable is not None and durable.suspended  # type: ignore[attr-defined]
+        record.suspended = suspended
         try:
             if suspended:
                 logger.info(
@@ -513,7 +510,8 @@ class RunRegistry:
                 self._feeds.pop(row.run_id, None)
                 self._wrap_up(record)
             else:
-                store.append(_ended(record))  # `_published` finishes it once committed
+                # `_published` finishes it once committed.
+                store.append(run_ended(record.handler, record.seq))
             record.done.set()
 
     def _wrap_up(self, record: RunRecord) -> None:
@@ -536,6 +534,7 @@ class RunRegistry:
                 feed = self._feeds.pop(operation.run_id, None)
                 record = self._records.get(operation.run_id)
                 if record is not None:
+                    record.settled.set()  # its status and outcome are served from now on
                     self._wrap_up(record)
                 elif feed is not None:  # its record is gone: its clients' streams end still
                     feed.finish()
@@ -661,20 +660,3 @@ async def _cancel_when_abandoned(record: RunRecord, grace: float) -> None:
         if waiting.cancelled_caught:
             record.handler.cancel()
             return
-
-
-def _ended(record: RunRecord) -> RunEnded:
-    """What the store keeps of a run that has ended: its status, its result or error, and
-    for a result that is the workflow's own stop event, that event's class."""
-    result, error = record.outcome_json()
-    names = record.result_names()
-    result_type = None if names is None else dumps(names).decode()
-    return RunEnded(
-        record.run_id,
-        record.status.value,
-        result,
-        error,
-        record.ended_at or time.time(),
-        record.seq,
-        result_type,
-    )

@@ -20,7 +20,7 @@ from .. import RunStatus
 from .._store import LIFECYCLE, TERMINAL, EventKind, EventRow, RunRow, SqliteStore, StoreError
 from .._wire import dumps, loads
 from ._feed import BATCH, BATCH_BYTES, Entry, EventsExpired, RunFeed, Watcher
-from ._record import brief, described
+from ._record import RunRecord, brief, described
 
 
 class StoredFeed(RunFeed):
@@ -289,3 +289,10 @@ class StoredRecord:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
         }
+
+
+def ended_as(record: RunRecord | StoredRecord) -> str:
+    """`` (status)`` for a run that has ended, as its status is served; empty while its end
+    is not yet committed (it is served as running until then: `RunRecord.status`)."""
+    status = record.status
+    return "" if status is RunStatus.RUNNING else f" ({status.value})"
