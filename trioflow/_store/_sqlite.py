@@ -817,7 +817,8 @@ def _next_number(db: sqlite3.Connection) -> int:
 
 
 #: Rows one INSERT statement of `_insert_many` takes at most (7,168 values at 7 a row, under
-#: the 32,766 a statement that SQLite takes by default).
+#: the 32,766 a statement that SQLite takes by default since 3.32; fewer where the
+#: connection's limit is lower, as SQLite before 3.32 had 999).
 ROWS_PER_INSERT = 1024
 
 
@@ -831,8 +832,12 @@ def _insert_many(
     of wall time for 1.0 s of work, 60,000 rows, on a busy server)."""
     if not rows:
         return
-    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    width = len(rows[0])
+    one = "(" + ", ".join("?" * width) + ")"
     start, size = 0, ROWS_PER_INSERT
+    variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    while size > 1 and size * width > variables:
+        size //= 2
     while start < len(rows):
         # Full statements, then the rest by halves (512, 256, ... 1 rows): a few statements
         # of fixed sizes, which `sqlite3` compiles once and keeps in its cache.
