@@ -39,6 +39,7 @@ from trioflow._store import (
     RunEnded,
     RunRow,
     SqliteStore,
+    StoreError,
     StoreLocked,
     open_store,
 )
@@ -946,3 +947,47 @@ async def test_an_outcome_is_served_once_it_is_committed(tmp_path: Path) -> None
         assert answers[0].json()["result"]["value"] == {"result": 1}
         status = await server.status(run_id)
         assert (status["status"], status["result"]) == ("completed", 1)
+
+
+async def test_a_store_that_fails_for_good_stops_the_server_and_its_runs_resume_later(
+    tmp_path: Path,
+) -> None:
+    """A commit SQLite refuses for good fails the store: the server stops as on a fatal error
+    (serve raises the StoreError), its runs are suspended, not ended (nothing more can be
+    recorded of them), and their clients' streams end at a whole event instead of hanging.
+    At the next start on the file the runs go on from what was committed."""
+    url = store_url(tmp_path)
+    streamed: list[dict[str, Any]] = []
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        with trio.fail_after(20):
+            async with served(DURABLE_FLOWS, store=url) as server:
+                registry = server.app._registry
+                assert registry is not None
+                store = registry._store
+                assert store is not None
+                run_id = await server.start("gate")
+                await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
+
+                async def stream() -> None:
+                    streamed.extend(await server.events(run_id))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream)
+                    row = await store.run(run_id)
+                    assert row is not None
+                    store.append(NewRun(row))  # a second row of one run: refused for good
+                await trio.sleep_forever()  # the server stops
+    assert stopped.group_contains(StoreError, match="UNIQUE constraint failed")
+    assert [message["event"] for message in streamed] == ["Tick", "Asking"]
+    async with served(DURABLE_FLOWS, store=url) as server:
+        assert (await server.status(run_id))["status"] == "running"
+        go = {"type": "Go", "data": {"count": 1}}
+        assert (await server.client.post(f"/runs/{run_id}/events", json=go)).status_code == 202
+        status = await server.wait_status(run_id, "completed")
+        assert status["result"] == 1
+        events = await server.events(run_id)
+        # The step that waited was lost with the store (no stop was recorded: as a crash),
+        # and runs again as a new attempt; it is not asked again.
+        names = ["Tick", "Asking", "StepFailedEvent", "Tick", "Tick", "StopEvent"]
+        assert [m["event"] for m in events] == names
+        assert events[2]["data"]["data"]["exception"]["type"] == "WorkerLost"

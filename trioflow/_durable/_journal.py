@@ -33,6 +33,7 @@ lost attempt made, so that running the step again repeats none of them (`TaskRef
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ import attrs
 
 from .._errors import ReplayError
 from .._events import Event
-from .._store import JournalEntry, Operation
+from .._store import JournalEntry, Operation, StoreError
 from .._wire import dumps, encode_exception, loads
 from ._codec import EventCodec
 
@@ -81,8 +82,10 @@ class Journal:
 
     def stop(self) -> None:
         """Write nothing more but a ``stop`` record: the journal ends here, as a crash now
-        would end it, saying it was a stop."""
-        self._write("stop", {})
+        would end it, saying it was a stop. On a store that has failed, nothing: it ends
+        where its commits ended, as after a crash."""
+        with contextlib.suppress(StoreError):
+            self._write("stop", {})
         self.stopped = True
 
     def _write(self, kind: str, body: dict[str, Any]) -> int:

@@ -249,7 +249,7 @@ class RunGroupBlock:
             self._nursery, self._options, keep_events=self._keep_events, store=self._store
         )
         if self._store is not None:
-            self._nursery.start_soon(self._store.flush_forever)
+            self._nursery.start_soon(self._registry.commit_forever)
             try:
                 await self._registry.recover(self._workflows)
             except BaseException:
@@ -286,7 +286,7 @@ class RunGroupBlock:
                     raise
                 raise body_error  # noqa: B904 (the cancellation stays attached as __context__)
             finally:
-                if self._store is not None:
+                if self._store is not None and self._store.failed is None:
                     # What the runs wrote, to their last records, is committed before the
                     # store closes (a kill would lose no more than this would), within what
                     # is left of the shutdown's grace: on a store that cannot commit (a

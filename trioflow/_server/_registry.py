@@ -42,6 +42,7 @@ from .._store import (
     RunResumed,
     RunRow,
     SqliteStore,
+    StoreError,
 )
 from ._feed import RunFeed
 from ._options import ServerOptions
@@ -261,6 +262,42 @@ class RunRegistry:
                 row.lifecycle,
                 resume,
             )
+
+    async def commit_forever(self) -> None:
+        """Commit what the runs write to the store (`SqliteStore.flush_forever`), until
+        cancelled. A store that fails for good (it logged why) stops the registry as a fatal
+        exception would (`wait_fatal` hands `serve` the `StoreError`): see `_store_failed`."""
+        store = self._store
+        assert store is not None
+        try:
+            await store.flush_forever()
+        except StoreError as error:
+            self._store_failed(error)
+
+    def _store_failed(self, error: StoreError) -> None:
+        """The store can record nothing more: stop, as a crash would have stopped the process
+        (so that nothing is decided that the store does not have). The runs are suspended:
+        they resume from what was committed at the next start, on a store that works. Called
+        before any other task learns of the failure: no run records anything after it."""
+        logger.error(
+            "trioflow: the store has failed: the server stops; its runs resume at the next start"
+        )
+        if self._fatal is None:
+            self._fatal = error
+        self._close()
+        # Runs that have ended, whose end will never be committed: their streams end too
+        # (without their terminal event, which is not committed either), as the suspended
+        # runs' do; the next start ends or resumes them from what was committed.
+        for run_id in list(self._feeds):
+            record = self._records.get(run_id)
+            if record is None or record.done.is_set():
+                feed = self._feeds.pop(run_id)
+                if record is None:
+                    feed.finish()
+                else:
+                    record.suspended = True
+                    self._wrap_up(record)
+        self._fatal_raised.set()
 
     @property
     def running(self) -> int:
