@@ -211,3 +211,30 @@ async def test_the_feeds_of_a_run_share_their_clients(tmp_path: Path) -> None:
             assert shared == {"r": live}
             assert feed().watchers == 1
         assert shared == {}
+
+
+async def test_the_writer_waits_for_a_client_behind_the_committed_events_only(
+    tmp_path: Path,
+) -> None:
+    """A run's writer waits for an attached client once the next committed event would put
+    it `retain` events behind the committed ones (so that live clients read the cache), and
+    not for the events written but not yet committed, which are no client's lag."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        await start(store, "r")
+        feed = StoredFeed(store, "r", retain=3, retain_bytes=1 << 20)
+        store.on_commit(publish_into(feed))
+        with feed.watch(0) as watcher:
+            for seq in range(1, 11):  # written, not yet committed: the client is not behind
+                assert not feed.keeps_waiting()
+                store.append(NewEvent("r", event_row(seq, TICK, b"{}")))
+            await store.drain()
+            assert feed.keeps_waiting()  # 10 committed, none read: the writer waits
+            with trio.fail_after(5):  # a hang: the writer is not told the client moved on
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(feed.wait_for_watchers)
+                    await trio.testing.wait_all_tasks_blocked()
+                    # Read from the store (the cache holds the last 3): the writer goes on.
+                    batch = await watcher.next_batch()
+                    assert [e.seq for e in batch] == list(range(1, 11))
+            assert not feed.keeps_waiting()

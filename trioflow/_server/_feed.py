@@ -201,9 +201,16 @@ class RunFeed:
         return Entry.encode(seq, kind, json, event)
 
     def _add(self, entry: Entry) -> None:
+        self._keep(entry)
+        self._wake()
+
+    def _keep(self, entry: Entry) -> None:
         self.last_seq = entry.seq
         self._entries.append(entry)
         self.size += entry.size
+
+    def _wake(self) -> None:
+        """Wake the watchers waiting for entries."""
         self._appended.set()
         self._appended = trio.Event()
 

@@ -92,14 +92,14 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
             if store is None or stored is None:
                 feed.append_nowait(seq, kind, json, kept)
             else:  # its clients get it once it is committed (`RunRegistry._published`)
-                if store.full or stored.keeps_waiting(seq):
+                if store.full or stored.keeps_waiting():
                     raise trio.WouldBlock
                 store.append(NewEvent(record.run_id, event_row(seq, kind, json), kind))
         except trio.WouldBlock:
             if store is None or stored is None:
                 await feed.append(seq, kind, json, kept)  # waits for a watcher: that yields
             else:
-                await stored.wait_for_watchers(seq)  # waits for a client: that yields
+                await stored.wait_for_watchers()  # waits for a client: that yields
                 await store.room()  # waits for the disk
                 store.append(NewEvent(record.run_id, event_row(seq, kind, json), kind))
             busy = 0.0
@@ -128,10 +128,10 @@ class StoreSink(RowSink):
         self.record: RunRecord | None = None
 
     def has_room(self) -> bool:
-        return super().has_room() and not self._feed.keeps_waiting(self.seq + 1)
+        return super().has_room() and not self._feed.keeps_waiting()
 
     async def wait_for_room(self) -> None:
-        await self._feed.wait_for_watchers(self.seq + 1)
+        await self._feed.wait_for_watchers()
         await super().wait_for_room()
 
     def write(self, seq: int, event: Event) -> None:

@@ -562,21 +562,34 @@ class RunRegistry:
     def _published(self, batch: Sequence[Operation]) -> None:
         """The store committed ``batch``: its events go to their runs' clients, and a run
         whose end it holds is finished."""
+        feeds = self._feeds
+        # A commit holds stretches of one run's events: each stretch looks its run's feed up
+        # once and wakes its watchers once, after its last event.
+        run_id, feed = None, None
         for operation in batch:
-            if isinstance(operation, NewEvent):
-                feed = self._feeds.get(operation.run_id)
+            if type(operation) is NewEvent:
+                if operation.run_id != run_id:
+                    if feed is not None:
+                        feed.wake()
+                    run_id, feed = operation.run_id, feeds.get(operation.run_id)
                 if feed is not None:
-                    feed.append_row(operation.event, operation.tag)
-            elif isinstance(operation, RunEnded):
-                feed = self._feeds.pop(operation.run_id, None)
+                    feed.append_row(operation.event, operation.tag, wake=False)
+                continue
+            if feed is not None:
+                feed.wake()
+            run_id, feed = None, None
+            if isinstance(operation, RunEnded):
+                ended = feeds.pop(operation.run_id, None)
                 record = self._records.get(operation.run_id)
                 if record is not None:
                     record.settled.set()  # its status and outcome are served from now on
                     self._wrap_up(record)
-                elif feed is not None:  # its record is gone: its clients' streams end still
-                    feed.finish()
+                elif ended is not None:  # its record is gone: its clients' streams end still
+                    ended.finish()
             elif isinstance(operation, RunPurged):
                 self._hidden.discard(operation.run_id)
+        if feed is not None:
+            feed.wake()
 
     async def _end(self, record: RunRecord, raised: BaseException | None) -> None:
         """Sort out what leaving the run's ``start()`` raised: the run's own failure is the

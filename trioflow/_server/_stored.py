@@ -55,10 +55,21 @@ class StoredFeed(RunFeed):
         self._released = False
         self._kinds: dict[tuple[str, str, int, str], EventKind] = {}
 
-    def append_row(self, row: EventRow, kind: EventKind | None = None) -> None:
+    def append_row(
+        self, row: EventRow, kind: EventKind | None = None, *, wake: bool = True
+    ) -> None:
         """Add a committed event (the store's commit listener calls this, in seq order), of
-        ``kind`` when its writer said (else read from the row)."""
-        self.append_nowait(row.seq, kind or self.kind_of(row), row.body)
+        ``kind`` when its writer said (else read from the row). Without ``wake``, its
+        watchers are woken later (`wake`): once for a whole commit's events."""
+        entry = self._next_entry(row.seq, kind or self.kind_of(row), row.body, None)
+        self._make_room(entry.size)  # the cache evicts whatever it must: the store has it
+        self._keep(entry)
+        if wake:
+            self._wake()
+
+    def wake(self) -> None:
+        """Wake the watchers waiting for the events `append_row` added without waking them."""
+        self._wake()
 
     def kind_of(self, row: EventRow) -> EventKind:
         """The `EventKind` of a stored event, made once per kind."""
@@ -74,19 +85,21 @@ class StoredFeed(RunFeed):
             )
         return kind
 
-    def keeps_waiting(self, seq: int) -> bool:
-        """Whether event ``seq`` would put an attached client `retain` events behind: then
-        its writer waits (`wait_for_watchers`), as it waits for a run's clients in memory, so
-        that live clients read from the cache, not the store."""
+    def keeps_waiting(self) -> bool:
+        """Whether the next committed event would put an attached client `retain` events
+        behind: then the run's writer waits (`wait_for_watchers`), as it waits for a run's
+        clients in memory, so that live clients read from the cache, not the store. Counted
+        from the committed events, which are all a client can have: what is written but not
+        yet committed (at most what the store holds pending) is no client's lag, and the
+        writer goes on meanwhile (a client left behind by that much reads the store)."""
         if self._released:
             return False
-        low = seq - self.retain
+        low = self.last_seq + 1 - self.retain
         return any(watcher.cursor <= low for watcher in self._watchers)
 
-    async def wait_for_watchers(self, seq: int) -> None:
-        """Wait until no attached client is `retain` events behind event ``seq`` (one that
-        leaves no longer counts)."""
-        while self.keeps_waiting(seq):
+    async def wait_for_watchers(self) -> None:
+        """Wait while `keeps_waiting` (a client that leaves no longer counts)."""
+        while self.keeps_waiting():
             self._pump_waiting = True
             try:
                 await self._progress.wait()
@@ -192,6 +205,8 @@ class StoredWatcher(Watcher):
                     )
                 entries = [Entry.encode(row.seq, feed.kind_of(row), row.body) for row in rows]
                 self.cursor = entries[-1].seq
+                if feed._pump_waiting:  # for this client, which may now be near enough
+                    feed._notify_progress()
                 return entries
             try:
                 return await super().next_batch()
