@@ -95,7 +95,12 @@ class StoredFeed(RunFeed):
         if self._released:
             return False
         low = self.last_seq + 1 - self.retain
-        return any(watcher.cursor <= low for watcher in self._watchers)
+        # A loop, not any() over a generator: this runs for every event a run writes, and
+        # making the generator was most of its cost (measured with py-spy).
+        for watcher in self._watchers:  # noqa: SIM110
+            if watcher.cursor <= low:
+                return True
+        return False
 
     async def wait_for_watchers(self) -> None:
         """Wait while `keeps_waiting` (a client that leaves no longer counts)."""
