@@ -3,7 +3,8 @@ store serves what the feed's cache no longer holds), and no client holding the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,24 @@ async def start(store: SqliteStore, run_id: str) -> None:
     await store.flushed(store.append(NewRun(row)))
 
 
-async def test_a_late_client_gets_every_event_from_the_store(tmp_path: Path) -> None:
-    """The feed caches 5 events; a client attaching after 600 gets all 600 (from the store,
-    in batches), then the live ones, then the end; the writer never waited for it."""
+@asynccontextmanager
+async def live_feed(
+    tmp_path: Path, *, retain: int
+) -> AsyncIterator[tuple[SqliteStore, StoredFeed]]:
+    """A store with run ``r``, and the feed of that run keeping ``retain`` events, which
+    gets each of its events once committed (as the server's commit listener gives them)."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
         assert store is not None
         await start(store, "r")
-        feed = StoredFeed(store, "r", retain=5, retain_bytes=1 << 20)
+        feed = StoredFeed(store, "r", retain=retain, retain_bytes=1 << 20)
         store.on_commit(publish_into(feed))
+        yield store, feed
+
+
+async def test_a_late_client_gets_every_event_from_the_store(tmp_path: Path) -> None:
+    """The feed caches 5 events; a client attaching after 600 gets all 600 (from the store,
+    in batches), then the live ones, then the end; the writer never waited for it."""
+    async with live_feed(tmp_path, retain=5) as (store, feed):
         for seq in range(1, 601):
             store.append(NewEvent("r", event_row(seq, TICK, b'{"seq":%d}' % seq)))
         await store.drain()
@@ -114,11 +125,7 @@ async def test_a_finished_run_known_only_from_the_store(tmp_path: Path) -> None:
 async def test_a_client_that_stops_reading_holds_nothing_back(tmp_path: Path) -> None:
     """The writer goes on while a watcher takes nothing: the cache evicts, and the watcher
     later reads what it missed from the store, with nothing lost or repeated."""
-    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
-        await start(store, "r")
-        feed = StoredFeed(store, "r", retain=3, retain_bytes=1 << 20)
-        store.on_commit(publish_into(feed))
+    async with live_feed(tmp_path, retain=3) as (store, feed):
         with feed.watch(0) as watcher:
             store.append(NewEvent("r", event_row(1, TICK, b"{}")))
             await store.drain()
@@ -135,11 +142,7 @@ async def test_a_client_that_stops_reading_holds_nothing_back(tmp_path: Path) ->
 async def test_entries_evicted_while_a_watcher_waits_come_from_the_store(tmp_path: Path) -> None:
     """A watcher waiting for the next event while a burst evicts it from the cache reads it
     from the store when it wakes, instead of failing."""
-    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
-        await start(store, "r")
-        feed = StoredFeed(store, "r", retain=2, retain_bytes=1 << 20)
-        store.on_commit(publish_into(feed))
+    async with live_feed(tmp_path, retain=2) as (store, feed):
         with feed.watch(0) as watcher:
             async with trio.open_nursery() as nursery:
                 taken: list[int] = []
@@ -219,11 +222,7 @@ async def test_the_writer_waits_for_a_client_behind_the_committed_events_only(
     """A run's writer waits for an attached client once the next committed event would put
     it `retain` events behind the committed ones (so that live clients read the cache), and
     not for the events written but not yet committed, which are no client's lag."""
-    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
-        await start(store, "r")
-        feed = StoredFeed(store, "r", retain=3, retain_bytes=1 << 20)
-        store.on_commit(publish_into(feed))
+    async with live_feed(tmp_path, retain=3) as (store, feed):
         with feed.watch(0) as watcher:
             for seq in range(1, 11):  # written, not yet committed: the client is not behind
                 assert not feed.keeps_waiting()
