@@ -16,10 +16,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from _http import (
     DURABLE_FLOWS,
     FLOWS,
     GateFlow,
+    Lingering,
     Stuck,
     serve_process,
     served,
@@ -941,10 +943,20 @@ async def test_an_outcome_is_served_once_it_is_committed(tmp_path: Path) -> None
                 assert [run["status"] for run in listed] == ["running"]
                 handler = await client.get(f"/handlers/{run_id}")
                 assert (handler.status_code, handler.json()["result"]) == (202, None)
-                assert answers == []
+                refusals: list[httpx.Response] = []
+
+                async def cancel() -> None:  # refused once the outcome it names is final
+                    refusals.append(await client.post(f"/runs/{run_id}/cancel"))
+
+                nursery.start_soon(cancel)
+                await trio.testing.wait_all_tasks_blocked(0.01)  # the request waits
+                assert answers == refusals == []
                 disk.set()
         assert [answer.status_code for answer in answers] == [200]
         assert answers[0].json()["result"]["value"] == {"result": 1}
+        (refusal,) = refusals
+        assert refusal.status_code == 409
+        assert refusal.json()["error"]["message"].endswith("has ended (completed)")
         status = await server.status(run_id)
         assert (status["status"], status["result"]) == ("completed", 1)
 
@@ -991,3 +1003,84 @@ async def test_a_store_that_fails_for_good_stops_the_server_and_its_runs_resume_
         names = ["Tick", "Asking", "StepFailedEvent", "Tick", "Tick", "StopEvent"]
         assert [m["event"] for m in events] == names
         assert events[2]["data"]["data"]["exception"]["type"] == "WorkerLost"
+
+
+async def test_a_store_that_fails_while_a_run_unwinds_still_ends_its_requests(
+    tmp_path: Path,
+) -> None:
+    """The store fails for good after a run's outcome is decided but before it has unwound
+    (a ``def`` step still holds its thread): once it unwinds, it is suspended (its end cannot
+    be recorded), its client's stream ends at a whole event and LlamaIndex's synchronous run
+    answers 503 "running" at once, instead of both waiting out the shutdown."""
+    flow = Lingering()
+    answers: list[httpx.Response] = []
+    streamed: list[str] = []
+    url = store_url(tmp_path)
+    try:
+        with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
+            async with served({"linger": flow}, store=url, llama_compat=True) as server:
+                registry = server.app._registry
+                assert registry is not None
+                store = registry._store
+                assert store is not None
+
+                async def run_to_the_end() -> None:
+                    answers.append(await server.client.post("/workflows/linger/run", json={}))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_to_the_end)
+                    await wait_until(lambda: len(registry._records) == 1)
+                    (record,) = registry._records.values()
+
+                    async def stream() -> None:
+                        events = await server.events(record.run_id)
+                        streamed.extend(message["event"] for message in events)
+
+                    nursery.start_soon(stream)
+                    await wait_until(lambda: record.feed.watchers == 1)
+                    await wait_until(lambda: record.handler.status.value == "completed")
+                    row = await store.run(record.run_id)
+                    assert row is not None
+                    store.append(NewRun(row))  # a second row of one run: refused for good
+                    await wait_until(lambda: store.failed is not None)
+                    flow.release.set()  # the def step returns: the run unwinds
+                    await record.done.wait()
+                    assert record.suspended
+                await trio.sleep_forever()  # the server stops
+    finally:
+        flow.release.set()
+    assert stopped.group_contains(StoreError)
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [(503, "running")]
+    assert streamed == []  # nothing of it was committed but its row
+    async with open_store(url) as reopened:  # it goes on at the next start
+        assert reopened is not None
+        kept = await reopened.run(record.run_id)
+        assert kept is not None
+        assert kept.status == "running"
+
+
+async def test_a_run_started_as_the_store_fails_is_refused_with_503(tmp_path: Path) -> None:
+    """A run whose row's commit fails the store is not started: its request gets 503 (the
+    server is stopping), and the server stops with the StoreError."""
+    answers: list[httpx.Response] = []
+    with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
+        async with served(DURABLE_FLOWS, store=store_url(tmp_path)) as server:
+            registry = server.app._registry
+            assert registry is not None
+            store = registry._store
+            assert store is not None
+            write = store._write
+
+            def refusing(batch: Any) -> None:
+                if any(isinstance(op, NewRun) for op in batch):
+                    raise sqlite3.IntegrityError("refused for good")
+                write(batch)
+
+            store._write = refusing  # type: ignore[method-assign]
+            answers.append(await server.client.post("/workflows/gate/runs", json={}))
+            await trio.sleep_forever()  # the server stops
+    assert stopped.group_contains(StoreError, match="refused for good")
+    (answer,) = answers
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "shutting_down"
+    assert "refused for good" in answer.json()["error"]["message"]

@@ -472,6 +472,8 @@ class WorkflowApp:
     async def _cancel_run(self, request: Request, args: list[str]) -> None:
         record = await self._record(args[0])
         if not record.cancel():  # the outcome was decided already, by something else
+            if isinstance(record, RunRecord) and record.store is not None:
+                await record.settled.wait()  # the refusal says the outcome a crash keeps
             raise _run_ended(record)
         if isinstance(record, RunRecord):
             await record.committed()  # on a store: a crash now does not resume it

@@ -154,8 +154,8 @@ async def _run(app: WorkflowApp, request: Request, args: list[str]) -> None:
     # `hold_for_first_client` passes. Clients that do stream it start where they attach.
     record.feed.stop_holding()
     await record.done.wait()
-    if record.store is not None and not record.suspended:
-        await record.settled.wait()  # answered once a crash cannot change the outcome
+    if record.store is not None:  # answered once a crash cannot change the outcome
+        await record.settled.wait()
     completed = record.status is RunStatus.COMPLETED
     # (Still running: suspended by a shutdown, to resume at the next start.)
     code = 200 if completed else 503 if record.status is RunStatus.RUNNING else 500
@@ -216,8 +216,11 @@ async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
     record = await _record(app, args[0])
     purge = _bool_param(request, "purge", False)
     cancelled = record.cancel()
-    if cancelled and isinstance(record, RunRecord):
-        await record.committed()  # on a store: a crash now does not resume it
+    if isinstance(record, RunRecord) and record.store is not None:
+        if cancelled:
+            await record.committed()  # a crash now does not resume it
+        elif not purge:
+            await record.settled.wait()  # the refusal says the outcome a crash keeps
     if purge:
         await app._runs().forget(record)
         await request.respond_json(200, {"status": "deleted"})

@@ -54,12 +54,13 @@ class RunRecord:
     #: The seq of the last event the pump numbered (on a store, the feed has it once
     #: committed).
     seq: int = 0
-    #: On a store: set once the run's end is committed, which a crash can no longer change.
-    #: Until then the run is served as running (`status`), as its terminal event is not
-    #: streamed before it is committed either.
+    #: On a store: set once what this process serves of the run is final: its end is
+    #: committed, which a crash can no longer change, or it was suspended (`suspended`).
+    #: Until its end is committed the run is served as running (`status`), as its terminal
+    #: event is not streamed before it is committed either.
     settled: trio.Event = attrs.field(factory=trio.Event)
-    #: On a store: the run was suspended (the server stopped); it resumes at the next start,
-    #: so its end is never committed here.
+    #: On a store: the run was suspended (the server stopped, or its store failed); it goes
+    #: on at the next start, so its end is never committed here and it is served as running.
     suspended: bool = False
     #: The result as JSON, in a tuple once encoded (the result itself may be None).
     _result_json: bytes | None = attrs.field(default=None, init=False)
@@ -71,10 +72,17 @@ class RunRecord:
     @property
     def status(self) -> RunStatus:
         """The run's status as it is served: its handler's (decided before its steps have
-        unwound), but on a store running until its end is committed (`settled`)."""
-        if self.store is not None and not self.settled.is_set():
+        unwound), but on a store running until its end is committed (`settled`), and for
+        good once suspended."""
+        if self.store is not None and (self.suspended or not self.settled.is_set()):
             return RunStatus.RUNNING
         return self.handler.status
+
+    def mark_suspended(self) -> None:
+        """The run was suspended: it is served as running, and whoever waits here for its
+        outcome stops waiting (`settled`)."""
+        self.suspended = True
+        self.settled.set()
 
     @property
     def ended_at(self) -> float | None:

@@ -295,7 +295,7 @@ class RunRegistry:
                 if record is None:
                     feed.finish()
                 else:
-                    record.suspended = True
+                    record.mark_suspended()
                     self._wrap_up(record)
         self._fatal_raised.set()
 
@@ -331,6 +331,8 @@ class RunRegistry:
             record: RunRecord = await self._nursery.start(
                 drive, name, workflow, start_event, abandon_after, lifecycle
             )
+        except StoreError as error:  # it failed as the run started: the server is stopping
+            raise ShuttingDown(f"the server is shutting down: {error}") from None
         finally:
             self._starting -= 1
         return record
@@ -491,6 +493,7 @@ class RunRegistry:
         sink = StoreSink(store, feed, name, seq=last)
         self._feeds[row.run_id] = feed
         record: RunRecord | None = None
+        started = False
         raised: BaseException | None = None
         try:
             async with start_durable(
@@ -515,23 +518,26 @@ class RunRegistry:
                     seq=sink.seq,
                 )
                 sink.record = record
-                await store.flushed(ticket)
+                try:
+                    await store.flushed(ticket)
+                except StoreError:  # it failed (`_store_failed`): nothing more is recorded
+                    handler._suspend()
+                    raise
                 # Known once committed: until then `_starting` counts it against max_runs.
                 self._records[row.run_id] = record
                 task_status.started(record)
+                started = True
                 await _follow_stored(record, abandon_after)
         except BaseException as error:  # sorted out by `_end`, which re-raises what is ours
             raised = error
-        if record is None:  # start() failed before the run was under way: the request's error
+        if not started:  # the run was not under way: the request's error (or the restart's)
             assert raised is not None
             self._feeds.pop(row.run_id, None)
             raise raised
+        assert record is not None
         record.pumped = True
-        durable = handler._run.durable
-        suspended = durable is not None and durable.suspended  # type: ignore[attr-defined]
-        record.suspended = suspended
         try:
-            if suspended:
+            if self._suspended(record):
                 logger.info(
                     "trioflow: run %s of %s is suspended; it resumes at the next start",
                     row.run_id,
@@ -541,15 +547,23 @@ class RunRegistry:
                 log_failed_run(record)
             await self._end(record, raised)
         finally:
-            if suspended:  # nothing recorded: its clients' streams end, to resume later
+            # Decided again: the store may have failed meanwhile.
+            if self._suspended(record):  # nothing recorded: its clients' streams end
                 # (A stop is no crash: its journal ends with a ``stop`` record, so the next
                 # start does not count it against max_recoveries.)
                 self._feeds.pop(row.run_id, None)
+                record.mark_suspended()
                 self._wrap_up(record)
-            else:
-                # `_published` finishes it once committed.
+            else:  # `_published` finishes it once committed
                 store.append(run_ended(record.handler, record.seq))
             record.done.set()
+
+    def _suspended(self, record: RunRecord) -> bool:
+        """Whether the ended run ``record`` goes on at the next start rather than end here:
+        it was suspended (a stop), or its end cannot be recorded (the store has failed)."""
+        durable = record.handler._run.durable
+        assert self._store is not None
+        return self._store.failed is not None or durable.suspended  # type: ignore[union-attr]
 
     def _wrap_up(self, record: RunRecord) -> None:
         """The run's last event is in its feed: end the feed, and keep or forget the run."""
