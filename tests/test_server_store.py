@@ -31,6 +31,7 @@ from _http import (
     wait_until,
 )
 
+import trioflow
 from trioflow import StartEvent, StopEvent, Workflow, WorkflowApp, step
 from trioflow._server._feed import BATCH
 from trioflow._server._options import LIST_LIMIT_MAX
@@ -1084,3 +1085,77 @@ async def test_a_run_started_as_the_store_fails_is_refused_with_503(tmp_path: Pa
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "shutting_down"
     assert "refused for good" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/runs/{}/events", {"type": "Go", "data": {"count": 1}}),
+        ("/runs/{}/cancel", None),
+        ("/handlers/{}/cancel?purge=true", None),
+    ],
+    ids=["answer", "cancel", "purge"],
+)
+async def test_a_store_that_fails_while_requests_wait_for_commits_answers_them_503(
+    tmp_path: Path, route: str, body: dict[str, Any] | None
+) -> None:
+    """A human answer, a cancel and a purge each wait for their commit before they are
+    acknowledged; when that commit fails the store for good they are refused with 503 (the
+    server is stopping), not with a 500 that blames the server."""
+    answers: list[httpx.Response] = []
+    disk = threading.Event()
+    with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
+        async with served(DURABLE_FLOWS, store=store_url(tmp_path), llama_compat=True) as server:
+            registry = server.app._registry
+            assert registry is not None
+            store = registry._store
+            assert store is not None
+            run_id = await server.start("gate")
+            await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
+
+            def refusing(batch: Any) -> None:
+                disk.wait()
+                raise sqlite3.IntegrityError("refused for good")
+
+            store._write = refusing  # type: ignore[method-assign]
+
+            async def request() -> None:
+                answers.append(await server.client.post(route.format(run_id), json=body))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request)
+                await wait_until(lambda: store._committing is not None)  # it waits for it
+                disk.set()
+            await trio.sleep_forever()  # the server stops
+    assert stopped.group_contains(StoreError, match="refused for good")
+    (answer,) = answers
+    assert (answer.status_code, answer.json()["error"]["code"]) == (503, "shutting_down")
+
+
+async def test_a_store_that_fails_during_a_shutdown_is_raised_by_serve(tmp_path: Path) -> None:
+    """The store fails for good while the server shuts down (the commit of a suspended run's
+    stop record is refused): serve raises the StoreError, as when it fails before."""
+    app = WorkflowApp(DURABLE_FLOWS, store=store_url(tmp_path))
+    stop, disk = trio.Event(), threading.Event()
+    with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(trioflow.serve, app, port=0, shutdown_trigger=stop.wait)
+            )
+            async with httpx.AsyncClient(base_url=binds[0]) as client:
+                run_id = (await client.post("/workflows/gate/runs", json={})).json()["run_id"]
+            registry = app._registry
+            assert registry is not None
+            store = registry._store
+            assert store is not None
+            await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
+
+            def refusing(batch: Any) -> None:
+                disk.wait()
+                raise sqlite3.IntegrityError("refused for good")
+
+            store._write = refusing  # type: ignore[method-assign]
+            stop.set()  # the run is suspended: its journal's stop record waits for the disk
+            await wait_until(lambda: store._committing is not None)
+            disk.set()
+    assert stopped.group_contains(StoreError, match="refused for good")

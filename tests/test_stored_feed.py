@@ -237,3 +237,45 @@ async def test_the_writer_waits_for_a_client_behind_the_committed_events_only(
                     batch = await watcher.next_batch()
                     assert [e.seq for e in batch] == list(range(1, 11))
             assert not feed.keeps_waiting()
+
+
+async def test_a_writer_that_gives_up_waiting_leaves_the_others_waiting_for_progress(
+    tmp_path: Path,
+) -> None:
+    """A durable run has a writer per step task: two wait for a client, one gives up (its
+    step was cancelled); the client's progress still wakes the other."""
+    async with live_feed(tmp_path, retain=2) as (store, feed):
+        with feed.watch(0) as watcher:
+            for seq in range(1, 6):
+                store.append(NewEvent("r", event_row(seq, TICK, b"{}")))
+            await store.drain()
+            with trio.fail_after(5):  # a hang: the writer left waiting is never woken
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(feed.wait_for_watchers)
+                    giving_up = trio.CancelScope()
+
+                    async def gives_up() -> None:
+                        with giving_up:
+                            await feed.wait_for_watchers()
+
+                    nursery.start_soon(gives_up)
+                    await trio.testing.wait_all_tasks_blocked()
+                    giving_up.cancel()
+                    await trio.testing.wait_all_tasks_blocked()
+                    seqs: list[int] = []
+                    while watcher.cursor < feed.last_seq:  # the client catches up
+                        seqs += [e.seq for e in await watcher.next_batch()]
+                    assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_client_that_has_read_everything_holds_no_writer_back(tmp_path: Path) -> None:
+    """As in memory, a client holds the writer back only while the oldest event the cache
+    keeps is owed to it: with a cache of one event, a client that has read every committed
+    event holds nothing back."""
+    async with live_feed(tmp_path, retain=1) as (store, feed):
+        with feed.watch(0) as watcher:
+            store.append(NewEvent("r", event_row(1, TICK, b"{}")))
+            await store.drain()
+            assert feed.keeps_waiting()  # event 1 is owed to it
+            assert [e.seq for e in await watcher.next_batch()] == [1]
+            assert not feed.keeps_waiting()

@@ -24,7 +24,7 @@ import trio
 
 from .. import RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
-from .._store import MEMORY, SqliteStore, open_sqlite, sqlite_path
+from .._store import MEMORY, SqliteStore, StoreError, open_sqlite, sqlite_path
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -263,6 +263,9 @@ class WorkflowApp:
         except HttpError as error:
             if not request.started:  # a stream that has begun cannot turn into an error
                 await request.respond_error(error)
+        except StoreError as error:  # it failed for good: the server is stopping (no bug)
+            if not request.started:
+                await request.respond_error(_shutting_down(str(error)))
         except Exception:
             # One bad request never takes the server down; the traceback goes to the log.
             logger.exception("trioflow: error answering %s %s", request.method, request.path)
@@ -474,6 +477,8 @@ class WorkflowApp:
         if not record.cancel():  # the outcome was decided already, by something else
             if isinstance(record, RunRecord) and record.store is not None:
                 await record.settled.wait()  # the refusal says the outcome a crash keeps
+                if record.suspended:  # none here: it goes on at the next start
+                    raise _shutting_down("its run goes on at the next start")
             raise _run_ended(record)
         if isinstance(record, RunRecord):
             await record.committed()  # on a store: a crash now does not resume it
@@ -697,6 +702,10 @@ def _statuses(given: str) -> list[RunStatus]:
                 400, "bad_request", f"status must be one or more of {known}, got {name!r}"
             ) from None
     return statuses
+
+
+def _shutting_down(why: str) -> HttpError:
+    return HttpError(503, "shutting_down", f"the server is shutting down: {why}")
 
 
 def _run_ended(record: RunRecord | StoredRecord) -> HttpError:

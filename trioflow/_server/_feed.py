@@ -138,8 +138,9 @@ class RunFeed:
         self.ever_watched = False
         #: Waiting for the first watcher: evict nothing (see `stop_holding`).
         self._holding = True
-        #: The pump waits for a watcher to take the oldest entries (see `append`).
-        self._pump_waiting = False
+        #: Writers waiting for a watcher to make room (one pump; on a store, each of a
+        #: durable run's writers): watchers tell them of progress only while there are any.
+        self._pump_waiting = 0
         #: Set when backpressure should stop (the server is shutting down): evict regardless.
         self._unblocked = False
         self._appended = trio.Event()  # set (and replaced) whenever an entry is appended
@@ -188,11 +189,11 @@ class RunFeed:
             await trio.lowlevel.cancel_shielded_checkpoint()
         # A watcher that attached during that yield may hold the oldest entry: look again.
         while not self._make_room(entry.size):
-            self._pump_waiting = True
+            self._pump_waiting += 1
             try:
                 await self._progress.wait()
             finally:
-                self._pump_waiting = False
+                self._pump_waiting -= 1
         self._add(entry)
 
     def _next_entry(self, seq: int, kind: EventKind | str, json: bytes, event: Any) -> Entry:

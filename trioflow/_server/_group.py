@@ -23,7 +23,7 @@ import trio
 
 from .. import Event, RunEndedError, StartEvent, Workflow, WorkflowHandler, WorkflowRuntimeError
 from .._errors import require_trio
-from .._store import SqliteStore
+from .._store import SqliteStore, StoreError
 from ._feed import Entry, EventsExpired, Watcher
 from ._options import ServerOptions
 from ._record import RunRecord
@@ -297,6 +297,10 @@ class RunGroupBlock:
                         await self._store.drain()
             fatal = registry.fatal
             if fatal is not None and self._stops_on_fatal:  # it cancelled the block: it goes on
+                raise fatal from None
+            if isinstance(fatal, StoreError):
+                # The store failed (maybe during the shutdown, after `serve` stopped looking
+                # for fatal errors): whoever runs the group learns of it as it stops.
                 raise fatal from None
 
 

@@ -221,6 +221,12 @@ async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
             await record.committed()  # a crash now does not resume it
         elif not purge:
             await record.settled.wait()  # the refusal says the outcome a crash keeps
+            if record.suspended:  # none here: it goes on at the next start
+                raise HttpError(
+                    503,
+                    "shutting_down",
+                    "the server is shutting down: its run goes on at the next start",
+                )
     if purge:
         await app._runs().forget(record)
         await request.respond_json(200, {"status": "deleted"})

@@ -94,7 +94,7 @@ class StoredFeed(RunFeed):
         writer goes on meanwhile (a client left behind by that much reads the store)."""
         if self._released:
             return False
-        low = self.last_seq + 1 - self.retain
+        low = self.last_seq - self.retain  # as in memory: its oldest kept event is owed
         # A loop, not any() over a generator: this runs for every event a run writes, and
         # making the generator was most of its cost (measured with py-spy).
         for watcher in self._watchers:  # noqa: SIM110
@@ -105,11 +105,11 @@ class StoredFeed(RunFeed):
     async def wait_for_watchers(self) -> None:
         """Wait while `keeps_waiting` (a client that leaves no longer counts)."""
         while self.keeps_waiting():
-            self._pump_waiting = True
+            self._pump_waiting += 1  # a count: a durable run has a writer per step task
             try:
                 await self._progress.wait()
             finally:
-                self._pump_waiting = False
+                self._pump_waiting -= 1
 
     def unblock(self) -> None:
         self._released = True
