@@ -35,6 +35,7 @@ import trioflow
 from trioflow import StartEvent, StopEvent, Workflow, WorkflowApp, step
 from trioflow._server._feed import BATCH
 from trioflow._server._options import LIST_LIMIT_MAX
+from trioflow._server._registry import RunRegistry
 from trioflow._store import (
     EventRow,
     NewEvent,
@@ -483,6 +484,31 @@ async def stalled_disk(store: SqliteStore) -> AsyncIterator[threading.Event]:
     finally:
         disk.set()
         del store._write
+
+
+async def asking_run(server: Any) -> tuple[RunRegistry, SqliteStore, str]:
+    """The in-process server's registry and store, and a run of ``gate`` started on it that
+    has asked for its answer and waits."""
+    registry = server.app._registry
+    assert registry is not None
+    store = registry._store
+    assert store is not None
+    run_id = await server.start("gate")
+    await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
+    return registry, store, run_id
+
+
+def failing_disk(store: SqliteStore) -> threading.Event:
+    """From now on the store's next commit waits until the event returned is set, then
+    SQLite refuses it for good (the store fails)."""
+    disk = threading.Event()
+
+    def refusing(batch: Any) -> None:
+        disk.wait()
+        raise sqlite3.IntegrityError("refused for good")
+
+    store._write = refusing  # type: ignore[method-assign]
+    return disk
 
 
 async def test_a_purge_before_the_end_is_committed_still_ends_the_streams(tmp_path: Path) -> None:
@@ -974,12 +1000,7 @@ async def test_a_store_that_fails_for_good_stops_the_server_and_its_runs_resume_
     with pytest.raises(BaseExceptionGroup) as stopped:
         with trio.fail_after(20):
             async with served(DURABLE_FLOWS, store=url) as server:
-                registry = server.app._registry
-                assert registry is not None
-                store = registry._store
-                assert store is not None
-                run_id = await server.start("gate")
-                await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
+                _, store, run_id = await asking_run(server)
 
                 async def stream() -> None:
                     streamed.extend(await server.events(run_id))
@@ -1103,21 +1124,10 @@ async def test_a_store_that_fails_while_requests_wait_for_commits_answers_them_5
     acknowledged; when that commit fails the store for good they are refused with 503 (the
     server is stopping), not with a 500 that blames the server."""
     answers: list[httpx.Response] = []
-    disk = threading.Event()
     with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
         async with served(DURABLE_FLOWS, store=store_url(tmp_path), llama_compat=True) as server:
-            registry = server.app._registry
-            assert registry is not None
-            store = registry._store
-            assert store is not None
-            run_id = await server.start("gate")
-            await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
-
-            def refusing(batch: Any) -> None:
-                disk.wait()
-                raise sqlite3.IntegrityError("refused for good")
-
-            store._write = refusing  # type: ignore[method-assign]
+            _, store, run_id = await asking_run(server)
+            disk = failing_disk(store)
 
             async def request() -> None:
                 answers.append(await server.client.post(route.format(run_id), json=body))
@@ -1136,7 +1146,7 @@ async def test_a_store_that_fails_during_a_shutdown_is_raised_by_serve(tmp_path:
     """The store fails for good while the server shuts down (the commit of a suspended run's
     stop record is refused): serve raises the StoreError, as when it fails before."""
     app = WorkflowApp(DURABLE_FLOWS, store=store_url(tmp_path))
-    stop, disk = trio.Event(), threading.Event()
+    stop = trio.Event()
     with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
@@ -1150,11 +1160,7 @@ async def test_a_store_that_fails_during_a_shutdown_is_raised_by_serve(tmp_path:
             assert store is not None
             await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
 
-            def refusing(batch: Any) -> None:
-                disk.wait()
-                raise sqlite3.IntegrityError("refused for good")
-
-            store._write = refusing  # type: ignore[method-assign]
+            disk = failing_disk(store)
             stop.set()  # the run is suspended: its journal's stop record waits for the disk
             await wait_until(lambda: store._committing is not None)
             disk.set()
