@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from _http import wait_until
 
 from trioflow._store import (
     EventRow,
@@ -708,3 +709,48 @@ async def test_a_store_of_schema_1_is_migrated(tmp_path: Path) -> None:
         assert await store.journal("old") == []
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM tf_meta WHERE key = 'schema'").fetchone() == ("2",)
+
+
+async def test_a_purge_under_way_drops_only_what_its_run_writes_after_it(
+    tmp_path: Path,
+) -> None:
+    """A run purged while it still runs: what it wrote before the purge is committed as
+    usual (its clients were told so) until the purge's own commit deletes it, also when
+    that was in a commit under way as the purge was appended; what it writes after the
+    purge, up to its end, is never written."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store is not None
+        write = store._write
+        gates = [threading.Event(), threading.Event()]
+
+        def gated(batch: Any) -> None:
+            gates[0 if any(type(op) is NewRun for op in batch) else 1].wait()
+            write(batch)
+
+        store._write = gated  # type: ignore[method-assign]
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.flush_forever)
+                store.append(NewRun(run_row("r", store.next_number())))
+                first = store.append(NewEvent("r", event(1)))
+                await wait_until(lambda: store._committing is not None)  # that commit is under way
+                purge = store.append(_sqlite.RunPurged("r", under_way=True))
+                store.append(NewEvent("r", event(2)))
+                gates[0].set()
+                await store.flushed(first)
+                assert [e.seq for e in await store.events("r", after=0, limit=10)] == [1]
+                gates[1].set()
+                await store.flushed(purge)
+                store.append(NewEvent("r", event(3)))  # still unwinding: dropped too
+                store.append(RunEnded("r", "cancelled", None, None, 2.0, 3))
+                await store.drain()
+                assert store._dropping == set()  # its end is written: nothing more to drop
+                nursery.cancel_scope.cancel()
+        finally:  # a failed check must not leave the commit thread waiting
+            for gate in gates:
+                gate.set()
+        reader = store._reader
+        assert reader is not None
+        for table in ("tf_runs", "tf_events", "tf_journal"):
+            count = reader.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            assert count == 0, table

@@ -289,9 +289,10 @@ class SqliteStore:
         #: Held by whoever commits (the flusher, or `drain`): one commit at a time, in order.
         self._flushing = trio.Lock()
         self._next_number = 0
-        #: Runs purged while under way (`RunPurged.under_way`) whose end has not been
-        #: written yet: what they write is dropped, up to their end. Changed by the commit
-        #: thread only after a commit (and a retried commit drops the same).
+        #: Runs purged while under way (`RunPurged.under_way`) in a commit made, whose end
+        #: has not been written yet: what they write is dropped, up to their end. The commit
+        #: thread's alone (`_write`), changed only once a commit is made, so that a retried
+        #: commit drops the same.
         self._dropping: set[str] = set()
 
     # -- opening and closing --
@@ -452,8 +453,6 @@ class SqliteStore:
         """
         if self.failed is not None:
             raise self._failure()
-        if type(operation) is RunPurged and operation.under_way:  # from now on, not after
-            self._dropping.add(operation.run_id)  # its commit: it is in this batch or later
         self._pending.append(operation)
         self._pending_bytes += operation.size
         self._ready.set()
@@ -588,16 +587,22 @@ class SqliteStore:
         journal: list[tuple[Any, ...]] = []
         runs, ends, purged, resumed = [], [], [], []
         add_event, add_record = events.append, journal.append
+        # What a run purged under way writes after its purge is dropped (what it wrote
+        # before is deleted with it): `_dropping` holds those purged in earlier commits,
+        # ``purging`` those purged so far in this one.
         dropping = self._dropping
+        purging: set[str] = set()
         finished: list[str] = []  # runs no longer dropped once this commit is made
         for op in batch:
             kind = type(op)
-            if dropping and kind is not NewRun and op.run_id in dropping:  # type: ignore[union-attr]
-                if kind is RunPurged:
-                    purged.append((op.run_id,))  # type: ignore[union-attr]
-                elif kind is RunEnded:
-                    finished.append(op.run_id)  # type: ignore[union-attr]
-                continue
+            if (dropping or purging) and kind is not NewRun:
+                run_id = op.run_id  # type: ignore[union-attr]
+                if run_id in dropping or run_id in purging:
+                    if kind is RunPurged:
+                        purged.append((run_id,))
+                    elif kind is RunEnded:
+                        finished.append(run_id)
+                    continue
             if kind is NewEvent:
                 add_event((op.run_id, *op.event))  # type: ignore[union-attr]
             elif kind is JournalEntry:
@@ -609,6 +614,8 @@ class SqliteStore:
                 ends.append((*outcome, op.last_seq, op.run_id))
             elif isinstance(op, RunPurged):
                 purged.append((op.run_id,))
+                if op.under_way:
+                    purging.add(op.run_id)
             elif isinstance(op, RunResumed):
                 resumed.append((op.recoveries, op.run_id))
         connection.execute("BEGIN IMMEDIATE")
@@ -647,6 +654,7 @@ class SqliteStore:
                 connection.executemany("DELETE FROM tf_journal WHERE run_id = ?", purged)
                 connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
+            dropping.update(purging)
             dropping.difference_update(finished)
         except BaseException:
             # SQLite may have rolled back itself (a full disk does): a ROLLBACK then would fail,
