@@ -112,7 +112,7 @@ async def test_clients_see_committed_events_only(
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         disk = threading.Event()
         write = store._write
 
@@ -376,7 +376,7 @@ async def test_a_cancel_answered_202_is_not_undone_by_a_crash(tmp_path: Path) ->
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         await wait_until(lambda: registry._records[waiting].seq >= 2)  # it asked: it waits
         record = registry._records[waiting]
         # As if the process stopped right after the 202: the run's end is never recorded.
@@ -492,7 +492,7 @@ async def asking_run(server: Any) -> tuple[RunRegistry, SqliteStore, str]:
     registry = server.app._registry
     assert registry is not None
     store = registry._store
-    assert store is not None
+    assert isinstance(store, SqliteStore)
     run_id = await server.start("gate")
     await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
     return registry, store, run_id
@@ -519,7 +519,7 @@ async def test_a_purge_before_the_end_is_committed_still_ends_the_streams(tmp_pa
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         run_id = await server.start("gate")
         record = registry.get(run_id)
         assert record is not None
@@ -583,7 +583,7 @@ async def test_a_run_purged_while_streamed_from_the_file_ends_its_streams_cleanl
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         events = store.events
         reads: list[int] = []
         purged = trio.Event()
@@ -629,7 +629,7 @@ async def test_clients_of_a_run_served_from_the_file_share_its_feed(tmp_path: Pa
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         events = store.events
         reading = trio.Event()
         release = trio.Event()
@@ -692,7 +692,7 @@ async def test_the_store_is_drained_within_what_is_left_of_the_shutdown_grace(
         registry = app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         record = await registry.start("stuck", stuck, StartEvent(), abandon_after=None)
         await trio.to_thread.run_sync(stuck.entered.wait)
         drain = store.drain
@@ -724,7 +724,7 @@ async def test_runs_are_listed_by_the_status_the_server_reports(tmp_path: Path) 
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         older = [await server.start("forever") for _ in range(3)]
         run_id = await server.start("gate")
         record = registry.get(run_id)
@@ -886,7 +886,7 @@ async def test_llama_cancel_and_purge_answered_are_not_undone_by_a_crash(
             assert answer.json() == {"status": "deleted"}
             # The process dies now: nothing pending is written any more.
             store = registry._store
-            assert store is not None
+            assert isinstance(store, SqliteStore)
             monkeypatch.setattr(store, "_write", lambda batch: None)
             crashed.release.set()
         finally:  # a failed check must not leave a thread blocked, and the server with it
@@ -911,7 +911,7 @@ async def test_a_run_starting_is_not_served_from_its_row(
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         flushed, gate = store.flushed, trio.Event()
 
         async def held_after_the_commit(commits: int) -> None:
@@ -945,7 +945,7 @@ async def test_an_outcome_is_served_once_it_is_committed(tmp_path: Path) -> None
         registry = server.app._registry
         assert registry is not None
         store = registry._store
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         client = server.client
         answers: list[httpx.Response] = []
 
@@ -1044,7 +1044,7 @@ async def test_a_store_that_fails_while_a_run_unwinds_still_ends_its_requests(
                 registry = server.app._registry
                 assert registry is not None
                 store = registry._store
-                assert store is not None
+                assert isinstance(store, SqliteStore)
 
                 async def run_to_the_end() -> None:
                     answers.append(await server.client.post("/workflows/linger/run", json={}))
@@ -1090,7 +1090,7 @@ async def test_a_run_started_as_the_store_fails_is_refused_with_503(tmp_path: Pa
             registry = server.app._registry
             assert registry is not None
             store = registry._store
-            assert store is not None
+            assert isinstance(store, SqliteStore)
             write = store._write
 
             def refusing(batch: Any) -> None:
@@ -1157,7 +1157,7 @@ async def test_a_store_that_fails_during_a_shutdown_is_raised_by_serve(tmp_path:
             registry = app._registry
             assert registry is not None
             store = registry._store
-            assert store is not None
+            assert isinstance(store, SqliteStore)
             await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
 
             disk = failing_disk(store)

@@ -24,6 +24,7 @@ from trioflow._store import (
     NewEvent,
     NewRun,
     RunEnded,
+    RunPurged,
     RunRow,
     SqliteStore,
     StoreError,
@@ -734,7 +735,7 @@ async def test_a_purge_under_way_drops_only_what_its_run_writes_after_it(
                 store.append(NewRun(run_row("r", store.next_number())))
                 first = store.append(NewEvent("r", event(1)))
                 await wait_until(lambda: store._committing is not None)  # that commit is under way
-                purge = store.append(_sqlite.RunPurged("r", under_way=True))
+                purge = store.append(RunPurged("r", under_way=True))
                 store.append(NewEvent("r", event(2)))
                 gates[0].set()
                 await store.flushed(first)

@@ -60,7 +60,7 @@ RETURNED = -1
 
 
 class Appender(Protocol):
-    """What a journal appends to: a store's pending list (`SqliteStore`)."""
+    """What a journal appends to: a store's pending list (`Store`)."""
 
     def append(self, operation: Operation) -> int: ...
 
@@ -75,7 +75,7 @@ class Journal:
         self.run_id = run_id
         self.codec = codec
         self.next_n = next_n
-        #: What `SqliteStore.append` returned for the last record: see `committed`.
+        #: What `Store.append` returned for the last record: see `committed`.
         self._ticket = 0
         #: Records are no longer written (the run is suspended: `stop`).
         self.stopped = False

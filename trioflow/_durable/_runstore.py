@@ -30,7 +30,7 @@ from .._store import (
     MEMORY,
     NewRun,
     RunResumed,
-    SqliteStore,
+    Store,
     StoreError,
     check_url,
 )
@@ -88,7 +88,7 @@ class RunStore:
     """Where runs are kept (`open_store`): start runs on it, resume the runs a stopped
     process left unfinished, and read back a finished run's context."""
 
-    def __init__(self, backend: SqliteStore | None, url: str) -> None:
+    def __init__(self, backend: Store | None, url: str) -> None:
         self._backend = backend
         self.url = url
         #: The runs of this store under way in this process, by id, from the moment their
@@ -109,7 +109,7 @@ class RunStore:
         """Whether runs on this store outlive the process (False for ``memory:``)."""
         return self._backend is not None
 
-    def _open_backend(self) -> SqliteStore | None:
+    def _open_backend(self) -> Store | None:
         """The file (None on ``memory:``), while the store's block is open.
 
         Raises:

@@ -33,7 +33,7 @@ from .._store import (
     RunEnded,
     RunInterrupted,
     RunRow,
-    SqliteStore,
+    Store,
     event_kind,
     event_row,
 )
@@ -62,7 +62,7 @@ logger = logging.getLogger("trioflow.durable")
 
 
 def new_row(
-    store: SqliteStore,
+    store: Store,
     name: str,
     workflow: Any,
     start_event: StartEvent,
@@ -90,9 +90,9 @@ def new_row(
 class RowSink:
     """A durable run's `StreamSink` on a store: each event is numbered, encoded once and
     appended as a row by the task that writes it, so that it is committed in order with the
-    journal. A writer waits for the disk (`SqliteStore.room`)."""
+    journal. A writer waits for the disk (`Store.room`)."""
 
-    def __init__(self, store: SqliteStore, run_id: str, workflow_name: str, *, seq: int = 0):
+    def __init__(self, store: Store, run_id: str, workflow_name: str, *, seq: int = 0):
         self.seq = seq
         self.run_id = run_id
         self.workflow_name = workflow_name
@@ -274,7 +274,7 @@ class Resume:
 
 
 async def unfinished(
-    store: SqliteStore,
+    store: Store,
     workflows: Mapping[str, Any],
     *,
     max_recoveries: int,
@@ -307,7 +307,7 @@ async def unfinished(
 
 
 async def _resumable(
-    store: SqliteStore,
+    store: Store,
     row: RunRow,
     last: int,
     workflows: Mapping[str, Any],
@@ -363,7 +363,7 @@ async def _resumable(
 
 
 def interrupt(
-    store: SqliteStore,
+    store: Store,
     row: RunRow,
     last: int,
     error: Exception,
@@ -395,7 +395,7 @@ _ENDED_BY = {
 }
 
 
-async def ended_on_stream(store: SqliteStore, run_id: str, last: int) -> bool:
+async def ended_on_stream(store: Store, run_id: str, last: int) -> bool:
     """Whether the run's last committed event is its terminal event (its process died after
     committing it, before its end): then it ended as that event says, and readers that saw the
     event are not told otherwise. Its end is recorded; the result of a completed run is its

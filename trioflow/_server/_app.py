@@ -24,7 +24,7 @@ import trio
 
 from .. import RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
-from .._store import MEMORY, SqliteStore, StoreError, open_sqlite, sqlite_path
+from .._store import MEMORY, Store, StoreError, open_sqlite, sqlite_path
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -602,7 +602,7 @@ class _Running:
     def __init__(self, app: WorkflowApp) -> None:
         self._app = app
         self._block: RunGroupBlock | None = None
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
 
     async def __aenter__(self) -> None:
         app = self._app
@@ -763,7 +763,7 @@ _ROUTES: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
 )
 
 
-async def _open_store(url: str) -> SqliteStore | None:
+async def _open_store(url: str) -> Store | None:
     """The store named by ``url`` (`ServerOptions.store`), opened; None for ``memory:``."""
     if url == MEMORY:
         return None

@@ -23,7 +23,7 @@ import trio
 
 from .. import Event, RunEndedError, StartEvent, Workflow, WorkflowHandler, WorkflowRuntimeError
 from .._errors import require_trio
-from .._store import SqliteStore, StoreError
+from .._store import Store, StoreError
 from ._feed import Entry, EventsExpired, Watcher
 from ._options import ServerOptions
 from ._record import RunRecord
@@ -214,7 +214,7 @@ class RunGroupBlock:
         *,
         keep_events: bool = True,
         stops_on_fatal: bool = True,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         workflows: Mapping[str, Workflow] | None = None,
     ) -> None:
         self._options = options

@@ -31,7 +31,7 @@ import trio
 
 from .. import Event, LifecycleEvent
 from .._durable import RowSink, unencodable
-from .._store import EventKind, NewEvent, SqliteStore, event_kind, event_row
+from .._store import EventKind, NewEvent, Store, event_kind, event_row
 from .._wire import (
     EncodeError,
     dumps,
@@ -119,9 +119,7 @@ class StoreSink(RowSink):
     clients, as the pump does; its clients get each event from ``feed`` once committed
     (`RunRegistry._published`)."""
 
-    def __init__(
-        self, store: SqliteStore, feed: StoredFeed, workflow_name: str, *, seq: int = 0
-    ) -> None:
+    def __init__(self, store: Store, feed: StoredFeed, workflow_name: str, *, seq: int = 0) -> None:
         super().__init__(store, feed.run_id, workflow_name, seq=seq)
         self._feed = feed
         #: The run's record, once it has one: its ``seq`` follows the sink's.

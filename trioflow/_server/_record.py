@@ -15,7 +15,7 @@ import trio
 
 from .. import RunStatus, WorkflowHandler
 from .._durable import error_json, stop_names
-from .._store import SqliteStore
+from .._store import Store
 from .._wire import (
     dumps,
     encode_value,
@@ -50,7 +50,7 @@ class RunRecord:
     #: Not the run's status (the handler's): what `max_runs` and a shutdown wait for.
     done: trio.Event = attrs.field(factory=trio.Event)
     #: The durable store its events and outcome are committed to (None: memory only).
-    store: SqliteStore | None = None
+    store: Store | None = None
     #: The seq of the last event the pump numbered (on a store, the feed has it once
     #: committed).
     seq: int = 0

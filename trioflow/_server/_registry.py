@@ -41,7 +41,7 @@ from .._store import (
     RunPurged,
     RunResumed,
     RunRow,
-    SqliteStore,
+    Store,
     StoreError,
 )
 from ._feed import RunFeed
@@ -71,7 +71,7 @@ class RunRegistry:
         options: ServerOptions,
         *,
         keep_events: bool = False,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
     ) -> None:
         self._nursery = nursery
         self._options = options
@@ -264,7 +264,7 @@ class RunRegistry:
             )
 
     async def commit_forever(self) -> None:
-        """Commit what the runs write to the store (`SqliteStore.flush_forever`), until
+        """Commit what the runs write to the store (`Store.flush_forever`), until
         cancelled. A store that fails for good (it logged why) stops the registry as a fatal
         exception would (`wait_fatal` hands `serve` the `StoreError`): see `_store_failed`."""
         store = self._store

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from .. import RunStatus
-from .._store import LIFECYCLE, TERMINAL, EventKind, EventRow, RunRow, SqliteStore, StoreError
+from .._store import LIFECYCLE, TERMINAL, EventKind, EventRow, RunRow, Store, StoreError
 from .._wire import dumps, loads
 from ._feed import BATCH, BATCH_BYTES, Entry, EventsExpired, RunFeed, Watcher
 from ._record import RunRecord, brief, described
@@ -28,7 +28,7 @@ class StoredFeed(RunFeed):
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         run_id: str,
         retain: int,
         retain_bytes: int,
@@ -233,7 +233,7 @@ class StoredRecord:
     def of(
         cls,
         row: RunRow,
-        store: SqliteStore,
+        store: Store,
         max_watchers: int | None,
         shared: dict[str, StoredFeed] | None = None,
     ) -> StoredRecord:

@@ -4,7 +4,7 @@
 `RunRegistry` and `RunFeed`). ``sqlite:///runs.db`` (a path relative to the working directory;
 ``sqlite:////var/lib/runs.db`` for an absolute one, as SQLAlchemy writes them) is one SQLite file
 for one process (`_sqlite`). The layers above take a store from `open_store` and use only what
-`SqliteStore` offers.
+the `Store` contract offers (`_base`), with the rows and writes every store shares (`_writes`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trio
 
+from ._base import Store
 from ._errors import RunInterrupted, StoreError, StoreLocked
 from ._rows import LIFECYCLE, TERMINAL, EventKind, event_kind, event_row
-from ._sqlite import (
+from ._sqlite import SqliteStore, open_sqlite
+from ._writes import (
     EventRow,
     JournalEntry,
     NewEvent,
@@ -27,8 +29,6 @@ from ._sqlite import (
     RunPurged,
     RunResumed,
     RunRow,
-    SqliteStore,
-    open_sqlite,
 )
 
 #: The URL of the store a server uses when none is given: none, runs in memory.
@@ -149,6 +149,7 @@ __all__ = [
     "RunResumed",
     "RunRow",
     "SqliteStore",
+    "Store",
     "StoreError",
     "StoreLocked",
     "check_url",

@@ -7,7 +7,7 @@ import attrs
 
 from .._events import Event, LifecycleEvent, StopEvent
 from .._wire import event_bases, qualified_name, type_name
-from ._sqlite import EventRow
+from ._writes import EventRow
 
 
 @attrs.frozen(cache_hash=True)  # a key of `_COLUMNS`, looked up for every event written

@@ -38,12 +38,22 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import attrs
 import trio
 
 from ._errors import StoreError, StoreLocked
+from ._writes import (
+    EventRow,
+    JournalEntry,
+    NewEvent,
+    NewRun,
+    Operation,
+    RunEnded,
+    RunPurged,
+    RunResumed,
+    RunRow,
+)
 
 logger = logging.getLogger("trioflow.store")
 
@@ -129,136 +139,6 @@ ALTER TABLE tf_runs ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
 ALTER TABLE tf_runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
 UPDATE tf_meta SET value = '2' WHERE key = 'schema';
 """
-
-
-@attrs.frozen
-class RunRow:
-    """A run as the store keeps it."""
-
-    run_id: str
-    #: The order runs were started in (``GET /runs`` lists newest first).
-    number: int
-    workflow: str
-    status: str
-    #: The start event's fields as JSON.
-    start_event: bytes
-    #: The run records its lifecycle events too.
-    lifecycle: bool
-    #: The seq of its last committed event.
-    last_seq: int
-    #: Once it ended: its result as JSON (completed), or its error (failed, timed out,
-    #: cancelled), as ``GET /runs/{id}`` gives them.
-    result: bytes | None
-    error: bytes | None
-    started_at: float
-    ended_at: float | None
-    #: When the result is the workflow's own stop event: its class's names as JSON
-    #: (``{"type", "qualified_name", "bases"}``), for clients that name it.
-    result_type: str | None = None
-    #: The workflow's graph it runs on (`trioflow._durable.fingerprint`): a journal is
-    #: replayed only into the graph it was written by.
-    fingerprint: str = ""
-    #: How many times it was resumed after its process stopped.
-    recoveries: int = 0
-
-
-class EventRow(NamedTuple):
-    """One committed stream event: its seq, its kind's names and flags, its envelope. A
-    tuple: one is made per event, on the hot path of a durable run."""
-
-    seq: int
-    type: str
-    qualified_name: str
-    #: 1: a lifecycle event; 2: the terminal event.
-    flags: int
-    #: Its `Event` base classes' names, comma-separated.
-    bases: str
-    body: bytes
-
-
-@attrs.frozen
-class NewRun:
-    """Write: a run has started."""
-
-    row: RunRow
-
-    @property
-    def size(self) -> int:
-        return len(self.row.start_event) + 256
-
-
-class NewEvent:
-    """Write: a run streamed an event; ``tag`` is anything its writer wants its commit
-    listeners to get back with it (the server: the event's kind, made once per class)."""
-
-    __slots__ = ("event", "run_id", "size", "tag")
-
-    def __init__(self, run_id: str, event: EventRow, tag: Any = None) -> None:
-        self.run_id = run_id
-        self.event = event
-        self.tag = tag
-        self.size = len(event.body) + 128
-
-
-@attrs.frozen
-class RunEnded:
-    """Write: a run's outcome, after its last event."""
-
-    run_id: str
-    status: str
-    result: bytes | None
-    error: bytes | None
-    ended_at: float
-    last_seq: int
-    result_type: str | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.result or b"") + len(self.error or b"") + 128
-
-
-@attrs.frozen
-class RunPurged:
-    """Write: forget a run, events, journal and all. Usually one that has ended; with
-    ``under_way``, one that still runs (it was cancelled, and its end is on its way): what it
-    writes from then on, up to its end, is dropped, so that the purge is final once
-    committed, and a crash leaves nothing of it behind."""
-
-    run_id: str
-    under_way: bool = False
-
-    @property
-    def size(self) -> int:
-        return 64
-
-
-class JournalEntry:
-    """Write: record ``n`` of a run's journal (`trioflow._durable`), of ``kind``, its body
-    JSON. What a resumed run is rebuilt from."""
-
-    __slots__ = ("body", "kind", "n", "run_id", "size")
-
-    def __init__(self, run_id: str, n: int, kind: str, body: bytes) -> None:
-        self.run_id = run_id
-        self.n = n
-        self.kind = kind
-        self.body = body
-        self.size = len(body) + 64
-
-
-@attrs.frozen
-class RunResumed:
-    """Write: a run is resumed after its process stopped (one recovery more)."""
-
-    run_id: str
-    recoveries: int
-
-    @property
-    def size(self) -> int:
-        return 64
-
-
-Operation = NewRun | NewEvent | RunEnded | RunPurged | JournalEntry | RunResumed
 
 
 class SqliteStore:
