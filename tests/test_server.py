@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
@@ -14,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 from _http import (
+    FLOWS,
     CountFlow,
     ForeverFlow,
     Lingering,
@@ -699,3 +701,34 @@ def test_options_out_of_range_are_refused(options: dict[str, Any], message: str)
     """ServerOptions refuses values that would make the server misbehave."""
     with pytest.raises(ValueError, match=message):
         trioflow.WorkflowApp(ForeverFlow(), **options)
+
+
+async def test_a_run_reports_the_node_running_it_while_it_runs() -> None:
+    """GET /runs/{id} and GET /runs report the node id of the process running a run (host
+    and pid unless node_id names it), and null once no process runs it."""
+    async with served(FLOWS) as server:
+        run_id = await server.start("gate")
+        registry = server.app._registry
+        assert registry is not None
+        host, _, pid = registry.node.rpartition(":")
+        assert host
+        assert pid == str(os.getpid())
+        assert (await server.status(run_id))["node"] == registry.node
+    async with served(FLOWS, node_id="node-a") as server:
+        run_id = await server.start("gate")
+        assert (await server.status(run_id))["node"] == "node-a"
+        listed = (await server.client.get("/runs")).json()["runs"]
+        assert [run["node"] for run in listed] == ["node-a"]
+        go = {"type": "Go", "data": {"count": 0}}
+        assert (await server.client.post(f"/runs/{run_id}/events", json=go)).status_code == 202
+        await server.wait_status(run_id, "completed")
+        registry = server.app._registry
+        assert registry is not None
+        await registry._records[run_id].done.wait()
+        assert (await server.status(run_id))["node"] is None
+
+
+@pytest.mark.parametrize("bad", ["", " padded ", "line\nbreak", "x" * 201])
+def test_a_node_id_is_a_printable_name(bad: str) -> None:
+    with pytest.raises(ValueError, match="node_id must be a printable name"):
+        trioflow.WorkflowApp(FLOWS, node_id=bad)

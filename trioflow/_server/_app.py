@@ -107,6 +107,7 @@ class WorkflowApp:
         max_connections: int = 1000,
         store: str = "memory:",
         max_recoveries: int = 3,
+        node_id: str | None = None,
         llama_compat: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
@@ -131,6 +132,7 @@ class WorkflowApp:
             max_connections=max_connections,
             store=store,
             max_recoveries=max_recoveries,
+            node_id=node_id,
             llama_compat=llama_compat,
         )
         self._registry: RunRegistry | None = None

@@ -925,6 +925,10 @@ def _fixed_schemas() -> dict[str, Schema]:
             "type": ["number", "null"],
             "description": "Unix time its outcome was decided; null while it runs.",
         },
+        "node": {
+            "type": ["string", "null"],
+            "description": "The node id of the process running it; null when none is.",
+        },
     }
     return {
         "Error": _object(

@@ -10,6 +10,8 @@ compares with `describe_default` and ``help``, so the three cannot drift apart.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,6 +44,21 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 def _usable_token(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and (not value or value != value.strip()):
         raise ValueError("token must be a non-empty string without surrounding whitespace")
+
+
+def _usable_node_id(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not (
+        value and value == value.strip() and value.isprintable() and len(value) <= 200
+    ):
+        raise ValueError(
+            "node_id must be a printable name of at most 200 characters, without surrounding "
+            f"whitespace, got {value!r}"
+        )
+
+
+def node_name(options: ServerOptions) -> str:
+    """The node id of this process: ``node_id``, or this host's name and the process id."""
+    return options.node_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -227,6 +244,15 @@ class ServerOptions:
             "once more and it fails with WorkerLost (a step that crashes every process it "
             "runs in)",
             unit="recoveries",
+        ),
+    )
+    node_id: str | None = attrs.field(
+        default=None,
+        validator=_usable_node_id,
+        metadata=_about(
+            "this process's name among the processes serving one store: GET /runs/{id} "
+            "reports it as the run's node while this process runs the run",
+            none="host:pid",
         ),
     )
     llama_compat: bool = attrs.field(

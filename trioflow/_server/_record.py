@@ -59,6 +59,9 @@ class RunRecord:
     #: Until its end is committed the run is served as running (`status`), as its terminal
     #: event is not streamed before it is committed either.
     settled: trio.Event = attrs.field(factory=trio.Event)
+    #: The node (`ServerOptions.node_id`) of the process running it: reported as its
+    #: ``node`` while the run's task is alive (`done` not set), null after.
+    node: str | None = None
     #: On a store: the run was suspended (the server stopped, or its store failed); it goes
     #: on at the next start, so its end is never committed here and it is served as running.
     suspended: bool = False
@@ -158,6 +161,7 @@ class RunRecord:
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+            "node": None if self.done.is_set() else self.node,
         }
 
     def _error(self, error: BaseException) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from .._store import (
     StoreError,
 )
 from ._feed import RunFeed
-from ._options import ServerOptions
+from ._options import ServerOptions, node_name
 from ._pump import StoreSink, pump
 from ._record import RunRecord
 from ._report import log_failed_run
@@ -84,6 +84,8 @@ class RunRegistry:
         if store is not None:
             store.on_commit(self._published)
         self._max_runs = options.max_runs
+        #: This process's node id, which its records report while they run.
+        self.node = node_name(options)
         self._records: dict[str, RunRecord] = {}
         #: On a store, the feeds of the runs under way, from before their first event (which
         #: may be committed before the run's record is known) until their end is committed.
@@ -445,6 +447,7 @@ class RunRegistry:
         feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
         number = next(self._numbers)
         record = RunRecord(name, handler, feed, number, lifecycle, self._keep_events)
+        record.node = self.node
         self._records[record.run_id] = record
         return record
 
@@ -516,6 +519,7 @@ class RunRegistry:
                     started_at=row.started_at,
                     store=store,
                     seq=sink.seq,
+                    node=self.node,
                 )
                 sink.record = record
                 try:

@@ -97,6 +97,7 @@ async def serve(
     max_connections: int = 1000,
     store: str = "memory:",
     max_recoveries: int = 3,
+    node_id: str | None = None,
     llama_compat: bool = False,
 ) -> None: ...
 @overload

@@ -308,6 +308,7 @@ class StoredRecord:
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+            "node": None,  # no process runs it
         }
 
 
