@@ -285,6 +285,13 @@ async def test_a_run_resumes_from_every_prefix_of_its_journal(ask_each: bool) ->
         _check_resumed(crashed, cut, resumed, expected, got)
 
 
+def _crash_point(data: st.DataObject, low: int, high: int) -> int:
+    """A record boundary from ``low`` to ``high``, drawn without the bounds: how many records
+    a run of concurrent steps writes depends on how trio schedules them, which varies between
+    executions of one example, and hypothesis needs each example to draw the same."""
+    return low + data.draw(st.integers(0, 1 << 16)) % (high - low + 1)
+
+
 @given(
     parts=st.integers(1, 5),
     flaky=st.booleans(),
@@ -299,13 +306,13 @@ async def test_any_crash_point_resumes_to_the_same_result(
     start = Plan(parts=parts, flaky=flaky, ask_each=ask_each)
     crashed = Recorder()
     expected = await run_durably(flow, start, crashed, answer=Consent(ok=ok))
-    cut = data.draw(st.integers(0, _terminal(crashed)))
+    cut = _crash_point(data, 0, _terminal(crashed))
     kept = Recorder(crashed.ops[:cut])
     resumed = Recorder(kept.ops)
     got = await run_durably(flow, start, resumed, kept=kept, answer=Consent(ok=ok))
     _check_resumed(crashed, cut, resumed, expected, got)
     # A crash after the resumed run's own records: resumed once more, from there.
-    cut2 = data.draw(st.integers(cut, _terminal(resumed)))
+    cut2 = _crash_point(data, cut, _terminal(resumed))
     kept2 = Recorder(resumed.ops[:cut2])
     again = Recorder(kept2.ops)
     got2 = await run_durably(flow, start, again, kept=kept2, answer=Consent(ok=ok))

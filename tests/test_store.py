@@ -29,6 +29,7 @@ from trioflow._store import (
     SqliteStore,
     StoreError,
     StoreLocked,
+    _commit,
     _sqlite,
     check_url,
     open_store,
@@ -204,7 +205,7 @@ async def test_a_full_pending_list_makes_writers_wait(
 ) -> None:
     """While a commit is stuck (a slow disk), writers wait in room() once PENDING_MAX writes
     are pending; they go on when it returns."""
-    monkeypatch.setattr(_sqlite, "PENDING_MAX", 3)
+    monkeypatch.setattr(_commit, "PENDING_MAX", 3)
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
         assert store is not None
         await store.flushed(store.append(NewRun(run_row("a", 0))))
@@ -372,7 +373,7 @@ async def test_every_waiter_of_a_failed_store_gets_its_error(
     """Writers waiting for a commit or for room when the store fails, and whoever comes
     after, get the StoreError at once (none hangs); so does `drain`, which commits without
     the flusher. Nothing committed before is touched."""
-    monkeypatch.setattr(_sqlite, "PENDING_MAX", 2)
+    monkeypatch.setattr(_commit, "PENDING_MAX", 2)
     store = await _sqlite.open_sqlite(tmp_path / "runs.db")
     try:
         store.append(NewRun(run_row("a", 0)))

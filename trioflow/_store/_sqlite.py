@@ -10,13 +10,14 @@ fails at once, saying so. A file with several hard links is refused: SQLite find
 the name it opens, so two names would be two logs. A file it cannot write is refused at open,
 as is a file that is no trioflow store, and neither leaves anything beside it.
 
-Writes are **group-committed**. Writers append operations to a pending list synchronously, in
-O(1) (`SqliteStore.append`); a flusher task commits everything pending in one transaction, as
-soon as the previous commit returned: one write per commit when quiet, hundreds under load. The
-pending list is bounded (`PENDING_MAX` operations, `PENDING_BYTES` bytes): a writer that finds
-it full waits in `SqliteStore.room`, which is backpressure from the disk. Listeners learn of
-each commit after it returned (`SqliteStore.on_commit`), so what they publish (events to
-clients) is only ever what a crash cannot take back.
+Writes are **group-committed** (`GroupCommit`, in `_commit`, which a store of any engine
+shares). Writers append operations to a pending list synchronously, in O(1) (`append`); a
+flusher task commits everything pending in one transaction, as soon as the previous commit
+returned: one write per commit when quiet, hundreds under load. The pending list is bounded
+(`PENDING_MAX` operations, `PENDING_BYTES` bytes): a writer that finds it full waits in
+`room`, which is backpressure from the disk. Listeners learn of each commit after it returned
+(`on_commit`), so what they publish (events to clients) is only ever what a crash cannot take
+back.
 
 A commit that fails for a while (a full disk, a busy file, an I/O error) is retried every
 `RETRY_AFTER` seconds with a warning: nothing pending is dropped, and writers wait behind it. A
@@ -42,6 +43,7 @@ from typing import Any
 
 import trio
 
+from ._commit import GroupCommit
 from ._errors import StoreError, StoreLocked
 from ._writes import (
     EventRow,
@@ -59,11 +61,6 @@ logger = logging.getLogger("trioflow.store")
 
 #: The schema this code reads and writes (``tf_meta.schema``).
 SCHEMA_VERSION = 2
-#: Operations and bytes that may wait for a commit before writers wait for room.
-PENDING_MAX = 4096
-PENDING_BYTES = 4 * 1024 * 1024
-#: Seconds between attempts at a commit that failed.
-RETRY_AFTER = 1.0
 #: SQLite's (primary) result codes of a commit that may go through if tried again: the file is
 #: busy or locked, memory or the disk is short (the store waits for room), an I/O error that may
 #: clear. Any other error (a constraint, a corrupt or read-only file, a write SQLite cannot
@@ -141,34 +138,19 @@ UPDATE tf_meta SET value = '2' WHERE key = 'schema';
 """
 
 
-class SqliteStore:
+class SqliteStore(GroupCommit):
     """One SQLite file of runs, opened by `open_sqlite` (use it as ``async with``)."""
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+        super().__init__(str(path))
         self.path = path
         self.synchronous = synchronous
-        #: Why the store failed: a commit SQLite refused for good, or it is closed. Then
-        #: nothing more is written, and every writer and waiter gets this error (`append`,
-        #: `flushed`, `room`, `drain`).
-        self.failed: StoreError | None = None
         #: The file, open and locked (``flock``), and its identity (`_held`).
         self._lock_fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._write_slot = trio.CapacityLimiter(1)
         self._read_slot = trio.CapacityLimiter(1)
-        self._pending: list[Operation] = []
-        self._pending_bytes = 0
-        self._ready = trio.Event()  # something is pending
-        self._room = trio.Event()  # a commit took the pending list
-        #: Commits done; `flushed` waits for a count.
-        self._commits = 0
-        self._committed = trio.Event()
-        self._listeners: list[Callable[[Sequence[Operation]], None]] = []
-        #: Held by whoever commits (the flusher, or `drain`): one commit at a time, in order.
-        self._flushing = trio.Lock()
-        self._next_number = 0
         #: Runs purged while under way (`RunPurged.under_way`) in a commit made, whose end
         #: has not been written yet: what they write is dropped, up to their end. The commit
         #: thread's alone (`_write`), changed only once a commit is made, so that a retried
@@ -269,20 +251,6 @@ class SqliteStore:
             raise _open_error(self.path, error) from None
         return connection
 
-    async def drain(self) -> None:
-        """Commit everything appended so far, with or without the flusher: also when it was
-        cancelled (its process is shutting down), which is why a caller shields this. A
-        checkpoint."""
-        await trio.lowlevel.checkpoint()
-        while True:
-            if self.failed is not None:  # nothing more is written
-                raise self._failure()
-            if not (self._pending or self._committing is not None):
-                return
-            async with self._flushing:  # after a commit under way, in order
-                if self._pending and self.failed is None:
-                    await self._flush_once()
-
     async def aclose(self) -> None:
         """Close the file and release its lock (after `drain`, for nothing to be lost). From
         then on the store is `failed`: a write, or a wait for a commit, raises `StoreError`
@@ -317,146 +285,8 @@ class SqliteStore:
 
     # -- writing --
 
-    def next_number(self) -> int:
-        """The number of the next run started (its order in ``GET /runs``)."""
-        number = self._next_number
-        self._next_number += 1
-        return number
-
-    def append(self, operation: Operation) -> int:
-        """Add ``operation`` to what the next commit writes; return the count of commits
-        after which it is written (see `flushed`). Synchronous and O(1); call `room` before
-        a burst of appends so that the pending list stays bounded.
-
-        Raises:
-            StoreError: the store has failed (`failed`).
-        """
-        if self.failed is not None:
-            raise self._failure()
-        self._pending.append(operation)
-        self._pending_bytes += operation.size
-        self._ready.set()
-        return self._commits + 1 if self._committing is None else self._commits + 2
-
-    #: The batch being committed, if a commit is under way.
-    _committing: list[Operation] | None = None
-
-    async def room(self) -> None:
-        """Wait while the pending list is full: backpressure from the disk. A checkpoint.
-
-        Raises:
-            StoreError: the store has failed (`failed`): there will be no room.
-        """
-        await trio.lowlevel.checkpoint()
-        while True:
-            if self.failed is not None:
-                raise self._failure()
-            if not self.full:
-                return
-            await self._room.wait()
-
-    async def flushed(self, commits: int) -> None:
-        """Wait until ``commits`` commits have been made (what `append` returned).
-
-        Raises:
-            StoreError: the store failed before: they never will be.
-        """
-        await trio.lowlevel.checkpoint()
-        while self._commits < commits:
-            if self.failed is not None:
-                raise self._failure()
-            await self._committed.wait()
-
-    def on_commit(self, listener: Callable[[Sequence[Operation]], None]) -> None:
-        """Call ``listener`` with each committed batch, once it is committed."""
-        self._listeners.append(listener)
-
-    async def flush_forever(self) -> None:
-        """Commit what is pending, batch after batch, until cancelled. A commit under way
-        when it is cancelled completes (the thread is waited for).
-
-        Raises:
-            StoreError: the store failed (`failed`): its task fails, for its nursery to stop
-                what relies on the store, rather than go on without writing.
-        """
-        while True:
-            await self._ready.wait()
-            self._ready = trio.Event()
-            async with self._flushing:
-                if self.failed is not None:  # failed in `drain`
-                    raise self._failure()
-                if self._pending:
-                    await self._flush_once()
-
-    async def _flush_once(self) -> None:
-        """Commit everything pending in one transaction, then tell the listeners.
-
-        Raises:
-            StoreError: SQLite refused the batch for good: the store has failed.
-        """
-        batch, self._pending, self._pending_bytes = self._pending, [], 0
-        self._committing = batch
-        self._room.set()
-        self._room = trio.Event()
-        try:
-            await self._commit(batch)
-        except Exception as error:  # refused for good: retrying would wedge every writer
-            raise self._fail(batch, error) from error
-        except BaseException:  # cancelled between attempts: the batch is pending again
-            self._pending[:0] = batch
-            self._pending_bytes += sum(operation.size for operation in batch)
-            self._committing = None
-            raise
-        self._committing = None
-        self._commits += 1
-        self._committed.set()
-        self._committed = trio.Event()
-        for listener in self._listeners:
-            try:
-                listener(batch)
-            except Exception:  # one listener's bug must not stop the commits of all
-                logger.exception("trioflow: a listener of %s failed on a commit", self.path)
-
-    def _fail(self, batch: Sequence[Operation], error: Exception) -> StoreError:
-        """Fail the store for the error ``batch`` was refused with: log it (once, with its
-        traceback), and wake every writer and waiter, who get the failure (none waits
-        forever for a commit that will not come)."""
-        failure = StoreError(
-            f"the store {self.path} has failed: a commit of {_described(batch)} failed for"
-            f" good ({type(error).__name__}: {error}); nothing more is written to it"
-        )
-        failure.__cause__ = error
-        self.failed = failure
-        self._committing = None
-        logger.error("trioflow: %s", failure, exc_info=error)
-        self._committed.set()
-        self._room.set()
-        return failure
-
-    def _failure(self) -> StoreError:
-        """`failed`, as a new exception for one more caller: one object raised in many tasks
-        would gather all their tracebacks."""
-        assert self.failed is not None
-        error = StoreError(*self.failed.args)
-        error.__cause__ = self.failed.__cause__
-        return error
-
-    async def _commit(self, batch: list[Operation]) -> None:
-        while True:
-            try:
-                await trio.to_thread.run_sync(self._write, batch, limiter=self._write_slot)
-                return
-            except sqlite3.Error as error:  # a full disk, an I/O error: nothing is dropped
-                if not _transient(error):
-                    raise
-                logger.warning(
-                    "trioflow: cannot commit %d writes to %s (%s); retrying in %g s",
-                    len(batch),
-                    self.path,
-                    error,
-                    RETRY_AFTER,
-                )
-                await trio.sleep(RETRY_AFTER)
+    def _retryable(self, error: Exception) -> bool:
+        return isinstance(error, sqlite3.Error) and _transient(error)
 
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
@@ -608,11 +438,6 @@ class SqliteStore:
         )
         return int(seq)
 
-    @property
-    def full(self) -> bool:
-        """Whether a writer should wait in `room` before appending more."""
-        return len(self._pending) >= PENDING_MAX or self._pending_bytes >= PENDING_BYTES
-
     async def events(
         self, run_id: str, *, after: int, limit: int, max_bytes: int | None = None
     ) -> list[EventRow]:
@@ -734,16 +559,6 @@ def _insert_many(
         statement = insert + ", ".join([one] * size)
         connection.execute(statement, list(chain.from_iterable(rows[start : start + size])))
         start += size
-
-
-def _described(batch: Sequence[Operation]) -> str:
-    """What a batch writes, for an error: how many writes, of which runs."""
-    runs = list(
-        dict.fromkeys(op.row.run_id if isinstance(op, NewRun) else op.run_id for op in batch)
-    )
-    named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
-    writes = f"{len(batch)} write{'s' if len(batch) > 1 else ''}"
-    return f"{writes} (of run{'s' if len(runs) > 1 else ''} {named})"
 
 
 def _transient(error: sqlite3.Error) -> bool:
