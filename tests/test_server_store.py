@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -30,6 +30,7 @@ from _http import (
     wait_for,
     wait_until,
 )
+from _postgres import fresh_database
 
 import trioflow
 from trioflow import StartEvent, StopEvent, Workflow, WorkflowApp, step
@@ -40,6 +41,7 @@ from trioflow._store import (
     EventRow,
     NewEvent,
     NewRun,
+    PostgresStore,
     RunEnded,
     RunRow,
     SqliteStore,
@@ -47,6 +49,7 @@ from trioflow._store import (
     StoreLocked,
     open_store,
 )
+from trioflow._store._commit import GroupCommit
 
 
 def store_url(tmp_path: Path) -> str:
@@ -185,7 +188,7 @@ async def test_one_server_per_store(tmp_path: Path) -> None:
 
 
 def test_bad_store_urls_are_refused_up_front() -> None:
-    for url in ("postgres://db/x", "sqlite://host/x.db", "redis://x"):
+    for url in ("postgres:db", "sqlite://host/x.db", "redis://x"):
         with pytest.raises(ValueError, match="store"):
             WorkflowApp(FLOWS, store=url)
 
@@ -486,19 +489,19 @@ async def stalled_disk(store: SqliteStore) -> AsyncIterator[threading.Event]:
         del store._write
 
 
-async def asking_run(server: Any) -> tuple[RunRegistry, SqliteStore, str]:
+async def asking_run(server: Any) -> tuple[RunRegistry, SqliteStore | PostgresStore, str]:
     """The in-process server's registry and store, and a run of ``gate`` started on it that
     has asked for its answer and waits."""
     registry = server.app._registry
     assert registry is not None
     store = registry._store
-    assert isinstance(store, SqliteStore)
+    assert isinstance(store, SqliteStore | PostgresStore)
     run_id = await server.start("gate")
     await wait_until(lambda: registry._records[run_id].feed.last_seq >= 2)
     return registry, store, run_id
 
 
-def failing_disk(store: SqliteStore) -> threading.Event:
+def failing_disk(store: GroupCommit) -> threading.Event:
     """From now on the store's next commit waits until the event returned is set, then
     SQLite refuses it for good (the store fails)."""
     disk = threading.Event()
@@ -1165,3 +1168,33 @@ async def test_a_store_that_fails_during_a_shutdown_is_raised_by_serve(tmp_path:
             await wait_until(lambda: store._committing is not None)
             disk.set()
     assert stopped.group_contains(StoreError, match="refused for good")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty store of each engine."""
+    if request.param == "sqlite":
+        yield store_url(tmp_path)
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+async def test_a_server_on_either_engine_keeps_runs_across_restarts(engine_url: str) -> None:
+    """On SQLite and on PostgreSQL alike: a finished run is served after a restart, and a run
+    that waited for an answer when the server stopped waits again after it, is not asked
+    again, and completes with the answer sent then; its stream has every event once."""
+    async with served(DURABLE_FLOWS, store=engine_url) as server:
+        done = await server.start("count", {"n": 3})
+        await server.wait_status(done, "completed")
+        _, _, waiting = await asking_run(server)
+    async with served(DURABLE_FLOWS, store=engine_url) as server:
+        assert (await server.status(done))["result"] == {"counted": 3}
+        assert [m["event"] for m in await server.events(done)] == ["Tick"] * 3 + ["StopEvent"]
+        assert (await server.status(waiting))["status"] == "running"
+        go = {"type": "Go", "data": {"count": 1}}
+        assert (await server.client.post(f"/runs/{waiting}/events", json=go)).status_code == 202
+        assert (await server.wait_status(waiting, "completed"))["result"] == 1
+        events = await server.events(waiting)
+        assert [int(m["id"]) for m in events] == list(range(1, len(events) + 1))
+        assert [m["event"] for m in events].count("Asking") == 1

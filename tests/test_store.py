@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,14 @@ import pytest
 import trio
 import trio.testing
 from _http import wait_until
+from _postgres import fresh_database
 
 from trioflow._store import (
     EventRow,
     JournalEntry,
     NewEvent,
     NewRun,
+    PostgresStore,
     RunEnded,
     RunPurged,
     RunRow,
@@ -56,6 +58,7 @@ def test_store_urls() -> None:
     """memory: and sqlite: URLs (relative with three slashes, absolute with four) are taken;
     anything else is a clear error before anything is opened."""
     assert check_url("memory:") == "memory:"
+    assert check_url("postgresql://tf@db/runs") == "postgresql://tf@db/runs"
     assert sqlite_path("sqlite:///runs.db") == ("runs.db", {})
     assert sqlite_path("sqlite:////var/lib/x.db?synchronous=full") == (
         "/var/lib/x.db",
@@ -72,9 +75,9 @@ def test_store_urls() -> None:
         ("sqlite:///x%ff.db", "UTF-8"),
         ("sqlite:///", "sqlite:///relative"),
         ("sqlite:///x.db?a=1&a=2", "given twice"),
-        ("postgresql://db/tf", "not available yet"),
-        ("redis://x", "memory: or sqlite"),
-        ("memory", "memory: or sqlite"),
+        ("postgresql:db", "postgresql://user@host/db"),
+        ("redis://x", "memory:, sqlite:///path.db or postgresql://"),
+        ("memory", "memory:, sqlite:///path.db or postgresql://"),
     ]:
         with pytest.raises(StoreError, match=expected):
             check_url(url)
@@ -83,7 +86,7 @@ def test_store_urls() -> None:
 async def test_a_store_url_names_its_file_percent_decoded(tmp_path: Path) -> None:
     """``%20`` in a URL is a space in the file's name, as in any URL."""
     async with open_store(f"sqlite:///{tmp_path}/my%20runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         await store.flushed(store.append(NewRun(run_row("a", 0))))
     assert (tmp_path / "my runs.db").is_file()
     assert not (tmp_path / "my%20runs.db").exists()
@@ -98,7 +101,7 @@ async def test_store_options_are_checked(tmp_path: Path) -> None:
             async with open_store(url):
                 pass
     async with open_store(f"sqlite:///{tmp_path}/a.db?synchronous=FULL") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         assert store.synchronous == "full"
     async with open_store("memory:") as nothing:
         assert nothing is None
@@ -107,10 +110,20 @@ async def test_store_options_are_checked(tmp_path: Path) -> None:
 # -- writing and reading --
 
 
-async def test_runs_and_events_round_trip(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty store of each engine."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/runs.db"
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+async def test_runs_and_events_round_trip(store_url: str) -> None:
     """A run, its events and its end are read back as committed; events page by seq, count
     and bytes; run numbers go on after a reopening."""
-    url = f"sqlite:///{tmp_path}/runs.db"
+    url = store_url
     async with open_store(url) as store:
         assert store is not None
         await store.flushed(store.append(NewRun(run_row("a", store.next_number()))))
@@ -153,7 +166,7 @@ async def test_a_commit_of_many_events_keeps_each_once_in_order(
     keeps every one, once, as it was; also where SQLite takes fewer ``variables`` a
     statement (999 before SQLite 3.32)."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         if variables is not None:
             assert store._writer is not None
             store._writer.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
@@ -174,7 +187,7 @@ async def test_writes_are_group_committed_and_published_after_commit(tmp_path: P
     """Appends made while a commit runs go out together in the next one; a listener learns of
     a batch only once the reader can see it."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         batches: list[int] = []
         visible: list[bool] = []
 
@@ -207,7 +220,7 @@ async def test_a_full_pending_list_makes_writers_wait(
     are pending; they go on when it returns."""
     monkeypatch.setattr(_commit, "PENDING_MAX", 3)
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         await store.flushed(store.append(NewRun(run_row("a", 0))))
         disk = threading.Event()
         write = store._write
@@ -245,7 +258,7 @@ async def test_a_failed_commit_is_retried_without_losing_writes(
 ) -> None:
     """A commit that fails (a full disk) is logged and retried; nothing pending is dropped."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         write = store._write
         failures = [sqlite3.OperationalError("database or disk is full")]
 
@@ -279,7 +292,7 @@ async def test_transient_commit_errors_are_retried(
 ) -> None:
     """A busy file or an I/O error that may clear is retried, as a full disk is."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         write = store._write
         failures = [error, error]
 
@@ -306,7 +319,7 @@ async def test_a_disk_that_fills_up_is_waited_out(
     answers by rolling the transaction back itself, is retried until there is room, and
     nothing acknowledged is lost."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         writer = store._writer
         assert writer is not None
         await store.flushed(store.append(NewRun(run_row("a", 0))))
@@ -659,7 +672,7 @@ async def test_a_failing_listener_stops_no_commit(
 ) -> None:
     """A commit listener that raises is logged; the flusher goes on committing."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
 
         def broken(batch: Any) -> None:
             raise RuntimeError("listener bug")
@@ -704,7 +717,7 @@ async def test_a_store_of_schema_1_is_migrated(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.executescript(_SCHEMA_1)
     async with open_store(f"sqlite:///{path}") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         row = await store.run("old")
         assert row is not None
         assert (row.status, row.fingerprint, row.recoveries) == ("completed", "", 0)
@@ -714,14 +727,14 @@ async def test_a_store_of_schema_1_is_migrated(tmp_path: Path) -> None:
 
 
 async def test_a_purge_under_way_drops_only_what_its_run_writes_after_it(
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
     """A run purged while it still runs: what it wrote before the purge is committed as
     usual (its clients were told so) until the purge's own commit deletes it, also when
     that was in a commit under way as the purge was appended; what it writes after the
     purge, up to its end, is never written."""
-    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+    async with open_store(store_url) as store:
+        assert isinstance(store, SqliteStore | PostgresStore)
         write = store._write
         gates = [threading.Event(), threading.Event()]
 
@@ -754,5 +767,37 @@ async def test_a_purge_under_way_drops_only_what_its_run_writes_after_it(
         reader = store._reader
         assert reader is not None
         for table in ("tf_runs", "tf_events", "tf_journal"):
-            count = reader.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            (count,) = reader.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
             assert count == 0, table
+
+
+async def test_a_second_store_on_one_database_is_refused() -> None:
+    """Until runs are spread over several processes, one process owns a PostgreSQL store's
+    database: a second opening fails at once, saying so; once the first closes, it opens."""
+    with fresh_database() as url:
+        async with open_store(url):
+            with pytest.raises(StoreLocked, match="in use"):
+                async with open_store(url):
+                    pass
+        async with open_store(url) as store:
+            assert isinstance(store, PostgresStore)
+
+
+async def test_a_commit_postgres_refuses_for_good_fails_the_store() -> None:
+    """A write PostgreSQL refuses (a second run with one number) fails the store loudly, as
+    on SQLite: the waiter and every later writer get a StoreError naming the cause, and what
+    was committed before stays."""
+    with fresh_database() as url:
+        with pytest.raises(BaseExceptionGroup) as raised:  # the flusher raises it: the block
+            async with open_store(url) as store:
+                assert store is not None
+                await store.flushed(store.append(NewRun(run_row("a", 0))))
+                with pytest.raises(StoreError, match="duplicate key value") as refused:
+                    await store.flushed(store.append(NewRun(run_row("b", 0))))
+                assert "has failed" in str(refused.value)
+                with pytest.raises(StoreError, match="has failed"):
+                    store.append(NewEvent("a", event(1)))
+        assert raised.group_contains(StoreError, match="duplicate key value")
+        async with open_store(url) as store:
+            assert store is not None
+            assert [row.run_id for row in await store.runs()] == ["a"]

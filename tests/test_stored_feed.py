@@ -20,6 +20,7 @@ from trioflow._store import (
     Operation,
     RunRow,
     SqliteStore,
+    Store,
     event_row,
     open_store,
 )
@@ -48,7 +49,7 @@ def publish_into(feed: StoredFeed) -> Callable[[Sequence[Operation]], None]:
     return listener
 
 
-async def start(store: SqliteStore, run_id: str) -> None:
+async def start(store: Store, run_id: str) -> None:
     row = RunRow(
         run_id, store.next_number(), "flow", "running", b"{}", False, 0, None, None, 0.0, None
     )
@@ -62,7 +63,7 @@ async def live_feed(
     """A store with run ``r``, and the feed of that run keeping ``retain`` events, which
     gets each of its events once committed (as the server's commit listener gives them)."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         await start(store, "r")
         feed = StoredFeed(store, "r", retain=retain, retain_bytes=1 << 20)
         store.on_commit(publish_into(feed))
@@ -164,7 +165,7 @@ async def test_a_client_that_read_the_store_past_the_cache_waits_for_it(tmp_path
     the cache: a client that read those events from the store waits for the cache to catch
     up, then goes on, instead of failing."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         await start(store, "r")
         feed = StoredFeed(store, "r", retain=5, retain_bytes=1 << 20, last_seq=2)
         for seq in range(1, 5):  # committed, but only 1 and 2 reached the cache yet
@@ -190,7 +191,7 @@ async def test_the_feeds_of_a_run_share_their_clients(tmp_path: Path) -> None:
     one's while it has clients (its count and its max_watchers hold for both), and once the
     last has left neither is kept. A feed that already has clients when shared is kept."""
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert store is not None
+        assert isinstance(store, SqliteStore)
         await start(store, "r")
         shared: dict[str, StoredFeed] = {}
 

@@ -24,7 +24,7 @@ import trio
 
 from .. import RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
-from .._store import MEMORY, Store, StoreError, open_sqlite, sqlite_path
+from .._store import Store, StoreError, open_engine
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -767,7 +767,4 @@ _ROUTES: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
 
 async def _open_store(url: str) -> Store | None:
     """The store named by ``url`` (`ServerOptions.store`), opened; None for ``memory:``."""
-    if url == MEMORY:
-        return None
-    path, options = sqlite_path(url)
-    return await open_sqlite(path, **options)
+    return await open_engine(url)

@@ -231,8 +231,9 @@ class ServerOptions:
         default="memory:",
         validator=_store_url,
         metadata=_about(
-            "where runs are kept: memory: (in the process) or sqlite:///runs.db (they outlive "
-            "it; a relative path, sqlite:////abs/path.db for an absolute one)",
+            "where runs are kept: memory: (in the process), sqlite:///runs.db (they outlive "
+            "it; a relative path, sqlite:////abs/path.db for an absolute one) or "
+            "postgresql://user@host/db (one process per database, for now)",
             env="TRIOFLOW_STORE",
         ),
     )

@@ -17,6 +17,7 @@ import trio
 
 from ._base import Store
 from ._errors import RunInterrupted, StoreError, StoreLocked
+from ._postgres import PostgresStore, open_postgres
 from ._rows import LIFECYCLE, TERMINAL, EventKind, event_kind, event_row
 from ._sqlite import SqliteStore, open_sqlite
 from ._writes import (
@@ -76,14 +77,26 @@ def check_url(url: str) -> str:
         sqlite_path(url)
         return url
     if scheme in ("postgresql", "postgres"):
-        raise StoreError(
-            "PostgreSQL stores (runs across machines) are not available yet: use sqlite:///"
-            "path.db for runs that outlive the process on one machine"
-        )
-    raise StoreError(f"a store is memory: or sqlite:///path.db, got {url!r}")
+        if "://" not in url:
+            raise StoreError(f"a PostgreSQL store's URL is postgresql://user@host/db, got {url!r}")
+        return url
+    raise StoreError(
+        f"a store is memory:, sqlite:///path.db or postgresql://user@host/db, got {url!r}"
+    )
 
 
-def open_store(url: str) -> AbstractAsyncContextManager[SqliteStore | None]:
+async def open_engine(url: str) -> Store | None:
+    """The store named by ``url`` (checked by `check_url`), opened; None for ``memory:``.
+    Its flusher (`Store.flush_forever`) is the caller's to run."""
+    if url == MEMORY:
+        return None
+    if url.partition(":")[0].lower() == "sqlite":
+        path, options = sqlite_path(url)
+        return await open_sqlite(path, **options)
+    return await open_postgres(url)
+
+
+def open_store(url: str) -> AbstractAsyncContextManager[Store | None]:
     """The store named by ``url``, open for the block (None for ``memory:``), its writes
     committed by a task of the block's; leaving the block commits what is pending and closes
     it.
@@ -101,15 +114,15 @@ class _OpenStore:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
         self._nursery_manager: Any = None
         self._nursery: trio.Nursery | None = None
 
-    async def __aenter__(self) -> SqliteStore | None:
+    async def __aenter__(self) -> Store | None:
         if self._url == MEMORY:
             return None
-        path, options = sqlite_path(self._url)
-        store = await open_sqlite(path, **options)
+        store = await open_engine(self._url)
+        assert store is not None
         self._nursery_manager = trio.open_nursery()
         nursery = self._nursery = await self._nursery_manager.__aenter__()
         nursery.start_soon(store.flush_forever)
@@ -143,6 +156,7 @@ __all__ = [
     "NewEvent",
     "NewRun",
     "Operation",
+    "PostgresStore",
     "RunEnded",
     "RunInterrupted",
     "RunPurged",
@@ -155,6 +169,8 @@ __all__ = [
     "check_url",
     "event_kind",
     "event_row",
+    "open_engine",
+    "open_postgres",
     "open_sqlite",
     "open_store",
     "sqlite_path",

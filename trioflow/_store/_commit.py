@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import attrs
 import trio
 
 from ._errors import StoreError
-from ._writes import NewRun, Operation
+from ._writes import (
+    JournalEntry,
+    NewEvent,
+    NewRun,
+    Operation,
+    RunEnded,
+    RunPurged,
+    RunResumed,
+    RunRow,
+)
 
 logger = logging.getLogger("trioflow.store")
 
@@ -47,6 +58,11 @@ class GroupCommit:
         #: Held by whoever commits (the flusher, or `drain`): one commit at a time, in order.
         self._flushing = trio.Lock()
         self._next_number = 0
+        #: Runs purged while under way (`RunPurged.under_way`) in a commit made, whose end
+        #: has not been written yet: what they write is dropped, up to their end. The commit
+        #: thread's alone (`_sort`, `_written`), changed only once a commit is made, so that
+        #: a retried commit drops the same.
+        self._dropping: set[str] = set()
 
     async def drain(self) -> None:
         """Commit everything appended so far, with or without the flusher: also when it was
@@ -208,6 +224,52 @@ class GroupCommit:
         """Whether a writer should wait in `room` before appending more."""
         return len(self._pending) >= PENDING_MAX or self._pending_bytes >= PENDING_BYTES
 
+    # -- for an engine's `_write`, in the commit thread --
+
+    def _sort(
+        self, batch: Sequence[Operation], run_values: Callable[[RunRow], tuple[Any, ...]]
+    ) -> Sorted:
+        """``batch`` as the rows of each statement, in one pass (most operations are events:
+        the thread holds the GIL while it sorts them, and the event loop waits for it
+        meanwhile). What a run purged under way writes after its purge is dropped (what it
+        wrote before is deleted with it): `_dropping` holds those purged in earlier
+        commits, `Sorted.purging` those purged so far in this one."""
+        out = Sorted()
+        add_event, add_record = out.events.append, out.journal.append
+        dropping, purging = self._dropping, out.purging
+        for op in batch:
+            kind = type(op)
+            if (dropping or purging) and kind is not NewRun:
+                run_id = op.run_id  # type: ignore[union-attr]
+                if run_id in dropping or run_id in purging:
+                    if kind is RunPurged:
+                        out.purged.append((run_id,))
+                    elif kind is RunEnded:
+                        out.finished.append(run_id)
+                    continue
+            if kind is NewEvent:
+                add_event((op.run_id, *op.event))  # type: ignore[union-attr]
+            elif kind is JournalEntry:
+                add_record((op.run_id, op.n, op.kind, op.body))  # type: ignore[union-attr]
+            elif isinstance(op, NewRun):
+                out.runs.append(run_values(op.row))
+            elif isinstance(op, RunEnded):
+                outcome = (op.status, op.result, op.result_type, op.error, op.ended_at)
+                out.ends.append((*outcome, op.last_seq, op.run_id))
+            elif isinstance(op, RunPurged):
+                out.purged.append((op.run_id,))
+                if op.under_way:
+                    purging.add(op.run_id)
+            elif isinstance(op, RunResumed):
+                out.resumed.append((op.recoveries, op.run_id))
+        return out
+
+    def _written(self, batch: Sorted) -> None:
+        """``batch`` (`_sort`) is committed: the runs it purged under way are dropped from
+        now on, up to their end, and those whose end it held no longer."""
+        self._dropping.update(batch.purging)
+        self._dropping.difference_update(batch.finished)
+
     # -- what an engine provides --
 
     def _write(self, batch: list[Operation]) -> None:
@@ -228,3 +290,19 @@ def _described(batch: Sequence[Operation]) -> str:
     named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
     writes = f"{len(batch)} write{'s' if len(batch) > 1 else ''}"
     return f"{writes} (of run{'s' if len(runs) > 1 else ''} {named})"
+
+
+@attrs.define
+class Sorted:
+    """A batch as the rows of each statement of its transaction (`GroupCommit._sort`)."""
+
+    runs: list[tuple[Any, ...]] = attrs.field(factory=list)
+    events: list[tuple[Any, ...]] = attrs.field(factory=list)
+    ends: list[tuple[Any, ...]] = attrs.field(factory=list)
+    journal: list[tuple[Any, ...]] = attrs.field(factory=list)
+    resumed: list[tuple[Any, ...]] = attrs.field(factory=list)
+    purged: list[tuple[Any, ...]] = attrs.field(factory=list)
+    #: Runs purged under way in this batch.
+    purging: set[str] = attrs.field(factory=set)
+    #: Runs being dropped whose end is in this batch.
+    finished: list[str] = attrs.field(factory=list)

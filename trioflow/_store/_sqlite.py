@@ -47,13 +47,7 @@ from ._commit import GroupCommit
 from ._errors import StoreError, StoreLocked
 from ._writes import (
     EventRow,
-    JournalEntry,
-    NewEvent,
-    NewRun,
     Operation,
-    RunEnded,
-    RunPurged,
-    RunResumed,
     RunRow,
 )
 
@@ -151,11 +145,6 @@ class SqliteStore(GroupCommit):
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_slot = trio.CapacityLimiter(1)
-        #: Runs purged while under way (`RunPurged.under_way`) in a commit made, whose end
-        #: has not been written yet: what they write is dropped, up to their end. The commit
-        #: thread's alone (`_write`), changed only once a commit is made, so that a retried
-        #: commit drops the same.
-        self._dropping: set[str] = set()
 
     # -- opening and closing --
 
@@ -291,43 +280,9 @@ class SqliteStore(GroupCommit):
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
         assert connection is not None
-        # One pass, most operations being events: this thread holds the GIL while it sorts
-        # them, and the event loop's thread waits for it meanwhile.
-        events: list[tuple[Any, ...]] = []
-        journal: list[tuple[Any, ...]] = []
-        runs, ends, purged, resumed = [], [], [], []
-        add_event, add_record = events.append, journal.append
-        # What a run purged under way writes after its purge is dropped (what it wrote
-        # before is deleted with it): `_dropping` holds those purged in earlier commits,
-        # ``purging`` those purged so far in this one.
-        dropping = self._dropping
-        purging: set[str] = set()
-        finished: list[str] = []  # runs no longer dropped once this commit is made
-        for op in batch:
-            kind = type(op)
-            if (dropping or purging) and kind is not NewRun:
-                run_id = op.run_id  # type: ignore[union-attr]
-                if run_id in dropping or run_id in purging:
-                    if kind is RunPurged:
-                        purged.append((run_id,))
-                    elif kind is RunEnded:
-                        finished.append(run_id)
-                    continue
-            if kind is NewEvent:
-                add_event((op.run_id, *op.event))  # type: ignore[union-attr]
-            elif kind is JournalEntry:
-                add_record((op.run_id, op.n, op.kind, op.body))  # type: ignore[union-attr]
-            elif isinstance(op, NewRun):
-                runs.append(_run_values(op.row))
-            elif isinstance(op, RunEnded):
-                outcome = (op.status, op.result, op.result_type, op.error, op.ended_at)
-                ends.append((*outcome, op.last_seq, op.run_id))
-            elif isinstance(op, RunPurged):
-                purged.append((op.run_id,))
-                if op.under_way:
-                    purging.add(op.run_id)
-            elif isinstance(op, RunResumed):
-                resumed.append((op.recoveries, op.run_id))
+        batch_ = self._sort(batch, _run_values)
+        runs, events, ends = batch_.runs, batch_.events, batch_.ends
+        journal, resumed, purged = batch_.journal, batch_.resumed, batch_.purged
         connection.execute("BEGIN IMMEDIATE")
         try:
             # Only the statements that have rows: each call lets go of the GIL and waits to
@@ -364,8 +319,7 @@ class SqliteStore(GroupCommit):
                 connection.executemany("DELETE FROM tf_journal WHERE run_id = ?", purged)
                 connection.executemany("DELETE FROM tf_runs WHERE run_id = ?", purged)
             connection.execute("COMMIT")
-            dropping.update(purging)
-            dropping.difference_update(finished)
+            self._written(batch_)
         except BaseException:
             # SQLite may have rolled back itself (a full disk does): a ROLLBACK then would fail,
             # and its error hide the one that matters.
