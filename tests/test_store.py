@@ -801,3 +801,29 @@ async def test_a_commit_postgres_refuses_for_good_fails_the_store() -> None:
         async with open_store(url) as store:
             assert store is not None
             assert [row.run_id for row in await store.runs()] == ["a"]
+
+
+async def test_a_postgres_commit_on_a_broken_connection_is_retried_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writing connection is killed (as a restarted server or a dropped network would):
+    the commit is retried, on a new connection that takes the database's lock again, and
+    nothing pending is lost."""
+    import psycopg
+
+    monkeypatch.setattr(_commit, "RETRY_AFTER", 0.01)
+    with fresh_database() as url:
+        async with open_store(url) as store:
+            assert isinstance(store, PostgresStore)
+            await store.flushed(store.append(NewRun(run_row("a", 0))))
+            writer = store._writer
+            assert writer is not None
+            (pid,) = writer.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+            writer.rollback()
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with trio.fail_after(10):
+                await store.flushed(store.append(NewEvent("a", event(1))))
+            assert store._writer is not writer
+            assert [e.seq for e in await store.events("a", after=0, limit=9)] == [1]
+            assert store.failed is None

@@ -157,7 +157,7 @@ class PostgresStore(GroupCommit):
 
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
-        if connection is None or connection.closed:
+        if connection is None or connection.closed or connection.broken:
             # It broke in an earlier attempt: the lock went with it, and is taken again.
             self._open_writer_again()
             connection = self._writer
@@ -202,13 +202,16 @@ class PostgresStore(GroupCommit):
                         )
             connection.commit()
         except BaseException:
-            if not connection.closed:
+            if not (connection.closed or connection.broken):  # else its error is the one
                 connection.rollback()
             raise
         self._written(rows)
 
     def _open_writer_again(self) -> None:
         psycopg = _psycopg()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self._writer = psycopg.connect(self.url)
         self._writer.autocommit = True
         (locked,) = self._writer.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()  # type: ignore[misc]
