@@ -14,15 +14,15 @@ SQLite.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._commit import GroupCommit
 from ._errors import StoreError, StoreLocked
-from ._writes import EventRow, Operation, RunRow
+from ._reads import SqlReads, next_number, run_values
+from ._writes import Operation
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,15 +73,12 @@ INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '2')
     ON CONFLICT (key) DO NOTHING;
 """
 
-_SELECT_RUN = (
-    "SELECT run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
-    " started_at, ended_at, result_type, fingerprint, recoveries FROM tf_runs"
-)
 
-
-class PostgresStore(GroupCommit):
+class PostgresStore(GroupCommit, SqlReads):
     """One PostgreSQL database of runs, opened by `open_postgres` (use it as ``async with``
     through `open_store`)."""
+
+    _param = "%s"
 
     def __init__(self, url: str) -> None:
         super().__init__(_described_url(url))
@@ -101,7 +98,7 @@ class PostgresStore(GroupCommit):
             StoreError: it cannot be reached, or it holds a trioflow store of another schema.
         """
         await trio.to_thread.run_sync(self._open_connections)
-        self._next_number = await self._read(_next_number)
+        self._next_number = await self._read(next_number)
 
     def _open_connections(self) -> None:
         psycopg = _psycopg()
@@ -162,7 +159,7 @@ class PostgresStore(GroupCommit):
             self._open_writer_again()
             connection = self._writer
             assert connection is not None
-        rows = self._sort(batch, _run_values)
+        rows = self._sort(batch, run_values)
         try:
             with connection.cursor() as cursor:
                 if rows.runs:
@@ -228,87 +225,6 @@ class PostgresStore(GroupCommit):
 
         return await trio.to_thread.run_sync(run, limiter=self._read_slot)
 
-    async def run(self, run_id: str) -> RunRow | None:
-        """The run ``run_id``, as last committed."""
-        rows = await self._read(
-            lambda db: db.execute(f"{_SELECT_RUN} WHERE run_id = %s", (run_id,)).fetchall()
-        )
-        return _run_row(rows[0]) if rows else None
-
-    async def runs(self, *, status: str | None = None) -> list[RunRow]:
-        """Every run (with ``status``, if given), oldest first."""
-        query = f"{_SELECT_RUN} ORDER BY number"
-        args: tuple[str, ...] = ()
-        if status is not None:
-            query, args = f"{_SELECT_RUN} WHERE status = %s ORDER BY number", (status,)
-        rows = await self._read(lambda db: db.execute(query, args).fetchall())
-        return [_run_row(row) for row in rows]
-
-    async def page(
-        self,
-        limit: int,
-        *,
-        before: int | None = None,
-        workflow: str | None = None,
-        statuses: Sequence[str] = (),
-    ) -> list[RunRow]:
-        """Up to ``limit`` runs, newest first, numbered below ``before`` (all when None), of
-        ``workflow`` and with one of ``statuses`` when given."""
-        where = ["number < %s"]
-        args: list[Any] = [2**62 if before is None else before]
-        if workflow is not None:
-            where.append("workflow = %s")
-            args.append(workflow)
-        if statuses:
-            where.append("status = ANY(%s)")
-            args.append(list(statuses))
-        query = f"{_SELECT_RUN} WHERE {' AND '.join(where)} ORDER BY number DESC LIMIT %s"
-        rows = await self._read(lambda db: db.execute(query, (*args, limit)).fetchall())
-        return [_run_row(row) for row in rows]
-
-    async def journal(self, run_id: str) -> list[tuple[int, str, bytes]]:
-        """The committed journal of ``run_id``: ``(n, kind, body)`` in order."""
-        rows = await self._read(
-            lambda db: db.execute(
-                "SELECT n, kind, body FROM tf_journal WHERE run_id = %s ORDER BY n", (run_id,)
-            ).fetchall()
-        )
-        return [(int(n), kind, bytes(body)) for n, kind, body in rows]
-
-    async def last_seq(self, run_id: str) -> int:
-        """The seq of the last committed event of ``run_id`` (0 with none)."""
-        (seq,) = await self._read(
-            lambda db: db.execute(
-                "SELECT coalesce(max(seq), 0) FROM tf_events WHERE run_id = %s", (run_id,)
-            ).fetchone()
-        )
-        return int(seq)
-
-    async def events(
-        self, run_id: str, *, after: int, limit: int, max_bytes: int | None = None
-    ) -> list[EventRow]:
-        """Up to ``limit`` committed events of ``run_id`` after seq ``after``, in order, and
-        no more than ``max_bytes`` of bodies (at least one event, when there is one)."""
-
-        def query(db: psycopg.Connection[Any]) -> list[EventRow]:
-            rows = db.execute(
-                "SELECT seq, type, qualified_name, flags, bases, body FROM tf_events"
-                " WHERE run_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                (run_id, after, limit),
-            ).fetchall()
-            found: list[EventRow] = []
-            room = math.inf if max_bytes is None else max_bytes
-            for seq, kind, qualified, flags, bases, body in rows:
-                event = EventRow(int(seq), kind, qualified, int(flags), bases, bytes(body))
-                room -= len(event.body)
-                if room < 0 and found:
-                    break
-                found.append(event)
-            return found
-
-        events: list[EventRow] = await self._read(query)
-        return events
-
 
 async def open_postgres(url: str) -> PostgresStore:
     """Open the store in the database at ``url`` (see `PostgresStore.open`)."""
@@ -340,48 +256,3 @@ def _described_url(url: str) -> str:
         return url
     user = credentials.partition(":")[0]
     return f"{scheme}://{user}@{place}"
-
-
-def _next_number(db: psycopg.Connection[Any]) -> int:
-    (number,) = db.execute("SELECT coalesce(max(number) + 1, 0) FROM tf_runs").fetchone()  # type: ignore[misc]
-    return int(number)
-
-
-def _run_values(row: RunRow) -> tuple[Any, ...]:
-    return (
-        row.run_id,
-        row.number,
-        row.workflow,
-        row.status,
-        row.start_event,
-        row.lifecycle,
-        row.last_seq,
-        row.result,
-        row.error,
-        row.started_at,
-        row.ended_at,
-        row.result_type,
-        row.fingerprint,
-        row.recoveries,
-    )
-
-
-def _run_row(values: Iterable[Any]) -> RunRow:
-    (run_id, number, workflow, status, start, lifecycle, last, result, error, *rest) = values
-    at, end, kind, fingerprint, recoveries = rest
-    return RunRow(
-        run_id,
-        int(number),
-        workflow,
-        status,
-        bytes(start),
-        bool(lifecycle),
-        int(last),
-        None if result is None else bytes(result),
-        None if error is None else bytes(error),
-        at,
-        end,
-        kind,
-        fingerprint,
-        int(recoveries),
-    )

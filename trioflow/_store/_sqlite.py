@@ -32,11 +32,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -45,10 +44,9 @@ import trio
 
 from ._commit import GroupCommit
 from ._errors import StoreError, StoreLocked
+from ._reads import SqlReads, next_number, run_values
 from ._writes import (
-    EventRow,
     Operation,
-    RunRow,
 )
 
 logger = logging.getLogger("trioflow.store")
@@ -132,8 +130,10 @@ UPDATE tf_meta SET value = '2' WHERE key = 'schema';
 """
 
 
-class SqliteStore(GroupCommit):
+class SqliteStore(GroupCommit, SqlReads):
     """One SQLite file of runs, opened by `open_sqlite` (use it as ``async with``)."""
+
+    _param = "?"
 
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         super().__init__(str(path))
@@ -160,7 +160,7 @@ class SqliteStore(GroupCommit):
                 Nothing is left beside it.
         """
         await trio.to_thread.run_sync(self._open_files)
-        self._next_number = await self._read(_next_number)
+        self._next_number = await self._read(next_number)
 
     def _open_files(self) -> None:
         try:  # the folder of a new file: as the path names it, which may be through a link
@@ -280,7 +280,7 @@ class SqliteStore(GroupCommit):
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
         assert connection is not None
-        batch_ = self._sort(batch, _run_values)
+        batch_ = self._sort(batch, run_values)
         runs, events, ends = batch_.runs, batch_.events, batch_.ends
         journal, resumed, purged = batch_.journal, batch_.resumed, batch_.purged
         connection.execute("BEGIN IMMEDIATE")
@@ -335,152 +335,6 @@ class SqliteStore(GroupCommit):
             return query(self._reader)
 
         return await trio.to_thread.run_sync(run, limiter=self._read_slot)
-
-    async def run(self, run_id: str) -> RunRow | None:
-        """The run ``run_id``, as last committed."""
-        rows = await self._read(
-            lambda db: db.execute(f"{_SELECT_RUN} WHERE run_id = ?", (run_id,)).fetchall()
-        )
-        return _run_row(rows[0]) if rows else None
-
-    async def runs(self, *, status: str | None = None) -> list[RunRow]:
-        """Every run (with ``status``, if given), oldest first."""
-        query = f"{_SELECT_RUN} ORDER BY number"
-        args: tuple[str, ...] = ()
-        if status is not None:
-            query, args = f"{_SELECT_RUN} WHERE status = ? ORDER BY number", (status,)
-        rows = await self._read(lambda db: db.execute(query, args).fetchall())
-        return [_run_row(row) for row in rows]
-
-    async def page(
-        self,
-        limit: int,
-        *,
-        before: int | None = None,
-        workflow: str | None = None,
-        statuses: Sequence[str] = (),
-    ) -> list[RunRow]:
-        """Up to ``limit`` runs, newest first, numbered below ``before`` (all when None), of
-        ``workflow`` and with one of ``statuses`` when given."""
-        where = ["number < ?"]
-        args: list[Any] = [2**62 if before is None else before]
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        if statuses:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            args += list(statuses)
-        query = f"{_SELECT_RUN} WHERE {' AND '.join(where)} ORDER BY number DESC LIMIT ?"
-        rows = await self._read(lambda db: db.execute(query, (*args, limit)).fetchall())
-        return [_run_row(row) for row in rows]
-
-    async def journal(self, run_id: str) -> list[tuple[int, str, bytes]]:
-        """The committed journal of ``run_id``: ``(n, kind, body)`` in order."""
-        rows = await self._read(
-            lambda db: db.execute(
-                "SELECT n, kind, body FROM tf_journal WHERE run_id = ? ORDER BY n", (run_id,)
-            ).fetchall()
-        )
-        return [(int(n), kind, bytes(body)) for n, kind, body in rows]
-
-    async def last_seq(self, run_id: str) -> int:
-        """The seq of the last committed event of ``run_id`` (0 with none)."""
-        (seq,) = await self._read(
-            lambda db: db.execute(
-                "SELECT coalesce(max(seq), 0) FROM tf_events WHERE run_id = ?", (run_id,)
-            ).fetchone()
-        )
-        return int(seq)
-
-    async def events(
-        self, run_id: str, *, after: int, limit: int, max_bytes: int | None = None
-    ) -> list[EventRow]:
-        """Up to ``limit`` committed events of ``run_id`` after seq ``after``, in order, and
-        no more than ``max_bytes`` of bodies (at least one event, when there is one)."""
-
-        def query(db: sqlite3.Connection) -> list[EventRow]:
-            cursor = db.execute(
-                "SELECT seq, type, qualified_name, flags, bases, body FROM tf_events"
-                " WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, after, limit),
-            )
-            found: list[EventRow] = []
-            room = math.inf if max_bytes is None else max_bytes
-            for row in cursor:
-                event = EventRow(*row)
-                room -= len(event.body)
-                if room < 0 and found:
-                    break
-                found.append(event)
-            return found
-
-        events: list[EventRow] = await self._read(query)
-        return events
-
-
-_SELECT_RUN = (
-    "SELECT run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
-    " started_at, ended_at, result_type, fingerprint, recoveries FROM tf_runs"
-)
-
-
-def _run_values(row: RunRow) -> tuple[Any, ...]:
-    return (
-        row.run_id,
-        row.number,
-        row.workflow,
-        row.status,
-        row.start_event,
-        int(row.lifecycle),
-        row.last_seq,
-        row.result,
-        row.error,
-        row.started_at,
-        row.ended_at,
-        row.result_type,
-        row.fingerprint,
-        row.recoveries,
-    )
-
-
-def _run_row(values: Iterable[Any]) -> RunRow:
-    (
-        run_id,
-        number,
-        workflow,
-        status,
-        start,
-        lifecycle,
-        last,
-        result,
-        error,
-        at,
-        end,
-        kind,
-        *more,
-    ) = values
-    fingerprint, recoveries = more
-    return RunRow(
-        run_id,
-        number,
-        workflow,
-        status,
-        start,
-        bool(lifecycle),
-        last,
-        result,
-        error,
-        at,
-        end,
-        kind,
-        fingerprint,
-        recoveries,
-    )
-
-
-def _next_number(db: sqlite3.Connection) -> int:
-    (number,) = db.execute("SELECT coalesce(max(number) + 1, 0) FROM tf_runs").fetchone()
-    return int(number)
 
 
 #: Rows one INSERT statement of `_insert_many` takes at most (7,168 values at 7 a row, under
