@@ -827,3 +827,98 @@ async def test_a_postgres_commit_on_a_broken_connection_is_retried_on_a_new_one(
             assert store._writer is not writer
             assert [e.seq for e in await store.events("a", after=0, limit=9)] == [1]
             assert store.failed is None
+
+
+async def test_a_postgres_read_on_a_broken_connection_is_made_on_a_new_one() -> None:
+    """The reading connection is killed: the next read connects again (reads repeat safely)."""
+    import psycopg
+
+    with fresh_database() as url:
+        async with open_store(url) as store:
+            assert isinstance(store, PostgresStore)
+            await store.flushed(store.append(NewRun(run_row("a", 0))))
+            reader = store._reader
+            assert reader is not None
+            (pid,) = reader.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            row = await store.run("a")
+            assert row is not None
+            assert store._reader is not reader
+
+
+async def test_a_postgres_commit_whose_answer_was_lost_is_not_written_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection breaks after COMMIT reached the server, before its answer came back:
+    the retry finds the commit's serial in the store and does not write the batch again
+    (which would fail the store on its own rows)."""
+    import psycopg
+
+    monkeypatch.setattr(_commit, "RETRY_AFTER", 0.01)
+    with fresh_database() as url:
+        async with open_store(url) as store:
+            assert isinstance(store, PostgresStore)
+            writer = store._writer
+            assert writer is not None
+            commit = writer.commit
+
+            def commit_then_break() -> None:
+                commit()
+                writer.close()  # as if the answer was lost with the connection
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+            monkeypatch.setattr(writer, "commit", commit_then_break)
+            with trio.fail_after(10):
+                await store.flushed(store.append(NewRun(run_row("a", 0))))
+            assert store.failed is None
+            await store.flushed(store.append(NewEvent("a", event(1))))
+            assert [row.run_id for row in await store.runs()] == ["a"]
+            assert [e.seq for e in await store.events("a", after=0, limit=9)] == [1]
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("CREATE TABLE tf_events (id int)", "not a trioflow store: it has tables named tf_events"),
+        (
+            "CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT);"
+            " INSERT INTO tf_meta VALUES ('owner', 'billing')",
+            "its tf_meta is another application's",
+        ),
+        (
+            "CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT);"
+            " INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '3')",
+            "store of schema '3'",
+        ),
+    ],
+    ids=["foreign-tables", "foreign-meta", "newer-schema"],
+)
+async def test_a_postgres_database_that_is_no_store_of_this_schema_is_left_as_it_is(
+    setup: str, expected: str
+) -> None:
+    import psycopg
+
+    with fresh_database() as url:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(setup)
+            before = db.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() ORDER BY 1"
+            ).fetchall()
+        with pytest.raises(StoreError, match=expected):
+            async with open_store(url):
+                pass
+        with psycopg.connect(url, autocommit=True) as db:
+            after = db.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() ORDER BY 1"
+            ).fetchall()
+        assert after == before
+
+
+def test_a_postgres_url_is_named_without_its_password() -> None:
+    from trioflow._store._postgres import _described_url
+
+    named = _described_url("postgresql://tf:secret@db:5432/runs?password=other&sslmode=require")
+    assert named == "postgresql://tf@db:5432/runs"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._commit import GroupCommit
+from ._commit import GroupCommit, Sorted
 from ._errors import StoreError, StoreLocked
 from ._reads import SqlReads, next_number, run_values
 from ._writes import Operation
@@ -69,9 +69,19 @@ CREATE TABLE IF NOT EXISTS tf_journal (
     body BYTEA NOT NULL,
     PRIMARY KEY (run_id, n)
 );
-INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '2')
-    ON CONFLICT (key) DO NOTHING;
+INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '2'), ('serial', '0');
 """
+#: The tables of a store: a database that has any of them without ``tf_meta`` saying it is a
+#: trioflow store of this schema is refused, and left as it was.
+_TABLES = ("tf_meta", "tf_runs", "tf_events", "tf_journal")
+#: Sessions of the store's connections tell the server to probe an idle connection after 10 s
+#: and drop it after 3 unanswered probes, 5 s apart: a connection whose client side is gone
+#: (a NAT timeout, a reset) does not keep its session, and the database's lock, for hours.
+_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+)
+#: Seconds to wait for the server when connecting (libpq waits forever by default).
+CONNECT_TIMEOUT = 10
 
 
 class PostgresStore(GroupCommit, SqlReads):
@@ -103,31 +113,74 @@ class PostgresStore(GroupCommit, SqlReads):
     def _open_connections(self) -> None:
         psycopg = _psycopg()
         try:
-            self._writer = psycopg.connect(self.url, autocommit=True)
-            (locked,) = self._writer.execute(
-                "SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)
-            ).fetchone()  # type: ignore[misc]
-            if not locked:
+            self._writer = self._connect()
+            if not self._lock(self._writer):
                 raise StoreLocked(
                     f"{self.name} is in use: another process's store has this database open "
                     "(one process per database, until runs are spread over several)"
                 )
-            with self._writer.transaction():
-                self._writer.execute(_SCHEMA)
-            meta = dict(self._writer.execute("SELECT key, value FROM tf_meta").fetchall())
-            if meta.get("application") != "trioflow" or meta.get("schema") != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.name} holds a store of schema {meta.get('schema')!r}; this trioflow "
-                    f"reads schema {SCHEMA_VERSION!r}"
-                )
+            self._serial = self._prepare(self._writer)
             self._writer.autocommit = False
-            self._reader = psycopg.connect(self.url, autocommit=True)
+            self._reader = self._connect()
         except psycopg.Error as error:
             self._close_connections()
             raise StoreError(f"cannot open the store {self.name}: {error}") from None
         except BaseException:
             self._close_connections()
             raise
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A new connection (in autocommit mode), whose session the server drops once its
+        client is gone (`_KEEPALIVES`)."""
+        driver = _psycopg()
+        connection: psycopg.Connection[Any] = driver.connect(
+            self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+        )
+        connection.execute(_KEEPALIVES)
+        return connection
+
+    @staticmethod
+    def _lock(connection: psycopg.Connection[Any]) -> bool:
+        """Take the database's advisory lock for ``connection``'s session, if free."""
+        (locked,) = connection.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()  # type: ignore[misc]
+        return bool(locked)
+
+    def _prepare(self, connection: psycopg.Connection[Any]) -> int:
+        """Check the database before writing anything to it: a new one (none of `_TABLES`)
+        gets the tables; one with them is a trioflow store of this schema, or refused as it
+        is. Returns the store's commit serial (see `_write`).
+
+        Raises:
+            StoreError: it holds another application's tables, or a store of another schema.
+        """
+        present = {
+            name
+            for (name,) in connection.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+                (list(_TABLES),),
+            ).fetchall()
+        }
+        if not present:
+            with connection.transaction():
+                connection.execute(_SCHEMA)
+        elif "tf_meta" not in present:
+            raise StoreError(
+                f"{self.name} is not a trioflow store: it has tables named "
+                f"{', '.join(sorted(present))} but no tf_meta; it is left as it is"
+            )
+        meta = dict(connection.execute("SELECT key, value FROM tf_meta").fetchall())
+        if meta.get("application") != "trioflow":
+            raise StoreError(
+                f"{self.name} is not a trioflow store: its tf_meta is another application's;"
+                " it is left as it is"
+            )
+        if meta.get("schema") != SCHEMA_VERSION or "serial" not in meta:
+            raise StoreError(
+                f"{self.name} holds a store of schema {meta.get('schema')!r}; this trioflow "
+                f"reads schema {SCHEMA_VERSION!r}; it is left as it is"
+            )
+        return int(meta["serial"])
 
     async def aclose(self) -> None:
         """Close the connections, which releases the lock. From then on the store is
@@ -148,82 +201,129 @@ class PostgresStore(GroupCommit, SqlReads):
 
     def _retryable(self, error: Exception) -> bool:
         # A connection that broke (the server restarted, the network dropped) may come back:
-        # `_write` connects again. Anything else PostgreSQL refused, it refuses again.
+        # `_write` connects again. So may the lock its old session held (`_LockNotBack`).
+        # Anything else PostgreSQL refused, it refuses again.
         psycopg = _psycopg()
-        return isinstance(error, psycopg.OperationalError)
+        return isinstance(error, psycopg.OperationalError | _LockNotBack)
+
+    #: The serial of the last commit (`tf_meta`'s ``serial``, written by every commit).
+    _serial = 0
+    #: The serial of a commit whose outcome is unknown (its connection broke during it).
+    _unsure: int | None = None
 
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
         if connection is None or connection.closed or connection.broken:
-            # It broke in an earlier attempt: the lock went with it, and is taken again.
-            self._open_writer_again()
-            connection = self._writer
-            assert connection is not None
+            # It broke in an earlier attempt: a new one, which takes the lock again.
+            connection = self._connect_writer_again()
         rows = self._sort(batch, run_values)
+        if self._unsure is not None:
+            # The connection broke during this batch's commit: it may have been written.
+            # Every commit writes its serial, so the store says which.
+            (serial,) = connection.execute(
+                "SELECT value FROM tf_meta WHERE key = 'serial'"
+            ).fetchone()  # type: ignore[misc]
+            connection.rollback()
+            if int(serial) == self._unsure:  # it was: not again
+                self._serial, self._unsure = self._unsure, None
+                self._written(rows)
+                return
+        serial = self._serial + 1
         try:
             with connection.cursor() as cursor:
-                if rows.runs:
-                    cursor.executemany(
-                        "INSERT INTO tf_runs (run_id, number, workflow, status, start_event,"
-                        " lifecycle, last_seq, result, error, started_at, ended_at,"
-                        " result_type, fingerprint, recoveries)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        rows.runs,
-                    )
-                if rows.events:
-                    with cursor.copy(
-                        "COPY tf_events (run_id, seq, type, qualified_name, flags, bases, body)"
-                        " FROM STDIN"
-                    ) as copy:
-                        for event in rows.events:
-                            copy.write_row(event)
-                if rows.ends:
-                    cursor.executemany(
-                        "UPDATE tf_runs SET status = %s, result = %s, result_type = %s,"
-                        " error = %s, ended_at = %s, last_seq = %s WHERE run_id = %s",
-                        rows.ends,
-                    )
-                if rows.journal:
-                    with cursor.copy("COPY tf_journal (run_id, n, kind, body) FROM STDIN") as copy:
-                        for record in rows.journal:
-                            copy.write_row(record)
-                if rows.resumed:
-                    cursor.executemany(
-                        "UPDATE tf_runs SET recoveries = %s WHERE run_id = %s", rows.resumed
-                    )
-                if rows.purged:
-                    for table in ("tf_events", "tf_journal", "tf_runs"):
-                        cursor.executemany(
-                            f"DELETE FROM {table} WHERE run_id = %s",
-                            rows.purged,
-                        )
+                self._statements(cursor, rows, serial)
+            self._unsure = serial
             connection.commit()
         except BaseException:
             if not (connection.closed or connection.broken):  # else its error is the one
                 connection.rollback()
+                self._unsure = None  # it said no: nothing was written
             raise
+        self._serial, self._unsure = serial, None
         self._written(rows)
 
-    def _open_writer_again(self) -> None:
-        psycopg = _psycopg()
+    @staticmethod
+    def _statements(cursor: psycopg.Cursor[Any], rows: Sorted, serial: int) -> None:
+        """The statements of one commit of ``rows``, which is number ``serial``."""
+        cursor.execute("UPDATE tf_meta SET value = %s WHERE key = 'serial'", (str(serial),))
+        if rows.runs:
+            cursor.executemany(
+                "INSERT INTO tf_runs (run_id, number, workflow, status, start_event,"
+                " lifecycle, last_seq, result, error, started_at, ended_at,"
+                " result_type, fingerprint, recoveries)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows.runs,
+            )
+        if rows.events:
+            with cursor.copy(
+                "COPY tf_events (run_id, seq, type, qualified_name, flags, bases, body) FROM STDIN"
+            ) as copy:
+                for event in rows.events:
+                    copy.write_row(event)
+        if rows.ends:
+            cursor.executemany(
+                "UPDATE tf_runs SET status = %s, result = %s, result_type = %s,"
+                " error = %s, ended_at = %s, last_seq = %s WHERE run_id = %s",
+                rows.ends,
+            )
+        if rows.journal:
+            with cursor.copy("COPY tf_journal (run_id, n, kind, body) FROM STDIN") as copy:
+                for record in rows.journal:
+                    copy.write_row(record)
+        if rows.resumed:
+            cursor.executemany("UPDATE tf_runs SET recoveries = %s WHERE run_id = %s", rows.resumed)
+        if rows.purged:
+            for table in ("tf_events", "tf_journal", "tf_runs"):
+                cursor.executemany(
+                    f"DELETE FROM {table} WHERE run_id = %s",
+                    rows.purged,
+                )
+
+    def _connect_writer_again(self) -> psycopg.Connection[Any]:
+        """A new writing connection holding the lock again.
+
+        Raises:
+            _LockNotBack: the lock is still held, most likely by the broken connection's
+                session, which the server ends once it finds its client gone (`_KEEPALIVES`):
+                the commit is retried meanwhile.
+        """
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self._writer = psycopg.connect(self.url)
-        self._writer.autocommit = True
-        (locked,) = self._writer.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()  # type: ignore[misc]
-        self._writer.autocommit = False
-        if not locked:  # refused for good: another process took the database meanwhile
-            raise StoreLocked(f"{self.name} was taken by another process while reconnecting")
+        connection = self._connect()
+        if not self._lock(connection):
+            connection.close()
+            raise _LockNotBack(
+                f"{self.name}: the lock of its broken connection is not released yet"
+            )
+        connection.autocommit = False
+        self._writer = connection
+        return connection
 
     # -- reading --
 
     async def _read(self, query: Callable[[psycopg.Connection[Any]], Any]) -> Any:
         def run() -> Any:
-            assert self._reader is not None
-            return query(self._reader)
+            psycopg = _psycopg()
+            reader = self._reader
+            if reader is None or reader.closed or reader.broken:
+                reader = self._connect_reader_again()
+            try:
+                return query(reader)
+            except psycopg.OperationalError:
+                if not (reader.closed or reader.broken):
+                    raise
+            # It broke (the server restarted, the network dropped): reads are repeatable.
+            return query(self._connect_reader_again())
 
         return await trio.to_thread.run_sync(run, limiter=self._read_slot)
+
+    def _connect_reader_again(self) -> psycopg.Connection[Any]:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
+        self._reader = self._connect()
+        return self._reader
 
 
 async def open_postgres(url: str) -> PostgresStore:
@@ -249,10 +349,16 @@ def _psycopg() -> Any:
 
 
 def _described_url(url: str) -> str:
-    """``url`` without its password, for messages."""
+    """``url`` without its password or its options (which may hold one), for messages."""
     scheme, _, rest = url.partition("://")
+    rest = rest.partition("?")[0]
     credentials, at, place = rest.rpartition("@")
     if not at:
-        return url
+        return f"{scheme}://{rest}"
     user = credentials.partition(":")[0]
     return f"{scheme}://{user}@{place}"
+
+
+class _LockNotBack(Exception):
+    """A new writing connection could not take the database's lock again (see
+    `PostgresStore._connect_writer_again`): the commit is retried."""
