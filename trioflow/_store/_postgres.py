@@ -8,8 +8,11 @@ process owns a database: it holds a session-level advisory lock on its writing c
 a second process opening the database fails at once, saying so.
 
 A commit that fails on a connection error (the server restarted, the network dropped) is retried
-on a new connection; one PostgreSQL refuses for good (a constraint) fails the store, as on
-SQLite.
+on a new connection, which first reads the store's commit serial: a commit whose answer was lost
+with its connection may have gone through, and is then not written twice. Sessions set TCP
+keepalives, so that the server ends the session of a client that is gone, and releases its lock.
+A commit PostgreSQL refuses for good (a constraint) fails the store, as on SQLite. A database is
+checked before anything is written to it: a store of this schema, or none of its tables.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ class PostgresStore(GroupCommit, SqlReads):
 
         Raises:
             StoreLocked: another process has the database open.
-            StoreError: it cannot be reached, or it holds a trioflow store of another schema.
+            StoreError: it cannot be reached (within `CONNECT_TIMEOUT`), or it holds another
+                application's tables or a trioflow store of another schema.
         """
         await trio.to_thread.run_sync(self._open_connections)
         self._next_number = await self._read(next_number)
