@@ -803,13 +803,24 @@ async def test_a_commit_postgres_refuses_for_good_fails_the_store() -> None:
             assert [row.run_id for row in await store.runs()] == ["a"]
 
 
+def end_session(url: str, connection: Any) -> None:
+    """End ``connection``'s session from another, as a restarted server or a dropped network
+    would: the connection is broken from then on."""
+    import psycopg
+
+    (pid,) = connection.execute("SELECT pg_backend_pid()").fetchone()
+    if not connection.autocommit:
+        connection.rollback()
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
 async def test_a_postgres_commit_on_a_broken_connection_is_retried_on_a_new_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The writing connection is killed (as a restarted server or a dropped network would):
     the commit is retried, on a new connection that takes the database's lock again, and
     nothing pending is lost."""
-    import psycopg
 
     monkeypatch.setattr(_commit, "RETRY_AFTER", 0.01)
     with fresh_database() as url:
@@ -818,10 +829,7 @@ async def test_a_postgres_commit_on_a_broken_connection_is_retried_on_a_new_one(
             await store.flushed(store.append(NewRun(run_row("a", 0))))
             writer = store._writer
             assert writer is not None
-            (pid,) = writer.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
-            writer.rollback()
-            with psycopg.connect(url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            end_session(url, writer)
             with trio.fail_after(10):
                 await store.flushed(store.append(NewEvent("a", event(1))))
             assert store._writer is not writer
@@ -831,7 +839,6 @@ async def test_a_postgres_commit_on_a_broken_connection_is_retried_on_a_new_one(
 
 async def test_a_postgres_read_on_a_broken_connection_is_made_on_a_new_one() -> None:
     """The reading connection is killed: the next read connects again (reads repeat safely)."""
-    import psycopg
 
     with fresh_database() as url:
         async with open_store(url) as store:
@@ -839,9 +846,7 @@ async def test_a_postgres_read_on_a_broken_connection_is_made_on_a_new_one() -> 
             await store.flushed(store.append(NewRun(run_row("a", 0))))
             reader = store._reader
             assert reader is not None
-            (pid,) = reader.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
-            with psycopg.connect(url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            end_session(url, reader)
             row = await store.run("a")
             assert row is not None
             assert store._reader is not reader

@@ -103,7 +103,9 @@ class StoredFeed(RunFeed):
         return False
 
     async def wait_for_watchers(self) -> None:
-        """Wait while `keeps_waiting` (a client that leaves no longer counts)."""
+        """Wait while `keeps_waiting` (a client that leaves no longer counts). A checkpoint
+        whether it waits or not."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while self.keeps_waiting():
             self._pump_waiting += 1  # a count: a durable run has a writer per step task
             try:

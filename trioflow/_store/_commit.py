@@ -1,8 +1,9 @@
 """`GroupCommit`: the engine-independent half of a store (`Store`): writes appended in O(1),
 committed in batches by one flusher, bounded, published to listeners after each commit, retried
 while the engine says a failure may pass and failing the store when it says it will not. An
-engine (`SqliteStore`) provides the transaction (`_write`, run in a worker thread) and the
-verdict on its errors (`_retryable`), and its reads.
+engine (`SqliteStore`, `PostgresStore`) provides the transaction (`_write`, run in a worker
+thread), the verdict on its errors (`_retryable`), what closing releases (`_release`), and its
+reads.
 """
 
 from __future__ import annotations
@@ -270,7 +271,21 @@ class GroupCommit:
         self._dropping.update(batch.purging)
         self._dropping.difference_update(batch.finished)
 
+    async def aclose(self) -> None:
+        """Close the store and release what it holds (after `drain`, for nothing to be
+        lost). From then on the store is `failed`: a write, or a wait for a commit, raises
+        `StoreError` rather than wait for a commit that will not come."""
+        if self.failed is None:
+            self.failed = StoreError(f"the store {self.name} is closed")
+        self._committed.set()
+        self._room.set()
+        await trio.to_thread.run_sync(self._release)
+
     # -- what an engine provides --
+
+    def _release(self) -> None:
+        """Close the engine's connections and release its lock, in a worker thread."""
+        raise NotImplementedError
 
     def _write(self, batch: list[Operation]) -> None:
         """Commit ``batch`` in one transaction, in a worker thread (one at a time): all of it

@@ -186,14 +186,8 @@ class PostgresStore(GroupCommit, SqlReads):
             )
         return int(meta["serial"])
 
-    async def aclose(self) -> None:
-        """Close the connections, which releases the lock. From then on the store is
-        `failed`."""
-        if self.failed is None:
-            self.failed = StoreError(f"the store {self.name} is closed")
-        self._committed.set()
-        self._room.set()
-        await trio.to_thread.run_sync(self._close_connections)
+    def _release(self) -> None:
+        self._close_connections()  # which releases the lock, with the session
 
     def _close_connections(self) -> None:
         for connection in (self._writer, self._reader):

@@ -240,17 +240,7 @@ class SqliteStore(GroupCommit, SqlReads):
             raise _open_error(self.path, error) from None
         return connection
 
-    async def aclose(self) -> None:
-        """Close the file and release its lock (after `drain`, for nothing to be lost). From
-        then on the store is `failed`: a write, or a wait for a commit, raises `StoreError`
-        rather than wait for a commit that will not come."""
-        if self.failed is None:
-            self.failed = StoreError(f"the store {self.path} is closed")
-        self._committed.set()
-        self._room.set()
-        await trio.to_thread.run_sync(self._close_files)
-
-    def _close_files(self) -> None:
+    def _release(self) -> None:
         self._close_connections()
         self._unlock()
 
