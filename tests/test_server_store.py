@@ -157,7 +157,17 @@ async def test_an_interrupted_run_ends_with_a_terminal_event(tmp_path: Path) -> 
     async with open_store(url) as store:
         assert store is not None
         row = RunRow(
-            "lost", store.next_number(), "gate", "running", b"{}", False, 0, None, None, 1.0, None
+            "lost",
+            await store.next_number(),
+            "gate",
+            "running",
+            b"{}",
+            False,
+            0,
+            None,
+            None,
+            1.0,
+            None,
         )
         store.append(NewRun(row))
         for seq in (1, 2):
@@ -453,7 +463,17 @@ async def test_a_run_whose_failure_was_committed_keeps_its_error(tmp_path: Path)
     async with open_store(url) as store:
         assert store is not None
         row = RunRow(
-            "ended", store.next_number(), "gate", "running", b"{}", False, 0, None, None, 1.0, None
+            "ended",
+            await store.next_number(),
+            "gate",
+            "running",
+            b"{}",
+            False,
+            0,
+            None,
+            None,
+            1.0,
+            None,
         )
         store.append(NewRun(row))
         data = {"step_name": "gate", "exception": {"type": "Boom", "message": "kaboom"}}
@@ -786,11 +806,21 @@ async def test_llama_handlers_lists_the_newest_runs_of_a_store_at_most(tmp_path:
         assert store is not None
         error = json.dumps({"type": "Boom", "message": "kaboom"}).encode()
         old = RunRow(
-            "old", store.next_number(), "gate", "failed", b"{}", False, 0, None, error, 1.0, 2.0
+            "old",
+            await store.next_number(),
+            "gate",
+            "failed",
+            b"{}",
+            False,
+            0,
+            None,
+            error,
+            1.0,
+            2.0,
         )
         store.append(NewRun(old))
         for n in range(LIST_LIMIT_MAX + 5):
-            number = store.next_number()
+            number = await store.next_number()
             row = RunRow(
                 f"r{n}", number, "count", "completed", b"{}", False, 0, b"1", None, 1.0, 2.0
             )

@@ -126,7 +126,7 @@ async def test_runs_and_events_round_trip(store_url: str) -> None:
     url = store_url
     async with open_store(url) as store:
         assert store is not None
-        await store.flushed(store.append(NewRun(run_row("a", store.next_number()))))
+        await store.flushed(store.append(NewRun(run_row("a", await store.next_number()))))
         for seq in range(1, 11):
             store.append(NewEvent("a", event(seq, b"x" * 100)))
         end = RunEnded("a", "completed", b'{"ok":true}', None, 9.5, 10)
@@ -149,8 +149,8 @@ async def test_runs_and_events_round_trip(store_url: str) -> None:
         assert await store.run("missing") is None
     async with open_store(url) as store:
         assert store is not None
-        assert store.next_number() == 1
-        await store.flushed(store.append(NewRun(run_row("b", store.next_number()))))
+        assert await store.next_number() == 1
+        await store.flushed(store.append(NewRun(run_row("b", await store.next_number()))))
         assert [r.run_id for r in await store.runs()] == ["a", "b"]
         assert [r.run_id for r in await store.runs(status="running")] == ["b"]
 
@@ -170,7 +170,7 @@ async def test_a_commit_of_many_events_keeps_each_once_in_order(
         if variables is not None:
             assert store._writer is not None
             store._writer.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
-        store.append(NewRun(run_row("a", store.next_number())))
+        store.append(NewRun(run_row("a", await store.next_number())))
         for seq in range(1, count + 1):
             store.append(NewEvent("a", event(seq, b"%d" % seq)))
             store.append(JournalEntry("a", seq - 1, "route", b'{"n":%d}' % seq))
@@ -746,7 +746,7 @@ async def test_a_purge_under_way_drops_only_what_its_run_writes_after_it(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.flush_forever)
-                store.append(NewRun(run_row("r", store.next_number())))
+                store.append(NewRun(run_row("r", await store.next_number())))
                 first = store.append(NewEvent("r", event(1)))
                 await wait_until(lambda: store._committing is not None)  # that commit is under way
                 purge = store.append(RunPurged("r", under_way=True))

@@ -51,7 +51,7 @@ def publish_into(feed: StoredFeed) -> Callable[[Sequence[Operation]], None]:
 
 async def start(store: Store, run_id: str) -> None:
     row = RunRow(
-        run_id, store.next_number(), "flow", "running", b"{}", False, 0, None, None, 0.0, None
+        run_id, await store.next_number(), "flow", "running", b"{}", False, 0, None, None, 0.0, None
     )
     await store.flushed(store.append(NewRun(row)))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .._errors import JournaledError, NotJournalable, ReplayError, WorkerLost
 from ._codec import EventCodec, check_storable, codec_for, fingerprint
-from ._journal import Journal, Replay, fold
+from ._journal import OUTSIDE, Journal, Replay, fold
 from ._runtime import Durable, DurableStream, StreamSink, start_durable
 from ._stored import (
     Resume,
@@ -31,6 +31,7 @@ from ._stored import (
 )
 
 __all__ = [
+    "OUTSIDE",
     "Durable",
     "DurableStream",
     "EventCodec",

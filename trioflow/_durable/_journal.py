@@ -11,7 +11,8 @@ Records, by kind (bodies are JSON):
   waiting in `Context.wait_for_event`, ``{"event", "cause", "answer": [task, k]}``. Each
   destination step gets a *task*, named ``"<n>.<step index>"`` after the record's number ``n``:
   a stable name for one execution of one step, whatever happens to the process. ``cause`` is
-  ``"start"``, ``"x"`` (sent from outside the run) or ``[task, k]``: call ``k`` of that task's
+  ``"start"``, ``"x"`` (sent from outside the run), ``["x", seq]`` (sent to it through a
+  shared store's inbox, row ``seq``) or ``[task, k]``: call ``k`` of that task's
   step code (``k = -1``: what the step returned, or its failure handed to error handlers).
 - ``start``: ``{"task", "attempt"}``: an attempt of a task began.
 - ``call``: ``{"task", "k", "op", ...}``: call ``k`` of a task's step code, other than a send
@@ -229,6 +230,9 @@ class Replay:
     cancelled: bool = False
     #: Its process stopped on purpose (a ``stop`` record is its last), not by a crash.
     stopped: bool = False
+    #: The inbox rows (on a store shared by processes) whose events it was sent, by seq:
+    #: delivered once, whichever process delivered them.
+    inbox: set[int] = attrs.field(factory=set)
 
     @property
     def executing(self) -> bool:
@@ -269,8 +273,11 @@ def _apply(
     if kind == "route":
         event = codec.decode(body["event"])
         cause = body["cause"]
-        if isinstance(cause, list) and cause[0] in pending:
-            pending[cause[0]].calls[cause[1]] = {"op": "send"}
+        if isinstance(cause, list):
+            if cause[0] in pending:
+                pending[cause[0]].calls[cause[1]] = {"op": "send"}
+            elif cause[0] == OUTSIDE:  # the event of inbox row ``cause[1]``
+                replay.inbox.add(cause[1])
         answer = body.get("answer")
         if answer is not None:
             task, k = answer

@@ -305,7 +305,7 @@ class _StoredRunBlock:
         store = owner._open_backend()
         assert store is not None
         if resume is None:
-            row = new_row(
+            row = await new_row(
                 store, self._name, workflow, self._start_event, fingerprint=fingerprint(workflow)
             )
             last, replay, used = 0, None, 0.0
@@ -454,7 +454,7 @@ class _Resumed:
                     self._workflows,
                     max_recoveries=self._max_recoveries,
                     others="keep",
-                    skip=owner._active,
+                    busy=owner._active,
                 )
                 for resume in found:
                     if resume.row.run_id in owner._active:  # taken since it was read

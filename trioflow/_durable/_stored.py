@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -61,7 +61,7 @@ from ._runtime import DurableStream, StreamSink
 logger = logging.getLogger("trioflow.durable")
 
 
-def new_row(
+async def new_row(
     store: Store,
     name: str,
     workflow: Any,
@@ -73,7 +73,7 @@ def new_row(
     """The row of a new run of ``workflow`` (served as ``name``), numbered by ``store``."""
     return RunRow(
         uuid.uuid4().hex,
-        store.next_number(),
+        await store.next_number(),
         name,
         RunStatus.RUNNING.value,
         dumps(mark_unencodable(encode_event_data(start_event))),
@@ -279,7 +279,8 @@ async def unfinished(
     *,
     max_recoveries: int,
     others: str = "fail",
-    skip: Container[str] = (),
+    busy: Collection[str] = (),
+    limit: int | None = None,
 ) -> list[Resume]:
     """The runs ``store`` has as running (their process stopped before they ended), to be
     resumed from their journals. One that cannot be resumed ends instead, recorded with a
@@ -288,11 +289,17 @@ async def unfinished(
     predates journals (`RunInterrupted`); or as cancelled, when its caller had cancelled it.
     A run of a workflow not in ``workflows`` fails too (``others="fail"``: a server that
     no longer serves it) or is left for later (``"keep"``: an embedded caller resumes the runs
-    of the workflows it names). Runs in ``skip`` are left alone (under way in this process).
+    of the workflows it names). Runs in ``busy`` are left alone (under way in this process).
+
+    On a store shared by processes, these are the runs this process claims (`Store.claim`,
+    up to ``limit``): waiting to be claimed, or whose process died; only those of workflows in
+    ``workflows`` with the same graph (a process with other code leaves them to the others).
+    A run that waited to be claimed has no journal: it starts from its start event.
     """
+    served = {name: fingerprint(workflow) for name, workflow in workflows.items()}
     found = []
-    for row in await store.runs(status=RunStatus.RUNNING.value):
-        if row.run_id in skip or (row.workflow not in workflows and others == "keep"):
+    for row in await store.claim(served, limit=limit, busy=busy):
+        if row.workflow not in workflows and others == "keep":
             continue
         last = await store.last_seq(row.run_id)
         if last and await ended_on_stream(store, row.run_id, last):
@@ -341,7 +348,7 @@ async def _resumable(
         raise ReplayError(f"its start event cannot be read back: {error}") from None
     records = await store.journal(row.run_id)
     replay = fold(records, codec_for(workflow), [spec.name for spec in workflow.graph.steps])
-    if replay.cancelled:
+    if replay.cancelled or row.cancel_requested:
         # Its caller cancelled it; its process stopped before it recorded the end.
         raise WorkflowCancelledError(f"{row.workflow} run {row.run_id} was cancelled")
     # A crash counts against max_recoveries when one of the run's steps was running: not a
@@ -352,6 +359,9 @@ async def _resumable(
             f"its process stopped while one of its steps ran {row.recoveries + 1} times; "
             f"it was resumed {max_recoveries} times already (max_recoveries)"
         )
+    if not records:  # submitted, never started (its process died first, or it was queued)
+        logger.info("trioflow: starting run %s of %s", row.run_id, row.workflow)
+        return Resume(row, workflow, start_event, last, replay, crashed=False)
     logger.info(
         "trioflow: resuming run %s of %s (%d unfinished steps; recovery %d)",
         row.run_id,

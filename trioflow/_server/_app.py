@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import trio
 
-from .. import RunStatus, StartEvent, Workflow, WorkflowRuntimeError
+from .. import Event, RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
 from .._store import Store, StoreError, open_engine
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
@@ -32,7 +32,7 @@ from ._feed import EventsExpired, TooManyWatchers
 from ._group import RunGroupBlock
 from ._llama import LLAMA_ROUTES
 from ._openapi import openapi_document, openapi_json
-from ._options import LIST_LIMIT, LIST_LIMIT_MAX, LOOPBACK_NAMES
+from ._options import LIST_LIMIT, LIST_LIMIT_MAX, LOOPBACK_NAMES, node_name
 from ._options import ServerOptions as ServerOptions
 from ._record import RunRecord
 from ._registry import RunRegistry, ShuttingDown, TooManyRuns
@@ -108,6 +108,7 @@ class WorkflowApp:
         store: str = "memory:",
         max_recoveries: int = 3,
         node_id: str | None = None,
+        lease: float = 15.0,
         llama_compat: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
@@ -133,6 +134,7 @@ class WorkflowApp:
             store=store,
             max_recoveries=max_recoveries,
             node_id=node_id,
+            lease=lease,
             llama_compat=llama_compat,
         )
         self._registry: RunRegistry | None = None
@@ -393,15 +395,16 @@ class WorkflowApp:
             start_event = decode_start_event(workflow.graph.start_event_type, data)
         except WireError as error:
             raise HttpError(422, "invalid_fields", str(error)) from None
-        record = await self._start(
-            name,
-            workflow,
-            start_event,
-            abandon_after=abandon_after,
-            lifecycle=_flag(request, "lifecycle"),
-        )
-        location = f"{quote(request.root_path)}/runs/{record.run_id}".encode()
-        await request.respond_json(201, {"run_id": record.run_id}, [(b"location", location)])
+        lifecycle = _flag(request, "lifecycle")
+        if self._runs().runs_here:
+            record = await self._start(
+                name, workflow, start_event, abandon_after=abandon_after, lifecycle=lifecycle
+            )
+            run_id = record.run_id
+        else:  # a process sharing the store with room runs it
+            run_id = await self._submit(name, workflow, start_event, lifecycle=lifecycle)
+        location = f"{quote(request.root_path)}/runs/{run_id}".encode()
+        await request.respond_json(201, {"run_id": run_id}, [(b"location", location)])
 
     async def _list_runs(self, request: Request, args: list[str]) -> None:
         query = request.query
@@ -456,14 +459,18 @@ class WorkflowApp:
     async def _send_event(self, request: Request, args: list[str]) -> None:
         record = await self._record(args[0])
         body = await request.json(self.options.max_body)
+        if isinstance(record, StoredRecord) and record.runs_elsewhere:
+            # To its inbox in the store, for the process that runs it: accepted once committed.
+            self._decode_sent(record, body)
+            if not await record.send(dumps(body)):
+                raise _run_ended(await self._record(args[0]))
+            await request.respond_json(202, {"run_id": record.run_id, "accepted": True})
+            return
         # (The handler's status: decided, maybe before its end is committed. A refusal
         # acknowledges nothing, so it need not wait for the commit.)
         if not isinstance(record, RunRecord) or record.handler.status is not RunStatus.RUNNING:
             raise _run_ended(record)
-        try:
-            event = decode_event(self._sendable[record.workflow_name], body)
-        except WireError as error:
-            raise HttpError(422, "invalid_event", str(error)) from None
+        event = self._decode_sent(record, body)
         try:
             await record.handler.send_event(event)
         except WorkflowRuntimeError as error:
@@ -474,8 +481,21 @@ class WorkflowApp:
             raise HttpError(422, "event_not_accepted", str(error)) from None
         await request.respond_json(202, {"run_id": record.run_id, "accepted": True})
 
+    def _decode_sent(self, record: RunRecord | StoredRecord, body: Any) -> Event:
+        """The event a client sent to ``record``'s run, or 422 saying why it is none."""
+        try:
+            return decode_event(self._sendable[record.workflow_name], body)
+        except WireError as error:
+            raise HttpError(422, "invalid_event", str(error)) from None
+
     async def _cancel_run(self, request: Request, args: list[str]) -> None:
         record = await self._record(args[0])
+        if isinstance(record, StoredRecord) and record.runs_elsewhere:
+            # Asked through the store, of the process that runs it: once committed.
+            if not await record.request_cancel():
+                raise _run_ended(await self._record(args[0]))
+            await request.respond_json(202, {"run_id": record.run_id, "cancelling": True})
+            return
         if not record.cancel():  # the outcome was decided already, by something else
             if isinstance(record, RunRecord) and record.store is not None:
                 await record.settled.wait()  # the refusal says the outcome a crash keeps
@@ -546,6 +566,15 @@ class WorkflowApp:
         except ShuttingDown as closing:
             raise HttpError(503, "shutting_down", str(closing)) from None
 
+    async def _submit(
+        self, name: str, workflow: Workflow, start_event: StartEvent, *, lifecycle: bool
+    ) -> str:
+        """Submit a run for a process sharing the store to run (503 shutting down)."""
+        try:
+            return await self._runs().submit(name, workflow, start_event, lifecycle=lifecycle)
+        except ShuttingDown as closing:
+            raise HttpError(503, "shutting_down", str(closing)) from None
+
     def _runs(self) -> RunRegistry:
         if self._registry is None:
             raise HttpError(
@@ -613,7 +642,7 @@ class _Running:
             raise RuntimeError(_ALREADY_RUNNING)
         app._running = True
         try:
-            self._store = await _open_store(app.options.store)
+            self._store = await _open_store(app.options)
             # The app's runs are a run group's, without the events kept as objects (clients
             # get JSON) and with a step's SystemExit left to `serve`, which shuts down first.
             self._block = RunGroupBlock(
@@ -765,6 +794,7 @@ _ROUTES: tuple[tuple[tuple[str, ...], Mapping[str, _Endpoint]], ...] = (
 )
 
 
-async def _open_store(url: str) -> Store | None:
-    """The store named by ``url`` (`ServerOptions.store`), opened; None for ``memory:``."""
-    return await open_engine(url)
+async def _open_store(options: ServerOptions) -> Store | None:
+    """The store named by `ServerOptions.store`, opened (as this process's node, on a store
+    that processes share); None for ``memory:``."""
+    return await open_engine(options.store, node=node_name(options), lease=options.lease)

@@ -10,8 +10,6 @@ compares with `describe_default` and ``help``, so the three cannot drift apart.
 from __future__ import annotations
 
 import math
-import os
-import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,6 +34,12 @@ def _positive_int(_: object, attribute: attrs.Attribute[Any], value: int) -> Non
         raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
 
 
+def _runs_limit(instance: ServerOptions, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+    # (0 needs a store that processes share: `ServerOptions.__attrs_post_init__`)
+
+
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not (0 < value < math.inf):
         raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
@@ -58,7 +62,9 @@ def _usable_node_id(_: object, attribute: attrs.Attribute[Any], value: str | Non
 
 def node_name(options: ServerOptions) -> str:
     """The node id of this process: ``node_id``, or this host's name and the process id."""
-    return options.node_id or f"{socket.gethostname()}:{os.getpid()}"
+    from .._store import node_name as default_node_name
+
+    return options.node_id or default_node_name()
 
 
 def _optional_grace(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -124,8 +130,13 @@ class ServerOptions:
     )
     max_runs: int = attrs.field(
         default=64,
-        validator=_positive_int,
-        metadata=_about("runs running at once; another start is answered 429", unit="runs"),
+        validator=_runs_limit,
+        metadata=_about(
+            "runs running at once in this process; another start is answered 429 (on a "
+            "PostgreSQL store it goes to a process with room; 0: this process runs none, an "
+            "HTTP node)",
+            unit="runs",
+        ),
     )
     keep_finished: int = attrs.field(
         default=100,
@@ -233,7 +244,7 @@ class ServerOptions:
         metadata=_about(
             "where runs are kept: memory: (in the process), sqlite:///runs.db (they outlive "
             "it; a relative path, sqlite:////abs/path.db for an absolute one) or "
-            "postgresql://user@host/db (one process per database, for now)",
+            "postgresql://user@host/db (shared by any number of processes)",
             env="TRIOFLOW_STORE",
         ),
     )
@@ -256,6 +267,16 @@ class ServerOptions:
             none="host:pid",
         ),
     )
+    lease: float = attrs.field(
+        default=15.0,
+        validator=_positive,
+        metadata=_about(
+            "on a PostgreSQL store: seconds a process's hold on its runs lasts unless renewed "
+            "(every third of it); a process that stops answering has its runs taken over by "
+            "another after this (one that dies, at once)",
+            unit="s",
+        ),
+    )
     llama_compat: bool = attrs.field(
         default=False,
         validator=attrs.validators.instance_of(bool),
@@ -264,6 +285,13 @@ class ServerOptions:
             "(llama-agents-client, @llamaindex/workflows-client)"
         ),
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_runs == 0 and not self.store.lower().startswith(("postgresql:", "postgres:")):
+            raise ValueError(
+                "max_runs=0 (a process that runs no runs, an HTTP node) needs a store that "
+                f"processes share, where others run them (postgresql://...); got {self.store!r}"
+            )
 
 
 def describe_default(option: attrs.Attribute[Any]) -> str:

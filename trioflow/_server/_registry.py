@@ -21,10 +21,12 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
+from typing import cast
 
 import trio
 
 from .. import (
+    Event,
     RunStatus,
     StartEvent,
     TrioflowError,
@@ -32,8 +34,18 @@ from .. import (
     WorkflowHandler,
     WorkflowRuntimeError,
 )
-from .._durable import Resume, fingerprint, new_row, run_ended, start_durable, unfinished
+from .._durable import (
+    OUTSIDE,
+    Resume,
+    fingerprint,
+    new_row,
+    run_ended,
+    start_durable,
+    unfinished,
+)
 from .._store import (
+    POLL,
+    InboxTaken,
     NewEvent,
     NewRun,
     Operation,
@@ -41,9 +53,12 @@ from .._store import (
     RunPurged,
     RunResumed,
     RunRow,
+    SharedStore,
     Store,
     StoreError,
+    wait_for,
 )
+from .._wire import BadJsonError, WireError, decode_event, loads, sendable_event_types
 from ._feed import RunFeed
 from ._options import ServerOptions, node_name
 from ._pump import StoreSink, pump
@@ -83,7 +98,14 @@ class RunRegistry:
         self._hidden: set[str] = set()
         if store is not None:
             store.on_commit(self._published)
+            store.on_lost(self._lost)
         self._max_runs = options.max_runs
+        #: On a store shared by processes (`Store.shared`): the workflows served, whose runs
+        #: this process claims (`recover`), and for each run under way here the inbox rows
+        #: delivered to it (or refused), by seq: each is delivered once (`_deliver`).
+        self._served: Mapping[str, Workflow] = {}
+        self._taken: dict[str, set[int]] = {}
+        self._sendable: dict[str, Mapping[str, type[Event]]] = {}
         #: This process's node id, which its records report while they run.
         self.node = node_name(options)
         self._records: dict[str, RunRecord] = {}
@@ -128,8 +150,13 @@ class RunRegistry:
     def _stored(self, row: RunRow) -> StoredRecord:
         """The record of a run served from the store, with its clients' feed if it has any."""
         assert self._store is not None
+        options = self._options
         return StoredRecord.of(
-            row, self._store, self._options.max_clients_per_run, self._stored_feeds
+            row,
+            self._store,
+            options.max_clients_per_run,
+            self._stored_feeds,
+            retain=(options.retain, options.retain_bytes),
         )
 
     async def forget(self, record: RunRecord | StoredRecord) -> None:
@@ -246,6 +273,14 @@ class RunRegistry:
         it predates journals."""
         store = self._store
         assert store is not None
+        if store.shared:
+            # Its runs are any process's: this one claims what it can run, now (the runs of
+            # the process it replaces, among others) and from now on.
+            self._served = workflows
+            await self._claim()
+            self._nursery.start_soon(self._claim_forever)
+            self._nursery.start_soon(self._control_forever)
+            return
         limit = self._options.max_recoveries
         resumable = await unfinished(store, workflows, max_recoveries=limit)
         # The ends of the runs that are not resumed are committed before the server listens
@@ -264,6 +299,158 @@ class RunRegistry:
                 row.lifecycle,
                 resume,
             )
+
+    # -- on a store shared by processes --
+
+    async def _claim(self) -> None:
+        """Claim as many runs as this process has room for (`unfinished`), and run them."""
+        store = self._store
+        assert store is not None
+        free = self._max_runs - self.running
+        if free <= 0 or self._closing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._starting += free  # counted at once, as `start` counts a run
+        try:
+            claimed = await unfinished(
+                store,
+                self._served,
+                max_recoveries=self._options.max_recoveries,
+                busy=list(self._feeds),
+                limit=free,
+            )
+            for resume in claimed:
+                row = resume.row
+                await self._nursery.start(
+                    self._drive_stored,
+                    row.workflow,
+                    resume.workflow,
+                    resume.start_event,
+                    None,
+                    row.lifecycle,
+                    resume,
+                )
+                self._starting -= 1
+                free -= 1
+        finally:
+            self._starting -= free
+
+    def _shared(self) -> SharedStore:
+        """The store, which processes share (`Store.shared`)."""
+        store = self._store
+        assert store is not None
+        assert store.shared
+        return cast(SharedStore, store)
+
+    async def _claim_forever(self) -> None:
+        """Claim runs whenever one may be waiting: told by a notification (a run submitted,
+        released, cancelled), a run of this process's ending, or after `POLL` seconds (a
+        process that died says nothing)."""
+        store = self._shared()
+        while not self._closing:
+            await wait_for(store.signals.queued(), POLL)
+            await self._claim()
+
+    async def _control_forever(self) -> None:
+        """Act on what other processes (or this one) sent to this process's runs through the
+        store: answers are delivered (`_deliver`), cancels cancel. Told by a notification, or
+        after `POLL` seconds."""
+        store = self._shared()
+        while True:
+            controlled = store.signals.controlled()
+            inbox, cancels = await store.control()
+            for seq, run_id, body in inbox:
+                self._deliver(run_id, seq, body)
+            for run_id in cancels:
+                record = self._records.get(run_id)
+                if record is not None and record.handler.cancel():
+                    logger.info("trioflow: run %s is cancelled (asked through the store)", run_id)
+            await wait_for(controlled, POLL)
+
+    def _deliver(self, run_id: str, seq: int, body: bytes) -> None:
+        """Send the event of inbox row ``seq`` to run ``run_id`` (under way here), journaled
+        as that row's (`Replay.inbox`), so that it is delivered once whatever happens to this
+        process; an event the run cannot take is logged, and taken too."""
+        store = self._store
+        assert store is not None
+        taken = self._taken.get(run_id)
+        record = self._records.get(run_id)
+        if taken is None or record is None or seq in taken or record.handler.is_done():
+            return
+        taken.add(seq)
+        router = record.handler._run.router
+        try:
+            event = decode_event(self._sendable_of(record), loads(body))
+            router.send_from(event, None, [OUTSIDE, seq])  # type: ignore[attr-defined]
+        except (WireError, BadJsonError, WorkflowRuntimeError) as error:
+            logger.warning(
+                "trioflow: run %s of %s refused an event sent to it: %s",
+                run_id,
+                record.workflow_name,
+                error,
+            )
+        store.append(InboxTaken(run_id, seq))
+
+    def _sendable_of(self, record: RunRecord) -> Mapping[str, type[Event]]:
+        name = record.workflow_name
+        types = self._sendable.get(name)
+        if types is None:
+            types = self._sendable[name] = sendable_event_types(self._served[name])
+        return types
+
+    def _lost(self, runs: set[str]) -> None:
+        """The store says this process no longer owns ``runs`` (another took them over):
+        they stop here, writing nothing more (it would be dropped), as if this process had
+        died; their clients' streams end, to go on from another process."""
+        store = self._shared()
+        for run_id in runs:
+            record = self._records.get(run_id)
+            if record is not None and not record.done.is_set():
+                record.handler._suspend()  # its task ends it as suspended
+                continue
+            feed = self._feeds.pop(run_id, None)
+            if record is not None and feed is not None:  # its end was dropped: not decided
+                record.mark_suspended()
+                self._wrap_up(record)
+            elif feed is not None:
+                feed.finish()
+            store.forget_lost(run_id)
+
+    async def submit(
+        self, name: str, workflow: Workflow, start_event: StartEvent, *, lifecycle: bool = False
+    ) -> str:
+        """Submit a run of ``workflow`` for any process sharing the store to claim and run;
+        return its id once that is committed.
+
+        Raises:
+            ShuttingDown: the server is shutting down.
+        """
+        store = self._store
+        assert store is not None
+        assert store.shared
+        if self._closing:
+            raise ShuttingDown("the server is shutting down; it starts no more runs")
+        row = await new_row(
+            store,
+            name,
+            workflow,
+            start_event,
+            lifecycle=lifecycle,
+            fingerprint=fingerprint(workflow),
+        )
+        try:
+            await store.flushed(store.append(NewRun(row, queued=True)))
+        except StoreError as error:
+            raise ShuttingDown(f"the server is shutting down: {error}") from None
+        return row.run_id
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether runs started by requests run in this process: no, on a store shared by
+        processes when it runs none (``max_runs`` 0) or as many as it may (then any process
+        with room runs them: `submit`)."""
+        store = self._store
+        return store is None or not store.shared or self.running < self._max_runs
 
     async def commit_forever(self) -> None:
         """Commit what the runs write to the store (`Store.flush_forever`), until
@@ -470,7 +657,7 @@ class RunRegistry:
         assert store is not None
         options = self._options
         if resume is None:
-            row = new_row(
+            row = await new_row(
                 store,
                 name,
                 workflow,
@@ -485,6 +672,10 @@ class RunRegistry:
             row, last, replay = resume.row, resume.last_seq, resume.replay
             ticket = store.append(RunResumed(row.run_id, row.recoveries + int(resume.crashed)))
             used = resume.time_used
+            for seq in replay.inbox:  # delivered before (its journal says): taken
+                store.append(InboxTaken(row.run_id, seq))
+        if store.shared:
+            self._taken[row.run_id] = set() if replay is None else set(replay.inbox)
         feed = StoredFeed(
             store,
             row.run_id,
@@ -537,6 +728,7 @@ class RunRegistry:
         if not started:  # the run was not under way: the request's error (or the restart's)
             assert raised is not None
             self._feeds.pop(row.run_id, None)
+            self._taken.pop(row.run_id, None)
             raise raised
         assert record is not None
         record.pumped = True
@@ -561,6 +753,10 @@ class RunRegistry:
             else:  # `_published` finishes it once committed
                 store.append(run_ended(record.handler, record.seq))
             record.done.set()
+            if store.shared:
+                self._taken.pop(row.run_id, None)
+                self._shared().forget_lost(row.run_id)
+                self._shared().signals.wake_claims()  # room for another run here
 
     def _suspended(self, record: RunRecord) -> bool:
         """Whether the ended run ``record`` goes on at the next start rather than end here:

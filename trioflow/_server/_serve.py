@@ -98,6 +98,7 @@ async def serve(
     store: str = "memory:",
     max_recoveries: int = 3,
     node_id: str | None = None,
+    lease: float = 15.0,
     llama_compat: bool = False,
 ) -> None: ...
 @overload

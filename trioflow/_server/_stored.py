@@ -11,13 +11,23 @@ finished before this process started) has a feed of that kind with nothing cache
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
 
 from .. import RunStatus
-from .._store import LIFECYCLE, TERMINAL, EventKind, EventRow, RunRow, Store, StoreError
+from .._store import (
+    LIFECYCLE,
+    POLL,
+    TERMINAL,
+    EventKind,
+    EventRow,
+    RunRow,
+    SharedStore,
+    Store,
+    StoreError,
+)
 from .._wire import dumps, loads
 from ._feed import BATCH, BATCH_BYTES, Entry, EventsExpired, RunFeed, Watcher
 from ._record import RunRecord, brief, described
@@ -37,12 +47,17 @@ class StoredFeed(RunFeed):
         last_seq: int = 0,
         finished: bool = False,
         shared: dict[str, StoredFeed] | None = None,
+        follows: bool = False,
     ) -> None:
         super().__init__(retain, retain_bytes, max_watchers)
         self.store = store
         self.run_id = run_id
         self.last_seq = last_seq
         self.finished = finished
+        #: Another process writes the run's events (it runs there, or waits to be claimed):
+        #: clients that have read what is committed wait for the next commit (`follow`).
+        self.follows = follows
+        self._following = False
         #: Where the feeds of runs served from the store are found by run id while they have
         #: watchers (`RunRegistry`), so that every client of a run is in one feed: its
         #: ``max_watchers`` and its count of watchers hold (see `share`).
@@ -66,6 +81,44 @@ class StoredFeed(RunFeed):
         self._keep(entry)
         if wake:
             self._wake()
+
+    async def follow(self) -> None:
+        """Wait for the run's next committed events, written by another process, and add
+        them; or find that it has ended (or was purged), and finish. One client of the run
+        reads the store at a time, for all of them: the others wait for what it adds."""
+        if self._following:
+            await self._appended.wait()
+            return
+        self._following = True
+        try:
+            await self._follow_once()
+        finally:
+            self._following = False
+            self._wake()
+
+    async def _follow_once(self) -> None:
+        store = self.store
+        signals = getattr(store, "signals", None)
+        # Taken before looking: a commit between the look and the wait still wakes it.
+        woken = trio.Event() if signals is None else signals.committed(self.run_id)
+        rows = await store.events(
+            self.run_id, after=self.last_seq, limit=BATCH, max_bytes=BATCH_BYTES
+        )
+        if rows:
+            for row in rows:
+                self.append_row(row, wake=False)
+            if rows[-1].flags & TERMINAL:
+                self.finish()
+            return
+        run = await store.run(self.run_id)
+        if run is None:  # purged: its clients have had what they could get
+            self.finish()
+        elif run.status != RunStatus.RUNNING.value:
+            if run.last_seq <= self.last_seq:  # (its last events are in its ending commit)
+                self.finish()
+        else:
+            with trio.move_on_after(POLL):  # a notification is a hint: look again anyway
+                await woken.wait()
 
     def wake(self) -> None:
         """Wake the watchers waiting for the events `append_row` added without waking them."""
@@ -193,6 +246,9 @@ class StoredWatcher(Watcher):
             if self._purged:
                 await trio.lowlevel.checkpoint()
                 return []
+            if self.cursor >= feed.last_seq and not feed.finished and feed.follows:
+                await feed.follow()
+                continue
             if self.cursor > feed.last_seq and not feed.finished:  # see next_batch_nowait
                 await feed._appended.wait()
                 continue
@@ -223,9 +279,10 @@ class StoredWatcher(Watcher):
 
 @attrs.define(eq=False)
 class StoredRecord:
-    """A run known from the store only (it ended before this process started, or this
-    process no longer keeps it in memory): what `RunRecord` says of a run, read from its row.
-    It runs nowhere, so it takes no events and cannot be cancelled."""
+    """A run known from the store only: it ended before this process started, or this
+    process no longer keeps it in memory, or (on a store shared by processes) it runs in
+    another process: what `RunRecord` says of a run, read from its row. Events for it and
+    cancels of it go through the store (`WorkflowApp`), to the process that runs it."""
 
     row: RunRow
     feed: StoredFeed
@@ -238,26 +295,47 @@ class StoredRecord:
         store: Store,
         max_watchers: int | None,
         shared: dict[str, StoredFeed] | None = None,
+        *,
+        retain: tuple[int, int] = (1, 1),
     ) -> StoredRecord:
         """The record of the run of ``row``, with the run's feed in ``shared`` (the one its
-        clients are attached to: `StoredFeed.share`), else a new one that caches nothing."""
+        clients are attached to: `StoredFeed.share`), else a new one: for a run that ended,
+        one that caches nothing; for one that runs in another process, one that follows its
+        commits (`StoredFeed.follow`) and caches up to ``retain`` (events, bytes) of them for
+        its clients."""
         feed = None if shared is None else shared.get(row.run_id)
         if feed is None:
+            running = row.status == RunStatus.RUNNING.value
             feed = StoredFeed(
                 store,
                 row.run_id,
-                1,
-                1,
+                *(retain if running else (1, 1)),
                 max_watchers,
                 last_seq=row.last_seq,
-                finished=True,
+                finished=not running,
                 shared=shared,
+                follows=running,
             )
         return cls(row, feed)
 
     @property
     def run_id(self) -> str:
         return self.row.run_id
+
+    @property
+    def runs_elsewhere(self) -> bool:
+        """Whether it runs in another process sharing the store (or waits for one to claim
+        it): events for it and cancels of it go through the store."""
+        return self.row.status == RunStatus.RUNNING.value and self.feed.store.shared
+
+    async def send(self, body: bytes) -> bool:
+        """Send the event whose wire JSON is ``body`` to the run, through the store; False if
+        it is no longer running."""
+        return await cast(SharedStore, self.feed.store).send(self.run_id, body)
+
+    async def request_cancel(self) -> bool:
+        """Ask the run to cancel, through the store; False if it is no longer running."""
+        return await cast(SharedStore, self.feed.store).request_cancel(self.run_id)
 
     @property
     def workflow_name(self) -> str:
@@ -310,7 +388,8 @@ class StoredRecord:
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "node": None,  # no process runs it
+            # The process running it (on a store shared by processes): none once it ended.
+            "node": self.row.owner if self.row.status == RunStatus.RUNNING.value else None,
         }
 
 

@@ -9,19 +9,23 @@ the `Store` contract offers (`_base`), with the rows and writes every store shar
 
 from __future__ import annotations
 
+import os
+import socket
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trio
 
-from ._base import Store
+from ._base import SharedStore, Store
+from ._cluster import POLL, wait_for
 from ._errors import RunInterrupted, StoreError, StoreLocked
-from ._postgres import PostgresStore, open_postgres
+from ._postgres import LEASE, PostgresStore, open_postgres
 from ._rows import LIFECYCLE, TERMINAL, EventKind, event_kind, event_row
 from ._sqlite import SqliteStore, open_sqlite
 from ._writes import (
     EventRow,
+    InboxTaken,
     JournalEntry,
     NewEvent,
     NewRun,
@@ -85,15 +89,22 @@ def check_url(url: str) -> str:
     )
 
 
-async def open_engine(url: str) -> Store | None:
+async def open_engine(url: str, *, node: str | None = None, lease: float = LEASE) -> Store | None:
     """The store named by ``url`` (checked by `check_url`), opened; None for ``memory:``.
-    Its flusher (`Store.flush_forever`) is the caller's to run."""
+    Its flusher (`Store.flush_forever`) is the caller's to run. On a store shared by
+    processes (PostgreSQL), this process is node ``node`` (`node_name`'s default when None),
+    its leases ``lease`` seconds long."""
     if url == MEMORY:
         return None
     if url.partition(":")[0].lower() == "sqlite":
         path, options = sqlite_path(url)
         return await open_sqlite(path, **options)
-    return await open_postgres(url)
+    return await open_postgres(url, node=node or node_name(), lease=lease)
+
+
+def node_name() -> str:
+    """The default node id of this process: its host's name and its process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def open_store(url: str) -> AbstractAsyncContextManager[Store | None]:
@@ -147,11 +158,14 @@ class _OpenStore:
 
 
 __all__ = [
+    "LEASE",
     "LIFECYCLE",
     "MEMORY",
+    "POLL",
     "TERMINAL",
     "EventKind",
     "EventRow",
+    "InboxTaken",
     "JournalEntry",
     "NewEvent",
     "NewRun",
@@ -162,6 +176,7 @@ __all__ = [
     "RunPurged",
     "RunResumed",
     "RunRow",
+    "SharedStore",
     "SqliteStore",
     "Store",
     "StoreError",
@@ -169,9 +184,11 @@ __all__ = [
     "check_url",
     "event_kind",
     "event_row",
+    "node_name",
     "open_engine",
     "open_postgres",
     "open_sqlite",
     "open_store",
     "sqlite_path",
+    "wait_for",
 ]

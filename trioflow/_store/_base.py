@@ -21,9 +21,10 @@ The contract, which those layers rely on:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
+from ._cluster import Signals
 from ._errors import StoreError
 from ._writes import EventRow, Operation, RunRow
 
@@ -33,10 +34,12 @@ class Store(Protocol):
 
     #: Why the store failed for good (or that it is closed); None while it works.
     failed: StoreError | None
+    #: Whether other processes share the store (`SharedStore`); else this one owns it.
+    shared: bool
 
     # -- writing --
 
-    def next_number(self) -> int:
+    async def next_number(self) -> int:
         """The number of the next run started (its order in ``GET /runs``)."""
         ...
 
@@ -71,6 +74,25 @@ class Store(Protocol):
 
     def on_commit(self, listener: Callable[[Sequence[Operation]], None]) -> None:
         """Call ``listener`` with every batch once it is committed, in order."""
+        ...
+
+    def on_lost(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener`` with the runs this process learns it no longer owns (on a shared
+        store, another process took them over): what they write is dropped from then on."""
+        ...
+
+    async def claim(
+        self,
+        served: Mapping[str, str],
+        *,
+        limit: int | None = None,
+        busy: Collection[str] = (),
+    ) -> list[RunRow]:
+        """The unfinished runs this process may resume (or start: on a shared store, runs
+        submitted for any process), none in ``busy`` (under way here), oldest first: on a
+        store this process owns, every run it has as running; on a shared one, up to
+        ``limit`` runs of the workflows ``served`` (names to graphs' fingerprints) that no
+        live process owns, this process's from now on."""
         ...
 
     async def flush_forever(self) -> None:
@@ -128,4 +150,33 @@ class Store(Protocol):
 
     async def last_seq(self, run_id: str) -> int:
         """The seq of the last event of ``run_id`` (0 with none)."""
+        ...
+
+
+class SharedStore(Store, Protocol):
+    """A store that processes share (``shared``): each run is owned by one process at a time,
+    and the others reach it through the store (see `trioflow._store._cluster`)."""
+
+    #: This process's name among them (a run's ``owner``).
+    node: str
+    #: What notifications said: a run to claim, control to act on, commits of a run.
+    signals: Signals
+
+    async def send(self, run_id: str, body: bytes) -> bool:
+        """Put an event's wire JSON in a running run's inbox, committed, and wake its owner;
+        False if the run is not running."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Ask a running run to cancel, committed, and wake its owner; False if the run is
+        not running."""
+        ...
+
+    async def control(self) -> tuple[list[tuple[int, str, bytes]], list[str]]:
+        """The inbox rows not yet taken of this process's runs (``(seq, run_id, body)``),
+        and which of its runs were asked to cancel."""
+        ...
+
+    def forget_lost(self, run_id: str) -> None:
+        """The lost run ``run_id`` has stopped in this process."""
         ...

@@ -17,6 +17,7 @@ import trio
 
 from ._errors import StoreError
 from ._writes import (
+    InboxTaken,
     JournalEntry,
     NewEvent,
     NewRun,
@@ -24,7 +25,6 @@ from ._writes import (
     RunEnded,
     RunPurged,
     RunResumed,
-    RunRow,
 )
 
 logger = logging.getLogger("trioflow.store")
@@ -64,6 +64,12 @@ class GroupCommit:
         #: thread's alone (`_sort`, `_written`), changed only once a commit is made, so that
         #: a retried commit drops the same.
         self._dropping: set[str] = set()
+        #: Set by an engine's `_write` (on a store shared by processes): the runs whose writes
+        #: it dropped because this process no longer owns them (another claimed them), and
+        #: those of them it learned so of in that commit. Taken by `_flush_once` once committed.
+        self._unpublished: set[str] = set()
+        self._newly_lost: set[str] = set()
+        self._lost_listeners: list[Callable[[set[str]], None]] = []
 
     async def drain(self) -> None:
         """Commit everything appended so far, with or without the flusher: also when it was
@@ -79,8 +85,9 @@ class GroupCommit:
                 if self._pending and self.failed is None:
                     await self._flush_once()
 
-    def next_number(self) -> int:
-        """The number of the next run started (its order in ``GET /runs``)."""
+    async def next_number(self) -> int:
+        """The number of the next run started (its order in ``GET /runs``). A checkpoint."""
+        await trio.lowlevel.checkpoint()
         number = self._next_number
         self._next_number += 1
         return number
@@ -133,6 +140,19 @@ class GroupCommit:
         """Call ``listener`` with each committed batch, once it is committed."""
         self._listeners.append(listener)
 
+    def on_lost(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener`` with the runs this process learns it no longer owns (on a store
+        shared by processes: another took them over): what they write is dropped from then on,
+        and they must stop."""
+        self._lost_listeners.append(listener)
+
+    def _tell_lost(self, runs: set[str]) -> None:
+        for listener in self._lost_listeners:
+            try:
+                listener(runs)
+            except Exception:
+                logger.exception("trioflow: a listener of %s failed on lost runs", self.name)
+
     async def flush_forever(self) -> None:
         """Commit what is pending, batch after batch, until cancelled. A commit under way
         when it is cancelled completes (the thread is waited for).
@@ -173,9 +193,16 @@ class GroupCommit:
         self._commits += 1
         self._committed.set()
         self._committed = trio.Event()
+        published: Sequence[Operation] = batch
+        if self._unpublished:  # dropped, not committed: nobody hears of them
+            dropped, self._unpublished = self._unpublished, set()
+            published = [op for op in batch if _run_of(op) not in dropped]
+        if self._newly_lost:
+            lost, self._newly_lost = self._newly_lost, set()
+            self._tell_lost(lost)
         for listener in self._listeners:
             try:
-                listener(batch)
+                listener(published)
             except Exception:  # one listener's bug must not stop the commits of all
                 logger.exception("trioflow: a listener of %s failed on a commit", self.name)
 
@@ -228,20 +255,26 @@ class GroupCommit:
     # -- for an engine's `_write`, in the commit thread --
 
     def _sort(
-        self, batch: Sequence[Operation], run_values: Callable[[RunRow], tuple[Any, ...]]
+        self,
+        batch: Sequence[Operation],
+        run_values: Callable[[NewRun], tuple[Any, ...]],
+        lost: set[str] | frozenset[str] = frozenset(),
     ) -> Sorted:
         """``batch`` as the rows of each statement, in one pass (most operations are events:
         the thread holds the GIL while it sorts them, and the event loop waits for it
         meanwhile). What a run purged under way writes after its purge is dropped (what it
         wrote before is deleted with it): `_dropping` holds those purged in earlier
-        commits, `Sorted.purging` those purged so far in this one."""
+        commits, `Sorted.purging` those purged so far in this one. So is what the runs in
+        ``lost`` write (this process no longer owns them)."""
         out = Sorted()
         add_event, add_record = out.events.append, out.journal.append
         dropping, purging = self._dropping, out.purging
         for op in batch:
             kind = type(op)
-            if (dropping or purging) and kind is not NewRun:
+            if (dropping or purging or lost) and kind is not NewRun:
                 run_id = op.run_id  # type: ignore[union-attr]
+                if run_id in lost:
+                    continue
                 if run_id in dropping or run_id in purging:
                     if kind is RunPurged:
                         out.purged.append((run_id,))
@@ -253,7 +286,7 @@ class GroupCommit:
             elif kind is JournalEntry:
                 add_record((op.run_id, op.n, op.kind, op.body))  # type: ignore[union-attr]
             elif isinstance(op, NewRun):
-                out.runs.append(run_values(op.row))
+                out.runs.append(run_values(op))
             elif isinstance(op, RunEnded):
                 outcome = (op.status, op.result, op.result_type, op.error, op.ended_at)
                 out.ends.append((*outcome, op.last_seq, op.run_id))
@@ -263,6 +296,8 @@ class GroupCommit:
                     purging.add(op.run_id)
             elif isinstance(op, RunResumed):
                 out.resumed.append((op.recoveries, op.run_id))
+            elif kind is InboxTaken:
+                out.taken.append(op.seq)  # type: ignore[union-attr]
         return out
 
     def _written(self, batch: Sorted) -> None:
@@ -297,11 +332,13 @@ class GroupCommit:
         raise NotImplementedError
 
 
+def _run_of(op: Operation) -> str:
+    return op.row.run_id if isinstance(op, NewRun) else op.run_id
+
+
 def _described(batch: Sequence[Operation]) -> str:
     """What a batch writes, for an error: how many writes, of which runs."""
-    runs = list(
-        dict.fromkeys(op.row.run_id if isinstance(op, NewRun) else op.run_id for op in batch)
-    )
+    runs = list(dict.fromkeys(_run_of(op) for op in batch))
     named = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
     writes = f"{len(batch)} write{'s' if len(batch) > 1 else ''}"
     return f"{writes} (of run{'s' if len(runs) > 1 else ''} {named})"
@@ -317,6 +354,8 @@ class Sorted:
     journal: list[tuple[Any, ...]] = attrs.field(factory=list)
     resumed: list[tuple[Any, ...]] = attrs.field(factory=list)
     purged: list[tuple[Any, ...]] = attrs.field(factory=list)
+    #: The inbox rows taken (`InboxTaken`), by seq.
+    taken: list[int] = attrs.field(factory=list)
     #: Runs purged under way in this batch.
     purging: set[str] = attrs.field(factory=set)
     #: Runs being dropped whose end is in this batch.

@@ -1,11 +1,13 @@
-"""`PostgresStore`: runs and their events in a PostgreSQL database, for one process at a time.
+"""`PostgresStore`: runs and their events in a PostgreSQL database, shared by any number of
+processes (nodes): any of them starts, serves, answers and cancels any run, and a run whose
+process died is resumed by another.
 
-The design is `DURABILITY.md`'s (§2.1, §3.2): psycopg 3's synchronous API through
-`trio.to_thread` (its async API is asyncio's), one writing and one reading connection, each used
-from one worker thread at a time, the same tables as SQLite's and the same group commit
-(`GroupCommit`). Until runs are spread over several processes (leases, a claim queue), one
-process owns a database: it holds a session-level advisory lock on its writing connection, and
-a second process opening the database fails at once, saying so.
+The design is `DURABILITY.md`'s (§2.1, §3): psycopg 3's synchronous API through `trio.to_thread`
+(its async API is asyncio's), the same tables as SQLite's with what sharing them takes (leases,
+the inbox, notifications: `_cluster`), and the same group commit (`GroupCommit`). A process
+uses four connections, each from one worker thread at a time: one commits, one reads, one
+claims and renews leases, and one listens for notifications (in trio, on its socket) and holds
+the lock that says the process is alive.
 
 A commit that fails on a connection error (the server restarted, the network dropped) is retried
 on a new connection, which first reads the store's commit serial: a commit whose answer was lost
@@ -17,23 +19,46 @@ checked before anything is written to it: a store of this schema, or none of its
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._commit import GroupCommit, Sorted
-from ._errors import StoreError, StoreLocked
-from ._reads import SqlReads, next_number, run_values
-from ._writes import Operation
+from ._cluster import (
+    CANCEL,
+    CANCELS,
+    CLAIM,
+    CONTROL,
+    CREATING,
+    EVENTS,
+    FENCE,
+    HEARTBEAT,
+    INBOX,
+    LIVENESS,
+    QUEUE,
+    RELEASE,
+    SEND,
+    Signals,
+    listen,
+    new_owner_key,
+    payload,
+)
+from ._commit import GroupCommit, Sorted, _run_of
+from ._errors import StoreError
+from ._reads import RUN_COLUMNS, SqlReads, run_row, run_values
+from ._writes import NewEvent, NewRun, Operation, RunRow
 
 if TYPE_CHECKING:
     import psycopg
 
-#: The schema this code reads and writes (``tf_meta``), the same version as SQLite's.
-SCHEMA_VERSION = "2"
-#: The advisory lock (one 64-bit key) that a process holds on the database it owns.
-_LOCK_KEY = 0x7472696F666C6F77  # "trioflow"
+logger = logging.getLogger("trioflow.store")
+
+#: The schema this code reads and writes (``tf_meta``): SQLite's (2) and what sharing takes.
+SCHEMA_VERSION = "3"
+#: Seconds a lease lasts unless renewed (`ServerOptions.lease`): how long the runs of a process
+#: that stopped answering wait before another takes them over (one that died is seen at once).
+LEASE = 15.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,10 +76,16 @@ CREATE TABLE IF NOT EXISTS tf_runs (
     started_at DOUBLE PRECISION NOT NULL,
     ended_at DOUBLE PRECISION,
     fingerprint TEXT NOT NULL DEFAULT '',
-    recoveries INTEGER NOT NULL DEFAULT 0
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    owner_key INTEGER,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    lease_until TIMESTAMPTZ,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
 );
-CREATE INDEX IF NOT EXISTS tf_runs_unfinished ON tf_runs (status) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS tf_runs_unfinished ON tf_runs (number) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS tf_runs_workflow ON tf_runs (workflow, number);
+CREATE SEQUENCE IF NOT EXISTS tf_run_numbers MINVALUE 0 START 0;
 CREATE TABLE IF NOT EXISTS tf_events (
     run_id TEXT NOT NULL,
     seq BIGINT NOT NULL,
@@ -72,60 +103,92 @@ CREATE TABLE IF NOT EXISTS tf_journal (
     body BYTEA NOT NULL,
     PRIMARY KEY (run_id, n)
 );
-INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '2'), ('serial', '0');
+CREATE TABLE IF NOT EXISTS tf_inbox (
+    seq BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    taken BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX IF NOT EXISTS tf_inbox_open ON tf_inbox (run_id, seq) WHERE NOT taken;
+INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '3'), ('serial', '0');
 """
 #: The tables of a store: a database that has any of them without ``tf_meta`` saying it is a
 #: trioflow store of this schema is refused, and left as it was.
-_TABLES = ("tf_meta", "tf_runs", "tf_events", "tf_journal")
+_TABLES = ("tf_meta", "tf_runs", "tf_events", "tf_journal", "tf_inbox")
 #: Sessions of the store's connections tell the server to probe an idle connection after 10 s
 #: and drop it after 3 unanswered probes, 5 s apart: a connection whose client side is gone
-#: (a NAT timeout, a reset) does not keep its session, and the database's lock, for hours.
+#: (a NAT timeout, a reset) does not keep its session, and the process's liveness lock, for
+#: long.
 _KEEPALIVES = (
     "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
 )
 #: Seconds to wait for the server when connecting (libpq waits forever by default).
 CONNECT_TIMEOUT = 10
+#: Seconds between attempts to get a lost listening connection back (it doubles up to
+#: `_RECONNECT_MAX`).
+_RECONNECT = 0.5
+_RECONNECT_MAX = 30.0
 
 
 class PostgresStore(GroupCommit, SqlReads):
     """One PostgreSQL database of runs, opened by `open_postgres` (use it as ``async with``
-    through `open_store`)."""
+    through `open_store`), as node ``node``."""
 
     _param = "%s"
+    _select_run = f"SELECT {RUN_COLUMNS}, owner, cancel_requested FROM tf_runs"
+    #: Other processes may own runs of the database.
+    shared = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, node: str, lease: float = LEASE) -> None:
         super().__init__(_described_url(url))
         self.url = url
+        #: This process's name among those sharing the database (``tf_runs.owner``).
+        self.node = node
+        #: Seconds a lease of this process's lasts; it is renewed every third of that.
+        self.lease = lease
+        #: The key of this process's liveness lock (``tf_runs.owner_key``: see `_cluster`).
+        self.owner_key = new_owner_key()
+        #: What notifications said, for whoever waits on them.
+        self.signals = Signals()
         self._writer: psycopg.Connection[Any] | None = None
         self._reader: psycopg.Connection[Any] | None = None
+        self._leaser: psycopg.Connection[Any] | None = None
+        self._listener: psycopg.Connection[Any] | None = None
         self._read_slot = trio.CapacityLimiter(1)
+        self._lease_slot = trio.CapacityLimiter(1)
+        #: The runs this process owns, and the epoch of its claim of each: what its commits
+        #: are fenced with. Changed in trio (claims, lost leases) and by the commit thread
+        #: (a run started or ended), one key at a time.
+        self._leases: dict[str, int] = {}
+        #: Runs this process owned and lost (another claimed them): what they still write is
+        #: dropped. They leave once their task here has ended (`forget_lost`).
+        self._lost: set[str] = set()
+        #: When the leases run out as far as this process knows: the trio time before the
+        #: last renewal that succeeded, plus `lease`.
+        self._leased_until = 0.0
 
     # -- opening and closing --
 
     async def open(self) -> None:
-        """Connect, take the database's advisory lock, create the tables if missing, and
-        check that they are a trioflow store of this schema.
+        """Connect, create the tables if missing, check that they are a trioflow store of this
+        schema, and take this process's liveness lock.
 
         Raises:
-            StoreLocked: another process has the database open.
             StoreError: it cannot be reached (within `CONNECT_TIMEOUT`), or it holds another
                 application's tables or a trioflow store of another schema.
         """
         await trio.to_thread.run_sync(self._open_connections)
-        self._next_number = await self._read(next_number)
+        self._leased_until = trio.current_time() + self.lease
 
     def _open_connections(self) -> None:
         psycopg = _psycopg()
         try:
             self._writer = self._connect()
-            if not self._lock(self._writer):
-                raise StoreLocked(
-                    f"{self.name} is in use: another process's store has this database open "
-                    "(one process per database, until runs are spread over several)"
-                )
             self._serial = self._prepare(self._writer)
             self._writer.autocommit = False
             self._reader = self._connect()
+            self._leaser = self._connect()
+            self._listener = self._connect_listener()
         except psycopg.Error as error:
             self._close_connections()
             raise StoreError(f"cannot open the store {self.name}: {error}") from None
@@ -143,11 +206,17 @@ class PostgresStore(GroupCommit, SqlReads):
         connection.execute(_KEEPALIVES)
         return connection
 
-    @staticmethod
-    def _lock(connection: psycopg.Connection[Any]) -> bool:
-        """Take the database's advisory lock for ``connection``'s session, if free."""
-        (locked,) = connection.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()  # type: ignore[misc]
-        return bool(locked)
+    def _connect_listener(self) -> psycopg.Connection[Any]:
+        """The listening connection, holding this process's liveness lock (a new key if
+        another process's lock has this one)."""
+        connection = self._connect()
+        while not connection.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", (LIVENESS, self.owner_key)
+        ).fetchone()[0]:  # type: ignore[index]
+            self.owner_key = new_owner_key()
+        for channel in (QUEUE, CONTROL, EVENTS):
+            connection.execute(f"LISTEN {channel}")
+        return connection
 
     def _prepare(self, connection: psycopg.Connection[Any]) -> int:
         """Check the database before writing anything to it: a new one (none of `_TABLES`)
@@ -157,18 +226,21 @@ class PostgresStore(GroupCommit, SqlReads):
         Raises:
             StoreError: it holds another application's tables, or a store of another schema.
         """
-        present = {
-            name
-            for (name,) in connection.execute(
-                "SELECT table_name FROM information_schema.tables"
-                " WHERE table_schema = current_schema() AND table_name = ANY(%s)",
-                (list(_TABLES),),
-            ).fetchall()
-        }
-        if not present:
-            with connection.transaction():
+        with connection.transaction():
+            # One process at a time checks and creates: two starting at once on a new
+            # database would both see no tables.
+            connection.execute("SELECT pg_advisory_xact_lock(%s, 0)", (CREATING,))
+            present = {
+                name
+                for (name,) in connection.execute(
+                    "SELECT table_name FROM information_schema.tables"
+                    " WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+                    (list(_TABLES),),
+                ).fetchall()
+            }
+            if not present:
                 connection.execute(_SCHEMA)
-        elif "tf_meta" not in present:
+        if present and "tf_meta" not in present:
             raise StoreError(
                 f"{self.name} is not a trioflow store: it has tables named "
                 f"{', '.join(sorted(present))} but no tf_meta; it is left as it is"
@@ -187,34 +259,239 @@ class PostgresStore(GroupCommit, SqlReads):
         return int(meta["serial"])
 
     def _release(self) -> None:
-        self._close_connections()  # which releases the lock, with the session
+        # The runs this process still owns were stopped (their journals say so): another
+        # process takes them over at once, rather than after their leases.
+        leases = dict(self._leases)
+        leaser = self._leaser
+        if leases and leaser is not None and not (leaser.closed or leaser.broken):
+            try:
+                with leaser.transaction():
+                    leaser.execute(RELEASE, _runs_and_epochs(leases))
+                    leaser.execute("SELECT pg_notify(%s, '')", (QUEUE,))
+            except _psycopg().Error as error:  # their leases run out instead
+                logger.warning("trioflow: %s: cannot release its runs: %s", self.name, error)
+        self._close_connections()  # which releases the liveness lock, with its session
 
     def _close_connections(self) -> None:
-        for connection in (self._writer, self._reader):
+        for connection in (self._writer, self._reader, self._leaser, self._listener):
             if connection is not None:
                 connection.close()
-        self._writer = self._reader = None
+        self._writer = self._reader = self._leaser = self._listener = None
+
+    # -- the tasks of a process sharing the database --
+
+    async def flush_forever(self) -> None:
+        """Commit what is pending (`GroupCommit.flush_forever`), and meanwhile renew this
+        process's leases and listen for notifications, until cancelled.
+
+        Raises:
+            StoreError: the store failed for good.
+        """
+        if self._tending:  # (another flusher's task does it)
+            await super().flush_forever()
+            return
+        self._tending = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_leases)
+                nursery.start_soon(self._listen_forever)
+                await super().flush_forever()
+        finally:
+            self._tending = False
+
+    #: A flusher renews the leases and listens (`flush_forever`).
+    _tending = False
+
+    async def aclose(self) -> None:
+        listener = self._listener
+        if listener is not None and not listener.closed:
+            # Its socket is about to close: a task still waiting on it must not wait on the
+            # next connection that gets its number.
+            trio.lowlevel.notify_closing(listener.pgconn.socket)
+        await super().aclose()
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases every third of `lease`. A run whose lease was lost (another
+        process claimed it: this one was paused, or cut off, past its lease) is told to the
+        `on_lost` listeners; so is every run, once the leases have run out without a renewal
+        this process could make (the database is unreachable): it may not go on writing."""
+        while True:
+            await trio.sleep(self.lease / 3)
+            leases = dict(self._leases)
+            asked = trio.current_time()
+            try:
+                kept = await self._lease_call(_renew, self, leases)
+            except _psycopg().OperationalError as error:
+                if trio.current_time() >= self._leased_until:
+                    self._lose(set(self._leases), "its leases ran out")
+                logger.warning("trioflow: %s: cannot renew its leases: %s", self.name, error)
+                continue
+            self._leased_until = asked + self.lease
+            gone = {run_id for run_id in leases if run_id not in kept}
+            self._lose(gone, "another process claimed it")
+
+    def _lose(self, runs: set[str], why: str) -> None:
+        """This process no longer owns ``runs``: what they write is dropped, and they stop."""
+        lost = {run_id for run_id in runs if self._leases.pop(run_id, None) is not None}
+        if lost:
+            self._lost = self._lost | lost  # a new set: the commit thread reads it
+            logger.warning(
+                "trioflow: %s: %d run(s) no longer this process's (%s): %s",
+                self.name,
+                len(lost),
+                why,
+                ", ".join(sorted(lost)[:5]),
+            )
+            self._tell_lost(lost)
+
+    def forget_lost(self, run_id: str) -> None:
+        """The lost run ``run_id`` has stopped here: another claim of it may be this
+        process's."""
+        self._lost = self._lost - {run_id}  # a new set: the commit thread reads it
+
+    async def _listen_forever(self) -> None:
+        """Hand `signals` the notifications, and get the listening connection (and with it
+        the liveness lock) back whenever it is lost: then every waiter looks again."""
+        psycopg = _psycopg()
+        pause = _RECONNECT
+        while True:
+            listener = self._listener
+            try:
+                if listener is None or listener.closed or listener.broken:
+                    self._listener = None
+                    if listener is not None:
+                        listener.close()
+                    self._listener = listener = await trio.to_thread.run_sync(
+                        self._connect_listener
+                    )
+                    self.signals.everything()
+                    pause = _RECONNECT
+                await listen(listener, self.signals)
+            except trio.ClosedResourceError:  # the store is closing
+                return
+            except psycopg.Error as error:
+                logger.warning("trioflow: %s: listening connection lost: %s", self.name, error)
+                await trio.sleep(pause)
+                pause = min(pause * 2, _RECONNECT_MAX)
+
+    async def _lease_call(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(connection, *args)`` on the leasing connection, in a worker thread (a new
+        connection if it broke)."""
+
+        def run() -> Any:
+            leaser = self._leaser
+            if leaser is None or leaser.closed or leaser.broken:
+                if leaser is not None:
+                    leaser.close()
+                self._leaser = None
+                self._leaser = leaser = self._connect()
+            return call(leaser, *args)
+
+        return await trio.to_thread.run_sync(run, limiter=self._lease_slot)
+
+    # -- runs, across processes --
+
+    async def next_number(self) -> int:
+        """The number of the next run started, from the database: in the order runs start,
+        whichever process starts them."""
+        (number,) = await self._read(
+            lambda db: db.execute("SELECT nextval('tf_run_numbers')").fetchone()
+        )
+        return int(number)
+
+    async def claim(
+        self,
+        served: Mapping[str, str],
+        *,
+        limit: int | None = None,
+        busy: Collection[str] = (),
+    ) -> list[RunRow]:
+        """Claim up to ``limit`` runs this process may execute: of the workflows in ``served``
+        (by name, with their graphs' fingerprints), waiting to be claimed, or whose process
+        died or whose lease ran out; none in ``busy``. Returns their rows, oldest first; this
+        process owns them from now on (their leases are renewed, their writes fenced)."""
+        if not served or limit == 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        held = [*self._leases, *self._lost, *busy]
+        claimed: list[tuple[str, int]] = await self._lease_call(
+            _claim, self, served, limit or 1000, held
+        )
+        for run_id, epoch in claimed:
+            self._leases[run_id] = epoch
+        if not claimed:
+            return []
+        select = f"{self._select_run} WHERE run_id = ANY(%s) ORDER BY number"
+        rows = await self._read(
+            lambda db: db.execute(select, ([run_id for run_id, _ in claimed],)).fetchall()
+        )
+        return [run_row(row) for row in rows]
+
+    async def send(self, run_id: str, body: bytes) -> bool:
+        """Put ``body`` (an event's wire JSON) in the inbox of run ``run_id``, committed, and
+        wake its owner. False if the run is not running (it ended, or there is none)."""
+
+        def send(db: psycopg.Connection[Any]) -> bool:
+            with db.transaction():
+                if db.execute(SEND, {"run": run_id, "body": body}).fetchone() is None:
+                    return False
+                db.execute("SELECT pg_notify(%s, %s)", (CONTROL, run_id))
+            return True
+
+        sent: bool = await self._read(send, retry=False)
+        return sent
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Ask run ``run_id`` to cancel, committed, and wake its owner (or a process to claim
+        it, if it has none). False if the run is not running."""
+
+        def cancel(db: psycopg.Connection[Any]) -> bool:
+            with db.transaction():
+                if db.execute(CANCEL, {"run": run_id}).fetchone() is None:
+                    return False
+                db.execute("SELECT pg_notify(%s, %s)", (CONTROL, run_id))
+                db.execute("SELECT pg_notify(%s, '')", (QUEUE,))
+            return True
+
+        cancelled: bool = await self._read(cancel, retry=False)
+        return cancelled
+
+    async def control(self) -> tuple[list[tuple[int, str, bytes]], list[str]]:
+        """What was sent to this process's runs and not yet taken (``(seq, run_id, body)``,
+        in the order sent), and which of them were asked to cancel."""
+        runs = list(self._leases)
+        if not runs:
+            await trio.lowlevel.checkpoint()
+            return [], []
+        result: tuple[list[tuple[int, str, bytes]], list[str]] = await self._lease_call(
+            _control, runs
+        )
+        return result
 
     # -- writing (the commit thread) --
 
     def _retryable(self, error: Exception) -> bool:
         # A connection that broke (the server restarted, the network dropped) may come back:
-        # `_write` connects again. So may the lock its old session held (`_LockNotBack`).
-        # Anything else PostgreSQL refused, it refuses again.
+        # `_write` connects again. Anything else PostgreSQL refused, it refuses again.
         psycopg = _psycopg()
-        return isinstance(error, psycopg.OperationalError | _LockNotBack)
+        return isinstance(error, psycopg.OperationalError)
 
     #: The serial of the last commit (`tf_meta`'s ``serial``, written by every commit).
     _serial = 0
-    #: The serial of a commit whose outcome is unknown (its connection broke during it).
+    #: The serial of a commit whose outcome is unknown (its connection broke during it), and
+    #: the runs it found lost (`_fence`).
     _unsure: int | None = None
+    _unsure_lost: set[str] = set()  # noqa: RUF012 (replaced, never changed in place)
 
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
         if connection is None or connection.closed or connection.broken:
-            # It broke in an earlier attempt: a new one, which takes the lock again.
-            connection = self._connect_writer_again()
-        rows = self._sort(batch, run_values)
+            # It broke in an earlier attempt.
+            if connection is not None:
+                connection.close()
+            self._writer = None
+            connection = self._writer = self._connect()
+            connection.autocommit = False
         if self._unsure is not None:
             # The connection broke during this batch's commit: it may have been written.
             # Every commit writes its serial, so the store says which.
@@ -224,13 +501,14 @@ class PostgresStore(GroupCommit, SqlReads):
             connection.rollback()
             if int(serial) == self._unsure:  # it was: not again
                 self._serial, self._unsure = self._unsure, None
-                self._written(rows)
+                self._committed_rows(batch, self._unsure_lost)
                 return
         serial = self._serial + 1
         try:
             with connection.cursor() as cursor:
-                self._statements(cursor, rows, serial)
-            self._unsure = serial
+                lost, seqs = self._fence(cursor, batch)
+                rows = self._statements(cursor, batch, lost, seqs, serial)
+            self._unsure, self._unsure_lost = serial, lost
             connection.commit()
         except BaseException:
             if not (connection.closed or connection.broken):  # else its error is the one
@@ -238,18 +516,52 @@ class PostgresStore(GroupCommit, SqlReads):
                 self._unsure = None  # it said no: nothing was written
             raise
         self._serial, self._unsure = serial, None
-        self._written(rows)
+        self._committed_rows(batch, lost, rows)
 
-    @staticmethod
-    def _statements(cursor: psycopg.Cursor[Any], rows: Sorted, serial: int) -> None:
-        """The statements of one commit of ``rows``, which is number ``serial``."""
+    def _fence(
+        self, cursor: psycopg.Cursor[Any], batch: list[Operation]
+    ) -> tuple[set[str], dict[str, int]]:
+        """Which runs ``batch`` writes that this process owned and no longer owns (another
+        claimed them); and the last seq of each run's events in ``batch``, which the rows of
+        those it still owns say from now on (a new run's, its INSERT: `_statements`)."""
+        seqs: dict[str, int] = {}
+        for op in batch:
+            kind = type(op)
+            if kind is NewEvent:
+                seqs[op.run_id] = op.event.seq  # type: ignore[union-attr]
+            elif kind is not NewRun:
+                seqs.setdefault(op.run_id, 0)  # type: ignore[union-attr]
+        leases = self._leases
+        held = [(run_id, leases.get(run_id), seq) for run_id, seq in seqs.items()]
+        held = [entry for entry in held if entry[1] is not None]
+        if not held:
+            return set(), seqs
+        runs, epochs, last = (list(column) for column in zip(*held, strict=True))
+        cursor.execute(FENCE, {"runs": runs, "epochs": epochs, "seqs": last, "node": self.node})
+        kept = {run_id for (run_id,) in cursor.fetchall()}
+        return {run_id for run_id in runs if run_id not in kept}, seqs
+
+    def _statements(
+        self,
+        cursor: psycopg.Cursor[Any],
+        batch: list[Operation],
+        lost: set[str],
+        seqs: dict[str, int],
+        serial: int,
+    ) -> Sorted:
+        """The statements of one commit of ``batch``, which is number ``serial``, without what
+        the runs this process lost write; new runs' rows say the last seq of their events in
+        it (``seqs``)."""
+        rows = self._sort(batch, self._run_values, lost | self._lost if self._lost else lost)
         cursor.execute("UPDATE tf_meta SET value = %s WHERE key = 'serial'", (str(serial),))
         if rows.runs:
+            rows.runs = [(*values[:6], seqs.get(values[0], 0), *values[7:]) for values in rows.runs]
             cursor.executemany(
                 "INSERT INTO tf_runs (run_id, number, workflow, status, start_event,"
                 " lifecycle, last_seq, result, error, started_at, ended_at,"
-                " result_type, fingerprint, recoveries)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " result_type, fingerprint, recoveries, owner, owner_key, epoch, lease_until)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " clock_timestamp() + %s * interval '1 second')",
                 rows.runs,
             )
         if rows.events:
@@ -270,37 +582,54 @@ class PostgresStore(GroupCommit, SqlReads):
                     copy.write_row(record)
         if rows.resumed:
             cursor.executemany("UPDATE tf_runs SET recoveries = %s WHERE run_id = %s", rows.resumed)
+        if rows.taken:
+            cursor.execute("UPDATE tf_inbox SET taken = TRUE WHERE seq = ANY(%s)", (rows.taken,))
         if rows.purged:
-            for table in ("tf_events", "tf_journal", "tf_runs"):
-                cursor.executemany(
-                    f"DELETE FROM {table} WHERE run_id = %s",
-                    rows.purged,
-                )
+            for table in ("tf_events", "tf_journal", "tf_inbox", "tf_runs"):
+                cursor.executemany(f"DELETE FROM {table} WHERE run_id = %s", rows.purged)
+        if rows.events or rows.ends:
+            changed = [event[0] for event in rows.events] + [end[-1] for end in rows.ends]
+            cursor.execute("SELECT pg_notify(%s, %s)", (EVENTS, payload(changed)))
+        if any(values[14] is None for values in rows.runs):  # submitted for any to claim
+            cursor.execute("SELECT pg_notify(%s, '')", (QUEUE,))
+        return rows
 
-    def _connect_writer_again(self) -> psycopg.Connection[Any]:
-        """A new writing connection holding the lock again.
+    def _run_values(self, new: NewRun) -> tuple[Any, ...]:
+        """A new run's row: owned by this process (its first claim), or ``queued`` for any."""
+        if new.queued:
+            return (*run_values(new.row), None, None, 0, None)
+        return (*run_values(new.row), self.node, self.owner_key, 1, self.lease)
 
-        Raises:
-            _LockNotBack: the lock is still held, most likely by the broken connection's
-                session, which the server ends once it finds its client gone (`_KEEPALIVES`):
-                the commit is retried meanwhile.
-        """
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        connection = self._connect()
-        if not self._lock(connection):
-            connection.close()
-            raise _LockNotBack(
-                f"{self.name}: the lock of its broken connection is not released yet"
-            )
-        connection.autocommit = False
-        self._writer = connection
-        return connection
+    def _committed_rows(
+        self, batch: list[Operation], lost: set[str], rows: Sorted | None = None
+    ) -> None:
+        """``batch`` is committed, without what the runs in ``lost`` (found lost by its
+        fence) and those lost before wrote: this process owns the runs it started, no longer
+        those that ended; the lost ones are told (`GroupCommit._flush_once`)."""
+        if rows is None:
+            rows = self._sort(batch, self._run_values, lost | self._lost)
+        self._written(rows)
+        leases = self._leases
+        for values in rows.runs:
+            if values[14] is not None:
+                leases[values[0]] = 1
+        for end in rows.ends:
+            leases.pop(end[-1], None)
+        for (run_id,) in rows.purged:
+            leases.pop(run_id, None)
+        for run_id in lost:
+            leases.pop(run_id, None)
+        if lost:
+            self._lost = self._lost | lost  # a new set: trio's side reads it
+        dropped = lost | (self._lost & {_run_of(op) for op in batch}) if self._lost else lost
+        self._unpublished = dropped
+        self._newly_lost = lost
 
     # -- reading --
 
-    async def _read(self, query: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+    async def _read(
+        self, query: Callable[[psycopg.Connection[Any]], Any], *, retry: bool = True
+    ) -> Any:
         def run() -> Any:
             psycopg = _psycopg()
             reader = self._reader
@@ -309,7 +638,7 @@ class PostgresStore(GroupCommit, SqlReads):
             try:
                 return query(reader)
             except psycopg.OperationalError:
-                if not (reader.closed or reader.broken):
+                if not retry or not (reader.closed or reader.broken):
                     raise
             # It broke (the server restarted, the network dropped): reads are repeatable.
             return query(self._connect_reader_again())
@@ -324,9 +653,60 @@ class PostgresStore(GroupCommit, SqlReads):
         return self._reader
 
 
-async def open_postgres(url: str) -> PostgresStore:
-    """Open the store in the database at ``url`` (see `PostgresStore.open`)."""
-    store = PostgresStore(url)
+def _runs_and_epochs(leases: Mapping[str, int]) -> dict[str, Any]:
+    return {"runs": list(leases), "epochs": list(leases.values())}
+
+
+def _renew(db: psycopg.Connection[Any], store: PostgresStore, leases: dict[str, int]) -> set[str]:
+    """Renew ``leases``; the runs whose leases were renewed (still this process's)."""
+    if not leases:
+        return set()
+    with db.transaction():
+        db.execute("SET LOCAL synchronous_commit = off")  # a lost renewal only lets it lapse
+        renewed = db.execute(
+            HEARTBEAT,
+            {**_runs_and_epochs(leases), "lease": store.lease, "node": store.node},
+        ).fetchall()
+    return {run_id for (run_id,) in renewed}
+
+
+def _claim(
+    db: psycopg.Connection[Any],
+    store: PostgresStore,
+    served: Mapping[str, str],
+    limit: int,
+    held: Sequence[str],
+) -> list[tuple[str, int]]:
+    with db.transaction():
+        db.execute("SET LOCAL synchronous_commit = off")  # a lost claim only lets it lapse
+        claimed = db.execute(
+            CLAIM,
+            {
+                "workflows": list(served),
+                "graphs": list(served.values()),
+                "held": list(held),
+                "limit": limit,
+                "node": store.node,
+                "key": store.owner_key,
+                "lease": store.lease,
+            },
+        ).fetchall()
+    return [(run_id, int(epoch)) for run_id, epoch in claimed]
+
+
+def _control(
+    db: psycopg.Connection[Any], runs: list[str]
+) -> tuple[list[tuple[int, str, bytes]], list[str]]:
+    inbox = db.execute(INBOX, {"runs": runs}).fetchall()
+    cancels = db.execute(CANCELS, {"runs": runs}).fetchall()
+    return [(int(seq), run_id, bytes(body)) for seq, run_id, body in inbox], [
+        run_id for (run_id,) in cancels
+    ]
+
+
+async def open_postgres(url: str, *, node: str, lease: float = LEASE) -> PostgresStore:
+    """Open the store in the database at ``url`` as node ``node`` (see `PostgresStore.open`)."""
+    store = PostgresStore(url, node=node, lease=lease)
     await store.open()
     return store
 
@@ -355,8 +735,3 @@ def _described_url(url: str) -> str:
         return f"{scheme}://{rest}"
     user = credentials.partition(":")[0]
     return f"{scheme}://{user}@{place}"
-
-
-class _LockNotBack(Exception):
-    """A new writing connection could not take the database's lock again (see
-    `PostgresStore._connect_writer_again`): the commit is retried."""

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 from ._writes import EventRow, RunRow
 
-_SELECT_RUN = (
-    "SELECT run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
-    " started_at, ended_at, result_type, fingerprint, recoveries FROM tf_runs"
+#: The columns of a run's row (`run_row`), which both engines have.
+RUN_COLUMNS = (
+    "run_id, number, workflow, status, start_event, lifecycle, last_seq, result, error,"
+    " started_at, ended_at, result_type, fingerprint, recoveries"
 )
 
 
@@ -22,6 +23,9 @@ class SqlReads:
 
     #: The driver's placeholder for a parameter: ``?`` (sqlite3) or ``%s`` (psycopg).
     _param: ClassVar[str]
+    #: The SELECT of runs' rows (`run_row`): `RUN_COLUMNS`, and those of a store shared by
+    #: processes (``owner``, ``cancel_requested``) where the engine has them.
+    _select_run: ClassVar[str] = f"SELECT {RUN_COLUMNS} FROM tf_runs"
 
     async def _read(self, query: Callable[[Any], Any]) -> Any:
         """``query(connection)`` on the reading connection, in a worker thread."""
@@ -31,16 +35,17 @@ class SqlReads:
         """The run ``run_id``, as last committed."""
         p = self._param
         rows = await self._read(
-            lambda db: db.execute(f"{_SELECT_RUN} WHERE run_id = {p}", (run_id,)).fetchall()
+            lambda db: db.execute(f"{self._select_run} WHERE run_id = {p}", (run_id,)).fetchall()
         )
         return run_row(rows[0]) if rows else None
 
     async def runs(self, *, status: str | None = None) -> list[RunRow]:
         """Every run (with ``status``, if given), oldest first."""
-        query = f"{_SELECT_RUN} ORDER BY number"
+        select = self._select_run
+        query = f"{select} ORDER BY number"
         args: tuple[str, ...] = ()
         if status is not None:
-            query, args = f"{_SELECT_RUN} WHERE status = {self._param} ORDER BY number", (status,)
+            query, args = f"{select} WHERE status = {self._param} ORDER BY number", (status,)
         rows = await self._read(lambda db: db.execute(query, args).fetchall())
         return [run_row(row) for row in rows]
 
@@ -63,7 +68,7 @@ class SqlReads:
         if statuses:
             where.append(f"status IN ({', '.join([p] * len(statuses))})")
             args += list(statuses)
-        query = f"{_SELECT_RUN} WHERE {' AND '.join(where)} ORDER BY number DESC LIMIT {p}"
+        query = f"{self._select_run} WHERE {' AND '.join(where)} ORDER BY number DESC LIMIT {p}"
         rows = await self._read(lambda db: db.execute(query, (*args, limit)).fetchall())
         return [run_row(row) for row in rows]
 
@@ -132,10 +137,12 @@ def run_values(row: RunRow) -> tuple[Any, ...]:
 
 
 def run_row(values: Iterable[Any]) -> RunRow:
-    """A run's row as a SELECT of `_SELECT_RUN` gives it (SQLite keeps ``lifecycle`` as an
-    integer)."""
+    """A run's row as a SELECT of `SqlReads._select_run` gives it: `RUN_COLUMNS`, then
+    ``owner`` and ``cancel_requested`` where the engine has them (SQLite keeps ``lifecycle``
+    as an integer)."""
     run_id, number, workflow, status, start, lifecycle, last, result, error, *rest = values
-    at, end, kind, fingerprint, recoveries = rest
+    at, end, kind, fingerprint, recoveries, *shared = rest
+    owner, cancel_requested = shared or (None, False)
     return RunRow(
         run_id,
         number,
@@ -151,4 +158,6 @@ def run_row(values: Iterable[Any]) -> RunRow:
         kind,
         fingerprint,
         recoveries,
+        owner,
+        bool(cancel_requested),
     )

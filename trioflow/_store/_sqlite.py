@@ -35,7 +35,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,7 @@ import trio
 from ._commit import GroupCommit
 from ._errors import StoreError, StoreLocked
 from ._reads import SqlReads, next_number, run_values
-from ._writes import (
-    Operation,
-)
+from ._writes import Operation, RunRow
 
 logger = logging.getLogger("trioflow.store")
 
@@ -145,6 +143,21 @@ class SqliteStore(GroupCommit, SqlReads):
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_slot = trio.CapacityLimiter(1)
+
+    #: One process owns the file: no run of it is another process's.
+    shared = False
+
+    async def claim(
+        self,
+        served: Mapping[str, str],
+        *,
+        limit: int | None = None,
+        busy: Container[str] = (),
+    ) -> list[RunRow]:
+        """Every run the file has as running but those in ``busy`` (under way here): its
+        process stopped before they ended. (One process owns the file, so ``served`` and
+        ``limit`` leave none for another.)"""
+        return [row for row in await self.runs(status="running") if row.run_id not in busy]
 
     # -- opening and closing --
 
@@ -270,7 +283,7 @@ class SqliteStore(GroupCommit, SqlReads):
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
         assert connection is not None
-        batch_ = self._sort(batch, run_values)
+        batch_ = self._sort(batch, lambda new: run_values(new.row))
         runs, events, ends = batch_.runs, batch_.events, batch_.ends
         journal, resumed, purged = batch_.journal, batch_.resumed, batch_.purged
         connection.execute("BEGIN IMMEDIATE")

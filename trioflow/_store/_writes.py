@@ -37,6 +37,10 @@ class RunRow:
     fingerprint: str = ""
     #: How many times it was resumed after its process stopped.
     recoveries: int = 0
+    #: On a store shared by processes: the node executing it (None: none is, it waits to be
+    #: claimed), and whether a cancel was asked of it from another process.
+    owner: str | None = None
+    cancel_requested: bool = False
 
 
 class EventRow(NamedTuple):
@@ -55,9 +59,11 @@ class EventRow(NamedTuple):
 
 @attrs.frozen
 class NewRun:
-    """Write: a run has started."""
+    """Write: a run has started; ``queued``: it is submitted for any process to claim and run
+    (on a store shared by processes), rather than running in the writer's."""
 
     row: RunRow
+    queued: bool = False
 
     @property
     def size(self) -> int:
@@ -135,4 +141,16 @@ class RunResumed:
         return 64
 
 
-Operation = NewRun | NewEvent | RunEnded | RunPurged | JournalEntry | RunResumed
+class InboxTaken:
+    """Write: the event sent to a run as its inbox row ``seq`` (on a store shared by
+    processes) was delivered to the run (its journal says so) or refused by it."""
+
+    __slots__ = ("run_id", "seq")
+    size = 64
+
+    def __init__(self, run_id: str, seq: int) -> None:
+        self.run_id = run_id
+        self.seq = seq
+
+
+Operation = NewRun | NewEvent | RunEnded | RunPurged | JournalEntry | RunResumed | InboxTaken
