@@ -771,18 +771,6 @@ async def test_a_purge_under_way_drops_only_what_its_run_writes_after_it(
             assert count == 0, table
 
 
-async def test_a_second_store_on_one_database_is_refused() -> None:
-    """Until runs are spread over several processes, one process owns a PostgreSQL store's
-    database: a second opening fails at once, saying so; once the first closes, it opens."""
-    with fresh_database() as url:
-        async with open_store(url):
-            with pytest.raises(StoreLocked, match="in use"):
-                async with open_store(url):
-                    pass
-        async with open_store(url) as store:
-            assert isinstance(store, PostgresStore)
-
-
 async def test_a_commit_postgres_refuses_for_good_fails_the_store() -> None:
     """A write PostgreSQL refuses (a second run with one number) fails the store loudly, as
     on SQLite: the waiter and every later writer get a StoreError naming the cause, and what

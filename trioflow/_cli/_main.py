@@ -28,6 +28,7 @@ from ._logs import add_log_level_flag, configure_logging
 from ._options import add_server_flags, server_options
 from ._run import run_and_stream, start_fields
 from ._signals import STOP_SIGNALS, stop_on_signals
+from ._worker import WORKER_OPTIONS, work
 
 
 class UsageError(Exception):
@@ -295,6 +296,36 @@ def _app(workflows: Workflow | Mapping[str, Workflow], args: argparse.Namespace)
     return WorkflowApp(workflows, **options)
 
 
+def _worker_app(
+    workflows: Workflow | Mapping[str, Workflow], args: argparse.Namespace
+) -> WorkflowApp:
+    options = server_options(args)
+    store = options.get("store", "memory:")
+    if not store.lower().startswith(("postgresql:", "postgres:")):
+        raise ValueError(
+            "a worker runs the runs of a store that processes share: give --store "
+            f"postgresql://... (or $TRIOFLOW_STORE), got {store!r}"
+        )
+    if options.get("max_runs", 1) < 1:
+        raise ValueError("a worker runs at least one run at once: --max-runs must be >= 1")
+    return WorkflowApp(workflows, **options)
+
+
+async def _work(app: WorkflowApp) -> int:
+    """`work`, with a store that cannot be opened said in one line."""
+    try:
+        return await work(app)
+    except BaseExceptionGroup as group:
+        store_error = _store_error(group)
+        if store_error is None:
+            raise _alone(group) from None  # a step's SystemExit or KeyboardInterrupt
+        print(f"trioflow worker: error: {store_error}", file=sys.stderr)
+        return 1
+    except StoreError as error:
+        print(f"trioflow worker: error: {error}", file=sys.stderr)
+        return 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trioflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -311,6 +342,13 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=_port, default=8000, help="port (8000; 0 picks a free one)")
     add_server_flags(srv)
     add_log_level_flag(srv)
+    worker = commands.add_parser(
+        "worker",
+        help="run the runs of a store that processes share (postgresql://...), without HTTP",
+    )
+    worker.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
+    add_server_flags(worker, only=WORKER_OPTIONS)
+    add_log_level_flag(worker)
     run = commands.add_parser("run", help="run a workflow, streaming its events live")
     run.add_argument("target", help="module:attr, a Workflow or a mapping of names to workflows")
     run.add_argument("--name", help="which workflow of a mapping")
@@ -352,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trioflow`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command in ("demo", "run", "serve"):  # the commands that run workflows
+    if args.command in ("demo", "run", "serve", "worker"):  # the commands that run workflows
         configure_logging(args.log_level)
     if args.command == "demo":
         if args.pace < 0:
@@ -370,23 +408,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except WorkflowValidationError as error:
         return _report_problems(args.target, error)
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         try:
             workflows = load_workflows(args.target)
         except UsageError as error:
-            print(f"trioflow serve: error: {error}", file=sys.stderr)
+            print(f"trioflow {args.command}: error: {error}", file=sys.stderr)
             return 2
         except WorkflowValidationError as error:
             return _report_problems(args.target, error)
         try:
-            app = _app(workflows, args)
+            app = _app(workflows, args) if args.command == "serve" else _worker_app(workflows, args)
         except (ValueError, TypeError) as error:  # options out of range
-            print(f"trioflow serve: error: {error}", file=sys.stderr)
+            print(f"trioflow {args.command}: error: {error}", file=sys.stderr)
             return 2
         try:
-            return trio.run(_serve, app, args.host, args.port)
-        except KeyboardInterrupt:  # a step's, raised by serve() once the server has stopped
-            print("trioflow serve: interrupted", file=sys.stderr)
+            if args.command == "serve":
+                return trio.run(_serve, app, args.host, args.port)
+            return trio.run(_work, app)
+        except KeyboardInterrupt:  # a step's, raised once the process has stopped
+            print(f"trioflow {args.command}: interrupted", file=sys.stderr)
             return 128 + signal.SIGINT
     raise AssertionError(args.command)  # pragma: no cover (argparse enforces the choices)
 

@@ -12,7 +12,7 @@ import argparse
 import os
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import attrs
@@ -20,9 +20,14 @@ import attrs
 from .._server._options import ServerOptions, describe_default
 
 
-def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """Add a flag to ``parser`` for every field of `ServerOptions`."""
+def add_server_flags(
+    parser: argparse.ArgumentParser, *, only: Collection[str] | None = None
+) -> None:
+    """Add a flag to ``parser`` for every field of `ServerOptions` (those named in ``only``,
+    when given)."""
     for option in _options():
+        if only is not None and option.name not in only:
+            continue
         env = option.metadata.get("env")
         default = os.environ.get(env) if env else None
         flag = option.metadata.get("flag", "--" + option.name.replace("_", "-"))

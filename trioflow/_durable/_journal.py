@@ -67,6 +67,8 @@ class Appender(Protocol):
 
     async def flushed(self, commits: int) -> None: ...
 
+    def holds(self, run_id: str) -> bool: ...
+
 
 class Journal:
     """The journal of one run, from its next record on."""
@@ -97,6 +99,11 @@ class Journal:
         self._ticket = self._store.append(JournalEntry(self.run_id, n, kind, dumps(body)))
         self.next_n = n + 1
         return n
+
+    def holds(self) -> bool:
+        """Whether this process may still act for the run (on a store that processes share,
+        its hold on the run has not run out): a step is started only then."""
+        return self._store.holds(self.run_id)
 
     async def committed(self) -> None:
         """Wait until every record appended so far is committed."""

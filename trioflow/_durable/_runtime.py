@@ -532,6 +532,11 @@ async def _execute(
             )
     retry = spec.config.retry
     while True:
+        if not journal.holds():
+            # This process's hold on the run has run out (it was paused, or cut off): another
+            # may run it by now. Start nothing: the run stops here, as if its process had.
+            durable.suspend(crew)
+            return
         journal.start(task, attempt)
         ref = TaskRef(task, attempt, key, memo, answers)
         current_execution.set(ref)

@@ -51,6 +51,7 @@ from .._store import (
     Operation,
     RunEnded,
     RunPurged,
+    RunReleased,
     RunResumed,
     RunRow,
     SharedStore,
@@ -735,9 +736,10 @@ class RunRegistry:
         try:
             if self._suspended(record):
                 logger.info(
-                    "trioflow: run %s of %s is suspended; it resumes at the next start",
+                    "trioflow: run %s of %s is suspended; it resumes %s",
                     row.run_id,
                     name,
+                    "in a process sharing the store" if store.shared else "at the next start",
                 )
             else:
                 log_failed_run(record)
@@ -750,6 +752,8 @@ class RunRegistry:
                 self._feeds.pop(row.run_id, None)
                 record.mark_suspended()
                 self._wrap_up(record)
+                if store.shared and store.failed is None:  # for another process, at once
+                    store.append(RunReleased(row.run_id))
             else:  # `_published` finishes it once committed
                 store.append(run_ended(record.handler, record.seq))
             record.done.set()

@@ -32,6 +32,7 @@ from ._writes import (
     Operation,
     RunEnded,
     RunPurged,
+    RunReleased,
     RunResumed,
     RunRow,
 )
@@ -174,6 +175,7 @@ __all__ = [
     "RunEnded",
     "RunInterrupted",
     "RunPurged",
+    "RunReleased",
     "RunResumed",
     "RunRow",
     "SharedStore",

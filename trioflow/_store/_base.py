@@ -76,6 +76,11 @@ class Store(Protocol):
         """Call ``listener`` with every batch once it is committed, in order."""
         ...
 
+    def holds(self, run_id: str) -> bool:
+        """Whether this process may still act for run ``run_id`` (start its steps): on a
+        shared store, whether its hold on the run has not run out."""
+        ...
+
     def on_lost(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener`` with the runs this process learns it no longer owns (on a shared
         store, another process took them over): what they write is dropped from then on."""

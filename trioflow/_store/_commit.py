@@ -24,6 +24,7 @@ from ._writes import (
     Operation,
     RunEnded,
     RunPurged,
+    RunReleased,
     RunResumed,
 )
 
@@ -139,6 +140,11 @@ class GroupCommit:
     def on_commit(self, listener: Callable[[Sequence[Operation]], None]) -> None:
         """Call ``listener`` with each committed batch, once it is committed."""
         self._listeners.append(listener)
+
+    def holds(self, run_id: str) -> bool:
+        """Whether this process may still act for run ``run_id``: on a store it owns, always
+        (a store that processes share says whether its hold on the run has run out)."""
+        return True
 
     def on_lost(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener`` with the runs this process learns it no longer owns (on a store
@@ -265,7 +271,7 @@ class GroupCommit:
         meanwhile). What a run purged under way writes after its purge is dropped (what it
         wrote before is deleted with it): `_dropping` holds those purged in earlier
         commits, `Sorted.purging` those purged so far in this one. So is what the runs in
-        ``lost`` write (this process no longer owns them)."""
+        ``lost`` write (this process does not own them), their purges aside."""
         out = Sorted()
         add_event, add_record = out.events.append, out.journal.append
         dropping, purging = self._dropping, out.purging
@@ -273,9 +279,8 @@ class GroupCommit:
             kind = type(op)
             if (dropping or purging or lost) and kind is not NewRun:
                 run_id = op.run_id  # type: ignore[union-attr]
-                if run_id in lost:
-                    continue
-                if run_id in dropping or run_id in purging:
+                if run_id in dropping or run_id in purging or run_id in lost:
+                    # (Forgetting a run is any process's to do.)
                     if kind is RunPurged:
                         out.purged.append((run_id,))
                     elif kind is RunEnded:
@@ -298,6 +303,8 @@ class GroupCommit:
                 out.resumed.append((op.recoveries, op.run_id))
             elif kind is InboxTaken:
                 out.taken.append(op.seq)  # type: ignore[union-attr]
+            elif kind is RunReleased:
+                out.released.append(op.run_id)
         return out
 
     def _written(self, batch: Sorted) -> None:
@@ -356,6 +363,8 @@ class Sorted:
     purged: list[tuple[Any, ...]] = attrs.field(factory=list)
     #: The inbox rows taken (`InboxTaken`), by seq.
     taken: list[int] = attrs.field(factory=list)
+    #: The runs released (`RunReleased`).
+    released: list[str] = attrs.field(factory=list)
     #: Runs purged under way in this batch.
     purging: set[str] = attrs.field(factory=set)
     #: Runs being dropped whose end is in this batch.

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from ._cluster import (
@@ -44,10 +45,10 @@ from ._cluster import (
     new_owner_key,
     payload,
 )
-from ._commit import GroupCommit, Sorted, _run_of
+from ._commit import GroupCommit, Sorted
 from ._errors import StoreError
 from ._reads import RUN_COLUMNS, SqlReads, run_row, run_values
-from ._writes import NewEvent, NewRun, Operation, RunRow
+from ._writes import NewEvent, NewRun, Operation, RunPurged, RunRow
 
 if TYPE_CHECKING:
     import psycopg
@@ -323,26 +324,37 @@ class PostgresStore(GroupCommit, SqlReads):
                 kept = await self._lease_call(_renew, self, leases)
             except _psycopg().OperationalError as error:
                 if trio.current_time() >= self._leased_until:
-                    self._lose(set(self._leases), "its leases ran out")
+                    self._lose(set(self._leases), "their leases ran out unrenewed")
                 logger.warning("trioflow: %s: cannot renew its leases: %s", self.name, error)
                 continue
             self._leased_until = asked + self.lease
             gone = {run_id for run_id in leases if run_id not in kept}
-            self._lose(gone, "another process claimed it")
+            self._lose(gone, "another process claimed them")
+
+    def holds(self, run_id: str) -> bool:
+        """Whether this process still owns run ``run_id`` and its lease has a tenth of its
+        length left, as far as its last renewal says: a process paused past its lease starts
+        no step once it wakes up (its writes would be fenced; its steps' effects would not)."""
+        return run_id in self._leases and (
+            trio.current_time() < self._leased_until - self.lease / 10
+        )
 
     def _lose(self, runs: set[str], why: str) -> None:
         """This process no longer owns ``runs``: what they write is dropped, and they stop."""
         lost = {run_id for run_id in runs if self._leases.pop(run_id, None) is not None}
         if lost:
             self._lost = self._lost | lost  # a new set: the commit thread reads it
-            logger.warning(
-                "trioflow: %s: %d run(s) no longer this process's (%s): %s",
-                self.name,
-                len(lost),
-                why,
-                ", ".join(sorted(lost)[:5]),
-            )
+            self._say_lost(lost, why)
             self._tell_lost(lost)
+
+    def _say_lost(self, lost: set[str], why: str) -> None:
+        logger.warning(
+            "trioflow: %s: %d run(s) no longer this process's (%s); they stop here: %s",
+            self.name,
+            len(lost),
+            why,
+            ", ".join(sorted(lost)[:5]),
+        )
 
     def forget_lost(self, run_id: str) -> None:
         """The lost run ``run_id`` has stopped here: another claim of it may be this
@@ -479,9 +491,9 @@ class PostgresStore(GroupCommit, SqlReads):
     #: The serial of the last commit (`tf_meta`'s ``serial``, written by every commit).
     _serial = 0
     #: The serial of a commit whose outcome is unknown (its connection broke during it), and
-    #: the runs it found lost (`_fence`).
+    #: what its fence found (`_fence`).
     _unsure: int | None = None
-    _unsure_lost: set[str] = set()  # noqa: RUF012 (replaced, never changed in place)
+    _unsure_fence: Fence | None = None
 
     def _write(self, batch: list[Operation]) -> None:
         connection = self._writer
@@ -500,15 +512,16 @@ class PostgresStore(GroupCommit, SqlReads):
             ).fetchone()  # type: ignore[misc]
             connection.rollback()
             if int(serial) == self._unsure:  # it was: not again
+                assert self._unsure_fence is not None
                 self._serial, self._unsure = self._unsure, None
-                self._committed_rows(batch, self._unsure_lost)
+                self._committed_rows(batch, self._unsure_fence)
                 return
         serial = self._serial + 1
         try:
             with connection.cursor() as cursor:
-                lost, seqs = self._fence(cursor, batch)
-                rows = self._statements(cursor, batch, lost, seqs, serial)
-            self._unsure, self._unsure_lost = serial, lost
+                fence = self._fence(cursor, batch)
+                rows = self._statements(cursor, batch, fence, serial)
+            self._unsure, self._unsure_fence = serial, fence
             connection.commit()
         except BaseException:
             if not (connection.closed or connection.broken):  # else its error is the one
@@ -516,43 +529,47 @@ class PostgresStore(GroupCommit, SqlReads):
                 self._unsure = None  # it said no: nothing was written
             raise
         self._serial, self._unsure = serial, None
-        self._committed_rows(batch, lost, rows)
+        self._committed_rows(batch, fence, rows)
 
-    def _fence(
-        self, cursor: psycopg.Cursor[Any], batch: list[Operation]
-    ) -> tuple[set[str], dict[str, int]]:
-        """Which runs ``batch`` writes that this process owned and no longer owns (another
-        claimed them); and the last seq of each run's events in ``batch``, which the rows of
-        those it still owns say from now on (a new run's, its INSERT: `_statements`)."""
+    def _fence(self, cursor: psycopg.Cursor[Any], batch: list[Operation]) -> Fence:
+        """What of ``batch`` this process may write: the runs it owns, checked in the
+        transaction (`FENCE`), and those it starts in it; another's runs, or those it lost,
+        are another's to write. Also the last seq of each run's events in ``batch``, which
+        the rows of those it owns say from now on (a new run's, its INSERT: `_statements`)."""
         seqs: dict[str, int] = {}
+        created: set[str] = set()
         for op in batch:
             kind = type(op)
             if kind is NewEvent:
                 seqs[op.run_id] = op.event.seq  # type: ignore[union-attr]
-            elif kind is not NewRun:
+            elif kind is NewRun:
+                created.add(op.row.run_id)  # type: ignore[union-attr]
+            elif kind is not RunPurged:  # (any process forgets a run: it owns none once ended)
                 seqs.setdefault(op.run_id, 0)  # type: ignore[union-attr]
         leases = self._leases
-        held = [(run_id, leases.get(run_id), seq) for run_id, seq in seqs.items()]
-        held = [entry for entry in held if entry[1] is not None]
-        if not held:
-            return set(), seqs
-        runs, epochs, last = (list(column) for column in zip(*held, strict=True))
-        cursor.execute(FENCE, {"runs": runs, "epochs": epochs, "seqs": last, "node": self.node})
-        kept = {run_id for (run_id,) in cursor.fetchall()}
-        return {run_id for run_id in runs if run_id not in kept}, seqs
+        held: list[tuple[str, int, int]] = []
+        unowned: set[str] = set()
+        for run_id, seq in seqs.items():
+            epoch = leases.get(run_id)
+            if epoch is not None:
+                held.append((run_id, epoch, seq))
+            elif run_id not in created:
+                unowned.add(run_id)
+        lost: set[str] = set()
+        if held:
+            runs, epochs, last = (list(column) for column in zip(*held, strict=True))
+            cursor.execute(FENCE, {"runs": runs, "epochs": epochs, "seqs": last, "node": self.node})
+            kept = {run_id for (run_id,) in cursor.fetchall()}
+            lost = {run_id for run_id in runs if run_id not in kept}
+        return Fence(lost, lost | unowned, seqs)
 
     def _statements(
-        self,
-        cursor: psycopg.Cursor[Any],
-        batch: list[Operation],
-        lost: set[str],
-        seqs: dict[str, int],
-        serial: int,
+        self, cursor: psycopg.Cursor[Any], batch: list[Operation], fence: Fence, serial: int
     ) -> Sorted:
         """The statements of one commit of ``batch``, which is number ``serial``, without what
-        the runs this process lost write; new runs' rows say the last seq of their events in
-        it (``seqs``)."""
-        rows = self._sort(batch, self._run_values, lost | self._lost if self._lost else lost)
+        ``fence`` drops; new runs' rows say the last seq of their events in it."""
+        seqs = fence.seqs
+        rows = self._sort(batch, self._run_values, fence.dropped)
         cursor.execute("UPDATE tf_meta SET value = %s WHERE key = 'serial'", (str(serial),))
         if rows.runs:
             rows.runs = [(*values[:6], seqs.get(values[0], 0), *values[7:]) for values in rows.runs]
@@ -584,13 +601,19 @@ class PostgresStore(GroupCommit, SqlReads):
             cursor.executemany("UPDATE tf_runs SET recoveries = %s WHERE run_id = %s", rows.resumed)
         if rows.taken:
             cursor.execute("UPDATE tf_inbox SET taken = TRUE WHERE seq = ANY(%s)", (rows.taken,))
+        if rows.released:
+            cursor.execute(
+                "UPDATE tf_runs SET owner = NULL, owner_key = NULL, lease_until = NULL"
+                " WHERE run_id = ANY(%s) AND status = 'running'",
+                (rows.released,),
+            )
         if rows.purged:
             for table in ("tf_events", "tf_journal", "tf_inbox", "tf_runs"):
                 cursor.executemany(f"DELETE FROM {table} WHERE run_id = %s", rows.purged)
         if rows.events or rows.ends:
             changed = [event[0] for event in rows.events] + [end[-1] for end in rows.ends]
             cursor.execute("SELECT pg_notify(%s, %s)", (EVENTS, payload(changed)))
-        if any(values[14] is None for values in rows.runs):  # submitted for any to claim
+        if rows.released or any(values[14] is None for values in rows.runs):  # to claim
             cursor.execute("SELECT pg_notify(%s, '')", (QUEUE,))
         return rows
 
@@ -601,13 +624,13 @@ class PostgresStore(GroupCommit, SqlReads):
         return (*run_values(new.row), self.node, self.owner_key, 1, self.lease)
 
     def _committed_rows(
-        self, batch: list[Operation], lost: set[str], rows: Sorted | None = None
+        self, batch: list[Operation], fence: Fence, rows: Sorted | None = None
     ) -> None:
-        """``batch`` is committed, without what the runs in ``lost`` (found lost by its
-        fence) and those lost before wrote: this process owns the runs it started, no longer
-        those that ended; the lost ones are told (`GroupCommit._flush_once`)."""
+        """``batch`` is committed, without what ``fence`` dropped: this process owns the runs
+        it started, no longer those that ended or it released; those its fence found lost
+        are told (`GroupCommit._flush_once`), and nobody hears of what was dropped."""
         if rows is None:
-            rows = self._sort(batch, self._run_values, lost | self._lost)
+            rows = self._sort(batch, self._run_values, fence.dropped)
         self._written(rows)
         leases = self._leases
         for values in rows.runs:
@@ -617,12 +640,15 @@ class PostgresStore(GroupCommit, SqlReads):
             leases.pop(end[-1], None)
         for (run_id,) in rows.purged:
             leases.pop(run_id, None)
+        for run_id in rows.released:
+            leases.pop(run_id, None)
+        lost = fence.lost
         for run_id in lost:
             leases.pop(run_id, None)
         if lost:
             self._lost = self._lost | lost  # a new set: trio's side reads it
-        dropped = lost | (self._lost & {_run_of(op) for op in batch}) if self._lost else lost
-        self._unpublished = dropped
+            self._say_lost(lost, "another process claimed them: their writes are dropped")
+        self._unpublished = fence.dropped
         self._newly_lost = lost
 
     # -- reading --
@@ -651,6 +677,18 @@ class PostgresStore(GroupCommit, SqlReads):
         self._reader = None
         self._reader = self._connect()
         return self._reader
+
+
+@attrs.frozen
+class Fence:
+    """What a commit's fence found (`PostgresStore._fence`)."""
+
+    #: The runs this process owned and another process has claimed since.
+    lost: set[str]
+    #: The runs whose writes the commit drops: those, and the runs this process does not own.
+    dropped: set[str]
+    #: The last seq of each run's events in the commit.
+    seqs: dict[str, int]
 
 
 def _runs_and_epochs(leases: Mapping[str, int]) -> dict[str, Any]:

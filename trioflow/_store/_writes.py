@@ -153,4 +153,17 @@ class InboxTaken:
         self.seq = seq
 
 
-Operation = NewRun | NewEvent | RunEnded | RunPurged | JournalEntry | RunResumed | InboxTaken
+class RunReleased:
+    """Write: the run stopped in this process without ending (on a store that processes
+    share): another process may claim it at once, rather than after this one's lease."""
+
+    __slots__ = ("run_id",)
+    size = 64
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+
+Operation = (
+    NewRun | NewEvent | RunEnded | RunPurged | JournalEntry | RunResumed | InboxTaken | RunReleased
+)

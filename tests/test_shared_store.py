@@ -1,0 +1,316 @@
+"""A PostgreSQL store shared by processes (nodes): each run owned by one process at a time
+(claims, leases, fencing), control from any of them (the inbox, cancel flags), and any of them
+serving any run. These run the nodes in one process, each with its own store (its own
+connections and liveness lock): as far as the database can tell, separate processes. Killing
+real processes is `test_cluster`'s."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from _http import DURABLE_FLOWS, served, sse_messages, wait_until
+from _postgres import fresh_database
+
+from trioflow._store import (
+    EventRow,
+    InboxTaken,
+    NewEvent,
+    NewRun,
+    PostgresStore,
+    RunEnded,
+    RunRow,
+    open_postgres,
+)
+
+#: The workflow every run here is of, with the graph's fingerprint its rows carry.
+SERVED = {"flow": ""}
+
+
+def run_row(run_id: str, number: int) -> RunRow:
+    return RunRow(run_id, number, "flow", "running", b"{}", False, 0, None, None, 0.0, None)
+
+
+def event(seq: int) -> EventRow:
+    body = json.dumps({"seq": seq, "type": "Tick", "data": {}}).encode()
+    return EventRow(seq, "Tick", "t.Tick", 0, "", body)
+
+
+@asynccontextmanager
+async def node(
+    url: str, name: str, *, lease: float = 15.0, tending: bool = True
+) -> AsyncIterator[PostgresStore]:
+    """A store opened as node ``name``, its flusher running (and, unless not ``tending``,
+    renewing its leases and listening) for the block."""
+    store = await open_postgres(url, node=name, lease=lease)
+    store._tending = not tending  # (a flusher tends only when no other does)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.flush_forever)
+            yield store
+            await store.drain()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+
+
+async def owned_rows(store: PostgresStore, run_id: str) -> tuple[str | None, int, int]:
+    """The owner, epoch and event count the database has for ``run_id``."""
+
+    def query(db: Any) -> tuple[str | None, int, int]:
+        owner, epoch = db.execute(
+            "SELECT owner, epoch FROM tf_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        (count,) = db.execute(
+            "SELECT count(*) FROM tf_events WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        return owner, epoch, count
+
+    result: tuple[str | None, int, int] = await store._read(query)
+    return result
+
+
+async def test_two_processes_never_claim_one_run() -> None:
+    """200 runs submitted for any process to claim, claimed by two at once in small batches:
+    each run is claimed once (its epoch is 1), and every run is claimed."""
+    with fresh_database() as url:
+        async with node(url, "a") as a, node(url, "b") as b:
+            for n in range(200):
+                a.append(NewRun(run_row(f"r{n}", await a.next_number()), queued=True))
+            await a.drain()
+            claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+            async def claim_all(store: PostgresStore) -> None:
+                while rows := await store.claim(SERVED, limit=7):
+                    claimed[store.node] += [row.run_id for row in rows]
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claim_all, a)
+                nursery.start_soon(claim_all, b)
+            assert not set(claimed["a"]) & set(claimed["b"])
+            assert sorted(claimed["a"] + claimed["b"]) == sorted(f"r{n}" for n in range(200))
+            assert claimed["a"]
+            assert claimed["b"]
+            epochs = await a._read(
+                lambda db: db.execute("SELECT DISTINCT epoch FROM tf_runs").fetchall()
+            )
+            assert epochs == [(1,)]
+            assert not await a.claim(SERVED)
+
+
+async def test_a_run_is_claimed_only_by_a_process_serving_its_graph() -> None:
+    """A run of a workflow a process does not serve, or serves with another graph (its code
+    differs), is left for the others."""
+    with fresh_database() as url:
+        async with node(url, "a") as a:
+            row = run_row("r", await a.next_number())
+            await a.flushed(a.append(NewRun(row, queued=True)))
+            assert await a.claim({"other": ""}) == []
+            assert await a.claim({"flow": "another graph"}) == []
+            assert [claimed.run_id for claimed in await a.claim(SERVED)] == ["r"]
+
+
+async def test_a_live_owner_keeps_its_runs_and_a_dead_ones_are_claimed_at_once() -> None:
+    """A run owned by a process that is alive (its liveness lock held, its lease renewed) is
+    not claimed; once that process is gone (killed: it released nothing), the run is claimed
+    at once, long before its lease would run out, and the claim says what it had committed."""
+    with fresh_database() as url:
+        async with node(url, "b") as b:
+            async with node(url, "a", lease=60) as a:
+                a.append(NewRun(run_row("r", await a.next_number())))
+                a.append(NewEvent("r", event(1)))
+                await a.drain()
+                assert await b.claim(SERVED) == []
+                a._leases.clear()  # as if killed: it gives nothing back as it goes
+            with trio.fail_after(5):  # (its session ends a moment after its connection)
+                while not (found := await b.claim(SERVED)):
+                    await trio.sleep(0.01)
+            (claimed,) = found
+            assert (claimed.run_id, claimed.owner, claimed.last_seq) == ("r", "b", 1)
+            assert await owned_rows(b, "r") == ("b", 2, 1)
+
+
+async def test_a_stopping_process_hands_its_runs_over() -> None:
+    """A process that stops releases the runs it owns: another claims them at once."""
+    with fresh_database() as url:
+        async with node(url, "b") as b:
+            async with node(url, "a", lease=60) as a:
+                await a.flushed(a.append(NewRun(run_row("r", await a.next_number()))))
+            assert [row.run_id for row in await b.claim(SERVED)] == ["r"]
+
+
+async def test_the_late_writes_of_a_process_that_lost_its_lease_are_dropped() -> None:
+    """A process that did not renew its lease (paused past it) loses its run to another's
+    claim: what it writes from then on is dropped, not committed over the new owner's, and it
+    is told that it lost the run (to stop it); the new owner's writes go on."""
+    with fresh_database() as url:
+        async with node(url, "a", lease=0.5, tending=False) as a, node(url, "b") as b:
+            lost: list[set[str]] = []
+            a.on_lost(lost.append)
+            published: list[int] = []
+            a.on_commit(
+                lambda batch: published.extend(
+                    op.event.seq for op in batch if isinstance(op, NewEvent)
+                )
+            )
+            a.append(NewRun(run_row("r", await a.next_number())))
+            await a.flushed(a.append(NewEvent("r", event(1))))
+            with trio.fail_after(10):
+                while not (claimed := await b.claim(SERVED)):
+                    await trio.sleep(0.1)  # its lease runs out: nobody renews it
+            assert [row.run_id for row in claimed] == ["r"]
+            await a.flushed(a.append(NewEvent("r", event(2))))  # fenced
+            assert lost == [{"r"}]
+            assert published == [1]  # nobody heard of what was dropped
+            await b.flushed(b.append(NewEvent("r", event(2))))
+            assert await owned_rows(b, "r") == ("b", 2, 2)
+            await a.flushed(a.append(NewEvent("r", event(3))))  # still dropped, told once
+            assert lost == [{"r"}]
+            assert await owned_rows(b, "r") == ("b", 2, 2)
+
+
+async def test_answers_and_cancels_reach_the_owner_through_the_store() -> None:
+    """An event sent to a run from another process is a committed inbox row, and the owner is
+    woken; once taken it is offered no more. A cancel is a flag the owner reads. A run that
+    ended takes neither."""
+    with fresh_database() as url:
+        async with node(url, "a") as a, node(url, "b") as b:
+            await a.flushed(a.append(NewRun(run_row("r", await a.next_number()))))
+            woken = a.signals.controlled()
+            assert await b.send("r", b'{"type": "Go"}')
+            with trio.fail_after(5):
+                await woken.wait()
+            ((seq, run_id, body),), cancels = await a.control()
+            assert (run_id, body, cancels) == ("r", b'{"type": "Go"}', [])
+            await a.flushed(a.append(InboxTaken("r", seq)))
+            assert await a.control() == ([], [])
+            assert await b.request_cancel("r")
+            assert await a.control() == ([], ["r"])
+            await a.flushed(a.append(RunEnded("r", "cancelled", None, None, 1.0, 0)))
+            assert not await b.send("r", b"{}")
+            assert not await b.request_cancel("r")
+            assert not await b.send("nope", b"{}")
+
+
+async def test_a_commit_wakes_the_followers_of_its_runs() -> None:
+    """Each commit notifies the runs whose events it holds: a process following one is woken,
+    and the run's row says its last committed seq, also the commit that started it."""
+    with fresh_database() as url:
+        async with node(url, "a") as a, node(url, "b") as b:
+            woken = b.signals.committed("r")
+            a.append(NewRun(run_row("r", await a.next_number())))
+            a.append(NewEvent("r", event(1)))
+            await a.flushed(a.append(NewEvent("r", event(2))))
+            with trio.fail_after(5):
+                await woken.wait()
+            row = await b.run("r")
+            assert row is not None
+            assert (row.last_seq, row.owner) == (2, "a")
+            await a.flushed(a.append(NewEvent("r", event(3))))
+            row = await b.run("r")
+            assert row is not None
+            assert row.last_seq == 3
+
+
+# -- nodes serving HTTP --
+
+
+async def test_any_node_streams_answers_and_cancels_a_run_another_runs() -> None:
+    """An HTTP node (max_runs=0) and a worker on one database: a run started on the HTTP node
+    runs on the worker (its status names it), streams live from the HTTP node with every
+    event once, takes an answer posted there and completes; another is cancelled from there
+    and its stream ends with WorkflowCancelledEvent. A run that ended takes no answer (409)."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, max_runs=0, node_id="http") as http,
+            served(DURABLE_FLOWS, store=url, node_id="worker") as worker,
+        ):
+            run_id = await http.start("gate")
+            streamed: list[dict[str, Any]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def stream() -> None:
+                    async with http.client.stream("GET", f"/runs/{run_id}/events") as response:
+                        async for message in sse_messages(response):
+                            if "data" in message:
+                                streamed.append(message)
+
+                nursery.start_soon(stream)
+                await wait_until(lambda: [m["event"] for m in streamed] == ["Tick", "Asking"])
+                status = await http.status(run_id)
+                assert (status["status"], status["node"]) == ("running", "worker")
+                bad = await http.client.post(f"/runs/{run_id}/events", json={"type": "Nope"})
+                assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_event")
+                go = {"type": "Go", "data": {"count": 1}}
+                answered = await http.client.post(f"/runs/{run_id}/events", json=go)
+                assert answered.status_code == 202, answered.text
+            assert [m["event"] for m in streamed] == ["Tick", "Asking", "Tick", "StopEvent"]
+            assert [int(m["id"]) for m in streamed] == [1, 2, 3, 4]
+            status = await http.wait_status(run_id, "completed")
+            assert (status["result"], status["node"]) == (1, None)
+            late = await http.client.post(f"/runs/{run_id}/events", json=go)
+            assert (late.status_code, late.json()["error"]["code"]) == (409, "run_ended")
+
+            doomed = await http.start("gate")
+            await wait_until(lambda: doomed in worker.app._registry._records)  # type: ignore[union-attr]
+            async with http.client.stream("GET", f"/runs/{doomed}/events") as response:
+                cancelled = await http.client.post(f"/runs/{doomed}/cancel")
+                assert cancelled.status_code == 202, cancelled.text
+                names = [m.get("event") async for m in sse_messages(response) if "data" in m]
+            assert names[-1] == "WorkflowCancelledEvent"
+            assert (await http.wait_status(doomed, "cancelled"))["node"] is None
+            again = await http.client.post(f"/runs/{doomed}/cancel")
+            assert again.status_code == 409
+
+
+async def test_a_client_resumes_on_another_node_where_it_left() -> None:
+    """A client that read part of a run's stream on one node and resumes on another with
+    Last-Event-ID gets the rest, each event once."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, node_id="one") as one,
+            served(DURABLE_FLOWS, store=url, max_runs=0, node_id="two") as two,
+        ):
+            run_id = await one.start("count", {"n": 40})
+            await one.wait_status(run_id, "completed")
+            head: list[int] = []
+            async with (
+                one.client.stream("GET", f"/runs/{run_id}/events") as response,
+                aclosing(sse_messages(response)) as messages,
+            ):
+                async for message in messages:
+                    if "data" in message:
+                        head.append(int(message["id"]))
+                        if len(head) == 15:
+                            break
+            rest = await two.events(run_id, after=15)
+            assert head + [int(m["id"]) for m in rest] == list(range(1, 42))
+
+
+async def test_an_http_node_alone_keeps_runs_waiting_until_a_worker_comes() -> None:
+    """With no process to run it, a submitted run waits (running, on no node); a worker that
+    starts later claims and runs it."""
+    with fresh_database() as url:
+        async with served(DURABLE_FLOWS, store=url, max_runs=0, node_id="http") as http:
+            run_id = await http.start("count", {"n": 2})
+            await trio.sleep(0.2)
+            status = await http.status(run_id)
+            assert (status["status"], status["node"]) == ("running", None)
+            async with served(DURABLE_FLOWS, store=url, node_id="late"):
+                status = await http.wait_status(run_id, "completed")
+            assert status["result"] == {"counted": 2}
+
+
+def test_an_http_node_needs_a_shared_store() -> None:
+    """max_runs=0 (a process that runs nothing) is refused without a store others run on."""
+    from trioflow import WorkflowApp
+
+    with pytest.raises(ValueError, match="max_runs=0"):
+        WorkflowApp(DURABLE_FLOWS, max_runs=0)
+    with pytest.raises(ValueError, match="max_runs=0"):
+        WorkflowApp(DURABLE_FLOWS, max_runs=0, store="sqlite:///x.db")
