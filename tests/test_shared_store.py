@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from _http import DURABLE_FLOWS, served, sse_messages, wait_until
+from _http import DURABLE_FLOWS, served, sse_messages, wait_for, wait_until
 from _postgres import fresh_database
 
 from trioflow._store import (
@@ -314,3 +314,31 @@ def test_an_http_node_needs_a_shared_store() -> None:
         WorkflowApp(DURABLE_FLOWS, max_runs=0)
     with pytest.raises(ValueError, match="max_runs=0"):
         WorkflowApp(DURABLE_FLOWS, max_runs=0, store="sqlite:///x.db")
+
+
+async def test_answers_and_cancels_wait_for_a_run_with_no_process() -> None:
+    """A run whose process stopped (it released its runs) waits for another: an answer and a
+    cancel posted meanwhile are committed (202) and reach it once a process claims it. The
+    answered run completes without asking again; the cancelled one ends cancelled."""
+    with fresh_database() as url:
+        async with served(DURABLE_FLOWS, store=url, max_runs=0, node_id="http") as http:
+            async with served(DURABLE_FLOWS, store=url, node_id="first"):
+                answered, cancelled = await http.start("gate"), await http.start("gate")
+                for run_id in (answered, cancelled):
+                    await wait_for(lambda run_id=run_id: http.status(run_id), seen_asking)
+            for run_id in (answered, cancelled):
+                status = await http.status(run_id)
+                assert (status["status"], status["node"]) == ("running", None)
+            go = {"type": "Go", "data": {"count": 2}}
+            assert (await http.client.post(f"/runs/{answered}/events", json=go)).status_code == 202
+            assert (await http.client.post(f"/runs/{cancelled}/cancel")).status_code == 202
+            async with served(DURABLE_FLOWS, store=url, node_id="second"):
+                assert (await http.wait_status(answered, "completed"))["result"] == 2
+                await http.wait_status(cancelled, "cancelled")
+            events = [m["event"] for m in await http.events(answered)]
+            assert events.count("Asking") == 1
+            assert (await http.events(cancelled))[-1]["event"] == "WorkflowCancelledEvent"
+
+
+def seen_asking(status: dict[str, Any]) -> bool:
+    return bool(status["seq"] >= 2)

@@ -7,7 +7,7 @@ The design is `DURABILITY.md`'s (§2.1, §3): psycopg 3's synchronous API throug
 the inbox, notifications: `_cluster`), and the same group commit (`GroupCommit`). A process
 uses four connections, each from one worker thread at a time: one commits, one reads, one
 claims and renews leases, and one listens for notifications (in trio, on its socket) and holds
-the lock that says the process is alive.
+the lock that says the process is alive; reads take a connection of a small pool (`READERS`).
 
 A commit that fails on a connection error (the server restarted, the network dropped) is retried
 on a new connection, which first reads the store's commit serial: a commit whose answer was lost
@@ -125,6 +125,9 @@ _KEEPALIVES = (
 )
 #: Seconds to wait for the server when connecting (libpq waits forever by default).
 CONNECT_TIMEOUT = 10
+#: Reading connections at most (a pool, opened as reads need them): the reads of many clients,
+#: on many runs, at once.
+READERS = 4
 #: Seconds between attempts to get a lost listening connection back (it doubles up to
 #: `_RECONNECT_MAX`).
 _RECONNECT = 0.5
@@ -152,10 +155,11 @@ class PostgresStore(GroupCommit, SqlReads):
         #: What notifications said, for whoever waits on them.
         self.signals = Signals()
         self._writer: psycopg.Connection[Any] | None = None
-        self._reader: psycopg.Connection[Any] | None = None
+        #: The pool of reading connections not in use (a thread takes one, and gives it back).
+        self._readers: list[psycopg.Connection[Any]] = []
         self._leaser: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
-        self._read_slot = trio.CapacityLimiter(1)
+        self._read_slot = trio.CapacityLimiter(READERS)
         self._lease_slot = trio.CapacityLimiter(1)
         #: The runs this process owns, and the epoch of its claim of each: what its commits
         #: are fenced with. Changed in trio (claims, lost leases) and by the commit thread
@@ -187,7 +191,7 @@ class PostgresStore(GroupCommit, SqlReads):
             self._writer = self._connect()
             self._serial = self._prepare(self._writer)
             self._writer.autocommit = False
-            self._reader = self._connect()
+            self._readers.append(self._connect())
             self._leaser = self._connect()
             self._listener = self._connect_listener()
         except psycopg.Error as error:
@@ -274,10 +278,11 @@ class PostgresStore(GroupCommit, SqlReads):
         self._close_connections()  # which releases the liveness lock, with its session
 
     def _close_connections(self) -> None:
-        for connection in (self._writer, self._reader, self._leaser, self._listener):
+        for connection in (self._writer, *self._readers, self._leaser, self._listener):
             if connection is not None:
                 connection.close()
-        self._writer = self._reader = self._leaser = self._listener = None
+        self._writer = self._leaser = self._listener = None
+        self._readers.clear()
 
     # -- the tasks of a process sharing the database --
 
@@ -656,27 +661,37 @@ class PostgresStore(GroupCommit, SqlReads):
     async def _read(
         self, query: Callable[[psycopg.Connection[Any]], Any], *, retry: bool = True
     ) -> Any:
+        """``query(connection)`` on a reading connection of the pool, in a worker thread: at
+        most `READERS` at once, each connection used by one thread at a time. A connection
+        found broken is replaced, and a ``retry`` query (a read: repeatable) made again."""
+
         def run() -> Any:
             psycopg = _psycopg()
-            reader = self._reader
+            idle = self._readers
+            reader = idle.pop() if idle else None  # (one pop: atomic under the GIL)
             if reader is None or reader.closed or reader.broken:
-                reader = self._connect_reader_again()
+                reader = self._replace_reader(reader)
             try:
+                try:
+                    return query(reader)
+                except psycopg.OperationalError:
+                    if not retry or not (reader.closed or reader.broken):
+                        raise
+                # It broke (the server restarted, the network dropped): reads are repeatable.
+                reader = self._replace_reader(reader)
                 return query(reader)
-            except psycopg.OperationalError:
-                if not retry or not (reader.closed or reader.broken):
-                    raise
-            # It broke (the server restarted, the network dropped): reads are repeatable.
-            return query(self._connect_reader_again())
+            finally:
+                if reader.closed or reader.broken:
+                    reader.close()
+                else:
+                    idle.append(reader)
 
         return await trio.to_thread.run_sync(run, limiter=self._read_slot)
 
-    def _connect_reader_again(self) -> psycopg.Connection[Any]:
-        if self._reader is not None:
-            self._reader.close()
-        self._reader = None
-        self._reader = self._connect()
-        return self._reader
+    def _replace_reader(self, broken: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
+        if broken is not None:
+            broken.close()
+        return self._connect()
 
 
 @attrs.frozen
