@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -325,7 +326,7 @@ async def test_answers_and_cancels_wait_for_a_run_with_no_process() -> None:
             async with served(DURABLE_FLOWS, store=url, node_id="first"):
                 answered, cancelled = await http.start("gate"), await http.start("gate")
                 for run_id in (answered, cancelled):
-                    await wait_for(lambda run_id=run_id: http.status(run_id), seen_asking)
+                    await wait_for(partial(http.status, run_id), seen_asking)
             for run_id in (answered, cancelled):
                 status = await http.status(run_id)
                 assert (status["status"], status["node"]) == ("running", None)
