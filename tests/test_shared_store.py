@@ -343,3 +343,37 @@ async def test_answers_and_cancels_wait_for_a_run_with_no_process() -> None:
 
 def seen_asking(status: dict[str, Any]) -> bool:
     return bool(status["seq"] >= 2)
+
+
+async def test_llama_index_routes_reach_a_run_another_process_runs() -> None:
+    """With --llama-compat, an HTTP node's LlamaIndex routes work on runs a worker runs: the
+    synchronous run answers its result, an event sent to a waiting handler reaches it (one
+    sent to a step that does not exist, or does not take it, is refused: 400), and a cancel
+    cancels."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, max_runs=0, llama_compat=True) as http,
+            served(DURABLE_FLOWS, store=url, node_id="worker"),
+        ):
+            client = http.client
+            ran = await client.post("/workflows/count/run", json={"start_event": {"n": 2}})
+            assert ran.status_code == 200, ran.text
+            assert ran.json()["result"]["value"]["result"] == {"counted": 2}
+            waiting = (await client.post("/workflows/gate/run-nowait", json={})).json()
+            url_events = f"/events/{waiting['handler_id']}"
+            go = {"event": {"type": "Go", "value": {"count": 3}}}
+            nope = await client.post(url_events, json={**go, "step": "nope"})
+            assert (nope.status_code, "nope" in nope.json()["detail"]) == (400, True)
+            wrong = await client.post(url_events, json={**go, "step": "gate"})  # takes no Go
+            assert wrong.status_code == 400
+            sent = await client.post(url_events, json=go)
+            assert sent.json() == {"status": "sent"}
+            done = await wait_for(
+                lambda: client.get(f"/handlers/{waiting['handler_id']}"),
+                lambda response: response.json()["status"] == "completed",
+            )
+            assert done.json()["result"]["value"]["result"] == 3
+            doomed = (await client.post("/workflows/gate/run-nowait", json={})).json()
+            cancelled = await client.post(f"/handlers/{doomed['handler_id']}/cancel")
+            assert cancelled.json() == {"status": "cancelled"}
+            await http.wait_status(doomed["handler_id"], "cancelled")

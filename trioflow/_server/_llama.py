@@ -94,6 +94,10 @@ class WorkflowApp(Protocol):
         lifecycle: bool = False,
     ) -> RunRecord: ...
 
+    async def _submit(
+        self, name: str, workflow: Workflow, start_event: StartEvent, *, lifecycle: bool
+    ) -> str: ...
+
 
 #: LlamaIndex's name for each status.
 _STATUS = {
@@ -148,14 +152,19 @@ async def _run_nowait(app: WorkflowApp, request: Request, args: list[str]) -> No
 
 
 async def _run(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    record = await _start(app, request, args[0])
-    # Its caller reads no events: holding them for a first client (as for a run started to
-    # be streamed) would stall a run of more than `retain` events until one comes or
-    # `hold_for_first_client` passes. Clients that do stream it start where they attach.
-    record.feed.stop_holding()
-    await record.done.wait()
-    if record.store is not None:  # answered once a crash cannot change the outcome
-        await record.settled.wait()
+    record: RunRecord | StoredRecord | None = await _start(app, request, args[0])
+    if isinstance(record, StoredRecord):  # another process runs it
+        record = await app._runs().ended_elsewhere(record.run_id)
+    if record is None:
+        raise HttpError(404, "unknown_run", f"Handler not found: {args[0]} was purged")
+    if isinstance(record, RunRecord):
+        # Its caller reads no events: holding them for a first client (as for a run started
+        # to be streamed) would stall a run of more than `retain` events until one comes or
+        # `hold_for_first_client` passes. Clients that do stream it start where they attach.
+        record.feed.stop_holding()
+        await record.done.wait()
+        if record.store is not None:  # answered once a crash cannot change the outcome
+            await record.settled.wait()
     completed = record.status is RunStatus.COMPLETED
     # (Still running: suspended by a shutdown, to resume at the next start.)
     code = 200 if completed else 503 if record.status is RunStatus.RUNNING else 500
@@ -215,7 +224,10 @@ async def _answer_handler(
 async def _cancel(app: WorkflowApp, request: Request, args: list[str]) -> None:
     record = await _record(app, args[0])
     purge = _bool_param(request, "purge", False)
-    cancelled = record.cancel()
+    if isinstance(record, StoredRecord) and record.runs_elsewhere:
+        cancelled = await record.request_cancel()  # committed, for the process that runs it
+    else:
+        cancelled = record.cancel()
     if isinstance(record, RunRecord) and record.store is not None:
         if cancelled:
             await record.committed()  # a crash now does not resume it
@@ -249,15 +261,35 @@ async def _send(app: WorkflowApp, request: Request, args: list[str]) -> None:
     step = body.get("step")
     if step is not None and not isinstance(step, str):
         raise HttpError(400, "bad_request", f"step must be a step's name, got {step!r}")
-    if not isinstance(record, RunRecord) or record.handler.status is not RunStatus.RUNNING:
+    elsewhere = isinstance(record, StoredRecord) and record.runs_elsewhere
+    if not elsewhere and (
+        not isinstance(record, RunRecord) or record.handler.status is not RunStatus.RUNNING
+    ):
         raise _ended(record)
     try:
         name, fields = _envelope(body["event"], "event", bare=False)
         if name is None:
             raise WireError('the event needs its "type" (the class name)', "event.type")
-        event = decode_event(app._sendable[record.workflow_name], {"type": name, "data": fields})
+        wire = {"type": name, "data": fields}
+        event = decode_event(app._sendable[record.workflow_name], wire)
     except WireError as error:
         raise HttpError(400, "invalid_event", str(error)) from None
+    if isinstance(record, StoredRecord):  # to the process that runs it, once committed
+        if step:  # checked here, as the process that runs it would check it
+            graph = app._workflow(record.workflow_name)[1].graph
+            index = graph.step_index(step)
+            if index is None or index not in graph.routes_for(type(event)):
+                refusal = "has no step named" if index is None else "has no such step taking"
+                raise HttpError(
+                    400,
+                    "event_not_accepted",
+                    f"{record.workflow_name} {refusal} {step!r} (for {type(event).__name__})",
+                )
+        if not await record.send(dumps({**wire, "step": step or None})):
+            raise _ended(await _record(app, record.run_id))
+        await request.respond_json(200, {"status": "sent"})
+        return
+    assert isinstance(record, RunRecord)
     try:
         await record.handler.send_event(event, step or None)
     except WorkflowRuntimeError as error:
@@ -346,11 +378,14 @@ class _LlamaForm:
 # -- the pieces --
 
 
-async def _start(app: WorkflowApp, request: Request, name: str) -> RunRecord:
-    """Start a run of workflow ``name`` from a LlamaIndex run request's body."""
+async def _start(app: WorkflowApp, request: Request, name: str) -> RunRecord | StoredRecord:
+    """Start a run of workflow ``name`` from a LlamaIndex run request's body (on a store that
+    processes share, maybe in another process: then its record is the store's)."""
     name, workflow = app._workflow(name)
     body = await request.json(app.options.max_body)
     start_event = _start_event(workflow, body)
+    if not app._runs().runs_here:
+        return await _record(app, await app._submit(name, workflow, start_event, lifecycle=True))
     return await app._start(
         name, workflow, start_event, abandon_after=app.options.abandon_after, lifecycle=True
     )

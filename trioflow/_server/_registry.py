@@ -381,8 +381,10 @@ class RunRegistry:
         taken.add(seq)
         router = record.handler._run.router
         try:
-            event = decode_event(self._sendable_of(record), loads(body))
-            router.send_from(event, None, [OUTSIDE, seq])  # type: ignore[attr-defined]
+            sent = loads(body)
+            step = sent.pop("step", None)  # (LlamaIndex's clients may name the step)
+            event = decode_event(self._sendable_of(record), sent)
+            router.send_from(event, step, [OUTSIDE, seq])  # type: ignore[attr-defined]
         except (WireError, BadJsonError, WorkflowRuntimeError) as error:
             logger.warning(
                 "trioflow: run %s of %s refused an event sent to it: %s",
@@ -391,6 +393,18 @@ class RunRegistry:
                 error,
             )
         store.append(InboxTaken(run_id, seq))
+
+    async def ended_elsewhere(self, run_id: str) -> RunRecord | StoredRecord | None:
+        """Wait until run ``run_id``, which another process runs, has ended (its end is
+        committed), and return its record then; or, if this process claimed it meanwhile,
+        its record here at once (None: it was purged)."""
+        store = self._shared()
+        while True:
+            woken = store.signals.committed(run_id)  # (taken before looking)
+            record = await self.find(run_id)
+            if not (isinstance(record, StoredRecord) and record.runs_elsewhere):
+                return record
+            await wait_for(woken, POLL)
 
     def _sendable_of(self, record: RunRecord) -> Mapping[str, type[Event]]:
         name = record.workflow_name
