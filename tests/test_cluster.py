@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import httpx
 from _http import TESTS, serve_process
-from _postgres import fresh_database
+from _postgres import fresh_database, require_postgres
 
 TARGET = "_http:DURABLE_FLOWS"
 
@@ -196,3 +197,52 @@ def test_a_paused_owner_loses_its_run_and_its_late_writes_are_fenced(tmp_path: P
         status = client.get(f"/runs/{run_id}").json()
         assert (status["status"], status["result"]) == ("completed", hops)
     check_chain(stream.messages, log, hops)
+
+
+def test_the_cluster_demo_runs_a_run_across_its_nodes(tmp_path: Path) -> None:
+    """``scripts/cluster-demo``, as the README tells it: it starts PostgreSQL, two nodes and a
+    worker, and says where they are; a run started on one node is followed to its end on the
+    other; Ctrl-C stops everything and removes the database."""
+    require_postgres()  # (.ci/run installs the server the demo uses)
+    ports = [str(free_port()), str(free_port())]
+    env = {**os.environ, "TRIOFLOW_VENV": sys.prefix, "PORT_A": ports[0], "PORT_B": ports[1]}
+    with subprocess.Popen(
+        ["bash", str(TESTS.parent / "scripts" / "cluster-demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    ) as demo:
+        try:
+            assert demo.stdout is not None
+            said: list[str] = []
+            while not said or not said[-1].startswith("Logs: "):
+                line = demo.stdout.readline()
+                assert line, "".join(said)
+                said.append(line)
+            folder = Path(said[-1].split()[1]).parent
+            assert f"http://127.0.0.1:{ports[1]}/" in "".join(said)
+            with (
+                httpx.Client(base_url=f"http://127.0.0.1:{ports[0]}", timeout=30) as a,
+                httpx.Client(base_url=f"http://127.0.0.1:{ports[1]}", timeout=30) as b,
+            ):
+                run_id = a.post("/workflows/research/runs", json={"pace": 0}).json()["run_id"]
+                with b.stream("GET", f"/runs/{run_id}/events") as response:
+                    events = [line for line in response.iter_lines() if line.startswith("event:")]
+                assert events[-1] == "event: StopEvent"
+                assert b.get(f"/runs/{run_id}").json()["status"] == "completed"
+            demo.send_signal(signal.SIGINT)
+            rest, _ = demo.communicate(timeout=60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    assert demo.returncode == 0, rest
+    assert "the database is removed" in rest
+    assert not folder.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
