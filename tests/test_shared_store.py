@@ -271,7 +271,8 @@ async def test_any_node_streams_answers_and_cancels_a_run_another_runs() -> None
 
 async def test_a_client_resumes_on_another_node_where_it_left() -> None:
     """A client that read part of a run's stream on one node and resumes on another with
-    Last-Event-ID gets the rest, each event once."""
+    Last-Event-ID gets the rest, each event once. The run ran on the node it was started
+    on, from its start to its end, claimed once."""
     with fresh_database() as url:
         async with (
             served(DURABLE_FLOWS, store=url, node_id="one") as one,
@@ -291,6 +292,11 @@ async def test_a_client_resumes_on_another_node_where_it_left() -> None:
                             break
             rest = await two.events(run_id, after=15)
             assert head + [int(m["id"]) for m in rest] == list(range(1, 42))
+            # It ran where it started, from its start: never stopped and claimed again.
+            assert "StepFailedEvent" not in [m["event"] for m in rest]
+            store = one.app._registry._store  # type: ignore[union-attr]
+            assert isinstance(store, PostgresStore)
+            assert await owned_rows(store, run_id) == ("one", 1, 41)
 
 
 async def test_an_http_node_alone_keeps_runs_waiting_until_a_worker_comes() -> None:

@@ -165,6 +165,9 @@ class PostgresStore(GroupCommit, SqlReads):
         #: are fenced with. Changed in trio (claims, lost leases) and by the commit thread
         #: (a run started or ended), one key at a time.
         self._leases: dict[str, int] = {}
+        #: Runs this process started whose rows are not committed yet: its own from the start
+        #: (nobody else can claim a run the database does not have), leased once committed.
+        self._starting: set[str] = set()
         #: Runs this process owned and lost (another claimed them): what they still write is
         #: dropped. They leave once their task here has ended (`forget_lost`).
         self._lost: set[str] = set()
@@ -337,12 +340,18 @@ class PostgresStore(GroupCommit, SqlReads):
             self._lose(gone, "another process claimed them")
 
     def holds(self, run_id: str) -> bool:
-        """Whether this process still owns run ``run_id`` and its lease has a tenth of its
-        length left, as far as its last renewal says: a process paused past its lease starts
-        no step once it wakes up (its writes would be fenced; its steps' effects would not)."""
-        return run_id in self._leases and (
+        """Whether this process still owns run ``run_id`` (or started it, and its row is on
+        its way) and its lease has a tenth of its length left, as far as its last renewal
+        says: a process paused past its lease starts no step once it wakes up (its writes
+        would be fenced; its steps' effects would not)."""
+        return (run_id in self._leases or run_id in self._starting) and (
             trio.current_time() < self._leased_until - self.lease / 10
         )
+
+    def append(self, operation: Operation) -> int:
+        if type(operation) is NewRun and not operation.queued:
+            self._starting.add(operation.row.run_id)
+        return super().append(operation)
 
     def _lose(self, runs: set[str], why: str) -> None:
         """This process no longer owns ``runs``: what they write is dropped, and they stop."""
@@ -641,6 +650,7 @@ class PostgresStore(GroupCommit, SqlReads):
         for values in rows.runs:
             if values[14] is not None:
                 leases[values[0]] = 1
+                self._starting.discard(values[0])
         for end in rows.ends:
             leases.pop(end[-1], None)
         for (run_id,) in rows.purged:
