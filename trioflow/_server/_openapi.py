@@ -300,7 +300,11 @@ def _start_run(
                 "integer too long to convert."
             ),
             "429": {
-                **_error(f"`too_many_runs`: {app.options.max_runs} runs (`max_runs`) are running."),
+                **_error(
+                    f"`too_many_runs`: {app.options.max_runs} runs (`max_runs`) are running "
+                    "(on a store that processes share, the run is submitted for any process "
+                    "with room instead)."
+                ),
                 "headers": {"Retry-After": _header("Seconds to wait.", {"type": "integer"})},
             },
             "503": _error(
@@ -940,7 +944,11 @@ def _fixed_schemas() -> dict[str, Schema]:
             {
                 "status": {"enum": ["ok", "shutting_down", "not_started"]},
                 "running": {**integer, "minimum": 0, "description": "Runs running now."},
-                "max_runs": {**integer, "minimum": 1, "description": "Runs it runs at once."},
+                "max_runs": {
+                    **integer,
+                    "minimum": 0,
+                    "description": "Runs it runs at once (0: an HTTP node of a shared store).",
+                },
             },
             ["status"],
             "Whether the server serves; the counters only for those with its token.",
