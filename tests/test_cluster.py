@@ -76,6 +76,15 @@ def poll(read: Callable[[], Any], until: Callable[[Any], bool], *, limit: float 
         time.sleep(0.05)
 
 
+def ended(client: httpx.Client, run_id: str) -> dict[str, Any]:
+    """The status of a run whose stream has ended, once its end is committed (with its
+    terminal event, or in a commit just after it)."""
+    status: dict[str, Any] = poll(
+        lambda: client.get(f"/runs/{run_id}").json(), lambda s: s["status"] != "running"
+    )
+    return status
+
+
 class Stream:
     """An SSE stream of a run read line by line, as far as asked."""
 
@@ -145,7 +154,7 @@ def test_kill_9_of_the_owner_mid_stream_the_run_finishes_on_another_worker(
                 first.kill()
                 first.wait(timeout=30)
                 stream.read_until(lambda m: False)  # to its end, on w2
-                status = client.get(f"/runs/{run_id}").json()
+                status = ended(client, run_id)
                 assert (status["status"], status["result"], status["node"]) == (
                     "completed",
                     hops,
@@ -194,7 +203,7 @@ def test_a_paused_owner_loses_its_run_and_its_late_writes_are_fenced(tmp_path: P
                 stream.close()
             w1_log = tmp_path / "w1.log"
             poll(w1_log.read_text, lambda text: "no longer this process's" in text)
-        status = client.get(f"/runs/{run_id}").json()
+        status = ended(client, run_id)
         assert (status["status"], status["result"]) == ("completed", hops)
     check_chain(stream.messages, log, hops)
 
@@ -230,7 +239,7 @@ def test_the_cluster_demo_runs_a_run_across_its_nodes(tmp_path: Path) -> None:
                 with b.stream("GET", f"/runs/{run_id}/events") as response:
                     events = [line for line in response.iter_lines() if line.startswith("event:")]
                 assert events[-1] == "event: StopEvent"
-                assert b.get(f"/runs/{run_id}").json()["status"] == "completed"
+                assert ended(b, run_id)["status"] == "completed"
             demo.send_signal(signal.SIGINT)
             rest, _ = demo.communicate(timeout=60)
         finally:
