@@ -160,10 +160,16 @@ def test_kill_9_of_the_owner_mid_stream_the_run_finishes_on_another_worker(
                     hops,
                     None,
                 )
-                poll(lambda: client.get(f"/runs/{waiting}").json()["node"], "w2".__eq__)
+                poll(
+                    lambda: client.get(f"/runs/{waiting}").json()["node"],
+                    lambda value: value == "w2",
+                )
                 go = {"type": "Go", "data": {"count": 1}}
                 assert client.post(f"/runs/{waiting}/events", json=go).status_code == 202
-                poll(lambda: client.get(f"/runs/{waiting}").json()["status"], "completed".__eq__)
+                poll(
+                    lambda: client.get(f"/runs/{waiting}").json()["status"],
+                    lambda value: value == "completed",
+                )
         finally:
             stream.close()
     check_chain(stream.messages, log, hops)
@@ -184,7 +190,7 @@ def test_a_paused_owner_loses_its_run_and_its_late_writes_are_fenced(tmp_path: P
         # w2 (room for one run) is busy with a run waiting for an answer, so that w1 gets the
         # chain; once the answer lets it end, w2 has room to take the chain over.
         blocker = client.post("/workflows/gate/runs", json={}).json()["run_id"]
-        poll(lambda: client.get(f"/runs/{blocker}").json()["node"], "w2".__eq__)
+        poll(lambda: client.get(f"/runs/{blocker}").json()["node"], lambda value: value == "w2")
         with worker_process(url, "w1", tmp_path / "w1.log") as paused:
             start = {"hops": hops, "log": str(log), "pause": 0.05}
             run_id = client.post("/workflows/chain/runs", json=start).json()["run_id"]
@@ -194,9 +200,15 @@ def test_a_paused_owner_loses_its_run_and_its_late_writes_are_fenced(tmp_path: P
                 assert client.get(f"/runs/{run_id}").json()["node"] == "w1"
                 go = {"type": "Go", "data": {"count": 1}}
                 assert client.post(f"/runs/{blocker}/events", json=go).status_code == 202
-                poll(lambda: client.get(f"/runs/{blocker}").json()["status"], "completed".__eq__)
+                poll(
+                    lambda: client.get(f"/runs/{blocker}").json()["status"],
+                    lambda value: value == "completed",
+                )
                 paused.send_signal(signal.SIGSTOP)
-                poll(lambda: client.get(f"/runs/{run_id}").json()["node"], "w2".__eq__)
+                poll(
+                    lambda: client.get(f"/runs/{run_id}").json()["node"],
+                    lambda value: value == "w2",
+                )
                 paused.send_signal(signal.SIGCONT)
                 stream.read_until(lambda m: False)
             finally:
