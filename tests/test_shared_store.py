@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import trio
 from _http import DURABLE_FLOWS, served, sse_messages, wait_for, wait_until
-from _postgres import fresh_database
+from _postgres import fresh_database, require_postgres
 
+from trioflow import StartEvent, StopEvent, Workflow, step
 from trioflow._store import (
     EventRow,
     InboxTaken,
@@ -383,3 +384,127 @@ async def test_llama_index_routes_reach_a_run_another_process_runs() -> None:
             cancelled = await client.post(f"/handlers/{doomed['handler_id']}/cancel")
             assert cancelled.json() == {"status": "cancelled"}
             await http.wait_status(doomed["handler_id"], "cancelled")
+
+
+# -- what an adversarial review found --
+
+
+def terminate(connection: Any) -> None:
+    """End the database session of ``connection`` (as a restart, or an admin, would)."""
+    import psycopg
+
+    with psycopg.connect(require_postgres(), autocommit=True) as db:
+        db.execute("SELECT pg_terminate_backend(%s)", (connection.info.backend_pid,))
+
+
+async def test_a_process_goes_on_after_its_connections_are_dropped() -> None:
+    """The database ends every session of a node's (as after a restart): its claims, renewals
+    and control carry on over new connections, and a run sent to it after that runs, takes an
+    answer and completes."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, max_runs=0, node_id="http") as http,
+            served(DURABLE_FLOWS, store=url, node_id="worker", lease=1.5) as worker,
+        ):
+            store = worker.app._registry._store  # type: ignore[union-attr]
+            assert isinstance(store, PostgresStore)
+            for connection in (store._leaser, store._listener, *store._readers):
+                terminate(connection)
+            run_id = await http.start("gate")
+            await wait_for(partial(http.status, run_id), seen_asking)
+            go = {"type": "Go", "data": {"count": 1}}
+            assert (await http.client.post(f"/runs/{run_id}/events", json=go)).status_code == 202
+            assert (await http.wait_status(run_id, "completed"))["result"] == 1
+            assert worker.app._registry.fatal is None  # type: ignore[union-attr]
+
+
+async def test_a_dropped_listening_connection_does_not_give_the_runs_away() -> None:
+    """A process's liveness lock is held by two of its sessions: when one drops (its listening
+    connection), the process still looks alive and its runs stay its own."""
+    with fresh_database() as url:
+        async with node(url, "a") as a, node(url, "b") as b:
+            await a.flushed(a.append(NewRun(run_row("r", await a.next_number()))))
+            assert a._listener is not None
+            terminate(a._listener)
+            for _ in range(5):
+                assert await b.claim(SERVED) == []
+                await trio.sleep(0.05)
+
+
+async def test_commits_of_two_processes_do_not_mix_their_serials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit whose connection was lost before it reached the database is made again, even
+    though another process committed meanwhile (each process keeps its own serial: another's
+    is never taken for its own); one that did reach it is not made twice."""
+    import psycopg
+
+    with fresh_database() as url:
+        async with node(url, "a") as a, node(url, "b") as b:
+            await a.flushed(a.append(NewRun(run_row("ra", await a.next_number()))))
+            await b.flushed(b.append(NewRun(run_row("rb", await b.next_number()))))
+            for reached in (False, True):
+                assert a._writer is not None
+                writer, commit = a._writer, a._writer.commit
+
+                def lost(
+                    writer: Any = writer, commit: Any = commit, reached: bool = reached
+                ) -> None:
+                    if reached:
+                        commit()
+                    writer.close()
+                    raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+                monkeypatch.setattr(writer, "commit", lost)
+                seq = 2 if reached else 1
+                ticket = a.append(NewEvent("ra", event(seq)))
+                await wait_until(lambda: a._unsure is not None)
+                await b.flushed(b.append(NewEvent("rb", event(seq))))  # b commits meanwhile
+                await a.flushed(ticket)
+            assert a.failed is None
+            assert await owned_rows(a, "ra") == ("a", 1, 2)
+
+
+class GateV2(Workflow):
+    """Another graph under the name ``gate`` (a deploy changed it)."""
+
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="v2")
+
+
+async def test_a_run_no_process_can_run_fails_after_the_grace() -> None:
+    """A run whose workflow's graph changed (every process runs new code) is not replayed into
+    the new graph; once it has waited unserved_grace for a process with its graph, one that
+    cannot run it fails it, saying why."""
+    with fresh_database() as url:
+        async with served(DURABLE_FLOWS, store=url, node_id="old") as old:
+            run_id = await old.start("gate")
+            await wait_for(partial(old.status, run_id), seen_asking)
+        flows = {**DURABLE_FLOWS, "gate": GateV2(timeout=None)}
+        async with served(flows, store=url, node_id="new", unserved_grace=0.5) as new:
+            status = await new.wait_status(run_id, "failed")
+            assert "no process serving workflow 'gate'" in status["error"]["message"]
+            assert (await new.events(run_id))[-1]["event"] == "WorkflowFailedEvent"
+
+
+async def test_a_run_purged_elsewhere_is_let_go_by_its_process() -> None:
+    """LlamaIndex's purge of a run another process runs (waiting for an answer): both
+    processes soon say there is no such run, and the one that ran it has let it go."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, max_runs=0, llama_compat=True) as http,
+            served(DURABLE_FLOWS, store=url, node_id="worker", lease=1.5) as worker,
+        ):
+            run_id = await http.start("gate")
+            await wait_for(partial(http.status, run_id), seen_asking)
+            purged = await http.client.post(f"/handlers/{run_id}/cancel", params={"purge": "true"})
+            assert purged.json() == {"status": "deleted"}
+            assert (await http.client.get(f"/runs/{run_id}")).status_code == 404
+            await wait_for(
+                lambda: worker.client.get(f"/runs/{run_id}"),
+                lambda response: response.status_code == 404,
+            )
+            registry = worker.app._registry
+            assert registry is not None
+            await wait_until(lambda: run_id not in registry._records)

@@ -882,11 +882,16 @@ async def test_a_postgres_commit_whose_answer_was_lost_is_not_written_twice(
         ),
         (
             "CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT);"
+            " INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '4')",
+            "store of schema '4'",
+        ),
+        (
+            "CREATE TABLE tf_meta (key TEXT PRIMARY KEY, value TEXT);"
             " INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '3')",
-            "store of schema '3'",
+            "incomplete: it has no tf_commits, tf_events",
         ),
     ],
-    ids=["foreign-tables", "foreign-meta", "newer-schema"],
+    ids=["foreign-tables", "foreign-meta", "newer-schema", "incomplete"],
 )
 async def test_a_postgres_database_that_is_no_store_of_this_schema_is_left_as_it_is(
     setup: str, expected: str

@@ -14,7 +14,15 @@ from .._server._options import node_name
 from ._signals import STOP_SIGNALS, stop_on_signals
 
 #: The `ServerOptions` a worker takes (the others are about serving HTTP).
-WORKER_OPTIONS = ("store", "max_runs", "max_recoveries", "node_id", "lease", "shutdown_grace")
+WORKER_OPTIONS = (
+    "store",
+    "max_runs",
+    "max_recoveries",
+    "node_id",
+    "lease",
+    "unserved_grace",
+    "shutdown_grace",
+)
 
 
 async def work(app: WorkflowApp) -> int:

@@ -281,6 +281,7 @@ async def unfinished(
     others: str = "fail",
     busy: Collection[str] = (),
     limit: int | None = None,
+    unserved_after: float | None = None,
 ) -> list[Resume]:
     """The runs ``store`` has as running (their process stopped before they ended), to be
     resumed from their journals. One that cannot be resumed ends instead, recorded with a
@@ -293,18 +294,26 @@ async def unfinished(
 
     On a store shared by processes, these are the runs this process claims (`Store.claim`,
     up to ``limit``): waiting to be claimed, or whose process died; only those of workflows in
-    ``workflows`` with the same graph (a process with other code leaves them to the others).
-    A run that waited to be claimed has no journal: it starts from its start event.
+    ``workflows`` with the same graph (a process with other code leaves them to the others),
+    and with ``unserved_after``, runs that no process serving their graph claimed for that
+    many seconds, which fail. A run that waited to be claimed has no journal: it starts from
+    its start event.
     """
     served = {name: fingerprint(workflow) for name, workflow in workflows.items()}
     found = []
-    for row in await store.claim(served, limit=limit, busy=busy):
+    claimed = await store.claim(served, limit=limit, busy=busy, unserved_after=unserved_after)
+    for row in claimed:
         if row.workflow not in workflows and others == "keep":
             continue
         last = await store.last_seq(row.run_id)
         if last and await ended_on_stream(store, row.run_id, last):
             continue
         try:
+            if store.shared and served.get(row.workflow) != row.fingerprint:
+                raise ReplayError(
+                    f"no process serving workflow {row.workflow!r} with the graph it started "
+                    f"on claimed it within {unserved_after:g} s (unserved_grace)"
+                )
             found.append(await _resumable(store, row, last, workflows, max_recoveries))
         except (ReplayError, WorkerLost, RunInterrupted) as error:
             interrupt(store, row, last, error)

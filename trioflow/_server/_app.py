@@ -24,7 +24,7 @@ import trio
 
 from .. import Event, RunStatus, StartEvent, Workflow, WorkflowRuntimeError
 from .._errors import require_trio
-from .._store import Store, StoreError, open_engine
+from .._store import Store, StoreError, StoreUnavailable, open_engine
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -109,6 +109,7 @@ class WorkflowApp:
         max_recoveries: int = 3,
         node_id: str | None = None,
         lease: float = 15.0,
+        unserved_grace: float = 600.0,
         llama_compat: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
@@ -135,6 +136,7 @@ class WorkflowApp:
             max_recoveries=max_recoveries,
             node_id=node_id,
             lease=lease,
+            unserved_grace=unserved_grace,
             llama_compat=llama_compat,
         )
         self._registry: RunRegistry | None = None
@@ -267,6 +269,11 @@ class WorkflowApp:
         except HttpError as error:
             if not request.started:  # a stream that has begun cannot turn into an error
                 await request.respond_error(error)
+        except StoreUnavailable as error:  # for now: the client may ask again
+            if not request.started:
+                await request.respond_error(
+                    HttpError(503, "store_unavailable", str(error), [(b"retry-after", b"1")])
+                )
         except StoreError as error:  # it failed for good: the server is stopping (no bug)
             if not request.started:
                 await request.respond_error(_shutting_down(str(error)))

@@ -152,19 +152,28 @@ async def _run_nowait(app: WorkflowApp, request: Request, args: list[str]) -> No
 
 
 async def _run(app: WorkflowApp, request: Request, args: list[str]) -> None:
-    record: RunRecord | StoredRecord | None = await _start(app, request, args[0])
-    if isinstance(record, StoredRecord):  # another process runs it
-        record = await app._runs().ended_elsewhere(record.run_id)
-    if record is None:
-        raise HttpError(404, "unknown_run", f"Handler not found: {args[0]} was purged")
-    if isinstance(record, RunRecord):
-        # Its caller reads no events: holding them for a first client (as for a run started
-        # to be streamed) would stall a run of more than `retain` events until one comes or
-        # `hold_for_first_client` passes. Clients that do stream it start where they attach.
-        record.feed.stop_holding()
-        await record.done.wait()
-        if record.store is not None:  # answered once a crash cannot change the outcome
-            await record.settled.wait()
+    registry = app._runs()
+    started = await _start(app, request, args[0])
+    run_id = started.run_id
+    record: RunRecord | StoredRecord | None = started
+    while True:
+        if isinstance(record, StoredRecord):  # another process runs it
+            record = await registry.ended_elsewhere(run_id)
+        if record is None:
+            raise HttpError(404, "unknown_run", "Handler not found: the run was purged")
+        if isinstance(record, RunRecord):
+            # Its caller reads no events: holding them for a first client (as for a run
+            # started to be streamed) would stall a run of more than `retain` events until
+            # one comes or `hold_for_first_client` passes. Clients that do stream it start
+            # where they attach.
+            record.feed.stop_holding()
+            await record.done.wait()
+            if record.store is not None:  # answered once a crash cannot change the outcome
+                await record.settled.wait()
+            if record.suspended and record.store.shared and not registry.closing:  # type: ignore[union-attr]
+                record = await registry.find(run_id)  # it goes on in another process
+                continue
+        break
     completed = record.status is RunStatus.COMPLETED
     # (Still running: suspended by a shutdown, to resume at the next start.)
     code = 200 if completed else 503 if record.status is RunStatus.RUNNING else 500

@@ -277,6 +277,16 @@ class ServerOptions:
             unit="s",
         ),
     )
+    unserved_grace: float = attrs.field(
+        default=600.0,
+        validator=_positive,
+        metadata=_about(
+            "on a PostgreSQL store: seconds a run waits for a process that serves its "
+            "workflow with the graph it started on (a deploy changed or removed it) before a "
+            "process that cannot run it fails it, saying why",
+            unit="s",
+        ),
+    )
     llama_compat: bool = attrs.field(
         default=False,
         validator=attrs.validators.instance_of(bool),

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import cast
 
 import trio
@@ -57,6 +57,7 @@ from .._store import (
     SharedStore,
     Store,
     StoreError,
+    StoreUnavailable,
     wait_for,
 )
 from .._wire import BadJsonError, WireError, decode_event, loads, sendable_event_types
@@ -139,11 +140,16 @@ class RunRegistry:
         record = self._records.get(run_id)
         if record is not None:
             return None if record.forgotten else record
-        if self._store is None or run_id in self._hidden or run_id in self._feeds:
-            # (A run in `_feeds` but not yet in `_records` is starting: its row is
-            # committed, its id not yet handed out. Its row is no ended run's to serve.)
+        store = self._store
+        if store is None or run_id in self._hidden:
             return None
-        row = await self._store.run(run_id)
+        if run_id in self._feeds and not store.shared:
+            # (A run in `_feeds` but not yet in `_records` is starting: its row is
+            # committed, its id not yet handed out. Its row is no ended run's to serve. On a
+            # store that processes share, its row is served as any running run's is: one
+            # being claimed here has an id its clients know.)
+            return None
+        row = await store.run(run_id)
         if row is None:
             return None
         return self._stored(row)
@@ -319,6 +325,7 @@ class RunRegistry:
                 max_recoveries=self._options.max_recoveries,
                 busy=list(self._feeds),
                 limit=free,
+                unserved_after=self._options.unserved_grace,
             )
             for resume in claimed:
                 row = resume.row
@@ -350,7 +357,7 @@ class RunRegistry:
         store = self._shared()
         while not self._closing:
             await wait_for(store.signals.queued(), POLL)
-            await self._claim()
+            await self._unless_unavailable(self._claim, "claim runs")
 
     async def _control_forever(self) -> None:
         """Act on what other processes (or this one) sent to this process's runs through the
@@ -359,14 +366,32 @@ class RunRegistry:
         store = self._shared()
         while True:
             controlled = store.signals.controlled()
-            inbox, cancels = await store.control()
-            for seq, run_id, body in inbox:
-                self._deliver(run_id, seq, body)
-            for run_id in cancels:
-                record = self._records.get(run_id)
-                if record is not None and record.handler.cancel():
-                    logger.info("trioflow: run %s is cancelled (asked through the store)", run_id)
+            await self._unless_unavailable(self._take_control, "read answers and cancels")
             await wait_for(controlled, POLL)
+
+    async def _take_control(self) -> None:
+        inbox, cancels = await self._shared().control()
+        for seq, run_id, body in inbox:
+            self._deliver(run_id, seq, body)
+        for run_id in cancels:
+            record = self._records.get(run_id)
+            if record is not None and record.handler.cancel():
+                logger.info("trioflow: run %s is cancelled (asked through the store)", run_id)
+
+    async def _unless_unavailable(self, work: Callable[[], Awaitable[None]], what: str) -> None:
+        """``work()``; when the database cannot be reached, say so and go on (the caller looks
+        again); any other failure stops the registry as a fatal error does (`serve` and
+        `trioflow worker` fail with it), rather than leave it without claims or control."""
+        try:
+            await work()
+        except StoreUnavailable as error:
+            logger.warning("trioflow: cannot %s: %s; trying again", what, error)
+        except Exception as error:
+            logger.error("trioflow: cannot %s: the server stops", what, exc_info=error)
+            if self._fatal is None:
+                self._fatal = error
+            self._close()
+            self._fatal_raised.set()
 
     def _deliver(self, run_id: str, seq: int, body: bytes) -> None:
         """Send the event of inbox row ``seq`` to run ``run_id`` (under way here), journaled
@@ -398,13 +423,16 @@ class RunRegistry:
         """Wait until run ``run_id``, which another process runs, has ended (its end is
         committed), and return its record then; or, if this process claimed it meanwhile,
         its record here at once (None: it was purged)."""
-        store = self._shared()
+        signals = self._shared().signals
         while True:
-            woken = store.signals.committed(run_id)  # (taken before looking)
-            record = await self.find(run_id)
-            if not (isinstance(record, StoredRecord) and record.runs_elsewhere):
-                return record
-            await wait_for(woken, POLL)
+            woken = signals.committed(run_id)  # (taken before looking)
+            try:
+                record = await self.find(run_id)
+                if not (isinstance(record, StoredRecord) and record.runs_elsewhere):
+                    return record
+                await wait_for(woken, POLL)
+            finally:
+                signals.forget(run_id, woken)
 
     def _sendable_of(self, record: RunRecord) -> Mapping[str, type[Event]]:
         name = record.workflow_name
@@ -455,6 +483,8 @@ class RunRegistry:
         )
         try:
             await store.flushed(store.append(NewRun(row, queued=True)))
+        except StoreUnavailable:
+            raise
         except StoreError as error:
             raise ShuttingDown(f"the server is shutting down: {error}") from None
         return row.run_id
@@ -504,6 +534,11 @@ class RunRegistry:
         self._fatal_raised.set()
 
     @property
+    def closing(self) -> bool:
+        """Whether the registry is shutting down (it starts no more runs)."""
+        return self._closing
+
+    @property
     def running(self) -> int:
         return len(self._records) - len(self._finished) + self._starting
 
@@ -535,6 +570,8 @@ class RunRegistry:
             record: RunRecord = await self._nursery.start(
                 drive, name, workflow, start_event, abandon_after, lifecycle
             )
+        except StoreUnavailable:  # the database, for now: the request may be made again
+            raise
         except StoreError as error:  # it failed as the run started: the server is stopping
             raise ShuttingDown(f"the server is shutting down: {error}") from None
         finally:
@@ -784,10 +821,14 @@ class RunRegistry:
         return self._store.failed is not None or durable.suspended  # type: ignore[union-attr]
 
     def _wrap_up(self, record: RunRecord) -> None:
-        """The run's last event is in its feed: end the feed, and keep or forget the run."""
+        """The run's last event is in its feed: end the feed, and keep or forget the run. A
+        run suspended on a store that processes share is let go at once: another process
+        goes on with it, and the store says how it does."""
         record.feed.finish()
         if record.forgotten:
             self._drop(record)
+        elif record.suspended and self._store is not None and self._store.shared:
+            self._records.pop(record.run_id, None)
         else:
             self._forget_old(record)
 

@@ -99,6 +99,7 @@ async def serve(
     max_recoveries: int = 3,
     node_id: str | None = None,
     lease: float = 15.0,
+    unserved_grace: float = 600.0,
     llama_compat: bool = False,
 ) -> None: ...
 @overload

@@ -11,6 +11,7 @@ finished before this process started) has a feed of that kind with nothing cache
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import attrs
@@ -27,10 +28,13 @@ from .._store import (
     SharedStore,
     Store,
     StoreError,
+    StoreUnavailable,
 )
 from .._wire import dumps, loads
 from ._feed import BATCH, BATCH_BYTES, Entry, EventsExpired, RunFeed, Watcher
 from ._record import RunRecord, brief, described
+
+logger = logging.getLogger("trioflow.server")
 
 
 class StoredFeed(RunFeed):
@@ -101,6 +105,20 @@ class StoredFeed(RunFeed):
         signals = getattr(store, "signals", None)
         # Taken before looking: a commit between the look and the wait still wakes it.
         woken = trio.Event() if signals is None else signals.committed(self.run_id)
+        try:
+            if await self._read_on():
+                return
+        except StoreUnavailable as error:  # its clients wait, and it looks again
+            logger.warning("trioflow: cannot follow run %s: %s", self.run_id, error)
+        with trio.move_on_after(POLL):  # a notification is a hint: look again anyway
+            await woken.wait()
+        if signals is not None:
+            signals.forget(self.run_id, woken)
+
+    async def _read_on(self) -> bool:
+        """Add the run's next committed events, or finish if it ended (or was purged) and
+        they are all here; whether there is no need to wait."""
+        store = self.store
         rows = await store.events(
             self.run_id, after=self.last_seq, limit=BATCH, max_bytes=BATCH_BYTES
         )
@@ -109,16 +127,16 @@ class StoredFeed(RunFeed):
                 self.append_row(row, wake=False)
             if rows[-1].flags & TERMINAL:
                 self.finish()
-            return
+            return True
         run = await store.run(self.run_id)
         if run is None:  # purged: its clients have had what they could get
             self.finish()
-        elif run.status != RunStatus.RUNNING.value:
+            return True
+        if run.status != RunStatus.RUNNING.value:
             if run.last_seq <= self.last_seq:  # (its last events are in its ending commit)
                 self.finish()
-        else:
-            with trio.move_on_after(POLL):  # a notification is a hint: look again anyway
-                await woken.wait()
+            return True
+        return False
 
     def wake(self) -> None:
         """Wake the watchers waiting for the events `append_row` added without waking them."""

@@ -19,7 +19,7 @@ import trio
 
 from ._base import SharedStore, Store
 from ._cluster import POLL, wait_for
-from ._errors import RunInterrupted, StoreError, StoreLocked
+from ._errors import RunInterrupted, StoreError, StoreLocked, StoreUnavailable
 from ._postgres import LEASE, PostgresStore, open_postgres
 from ._rows import LIFECYCLE, TERMINAL, EventKind, event_kind, event_row
 from ._sqlite import SqliteStore, open_sqlite
@@ -183,6 +183,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLocked",
+    "StoreUnavailable",
     "check_url",
     "event_kind",
     "event_row",

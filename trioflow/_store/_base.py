@@ -92,12 +92,14 @@ class Store(Protocol):
         *,
         limit: int | None = None,
         busy: Collection[str] = (),
+        unserved_after: float | None = None,
     ) -> list[RunRow]:
         """The unfinished runs this process may resume (or start: on a shared store, runs
         submitted for any process), none in ``busy`` (under way here), oldest first: on a
         store this process owns, every run it has as running; on a shared one, up to
         ``limit`` runs of the workflows ``served`` (names to graphs' fingerprints) that no
-        live process owns, this process's from now on."""
+        live process owns, this process's from now on; with ``unserved_after``, also those
+        of other workflows or graphs that waited that many seconds (for the caller to fail)."""
         ...
 
     async def flush_forever(self) -> None:

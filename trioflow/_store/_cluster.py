@@ -55,18 +55,17 @@ QUEUE, CONTROL, EVENTS = "tf_queue", "tf_control", "tf_events"
 #: runs is sent as ``*``: every run (followers poll anyway).
 _PAYLOAD_MAX = 7000
 
-#: Claim up to a number of runs for this process (see the module).
-CLAIM = f"""
+_CLAIM = """
 WITH live AS (
     SELECT objid FROM pg_locks
-    WHERE locktype = 'advisory' AND classid = {LIVENESS} AND objsubid = 2 AND granted
+    WHERE locktype = 'advisory' AND classid = {liveness} AND objsubid = 2 AND granted
 ), claimable AS (
     SELECT run_id FROM tf_runs
     WHERE status = 'running'
       AND (owner IS NULL OR lease_until < clock_timestamp()
            OR owner_key::oid NOT IN (SELECT objid FROM live))
-      AND (workflow, fingerprint) IN (
-          SELECT * FROM unnest(%(workflows)s::text[], %(graphs)s::text[]))
+      AND (workflow, fingerprint) {served} (
+          SELECT * FROM unnest(%(workflows)s::text[], %(graphs)s::text[])){waited}
       AND NOT run_id = ANY(%(held)s::text[])
     ORDER BY number
     LIMIT %(limit)s
@@ -77,6 +76,16 @@ UPDATE tf_runs r SET owner = %(node)s, owner_key = %(key)s, epoch = r.epoch + 1,
 FROM claimable c WHERE r.run_id = c.run_id
 RETURNING r.run_id, r.epoch
 """
+#: Claim up to a number of runs for this process (see the module). A run waiting to be
+#: claimed has the time it began to wait as its ``lease_until``.
+CLAIM = _CLAIM.format(liveness=LIVENESS, served="IN", waited="")
+#: Claim runs of workflows this process does not serve (or with another graph) that have
+#: waited ``grace`` seconds for a process that does: to fail them, saying so.
+CLAIM_UNSERVED = _CLAIM.format(
+    liveness=LIVENESS,
+    served="NOT IN",
+    waited="\n      AND lease_until < clock_timestamp() - %(grace)s * interval '1 second'",
+)
 
 #: Renew the leases this process holds; returns the runs still its own.
 HEARTBEAT = """
@@ -97,7 +106,7 @@ RETURNING r.run_id
 
 #: Give up the runs this process holds (it is stopping): claimable at once by another.
 RELEASE = """
-UPDATE tf_runs r SET owner = NULL, owner_key = NULL, lease_until = NULL
+UPDATE tf_runs r SET owner = NULL, owner_key = NULL, lease_until = clock_timestamp()
 FROM unnest(%(runs)s::text[], %(epochs)s::int[]) AS o(run_id, epoch)
 WHERE r.run_id = o.run_id AND r.epoch = o.epoch AND r.status = 'running'
 """
@@ -191,11 +200,17 @@ class Signals:
 
     def committed(self, run_id: str) -> trio.Event:
         """An event set once ``run_id`` may have new committed events (take it before
-        looking)."""
+        looking; `forget` it after waiting)."""
         woken = self._commits.get(run_id)
         if woken is None:
             woken = self._commits[run_id] = trio.Event()
         return woken
+
+    def forget(self, run_id: str, woken: trio.Event) -> None:
+        """Nobody waits for ``woken`` (`committed`) any more: a run followed no more, or
+        whose commits say nothing (a purge), leaves nothing behind."""
+        if self._commits.get(run_id) is woken:
+            del self._commits[run_id]
 
 
 async def wait_for(event: trio.Event, timeout: float) -> None:  # noqa: ASYNC109

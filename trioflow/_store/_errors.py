@@ -10,6 +10,11 @@ class StoreError(TrioflowError):
     this trioflow does not read."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now (it restarted, a connection dropped): what
+    was asked may be asked again."""
+
+
 class StoreLocked(StoreError):
     """Another process has the store open (SQLite serves one process)."""
 

@@ -20,6 +20,7 @@ checked before anything is written to it: a store of this schema, or none of its
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from ._cluster import (
     CANCEL,
     CANCELS,
     CLAIM,
+    CLAIM_UNSERVED,
     CONTROL,
     CREATING,
     EVENTS,
@@ -46,7 +48,7 @@ from ._cluster import (
     payload,
 )
 from ._commit import GroupCommit, Sorted
-from ._errors import StoreError
+from ._errors import StoreError, StoreUnavailable
 from ._reads import RUN_COLUMNS, SqlReads, run_row, run_values
 from ._writes import NewEvent, NewRun, Operation, RunPurged, RunRow
 
@@ -111,17 +113,27 @@ CREATE TABLE IF NOT EXISTS tf_inbox (
     taken BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX IF NOT EXISTS tf_inbox_open ON tf_inbox (run_id, seq) WHERE NOT taken;
-INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '3'), ('serial', '0');
+CREATE TABLE IF NOT EXISTS tf_commits (
+    writer TEXT PRIMARY KEY,
+    serial BIGINT NOT NULL,
+    at TIMESTAMPTZ NOT NULL
+);
+INSERT INTO tf_meta VALUES ('application', 'trioflow'), ('schema', '3');
 """
 #: The tables of a store: a database that has any of them without ``tf_meta`` saying it is a
 #: trioflow store of this schema is refused, and left as it was.
-_TABLES = ("tf_meta", "tf_runs", "tf_events", "tf_journal", "tf_inbox")
+_TABLES = ("tf_meta", "tf_runs", "tf_events", "tf_journal", "tf_inbox", "tf_commits")
 #: Sessions of the store's connections tell the server to probe an idle connection after 10 s
 #: and drop it after 3 unanswered probes, 5 s apart: a connection whose client side is gone
 #: (a NAT timeout, a reset) does not keep its session, and the process's liveness lock, for
 #: long.
 _KEEPALIVES = (
     "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+)
+#: Whether a key of a liveness lock is held by any process (one being chosen must be new).
+_KEY_TAKEN = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+    " AND objid = %s::oid AND objsubid = 2)"
 )
 #: Seconds to wait for the server when connecting (libpq waits forever by default).
 CONNECT_TIMEOUT = 10
@@ -131,7 +143,7 @@ READERS = 4
 #: Seconds between attempts to get a lost listening connection back (it doubles up to
 #: `_RECONNECT_MAX`).
 _RECONNECT = 0.5
-_RECONNECT_MAX = 30.0
+_RECONNECT_MAX = 5.0
 
 
 class PostgresStore(GroupCommit, SqlReads):
@@ -152,6 +164,8 @@ class PostgresStore(GroupCommit, SqlReads):
         self.lease = lease
         #: The key of this process's liveness lock (``tf_runs.owner_key``: see `_cluster`).
         self.owner_key = new_owner_key()
+        #: This store's name in ``tf_commits``, where each commit writes its serial.
+        self._writer_id = uuid.uuid4().hex
         #: What notifications said, for whoever waits on them.
         self.signals = Signals()
         self._writer: psycopg.Connection[Any] | None = None
@@ -192,11 +206,11 @@ class PostgresStore(GroupCommit, SqlReads):
         psycopg = _psycopg()
         try:
             self._writer = self._connect()
-            self._serial = self._prepare(self._writer)
+            self._prepare(self._writer)
             self._writer.autocommit = False
             self._readers.append(self._connect())
-            self._leaser = self._connect()
             self._listener = self._connect_listener()
+            self._leaser = self._connect_leaser()
         except psycopg.Error as error:
             self._close_connections()
             raise StoreError(f"cannot open the store {self.name}: {error}") from None
@@ -215,21 +229,32 @@ class PostgresStore(GroupCommit, SqlReads):
         return connection
 
     def _connect_listener(self) -> psycopg.Connection[Any]:
-        """The listening connection, holding this process's liveness lock (a new key if
-        another process's lock has this one)."""
+        """The listening connection, holding this process's liveness lock (with a key no
+        other process holds, the first time)."""
         connection = self._connect()
-        while not connection.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (LIVENESS, self.owner_key)
-        ).fetchone()[0]:  # type: ignore[index]
-            self.owner_key = new_owner_key()
+        if self._listener is None and self._leaser is None:  # (opening: choose the key)
+            while connection.execute(_KEY_TAKEN, (LIVENESS, self.owner_key)).fetchone()[0]:  # type: ignore[index]
+                self.owner_key = new_owner_key()
+        self._hold_liveness(connection)
         for channel in (QUEUE, CONTROL, EVENTS):
             connection.execute(f"LISTEN {channel}")
         return connection
 
-    def _prepare(self, connection: psycopg.Connection[Any]) -> int:
+    def _connect_leaser(self) -> psycopg.Connection[Any]:
+        """The connection of claims and renewals, holding the liveness lock too."""
+        connection = self._connect()
+        self._hold_liveness(connection)
+        return connection
+
+    def _hold_liveness(self, connection: psycopg.Connection[Any]) -> None:
+        # Shared, and held by two sessions (listening, leasing): a process whose one
+        # connection drops for a moment still looks alive; one that died holds neither.
+        connection.execute("SELECT pg_advisory_lock_shared(%s, %s)", (LIVENESS, self.owner_key))
+
+    def _prepare(self, connection: psycopg.Connection[Any]) -> None:
         """Check the database before writing anything to it: a new one (none of `_TABLES`)
         gets the tables; one with them is a trioflow store of this schema, or refused as it
-        is. Returns the store's commit serial (see `_write`).
+        is. Forgets the commit serials of processes gone for a day (see `_write`).
 
         Raises:
             StoreError: it holds another application's tables, or a store of another schema.
@@ -259,12 +284,18 @@ class PostgresStore(GroupCommit, SqlReads):
                 f"{self.name} is not a trioflow store: its tf_meta is another application's;"
                 " it is left as it is"
             )
-        if meta.get("schema") != SCHEMA_VERSION or "serial" not in meta:
+        if meta.get("schema") != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.name} holds a store of schema {meta.get('schema')!r}; this trioflow "
                 f"reads schema {SCHEMA_VERSION!r}; it is left as it is"
             )
-        return int(meta["serial"])
+        missing = sorted(set(_TABLES) - present) if present else []
+        if missing:
+            raise StoreError(
+                f"{self.name} holds a trioflow store that is incomplete: it has no "
+                f"{', '.join(missing)}; it is left as it is"
+            )
+        connection.execute("DELETE FROM tf_commits WHERE at < now() - interval '1 day'")
 
     def _release(self) -> None:
         # The runs this process still owns were stopped (their journals say so): another
@@ -278,7 +309,14 @@ class PostgresStore(GroupCommit, SqlReads):
                     leaser.execute("SELECT pg_notify(%s, '')", (QUEUE,))
             except _psycopg().Error as error:  # their leases run out instead
                 logger.warning("trioflow: %s: cannot release its runs: %s", self.name, error)
-        self._close_connections()  # which releases the liveness lock, with its session
+        writer = self._writer
+        if writer is not None and not (writer.closed or writer.broken):
+            try:
+                writer.execute("DELETE FROM tf_commits WHERE writer = %s", (self._writer_id,))
+                writer.commit()
+            except _psycopg().Error:  # its row goes with the day's others
+                pass
+        self._close_connections()  # which releases the liveness lock, with its sessions
 
     def _close_connections(self) -> None:
         for connection in (self._writer, *self._readers, self._leaser, self._listener):
@@ -330,13 +368,13 @@ class PostgresStore(GroupCommit, SqlReads):
             asked = trio.current_time()
             try:
                 kept = await self._lease_call(_renew, self, leases)
-            except _psycopg().OperationalError as error:
+            except StoreUnavailable as error:
                 if trio.current_time() >= self._leased_until:
-                    self._lose(set(self._leases), "their leases ran out unrenewed")
+                    self._lose(dict(self._leases), "their leases ran out unrenewed")
                 logger.warning("trioflow: %s: cannot renew its leases: %s", self.name, error)
                 continue
             self._leased_until = asked + self.lease
-            gone = {run_id for run_id in leases if run_id not in kept}
+            gone = {run_id: epoch for run_id, epoch in leases.items() if run_id not in kept}
             self._lose(gone, "another process claimed them")
 
     def holds(self, run_id: str) -> bool:
@@ -353,9 +391,13 @@ class PostgresStore(GroupCommit, SqlReads):
             self._starting.add(operation.row.run_id)
         return super().append(operation)
 
-    def _lose(self, runs: set[str], why: str) -> None:
-        """This process no longer owns ``runs``: what they write is dropped, and they stop."""
-        lost = {run_id for run_id in runs if self._leases.pop(run_id, None) is not None}
+    def _lose(self, runs: Mapping[str, int], why: str) -> None:
+        """This process no longer owns ``runs`` (by run id, the epoch it held each at): what
+        they write is dropped, and they stop. A run it has claimed again since stays."""
+        leases = self._leases
+        lost = {run_id for run_id, epoch in runs.items() if leases.get(run_id) == epoch}
+        for run_id in lost:
+            del leases[run_id]
         if lost:
             self._lost = self._lost | lost  # a new set: the commit thread reads it
             self._say_lost(lost, why)
@@ -401,17 +443,28 @@ class PostgresStore(GroupCommit, SqlReads):
                 pause = min(pause * 2, _RECONNECT_MAX)
 
     async def _lease_call(self, call: Callable[..., Any], *args: Any) -> Any:
-        """``call(connection, *args)`` on the leasing connection, in a worker thread (a new
-        connection if it broke)."""
+        """``call(connection, *args)`` on the leasing connection, in a worker thread; made
+        again on a new connection if that one broke (every such call may be).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
 
         def run() -> Any:
-            leaser = self._leaser
-            if leaser is None or leaser.closed or leaser.broken:
-                if leaser is not None:
-                    leaser.close()
-                self._leaser = None
-                self._leaser = leaser = self._connect()
-            return call(leaser, *args)
+            psycopg = _psycopg()
+            for attempt in (1, 2):
+                leaser = self._leaser
+                try:
+                    if leaser is None or leaser.closed or leaser.broken:
+                        self._leaser = None
+                        if leaser is not None:
+                            leaser.close()
+                        self._leaser = leaser = self._connect_leaser()
+                    return call(leaser, *args)
+                except psycopg.OperationalError as error:
+                    if attempt == 2 or not (leaser is None or leaser.closed or leaser.broken):
+                        raise StoreUnavailable(f"{self.name} cannot be reached: {error}") from None
+            raise AssertionError("unreachable")
 
         return await trio.to_thread.run_sync(run, limiter=self._lease_slot)
 
@@ -431,17 +484,20 @@ class PostgresStore(GroupCommit, SqlReads):
         *,
         limit: int | None = None,
         busy: Collection[str] = (),
+        unserved_after: float | None = None,
     ) -> list[RunRow]:
         """Claim up to ``limit`` runs this process may execute: of the workflows in ``served``
         (by name, with their graphs' fingerprints), waiting to be claimed, or whose process
-        died or whose lease ran out; none in ``busy``. Returns their rows, oldest first; this
-        process owns them from now on (their leases are renewed, their writes fenced)."""
-        if not served or limit == 0:
+        died or whose lease ran out; none in ``busy``. With ``unserved_after``, also runs of
+        other workflows (or graphs) that have waited that many seconds: nobody runs them, and
+        the caller fails them. Returns their rows, oldest first; this process owns them from
+        now on (their leases are renewed, their writes fenced)."""
+        if limit == 0:
             await trio.lowlevel.checkpoint()
             return []
         held = [*self._leases, *self._lost, *busy]
         claimed: list[tuple[str, int]] = await self._lease_call(
-            _claim, self, served, limit or 1000, held
+            _claim, self, served, limit or 1000, held, unserved_after
         )
         for run_id, epoch in claimed:
             self._leases[run_id] = epoch
@@ -455,32 +511,54 @@ class PostgresStore(GroupCommit, SqlReads):
 
     async def send(self, run_id: str, body: bytes) -> bool:
         """Put ``body`` (an event's wire JSON) in the inbox of run ``run_id``, committed, and
-        wake its owner. False if the run is not running (it ended, or there is none)."""
+        wake its owner. False if the run is not running (it ended, or there is none).
 
-        def send(db: psycopg.Connection[Any]) -> bool:
-            with db.transaction():
-                if db.execute(SEND, {"run": run_id, "body": body}).fetchone() is None:
-                    return False
-                db.execute("SELECT pg_notify(%s, %s)", (CONTROL, run_id))
-            return True
-
-        sent: bool = await self._read(send, retry=False)
-        return sent
+        Raises:
+            StoreUnavailable: the database cannot be reached (if its connection was lost as
+                it committed, the event may have been taken: the message says so).
+        """
+        return await self._control_write(SEND, {"run": run_id, "body": body}, CONTROL, run_id)
 
     async def request_cancel(self, run_id: str) -> bool:
         """Ask run ``run_id`` to cancel, committed, and wake its owner (or a process to claim
-        it, if it has none). False if the run is not running."""
+        it, if it has none). False if the run is not running.
 
-        def cancel(db: psycopg.Connection[Any]) -> bool:
+        Raises:
+            StoreUnavailable: as `send`.
+        """
+        return await self._control_write(CANCEL, {"run": run_id}, CONTROL, run_id, QUEUE)
+
+    async def _control_write(
+        self, statement: str, args: dict[str, Any], channel: str, run_id: str, *more: str
+    ) -> bool:
+        """``statement`` (which returns a row if the run is running), then a notification of
+        ``run_id`` on ``channel`` (and an empty one on each of ``more``), in one transaction;
+        whether it returned a row. Made again on a new connection if its connection was
+        lost before the commit was sent; not once it was."""
+        committing = False
+
+        def write(db: psycopg.Connection[Any]) -> bool:
+            nonlocal committing
+            committing = False
             with db.transaction():
-                if db.execute(CANCEL, {"run": run_id}).fetchone() is None:
+                if db.execute(statement, args).fetchone() is None:
                     return False
-                db.execute("SELECT pg_notify(%s, %s)", (CONTROL, run_id))
-                db.execute("SELECT pg_notify(%s, '')", (QUEUE,))
+                db.execute("SELECT pg_notify(%s, %s)", (channel, run_id))
+                for other in more:
+                    db.execute("SELECT pg_notify(%s, '')", (other,))
+                committing = True
             return True
 
-        cancelled: bool = await self._read(cancel, retry=False)
-        return cancelled
+        try:
+            written: bool = await self._read(write, retry=lambda: not committing)
+        except StoreUnavailable as error:
+            if committing:
+                raise StoreUnavailable(
+                    f"{error}; the connection was lost as it committed: it may have been "
+                    "recorded (an event sent again is taken twice)"
+                ) from None
+            raise
+        return written
 
     async def control(self) -> tuple[list[tuple[int, str, bytes]], list[str]]:
         """What was sent to this process's runs and not yet taken (``(seq, run_id, body)``,
@@ -502,7 +580,8 @@ class PostgresStore(GroupCommit, SqlReads):
         psycopg = _psycopg()
         return isinstance(error, psycopg.OperationalError)
 
-    #: The serial of the last commit (`tf_meta`'s ``serial``, written by every commit).
+    #: The serial of this store's last commit (its row of ``tf_commits``, which every commit
+    #: of its writes: its own, so that no other process's commits can be taken for its).
     _serial = 0
     #: The serial of a commit whose outcome is unknown (its connection broke during it), and
     #: what its fence found (`_fence`).
@@ -521,11 +600,11 @@ class PostgresStore(GroupCommit, SqlReads):
         if self._unsure is not None:
             # The connection broke during this batch's commit: it may have been written.
             # Every commit writes its serial, so the store says which.
-            (serial,) = connection.execute(
-                "SELECT value FROM tf_meta WHERE key = 'serial'"
-            ).fetchone()  # type: ignore[misc]
+            found = connection.execute(
+                "SELECT serial FROM tf_commits WHERE writer = %s", (self._writer_id,)
+            ).fetchone()
             connection.rollback()
-            if int(serial) == self._unsure:  # it was: not again
+            if found is not None and found[0] == self._unsure:  # it was: not again
                 assert self._unsure_fence is not None
                 self._serial, self._unsure = self._unsure, None
                 self._committed_rows(batch, self._unsure_fence)
@@ -571,6 +650,7 @@ class PostgresStore(GroupCommit, SqlReads):
                 unowned.add(run_id)
         lost: set[str] = set()
         if held:
+            held.sort()  # rows locked in one order by every process: no deadlock between them
             runs, epochs, last = (list(column) for column in zip(*held, strict=True))
             cursor.execute(FENCE, {"runs": runs, "epochs": epochs, "seqs": last, "node": self.node})
             kept = {run_id for (run_id,) in cursor.fetchall()}
@@ -584,7 +664,11 @@ class PostgresStore(GroupCommit, SqlReads):
         ``fence`` drops; new runs' rows say the last seq of their events in it."""
         seqs = fence.seqs
         rows = self._sort(batch, self._run_values, fence.dropped)
-        cursor.execute("UPDATE tf_meta SET value = %s WHERE key = 'serial'", (str(serial),))
+        cursor.execute(
+            "INSERT INTO tf_commits VALUES (%s, %s, now())"
+            " ON CONFLICT (writer) DO UPDATE SET serial = excluded.serial, at = excluded.at",
+            (self._writer_id, serial),
+        )
         if rows.runs:
             rows.runs = [(*values[:6], seqs.get(values[0], 0), *values[7:]) for values in rows.runs]
             cursor.executemany(
@@ -617,7 +701,8 @@ class PostgresStore(GroupCommit, SqlReads):
             cursor.execute("UPDATE tf_inbox SET taken = TRUE WHERE seq = ANY(%s)", (rows.taken,))
         if rows.released:
             cursor.execute(
-                "UPDATE tf_runs SET owner = NULL, owner_key = NULL, lease_until = NULL"
+                "UPDATE tf_runs SET owner = NULL, owner_key = NULL,"
+                " lease_until = clock_timestamp()"
                 " WHERE run_id = ANY(%s) AND status = 'running'",
                 (rows.released,),
             )
@@ -633,8 +718,8 @@ class PostgresStore(GroupCommit, SqlReads):
 
     def _run_values(self, new: NewRun) -> tuple[Any, ...]:
         """A new run's row: owned by this process (its first claim), or ``queued`` for any."""
-        if new.queued:
-            return (*run_values(new.row), None, None, 0, None)
+        if new.queued:  # (waiting since now)
+            return (*run_values(new.row), None, None, 0, 0)
         return (*run_values(new.row), self.node, self.owner_key, 1, self.lease)
 
     def _committed_rows(
@@ -669,32 +754,43 @@ class PostgresStore(GroupCommit, SqlReads):
     # -- reading --
 
     async def _read(
-        self, query: Callable[[psycopg.Connection[Any]], Any], *, retry: bool = True
+        self,
+        query: Callable[[psycopg.Connection[Any]], Any],
+        *,
+        retry: Callable[[], bool] = lambda: True,
     ) -> Any:
         """``query(connection)`` on a reading connection of the pool, in a worker thread: at
         most `READERS` at once, each connection used by one thread at a time. A connection
-        found broken is replaced, and a ``retry`` query (a read: repeatable) made again."""
+        found broken is replaced, and the query made again on a new one if ``retry()`` says
+        it may be (a read may always).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
 
         def run() -> Any:
             psycopg = _psycopg()
             idle = self._readers
             reader = idle.pop() if idle else None  # (one pop: atomic under the GIL)
-            if reader is None or reader.closed or reader.broken:
-                reader = self._replace_reader(reader)
             try:
-                try:
-                    return query(reader)
-                except psycopg.OperationalError:
-                    if not retry or not (reader.closed or reader.broken):
-                        raise
-                # It broke (the server restarted, the network dropped): reads are repeatable.
-                reader = self._replace_reader(reader)
-                return query(reader)
+                for attempt in (1, 2):
+                    try:
+                        if reader is None or reader.closed or reader.broken:
+                            reader = self._replace_reader(reader)
+                        return query(reader)
+                    except psycopg.OperationalError as error:
+                        broken = reader is None or reader.closed or reader.broken
+                        if attempt == 2 or not broken or not retry():
+                            raise StoreUnavailable(
+                                f"{self.name} cannot be reached: {error}"
+                            ) from None
+                raise AssertionError("unreachable")
             finally:
-                if reader.closed or reader.broken:
-                    reader.close()
-                else:
-                    idle.append(reader)
+                if reader is not None:
+                    if reader.closed or reader.broken:
+                        reader.close()
+                    else:
+                        idle.append(reader)
 
         return await trio.to_thread.run_sync(run, limiter=self._read_slot)
 
@@ -739,21 +835,23 @@ def _claim(
     served: Mapping[str, str],
     limit: int,
     held: Sequence[str],
+    unserved_after: float | None,
 ) -> list[tuple[str, int]]:
+    args = {
+        "workflows": list(served),
+        "graphs": list(served.values()),
+        "held": list(held),
+        "limit": limit,
+        "node": store.node,
+        "key": store.owner_key,
+        "lease": store.lease,
+        "grace": unserved_after,
+    }
     with db.transaction():
         db.execute("SET LOCAL synchronous_commit = off")  # a lost claim only lets it lapse
-        claimed = db.execute(
-            CLAIM,
-            {
-                "workflows": list(served),
-                "graphs": list(served.values()),
-                "held": list(held),
-                "limit": limit,
-                "node": store.node,
-                "key": store.owner_key,
-                "lease": store.lease,
-            },
-        ).fetchall()
+        claimed = db.execute(CLAIM, args).fetchall() if served else []
+        if unserved_after is not None:
+            claimed += db.execute(CLAIM_UNSERVED, args).fetchall()
     return [(run_id, int(epoch)) for run_id, epoch in claimed]
 
 

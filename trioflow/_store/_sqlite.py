@@ -153,10 +153,11 @@ class SqliteStore(GroupCommit, SqlReads):
         *,
         limit: int | None = None,
         busy: Container[str] = (),
+        unserved_after: float | None = None,
     ) -> list[RunRow]:
         """Every run the file has as running but those in ``busy`` (under way here): its
-        process stopped before they ended. (One process owns the file, so ``served`` and
-        ``limit`` leave none for another.)"""
+        process stopped before they ended. (One process owns the file, so ``served``,
+        ``limit`` and ``unserved_after`` leave none for another.)"""
         return [row for row in await self.runs(status="running") if row.run_id not in busy]
 
     # -- opening and closing --
