@@ -40,7 +40,7 @@ import trio
 from benchmarks._http_common import python, server_process
 from benchmarks._suite import ROOT
 from benchmarks._trioflow_serving import WORKFLOWS, Emit
-from trioflow._durable import fingerprint, new_row
+from trioflow._durable import new_row
 from trioflow._store import NewRun, open_postgres
 
 APP = "benchmarks._trioflow_serving:WORKFLOWS"
@@ -87,9 +87,8 @@ async def submit(store_url: str, runs: int) -> float:
     store = await open_postgres(store_url, node="benchmark")
     try:
         workflow = WORKFLOWS["emit"]
-        graph = fingerprint(workflow)
         for _ in range(runs):
-            row = await new_row(store, "emit", workflow, Emit(n=0), fingerprint=graph)
+            row = await new_row(store, "emit", workflow, Emit(n=0))
             store.append(NewRun(row, queued=True))
         await store.drain()
         return time.perf_counter()
@@ -117,7 +116,7 @@ def claims(store: str, runs: int) -> dict[str, Any]:
         worker(store, "bench-w1", "--max-runs", "64"),
         worker(store, "bench-w2", "--max-runs", "64"),
     ):
-        before, total, _ = trio.run(ended, store)
+        before, _, _ = trio.run(ended, store)
         submitted = trio.run(submit, store, runs)
         while True:
             done, _total, epochs = trio.run(ended, store)

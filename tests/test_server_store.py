@@ -156,19 +156,7 @@ async def test_an_interrupted_run_ends_with_a_terminal_event(tmp_path: Path) -> 
     url = store_url(tmp_path)
     async with open_store(url) as store:
         assert store is not None
-        row = RunRow(
-            "lost",
-            await store.next_number(),
-            "gate",
-            "running",
-            b"{}",
-            False,
-            0,
-            None,
-            None,
-            1.0,
-            None,
-        )
+        row = running_row("lost", await store.next_number())
         store.append(NewRun(row))
         for seq in (1, 2):
             body = json.dumps({"seq": seq, "type": "Tick", "qualified_name": "t.Tick", "data": {}})
@@ -195,6 +183,11 @@ async def test_one_server_per_store(tmp_path: Path) -> None:
             async with served(FLOWS, store=url):
                 pass
         assert failed.group_contains(StoreLocked)
+
+
+def running_row(run_id: str, number: int) -> RunRow:
+    """The row of a run of ``gate`` the store has as running."""
+    return RunRow(run_id, number, "gate", "running", b"{}", False, 0, None, None, 1.0, None)
 
 
 def test_bad_store_urls_are_refused_up_front() -> None:
@@ -462,19 +455,7 @@ async def test_a_run_whose_failure_was_committed_keeps_its_error(tmp_path: Path)
     url = store_url(tmp_path)
     async with open_store(url) as store:
         assert store is not None
-        row = RunRow(
-            "ended",
-            await store.next_number(),
-            "gate",
-            "running",
-            b"{}",
-            False,
-            0,
-            None,
-            None,
-            1.0,
-            None,
-        )
+        row = running_row("ended", await store.next_number())
         store.append(NewRun(row))
         data = {"step_name": "gate", "exception": {"type": "Boom", "message": "kaboom"}}
         body = json.dumps(

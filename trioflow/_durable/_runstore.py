@@ -36,7 +36,7 @@ from .._store import (
 )
 from .._store import open_store as _open_backend
 from .._workflow import Workflow, _held
-from ._codec import codec_for, fingerprint
+from ._codec import codec_for
 from ._journal import fold
 from ._runtime import DurableStream, start_durable
 from ._stored import Resume, RowSink, TeeStream, interrupt, new_row, run_ended, unfinished
@@ -305,9 +305,7 @@ class _StoredRunBlock:
         store = owner._open_backend()
         assert store is not None
         if resume is None:
-            row = await new_row(
-                store, self._name, workflow, self._start_event, fingerprint=fingerprint(workflow)
-            )
+            row = await new_row(store, self._name, workflow, self._start_event)
             last, replay, used = 0, None, 0.0
         else:
             row, last, replay, used = resume.row, resume.last_seq, resume.replay, resume.time_used

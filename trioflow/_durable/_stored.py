@@ -68,9 +68,9 @@ async def new_row(
     start_event: StartEvent,
     *,
     lifecycle: bool = False,
-    fingerprint: str,
 ) -> RunRow:
-    """The row of a new run of ``workflow`` (served as ``name``), numbered by ``store``."""
+    """The row of a new run of ``workflow`` (served as ``name``), numbered by ``store``, with
+    its graph's fingerprint (what a resumption checks)."""
     return RunRow(
         uuid.uuid4().hex,
         await store.next_number(),
@@ -83,7 +83,7 @@ async def new_row(
         None,
         time.time(),
         None,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint(workflow),
     )
 
 

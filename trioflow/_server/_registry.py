@@ -37,7 +37,6 @@ from .. import (
 from .._durable import (
     OUTSIDE,
     Resume,
-    fingerprint,
     new_row,
     run_ended,
     start_durable,
@@ -296,16 +295,21 @@ class RunRegistry:
         # the store from ever being drained, and the server from listening.
         await store.drain()
         for resume in resumable:
-            row = resume.row
-            await self._nursery.start(
-                self._drive_stored,
-                row.workflow,
-                resume.workflow,
-                resume.start_event,
-                None,
-                row.lifecycle,
-                resume,
-            )
+            await self._resume(resume)
+
+    async def _resume(self, resume: Resume) -> None:
+        """Run the run of ``resume`` (of an earlier process, or claimed) in the nursery, once
+        it is under way."""
+        row = resume.row
+        await self._nursery.start(
+            self._drive_stored,
+            row.workflow,
+            resume.workflow,
+            resume.start_event,
+            None,
+            row.lifecycle,
+            resume,
+        )
 
     # -- on a store shared by processes --
 
@@ -328,16 +332,7 @@ class RunRegistry:
                 unserved_after=self._options.unserved_grace,
             )
             for resume in claimed:
-                row = resume.row
-                await self._nursery.start(
-                    self._drive_stored,
-                    row.workflow,
-                    resume.workflow,
-                    resume.start_event,
-                    None,
-                    row.lifecycle,
-                    resume,
-                )
+                await self._resume(resume)
                 self._starting -= 1
                 free -= 1
         finally:
@@ -479,7 +474,6 @@ class RunRegistry:
             workflow,
             start_event,
             lifecycle=lifecycle,
-            fingerprint=fingerprint(workflow),
         )
         try:
             await store.flushed(store.append(NewRun(row, queued=True)))
@@ -715,7 +709,6 @@ class RunRegistry:
                 workflow,
                 start_event,
                 lifecycle=lifecycle,
-                fingerprint=fingerprint(workflow),
             )
             # Before the run's first journal record: a committed journal has its run.
             ticket = store.append(NewRun(row))
