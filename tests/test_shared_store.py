@@ -508,3 +508,21 @@ async def test_a_run_purged_elsewhere_is_let_go_by_its_process() -> None:
             registry = worker.app._registry
             assert registry is not None
             await wait_until(lambda: run_id not in registry._records)
+
+
+async def test_an_answer_is_left_for_the_next_owner_by_a_run_stopping_here() -> None:
+    """An answer read from the inbox for a run that is stopping here (a shutdown suspended it:
+    its journal records nothing more) is not taken: it stays for the process that goes on
+    with the run."""
+    with fresh_database() as url:
+        async with served(DURABLE_FLOWS, store=url, node_id="first") as first:
+            run_id = await first.start("gate")
+            await wait_for(partial(first.status, run_id), seen_asking)
+            registry = first.app._registry
+            assert registry is not None
+            store = registry._store
+            assert isinstance(store, PostgresStore)
+            registry._records[run_id].handler._suspend()  # as a shutdown does
+            registry._deliver(run_id, 1, b'{"type": "Go", "data": {"count": 1}}')
+            assert not [op for op in store._pending if isinstance(op, InboxTaken)]
+            assert 1 not in registry._taken.get(run_id, set())

@@ -396,7 +396,11 @@ class RunRegistry:
         assert store is not None
         taken = self._taken.get(run_id)
         record = self._records.get(run_id)
-        if taken is None or record is None or seq in taken or record.handler.is_done():
+        if taken is None or record is None or seq in taken:
+            return
+        if record.handler._state.outcome is not None:
+            # Decided, or stopped here (suspended: its journal records nothing more): left
+            # in the inbox, for whichever process goes on with it.
             return
         taken.add(seq)
         router = record.handler._run.router
