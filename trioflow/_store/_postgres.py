@@ -185,9 +185,9 @@ class PostgresStore(GroupCommit, SqlReads):
         #: Runs this process owned and lost (another claimed them): what they still write is
         #: dropped. They leave once their task here has ended (`forget_lost`).
         self._lost: set[str] = set()
-        #: When the leases run out as far as this process knows: the trio time before the
-        #: last renewal that succeeded, plus `lease`.
-        self._leased_until = 0.0
+        #: When each run's lease runs out as far as this process knows: the trio time before
+        #: the claim (or the start, or the renewal) that set it, plus `lease`. Set in trio.
+        self._until: dict[str, float] = {}
 
     # -- opening and closing --
 
@@ -200,7 +200,6 @@ class PostgresStore(GroupCommit, SqlReads):
                 application's tables or a trioflow store of another schema.
         """
         await trio.to_thread.run_sync(self._open_connections)
-        self._leased_until = trio.current_time() + self.lease
 
     def _open_connections(self) -> None:
         psycopg = _psycopg()
@@ -369,11 +368,14 @@ class PostgresStore(GroupCommit, SqlReads):
             try:
                 kept = await self._lease_call(_renew, self, leases)
             except StoreUnavailable as error:
-                if trio.current_time() >= self._leased_until:
-                    self._lose(dict(self._leases), "their leases ran out unrenewed")
+                now, until = trio.current_time(), self._until
+                out = {run: epoch for run, epoch in leases.items() if until.get(run, 0) <= now}
+                self._lose(out, "their leases ran out unrenewed")
                 logger.warning("trioflow: %s: cannot renew its leases: %s", self.name, error)
                 continue
-            self._leased_until = asked + self.lease
+            for run_id in kept:
+                if self._leases.get(run_id) == leases[run_id]:
+                    self._until[run_id] = asked + self.lease
             gone = {run_id: epoch for run_id, epoch in leases.items() if run_id not in kept}
             self._lose(gone, "another process claimed them")
 
@@ -383,12 +385,15 @@ class PostgresStore(GroupCommit, SqlReads):
         says: a process paused past its lease starts no step once it wakes up (its writes
         would be fenced; its steps' effects would not)."""
         return (run_id in self._leases or run_id in self._starting) and (
-            trio.current_time() < self._leased_until - self.lease / 10
+            trio.current_time() < self._until.get(run_id, 0) - self.lease / 10
         )
 
     def append(self, operation: Operation) -> int:
         if type(operation) is NewRun and not operation.queued:
-            self._starting.add(operation.row.run_id)
+            run_id = operation.row.run_id
+            self._starting.add(run_id)
+            # (Its lease begins once committed: later than this, which is the safe side.)
+            self._until[run_id] = trio.current_time() + self.lease
         return super().append(operation)
 
     def _lose(self, runs: Mapping[str, int], why: str) -> None:
@@ -398,6 +403,7 @@ class PostgresStore(GroupCommit, SqlReads):
         lost = {run_id for run_id, epoch in runs.items() if leases.get(run_id) == epoch}
         for run_id in lost:
             del leases[run_id]
+            self._until.pop(run_id, None)
         if lost:
             self._lost = self._lost | lost  # a new set: the commit thread reads it
             self._say_lost(lost, why)
@@ -496,11 +502,13 @@ class PostgresStore(GroupCommit, SqlReads):
             await trio.lowlevel.checkpoint()
             return []
         held = [*self._leases, *self._lost, *busy]
+        asked = trio.current_time()
         claimed: list[tuple[str, int]] = await self._lease_call(
             _claim, self, served, limit or 1000, held, unserved_after
         )
         for run_id, epoch in claimed:
             self._leases[run_id] = epoch
+            self._until[run_id] = asked + self.lease
         if not claimed:
             return []
         select = f"{self._select_run} WHERE run_id = ANY(%s) ORDER BY number"
@@ -731,20 +739,15 @@ class PostgresStore(GroupCommit, SqlReads):
         if rows is None:
             rows = self._sort(batch, self._run_values, fence.dropped)
         self._written(rows)
-        leases = self._leases
         for values in rows.runs:
             if values[14] is not None:
-                leases[values[0]] = 1
+                self._leases[values[0]] = 1
                 self._starting.discard(values[0])
-        for end in rows.ends:
-            leases.pop(end[-1], None)
-        for (run_id,) in rows.purged:
-            leases.pop(run_id, None)
-        for run_id in rows.released:
-            leases.pop(run_id, None)
+        gone = [end[-1] for end in rows.ends] + [purged for (purged,) in rows.purged]
+        for run_id in (*gone, *rows.released, *fence.lost):
+            self._leases.pop(run_id, None)
+            self._until.pop(run_id, None)
         lost = fence.lost
-        for run_id in lost:
-            leases.pop(run_id, None)
         if lost:
             self._lost = self._lost | lost  # a new set: trio's side reads it
             self._say_lost(lost, "another process claimed them: their writes are dropped")
