@@ -526,3 +526,18 @@ async def test_an_answer_is_left_for_the_next_owner_by_a_run_stopping_here() -> 
             registry._deliver(run_id, 1, b'{"type": "Go", "data": {"count": 1}}')
             assert not [op for op in store._pending if isinstance(op, InboxTaken)]
             assert 1 not in registry._taken.get(run_id, set())
+
+
+async def test_a_run_holds_from_its_claim_whatever_came_before() -> None:
+    """A process's hold on a run counts from when it claimed the run (or started it), not from
+    its last renewal of others: a run claimed after a quiet while may start its steps."""
+    with fresh_database() as url:
+        async with node(url, "a", lease=0.5, tending=False) as a:
+            await trio.sleep(1)  # longer than a lease, with nothing renewed
+            await a.flushed(a.append(NewRun(run_row("r", await a.next_number()), queued=True)))
+            (claimed,) = await a.claim(SERVED)
+            assert a.holds(claimed.run_id)
+            a.append(NewRun(run_row("started", await a.next_number())))
+            assert a.holds("started")
+            await trio.sleep(0.5)  # and its lease runs out, unrenewed
+            assert not a.holds(claimed.run_id)
