@@ -255,8 +255,12 @@ def test_the_cluster_demo_runs_a_run_across_its_nodes(tmp_path: Path) -> None:
             demo.send_signal(signal.SIGINT)
             rest, _ = demo.communicate(timeout=60)
         finally:
-            if demo.poll() is None:
-                demo.kill()
+            if demo.poll() is None:  # (a check failed): it stops what it started, then
+                demo.send_signal(signal.SIGINT)
+                try:
+                    demo.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    demo.kill()
     assert demo.returncode == 0, rest
     assert "the database is removed" in rest
     assert not folder.exists()

@@ -7,17 +7,20 @@ real processes is `test_cluster`'s."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from _http import DURABLE_FLOWS, served, sse_messages, wait_for, wait_until
 from _postgres import fresh_database, require_postgres
 
 from trioflow import StartEvent, StopEvent, Workflow, step
+from trioflow._durable import fingerprint, unfinished
 from trioflow._store import (
     EventRow,
     InboxTaken,
@@ -26,6 +29,8 @@ from trioflow._store import (
     PostgresStore,
     RunEnded,
     RunRow,
+    StoreError,
+    StoreUnavailable,
     open_postgres,
 )
 
@@ -541,3 +546,86 @@ async def test_a_run_holds_from_its_claim_whatever_came_before() -> None:
             assert a.holds("started")
             await trio.sleep(0.5)  # and its lease runs out, unrenewed
             assert not a.holds(claimed.run_id)
+
+
+# -- what a second adversarial review found --
+
+
+async def test_runs_claimed_and_not_started_go_back() -> None:
+    """A claim whose runs cannot be read (the database went away just after it) gives them
+    back: another process claims them at once, rather than after their leases, and the one
+    that claimed them no longer renews them."""
+    with fresh_database() as url:
+        async with node(url, "a") as a, node(url, "b") as b:
+            flow = FlowForRows()
+            row = attrs.evolve(run_row("r", await a.next_number()), fingerprint=fingerprint(flow))
+            await a.flushed(a.append(NewRun(row, queued=True)))
+
+            async def unreachable(run_id: str) -> list[tuple[int, str, bytes]]:
+                raise StoreUnavailable("the database went away")
+
+            a.journal = unreachable  # type: ignore[method-assign]
+            with pytest.raises(StoreUnavailable):
+                await unfinished(a, {"flow": flow}, max_recoveries=3)
+            assert a._leases == {}
+            claimed = await b.claim({"flow": fingerprint(flow)})
+            assert [claimed.run_id for claimed in claimed] == ["r"]
+
+
+class FlowForRows(Workflow):
+    """A workflow for rows made here (`unfinished` takes the workflows themselves)."""
+
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        return StopEvent()
+
+
+async def test_a_client_resumes_past_what_a_node_has_read_of_a_run() -> None:
+    """A node's feed of a run another process runs holds what its clients have read so far; a
+    client resuming after a later seq (another node gave it, or this node's own status says)
+    gets the rest, not a refusal."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, max_runs=0, node_id="http") as http,
+            served(DURABLE_FLOWS, store=url, node_id="worker"),
+        ):
+            run_id = await http.start("count", {"n": 3000})
+            host, port = http.url.removeprefix("http://").split(":")
+            with trio.socket.socket() as slow:  # a client that reads a little, then stops
+                slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                await slow.connect((host, int(port)))
+                request = f"GET /runs/{run_id}/events HTTP/1.1\r\nHost: {http.url[7:]}\r\n\r\n"
+                await slow.send(request.encode())
+                assert b" 200 " in await slow.recv(300)
+                status = await http.wait_status(run_id, "completed")
+                rest = await http.events(run_id, after=status["seq"] - 2)
+                assert [m["event"] for m in rest] == ["Tick", "StopEvent"]
+                assert [int(m["id"]) for m in rest] == [status["seq"] - 1, status["seq"]]
+
+
+async def test_a_cancel_ends_a_waiting_run_though_no_process_has_room() -> None:
+    """A run submitted while every process is full, then cancelled, ends cancelled at once,
+    running nothing, rather than wait for room."""
+    with fresh_database() as url:
+        async with (
+            served(DURABLE_FLOWS, store=url, max_runs=0, node_id="http") as http,
+            served(DURABLE_FLOWS, store=url, node_id="worker", max_runs=1),
+        ):
+            busy = await http.start("gate")
+            await wait_for(partial(http.status, busy), seen_asking)
+            waiting = await http.start("count", {"n": 1})
+            assert (await http.client.post(f"/runs/{waiting}/cancel")).status_code == 202
+            await http.wait_status(waiting, "cancelled")
+            events = await http.events(waiting)
+            assert [m["event"] for m in events] == ["WorkflowCancelledEvent"]
+            assert (await http.status(busy))["status"] == "running"
+
+
+async def test_open_store_refuses_a_shared_database() -> None:
+    """`trioflow.open_store` runs one program's runs; a PostgreSQL store is shared by
+    processes that serve, answer and take over its runs: refused, saying what to use."""
+    from trioflow import open_store as open_run_store
+
+    with pytest.raises(StoreError, match="trioflow serve and trioflow worker"):
+        async with open_run_store("postgresql://user@localhost/db"):
+            pass

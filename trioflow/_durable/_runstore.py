@@ -54,10 +54,19 @@ def open_store(url: str = MEMORY) -> AbstractAsyncContextManager[RunStore]:
     closes the file; runs started on it must have ended or been left by then.
 
     Raises:
-        StoreError: a URL this trioflow does not open, or a file that is no trioflow store.
+        StoreError: a URL this trioflow does not open, or a file that is no trioflow store; a
+            PostgreSQL store, which processes share (``trioflow serve``, ``trioflow worker``):
+            its runs are answered, cancelled and taken over through it, which a block of
+            one program's does not do.
         StoreLocked: another process (or block) has the file open.
     """
-    return _OpenRunStore(check_url(url))
+    if check_url(url).partition(":")[0].lower() in ("postgresql", "postgres"):
+        raise StoreError(
+            "open_store takes memory: or sqlite:///path.db; a PostgreSQL store is shared by "
+            "processes that serve its runs: run them with trioflow serve and trioflow worker "
+            f"(or WorkflowApp(..., store=...)), got {url!r}"
+        )
+    return _OpenRunStore(url)
 
 
 class _OpenRunStore:

@@ -282,6 +282,7 @@ async def unfinished(
     busy: Collection[str] = (),
     limit: int | None = None,
     unserved_after: float | None = None,
+    cancelled_only: bool = False,
 ) -> list[Resume]:
     """The runs ``store`` has as running (their process stopped before they ended), to be
     resumed from their journals. One that cannot be resumed ends instead, recorded with a
@@ -301,25 +302,52 @@ async def unfinished(
     """
     served = {name: fingerprint(workflow) for name, workflow in workflows.items()}
     found = []
-    claimed = await store.claim(served, limit=limit, busy=busy, unserved_after=unserved_after)
-    for row in claimed:
-        if row.workflow not in workflows and others == "keep":
-            continue
-        last = await store.last_seq(row.run_id)
-        if last and await ended_on_stream(store, row.run_id, last):
-            continue
-        try:
-            if store.shared and served.get(row.workflow) != row.fingerprint:
-                raise ReplayError(
-                    f"no process serving workflow {row.workflow!r} with the graph it started "
-                    f"on claimed it within {unserved_after:g} s (unserved_grace)"
-                )
-            found.append(await _resumable(store, row, last, workflows, max_recoveries))
-        except (ReplayError, WorkerLost, RunInterrupted) as error:
-            interrupt(store, row, last, error)
-        except WorkflowCancelledError as error:
-            interrupt(store, row, last, error, WorkflowCancelledEvent(), RunStatus.CANCELLED)
-    return found
+    claimed = await store.claim(
+        served,
+        limit=limit,
+        busy=busy,
+        unserved_after=unserved_after,
+        cancelled_only=cancelled_only,
+    )
+    handled: set[str] = set()
+    try:
+        for row in claimed:
+            if row.workflow not in workflows and others == "keep":
+                continue
+            found.append(await _resume_or_end(store, row, served, workflows, max_recoveries))
+            handled.add(row.run_id)
+    except Exception:
+        # (A read failed: the database is gone for now.) The runs claimed and not handled go
+        # back, for a later claim; those handled end, or are the caller's to start.
+        await store.release([row.run_id for row in claimed if row.run_id not in handled])
+        raise
+    return [resume for resume in found if resume is not None]
+
+
+async def _resume_or_end(
+    store: Store,
+    row: RunRow,
+    served: Mapping[str, str],
+    workflows: Mapping[str, Any],
+    max_recoveries: int,
+) -> Resume | None:
+    """What the unfinished run of ``row`` resumes from; None if it ends instead (its end is
+    appended: see `unfinished`)."""
+    last = await store.last_seq(row.run_id)
+    if last and await ended_on_stream(store, row.run_id, last):
+        return None
+    try:
+        if store.shared and served.get(row.workflow) != row.fingerprint:
+            raise ReplayError(
+                f"no process serving workflow {row.workflow!r} with the graph it started on "
+                "claimed it within unserved_grace"
+            )
+        return await _resumable(store, row, last, workflows, max_recoveries)
+    except (ReplayError, WorkerLost, RunInterrupted) as error:
+        interrupt(store, row, last, error)
+    except WorkflowCancelledError as error:
+        interrupt(store, row, last, error, WorkflowCancelledEvent(), RunStatus.CANCELLED)
+    return None
 
 
 async def _resumable(
@@ -398,10 +426,12 @@ def interrupt(
     store.append(NewEvent(row.run_id, event_row(seq, event_kind(type(ended)), json)))
     failure = dumps(encode_exception(error))
     store.append(RunEnded(row.run_id, status.value, None, failure, time.time(), seq))
-    logger.warning(
-        "trioflow: run %s of %s was interrupted and is not resumed: %s",
+    logger.log(
+        logging.INFO if status is RunStatus.CANCELLED else logging.WARNING,
+        "trioflow: run %s of %s %s: %s",
         row.run_id,
         row.workflow,
+        "ends as its caller asked" if status is RunStatus.CANCELLED else "is not resumed",
         error,
     )
 
@@ -419,9 +449,10 @@ async def ended_on_stream(store: Store, run_id: str, last: int) -> bool:
     committing it, before its end): then it ended as that event says, and readers that saw the
     event are not told otherwise. Its end is recorded; the result of a completed run is its
     stop event's data (``result`` of a plain `StopEvent`)."""
-    (row,) = await store.events(run_id, after=last - 1, limit=1)
-    if not row.flags & TERMINAL:
+    rows = await store.events(run_id, after=last - 1, limit=1)
+    if not rows or not rows[0].flags & TERMINAL:  # (none: purged meanwhile)
         return False
+    (row,) = rows
     status = _ENDED_BY.get(row.type, RunStatus.COMPLETED)
     data = bytes(envelope_data(row.body))
     result = error = None

@@ -403,7 +403,7 @@ class WorkflowApp:
         except WireError as error:
             raise HttpError(422, "invalid_fields", str(error)) from None
         lifecycle = _flag(request, "lifecycle")
-        if self._runs().runs_here:
+        if await self._runs().runs_here():
             record = await self._start(
                 name, workflow, start_event, abandon_after=abandon_after, lifecycle=lifecycle
             )

@@ -273,10 +273,17 @@ class RunFeed:
                 f"this run has as many clients as it may have ({self.max_watchers}); "
                 "try again once one has left"
             )
-        if after < 0 or after > self.last_seq:
+        last = self.known_last
+        if after < 0 or after > last:
             raise ValueError(
-                f"after must be between 0 and the last event's seq ({self.last_seq}), got {after}"
+                f"after must be between 0 and the last event's seq ({last}), got {after}"
             )
+
+    @property
+    def known_last(self) -> int:
+        """The seq of the run's last event as far as this process knows (a watcher may start
+        after any seq up to it): its last entry's."""
+        return self.last_seq
 
     def _attach(self, watcher: Watcher) -> None:
         self._watchers.add(watcher)

@@ -318,12 +318,13 @@ async def _stream(app: WorkflowApp, request: Request, args: list[str]) -> None:
         retry_ms=app.options.retry_ms,
     )
     after = _after_sequence(request, sse)
-    after = feed.last_seq if after is None else after + 1  # "now", or LlamaIndex's count
-    if after > feed.last_seq:
+    last = feed.known_last
+    after = last if after is None else after + 1  # "now", or LlamaIndex's count
+    if after > last:
         raise HttpError(
             400,
             "bad_request",
-            f"sequence {after - 1} is beyond the run's last event ({feed.last_seq - 1})",
+            f"sequence {after - 1} is beyond the run's last event ({last - 1})",
         )
     try:
         await stream_feed(
@@ -393,7 +394,7 @@ async def _start(app: WorkflowApp, request: Request, name: str) -> RunRecord | S
     name, workflow = app._workflow(name)
     body = await request.json(app.options.max_body)
     start_event = _start_event(workflow, body)
-    if not app._runs().runs_here:
+    if not await app._runs().runs_here():
         return await _record(app, await app._submit(name, workflow, start_event, lifecycle=True))
     return await app._start(
         name, workflow, start_event, abandon_after=app.options.abandon_after, lifecycle=True

@@ -105,6 +105,8 @@ class RunRegistry:
         #: this process claims (`recover`), and for each run under way here the inbox rows
         #: delivered to it (or refused), by seq: each is delivered once (`_deliver`).
         self._served: Mapping[str, Workflow] = {}
+        #: Set while a claim counts the room it may fill (`runs_here` waits for it).
+        self._claiming: trio.Event | None = None
         self._taken: dict[str, set[int]] = {}
         self._sendable: dict[str, Mapping[str, type[Event]]] = {}
         #: This process's node id, which its records report while they run.
@@ -314,29 +316,55 @@ class RunRegistry:
     # -- on a store shared by processes --
 
     async def _claim(self) -> None:
-        """Claim as many runs as this process has room for (`unfinished`), and run them."""
+        """Claim as many runs as this process has room for (`unfinished`), and run them.
+        Without room (or running none: an HTTP node), claim the runs asked to cancel that
+        nobody runs: they end at once, running nothing, rather than wait for room."""
         store = self._store
         assert store is not None
-        free = self._max_runs - self.running
-        if free <= 0 or self._closing:
+        if self._closing:
             await trio.lowlevel.checkpoint()
             return
-        self._starting += free  # counted at once, as `start` counts a run
-        try:
-            claimed = await unfinished(
+        free = self._max_runs - self.running
+        options = self._options
+        if free <= 0:
+            await unfinished(
                 store,
                 self._served,
-                max_recoveries=self._options.max_recoveries,
+                max_recoveries=options.max_recoveries,
                 busy=list(self._feeds),
-                limit=free,
-                unserved_after=self._options.unserved_grace,
+                limit=16,
+                unserved_after=options.unserved_grace,
+                cancelled_only=True,
             )
-            for resume in claimed:
-                await self._resume(resume)
+            return
+        self._starting += free  # counted at once, as `start` counts a run
+        claimed: list[Resume] = []
+        self._claiming = claiming = trio.Event()
+        try:
+            try:
+                claimed = await unfinished(
+                    store,
+                    self._served,
+                    max_recoveries=options.max_recoveries,
+                    busy=list(self._feeds),
+                    limit=free,
+                    unserved_after=options.unserved_grace,
+                )
+            finally:
+                self._starting -= free - len(claimed)  # (the room it did not fill)
+                free = len(claimed)
+                self._claiming = None
+                claiming.set()
+            while claimed:
+                await self._resume(claimed[0])
+                del claimed[0]
                 self._starting -= 1
                 free -= 1
         finally:
             self._starting -= free
+            if claimed:  # (starting one failed: the others go back, for a later claim)
+                with trio.CancelScope(shield=True):
+                    await store.release([resume.row.run_id for resume in claimed])
 
     def _shared(self) -> SharedStore:
         """The store, which processes share (`Store.shared`)."""
@@ -349,10 +377,11 @@ class RunRegistry:
         """Claim runs whenever one may be waiting: told by a notification (a run submitted,
         released, cancelled), a run of this process's ending, or after `POLL` seconds (a
         process that died says nothing)."""
-        store = self._shared()
+        signals = self._shared().signals
         while not self._closing:
-            await wait_for(store.signals.queued(), POLL)
+            queued = signals.queued()  # (taken before claiming: one set meanwhile counts)
             await self._unless_unavailable(self._claim, "claim runs")
+            await wait_for(queued, POLL)
 
     async def _control_forever(self) -> None:
         """Act on what other processes (or this one) sent to this process's runs through the
@@ -487,13 +516,18 @@ class RunRegistry:
             raise ShuttingDown(f"the server is shutting down: {error}") from None
         return row.run_id
 
-    @property
-    def runs_here(self) -> bool:
-        """Whether runs started by requests run in this process: no, on a store shared by
+    async def runs_here(self) -> bool:
+        """Whether a run started by a request runs in this process: no, on a store shared by
         processes when it runs none (``max_runs`` 0) or as many as it may (then any process
-        with room runs them: `submit`)."""
+        with room runs it: `submit`). Said once a claim under way (which counts the room it
+        may fill) knows what it took. A checkpoint."""
+        await trio.lowlevel.checkpoint()
         store = self._store
-        return store is None or not store.shared or self.running < self._max_runs
+        if store is None or not store.shared:
+            return True
+        while self._claiming is not None:
+            await self._claiming.wait()
+        return self.running < self._max_runs
 
     async def commit_forever(self) -> None:
         """Commit what the runs write to the store (`Store.flush_forever`), until
@@ -808,7 +842,6 @@ class RunRegistry:
             if store.shared:
                 self._taken.pop(row.run_id, None)
                 self._shared().forget_lost(row.run_id)
-                self._shared().signals.wake_claims()  # room for another run here
 
     def _suspended(self, record: RunRecord) -> bool:
         """Whether the ended run ``record`` goes on at the next start rather than end here:
@@ -854,6 +887,8 @@ class RunRegistry:
                 if record is not None:
                     record.settled.set()  # its status and outcome are served from now on
                     self._wrap_up(record)
+                    if self._store is not None and self._store.shared:  # room here, now
+                        self._shared().signals.wake_claims()
                 elif ended is not None:  # its record is gone: its clients' streams end still
                     ended.finish()
             elif isinstance(operation, RunPurged):

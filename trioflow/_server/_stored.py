@@ -62,6 +62,9 @@ class StoredFeed(RunFeed):
         #: clients that have read what is committed wait for the next commit (`follow`).
         self.follows = follows
         self._following = False
+        #: The last seq the store had committed when this process last read the run's row
+        #: (`StoredRecord.of`): ahead of the cache while no client has caught up.
+        self._committed_seq = last_seq
         #: Where the feeds of runs served from the store are found by run id while they have
         #: watchers (`RunRegistry`), so that every client of a run is in one feed: its
         #: ``max_watchers`` and its count of watchers hold (see `share`).
@@ -137,6 +140,16 @@ class StoredFeed(RunFeed):
                 self.finish()
             return True
         return False
+
+    @property
+    def known_last(self) -> int:
+        """The run's last committed seq as this process last read it (a client may resume
+        after it while the events it follows are still on their way to this feed)."""
+        return max(self.last_seq, self._committed_seq)
+
+    def committed_up_to(self, seq: int) -> None:
+        """The store says the run has committed events up to ``seq``."""
+        self._committed_seq = max(self._committed_seq, seq)
 
     def wake(self) -> None:
         """Wake the watchers waiting for the events `append_row` added without waking them."""
@@ -322,7 +335,9 @@ class StoredRecord:
         commits (`StoredFeed.follow`) and caches up to ``retain`` (events, bytes) of them for
         its clients."""
         feed = None if shared is None else shared.get(row.run_id)
-        if feed is None:
+        if feed is not None:
+            feed.committed_up_to(row.last_seq)
+        else:
             running = row.status == RunStatus.RUNNING.value
             feed = StoredFeed(
                 store,

@@ -93,13 +93,20 @@ class Store(Protocol):
         limit: int | None = None,
         busy: Collection[str] = (),
         unserved_after: float | None = None,
+        cancelled_only: bool = False,
     ) -> list[RunRow]:
         """The unfinished runs this process may resume (or start: on a shared store, runs
         submitted for any process), none in ``busy`` (under way here), oldest first: on a
         store this process owns, every run it has as running; on a shared one, up to
         ``limit`` runs of the workflows ``served`` (names to graphs' fingerprints) that no
         live process owns, this process's from now on; with ``unserved_after``, also those
-        of other workflows or graphs that waited that many seconds (for the caller to fail)."""
+        of other workflows or graphs that waited that many seconds (for the caller to fail);
+        with ``cancelled_only``, only runs asked to cancel (for the caller to end)."""
+        ...
+
+    async def release(self, run_ids: Collection[str]) -> None:
+        """Give up runs `claim` gave that this process does not run after all (a shared
+        store's other processes may claim them at once)."""
         ...
 
     async def flush_forever(self) -> None:

@@ -66,6 +66,7 @@ WITH live AS (
            OR owner_key::oid NOT IN (SELECT objid FROM live))
       AND (workflow, fingerprint) {served} (
           SELECT * FROM unnest(%(workflows)s::text[], %(graphs)s::text[])){waited}
+      AND (cancel_requested OR NOT %(cancelled_only)s)
       AND NOT run_id = ANY(%(held)s::text[])
     ORDER BY number
     LIMIT %(limit)s
@@ -87,20 +88,36 @@ CLAIM_UNSERVED = _CLAIM.format(
     waited="\n      AND lease_until < clock_timestamp() - %(grace)s * interval '1 second'",
 )
 
-#: Renew the leases this process holds; returns the runs still its own.
+#: Renew the leases this process holds; returns the runs still its own. (Rows are locked in
+#: the order of their ids, as `FENCE` locks them: the two never wait for each other in turn.)
 HEARTBEAT = """
+WITH mine AS (
+    SELECT r.run_id FROM tf_runs r
+    JOIN unnest(%(runs)s::text[], %(epochs)s::int[]) AS o(run_id, epoch)
+      ON r.run_id = o.run_id AND r.epoch = o.epoch
+    WHERE r.owner = %(node)s
+    ORDER BY r.run_id
+    FOR UPDATE OF r
+)
 UPDATE tf_runs r SET lease_until = clock_timestamp() + %(lease)s * interval '1 second'
-FROM unnest(%(runs)s::text[], %(epochs)s::int[]) AS o(run_id, epoch)
-WHERE r.run_id = o.run_id AND r.epoch = o.epoch AND r.owner = %(node)s
+FROM mine WHERE r.run_id = mine.run_id
 RETURNING r.run_id
 """
 
 #: In a commit, before its writes: which of its runs this process still owns (the others'
-#: writes are dropped), and each run's last committed seq.
+#: writes are dropped), and each run's last committed seq. Locking a row waits for a claim
+#: under way and reads the row it left: a claim between the check and the commit is seen.
 FENCE = """
-UPDATE tf_runs r SET last_seq = greatest(r.last_seq, o.seq)
-FROM unnest(%(runs)s::text[], %(epochs)s::int[], %(seqs)s::bigint[]) AS o(run_id, epoch, seq)
-WHERE r.run_id = o.run_id AND r.epoch = o.epoch AND r.owner = %(node)s
+WITH mine AS (
+    SELECT r.run_id, o.seq FROM tf_runs r
+    JOIN unnest(%(runs)s::text[], %(epochs)s::int[], %(seqs)s::bigint[]) AS o(run_id, epoch, seq)
+      ON r.run_id = o.run_id AND r.epoch = o.epoch
+    WHERE r.owner = %(node)s
+    ORDER BY r.run_id
+    FOR UPDATE OF r
+)
+UPDATE tf_runs r SET last_seq = greatest(r.last_seq, mine.seq)
+FROM mine WHERE r.run_id = mine.run_id
 RETURNING r.run_id
 """
 

@@ -491,20 +491,23 @@ class PostgresStore(GroupCommit, SqlReads):
         limit: int | None = None,
         busy: Collection[str] = (),
         unserved_after: float | None = None,
+        cancelled_only: bool = False,
     ) -> list[RunRow]:
         """Claim up to ``limit`` runs this process may execute: of the workflows in ``served``
         (by name, with their graphs' fingerprints), waiting to be claimed, or whose process
         died or whose lease ran out; none in ``busy``. With ``unserved_after``, also runs of
         other workflows (or graphs) that have waited that many seconds: nobody runs them, and
-        the caller fails them. Returns their rows, oldest first; this process owns them from
-        now on (their leases are renewed, their writes fenced)."""
+        the caller fails them. With ``cancelled_only``, only runs asked to cancel (which end
+        at once, running nothing). Returns their rows, oldest first; this process owns them
+        from now on (their leases are renewed, their writes fenced) until it `release`s them
+        or they end."""
         if limit == 0:
             await trio.lowlevel.checkpoint()
             return []
         held = [*self._leases, *self._lost, *busy]
         asked = trio.current_time()
         claimed: list[tuple[str, int]] = await self._lease_call(
-            _claim, self, served, limit or 1000, held, unserved_after
+            _claim, self, served, limit or 1000, held, unserved_after, cancelled_only
         )
         for run_id, epoch in claimed:
             self._leases[run_id] = epoch
@@ -516,6 +519,32 @@ class PostgresStore(GroupCommit, SqlReads):
             lambda db: db.execute(select, ([run_id for run_id, _ in claimed],)).fetchall()
         )
         return [run_row(row) for row in rows]
+
+    async def release(self, run_ids: Collection[str]) -> None:
+        """Give up runs claimed and not run here (what was to run them failed): another
+        process (or a later claim of this one's) may claim them at once. This process no
+        longer owns them, whether or not the database could be told (their leases run out
+        instead)."""
+        leases = {
+            run_id: epoch
+            for run_id in run_ids
+            if (epoch := self._leases.pop(run_id, None)) is not None
+        }
+        for run_id in leases:
+            self._until.pop(run_id, None)
+        if not leases:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def release(db: psycopg.Connection[Any]) -> None:
+            with db.transaction():
+                db.execute(RELEASE, _runs_and_epochs(leases))
+                db.execute("SELECT pg_notify(%s, '')", (QUEUE,))
+
+        try:
+            await self._lease_call(release)
+        except StoreUnavailable as error:
+            logger.warning("trioflow: %s: cannot release runs: %s", self.name, error)
 
     async def send(self, run_id: str, body: bytes) -> bool:
         """Put ``body`` (an event's wire JSON) in the inbox of run ``run_id``, committed, and
@@ -839,8 +868,10 @@ def _claim(
     limit: int,
     held: Sequence[str],
     unserved_after: float | None,
+    cancelled_only: bool,
 ) -> list[tuple[str, int]]:
     args = {
+        "cancelled_only": cancelled_only,
         "workflows": list(served),
         "graphs": list(served.values()),
         "held": list(held),

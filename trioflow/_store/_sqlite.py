@@ -35,7 +35,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -154,11 +154,16 @@ class SqliteStore(GroupCommit, SqlReads):
         limit: int | None = None,
         busy: Container[str] = (),
         unserved_after: float | None = None,
+        cancelled_only: bool = False,
     ) -> list[RunRow]:
         """Every run the file has as running but those in ``busy`` (under way here): its
         process stopped before they ended. (One process owns the file, so ``served``,
         ``limit`` and ``unserved_after`` leave none for another.)"""
         return [row for row in await self.runs(status="running") if row.run_id not in busy]
+
+    async def release(self, run_ids: Collection[str]) -> None:
+        """Nothing to give up: one process owns the file."""
+        await trio.lowlevel.checkpoint()
 
     # -- opening and closing --
 
