@@ -629,3 +629,14 @@ async def test_open_store_refuses_a_shared_database() -> None:
     with pytest.raises(StoreError, match="trioflow serve and trioflow worker"):
         async with open_run_store("postgresql://user@localhost/db"):
             pass
+
+
+async def test_a_url_whose_scheme_has_capitals_names_the_same_store() -> None:
+    """``PostgreSQL://...`` is accepted as URLs' schemes are, and opens the same database
+    (libpq reads only ``postgresql://``)."""
+    from trioflow._store import open_store as open_engine_store
+
+    with fresh_database() as url:
+        async with open_engine_store("PostgreSQL" + url.removeprefix("postgresql")) as store:
+            assert isinstance(store, PostgresStore)
+            assert await store.run("none") is None

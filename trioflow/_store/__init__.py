@@ -100,7 +100,9 @@ async def open_engine(url: str, *, node: str | None = None, lease: float = LEASE
     if url.partition(":")[0].lower() == "sqlite":
         path, options = sqlite_path(url)
         return await open_sqlite(path, **options)
-    return await open_postgres(url, node=node or node_name(), lease=lease)
+    # (libpq reads the scheme in lower case only: ``PostgreSQL://`` is the same store.)
+    scheme, _, rest = url.partition(":")
+    return await open_postgres(f"{scheme.lower()}:{rest}", node=node or node_name(), lease=lease)
 
 
 def node_name() -> str:
