@@ -17,6 +17,8 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
+from ._retry import Policy, check_policy
+
 DEFAULT_NUM_WORKERS = 4
 """Workers per step unless ``@step(num_workers=...)`` says otherwise (LlamaIndex's default)."""
 
@@ -68,13 +70,22 @@ class RetryPolicy:
         delay = self.delay * self.backoff ** (attempt - 2)
         return float(delay + (random.uniform(0, self.jitter) if self.jitter else 0))
 
+    def next(self, elapsed_time: float, attempts: int, error: Exception) -> float | None:
+        """The policy's answer after ``attempts`` failed attempts (see `trioflow.retry_policy`):
+        the delay before the next one, or None once ``max_attempts`` failed or for an error
+        not in ``retry_on``."""
+        if attempts >= self.max_attempts or not isinstance(error, self.retry_on):
+            return None
+        return self.delay_before(attempts + 1)
+
 
 @attrs.frozen(kw_only=True)
 class StepConfig:
     """The options given to ``@step``."""
 
     num_workers: int = DEFAULT_NUM_WORKERS
-    retry: RetryPolicy | None = None
+    #: A `RetryPolicy`, or any policy (`trioflow.retry_policy`).
+    retry: Policy | None = None
     timeout: float | None = None
     #: For an error-handler step: the names of the steps whose failures it handles (None: all).
     failures_of: tuple[str, ...] | None = None
@@ -98,9 +109,10 @@ def step(func: _F, /) -> _F: ...
 def step(
     *,
     num_workers: int = DEFAULT_NUM_WORKERS,
-    retry: RetryPolicy | None = None,
+    retry: Policy | None = None,
     timeout: float | None = None,
     failures_of: Iterable[str] | None = None,
+    retry_policy: Policy | None = None,
 ) -> Callable[[_F], _F]: ...
 
 
@@ -109,9 +121,10 @@ def step(
     /,
     *,
     num_workers: int = DEFAULT_NUM_WORKERS,
-    retry: RetryPolicy | None = None,
+    retry: Policy | None = None,
     timeout: float | None = None,
     failures_of: Iterable[str] | None = None,
+    retry_policy: Policy | None = None,
 ) -> Any:
     """Mark a workflow method as a step.
 
@@ -122,17 +135,23 @@ def step(
 
     Args:
         num_workers: how many events this step may handle at once in one run.
-        retry: retry a failing attempt according to this policy.
+        retry: retry a failing attempt according to this policy: a `RetryPolicy`, or any
+            object with ``next(elapsed_time, attempts, error)`` (`trioflow.retry_policy`).
         timeout: seconds an attempt may run before it fails with `trio.TooSlowError`.
         failures_of: for an error-handler step (one that accepts `StepFailedEvent`), handle
             only the failures of the steps named here; by default it handles every step's.
+        retry_policy: ``retry``, by LlamaIndex's name.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
     if timeout is not None:
         _check_positive("timeout", timeout)
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+    if retry_policy is not None:
+        if retry is not None:
+            raise TypeError("give retry= or retry_policy= (its LlamaIndex name), not both")
+        retry = retry_policy
+    if retry is not None:
+        check_policy(retry)
     if failures_of is not None:
         if isinstance(failures_of, str):
             failures_of = (failures_of,)

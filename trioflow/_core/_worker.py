@@ -31,6 +31,7 @@ from .._events import (
     StepRetryEvent,
     StepStartedEvent,
 )
+from .._retry import max_attempts, next_delay
 from ._context import Context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._log import add_note, describe, log
@@ -189,9 +190,11 @@ async def _retry(
     the last attempt's number, its result, and its failure (None if it succeeded)."""
     retry = spec.config.retry
     attempt = 1
-    while (
-        retry is not None and attempt < retry.max_attempts and isinstance(failure, retry.retry_on)
-    ):
+    first_failed = trio.current_time()
+    while retry is not None:
+        delay, failure = next_delay(retry, trio.current_time() - first_failed, attempt, failure)
+        if delay is None:
+            break
         failed = StepFailedEvent(
             step_name=spec.name, attempt=attempt, exception=failure, input_event=event
         )
@@ -201,8 +204,7 @@ async def _retry(
             crew.state.report(failed)  # the run is ending: report it with the end
             raise
         attempt += 1
-        delay = retry.delay_before(attempt)
-        _log_retry(crew, spec, attempt, retry.max_attempts, delay, failure)
+        _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
         if crew.observation.lifecycle:
             retrying = StepRetryEvent(
                 step_name=spec.name, attempt=attempt, delay=delay, exception=failure
@@ -219,16 +221,21 @@ async def _retry(
 
 
 def _log_retry(
-    crew: Crew, spec: StepSpec, attempt: int, max_attempts: int, delay: float, failure: Exception
+    crew: Crew,
+    spec: StepSpec,
+    attempt: int,
+    most: int | None,
+    delay: float,
+    failure: Exception,
 ) -> None:
     log(
         logging.INFO,
-        "step %r of %s (run %s) failed, attempt %d of %d, retrying in %.3g s: %s",
+        "step %r of %s (run %s) failed, attempt %d%s, retrying in %.3g s: %s",
         spec.name,
         crew.workflow_name,
         crew.run_id,
         attempt - 1,
-        max_attempts,
+        "" if most is None else f" of {most}",
         delay,
         describe(failure),
         extra={

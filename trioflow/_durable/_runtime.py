@@ -56,6 +56,7 @@ from .._events import (
     StopEvent,
 )
 from .._handler import WorkflowHandler
+from .._retry import max_attempts, next_delay
 from ._codec import check_storable, codec_for
 from ._journal import OUTSIDE, RETURNED, Appender, Journal, PendingTask, Replay, TaskRef
 
@@ -531,6 +532,7 @@ async def _execute(
                 )
             )
     retry = spec.config.retry
+    first_failed: float | None = None
     while True:
         if not journal.holds():
             # This process's hold on the run has run out (it was paused, or cut off): another
@@ -549,9 +551,12 @@ async def _execute(
         if failure is None:
             break
         tries += 1
-        if not (
-            retry is not None and tries < retry.max_attempts and isinstance(failure, retry.retry_on)
-        ):
+        now = trio.current_time()
+        first_failed = now if first_failed is None else first_failed
+        delay = None
+        if retry is not None:
+            delay, failure = next_delay(retry, now - first_failed, tries, failure)
+        if delay is None:
             await _final_failure(crew, spec, index, task, event, failure, attempt)
             return
         failed = StepFailedEvent(
@@ -563,10 +568,10 @@ async def _execute(
         except BaseException:
             crew.state.report(failed)
             raise
-        delay = retry.delay_before(tries + 1)
+        assert retry is not None  # (only a policy gives a delay)
         attempt += 1
         memo = answers = None  # a retry's calls act again, as in memory
-        _log_retry(crew, spec, attempt, retry.max_attempts, delay, failure)
+        _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
         if crew.observation.lifecycle:
             await crew.stream.write(
                 StepRetryEvent(step_name=spec.name, attempt=attempt, delay=delay, exception=failure)

@@ -24,6 +24,8 @@ from .._events import (
     StepFailedEvent,
     StopEvent,
 )
+from .._retry import Policy, max_attempts
+from .._step import RetryPolicy
 from ._typeinfo import (
     field_types,
     is_subclass,
@@ -36,7 +38,6 @@ from ._typeinfo import (
 
 if TYPE_CHECKING:
     from .._core._graph import StepSpec
-    from .._step import RetryPolicy
     from .._workflow import Workflow
 
 
@@ -98,9 +99,11 @@ def _describe_step(spec: StepSpec, mentions: list[type[Event]]) -> dict[str, Any
     }
 
 
-def _describe_retry(retry: RetryPolicy | None) -> dict[str, Any] | None:
+def _describe_retry(retry: Policy | None) -> dict[str, Any] | None:
     if retry is None:
         return None
+    if not isinstance(retry, RetryPolicy):  # a policy object: its kind, and its bound if said
+        return {"policy": type(retry).__name__, "max_attempts": max_attempts(retry)}
     return {
         "max_attempts": retry.max_attempts,
         "delay": float(retry.delay),

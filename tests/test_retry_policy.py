@@ -1,0 +1,215 @@
+"""Retry policies as objects (`trioflow.retry_policy`): the policy protocol LlamaIndex has,
+its built-in policies and tenacity-like parts, and steps retried by them, in memory and in a
+durable run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trioflow import (
+    RetryPolicy,
+    StartEvent,
+    StepFailedEvent,
+    StopEvent,
+    Workflow,
+    open_store,
+    step,
+)
+from trioflow.retry_policy import (
+    ConstantDelayRetryPolicy,
+    ExponentialBackoffRetryPolicy,
+    Policy,
+    retry_if_exception_message,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    retry_policy,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_before_delay,
+    wait_chain,
+    wait_exponential,
+    wait_fixed,
+    wait_incrementing,
+    wait_random_exponential,
+)
+
+
+class Flaky(Exception):
+    pass
+
+
+class Fatal(Exception):
+    pass
+
+
+def answers(
+    policy: Policy, *calls: tuple[float, int], error: Exception | None = None
+) -> list[float | None]:
+    return [policy.next(elapsed, attempts, error or Flaky()) for elapsed, attempts in calls]
+
+
+def test_the_default_policy_waits_five_seconds_and_makes_three_attempts() -> None:
+    """As LlamaIndex's: attempts counts the failures so far; None says no more."""
+    assert answers(retry_policy(), (0, 1), (5, 2), (10, 3)) == [5, 5, None]
+
+
+def test_retry_conditions_say_which_errors_are_retried() -> None:
+    policy = retry_policy(retry=retry_if_exception_type(Flaky), wait=wait_fixed(1))
+    assert answers(policy, (0, 1)) == [1]
+    assert answers(policy, (0, 1), error=Fatal()) == [None]
+    either = retry_if_exception_type(Flaky) | retry_if_exception_message(match="again")
+    assert [either(Fatal("try again")), either(Flaky()), either(Fatal("no"))] == [True, True, False]
+    both = retry_if_not_exception_type(Fatal) & retry_if_exception_message(message="x")
+    assert [both(Flaky("x")), both(Fatal("x")), both(Flaky("y"))] == [True, False, False]
+    with pytest.raises(TypeError, match="one of message= or match="):
+        retry_if_exception_message()
+    with pytest.raises(TypeError, match="exception types"):
+        retry_if_exception_type(int)  # type: ignore[arg-type]
+
+
+def test_waits_grow_combine_and_chain() -> None:
+    exponential = wait_exponential(multiplier=0.5, max=3)
+    assert [exponential(n) for n in range(5)] == [0.5, 1, 2, 3, 3]
+    assert [(wait_fixed(1) + wait_incrementing(0, 2))(n) for n in range(3)] == [1, 3, 5]
+    assert [wait_chain(wait_fixed(1), wait_fixed(timedelta(seconds=4)))(n) for n in range(3)] == [
+        1,
+        4,
+        4,
+    ]
+    jittered = wait_random_exponential(multiplier=1, max=8)
+    assert all(0 <= jittered(n) <= min(2**n, 8) for n in range(6) for _ in range(20))
+    with pytest.raises(ValueError, match="wait must be seconds"):
+        wait_fixed(-1)
+
+
+def test_stops_count_attempts_and_time() -> None:
+    after_two = retry_policy(wait=wait_fixed(1), stop=stop_after_attempt(2))
+    assert answers(after_two, (0, 1), (1, 2)) == [1, None]
+    by_delay = retry_policy(wait=wait_fixed(0.5), stop=stop_before_delay(5))
+    assert answers(by_delay, (4.4, 1), (4.5, 1)) == [0.5, None]  # the next wait counts too
+    either = retry_policy(wait=wait_fixed(1), stop=stop_after_attempt(10) | stop_after_delay(3))
+    assert answers(either, (2, 1), (3, 2)) == [1, None]
+    both = retry_policy(wait=wait_fixed(1), stop=stop_after_attempt(2) & stop_after_delay(3))
+    assert answers(both, (0, 2), (3, 2)) == [1, None]
+
+
+def test_llama_index_policies_and_the_simple_spelling() -> None:
+    assert answers(ConstantDelayRetryPolicy(maximum_attempts=2, delay=3), (0, 1), (3, 2)) == [
+        3,
+        None,
+    ]
+    exponential = ExponentialBackoffRetryPolicy(jitter=False)
+    assert answers(exponential, *[(0, n) for n in range(1, 7)]) == [1, 2, 4, 8, None, None]
+    simple = RetryPolicy(max_attempts=3, delay=1, backoff=2, retry_on=(Flaky,))
+    assert answers(simple, (0, 1), (1, 2), (3, 3)) == [1, 2, None]
+    assert answers(simple, (0, 1), error=Fatal()) == [None]
+    assert isinstance(simple, Policy)
+
+
+class Recorder:
+    """A policy of one's own: it records what it is asked, and retries twice, a second apart."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[float, int, str]] = []
+
+    def next(self, elapsed_time: float, attempts: int, error: Exception) -> float | None:
+        self.asked.append((elapsed_time, attempts, str(error)))
+        return 1.0 if attempts < 3 else None
+
+
+def flaky_flow(policy: Any, failures: int, error: type[Exception] = Flaky) -> Workflow:
+    class Flow(Workflow):
+        calls = 0
+
+        @step(retry=policy)
+        async def work(self, ev: StartEvent) -> StopEvent:
+            Flow.calls += 1
+            await trio.sleep(0.5)
+            if Flow.calls <= failures:
+                raise error(f"failure {Flow.calls}")
+            return StopEvent(result=Flow.calls)
+
+    return Flow(timeout=None)
+
+
+async def test_a_step_is_retried_as_its_policy_says(autojump_clock: trio.testing.MockClock) -> None:
+    """The policy is asked after each failure with the failures so far and the seconds since
+    the first (trio's clock); each failure that is retried is streamed as a StepFailedEvent."""
+    policy = Recorder()
+    flow = flaky_flow(policy, failures=2)
+    async with flow.start() as handler:
+        failed = [e async for e in handler.stream_events() if isinstance(e, StepFailedEvent)]
+    assert await handler.result() == 3
+    assert policy.asked == [(0.0, 1, "failure 1"), (1.5, 2, "failure 2")]
+    assert [(e.attempt, str(e.exception)) for e in failed] == [(1, "failure 1"), (2, "failure 2")]
+
+
+async def test_an_error_the_policy_does_not_retry_fails_the_step_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    flow = flaky_flow(retry_policy(retry=retry_if_exception_type(Flaky)), 1, error=Fatal)
+    with pytest.raises(Fatal, match="failure 1"):
+        await flow.run()
+    assert trio.current_time() == 0.5  # no wait
+
+
+async def test_a_policy_that_fails_fails_the_step_with_its_error() -> None:
+    """A policy whose ``next`` raises, or answers what is no delay, fails the step with that
+    error, the step's own as its cause."""
+
+    class Broken:
+        def next(self, elapsed_time: float, attempts: int, error: Exception) -> float | None:
+            raise RuntimeError("the policy broke")
+
+    class Negative:
+        def next(self, elapsed_time: float, attempts: int, error: Exception) -> float | None:
+            return -1.0
+
+    with pytest.raises(RuntimeError, match="the policy broke") as broke:
+        await flaky_flow(Broken(), 1).run()
+    assert isinstance(broke.value.__cause__, Flaky)
+    with pytest.raises(TypeError, match="returns seconds >= 0 or None"):
+        await flaky_flow(Negative(), 1).run()
+
+
+def test_what_a_step_takes_as_a_policy_is_checked() -> None:
+    with pytest.raises(TypeError, match="object with next"):
+        step(retry=3)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="not both"):
+        step(retry=RetryPolicy(), retry_policy=retry_policy())
+
+    class Flow(Workflow):
+        @step(retry_policy=ConstantDelayRetryPolicy(delay=0))  # LlamaIndex's keyword
+        async def work(self, ev: StartEvent) -> StopEvent:
+            return StopEvent(result="ok")
+
+    assert Flow().graph.steps[0].config.retry is not None
+
+
+async def test_a_durable_run_is_retried_as_its_policy_says(tmp_path: Path) -> None:
+    """On a store, the policy decides too; the failures retried are journaled and streamed."""
+    policy = Recorder()
+    flow = flaky_flow(policy, failures=2)
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert await store.run(flow) == 3
+    assert [attempts for _, attempts, _ in policy.asked] == [1, 2]
+
+
+def test_a_workflow_described_says_its_steps_policies() -> None:
+    """The graph as JSON (``GET /workflows/{name}``, ``trioflow draw --format json``) names a
+    policy object's kind and, when its stop says, its attempts at most."""
+    from trioflow._wire import describe_workflow
+
+    class Flow(Workflow):
+        @step(retry=retry_policy(stop=stop_after_attempt(4)))
+        async def composed(self, ev: StartEvent) -> StopEvent:
+            return StopEvent()
+
+    (described,) = describe_workflow("flow", Flow())["steps"]
+    assert described["retry"] == {"policy": "ComposedRetryPolicy", "max_attempts": 4}
