@@ -501,13 +501,7 @@ class RunRegistry:
         assert store.shared
         if self._closing:
             raise ShuttingDown("the server is shutting down; it starts no more runs")
-        row = await new_row(
-            store,
-            name,
-            workflow,
-            start_event,
-            lifecycle=lifecycle,
-        )
+        row = await new_row(store, name, workflow, start_event, lifecycle=lifecycle)
         try:
             await store.flushed(store.append(NewRun(row, queued=True)))
         except StoreUnavailable:
@@ -741,13 +735,7 @@ class RunRegistry:
         assert store is not None
         options = self._options
         if resume is None:
-            row = await new_row(
-                store,
-                name,
-                workflow,
-                start_event,
-                lifecycle=lifecycle,
-            )
+            row = await new_row(store, name, workflow, start_event, lifecycle=lifecycle)
             # Before the run's first journal record: a committed journal has its run.
             ticket = store.append(NewRun(row))
             last, replay, used = 0, None, 0.0
