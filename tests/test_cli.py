@@ -484,3 +484,29 @@ def test_serve_logs_a_failed_runs_traceback() -> None:
     assert "Traceback (most recent call last):" in err
     assert "    raise ev.exception\n" in err
     assert "retrying" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--store", "sqlite:///runs.db"],
+            "a worker runs the runs of a store that processes share",
+        ),
+        ([], "give --store postgresql://"),
+        (["--store", "postgresql://u@h/db", "--max-runs", "0"], "--max-runs must be >= 1"),
+    ],
+)
+def test_a_worker_needs_a_shared_store_and_room(
+    flags: list[str], said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``trioflow worker`` on another store, or with no room for a run, says so in one line
+    (exit 2) before it connects to anything."""
+    from trioflow._cli._main import main
+
+    monkeypatch.delenv("TRIOFLOW_STORE", raising=False)
+    assert main(["worker", "trioflow.examples:WORKFLOWS", *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("trioflow worker: error: ")
+    assert said in error
+    assert error.count("\n") == 1
