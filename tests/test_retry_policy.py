@@ -4,6 +4,7 @@ durable run."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,33 @@ async def test_a_step_is_retried_as_its_policy_says(autojump_clock: trio.testing
         failed = [e async for e in handler.stream_events() if isinstance(e, StepFailedEvent)]
     assert await handler.result() == 3
     assert policy.asked == [(0.0, 1, "failure 1"), (1.5, 2, "failure 2")]
-    assert [(e.attempt, str(e.exception)) for e in failed] == [(1, "failure 1"), (2, "failure 2")]
+    assert [(e.attempts, str(e.exception)) for e in failed] == [(1, "failure 1"), (2, "failure 2")]
+    # What each failure says of itself: the seconds since the first, and when (wall time).
+    assert [e.elapsed_seconds for e in failed] == [0.0, 1.5]
+    assert all(abs(e.failed_at - time.time()) < 60 for e in failed)
+
+
+async def test_the_last_failure_says_how_long_the_step_tried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The StepFailedEvent an error handler gets, once the policy gives up, says the attempts
+    made and the seconds from the first failure to the last."""
+    seen: list[StepFailedEvent] = []
+
+    class Flow(Workflow):
+        @step(retry=retry_policy(wait=wait_fixed(2), stop=stop_after_attempt(3)))
+        async def work(self, ev: StartEvent) -> StopEvent:
+            await trio.sleep(1)
+            raise Flaky("never")
+
+        @step
+        async def rescue(self, ev: StepFailedEvent) -> StopEvent:
+            seen.append(ev)
+            return StopEvent(result="rescued")
+
+    assert await Flow(timeout=None).run() == "rescued"
+    (last,) = seen
+    assert (last.attempts, last.elapsed_seconds) == (3, 6.0)  # failures at 1, 4 and 7 s
 
 
 async def test_an_error_the_policy_does_not_retry_fails_the_step_at_once(
@@ -197,8 +224,11 @@ async def test_a_durable_run_is_retried_as_its_policy_says(tmp_path: Path) -> No
     policy = Recorder()
     flow = flaky_flow(policy, failures=2)
     async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
-        assert await store.run(flow) == 3
+        async with store.start(flow) as handler:
+            failed = [e async for e in handler.stream_events() if isinstance(e, StepFailedEvent)]
+        assert await handler.result() == 3
     assert [attempts for _, attempts, _ in policy.asked] == [1, 2]
+    assert [(e.attempt, e.elapsed_seconds > 0) for e in failed] == [(1, False), (2, True)]
 
 
 def test_a_workflow_described_says_its_steps_policies() -> None:

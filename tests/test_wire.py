@@ -218,13 +218,20 @@ def test_values_inside_an_event_become_json() -> None:
 def test_step_failed_event_encodes_its_exception_and_input_event() -> None:
     """A StepFailedEvent's exception is {type, message} and its input event {type, data}."""
     failed = StepFailedEvent(
-        step_name="price", attempt=2, exception=KeyError("tea"), input_event=Progress(value=0.1)
+        step_name="price",
+        attempt=2,
+        exception=KeyError("tea"),
+        input_event=Progress(value=0.1),
+        elapsed_seconds=1.5,
+        failed_at=1796130000.25,
     )
     assert roundtrip(encode_envelope(7, failed))["data"] == {
         "step_name": "price",
         "attempt": 2,
         "exception": {"type": "KeyError", "message": "'tea'"},
         "input_event": {"type": "Progress", "data": {"value": 0.1}},
+        "elapsed_seconds": 1.5,
+        "failed_at": 1796130000.25,
     }
 
 

@@ -8,6 +8,7 @@ statement runs, so users write plain annotated fields and no decorator. `datacla
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Mapping
 from typing import Any, dataclass_transform
 
@@ -122,12 +123,22 @@ class HumanResponseEvent(Event):
 
 
 class StepFailedEvent(Event):
-    """A step's attempt raised ``exception`` while handling ``input_event``."""
+    """A step's attempt raised ``exception`` while handling ``input_event``: its ``attempt``
+    (from 1), the seconds since this step execution's first failure (``elapsed_seconds``, 0
+    for the first) and when it failed (``failed_at``, seconds since the epoch). The last two
+    describe the failure rather than say which it is: events are equal without them."""
 
     step_name: str
     attempt: int
     exception: BaseException
     input_event: Event
+    elapsed_seconds: float = attrs.field(default=0.0, eq=False)
+    failed_at: float = attrs.field(factory=time.time, eq=False)
+
+    @property
+    def attempts(self) -> int:
+        """The attempts made so far, this one included (LlamaIndex's name): ``attempt``."""
+        return self.attempt
 
 
 class WorkflowFailedEvent(StopEvent):

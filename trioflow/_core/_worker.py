@@ -154,10 +154,10 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
             failure = None
         attempt = 1
         if failure is not None:  # outside the `except` block: see the module docstring
-            attempt, result, failure = await _retry(crew, spec, call, event, failure)
+            attempt, result, failure, elapsed = await _retry(crew, spec, call, event, failure)
             if failure is not None:
                 me.busy = False
-                await _final_failure(crew, index, event, failure, attempt)
+                await _final_failure(crew, index, event, failure, attempt, elapsed)
                 continue
         me.busy = False
         if result is None:
@@ -185,18 +185,24 @@ async def _attempt(crew: Crew, spec: StepSpec, call: StepCall, event: Event, att
 
 async def _retry(
     crew: Crew, spec: StepSpec, call: StepCall, event: Event, failure: Exception
-) -> tuple[int, Any, Exception | None]:
+) -> tuple[int, Any, Exception | None, float]:
     """Try again as the step's policy says, after attempt 1 failed with ``failure``. Returns
-    the last attempt's number, its result, and its failure (None if it succeeded)."""
+    the last attempt's number, its result, its failure (None if it succeeded), and the
+    seconds from the first failure to the last."""
     retry = spec.config.retry
     attempt = 1
     first_failed = trio.current_time()
+    elapsed = 0.0
     while retry is not None:
-        delay, failure = next_delay(retry, trio.current_time() - first_failed, attempt, failure)
+        delay, failure = next_delay(retry, elapsed, attempt, failure)
         if delay is None:
             break
         failed = StepFailedEvent(
-            step_name=spec.name, attempt=attempt, exception=failure, input_event=event
+            step_name=spec.name,
+            attempt=attempt,
+            exception=failure,
+            input_event=event,
+            elapsed_seconds=elapsed,
         )
         try:
             await crew.stream.write(failed)
@@ -215,9 +221,10 @@ async def _retry(
             result = await _attempt(crew, spec, call, event, attempt)
         except Exception as exc:
             failure = exc
+            elapsed = trio.current_time() - first_failed
         else:
-            return attempt, result, None
-    return attempt, None, failure
+            return attempt, result, None, elapsed
+    return attempt, None, failure, elapsed
 
 
 def _log_retry(
@@ -352,14 +359,21 @@ def _step_note(crew: Crew, spec: StepSpec, event: Event | None = None) -> str:
 
 
 async def _final_failure(
-    crew: Crew, index: int, event: Event, exc: Exception, attempt: int
+    crew: Crew, index: int, event: Event, exc: Exception, attempt: int, elapsed: float = 0.0
 ) -> None:
-    """Report a step's final failure and hand it to the step's error handlers, if any; else
-    it decides the run (unless something else did already)."""
+    """Report a step's final failure (``elapsed`` seconds after its first) and hand it to the
+    step's error handlers, if any; else it decides the run (unless something else did
+    already)."""
     spec = crew.graph.steps[index]
     state = crew.state
     add_note(exc, _step_note(crew, spec, event))
-    failed = StepFailedEvent(step_name=spec.name, attempt=attempt, exception=exc, input_event=event)
+    failed = StepFailedEvent(
+        step_name=spec.name,
+        attempt=attempt,
+        exception=exc,
+        input_event=event,
+        elapsed_seconds=elapsed,
+    )
     handlers = crew.graph.handlers_for[index]
     if state.outcome is not None and isinstance(exc, RunEndedError):
         return  # a send racing the run's end: nothing to report

@@ -85,6 +85,8 @@ class EventCodec:
                 "attempt": event.attempt,
                 "error": encode_exception(event.exception),
                 "input": self.encode(event.input_event),
+                "elapsed": event.elapsed_seconds,
+                "at": event.failed_at,
             }
         name = self.name(type(event))
         body = {"q": name, "data": encode_event_data(event)}
@@ -116,6 +118,8 @@ class EventCodec:
                 attempt=body["attempt"],
                 exception=JournaledError(error["type"], error["message"]),
                 input_event=self.decode(body["input"]),
+                elapsed_seconds=body.get("elapsed", 0.0),  # (journals of before: none)
+                failed_at=body.get("at", 0.0),
             )
         if issubclass(cls, StartEvent):
             return decode_start_event(cls, body["data"])

@@ -553,14 +553,19 @@ async def _execute(
         tries += 1
         now = trio.current_time()
         first_failed = now if first_failed is None else first_failed
+        elapsed = now - first_failed
         delay = None
         if retry is not None:
-            delay, failure = next_delay(retry, now - first_failed, tries, failure)
+            delay, failure = next_delay(retry, elapsed, tries, failure)
         if delay is None:
-            await _final_failure(crew, spec, index, task, event, failure, attempt)
+            await _final_failure(crew, spec, index, task, event, failure, attempt, elapsed)
             return
         failed = StepFailedEvent(
-            step_name=spec.name, attempt=attempt, exception=failure, input_event=event
+            step_name=spec.name,
+            attempt=attempt,
+            exception=failure,
+            input_event=event,
+            elapsed_seconds=elapsed,
         )
         journal.fail(task, attempt, failure, final=False)
         try:
@@ -599,6 +604,7 @@ async def _final_failure(
     event: Event,
     exc: Exception,
     attempt: int,
+    elapsed: float = 0.0,
 ) -> None:
     """`_worker._final_failure`, journaled: a failure its error handlers take finishes the
     task; one that ends the run is not journaled (run again, the step fails again)."""
@@ -606,7 +612,13 @@ async def _final_failure(
     assert isinstance(router, DurableRouter)
     state = crew.state
     add_note(exc, _step_note(crew, spec, event))
-    failed = StepFailedEvent(step_name=spec.name, attempt=attempt, exception=exc, input_event=event)
+    failed = StepFailedEvent(
+        step_name=spec.name,
+        attempt=attempt,
+        exception=exc,
+        input_event=event,
+        elapsed_seconds=elapsed,
+    )
     handlers = crew.graph.handlers_for[index]
     if state.outcome is not None and isinstance(exc, RunEndedError):
         return
