@@ -46,6 +46,10 @@ class Workflow(Generic[R]):
         stream_buffer: events the stream holds before writers wait for the consumer.
         blocking_threshold: warn (`LoopBlockedWarning`, once per step) when an async step holds
             the event loop longer than this many seconds; None switches the check off.
+        num_concurrent_runs: at most this many runs of this instance at once; another waits
+            for one to end before it starts (its timeout counts from its start). None: any.
+        workflow_name: its name (`workflow_name`); by default its class's module and
+            qualified name.
 
     Raises:
         WorkflowValidationError: the steps do not form a valid graph (every problem listed).
@@ -56,6 +60,9 @@ class Workflow(Generic[R]):
     timeout: float | None = DEFAULT_TIMEOUT
     stream_buffer: int = DEFAULT_STREAM_BUFFER
     blocking_threshold: float | None = DEFAULT_BLOCKING_THRESHOLD
+    num_concurrent_runs: int | None = None
+    _run_slots: trio.CapacityLimiter | None = None
+    _workflow_name: str | None = None
 
     def __init__(
         self,
@@ -63,6 +70,8 @@ class Workflow(Generic[R]):
         timeout: float | None = DEFAULT_TIMEOUT,
         stream_buffer: int = DEFAULT_STREAM_BUFFER,
         blocking_threshold: float | None = DEFAULT_BLOCKING_THRESHOLD,
+        num_concurrent_runs: int | None = None,
+        workflow_name: str | None = None,
     ) -> None:
         if timeout is not None and not _positive(timeout):
             raise ValueError(
@@ -79,10 +88,33 @@ class Workflow(Generic[R]):
                 f"blocking_threshold must be a positive number of seconds or None, "
                 f"got {blocking_threshold!r}"
             )
+        if num_concurrent_runs is not None and (
+            isinstance(num_concurrent_runs, bool)
+            or not isinstance(num_concurrent_runs, int)
+            or num_concurrent_runs < 1
+        ):
+            raise ValueError(
+                f"num_concurrent_runs must be an int >= 1 or None, got {num_concurrent_runs!r}"
+            )
+        if workflow_name is not None and (not isinstance(workflow_name, str) or not workflow_name):
+            raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
         self.timeout = timeout
         self.stream_buffer = stream_buffer
         self.blocking_threshold = blocking_threshold
+        self.num_concurrent_runs = num_concurrent_runs
+        if num_concurrent_runs is not None:
+            self._run_slots = trio.CapacityLimiter(num_concurrent_runs)
+        self._workflow_name = workflow_name
         graph_of(type(self))  # validate now: a broken graph fails at construction
+
+    @property
+    def workflow_name(self) -> str:
+        """This workflow's name: the one given (``Workflow(workflow_name=...)``), else its
+        class's module and qualified name (``myapp.flows.Research``), as LlamaIndex names it."""
+        if self._workflow_name is not None:
+            return self._workflow_name
+        cls = type(self)
+        return f"{cls.__module__}.{cls.__qualname__}"
 
     @property
     def graph(self) -> WorkflowGraph:
@@ -159,7 +191,7 @@ class Workflow(Generic[R]):
             blocking_threshold=self.blocking_threshold,
             **durable,
         )
-        return _RunBlock(run)
+        return _RunBlock(run, self._run_slots)
 
 
 class _RunBlock(Generic[R]):
@@ -174,12 +206,28 @@ class _RunBlock(Generic[R]):
     ever sees a body that ended cleanly.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, slots: trio.CapacityLimiter | None = None) -> None:
         self._run = run
         self._handler: WorkflowHandler[R] = WorkflowHandler(run)
         self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
+        #: The workflow's runs at once (``num_concurrent_runs``): one is held for the block.
+        self._slots = slots
 
     async def __aenter__(self) -> WorkflowHandler[R]:
+        if self._slots is not None:  # wait for a slot: the run has not begun (nor its timer)
+            await self._slots.acquire_on_behalf_of(self)
+        try:
+            return await self._enter()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _release_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release_on_behalf_of(self)
+            self._slots = None
+
+    async def _enter(self) -> WorkflowHandler[R]:
         self._run.take_held_context()  # before anything runs: a context in use is refused
         nursery = await self._nursery.__aenter__()
         self._run.state.on_fatal.append(nursery.cancel_scope.cancel)
@@ -208,12 +256,14 @@ class _RunBlock(Generic[R]):
         try:
             await self._nursery.__aexit__(None, None, None)
         except BaseException:
+            self._release_slot()
             # Leaving a nursery is a checkpoint, so a cancellation of the caller's scope can
             # surface here. What the run and the block raised still comes first.
             error = _exit_error(self._handler, body_error)
             if error is None or is_cancellation(error):
                 raise
             raise error  # noqa: B904 (the cancellation stays attached as __context__)
+        self._release_slot()
         error = _exit_error(self._handler, body_error)
         if error is not None and error is not body_error:
             raise error

@@ -18,6 +18,9 @@ from ._values import json_problem
 
 #: The step whose code is running in this task; set once by each step worker.
 current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
+#: The context the step whose code runs in this task was given (`Context.get_step_context`):
+#: set once by each step worker (its thread, for a plain ``def`` step, inherits it).
+current_context: ContextVar[Any] = ContextVar("trioflow_step_context", default=None)
 #: The step execution under way in this task, whose ``key`` is `Context.task_key`: the
 #: worker's `WorkerState` (set once per worker), or a durable run's `TaskRef` (per attempt).
 current_execution: ContextVar[Any] = ContextVar("trioflow_execution", default=None)
@@ -154,6 +157,22 @@ class Context:
         if not self._run_id:
             raise WorkflowRuntimeError("this context has not been given to a run yet")
         return self._run_id
+
+    @staticmethod
+    def get_step_context() -> Any:
+        """The context of the step whose code calls this: the ``ctx`` that step has or would
+        have (a `SyncContext` in a plain ``def`` step), for code the step calls that was not
+        handed it (LlamaIndex's ``Context.get_step_context()``).
+
+        Raises:
+            WorkflowRuntimeError: called outside a step's code.
+        """
+        context = current_context.get()
+        if context is None:
+            raise WorkflowRuntimeError(
+                "Context.get_step_context() may only be called from within a step function"
+            )
+        return context
 
     @property
     def task_key(self) -> str:

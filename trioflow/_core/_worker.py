@@ -32,7 +32,7 @@ from .._events import (
     StepStartedEvent,
 )
 from .._retry import max_attempts, next_delay
-from ._context import Context, current_execution, current_step
+from ._context import Context, current_context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._log import add_note, describe, log
 from ._router import Router
@@ -311,6 +311,7 @@ def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
     place, in a thread for a plain ``def`` step, under its timeout."""
     method = getattr(crew.workflow, spec.name)
     ctx: Context | SyncContext = crew.context if spec.is_async else SyncContext(crew.context)
+    current_context.set(ctx)  # (in the worker's task: its step's code sees it)
     if spec.context_position == "first":
         method = functools.partial(method, ctx)
     elif spec.context_position == "last":

@@ -1,0 +1,129 @@
+"""What LlamaIndex users move with, on `Workflow` and `Context` (issue 15, item 7): a workflow's
+name, the step's context from code the step calls, and a bound on a workflow's runs at once."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trioflow import (
+    Context,
+    Event,
+    StartEvent,
+    StopEvent,
+    SyncContext,
+    Workflow,
+    WorkflowRuntimeError,
+    step,
+)
+
+
+class Named(Workflow):
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        return StopEvent()
+
+
+def test_a_workflow_is_named_by_its_class_unless_given_a_name() -> None:
+    assert Named().workflow_name == f"{__name__}.Named"
+    assert Named(workflow_name="research").workflow_name == "research"
+    with pytest.raises(ValueError, match="workflow_name must be a non-empty string"):
+        Named(workflow_name="")
+
+
+class Note(Event):
+    text: str
+
+
+async def tell(text: str) -> None:
+    """Code a step calls, not handed the step's context."""
+    await Context.get_step_context().write_event_to_stream(Note(text=text))
+
+
+class Helped(Workflow):
+    @step
+    async def first(self, ctx: Context, ev: StartEvent) -> Note:
+        assert Context.get_step_context() is ctx
+        await tell("from an async step")
+        return Note(text="go")
+
+    @step
+    def second(self, ctx: SyncContext, ev: Note) -> StopEvent:
+        assert Context.get_step_context() is ctx  # its thread sees its own
+        return StopEvent(result="done")
+
+
+async def test_code_a_step_calls_gets_the_steps_context() -> None:
+    async with Helped().start() as handler:
+        notes = [e.text async for e in handler.stream_events() if isinstance(e, Note)]
+    assert await handler.result() == "done"
+    assert notes == ["from an async step"]
+    with pytest.raises(WorkflowRuntimeError, match="only be called from within a step"):
+        Context.get_step_context()
+
+
+async def test_runs_of_a_workflow_wait_for_a_slot(autojump_clock: trio.testing.MockClock) -> None:
+    """num_concurrent_runs=1: runs started together run one after the other, each within its
+    own timeout (which counts from its start, not from its wait)."""
+    running: list[int] = []
+    most = 0
+
+    class Slow(Workflow):
+        @step
+        async def work(self, ev: StartEvent) -> StopEvent:
+            nonlocal most
+            running.append(1)
+            most = max(most, len(running))
+            await trio.sleep(0.3)
+            running.pop()
+            return StopEvent(result=trio.current_time())
+
+    flow = Slow(timeout=0.5, num_concurrent_runs=1)
+    ends: list[float] = []
+
+    async def one() -> None:
+        ends.append(await flow.run())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one)
+    assert most == 1
+    assert sorted(ends) == pytest.approx([0.3, 0.6, 0.9])
+    unbounded = Slow(timeout=None)
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(unbounded.run)
+    assert most == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_num_concurrent_runs_is_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="num_concurrent_runs must be an int >= 1 or None"):
+        Named(num_concurrent_runs=bad)  # type: ignore[arg-type]
+
+
+async def test_a_slot_is_given_back_however_a_run_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A run that fails gives its slot back; so does a caller cancelled while it waited."""
+
+    class Failing(Workflow):
+        @step
+        async def work(self, ev: StartEvent) -> StopEvent:
+            await trio.sleep(1)
+            raise KeyError("boom")
+
+    flow = Failing(timeout=None, num_concurrent_runs=1)
+    with pytest.raises(KeyError):
+        await flow.run()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flow.run)  # holds the slot for a second, then fails
+        await trio.sleep(0.1)
+        with trio.move_on_after(0.2):  # gives up waiting for the slot
+            await flow.run()
+        nursery.cancel_scope.cancel()
+    assert flow._run_slots is not None
+    assert flow._run_slots.borrowed_tokens == 0
+    with pytest.raises(KeyError):  # the slot is free again
+        await flow.run()
