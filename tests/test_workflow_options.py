@@ -127,3 +127,56 @@ async def test_a_slot_is_given_back_however_a_run_ends(
     assert flow._run_slots.borrowed_tokens == 0
     with pytest.raises(KeyError):  # the slot is free again
         await flow.run()
+
+
+# -- steps added from outside the class --
+
+
+class Drafted(Event):
+    text: str
+
+
+class Outlined(Workflow):
+    """A workflow whose second step is added from outside it."""
+
+    @step
+    async def outline(self, ev: StartEvent) -> Drafted:
+        return Drafted(text="outline")
+
+
+@step(workflow=Outlined)
+async def finish(ctx: Context, ev: Drafted) -> StopEvent:
+    await ctx.store.set("finished", True)
+    return StopEvent(result=f"{ev.text}, finished")
+
+
+async def test_a_step_added_from_outside_runs_as_the_classes_own() -> None:
+    """``@step(workflow=...)`` on a function (it takes no ``self``) makes it a step of that
+    class, with its context and retries as any step's."""
+    assert [spec.name for spec in Outlined().graph.steps] == ["outline", "finish"]
+    assert await Outlined().run() == "outline, finished"
+
+
+def test_adding_a_step_is_checked() -> None:
+    """A function without ``@step``, or a second step of one name, is refused; a subclass
+    does not have the steps added to its base."""
+    from trioflow import WorkflowValidationError
+
+    async def plain(ev: Drafted) -> StopEvent:
+        return StopEvent()
+
+    with pytest.raises(WorkflowValidationError, match="not decorated with @step"):
+        Outlined.add_step(plain)
+
+    @step
+    async def finish(ev: Drafted) -> StopEvent:  # the name of a step it has
+        return StopEvent()
+
+    with pytest.raises(WorkflowValidationError, match="has a step 'finish' already"):
+        Outlined.add_step(finish)
+
+    class Longer(Outlined):
+        pass
+
+    with pytest.raises(WorkflowValidationError, match="no step accepts it"):
+        Longer()  # its outline's Drafted goes nowhere: it has no `finish`

@@ -113,6 +113,7 @@ def step(
     timeout: float | None = None,
     failures_of: Iterable[str] | None = None,
     retry_policy: Policy | None = None,
+    workflow: type | None = None,
 ) -> Callable[[_F], _F]: ...
 
 
@@ -125,6 +126,7 @@ def step(
     timeout: float | None = None,
     failures_of: Iterable[str] | None = None,
     retry_policy: Policy | None = None,
+    workflow: type | None = None,
 ) -> Any:
     """Mark a workflow method as a step.
 
@@ -141,6 +143,8 @@ def step(
         failures_of: for an error-handler step (one that accepts `StepFailedEvent`), handle
             only the failures of the steps named here; by default it handles every step's.
         retry_policy: ``retry``, by LlamaIndex's name.
+        workflow: on a function outside a workflow class (it takes no ``self``), the
+            `Workflow` class to add it to as a step (`Workflow.add_step`).
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
@@ -164,6 +168,8 @@ def step(
 
     def decorate(f: _F) -> _F:
         _declare(f, config, sys._getframe(1))
+        if workflow is not None:  # (without it, a function becomes a step in a class body,
+            workflow.add_step(f)  # type: ignore[attr-defined]  # or by `type(...)`'s namespace)
         return f
 
     if func is None:

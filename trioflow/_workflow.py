@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic
@@ -10,14 +11,22 @@ from typing import Any, Generic
 import trio
 
 from ._core._context import Context
-from ._core._graph import WorkflowGraph, graph_of
+from ._core._graph import (
+    ADDED_STEPS,
+    WorkflowGraph,
+    added_steps,
+    declared_steps,
+    forget_graph,
+    graph_of,
+)
 from ._core._log import add_note, describe
 from ._core._run import Run
 from ._core._state import is_cancellation
 from ._core._stream import EventStream
-from ._errors import require_trio
+from ._errors import WorkflowValidationError, require_trio
 from ._events import StartEvent
 from ._handler import R, WorkflowHandler
+from ._step import declaration_of
 
 DEFAULT_TIMEOUT = 45.0
 """Seconds a run may take unless ``Workflow(timeout=...)`` says otherwise (LlamaIndex's)."""
@@ -115,6 +124,29 @@ class Workflow(Generic[R]):
             return self._workflow_name
         cls = type(self)
         return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def add_step(cls, func: Callable[..., Any]) -> None:
+        """Add ``func``, a function decorated with ``@step`` outside the class (it takes no
+        ``self``: ``(ev)``, ``(ctx, ev)`` or ``(ev, ctx)``), as a step of this class (not of its
+        subclasses), under its name; ``@step(workflow=cls)`` does this. The graph is checked
+        again when next used.
+
+        Raises:
+            WorkflowValidationError: ``func`` is no ``@step`` function, or the class has a step
+                of that name.
+        """
+        if declaration_of(func) is None:
+            raise WorkflowValidationError(
+                cls.__name__, [f"{func!r} is not decorated with @step: it cannot be a step"]
+            )
+        name = getattr(func, "__name__", "")
+        if name in declared_steps(cls):
+            raise WorkflowValidationError(
+                cls.__name__, [f"it has a step {name!r} already: give the function another name"]
+            )
+        setattr(cls, ADDED_STEPS, {**added_steps(cls), name: declaration_of(func)})
+        forget_graph(cls)
 
     @property
     def graph(self) -> WorkflowGraph:

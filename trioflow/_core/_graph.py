@@ -53,6 +53,9 @@ class StepSpec:
     context_position: str | None
     #: The step function's code, by which the loop-blocking detector recognises it.
     code: types.CodeType
+    #: A step added from outside the class (`Workflow.add_step`): the function itself, which
+    #: takes no ``self``; None for a method.
+    function: Callable[..., Any] | None = None
 
     @property
     def is_error_handler(self) -> bool:
@@ -166,7 +169,12 @@ def graph_of(workflow_class: type) -> WorkflowGraph:
         return graph
 
 
-def _declared_steps(workflow_class: type) -> dict[str, StepDeclaration]:
+#: Where a workflow class keeps the steps added to it from outside (`Workflow.add_step`): in
+#: its own ``__dict__``, so that a subclass does not have them (as in LlamaIndex).
+ADDED_STEPS = "_trioflow_added_steps"
+
+
+def declared_steps(workflow_class: type) -> dict[str, StepDeclaration]:
     # Walk the MRO base first, so a subclass may override a step, or hide it with a non-step.
     declared: dict[str, StepDeclaration] = {}
     for klass in reversed(workflow_class.__mro__):
@@ -176,17 +184,31 @@ def _declared_steps(workflow_class: type) -> dict[str, StepDeclaration]:
                 declared[name] = declaration
             else:
                 declared.pop(name, None)
+    declared.update(added_steps(workflow_class))
     return declared
+
+
+def added_steps(workflow_class: type) -> dict[str, StepDeclaration]:
+    """The steps added to ``workflow_class`` itself from outside it, by name."""
+    added: dict[str, StepDeclaration] = vars(workflow_class).get(ADDED_STEPS, {})
+    return added
+
+
+def forget_graph(workflow_class: type) -> None:
+    """Drop the cached graph of ``workflow_class`` (its steps changed): the next use builds
+    and checks it again."""
+    _GRAPHS.pop(workflow_class, None)
 
 
 def _build(workflow_class: type) -> WorkflowGraph:
     name = workflow_class.__name__
     problems: list[str] = []
     steps = []
-    declared = _declared_steps(workflow_class)
+    declared = declared_steps(workflow_class)
     _check_step_names(declared, problems)
+    added = added_steps(workflow_class)
     for step_name, declaration in declared.items():
-        spec = _resolve(step_name, declaration, problems)
+        spec = _resolve(step_name, declaration, problems, free=step_name in added)
         if spec is not None:
             steps.append(spec)
     if not steps and not problems:
@@ -206,7 +228,11 @@ def _build(workflow_class: type) -> WorkflowGraph:
     )
 
 
-def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> StepSpec | None:
+def _resolve(
+    name: str, declaration: StepDeclaration, problems: list[str], *, free: bool = False
+) -> StepSpec | None:
+    """The step ``name`` of ``declaration``: a method, or with ``free`` a function added from
+    outside the class, which takes no ``self``."""
     func = declaration.func
     label = f"step {name!r}"
     if inspect.isasyncgenfunction(func) or not (
@@ -222,10 +248,11 @@ def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> St
             "the event classes it names before the workflow class, or at module level"
         )
         return None
-    parameters = list(inspect.signature(func).parameters.values())[1:]  # skip self
+    parameters = list(inspect.signature(func).parameters.values())[0 if free else 1 :]
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if any(p.kind not in positional for p in parameters):
-        problems.append(f"{label} may only take plain positional parameters: (self, [ctx,] ev)")
+        shape = "([ctx,] ev)" if free else "(self, [ctx,] ev)"
+        problems.append(f"{label} may only take plain positional parameters: {shape}")
         return None
     event_param, context_position = _split_parameters(label, parameters, hints, problems)
     if event_param is None:
@@ -252,6 +279,7 @@ def _resolve(name: str, declaration: StepDeclaration, problems: list[str]) -> St
         is_async=inspect.iscoroutinefunction(func),
         context_position=context_position,
         code=inspect.unwrap(func).__code__,
+        function=func if free else None,
     )
 
 

@@ -309,7 +309,7 @@ async def _report_finished(
 def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
     """A one-argument coroutine function running the step on an event: its parameters in
     place, in a thread for a plain ``def`` step, under its timeout."""
-    method = getattr(crew.workflow, spec.name)
+    method = spec.function or getattr(crew.workflow, spec.name)
     ctx: Context | SyncContext = crew.context if spec.is_async else SyncContext(crew.context)
     current_context.set(ctx)  # (in the worker's task: its step's code sees it)
     if spec.context_position == "first":

@@ -630,7 +630,7 @@ def _graph(workflow: Workflow) -> dict[str, Any]:
             "id": spec.name,
             "label": spec.name,
             "node_type": "step",
-            "description": _own_doc(getattr(cls, spec.name, None)),
+            "description": _own_doc(spec.function or getattr(cls, spec.name, None)),
         }
     asks = False
     for spec in workflow.graph.steps:

@@ -125,7 +125,7 @@ def described_event_types(workflow: Workflow) -> list[type[Event]]:
 
 def mentioned_event_types(workflow: Workflow, spec: StepSpec) -> list[type[Event]]:
     """Event types the step's code names that its annotations do not."""
-    step_function: Any = getattr(type(workflow), spec.name, None)
+    step_function: Any = spec.function or getattr(type(workflow), spec.name, None)
     annotated = set(spec.accepts + spec.returns)
     found = {
         value: None
