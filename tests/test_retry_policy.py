@@ -243,3 +243,47 @@ def test_a_workflow_described_says_its_steps_policies() -> None:
 
     (described,) = describe_workflow("flow", Flow())["steps"]
     assert described["retry"] == {"policy": "ComposedRetryPolicy", "max_attempts": 4}
+
+
+def test_parts_of_ones_own_combine_as_llama_indexs_do() -> None:
+    """A stop written to LlamaIndex's protocol (``upcoming_sleep`` by keyword), a condition or
+    a wait that is a plain function, on either side of ``|``, ``&`` and ``+``."""
+
+    def under_budget(attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return elapsed_time + upcoming_sleep > 100
+
+    policy = retry_policy(
+        retry=(lambda error: "again" in str(error)) | retry_if_exception_type(Fatal),
+        wait=(lambda attempts: 1.0) + wait_fixed(1),
+        stop=stop_after_attempt(3) | under_budget,
+    )
+    assert answers(policy, (0, 1), (2, 2), (4, 3), error=Flaky("again")) == [2, 2, None]
+    assert answers(policy, (0, 1), error=Fatal()) == [2]
+    assert answers(policy, (0, 1), error=Flaky("no")) == [None]
+    assert [wait_incrementing(10, -4)(n) for n in range(4)] == [10, 6, 2, 0]  # down to 0
+    assert answers(retry_policy(stop=stop_after_attempt(0)), (0, 1)) == [None]
+
+
+async def test_a_policy_whose_bound_cannot_be_read_is_still_asked() -> None:
+    """A policy's own ``max_attempts`` failing (it only labels log lines) changes nothing: the
+    step is retried as ``next`` says, and its last failure goes to the error handlers."""
+
+    class Odd(Recorder):
+        @property
+        def max_attempts(self) -> int:
+            raise RuntimeError("no bound")
+
+    seen: list[int] = []
+
+    class Flow(Workflow):
+        @step(retry=Odd())
+        async def work(self, ev: StartEvent) -> StopEvent:
+            raise Flaky("always")
+
+        @step
+        async def rescue(self, ev: StepFailedEvent) -> StopEvent:
+            seen.append(ev.attempt)
+            return StopEvent(result="rescued")
+
+    assert await Flow(timeout=None).run() == "rescued"
+    assert seen == [3]

@@ -180,3 +180,39 @@ def test_adding_a_step_is_checked() -> None:
 
     with pytest.raises(WorkflowValidationError, match="no step accepts it"):
         Longer()  # its outline's Drafted goes nowhere: it has no `finish`
+
+
+async def test_a_server_starts_runs_of_a_bounded_workflow_at_once() -> None:
+    """A workflow with num_concurrent_runs=1 served over HTTP: a second start is answered at
+    once (201) while the first run holds the slot waiting for an answer; the second runs once
+    the first has ended."""
+    from _http import DURABLE_FLOWS, GateFlow, served, wait_for
+
+    flows = {**DURABLE_FLOWS, "gate": GateFlow(timeout=None, num_concurrent_runs=1)}
+    async with served(flows) as server:
+        first = await server.start("gate")
+        with trio.fail_after(5):
+            second = await server.start("gate")
+        await wait_for(lambda: server.status(first), lambda s: s["seq"] >= 2)
+        assert (await server.status(second))["seq"] == 0  # waiting for the slot
+        go = {"type": "Go", "data": {"count": 1}}
+        assert (await server.client.post(f"/runs/{first}/events", json=go)).status_code == 202
+        await server.wait_status(first, "completed")
+        await wait_for(lambda: server.status(second), lambda s: s["seq"] >= 2)
+        assert (await server.client.post(f"/runs/{second}/events", json=go)).status_code == 202
+        assert (await server.wait_status(second, "completed"))["result"] == 1
+
+
+def test_a_step_added_from_outside_may_bear_a_workflow_attributes_name() -> None:
+    """An added step is no attribute of its class: named ``run``, it shadows nothing."""
+
+    class Short(Workflow):
+        @step
+        async def begin(self, ev: StartEvent) -> Drafted:
+            return Drafted(text="x")
+
+    @step(workflow=Short)
+    async def run(ev: Drafted) -> StopEvent:
+        return StopEvent(result=ev.text)
+
+    assert trio.run(Short().run) == "x"

@@ -63,11 +63,17 @@ class RetryCondition:
     def __call__(self, error: BaseException) -> bool:
         raise NotImplementedError
 
-    def __or__(self, other: RetryCondition) -> RetryCondition:
+    def __or__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
         return retry_any(self, other)
 
-    def __and__(self, other: RetryCondition) -> RetryCondition:
+    def __and__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
         return retry_all(self, other)
+
+    def __ror__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
+        return retry_any(other, self)
+
+    def __rand__(self, other: Callable[[BaseException], bool]) -> RetryCondition:
+        return retry_all(other, self)
 
 
 class retry_if_exception(RetryCondition):
@@ -109,7 +115,9 @@ class retry_if_exception_message(retry_if_exception):
     """Retry errors whose message (``str(error)``) is ``message``, or matches the regular
     expression ``match`` (one of the two)."""
 
-    def __init__(self, message: str | None = None, match: str | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, match: str | re.Pattern[str] | None = None
+    ) -> None:
         if (message is None) == (match is None):
             raise TypeError("give retry_if_exception_message one of message= or match=")
         if message is not None:
@@ -122,7 +130,7 @@ class retry_if_exception_message(retry_if_exception):
 class retry_any(RetryCondition):
     """Retry what any of the conditions retries."""
 
-    def __init__(self, *conditions: RetryCondition) -> None:
+    def __init__(self, *conditions: Callable[[BaseException], bool]) -> None:
         self.conditions = conditions
 
     def __call__(self, error: BaseException) -> bool:
@@ -132,7 +140,7 @@ class retry_any(RetryCondition):
 class retry_all(RetryCondition):
     """Retry what every one of the conditions retries."""
 
-    def __init__(self, *conditions: RetryCondition) -> None:
+    def __init__(self, *conditions: Callable[[BaseException], bool]) -> None:
         self.conditions = conditions
 
     def __call__(self, error: BaseException) -> bool:
@@ -159,12 +167,14 @@ class Wait:
     def __call__(self, attempts: int) -> float:
         raise NotImplementedError
 
-    def __add__(self, other: Wait) -> Wait:
+    def __add__(self, other: Callable[[int], float]) -> Wait:
         return wait_combine(self, other)
 
     def __radd__(self, other: object) -> Wait:  # sum([...]) starts from 0
         if other == 0:
             return self
+        if callable(other):
+            return wait_combine(other, self)
         return NotImplemented
 
 
@@ -243,11 +253,13 @@ class wait_incrementing(Wait):
     def __init__(
         self, start: Seconds = 0.0, increment: Seconds = 100.0, max: Seconds = math.inf
     ) -> None:
-        self.start, self.increment = _seconds(start, "start"), _seconds(increment, "increment")
+        self.start = _seconds(start, "start")
+        step = increment.total_seconds() if isinstance(increment, timedelta) else increment
+        self.increment = float(step)  # (may be negative: the waits shrink, down to 0)
         self.max = _seconds(max, "max")
 
     def __call__(self, attempts: int) -> float:
-        return float(min(self.start + self.increment * attempts, self.max))
+        return float(max(0.0, min(self.start + self.increment * attempts, self.max)))
 
 
 class wait_random(Wait):
@@ -274,7 +286,7 @@ class wait_chain(Wait):
 class wait_combine(Wait):
     """The sum of the waits."""
 
-    def __init__(self, *waits: Wait) -> None:
+    def __init__(self, *waits: Callable[[int], float]) -> None:
         self.waits = waits
 
     def __call__(self, attempts: int) -> float:
@@ -289,14 +301,20 @@ class Stop:
     failure and the wait the next attempt would begin with; ``a | b`` gives up when either
     does, ``a & b`` when both do."""
 
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
         raise NotImplementedError
 
-    def __or__(self, other: Stop) -> Stop:
+    def __or__(self, other: Callable[..., bool]) -> Stop:
         return stop_any(self, other)
 
-    def __and__(self, other: Stop) -> Stop:
+    def __and__(self, other: Callable[..., bool]) -> Stop:
         return stop_all(self, other)
+
+    def __ror__(self, other: Callable[..., bool]) -> Stop:
+        return stop_any(other, self)
+
+    def __rand__(self, other: Callable[..., bool]) -> Stop:
+        return stop_all(other, self)
 
 
 class stop_after_attempt(Stop):
@@ -305,11 +323,11 @@ class stop_after_attempt(Stop):
     def __init__(self, max_attempt_number: int) -> None:
         if isinstance(max_attempt_number, bool) or not isinstance(max_attempt_number, int):
             raise TypeError(f"max_attempt_number must be an int, got {max_attempt_number!r}")
-        if max_attempt_number < 1:
-            raise ValueError(f"max_attempt_number must be at least 1, got {max_attempt_number}")
+        if max_attempt_number < 0:
+            raise ValueError(f"max_attempt_number must be >= 0, got {max_attempt_number}")
         self.max_attempt_number = max_attempt_number
 
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
         return attempts >= self.max_attempt_number
 
 
@@ -319,7 +337,7 @@ class stop_after_delay(Stop):
     def __init__(self, max_delay: Seconds) -> None:
         self.max_delay = _seconds(max_delay, "max_delay")
 
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
         return elapsed_time >= self.max_delay
 
 
@@ -327,28 +345,32 @@ class stop_before_delay(stop_after_delay):
     """Give up when the next attempt would begin ``max_delay`` seconds or more after the
     first failure."""
 
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
         return elapsed_time + upcoming_sleep >= self.max_delay
 
 
 class stop_any(Stop):
-    def __init__(self, *stops: Stop) -> None:
+    def __init__(self, *stops: Callable[..., bool]) -> None:
         self.stops = stops
 
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
-        return any(stop(attempts, elapsed_time, upcoming_sleep) for stop in self.stops)
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return any(
+            stop(attempts, elapsed_time, upcoming_sleep=upcoming_sleep) for stop in self.stops
+        )
 
 
 class stop_all(Stop):
-    def __init__(self, *stops: Stop) -> None:
+    def __init__(self, *stops: Callable[..., bool]) -> None:
         self.stops = stops
 
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
-        return all(stop(attempts, elapsed_time, upcoming_sleep) for stop in self.stops)
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
+        return all(
+            stop(attempts, elapsed_time, upcoming_sleep=upcoming_sleep) for stop in self.stops
+        )
 
 
 class stop_never(Stop):
-    def __call__(self, attempts: int, elapsed_time: float, upcoming_sleep: float = 0.0) -> bool:
+    def __call__(self, attempts: int, elapsed_time: float, *, upcoming_sleep: float = 0.0) -> bool:
         return False
 
 
@@ -446,5 +468,8 @@ def next_delay(
 
 def max_attempts(policy: Policy) -> int | None:
     """The attempts ``policy`` allows at most, if it says (for log lines)."""
-    value = getattr(policy, "max_attempts", None)
-    return value if isinstance(value, int) else None
+    try:
+        value = getattr(policy, "max_attempts", None)
+    except Exception:  # a policy's own property failing says nothing: it is not asked again
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -223,7 +223,7 @@ class Workflow(Generic[R]):
             blocking_threshold=self.blocking_threshold,
             **durable,
         )
-        return _RunBlock(run, self._run_slots)
+        return _RunBlock(run)
 
 
 class _RunBlock(Generic[R]):
@@ -238,28 +238,12 @@ class _RunBlock(Generic[R]):
     ever sees a body that ended cleanly.
     """
 
-    def __init__(self, run: Run, slots: trio.CapacityLimiter | None = None) -> None:
+    def __init__(self, run: Run) -> None:
         self._run = run
         self._handler: WorkflowHandler[R] = WorkflowHandler(run)
         self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
-        #: The workflow's runs at once (``num_concurrent_runs``): one is held for the block.
-        self._slots = slots
 
     async def __aenter__(self) -> WorkflowHandler[R]:
-        if self._slots is not None:  # wait for a slot: the run has not begun (nor its timer)
-            await self._slots.acquire_on_behalf_of(self)
-        try:
-            return await self._enter()
-        except BaseException:
-            self._release_slot()
-            raise
-
-    def _release_slot(self) -> None:
-        if self._slots is not None:
-            self._slots.release_on_behalf_of(self)
-            self._slots = None
-
-    async def _enter(self) -> WorkflowHandler[R]:
         self._run.take_held_context()  # before anything runs: a context in use is refused
         nursery = await self._nursery.__aenter__()
         self._run.state.on_fatal.append(nursery.cancel_scope.cancel)
@@ -288,14 +272,12 @@ class _RunBlock(Generic[R]):
         try:
             await self._nursery.__aexit__(None, None, None)
         except BaseException:
-            self._release_slot()
             # Leaving a nursery is a checkpoint, so a cancellation of the caller's scope can
             # surface here. What the run and the block raised still comes first.
             error = _exit_error(self._handler, body_error)
             if error is None or is_cancellation(error):
                 raise
             raise error  # noqa: B904 (the cancellation stays attached as __context__)
-        self._release_slot()
         error = _exit_error(self._handler, body_error)
         if error is not None and error is not body_error:
             raise error

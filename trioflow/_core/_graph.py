@@ -205,8 +205,9 @@ def _build(workflow_class: type) -> WorkflowGraph:
     problems: list[str] = []
     steps = []
     declared = declared_steps(workflow_class)
-    _check_step_names(declared, problems)
     added = added_steps(workflow_class)
+    # (An added step is no attribute of the class: it shadows nothing.)
+    _check_step_names({k: v for k, v in declared.items() if k not in added}, problems)
     for step_name, declaration in declared.items():
         spec = _resolve(step_name, declaration, problems, free=step_name in added)
         if spec is not None:

@@ -141,8 +141,16 @@ class Run:
             extra=self._fields(),
         )
         state = self.state
+        #: The workflow's runs at once (``num_concurrent_runs``), of which this run holds one.
+        slots: trio.CapacityLimiter | None = getattr(self.workflow, "_run_slots", None)
         try:
             with state.scope:
+                if slots is not None:
+                    # Under way (its handler is handed out), it waits for a slot before its
+                    # steps, its timer and its start event, as LlamaIndex's runs do.
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await slots.acquire_on_behalf_of(self)
                 self._watch_for_blocking()
                 durable = self.durable
                 worker = work if durable is None else durable.worker()
@@ -167,6 +175,8 @@ class Run:
                         # caller's, which is decided now, before any step has unwound.
                         state.stop()
         finally:
+            if slots is not None and self in slots.statistics().borrowers:
+                slots.release_on_behalf_of(self)
             self._conclude(trio.current_time() - started)
 
     async def _expire(self, deadline: float) -> None:
