@@ -287,3 +287,51 @@ async def test_a_policy_whose_bound_cannot_be_read_is_still_asked() -> None:
 
     assert await Flow(timeout=None).run() == "rescued"
     assert seen == [3]
+
+
+def test_conditions_on_a_message_not_matched_and_on_causes() -> None:
+    from trioflow.retry_policy import (
+        retry_if_exception_cause_type,
+        retry_if_not_exception_message,
+    )
+
+    permanent = retry_if_not_exception_message(match="invalid_api_key|denied")
+    assert [permanent(Flaky("timeout")), permanent(Flaky("permission denied"))] == [True, False]
+    caused = retry_if_exception_cause_type(ConnectionError)
+    wrapped = Flaky("wrapped")
+    wrapped.__cause__ = Fatal("outer")
+    wrapped.__cause__.__cause__ = ConnectionError("down")  # along the chain
+    assert caused(wrapped)
+    implicit = Flaky("no cause")
+    implicit.__context__ = ConnectionError("context only")
+    assert not caused(implicit)  # __context__ is not followed, as in tenacity
+
+
+async def test_a_step_reads_where_its_retries_stand(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """``ctx.retry_info()``: 0 and nothing on the first attempt, then the retry number, the
+    seconds since the first failure and the last failure; afresh for the next execution; in
+    memory and in a durable run alike. Outside a step it raises."""
+    from trioflow import Context, WorkflowRuntimeError
+
+    seen: list[tuple[int, float, str | None]] = []
+
+    class Flow(Workflow):
+        @step(retry=retry_policy(wait=wait_fixed(2), stop=stop_after_attempt(3)), num_workers=1)
+        async def work(self, ctx: Context, ev: StartEvent) -> StopEvent:
+            info = ctx.retry_info()
+            seen.append((info.retry_number, info.elapsed_seconds, str(info.last_exception or "")))
+            await trio.sleep(1)
+            if info.retry_number < 2:
+                raise Flaky(f"failure {info.retry_number + 1}")
+            return StopEvent(result="ok")
+
+    assert await Flow(timeout=None).run() == "ok"
+    assert seen == [(0, 0.0, ""), (1, 0.0, "failure 1"), (2, 3.0, "failure 2")]
+    seen.clear()
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert await store.run(Flow(timeout=None)) == "ok"
+    assert [number for number, _, _ in seen] == [0, 1, 2]
+    with pytest.raises(WorkflowRuntimeError, match="use it in a step"):
+        Context(Flow()).retry_info()

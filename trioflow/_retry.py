@@ -20,6 +20,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,6 +44,24 @@ def _exception_types(
     if not found or not all(isinstance(t, type) and issubclass(t, BaseException) for t in found):
         raise TypeError(f"exception types are classes of exceptions, got {types!r}")
     return found
+
+
+@attrs.frozen
+class RetryInfo:
+    """Where the step execution under way stands (`Context.retry_info`): ``retry_number`` is 0
+    on its first attempt, 1 on the first retry; ``elapsed_seconds`` since its first failure;
+    the last failure's error and when it happened (seconds since the epoch), None on the
+    first attempt."""
+
+    retry_number: int = 0
+    elapsed_seconds: float = 0.0
+    last_exception: Exception | None = None
+    last_failed_at: float | None = None
+
+
+#: The attempt under way of the step execution in this task, once one has failed (None: its
+#: first attempt). Set by the step worker around each retry.
+current_retry: ContextVar[RetryInfo | None] = ContextVar("trioflow_retry", default=None)
 
 
 @runtime_checkable
@@ -125,6 +144,31 @@ class retry_if_exception_message(retry_if_exception):
         else:
             pattern = re.compile(match or "")
             super().__init__(lambda error: pattern.search(str(error)) is not None)
+
+
+class retry_if_not_exception_message(retry_if_exception_message):
+    """Retry errors whose message is not ``message`` and does not match ``match``."""
+
+    def __call__(self, error: BaseException) -> bool:
+        return not super().__call__(error)
+
+
+class retry_if_exception_cause_type(RetryCondition):
+    """Retry errors raised ``from`` an error of these types, anywhere along the ``__cause__``
+    chain (not ``__context__``, as tenacity)."""
+
+    def __init__(
+        self, exception_types: type[BaseException] | Sequence[type[BaseException]] = Exception
+    ) -> None:
+        self.exception_types = _exception_types(exception_types)
+
+    def __call__(self, error: BaseException) -> bool:
+        cause = error.__cause__
+        while cause is not None:
+            if isinstance(cause, self.exception_types):
+                return True
+            cause = cause.__cause__
+        return False
 
 
 class retry_any(RetryCondition):

@@ -11,6 +11,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 
 from .._errors import WorkflowRuntimeError
 from .._events import Event, StopEvent
+from .._retry import RetryInfo, current_retry
 from ._collect import Collector
 from ._router import Router
 from ._stream import EventStream
@@ -173,6 +174,20 @@ class Context:
                 "Context.get_step_context() may only be called from within a step function"
             )
         return context
+
+    def retry_info(self) -> RetryInfo:
+        """Where the step execution calling this stands: its retry number (0 on the first
+        attempt), the seconds since its first failure, and its last failure's error and time
+        (None on the first attempt), as LlamaIndex's ``ctx.retry_info()``.
+
+        Raises:
+            WorkflowRuntimeError: called outside a step's code.
+        """
+        if current_context.get() is None:
+            raise WorkflowRuntimeError(
+                "ctx.retry_info() describes a step's attempt: use it in a step"
+            )
+        return current_retry.get() or RetryInfo()
 
     @property
     def task_key(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import trio
 
 from .._events import Event
+from .._retry import RetryInfo
 from ._context import Context
 
 _E = TypeVar("_E", bound=Event)
@@ -55,6 +56,10 @@ class SyncContext:
     def task_key(self) -> str:
         """`Context.task_key`: the key of the step execution under way."""
         return self._context.task_key
+
+    def retry_info(self) -> RetryInfo:
+        """`Context.retry_info`: where the step execution under way stands."""
+        return self._context.retry_info()
 
     def write_event_to_stream(self, event: Event) -> None:
         """Put ``event`` on the stream, blocking this thread while the buffer is full."""

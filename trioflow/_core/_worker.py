@@ -31,7 +31,7 @@ from .._events import (
     StepRetryEvent,
     StepStartedEvent,
 )
-from .._retry import max_attempts, next_delay
+from .._retry import Policy, RetryInfo, current_retry, max_attempts, next_delay
 from ._context import Context, current_context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._log import add_note, describe, log
@@ -189,7 +189,20 @@ async def _retry(
     """Try again as the step's policy says, after attempt 1 failed with ``failure``. Returns
     the last attempt's number, its result, its failure (None if it succeeded), and the
     seconds from the first failure to the last."""
-    retry = spec.config.retry
+    try:
+        return await _retry_loop(crew, spec, call, event, failure, spec.config.retry)
+    finally:
+        current_retry.set(None)  # (the worker's next step execution begins afresh)
+
+
+async def _retry_loop(
+    crew: Crew,
+    spec: StepSpec,
+    call: StepCall,
+    event: Event,
+    failure: Exception,
+    retry: Policy | None,
+) -> tuple[int, Any, Exception | None, float]:
     attempt = 1
     first_failed = trio.current_time()
     elapsed = 0.0
@@ -217,6 +230,7 @@ async def _retry(
             )
             await crew.stream.write(retrying)
         await trio.sleep(delay)  # only this worker waits
+        current_retry.set(RetryInfo(attempt - 1, elapsed, failure, failed.failed_at))
         try:
             result = await _attempt(crew, spec, call, event, attempt)
         except Exception as exc:

@@ -56,7 +56,7 @@ from .._events import (
     StopEvent,
 )
 from .._handler import WorkflowHandler
-from .._retry import max_attempts, next_delay
+from .._retry import RetryInfo, current_retry, max_attempts, next_delay
 from ._codec import check_storable, codec_for
 from ._journal import OUTSIDE, RETURNED, Appender, Journal, PendingTask, Replay, TaskRef
 
@@ -532,6 +532,7 @@ async def _execute(
                 )
             )
     retry = spec.config.retry
+    current_retry.set(None)  # (a task begins afresh, whatever the worker's last one left)
     first_failed: float | None = None
     while True:
         if not journal.holds():
@@ -582,6 +583,8 @@ async def _execute(
                 StepRetryEvent(step_name=spec.name, attempt=attempt, delay=delay, exception=failure)
             )
         await trio.sleep(delay)
+        current_retry.set(RetryInfo(attempt - 1, elapsed, failure, failed.failed_at))
+    current_retry.set(None)
     if isinstance(result, StopEvent):
         # Not journaled as done: should the process stop before the run's end is recorded,
         # the step runs again and ends the run again.
