@@ -640,3 +640,38 @@ async def test_a_url_whose_scheme_has_capitals_names_the_same_store() -> None:
         async with open_engine_store("PostgreSQL" + url.removeprefix("postgresql")) as store:
             assert isinstance(store, PostgresStore)
             assert await store.run("none") is None
+
+
+async def test_a_database_out_of_reach_is_a_503_and_a_broken_loop_stops_the_process() -> None:
+    """A request that needs the database while it cannot be reached is answered 503
+    ``store_unavailable`` with Retry-After (the client may ask again); the claim and control
+    loops wait that out, and any other failure of theirs stops the process as a fatal error
+    does (`serve` raises it), rather than leave it serving without them."""
+    with fresh_database() as url, pytest.raises(BaseExceptionGroup) as stopped:
+        async with served(DURABLE_FLOWS, store=url, node_id="n") as node:
+            registry = node.app._registry
+            assert registry is not None
+            store = registry._store
+            assert isinstance(store, PostgresStore)
+            run = store.run
+
+            async def out_of_reach(run_id: str) -> None:
+                raise StoreUnavailable("the database restarts")
+
+            store.run = out_of_reach  # type: ignore[method-assign]
+            response = await node.client.get("/runs/some-run")
+            assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+            assert response.json()["error"]["code"] == "store_unavailable"
+            store.run = run  # type: ignore[method-assign]
+
+            async def broken() -> None:
+                raise RuntimeError("a bug in a loop")
+
+            store.control = broken  # type: ignore[assignment,method-assign]
+            store.signals.everything()  # (the control loop looks now)
+            with trio.fail_after(5):
+                fatal = await node.app.wait_fatal()
+            assert isinstance(fatal, RuntimeError)
+            assert registry.closing
+            await trio.sleep_forever()  # the server stops
+    assert stopped.group_contains(RuntimeError, match="a bug in a loop")

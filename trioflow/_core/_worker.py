@@ -31,7 +31,7 @@ from .._events import (
     StepRetryEvent,
     StepStartedEvent,
 )
-from .._retry import Policy, RetryInfo, current_retry, max_attempts, next_delay
+from .._retry import RetryInfo, current_retry, max_attempts, next_delay
 from ._context import Context, current_context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._log import add_note, describe, log
@@ -189,56 +189,54 @@ async def _retry(
     """Try again as the step's policy says, after attempt 1 failed with ``failure``. Returns
     the last attempt's number, its result, its failure (None if it succeeded), and the
     seconds from the first failure to the last."""
+    retry = spec.config.retry
+    attempt = 1
+    first_failed = trio.current_time()
+    elapsed = 0.0
     try:
-        return await _retry_loop(crew, spec, call, event, failure, spec.config.retry)
+        while retry is not None:
+            delay, failure = next_delay(retry, elapsed, attempt, failure)
+            if delay is None:
+                break
+            failed = failure_report(spec, attempt, failure, event, elapsed)
+            try:
+                await crew.stream.write(failed)
+            except BaseException:
+                crew.state.report(failed)  # the run is ending: report it with the end
+                raise
+            attempt += 1
+            _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
+            if crew.observation.lifecycle:
+                retrying = StepRetryEvent(
+                    step_name=spec.name, attempt=attempt, delay=delay, exception=failure
+                )
+                await crew.stream.write(retrying)
+            await trio.sleep(delay)  # only this worker waits
+            current_retry.set(RetryInfo(attempt - 1, elapsed, failure, failed.failed_at))
+            try:
+                result = await _attempt(crew, spec, call, event, attempt)
+            except Exception as exc:
+                failure = exc
+                elapsed = trio.current_time() - first_failed
+            else:
+                return attempt, result, None, elapsed
+        return attempt, None, failure, elapsed
     finally:
         current_retry.set(None)  # (the worker's next step execution begins afresh)
 
 
-async def _retry_loop(
-    crew: Crew,
-    spec: StepSpec,
-    call: StepCall,
-    event: Event,
-    failure: Exception,
-    retry: Policy | None,
-) -> tuple[int, Any, Exception | None, float]:
-    attempt = 1
-    first_failed = trio.current_time()
-    elapsed = 0.0
-    while retry is not None:
-        delay, failure = next_delay(retry, elapsed, attempt, failure)
-        if delay is None:
-            break
-        failed = StepFailedEvent(
-            step_name=spec.name,
-            attempt=attempt,
-            exception=failure,
-            input_event=event,
-            elapsed_seconds=elapsed,
-        )
-        try:
-            await crew.stream.write(failed)
-        except BaseException:
-            crew.state.report(failed)  # the run is ending: report it with the end
-            raise
-        attempt += 1
-        _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
-        if crew.observation.lifecycle:
-            retrying = StepRetryEvent(
-                step_name=spec.name, attempt=attempt, delay=delay, exception=failure
-            )
-            await crew.stream.write(retrying)
-        await trio.sleep(delay)  # only this worker waits
-        current_retry.set(RetryInfo(attempt - 1, elapsed, failure, failed.failed_at))
-        try:
-            result = await _attempt(crew, spec, call, event, attempt)
-        except Exception as exc:
-            failure = exc
-            elapsed = trio.current_time() - first_failed
-        else:
-            return attempt, result, None, elapsed
-    return attempt, None, failure, elapsed
+def failure_report(
+    spec: StepSpec, attempt: int, failure: Exception, event: Event, elapsed: float = 0.0
+) -> StepFailedEvent:
+    """The `StepFailedEvent` of attempt ``attempt`` of ``spec`` on ``event``, ``elapsed``
+    seconds after the step execution's first failure."""
+    return StepFailedEvent(
+        step_name=spec.name,
+        attempt=attempt,
+        exception=failure,
+        input_event=event,
+        elapsed_seconds=elapsed,
+    )
 
 
 def _log_retry(
@@ -313,10 +311,7 @@ async def _report_finished(
             # The run ended while this waited for room: the step's failure must not be lost
             # with the report, so it is recorded (and reported with the end) before the
             # cancellation goes on.
-            failed = StepFailedEvent(
-                step_name=spec.name, attempt=attempt, exception=failure, input_event=event
-            )
-            crew.state.fail(spec.name, failure, failed)
+            crew.state.fail(spec.name, failure, failure_report(spec, attempt, failure, event))
         raise
 
 
@@ -382,13 +377,7 @@ async def _final_failure(
     spec = crew.graph.steps[index]
     state = crew.state
     add_note(exc, _step_note(crew, spec, event))
-    failed = StepFailedEvent(
-        step_name=spec.name,
-        attempt=attempt,
-        exception=exc,
-        input_event=event,
-        elapsed_seconds=elapsed,
-    )
+    failed = failure_report(spec, attempt, exc, event, elapsed)
     handlers = crew.graph.handlers_for[index]
     if state.outcome is not None and isinstance(exc, RunEndedError):
         return  # a send racing the run's end: nothing to report

@@ -45,13 +45,13 @@ from .._core._worker import (
     _log_retry,
     _step_call,
     _step_note,
+    failure_report,
     work,
 )
 from .._errors import RunEndedError, WorkerLost, WorkflowRuntimeError
 from .._events import (
     Event,
     InputRequiredEvent,
-    StepFailedEvent,
     StepRetryEvent,
     StopEvent,
 )
@@ -526,11 +526,7 @@ async def _execute(
                 "it runs again"
             )
             journal.fail(task, resumed.attempt, lost, final=False, lost=True)
-            await crew.stream.write(
-                StepFailedEvent(
-                    step_name=spec.name, attempt=resumed.attempt, exception=lost, input_event=event
-                )
-            )
+            await crew.stream.write(failure_report(spec, resumed.attempt, lost, event))
     retry = spec.config.retry
     current_retry.set(None)  # (a task begins afresh, whatever the worker's last one left)
     first_failed: float | None = None
@@ -561,13 +557,7 @@ async def _execute(
         if delay is None:
             await _final_failure(crew, spec, index, task, event, failure, attempt, elapsed)
             return
-        failed = StepFailedEvent(
-            step_name=spec.name,
-            attempt=attempt,
-            exception=failure,
-            input_event=event,
-            elapsed_seconds=elapsed,
-        )
+        failed = failure_report(spec, attempt, failure, event, elapsed)
         journal.fail(task, attempt, failure, final=False)
         try:
             await crew.stream.write(failed)
@@ -615,13 +605,7 @@ async def _final_failure(
     assert isinstance(router, DurableRouter)
     state = crew.state
     add_note(exc, _step_note(crew, spec, event))
-    failed = StepFailedEvent(
-        step_name=spec.name,
-        attempt=attempt,
-        exception=exc,
-        input_event=event,
-        elapsed_seconds=elapsed,
-    )
+    failed = failure_report(spec, attempt, exc, event, elapsed)
     handlers = crew.graph.handlers_for[index]
     if state.outcome is not None and isinstance(exc, RunEndedError):
         return
