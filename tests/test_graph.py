@@ -197,7 +197,11 @@ def test_human_in_the_loop_families_are_exempt() -> None:
         ("async def s(self, ev: StartEvent | None) -> StopEvent: ...", "must not accept None"),
         ("async def s(self) -> StopEvent: ...", "must take (self, ev)"),
         ("async def s(self, ev: StartEvent, *, k: int) -> StopEvent: ...", "plain positional"),
-        ("async def s(self, a: StartEvent, b: A) -> StopEvent: ...", "exactly one event parameter"),
+        ("async def s(self, a: StartEvent | A, b: A) -> StopEvent: ...", "names a union"),
+        ("async def s(self, a: list[A], b: A) -> StopEvent: ...", "cannot be joined"),
+        ("async def s(self, a: list[int]) -> StopEvent: ...", "a list whose items must name"),
+        ("async def s(self, a: StartEvent) -> list[int]: ...", "a list whose items must name"),
+        ("async def s(self, ctx: Context, c: Context) -> StopEvent: ...", "the context twice"),
         ("async def s(self, ev: Missing) -> StopEvent: ...", "cannot resolve its annotations"),
     ],
 )
@@ -206,7 +210,7 @@ def test_bad_signatures_get_clear_messages(source: str, message: str) -> None:
     namespace: dict[str, object] = {}
     exec(
         "from __future__ import annotations\n" + source,
-        {**globals(), "StopEvent": StopEvent, "StartEvent": StartEvent, "A": A},
+        {**globals(), "StopEvent": StopEvent, "StartEvent": StartEvent, "A": A, "Context": Context},
         namespace,
     )
     flow = type("Flow", (Workflow,), {"s": step(namespace["s"])})  # type: ignore[call-overload]

@@ -22,6 +22,7 @@ from ._errors import (
     WorkflowValidationError,
 )
 from ._events import (
+    CollectedEvents,
     Event,
     HumanResponseEvent,
     InputRequiredEvent,
@@ -61,6 +62,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CollectedEvents",
     "Context",
     "Event",
     "HumanResponseEvent",

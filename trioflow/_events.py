@@ -141,6 +141,14 @@ class StepFailedEvent(Event):
         return self.attempt
 
 
+class CollectedEvents(Event):
+    """What a collecting or joining step runs on: the ``events`` it was given, in the order of
+    its parameters (a join) or of their arrival (a ``list[E]`` parameter). Lifecycle and
+    failure events name it as their ``input_event``; steps never receive it themselves."""
+
+    events: tuple[Event, ...]
+
+
 class WorkflowFailedEvent(StopEvent):
     """Terminal event: step ``step_name`` raised ``exception`` and nothing handled it."""
 
@@ -216,6 +224,7 @@ _resolve_own_annotations(
     StartEvent,
     StopEvent,
     StepFailedEvent,
+    CollectedEvents,
     WorkflowFailedEvent,
     WorkflowCancelledEvent,
     WorkflowTimedOutEvent,

@@ -33,7 +33,9 @@ from .._events import (
     StopEvent,
 )
 from .._step import StepConfig, StepDeclaration, declaration_of
+from ..collect import Cardinality, Collect
 from ._context import Context
+from ._levels import bindings
 from ._sync import SyncContext
 
 EventTypes = tuple[type[Event], ...]
@@ -56,6 +58,17 @@ class StepSpec:
     #: A step added from outside the class (`Workflow.add_step`): the function itself, which
     #: takes no ``self``; None for a method.
     function: Callable[..., Any] | None = None
+    #: A join (more than one event parameter): the event type of each, in order. The step
+    #: runs once one event of each has come (``accepts`` holds them all).
+    slots: EventTypes = ()
+    #: Where ``ctx`` sits among the parameters of a join (None: it takes none).
+    context_index: int | None = None
+    #: A collecting step (a ``list[E]`` parameter): when it runs (``accepts`` holds ``E``).
+    collect: Collect | None = None
+    #: The event types a fan-out returns inside ``list[...]`` (``returns`` holds them too).
+    fans_out: EventTypes = ()
+    #: The event types it may return on their own (``returns`` without list-only ones).
+    bare_returns: EventTypes = ()
 
     @property
     def is_error_handler(self) -> bool:
@@ -88,6 +101,10 @@ class WorkflowGraph:
     #: Event classes that steps may return and that are simply routed (not stop events, not
     #: for the caller); the runtime checks a returned event against this set first.
     plain_events: frozenset[type[Event]] = attrs.field(init=False)
+    #: For each step, the collecting steps its fan-out feeds (`_levels`).
+    bindings: tuple[tuple[int, ...], ...] = attrs.field(init=False)
+    #: Some step fans out, collects or joins: runs keep account of streams (`_fanout`).
+    scoped: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
@@ -102,6 +119,8 @@ class WorkflowGraph:
             for spec in self.steps
         )
         self._routes = {t: self._route(t) for t in self.event_types()}
+        self.bindings = bindings(self.steps)
+        self.scoped = any(spec.fans_out or spec.collect or spec.slots for spec in self.steps)
         self.plain_events = frozenset(
             t
             for spec in self.steps
@@ -217,6 +236,7 @@ def _build(workflow_class: type) -> WorkflowGraph:
     start = _single_type(steps, problems, "start", _start_types(steps))
     stop = _single_type(steps, problems, "stop", _stop_types(steps, problems))
     _check_flow(steps, problems)
+    _check_collecting(steps, problems)
     _check_error_handlers(steps, problems)
     if start is not None:
         _check_start_fields(start, problems)
@@ -242,7 +262,9 @@ def _resolve(
         problems.append(f"{label} must be an `async def` method (or a plain `def` one)")
         return None
     try:
-        hints = typing.get_type_hints(func, localns=dict(declaration.local_names))
+        hints = typing.get_type_hints(
+            func, localns=dict(declaration.local_names), include_extras=True
+        )
     except Exception as exc:  # NameError, or anything a broken annotation raises
         problems.append(
             f"{label}: cannot resolve its annotations ({type(exc).__name__}: {exc}); define "
@@ -255,72 +277,190 @@ def _resolve(
         shape = "([ctx,] ev)" if free else "(self, [ctx,] ev)"
         problems.append(f"{label} may only take plain positional parameters: {shape}")
         return None
-    event_param, context_position = _split_parameters(label, parameters, hints, problems)
-    if event_param is None:
-        return None
-    accepts = _event_types(hints[event_param.name], allow_none=False)
-    if isinstance(accepts, str):
-        problems.append(f"{label}: parameter {event_param.name!r} {accepts}")
+    taken = _parameters(label, parameters, hints, problems)
+    if taken is None:
         return None
     if "return" not in hints:
         problems.append(
             f"{label} has no return annotation: annotate the events it returns or sends "
-            "(`-> Draft`, `-> Draft | None`, `-> None`)"
+            "(`-> Draft`, `-> Draft | None`, `-> list[Draft]`, `-> None`)"
         )
         return None
-    returns = _event_types(hints["return"], allow_none=True)
-    if isinstance(returns, str):
-        problems.append(f"{label}: its return annotation {returns}")
+    returned = _return_types(hints["return"])
+    if isinstance(returned, str):
+        problems.append(f"{label}: its return annotation {returned}")
         return None
+    bare, fans_out = returned
     return StepSpec(
         name=name,
-        accepts=accepts,
-        returns=returns,
+        accepts=taken.accepts,
+        returns=tuple(dict.fromkeys(bare + fans_out)),
         config=declaration.config,
         is_async=inspect.iscoroutinefunction(func),
-        context_position=context_position,
+        context_position=taken.context_position,
         code=inspect.unwrap(func).__code__,
         function=func if free else None,
+        slots=taken.slots,
+        context_index=taken.context_index,
+        collect=taken.collect,
+        fans_out=fans_out,
+        bare_returns=bare,
     )
 
 
-def _split_parameters(
+@attrs.frozen
+class _Taken:
+    """What a step's parameters say it takes."""
+
+    accepts: EventTypes
+    context_position: str | None = None
+    context_index: int | None = None
+    slots: EventTypes = ()
+    collect: Collect | None = None
+
+
+def _parameters(
     label: str, parameters: list[inspect.Parameter], hints: dict[str, Any], problems: list[str]
-) -> tuple[inspect.Parameter | None, str | None]:
-    """Find the event parameter and where the optional context parameter sits."""
-    if not 1 <= len(parameters) <= 2:
-        problems.append(
-            f"{label} must take (self, ev) or (self, ctx: Context, ev), not "
-            f"{len(parameters)} parameters after self"
-        )
-        return None, None
-    is_context = [
-        isinstance(hints.get(p.name), type) and issubclass(hints[p.name], Context | SyncContext)
-        for p in parameters
-    ]
-    if len(parameters) == 2 and not any(is_context):
-        # An unannotated companion of an annotated event parameter is the context.
+) -> _Taken | None:
+    """Sort a step's parameters into its context and its events: one event parameter (an
+    event type or a union), several (a join: one event type each), or one ``list[E]`` (it
+    collects a fan-out)."""
+    if not parameters:
+        problems.append(f"{label} must take (self, ev) or (self, ctx: Context, ev), not none")
+        return None
+    is_context = [p.name in hints and _is_context(hints[p.name]) for p in parameters]
+    if len(parameters) >= 2 and not any(is_context):
+        # An unannotated companion of annotated event parameters is the context.
         unannotated = [p.name not in hints for p in parameters]
         if unannotated.count(True) == 1:
             is_context = unannotated
+    if is_context.count(True) > 1:
+        problems.append(f"{label} takes the context twice: give it one `ctx: Context` parameter")
+        return None
     events = [p for p, ctx in zip(parameters, is_context, strict=True) if not ctx]
-    if len(events) != 1:
-        problems.append(f"{label} must take exactly one event parameter besides `ctx: Context`")
-        return None, None
-    event_param = events[0]
-    if event_param.name not in hints:
+    if not events:
+        problems.append(f"{label} must take an event parameter besides `ctx: Context`")
+        return None
+    context_index = is_context.index(True) if any(is_context) else None
+    for p in events:
+        if p.name not in hints:
+            problems.append(
+                f"{label}: parameter {p.name!r} needs an annotation naming the events the "
+                "step accepts"
+            )
+            return None
+    collected = [(p, _collection(hints[p.name])) for p in events]
+    lists = [(p, c) for p, c in collected if c is not None]
+    for p, found in lists:
+        if isinstance(found, str):
+            problems.append(f"{label}: parameter {p.name!r} {found}")
+            return None
+    if lists:
+        if len(events) > 1:
+            problems.append(
+                f"{label}: a `list[E]` parameter collects a fan-out on its own; it cannot be "
+                "joined with other event parameters"
+            )
+            return None
+        types, marker = typing.cast("tuple[EventTypes, Collect]", lists[0][1])
+        position = None if context_index is None else ("first" if context_index == 0 else "last")
+        return _Taken(types, position, context_index, collect=marker)
+    accepted: list[EventTypes] = []
+    for p in events:
+        found_types = _event_types(_unannotated(hints[p.name]), allow_none=False)
+        if isinstance(found_types, str):
+            problems.append(f"{label}: parameter {p.name!r} {found_types}")
+            return None
+        accepted.append(found_types)
+    if len(events) == 1:
+        position = None if context_index is None else ("first" if context_index == 0 else "last")
+        return _Taken(accepted[0], position, context_index)
+    unions = [p.name for p, types in zip(events, accepted, strict=True) if len(types) != 1]
+    if unions:
         problems.append(
-            f"{label}: parameter {event_param.name!r} needs an annotation naming the events "
-            "the step accepts"
+            f"{label} joins several event parameters, so each names one event type; "
+            f"{', '.join(map(repr, unions))} names a union"
         )
-        return None, None
-    if len(parameters) == 1:
-        return event_param, None
-    return event_param, "first" if is_context[0] else "last"
+        return None
+    slots = tuple(types[0] for types in accepted)
+    return _Taken(tuple(dict.fromkeys(slots)), None, context_index, slots=slots)
+
+
+def _is_context(hint: Any) -> bool:
+    """Whether ``hint`` names the context (``Context``, ``Context[State]``, ``SyncContext``)."""
+    hint = _unannotated(hint)
+    origin = typing.get_origin(hint) or hint
+    return isinstance(origin, type) and issubclass(origin, Context | SyncContext)
+
+
+def _unannotated(hint: Any) -> Any:
+    """``T`` of ``Annotated[T, ...]``; any other hint as it is."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
+
+def _collection(hint: Any) -> tuple[EventTypes, Collect] | str | None:
+    """The event types and the marker of a collecting parameter (``list[E]``, perhaps in
+    ``Annotated`` with `Collect`, `Take` or `All`, perhaps optional), a message saying what is
+    wrong with it, or None for a hint that is no list."""
+    marker: Collect | None = None
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *metadata = typing.get_args(hint)
+        markers = [m for m in metadata if isinstance(m, Collect | Cardinality)]
+        if len(markers) > 1:
+            return "has more than one Collect marker"
+        if markers:
+            found = markers[0]
+            marker = found if isinstance(found, Collect) else Collect(found)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(hint) if m is not type(None)]
+        if len(members) == 1 and typing.get_origin(members[0]) is list:
+            hint = members[0]  # `list[E] | None`: the list
+    if typing.get_origin(hint) is not list:
+        if marker is not None:
+            return "has a Collect marker, which goes on a `list[E]` parameter only"
+        return None
+    found_types = _event_types(_item(hint), allow_none=False)
+    if isinstance(found_types, str):
+        return f"is a list whose items {found_types}"
+    return found_types, marker if marker is not None else Collect()
+
+
+def _item(list_hint: Any) -> Any:
+    """``E`` of ``list[E]`` (`Any` of a bare ``list``)."""
+    args = typing.get_args(list_hint)
+    return args[0] if args else Any
+
+
+def _return_types(hint: Any) -> tuple[EventTypes, EventTypes] | str:
+    """The event types a return annotation names on their own, and those it names inside
+    ``list[...]`` (a fan-out), or a message saying what is wrong with it."""
+    hint = _unannotated(hint)
+    members = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    bare: list[Any] = []
+    listed: list[type[Event]] = []
+    for member in members:
+        if typing.get_origin(member) is list:
+            found = _event_types(_item(member), allow_none=False)
+            if isinstance(found, str):
+                return f"is a list whose items {found}"
+            listed.extend(found)
+        else:
+            bare.append(member)
+    if not bare:
+        return (), tuple(dict.fromkeys(listed))
+    single = _event_types(typing.Union[tuple(bare)], allow_none=True)  # noqa: UP007
+    if isinstance(single, str):
+        return single
+    return single, tuple(dict.fromkeys(listed))
 
 
 def _event_types(hint: Any, *, allow_none: bool) -> EventTypes | str:
     """The event types an annotation names, or a message saying why it names none."""
+    hint = _unannotated(hint)
     members = (
         typing.get_args(hint)
         if typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -422,6 +562,20 @@ def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
                 problems.append(
                     f"step {spec.name!r} returns {event_type.__name__}, but no step accepts it"
                 )
+
+
+def _check_collecting(steps: list[StepSpec], problems: list[str]) -> None:
+    """A collecting step runs once per stream of a fan-out that feeds it: one that no fan-out
+    feeds would never run."""
+    fed = {i for bound in bindings(steps) for i in bound}
+    for i, spec in enumerate(steps):
+        if spec.collect is not None and i not in fed:
+            names = ", ".join(t.__name__ for t in spec.accepts)
+            problems.append(
+                f"step {spec.name!r} collects list[{names}], but no fan-out makes them: a "
+                "collecting step runs once per stream of a step that returns `list[...]` whose "
+                "events lead to these"
+            )
 
 
 def _check_error_handlers(steps: list[StepSpec], problems: list[str]) -> None:

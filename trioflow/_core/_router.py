@@ -212,6 +212,13 @@ class Router:
         else:
             self.send(result)
 
+    def to_handlers(self, failed: Event, handlers: Sequence[int], scope: object = None) -> None:
+        """Give a step's final failure to its error ``handlers`` (``scope``: the fan-out
+        stream of the failed execution, which a plain run has none of)."""
+        inboxes = self.inboxes
+        for index in handlers:
+            inboxes[index].put(failed)
+
     # -- waiters --
 
     async def wait_for(

@@ -24,6 +24,7 @@ import trio
 from .._events import StartEvent, StopEvent, WorkflowCancelledEvent
 from ._blocking import watch_step
 from ._context import Context
+from ._fanout import ScopedRouter, work_scoped
 from ._graph import WorkflowGraph
 from ._log import add_note, describe, failed_in, log
 from ._router import Router
@@ -87,7 +88,8 @@ class Run:
 
     def __attrs_post_init__(self) -> None:
         self.state = RunState(self.timeout)
-        self.router = Router(self.graph, self.state, self.stream)
+        scoped = self.graph.scoped
+        self.router = (ScopedRouter if scoped else Router)(self.graph, self.state, self.stream)
         self.context = Context._of_run(self)
         if self.durable is not None:
             self.durable.attach(self)
@@ -153,7 +155,13 @@ class Run:
                     await slots.acquire_on_behalf_of(self)
                 self._watch_for_blocking()
                 durable = self.durable
-                worker = work if durable is None else durable.worker()
+                worker = (
+                    durable.worker()
+                    if durable is not None
+                    else _work_scoped
+                    if self.graph.scoped
+                    else work
+                )
                 async with trio.open_nursery() as nursery:
                     for index, spec in enumerate(self.graph.steps):
                         for _ in range(spec.config.num_workers):
@@ -269,3 +277,7 @@ class Run:
                 duration,
                 extra=fields,
             )
+
+
+async def _work_scoped(crew: Run, index: int) -> None:
+    await work(crew, index, work_scoped)

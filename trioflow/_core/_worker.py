@@ -25,6 +25,7 @@ import trio
 
 from .._errors import RunEndedError
 from .._events import (
+    CollectedEvents,
     Event,
     StepFailedEvent,
     StepFinishedEvent,
@@ -321,10 +322,14 @@ def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
     method = spec.function or getattr(crew.workflow, spec.name)
     ctx: Context | SyncContext = crew.context if spec.is_async else SyncContext(crew.context)
     current_context.set(ctx)  # (in the worker's task: its step's code sees it)
-    if spec.context_position == "first":
+    if spec.slots:  # a join: the events it was given go in its parameters' places
+        method = functools.partial(_joined, method, ctx, spec.context_index)
+    elif spec.context_position == "first":
         method = functools.partial(method, ctx)
     elif spec.context_position == "last":
         method = functools.partial(_context_last, method, ctx)
+    if spec.collect is not None:  # a collecting step takes a list
+        method = functools.partial(_listed, method)
     call: StepCall
     if spec.is_async:
         call = method
@@ -340,6 +345,19 @@ def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
 
 def _context_last(method: Callable[..., Any], ctx: object, event: Event) -> Any:
     return method(event, ctx)
+
+
+def _joined(
+    method: Callable[..., Any], ctx: object, at: int | None, collected: CollectedEvents
+) -> Any:
+    arguments: list[object] = list(collected.events)
+    if at is not None:
+        arguments.insert(at, ctx)
+    return method(*arguments)
+
+
+def _listed(method: Callable[..., Any], collected: CollectedEvents) -> Any:
+    return method(list(collected.events))
 
 
 async def _in_thread(
@@ -369,11 +387,17 @@ def _step_note(crew: Crew, spec: StepSpec, event: Event | None = None) -> str:
 
 
 async def _final_failure(
-    crew: Crew, index: int, event: Event, exc: Exception, attempt: int, elapsed: float = 0.0
+    crew: Crew,
+    index: int,
+    event: Event,
+    exc: Exception,
+    attempt: int,
+    elapsed: float = 0.0,
+    scope: object = None,
 ) -> None:
     """Report a step's final failure (``elapsed`` seconds after its first) and hand it to the
-    step's error handlers, if any; else it decides the run (unless something else did
-    already)."""
+    step's error handlers, if any (in the fan-out stream ``scope`` of the failed execution);
+    else it decides the run (unless something else did already)."""
     spec = crew.graph.steps[index]
     state = crew.state
     add_note(exc, _step_note(crew, spec, event))
@@ -391,5 +415,4 @@ async def _final_failure(
         # to deal with, so it decides nothing, but its report still goes out with the end.
         state.report(failed)
         raise
-    for handler in handlers:
-        crew.router.inboxes[handler].put(failed)
+    crew.router.to_handlers(failed, handlers, scope)

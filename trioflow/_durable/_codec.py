@@ -183,6 +183,23 @@ def fingerprint(workflow: Any) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
+def check_durable(workflow: Any) -> None:
+    """Refuse a workflow whose runs cannot be journaled yet.
+
+    Raises:
+        NotJournalable: its steps fan out, collect or join (their streams and buffers are
+            not journaled yet), so a run of it on a store could not resume.
+    """
+    graph = workflow.graph
+    if graph.scoped:
+        steps = [s.name for s in graph.steps if s.fans_out or s.collect or s.slots]
+        raise NotJournalable(
+            f"{graph.workflow_name} has steps that fan out, collect or join "
+            f"({', '.join(map(repr, steps))}); a durable store does not journal their streams "
+            "yet, so its runs go in memory (without --store, or outside a RunStore)"
+        )
+
+
 def codec_for(workflow: Any) -> EventCodec:
     """The codec of ``workflow``'s journals."""
     return EventCodec(workflow.graph.event_types())

@@ -57,7 +57,7 @@ from .._events import (
 )
 from .._handler import WorkflowHandler
 from .._retry import RetryInfo, current_retry, max_attempts, next_delay
-from ._codec import check_storable, codec_for
+from ._codec import check_durable, check_storable, codec_for
 from ._journal import OUTSIDE, RETURNED, Appender, Journal, PendingTask, Replay, TaskRef
 
 _E = TypeVar("_E", bound=Event)
@@ -639,6 +639,7 @@ def start_durable(
     reader in the process); with ``replay``, a run resumed from its journal, ``time_used``
     seconds of its timeout gone; with ``held``, a new run beginning with that context's store.
     """
+    check_durable(workflow)
     journal = Journal(store, run_id, codec_for(workflow), 0 if replay is None else replay.next_n)
     if stream is None:
         stream = DurableStream(workflow.stream_buffer, sink)
