@@ -476,3 +476,28 @@ def test_runs_of_a_fan_out_on_a_store_are_refused() -> None:
 
     with pytest.raises(NotJournalable, match="'split', 'join'"):
         check_durable(Split())
+
+
+def test_the_graph_json_says_who_fans_out_collects_and_joins() -> None:
+    from trioflow._wire import describe_workflow
+
+    class Joined(Split):
+        @step
+        async def join(self, done: Annotated[list[Done], Take(3)]) -> Left:
+            return Left(n=0)
+
+        @step
+        async def pair(self, left: Left, right: Right) -> StopEvent:
+            return StopEvent()
+
+        @step
+        async def right(self, ev: Chunk) -> Right:
+            return Right(n=0)
+
+    steps = {s["name"]: s for s in describe_workflow("j", Joined())["steps"]}
+    assert steps["split"]["fans_out"] == ["Chunk"]
+    assert steps["split"]["returns"] == ["Chunk"]
+    assert steps["join"]["collects"] == {"take": 3}
+    assert steps["join"]["accepts"] == ["Done"]
+    assert steps["pair"]["joins"] == ["Left", "Right"]
+    assert steps["work"] == {**steps["work"], "fans_out": [], "collects": None, "joins": []}

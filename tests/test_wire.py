@@ -817,6 +817,9 @@ def test_describe_workflow_steps() -> None:
             "error_handler": False,
             "failures_of": None,
             "runs_in": "task",
+            "fans_out": [],
+            "collects": None,
+            "joins": [],
             "mentions": ["Progress"],
         },
         {
@@ -829,6 +832,9 @@ def test_describe_workflow_steps() -> None:
             "error_handler": False,
             "failures_of": None,
             "runs_in": "task",
+            "fans_out": [],
+            "collects": None,
+            "joins": [],
             "mentions": ["Review", "Verdict"],
         },
         {
@@ -841,6 +847,9 @@ def test_describe_workflow_steps() -> None:
             "error_handler": True,
             "failures_of": None,
             "runs_in": "thread",
+            "fans_out": [],
+            "collects": None,
+            "joins": [],
             "mentions": [],
         },
     ]

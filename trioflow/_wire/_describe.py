@@ -93,6 +93,12 @@ def _describe_step(spec: StepSpec, mentions: list[type[Event]]) -> dict[str, Any
         # For an error handler: the steps whose final failures it takes (None: every step's).
         "failures_of": list(config.failures_of) if config.failures_of is not None else None,
         "runs_in": "task" if spec.is_async else "thread",
+        # The event types it returns in a list (a fan-out); of a collecting step, when it runs
+        # (``take``: at the n-th event, None: once the stream is done); of a join, the event
+        # type of each of its parameters.
+        "fans_out": [type_name(t) for t in spec.fans_out],
+        "collects": None if spec.collect is None else {"take": spec.collect.take},
+        "joins": [type_name(t) for t in spec.slots],
         # Event types its code names beyond its annotations: what it streams or sends, the
         # question it asks, the reply it awaits.
         "mentions": [type_name(t) for t in mentions],
