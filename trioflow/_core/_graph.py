@@ -34,6 +34,7 @@ from .._events import (
 )
 from .._step import StepConfig, StepDeclaration, declaration_of
 from ._context import Context
+from ._state_store import DICT_STATE, DictState, StateClass, state_class, state_problem
 from ._sync import SyncContext
 
 EventTypes = tuple[type[Event], ...]
@@ -56,6 +57,8 @@ class StepSpec:
     #: A step added from outside the class (`Workflow.add_step`): the function itself, which
     #: takes no ``self``; None for a method.
     function: Callable[..., Any] | None = None
+    #: The state type its ``ctx: Context[MyState]`` names (None: plain ``Context``, or none).
+    state_type: type | None = None
 
     @property
     def is_error_handler(self) -> bool:
@@ -88,6 +91,8 @@ class WorkflowGraph:
     #: Event classes that steps may return and that are simply routed (not stop events, not
     #: for the caller); the runtime checks a returned event against this set first.
     plain_events: frozenset[type[Event]] = attrs.field(init=False)
+    #: The class of a run's state (`Store`): the one the steps name, or `DictState`.
+    state_class: StateClass = DICT_STATE
 
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
@@ -222,10 +227,15 @@ def _build(workflow_class: type) -> WorkflowGraph:
         _check_start_fields(start, problems)
     if stop is not None:
         _check_declared_result(workflow_class, stop, problems)
+    state = _state_class(steps, problems)
     if problems or start is None or stop is None:
         raise WorkflowValidationError(name, problems)
     return WorkflowGraph(
-        workflow_name=name, steps=tuple(steps), start_event_type=start, stop_event_type=stop
+        workflow_name=name,
+        steps=tuple(steps),
+        start_event_type=start,
+        stop_event_type=stop,
+        state_class=state,
     )
 
 
@@ -258,6 +268,10 @@ def _resolve(
     event_param, context_position = _split_parameters(label, parameters, hints, problems)
     if event_param is None:
         return None
+    state_type = None
+    if context_position is not None:
+        context_param = parameters[0 if context_position == "first" else 1]
+        state_type = _state_type(label, hints.get(context_param.name), problems)
     accepts = _event_types(hints[event_param.name], allow_none=False)
     if isinstance(accepts, str):
         problems.append(f"{label}: parameter {event_param.name!r} {accepts}")
@@ -281,6 +295,7 @@ def _resolve(
         context_position=context_position,
         code=inspect.unwrap(func).__code__,
         function=func if free else None,
+        state_type=state_type,
     )
 
 
@@ -294,10 +309,7 @@ def _split_parameters(
             f"{len(parameters)} parameters after self"
         )
         return None, None
-    is_context = [
-        isinstance(hints.get(p.name), type) and issubclass(hints[p.name], Context | SyncContext)
-        for p in parameters
-    ]
+    is_context = [_is_context(hints.get(p.name)) for p in parameters]
     if len(parameters) == 2 and not any(is_context):
         # An unannotated companion of an annotated event parameter is the context.
         unannotated = [p.name not in hints for p in parameters]
@@ -317,6 +329,52 @@ def _split_parameters(
     if len(parameters) == 1:
         return event_param, None
     return event_param, "first" if is_context[0] else "last"
+
+
+def _is_context(hint: Any) -> bool:
+    """Whether ``hint`` names the context: ``Context``, ``Context[MyState]`` (a generic
+    alias, no class), or the same of `SyncContext`."""
+    origin = typing.get_origin(hint) or hint
+    return isinstance(origin, type) and issubclass(origin, Context | SyncContext)
+
+
+def _state_type(label: str, hint: Any, problems: list[str]) -> type | None:
+    """The state type ``ctx: Context[MyState]`` names (None for none, ``DictState`` or
+    ``Any``), or None with a problem noted."""
+    args = typing.get_args(hint)
+    if not args:
+        return None
+    state = args[0]
+    if state is Any or state is DictState or isinstance(state, typing.TypeVar):
+        return None  # (a generic helper's ``Context[S]`` names no class)
+    problem = state_problem(state)
+    if problem is not None:
+        problems.append(f"{label}: {problem}")
+        return None
+    assert isinstance(state, type)
+    return state
+
+
+def _state_class(steps: list[StepSpec], problems: list[str]) -> StateClass:
+    """The class of the workflow's state: the one its steps name, all the same one."""
+    named: dict[type, list[str]] = {}
+    for spec in steps:
+        if spec.state_type is not None:
+            named.setdefault(spec.state_type, []).append(spec.name)
+    if not named:
+        return DICT_STATE
+    if len(named) > 1:
+        listed = "; ".join(
+            f"Context[{_type_name(state)}] in step{'s' * (len(names) > 1)} "
+            + ", ".join(repr(n) for n in names)
+            for state, names in named.items()
+        )
+        problems.append(
+            f"its steps name different state types ({listed}): a run has one state, so "
+            "every step that names one must name the same class (or take a plain Context)"
+        )
+        return DICT_STATE
+    return state_class(next(iter(named)))
 
 
 def _event_types(hint: Any, *, allow_none: bool) -> EventTypes | str:
