@@ -26,7 +26,7 @@ import functools
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Generic
+from typing import Any, Generic, overload
 
 import attrs
 import trio
@@ -62,8 +62,10 @@ class DictState(dict[str, Any]):
         return f"DictState({dict.__repr__(self)})"
 
 
-#: The state type of a store: `DictState` where steps name none (plain ``Context``).
-StateT = TypeVar("StateT", default=DictState)
+#: The state type of a store. A plain ``Context`` is ``Context[Any]`` to type checkers (its
+#: state is a `DictState` at run time): code annotated ``ctx: Context`` before typed state
+#: existed takes any context, typed or not, as it did.
+StateT = TypeVar("StateT", default=Any)
 
 _MISSING: Any = object()
 
@@ -370,7 +372,12 @@ class Store(Generic[StateT]):
     way, so no update is lost. Every async method is a checkpoint.
     """
 
+    @overload
+    def __init__(self: Store[DictState]) -> None: ...
+    @overload
+    def __init__(self, state_type: type[StateT]) -> None: ...
     def __init__(self, state_type: type[Any] = DictState) -> None:
+        """A store of a new state of ``state_type`` (a run's is made by its context)."""
         self._start(state_class(state_type))
 
     def _start(self, found: StateClass) -> None:
