@@ -29,6 +29,7 @@ from trioflow import (
     Store,
     SyncContext,
     Workflow,
+    WorkflowCancelledError,
     WorkflowRuntimeError,
     WorkflowValidationError,
     open_store,
@@ -744,3 +745,51 @@ def test_the_readme_example_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["6 ['be', 'be', 'not', 'or', 'to', 'to']"]
+
+
+class Go(Event):
+    pass
+
+
+class Contended(Workflow):
+    """An async step holds the edit lock for 10 s; a ``def`` step waits for it."""
+
+    @step
+    async def hold(self, ctx: Context[Counter], ev: StartEvent) -> Go | None:
+        async with ctx.store.edit_state() as state:
+            ctx.send_event(Go())
+            await trio.sleep(10)
+            state.count += 1
+        return None
+
+    @step
+    def wait(self, ctx: SyncContext[Counter], ev: Go) -> StopEvent:
+        with ctx.store.edit_state() as state:
+            state.items.append(1)  # (never reached: the run is cancelled first)
+        return StopEvent(result="edited")
+
+
+async def test_a_def_step_waiting_for_the_edit_lock_is_cancelled_with_its_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with Contended(timeout=None).start() as handler:
+        await trio.sleep(1)
+        handler.cancel()
+        with pytest.raises(WorkflowCancelledError):
+            await handler.result()
+    assert trio.current_time() < 10
+    assert await handler.ctx.store.get_state() == Counter()
+
+
+async def test_a_def_steps_edit_is_journaled_in_a_durable_run() -> None:
+    class SyncEdit(Workflow):
+        @step
+        def only(self, ctx: SyncContext[Counter], ev: StartEvent) -> StopEvent:
+            with ctx.store.edit_state() as state:
+                state.count = 7
+            return StopEvent(result=ctx.store.get("count"))
+
+    store = Recorder()
+    assert await run_durably(SyncEdit(timeout=None), StartEvent(), store) == 7
+    (call,) = [body for kind, body in store.records() if kind == "call"]
+    assert (call["task"], call["k"], call["op"], call["value"]["count"]) == ("0.0", 0, "state", 7)

@@ -78,8 +78,9 @@ class SyncStore(Generic[StateT]):
 class SyncContext(Generic[StateT]):
     """The context passed to a plain ``def`` step: `Context`'s methods as blocking calls.
 
-    Annotate the parameter ``ctx: SyncContext`` so type checkers know the methods are not
-    coroutines (``ctx: Context`` works at run time too). Every method raises `trio.Cancelled`
+    Annotate the parameter ``ctx: SyncContext`` (``ctx: SyncContext[MyState]`` for typed
+    state) so type checkers know the methods are not coroutines (``ctx: Context`` works at
+    run time too). Every method raises `trio.Cancelled`
     once the run is cancelled, so the thread can finish promptly; the run waits for it.
     """
 
