@@ -483,7 +483,7 @@ def test_the_graph_json_says_who_fans_out_collects_and_joins() -> None:
 
     class Joined(Split):
         @step
-        async def join(self, done: Annotated[list[Done], Take(3)]) -> Left:
+        async def join(self, done: Annotated[list[Done], Take(3)]) -> Left:  # type: ignore[override]
             return Left(n=0)
 
         @step

@@ -3,8 +3,9 @@
 import typing as _typing
 
 from ._core._blocking import LoopBlockedWarning, TrioflowWarning
-from ._core._context import Context, Store
+from ._core._context import Context
 from ._core._state import RunStatus
+from ._core._state_store import DictState, Store
 from ._core._stream import StreamIterator
 from ._core._sync import SyncContext, SyncStore
 from ._core._tracing import disable_tracing, enable_tracing
@@ -64,6 +65,7 @@ _LAZY = {
 __all__ = [
     "CollectedEvents",
     "Context",
+    "DictState",
     "Event",
     "HumanResponseEvent",
     "InputRequiredEvent",

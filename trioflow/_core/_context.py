@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
@@ -14,8 +14,8 @@ from .._events import Event, StopEvent
 from .._retry import RetryInfo, current_retry
 from ._collect import Collector
 from ._router import Router
+from ._state_store import DICT_STATE, StateClass, StateT, Store
 from ._stream import EventStream
-from ._values import json_problem
 
 #: The step whose code is running in this task; set once by each step worker.
 current_step: ContextVar[str] = ContextVar("trioflow_current_step", default="")
@@ -29,25 +29,9 @@ current_execution: ContextVar[Any] = ContextVar("trioflow_execution", default=No
 _E = TypeVar("_E", bound=Event)
 
 
-class Store:
-    """Key-value state shared by the steps of one run. Values are kept by reference."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] = {}
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        """Return the value stored under ``key``, or ``default``."""
-        await trio.lowlevel.checkpoint()
-        return self._data.get(key, default)
-
-    async def set(self, key: str, value: Any) -> None:
-        """Store ``value`` under ``key``."""
-        await trio.lowlevel.checkpoint()
-        self._data[key] = value
-
-
-class Context:
-    """The run's context, passed to steps that declare a ``ctx: Context`` parameter.
+class Context(Generic[StateT]):
+    """The run's context, passed to steps that declare a ``ctx: Context`` parameter
+    (``ctx: Context[MyState]`` for a workflow with typed state: `Store`).
 
     Every run has its own, and steps of one run share it. A caller may also make one,
     ``Context(workflow)``, and hand it to runs of that workflow, one after the other
@@ -59,13 +43,15 @@ class Context:
         graph = getattr(workflow, "graph", None)
         if graph is None or not hasattr(graph, "steps"):
             raise TypeError(f"Context() takes the workflow it is for, got {workflow!r}")
-        self._start(type(workflow))
+        self._start(type(workflow), graph.state_class)
 
-    def _start(self, workflow_type: type) -> None:
-        """A context of ``workflow_type``'s runs that no run uses yet."""
+    def _start(self, workflow_type: type, state_class: StateClass = DICT_STATE) -> None:
+        """A context of ``workflow_type``'s runs (whose state is of ``state_class``) that no
+        run uses yet."""
         #: The workflow class whose runs may use it.
         self._workflow_type = workflow_type
-        self.store = Store()
+        #: The run's state: of the class the workflow's steps name, or a `DictState`.
+        self.store: Store[StateT] = Store._of(state_class)
         #: The run that uses it now or used it last (None: none yet).
         self._run: Any = None
         self._run_id = ""
@@ -77,10 +63,10 @@ class Context:
         self._streamable: set[type] = set()
 
     @classmethod
-    def _of_run(cls, run: Any) -> Context:
+    def _of_run(cls, run: Any) -> Context[Any]:
         """A run's own context (for a run the caller gave none)."""
         context = cls.__new__(cls)
-        context._start(type(run.workflow))
+        context._start(type(run.workflow), run.graph.state_class)
         context._bind(run)
         return context
 
@@ -114,28 +100,31 @@ class Context:
         self._streamable = set()
 
     def to_dict(self) -> dict[str, Any]:
-        """This context as JSON values, for `from_dict`: its store (``{"store": {...}}``).
+        """This context as JSON values, for `from_dict`: its store (``{"store": {...}}``; a
+        typed state as its fields, with ``"state_type"``, the qualified name of its class).
 
         Raises:
             TypeError: a store value is no JSON value (the message names its key).
         """
-        data = dict(self.store._data)
-        for key, value in data.items():
-            problem = json_problem(value)
-            if problem is not None:
-                where, what = problem
-                raise TypeError(
-                    f"ctx.to_dict(): store value {key!r}{where} holds {what}; a saved context "
-                    "holds JSON values (None, bool, int, float, str, list, dict with str keys)"
-                )
-        return {"store": data}
+        store = self.store
+        try:
+            data = store._class.to_json(store._state)
+        except TypeError as exc:
+            raise TypeError(
+                f"ctx.to_dict(): {exc}; a saved context holds JSON values (None, bool, int, "
+                "float, str, list, dict with str keys)"
+            ) from None
+        if not store._class.typed:
+            return {"store": data}
+        return {"store": data, "state_type": store._class.name}
 
     @classmethod
-    def from_dict(cls, workflow: Any, data: Mapping[str, Any]) -> Context:
+    def from_dict(cls, workflow: Any, data: Mapping[str, Any]) -> Context[Any]:
         """A context for runs of ``workflow`` holding what `to_dict` saved.
 
         Raises:
-            ValueError: ``data`` is not what `to_dict` returns.
+            ValueError: ``data`` is not what `to_dict` returns, or holds a state that does
+                not fit ``workflow``'s state type.
         """
         store = data.get("store") if isinstance(data, Mapping) else None
         if not isinstance(store, Mapping) or not all(isinstance(k, str) for k in store):
@@ -143,8 +132,11 @@ class Context:
                 "Context.from_dict() takes what ctx.to_dict() returned: "
                 f'{{"store": {{str: value}}}}, got {data!r:.200}'
             )
-        context = cls(workflow)
-        context.store._data.update(store)
+        context: Context[Any] = cls(workflow)
+        try:
+            context.store._load(store, data.get("state_type"))
+        except ValueError as exc:
+            raise ValueError(f"Context.from_dict(): {exc}") from None
         return context
 
     @property

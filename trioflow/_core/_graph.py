@@ -36,6 +36,7 @@ from .._step import StepConfig, StepDeclaration, declaration_of
 from ..collect import Cardinality, Collect
 from ._context import Context
 from ._levels import bindings
+from ._state_store import DICT_STATE, DictState, StateClass, state_class, state_problem
 from ._sync import SyncContext
 
 EventTypes = tuple[type[Event], ...]
@@ -69,6 +70,8 @@ class StepSpec:
     fans_out: EventTypes = ()
     #: The event types it may return on their own (``returns`` without list-only ones).
     bare_returns: EventTypes = ()
+    #: The state type its ``ctx: Context[MyState]`` names (None: plain ``Context``, or none).
+    state_type: type | None = None
 
     @property
     def is_error_handler(self) -> bool:
@@ -105,6 +108,8 @@ class WorkflowGraph:
     bindings: tuple[tuple[int, ...], ...] = attrs.field(init=False)
     #: Some step fans out, collects or joins: runs keep account of streams (`_fanout`).
     scoped: bool = attrs.field(init=False)
+    #: The class of a run's state (`Store`): the one the steps name, or `DictState`.
+    state_class: StateClass = DICT_STATE
 
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
@@ -242,10 +247,15 @@ def _build(workflow_class: type) -> WorkflowGraph:
         _check_start_fields(start, problems)
     if stop is not None:
         _check_declared_result(workflow_class, stop, problems)
+    state = _state_class(steps, problems)
     if problems or start is None or stop is None:
         raise WorkflowValidationError(name, problems)
     return WorkflowGraph(
-        workflow_name=name, steps=tuple(steps), start_event_type=start, stop_event_type=stop
+        workflow_name=name,
+        steps=tuple(steps),
+        start_event_type=start,
+        stop_event_type=stop,
+        state_class=state,
     )
 
 
@@ -280,6 +290,10 @@ def _resolve(
     taken = _parameters(label, parameters, hints, problems)
     if taken is None:
         return None
+    state_type = None
+    if taken.context_index is not None:
+        context_hint = hints.get(parameters[taken.context_index].name)
+        state_type = _state_type(label, _unannotated(context_hint), problems)
     if "return" not in hints:
         problems.append(
             f"{label} has no return annotation: annotate the events it returns or sends "
@@ -305,6 +319,7 @@ def _resolve(
         collect=taken.collect,
         fans_out=fans_out,
         bare_returns=bare,
+        state_type=state_type,
     )
 
 
@@ -456,6 +471,45 @@ def _return_types(hint: Any) -> tuple[EventTypes, EventTypes] | str:
     if isinstance(single, str):
         return single
     return single, tuple(dict.fromkeys(listed))
+
+
+def _state_type(label: str, hint: Any, problems: list[str]) -> type | None:
+    """The state type ``ctx: Context[MyState]`` names (None for none, ``DictState`` or
+    ``Any``), or None with a problem noted."""
+    args = typing.get_args(hint)
+    if not args:
+        return None
+    state = args[0]
+    if state is Any or state is DictState or isinstance(state, typing.TypeVar):
+        return None  # (a generic helper's ``Context[S]`` names no class)
+    problem = state_problem(state)
+    if problem is not None:
+        problems.append(f"{label}: {problem}")
+        return None
+    assert isinstance(state, type)
+    return state
+
+
+def _state_class(steps: list[StepSpec], problems: list[str]) -> StateClass:
+    """The class of the workflow's state: the one its steps name, all the same one."""
+    named: dict[type, list[str]] = {}
+    for spec in steps:
+        if spec.state_type is not None:
+            named.setdefault(spec.state_type, []).append(spec.name)
+    if not named:
+        return DICT_STATE
+    if len(named) > 1:
+        listed = "; ".join(
+            f"Context[{_type_name(state)}] in step{'s' * (len(names) > 1)} "
+            + ", ".join(repr(n) for n in names)
+            for state, names in named.items()
+        )
+        problems.append(
+            f"its steps name different state types ({listed}): a run has one state, so "
+            "every step that names one must name the same class (or take a plain Context)"
+        )
+        return DICT_STATE
+    return state_class(next(iter(named)))
 
 
 def _event_types(hint: Any, *, allow_none: bool) -> EventTypes | str:

@@ -217,7 +217,7 @@ class Run:
             self.stream.close(terminal, state.reports)
             held = self.held
             if held is not None and held is not self.context:  # a durable run's: a copy
-                held.store._data = dict(self.context.store._data)
+                held.store._adopt(self.context.store)
             state.finished.set()
         for step_name, exception in state.later_failures:
             log(

@@ -8,44 +8,85 @@ while the buffer is full, and once the run is cancelled every call raises `trio.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from .._events import Event
 from .._retry import RetryInfo
 from ._context import Context
+from ._state_store import StateT
 
 _E = TypeVar("_E", bound=Event)
 
 
-class SyncStore:
-    """`Store` for thread code: the same data, with blocking methods."""
+class SyncStore(Generic[StateT]):
+    """`Store` for thread code: the same state, with blocking methods."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context[StateT]) -> None:
         self._store = context.store
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Return the value stored under ``key``, or ``default``."""
-        return trio.from_thread.run(self._store.get, key, default)
+    @property
+    def state_type(self) -> type[StateT]:
+        """`Store.state_type`."""
+        return self._store.state_type
 
-    def set(self, key: str, value: Any) -> None:
-        """Store ``value`` under ``key``."""
-        trio.from_thread.run(self._store.set, key, value)
+    def get(self, path: str, default: Any = None) -> Any:
+        """The value at ``path``, or ``default`` (`Store.get`)."""
+        return trio.from_thread.run(self._store.get, path, default)
+
+    def set(self, path: str, value: Any) -> None:
+        """Put ``value`` at ``path`` (`Store.set`)."""
+        trio.from_thread.run(self._store.set, path, value)
+
+    def get_state(self) -> StateT:
+        """A copy of the state (`Store.get_state`)."""
+        return trio.from_thread.run(self._store.get_state)
+
+    def set_state(self, state: StateT) -> None:
+        """Replace the state with (a copy of) ``state`` (`Store.set_state`)."""
+        trio.from_thread.run(self._store.set_state, state)
+
+    def clear(self) -> None:
+        """Reset the state to a new default one (`Store.clear`)."""
+        trio.from_thread.run(self._store.clear)
+
+    @contextmanager
+    def edit_state(self) -> Iterator[StateT]:
+        """``with ctx.store.edit_state() as state:``, as `Store.edit_state`: the block has
+        the state to itself, and an exception out of it discards the edit.
+
+        The edit is `Store.edit_state` itself, entered and left from this thread. Each
+        crossing runs in the step's own task (the one waiting for this thread), so that task
+        holds the store's lock while the thread changes the state, and releases it as the
+        block ends, however it ends.
+        """
+        manager = self._store.edit_state()
+        state = trio.from_thread.run(manager.__aenter__)
+        try:
+            yield state
+        except BaseException as error:
+            # Neither leaving it can wait (releasing a lock, discarding a draft), so a
+            # cancelled run does not stop the lock from being released.
+            trio.from_thread.run(manager.__aexit__, type(error), error, error.__traceback__)
+            raise
+        trio.from_thread.run(manager.__aexit__, None, None, None)
 
 
-class SyncContext:
+class SyncContext(Generic[StateT]):
     """The context passed to a plain ``def`` step: `Context`'s methods as blocking calls.
 
-    Annotate the parameter ``ctx: SyncContext`` so type checkers know the methods are not
-    coroutines (``ctx: Context`` works at run time too). Every method raises `trio.Cancelled`
+    Annotate the parameter ``ctx: SyncContext`` (``ctx: SyncContext[MyState]`` for typed
+    state) so type checkers know the methods are not coroutines (``ctx: Context`` works at
+    run time too). Every method raises `trio.Cancelled`
     once the run is cancelled, so the thread can finish promptly; the run waits for it.
     """
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context[StateT]) -> None:
         self._context = context
-        self.store = SyncStore(context)
+        self.store: SyncStore[StateT] = SyncStore(context)
 
     @property
     def run_id(self) -> str:

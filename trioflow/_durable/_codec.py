@@ -10,11 +10,14 @@ with the original's type name and message (exceptions are not data).
 
 Store values must be JSON values as they are (None, bool, int, float, str, list, dict with
 str keys): anything else would come back changed (a tuple as a list, an object as its repr).
+A typed state is recorded as its fields' JSON values (`StateClass.to_json`), which its
+fields' types read back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -180,6 +183,9 @@ def fingerprint(workflow: Any) -> str:
     for event_type in graph.event_types():  # and the fields of every event it names
         fields = ",".join(f"{name}:{tp!r}" for name, tp in field_types(event_type).items())
         parts.append(f"{qualified_name(event_type)}{{{fields}}}")
+    state = graph.state_class
+    if state.typed:  # (an untyped workflow keeps its digest: its journals resume as before)
+        parts.append(f"state {state.name}{{{_state_fields(state.cls, state.fields())}}}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -198,6 +204,14 @@ def check_durable(workflow: Any) -> None:
             f"({', '.join(map(repr, steps))}); a durable store does not journal their streams "
             "yet, so its runs go in memory (without --store, or outside a RunStore)"
         )
+
+
+def _state_fields(cls: type, names: tuple[str, ...]) -> str:
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # a name only its defining function knew: the names still count
+        hints = {}
+    return ",".join(f"{name}:{hints.get(name)!r}" for name in names)
 
 
 def codec_for(workflow: Any) -> EventCodec:

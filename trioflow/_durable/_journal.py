@@ -16,8 +16,10 @@ Records, by kind (bodies are JSON):
   step code (``k = -1``: what the step returned, or its failure handed to error handlers).
 - ``start``: ``{"task", "attempt"}``: an attempt of a task began.
 - ``call``: ``{"task", "k", "op", ...}``: call ``k`` of a task's step code, other than a send
-  (``set``: a store value; ``collect``: `Context.collect_events` and what it returned;
-  ``wait``: `Context.wait_for_event` asked and waits, or with ``"timed_out"`` gave up).
+  (``set``: a store value, ``{"key", "value"}``, the new value of a top-level key or field;
+  ``state``: the whole state, ``{"value"}``, after ``set_state``, ``clear`` or an
+  ``edit_state`` block; ``collect``: `Context.collect_events` and what it returned; ``wait``:
+  `Context.wait_for_event` asked and waits, or with ``"timed_out"`` gave up).
 - ``done``: ``{"task", "attempt"}``: the task is finished (what it returned was routed
   before).
 - ``fail``: ``{"task", "attempt", "error", "final", "lost"}``: an attempt failed; ``final``:
@@ -227,7 +229,8 @@ class Replay:
 
     #: The unfinished tasks, in the order they were routed.
     pending: dict[str, PendingTask] = attrs.field(factory=dict)
-    #: The run's store as its ``set`` calls left it.
+    #: The run's state as its ``set`` and ``state`` calls left it, as JSON values (a typed
+    #: state's fields).
     store: dict[str, Any] = attrs.field(factory=dict)
     #: `Context.collect_events` calls to make again, in order: (step, event, expected).
     collects: list[tuple[str, Event, tuple[type[Event], ...]]] = attrs.field(factory=list)
@@ -309,6 +312,12 @@ def _apply(
         op = body["op"]
         if op == "set":
             replay.store[body["key"]] = body["value"]
+        elif op == "state":
+            if task is not None:
+                # What an edit began from, for the attempt that repeats it (`DurableStore`):
+                # a shallow copy is enough, since the fold never changes a value in place.
+                body["before"] = dict(replay.store)
+            replay.store = dict(body["value"])
         elif op == "collect":
             expected = tuple(codec.lookup(name) for name in body["expected"])
             replay.collects.append((body["step"], codec.decode(body["event"]), expected))

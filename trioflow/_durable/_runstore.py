@@ -23,7 +23,7 @@ import trio
 from .._core._context import Context
 from .._core._log import add_note, describe
 from .._core._state import RunStatus
-from .._errors import WorkflowCancelledError
+from .._errors import ReplayError, WorkflowCancelledError
 from .._events import StartEvent, WorkflowCancelledEvent
 from .._handler import WorkflowHandler
 from .._store import (
@@ -229,7 +229,10 @@ class RunStore:
             raise LookupError(f"{self.url} has no run {run_id!r}")
         records = await backend.journal(run_id)
         replay = fold(records, codec_for(workflow), [s.name for s in workflow.graph.steps])
-        return Context.from_dict(workflow, {"store": replay.store})
+        try:
+            return Context.from_dict(workflow, {"store": replay.store})
+        except ValueError as exc:  # a typed state its class no longer reads
+            raise ReplayError(f"run {run_id!r}: {exc}") from None
 
     async def _close(self) -> None:
         """As the store's block is left: the runs still on it (their blocks left open in

@@ -22,6 +22,7 @@ the memory path stays as it is (`trioflow._core._run.Durability`):
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -31,12 +32,13 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from .._core._context import Context, Store, current_execution, current_step
+from .._core._context import Context, current_execution, current_step
 from .._core._graph import StepSpec
 from .._core._log import add_note, describe, log
 from .._core._router import Router, Waiter
 from .._core._run import Run
 from .._core._state import RunState
+from .._core._state_store import StateClass, Store
 from .._core._stream import EventStream
 from .._core._worker import (
     StepCall,
@@ -48,7 +50,7 @@ from .._core._worker import (
     failure_report,
     work,
 )
-from .._errors import RunEndedError, WorkerLost, WorkflowRuntimeError
+from .._errors import NotJournalable, ReplayError, RunEndedError, WorkerLost, WorkflowRuntimeError
 from .._events import (
     Event,
     InputRequiredEvent,
@@ -251,45 +253,109 @@ class DurableRouter(Router):
         await self.emit(step_name, result)  # no event, or a stop event: nothing is routed
 
 
-class DurableStore(Store):
-    """`Store` whose ``set`` calls are journaled (and not repeated by a repeated attempt)."""
+class DurableStore(Store[Any]):
+    """`Store` whose writes are journaled, and not repeated by an attempt that repeats a lost
+    one: ``set`` as a ``set`` call of its top-level name and that name's new value (as
+    before typed state, so that a journal of either reads back the same), ``set_state``,
+    ``clear`` and an ``edit_state`` block as a ``state`` call holding the whole state after it.
 
-    def __init__(self, journal: Journal, state: RunState, data: dict[str, Any]) -> None:
-        super().__init__()
+    A repeated ``edit_state`` block runs again on a copy of the state its lost attempt began
+    from (which the journal's fold gives back: `_journal.fold`), and its edit is dropped: the
+    journal holds it already, and the step's code sees what it saw the first time.
+    """
+
+    def __init__(
+        self, journal: Journal, run_state: RunState, found: StateClass, tree: dict[str, Any]
+    ) -> None:
+        self._start(found)
         self._journal = journal
-        self._state = state
-        self._data.update(data)
+        self._run_state = run_state
+        self._state = found.from_json(tree)
 
-    async def set(self, key: str, value: Any) -> None:
-        await trio.lowlevel.checkpoint()
+    def _call(self, op: str) -> tuple[str, int] | None:
+        """The task and number the write under way is journaled as (the caller's: ``(x,
+        0)``), or None if its lost attempt made it (it is not made again).
+
+        Raises:
+            WorkflowRuntimeError: a write from outside the steps once the run has ended.
+        """
         ref = _ref()
         if ref is None:  # from outside the run's steps (the caller): journaled as such
-            if self._state.decided:
+            if self._run_state.decided:
                 raise WorkflowRuntimeError(
                     "this run has ended: its store is kept as it ended; give its context to "
                     "a new run (ctx=...) to go on from there"
                 )
-            check_storable(key, value)
-            self._journal.call(OUTSIDE, 0, "set", key=key, value=value)
-            self._data[key] = value
-            return
+            return OUTSIDE, 0
         k = ref.next()
-        if ref.recorded(k, "set") is not None:
-            return  # set before the crash: the store has it
-        check_storable(key, value)
-        self._journal.call(ref.task, k, "set", key=key, value=value)
-        self._data[key] = value
+        if ref.recorded(k, op) is not None:
+            return None  # made before the crash: the store has it
+        return ref.task, k
+
+    def _set_now(self, names: list[str], value: Any) -> None:
+        where = self._call("set")
+        if where is None:
+            return
+        name, new = self._new_value(names, value)
+        found = self._class
+        if not found.typed:
+            check_storable(name, new)
+            self._journal.call(*where, "set", key=name, value=new)
+            self._state[name] = new
+            return
+        # Written in a copy first: a value the journal cannot hold changes nothing.
+        state = copy.copy(self._state)
+        found.assign(state, name, new)
+        tree = self._tree(state, f"ctx.store.set({'.'.join(names)!r}, ...)")
+        self._journal.call(*where, "set", key=name, value=tree[name])
+        self._state = state
+
+    def _replace_now(self, state: Any) -> None:
+        where = self._call("state")
+        if where is not None:
+            self._record(where, state, "ctx.store.set_state() or clear()")
+
+    def _begin_edit(self) -> tuple[Any, object]:
+        ref = _ref()
+        if ref is not None:
+            k = ref.next()
+            recorded = ref.recorded(k, "state")
+            if recorded is not None:  # edited before the crash: again on what it began from
+                return self._class.from_json(recorded.get("before", {})), None
+            return self._class.copy(self._state), (ref.task, k)
+        return self._class.copy(self._state), self._call("state")
+
+    def _end_edit(self, draft: Any, token: object) -> None:
+        if token is not None:
+            assert isinstance(token, tuple)
+            self._record(token, draft, "ctx.store.edit_state()")
+
+    def _record(self, where: tuple[str, int], state: Any, what: str) -> None:
+        """Journal ``state`` as the whole state, then install it."""
+        self._journal.call(*where, "state", value=self._tree(state, what))
+        self._state = state
+
+    def _tree(self, state: Any, what: str) -> dict[str, Any]:
+        try:
+            return self._class.to_json(state)
+        except TypeError as exc:
+            raise NotJournalable(
+                f"{what} in a durable run: {exc}; a durable run's state holds JSON values "
+                "(None, bool, int, float, str, list, dict with str keys, and for typed state "
+                "what its fields' types read back from them), which it can record and give "
+                "back as they are"
+            ) from None
 
 
 class DurableContext(Context):
     """`Context` whose calls are numbered per step execution and journaled."""
 
     def __init__(self, run: Run, router: DurableRouter, journal: Journal) -> None:
-        self._start(type(run.workflow))
+        self._start(type(run.workflow), run.graph.state_class)
         self._bind(run)
         self._durable_router = router
         self._journal = journal
-        self.store = DurableStore(journal, run.state, {})
+        self.store = DurableStore(journal, run.state, run.graph.state_class, {})
 
     def send_event(self, event: Event, step: str | None = None) -> None:
         if not isinstance(event, Event):
@@ -384,6 +450,27 @@ class DurableContext(Context):
         return answer
 
 
+def _seed(held: Context[Any]) -> dict[str, Any]:
+    """The state of the context a caller gave a new run, as JSON values to journal.
+
+    Raises:
+        NotJournalable: something in it is no JSON value (nothing is started).
+    """
+    store = held.store
+    if not store._class.typed:
+        seed = dict(store._state)
+        for key, value in seed.items():
+            check_storable(key, value, given=True)
+        return seed
+    try:
+        return store._class.to_json(store._state)
+    except TypeError as exc:
+        raise NotJournalable(
+            f"the context given to a durable run (ctx=...): its {exc}; a durable run's state "
+            "holds JSON values, which it can record and give back as they are"
+        ) from None
+
+
 def _ref() -> TaskRef | None:
     execution = current_execution.get()
     return execution if isinstance(execution, TaskRef) else None
@@ -420,13 +507,15 @@ class Durable:
         run.context = context
         replay = self.replay
         held = run.held
+        found = run.graph.state_class
         if replay is None and held is not None:  # begins with the caller's store (`begin`)
-            self.seed = dict(held.store._data)
-            for key, value in self.seed.items():
-                check_storable(key, value, given=True)
-            context.store = DurableStore(self.journal, run.state, self.seed)
+            self.seed = _seed(held)
+            context.store = DurableStore(self.journal, run.state, found, self.seed)
         if replay is not None:
-            context.store = DurableStore(self.journal, run.state, replay.store)
+            try:
+                context.store = DurableStore(self.journal, run.state, found, replay.store)
+            except ValueError as exc:
+                raise ReplayError(f"the journal's state does not fit: {exc}") from None
             for step_name, event, expected in replay.collects:
                 context._collector.collect(step_name, event, expected)
 
