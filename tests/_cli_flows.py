@@ -113,7 +113,8 @@ class ShapesFlow(Workflow):
 
 
 class BrokenFlow(Workflow):
-    """Two problems: nothing takes Orphan, and nothing produces Missing."""
+    """Nothing takes Orphan, and nothing produces Missing (so nothing reaches finish, and
+    begin leads nowhere)."""
 
     @step
     async def begin(self, ev: StartEvent) -> Orphan:

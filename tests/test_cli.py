@@ -342,8 +342,10 @@ def test_validate_lists_every_problem() -> None:
     done = run_in_tests("validate", "_cli_flows:CLASSES")
     assert done.returncode == 1
     assert done.stdout == "shapes: ok (4 steps, 6 event types)\n"
-    assert "broken: 2 problem(s)" in done.stderr
-    assert "no step accepts it" in done.stderr
+    assert "broken: 4 problem(s)" in done.stderr
+    assert "[terminal_event] step 'begin' returns Orphan, but no step accepts it" in done.stderr
+    assert "[reachability] unreachable step 'finish'" in done.stderr
+    assert "[dead_end] dead-end step 'begin'" in done.stderr
     assert "no step returns it" in done.stderr
     good = run_in_tests("validate", "_cli_flows:FLOWS")
     assert good.returncode == 0, good.stderr
@@ -413,7 +415,7 @@ def test_serve_lists_a_workflows_problems() -> None:
     """`trioflow serve` on an invalid workflow lists its problems (exit 1), no traceback."""
     done = run_in_tests("serve", "_cli_flows:BrokenFlow", "--port", "0")
     assert done.returncode == 1
-    assert "2 problem(s)" in done.stderr
+    assert "4 problem(s)" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -102,8 +102,9 @@ def test_every_problem_reported_together() -> None:
     assert "no step accepts the start event" in text
     assert "no step returns a stop event" in text
     assert "step 'a' accepts A, but no step returns it" in text
-    assert "step 'a' returns Orphan, but no step accepts it" in text
-    assert len(problems) == 4
+    assert "[terminal_event] step 'a' returns Orphan, but no step accepts it" in text
+    assert "[dead_end] dead-end step 'a'" in text
+    assert len(problems) == 5
 
 
 def test_error_message_lists_problems() -> None:

@@ -89,6 +89,8 @@ class StepConfig:
     timeout: float | None = None
     #: For an error-handler step: the names of the steps whose failures it handles (None: all).
     failures_of: tuple[str, ...] | None = None
+    #: The graph checks this step is exempt from (`trioflow._core._checks`).
+    skip_graph_checks: frozenset[str] = frozenset()
 
 
 @attrs.frozen(kw_only=True)
@@ -114,6 +116,7 @@ def step(
     failures_of: Iterable[str] | None = None,
     retry_policy: Policy | None = None,
     workflow: type | None = None,
+    skip_graph_checks: Iterable[str] = (),
 ) -> Callable[[_F], _F]: ...
 
 
@@ -127,6 +130,7 @@ def step(
     failures_of: Iterable[str] | None = None,
     retry_policy: Policy | None = None,
     workflow: type | None = None,
+    skip_graph_checks: Iterable[str] = (),
 ) -> Any:
     """Mark a workflow method as a step.
 
@@ -145,6 +149,9 @@ def step(
         retry_policy: ``retry``, by LlamaIndex's name.
         workflow: on a function outside a workflow class (it takes no ``self``), the
             `Workflow` class to add it to as a step (`Workflow.add_step`).
+        skip_graph_checks: graph checks this step is exempt from: "reachability" (it may
+            have no path from the start event) and "dead_end" (nothing it returns need lead
+            to the run's end).
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
@@ -163,7 +170,11 @@ def step(
         if not all(isinstance(name, str) for name in failures_of):
             raise TypeError(f"failures_of names steps, got {failures_of!r}")
     config = StepConfig(
-        num_workers=num_workers, retry=retry, timeout=timeout, failures_of=failures_of
+        num_workers=num_workers,
+        retry=retry,
+        timeout=timeout,
+        failures_of=failures_of,
+        skip_graph_checks=checks_named(skip_graph_checks, STEP_CHECKS, "a step"),
     )
 
     def decorate(f: _F) -> _F:
@@ -176,6 +187,30 @@ def step(
         return decorate
     _declare(func, config, sys._getframe(1))
     return func
+
+
+#: The graph checks a step may skip for itself, and those a workflow may skip
+#: (`trioflow._core._checks`, which defines them).
+STEP_CHECKS = ("reachability", "dead_end")
+GRAPH_CHECKS = ("reachability", "dead_end", "terminal_event")
+
+
+def checks_named(names: Iterable[str], known: tuple[str, ...], who: str) -> frozenset[str]:
+    """``names`` as a set of checks ``who`` may skip.
+
+    Raises:
+        ValueError: a name is not one of ``known``.
+    """
+    if isinstance(names, str):
+        names = (names,)
+    chosen = frozenset(names)
+    unknown = sorted(n for n in chosen if n not in known)
+    if unknown:
+        raise ValueError(
+            f"{who} skips graph checks among {', '.join(map(repr, known))}, not "
+            f"{', '.join(map(repr, unknown))}"
+        )
+    return chosen
 
 
 def _declare(func: Callable[..., Any], config: StepConfig, frame: FrameType | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic
@@ -13,6 +13,7 @@ import trio
 from ._core._context import Context
 from ._core._graph import (
     ADDED_STEPS,
+    InvalidGraph,
     WorkflowGraph,
     added_steps,
     declared_steps,
@@ -26,7 +27,7 @@ from ._core._stream import EventStream
 from ._errors import WorkflowValidationError, require_trio
 from ._events import StartEvent
 from ._handler import R, WorkflowHandler
-from ._step import declaration_of
+from ._step import GRAPH_CHECKS, checks_named, declaration_of
 
 DEFAULT_TIMEOUT = 45.0
 """Seconds a run may take unless ``Workflow(timeout=...)`` says otherwise (LlamaIndex's)."""
@@ -59,6 +60,10 @@ class Workflow(Generic[R]):
             for one to end before it starts (its timeout counts from its start). None: any.
         workflow_name: its name (`workflow_name`); by default its class's module and
             qualified name.
+        skip_graph_checks: graph checks to skip (LlamaIndex's): "reachability" (every step
+            can be reached from the start event or the caller's events), "dead_end" (what
+            every step returns can lead to the run's end) and "terminal_event" (every event
+            type returned is taken by a step, unless it ends the run or is for the caller).
 
     Raises:
         WorkflowValidationError: the steps do not form a valid graph (every problem listed).
@@ -72,6 +77,9 @@ class Workflow(Generic[R]):
     num_concurrent_runs: int | None = None
     _run_slots: trio.CapacityLimiter | None = None
     _workflow_name: str | None = None
+    _skip_graph_checks: frozenset[str] = frozenset()
+    #: The graph checks passed (`graph`).
+    _checked = False
 
     def __init__(
         self,
@@ -81,6 +89,7 @@ class Workflow(Generic[R]):
         blocking_threshold: float | None = DEFAULT_BLOCKING_THRESHOLD,
         num_concurrent_runs: int | None = None,
         workflow_name: str | None = None,
+        skip_graph_checks: Iterable[str] = (),
     ) -> None:
         if timeout is not None and not _positive(timeout):
             raise ValueError(
@@ -114,7 +123,9 @@ class Workflow(Generic[R]):
         if num_concurrent_runs is not None:
             self._run_slots = trio.CapacityLimiter(num_concurrent_runs)
         self._workflow_name = workflow_name
-        graph_of(type(self))  # validate now: a broken graph fails at construction
+        self._skip_graph_checks = checks_named(skip_graph_checks, GRAPH_CHECKS, "a workflow")
+        self._checked = False
+        _checked_graph(self)  # validate now: a broken graph fails at construction
 
     @property
     def workflow_name(self) -> str:
@@ -150,8 +161,13 @@ class Workflow(Generic[R]):
 
     @property
     def graph(self) -> WorkflowGraph:
-        """The validated graph of this workflow's steps (built once per class)."""
-        return graph_of(type(self))
+        """The validated graph of this workflow's steps (built once per class).
+
+        Raises:
+            WorkflowValidationError: the steps do not form a valid graph, or a graph check
+                this workflow does not skip (``skip_graph_checks``) found a problem.
+        """
+        return _checked_graph(self)
 
     async def run(
         self, /, start_event: StartEvent | None = None, *, ctx: Context | None = None, **fields: Any
@@ -320,3 +336,18 @@ def _held(ctx: object) -> Context | None:
 
 def _positive(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf
+
+
+def _checked_graph(workflow: Workflow[Any]) -> WorkflowGraph:
+    """`Workflow.graph` (a function, not the property, which a step may shadow)."""
+    try:
+        graph = graph_of(type(workflow))
+    except InvalidGraph as invalid:
+        problems = invalid.problems_with(workflow._skip_graph_checks)
+        raise WorkflowValidationError(invalid.workflow_name, problems) from None
+    if graph.findings and not workflow._checked:
+        problems = graph.problems(workflow._skip_graph_checks)
+        if problems:
+            raise WorkflowValidationError(graph.workflow_name, problems)
+        workflow._checked = True
+    return graph

@@ -19,7 +19,7 @@ import trio
 
 from trioflow import Event, Workflow, WorkflowApp, WorkflowValidationError, serve
 
-from .._core._graph import graph_of
+from .._core._graph import InvalidGraph, WorkflowGraph, graph_of
 from .._server._serve import hosts_for
 from .._store import StoreError
 from .._wire import WireError, describe_workflow
@@ -128,12 +128,26 @@ def _validate(spec: str) -> int:
         if not issubclass(cls, Workflow):
             raise UsageError(f"{spec}: {name!r} is {cls.__name__}, not a Workflow")
         try:
-            graph = graph_of(cls)
+            graph = _checked_graph(item)
         except WorkflowValidationError as error:
             failed = _report_problems(name, error)
             continue
         print(f"{name}: ok ({len(graph.steps)} steps, {len(graph.event_types())} event types)")
     return failed
+
+
+def _checked_graph(item: Workflow | type[Workflow]) -> WorkflowGraph:
+    """The graph of a workflow, the checks it skips skipped, or of a class, every check."""
+    if isinstance(item, Workflow):
+        return item.graph
+    try:
+        graph = graph_of(item)
+    except InvalidGraph as invalid:
+        problems = invalid.problems_with(frozenset())
+        raise WorkflowValidationError(invalid.workflow_name, problems) from None
+    if graph.findings:
+        raise WorkflowValidationError(graph.workflow_name, graph.problems(frozenset()))
+    return graph
 
 
 def _report_problems(name: str, error: WorkflowValidationError) -> int:

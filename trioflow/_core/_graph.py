@@ -17,7 +17,7 @@ import inspect
 import types
 import typing
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -34,6 +34,7 @@ from .._events import (
 )
 from .._step import StepConfig, StepDeclaration, declaration_of
 from ..collect import Cardinality, Collect
+from ._checks import Finding, findings
 from ._context import Context
 from ._levels import bindings
 from ._state_store import DICT_STATE, DictState, StateClass, state_class, state_problem
@@ -110,6 +111,12 @@ class WorkflowGraph:
     scoped: bool = attrs.field(init=False)
     #: The class of a run's state (`Store`): the one the steps name, or `DictState`.
     state_class: StateClass = DICT_STATE
+    #: What the graph checks a workflow may skip found (`_checks`), each step's skips applied.
+    findings: tuple[Finding, ...] = ()
+
+    def problems(self, skipped: frozenset[str]) -> list[str]:
+        """The findings of the checks not in ``skipped``, as problems."""
+        return _as_problems(self.findings, skipped)
 
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
@@ -178,6 +185,23 @@ def _forget_route(
     # Runs while the class is being freed, before its id can belong to another object.
     routes.pop(key, None)
     refs.pop(key, None)
+
+
+class InvalidGraph(WorkflowValidationError):
+    """`graph_of`'s error: the problems, and the ``findings`` of the checks a workflow may
+    skip, which only a workflow knows whether it does (`problems_with`)."""
+
+    def __init__(self, workflow_name: str, problems: Sequence[str], found: Sequence[Finding]):
+        super().__init__(workflow_name, problems)
+        self.findings = tuple(found)
+
+    def problems_with(self, skipped: frozenset[str]) -> list[str]:
+        """The problems, and the findings of the checks not in ``skipped``."""
+        return [*self.problems, *_as_problems(self.findings, skipped)]
+
+
+def _as_problems(found: Sequence[Finding], skipped: frozenset[str]) -> list[str]:
+    return [f"[{f.check}] {f.message}" for f in found if f.check not in skipped]
 
 
 _GRAPHS: weakref.WeakKeyDictionary[type, WorkflowGraph] = weakref.WeakKeyDictionary()
@@ -249,13 +273,16 @@ def _build(workflow_class: type) -> WorkflowGraph:
         _check_declared_result(workflow_class, stop, problems)
     state = _state_class(steps, problems)
     if problems or start is None or stop is None:
-        raise WorkflowValidationError(name, problems)
+        # With what the checks a workflow may skip find: its own error lists them with the
+        # rest, those it skips left out (`Workflow.graph`).
+        raise InvalidGraph(name, problems, findings(steps, start))
     return WorkflowGraph(
         workflow_name=name,
         steps=tuple(steps),
         start_event_type=start,
         stop_event_type=stop,
         state_class=state,
+        findings=findings(steps, start),
     )
 
 
@@ -585,11 +612,10 @@ def _single_type(
 
 
 def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
-    """Every event type a step accepts is produced by someone, and every one it returns is
-    consumed by someone. An annotation naming a base class matches its subclasses both ways,
-    so a broad annotation is trusted rather than second-guessed."""
+    """Every event type a step accepts is produced by someone. An annotation naming a base
+    class matches its subclasses both ways, so a broad annotation is trusted rather than
+    second-guessed."""
     produced = [t for spec in steps for t in spec.returns]
-    consumed = [t for spec in steps for t in spec.accepts]
 
     def related(a: type[Event], others: list[type[Event]]) -> bool:
         return any(issubclass(a, b) or issubclass(b, a) for b in others)
@@ -609,13 +635,7 @@ def _check_flow(steps: list[StepSpec], problems: list[str]) -> None:
                     f"step {spec.name!r} accepts {name}, but no step returns it (add it to the "
                     "return annotation of the step that sends it)"
                 )
-        for event_type in spec.returns:
-            if issubclass(event_type, StopEvent | InputRequiredEvent):
-                continue  # ends the run, or is for the caller
-            if not related(event_type, consumed):
-                problems.append(
-                    f"step {spec.name!r} returns {event_type.__name__}, but no step accepts it"
-                )
+        # (What a step returns that no step accepts: a check a workflow may skip, `_checks`.)
 
 
 def _check_collecting(steps: list[StepSpec], problems: list[str]) -> None:
