@@ -20,30 +20,20 @@ CALLER = "caller"
 
 
 def edges(graph: Graph) -> Iterator[tuple[str, str, str, str, str]]:
-    """``(from_kind, from_name, to_kind, to_name, style)`` for every arrow; kinds are "step",
-    "event" or "caller"; style is "" (annotations), "named" (an event type the step's code
-    names: what it streams, or the reply it awaits) or "fails"."""
-    kinds = {event["name"]: event["kind"] for event in graph["events"]}
-    handlers = [s for s in graph["steps"] if s["error_handler"]]
-    for step in graph["steps"]:
-        for accepted in step["accepts"]:
-            yield "event", accepted, "step", step["name"], ""
-        for returned in step["returns"]:
-            yield "step", step["name"], "event", returned, ""
-        for named in step["mentions"]:
-            if kinds.get(named) == "human_response":
-                yield "event", named, "step", step["name"], "named"
-            else:
-                yield "step", step["name"], "event", named, "named"
-        if not step["error_handler"] and any(
-            h["failures_of"] is None or step["name"] in h["failures_of"] for h in handlers
-        ):
-            yield "step", step["name"], "event", "StepFailedEvent", "fails"
-    for name, kind in kinds.items():
-        if kind == "input_required":
-            yield "event", name, "caller", CALLER, ""
-        elif kind == "human_response":
-            yield "caller", CALLER, "event", name, ""
+    """``(from_kind, from_name, to_kind, to_name, style)`` for every arrow of the graph's
+    representation (its ``graph``: `trioflow.representation`); kinds are "step", "event" or
+    "caller"; style is "" (annotations), "named" (an event type the step's code names: what
+    it streams, or the reply it awaits) or "fails"."""
+    data = graph["graph"]
+    kinds = {node["id"]: node["node_type"] for node in data["nodes"]}
+    styles = {"mentions": "named", "fails": "fails"}
+
+    def end(node_id: str) -> tuple[str, str]:
+        kind = kinds[node_id]
+        return ("caller", CALLER) if kind == "external" else (kind, node_id)
+
+    for edge in data["edges"]:
+        yield (*end(edge["source"]), *end(edge["target"]), styles.get(edge["kind"], ""))
 
 
 def to_mermaid(graph: Graph) -> str:

@@ -28,16 +28,13 @@ LlamaIndex's ``"detail"`` besides trioflow's ``"error"`` (`Request.detail_errors
 
 from __future__ import annotations
 
-import inspect
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from .. import (
     Event,
-    HumanResponseEvent,
-    InputRequiredEvent,
     RunStatus,
     StartEvent,
     StopEvent,
@@ -51,11 +48,11 @@ from .._wire import (
     decode_event,
     decode_start_event,
     described_event_types,
+    direction_of,
     dumps,
-    event_bases,
-    event_schema,
+    get_workflow_representation,
     loads,
-    mentioned_event_types,
+    model_schema,
     qualified_name,
     streamed_event_types,
     type_name,
@@ -125,8 +122,8 @@ async def _schema(app: WorkflowApp, request: Request, args: list[str]) -> None:
     await request.respond_json(
         200,
         {
-            "start": _model_schema(graph.start_event_type, "in"),
-            "stop": _model_schema(graph.stop_event_type, "out"),
+            "start": model_schema(graph.start_event_type, "in"),
+            "stop": model_schema(graph.stop_event_type, "out"),
         },
     )
 
@@ -134,7 +131,7 @@ async def _schema(app: WorkflowApp, request: Request, args: list[str]) -> None:
 async def _event_schemas(app: WorkflowApp, request: Request, args: list[str]) -> None:
     _, workflow = app._workflow(args[0])
     await request.respond_json(
-        200, {"events": [_model_schema(t, _direction(t)) for t in _event_types(workflow)]}
+        200, {"events": [model_schema(t, direction_of(t)) for t in _event_types(workflow)]}
     )
 
 
@@ -576,107 +573,9 @@ def _event_types(workflow: Workflow) -> list[type[Event]]:
     return list(dict.fromkeys([*described_event_types(workflow), *streamed_event_types(workflow)]))
 
 
-def _direction(event_type: type[Event]) -> Literal["in", "out"]:
-    """Events a caller sends are described as the server reads them, the others as written."""
-    return "in" if issubclass(event_type, StartEvent | HumanResponseEvent) else "out"
-
-
-def _model_schema(event_type: type, direction: Literal["in", "out"]) -> dict[str, Any]:
-    """The JSON Schema of an event's fields as a LlamaIndex client reads one: the object
-    itself at the top (``title``, ``properties``), not a reference to it."""
-    schema = event_schema(event_type, direction)
-    definitions = dict(schema.get("$defs", {}))
-    reference = schema.get("$ref", "")
-    root = definitions.pop(reference.rpartition("/")[2], None)
-    if root is None:
-        return schema
-    lifted = {"$schema": schema["$schema"], **root}
-    if reference.encode() in dumps([root, definitions]):  # a recursive type: keep the root
-        definitions[reference.rpartition("/")[2]] = root
-    if definitions:
-        lifted["$defs"] = definitions  # nested references still point there
-    return lifted
-
-
 def _graph(workflow: Workflow) -> dict[str, Any]:
-    """The workflow as LlamaIndex's ``WorkflowGraph``: a node per step and per event type,
-    an ``external_step`` node where a step asks for input, and the edges between them."""
-    cls = type(workflow)
-    nodes: dict[str, dict[str, Any]] = {}
-    edges: list[dict[str, Any]] = []
-    produced_by: dict[str, list[str]] = {}
-
-    def event_node(event_type: type[Event]) -> str:
-        name = type_name(event_type)
-        if name not in nodes:
-            produced_by[name] = []
-            nodes[name] = {
-                "id": name,
-                "label": name,
-                "node_type": "event",
-                "event_type": name,
-                "event_types": [name, *event_bases(event_type)],
-                "event_schema": _model_schema(event_type, _direction(event_type)),
-                "produced_by": produced_by[name],
-            }
-        return name
-
-    def edge(source: str, target: str) -> None:
-        if {"source": source, "target": target, "label": None} not in edges:
-            edges.append({"source": source, "target": target, "label": None})
-
-    for spec in workflow.graph.steps:
-        nodes[spec.name] = {
-            "id": spec.name,
-            "label": spec.name,
-            "node_type": "step",
-            "description": _own_doc(spec.function or getattr(cls, spec.name, None)),
-        }
-    asks = False
-    for spec in workflow.graph.steps:
-        mentioned = mentioned_event_types(workflow, spec)
-        awaited = [t for t in mentioned if issubclass(t, HumanResponseEvent)]
-        for event_type in [*spec.accepts, *awaited]:
-            edge(event_node(event_type), spec.name)
-        for event_type in _emitted(spec.returns, mentioned, awaited):
-            name = event_node(event_type)
-            edge(spec.name, name)
-            if spec.name not in produced_by[name]:
-                produced_by[name].append(spec.name)
-            if issubclass(event_type, InputRequiredEvent):
-                asks = True
-                edge(name, "external_step")
-        for event_type in awaited:
-            asks = True
-            edge("external_step", event_node(event_type))
-    if asks:
-        nodes["external_step"] = {
-            "id": "external_step",
-            "label": "external_step",
-            "node_type": "external",
-        }
-    return {
-        "name": cls.__name__,
-        "nodes": list(nodes.values()),
-        "edges": edges,
-        "description": _own_doc(cls),
-    }
-
-
-def _emitted(
-    returns: Iterable[type[Event]], mentioned: Iterable[type[Event]], awaited: Sequence[type[Event]]
-) -> list[type[Event]]:
-    """What a step sends on: its return types, then the events its code names (what it
-    streams, the question it asks) other than the replies it awaits."""
-    return list(dict.fromkeys([*returns, *(t for t in mentioned if t not in awaited)]))
-
-
-def _own_doc(obj: object) -> str | None:
-    """``obj``'s own docstring, cleaned; not one inherited from a base class."""
-    doc = getattr(obj, "__doc__", None) if obj is not None else None
-    if isinstance(obj, type) and "__doc__" not in vars(obj):
-        doc = None
-    return inspect.cleandoc(doc) if doc else None
+    """The workflow as LlamaIndex's ``WorkflowGraph`` (`get_workflow_representation`)."""
+    return get_workflow_representation(workflow).to_dict()
 
 
 # -- the routes --

@@ -16,7 +16,7 @@ from ._decode import (
     loads,
     sendable_event_types,
 )
-from ._describe import describe_workflow, described_event_types, mentioned_event_types
+from ._describe import describe_workflow, described_event_types
 from ._encode import (
     EncodeError,
     dumps,
@@ -27,6 +27,8 @@ from ._encode import (
     envelope_data,
     mark_unencodable,
 )
+from ._mentions import mentioned_event_types
+from ._representation import direction_of, get_workflow_representation, model_schema
 from ._schema import JsonSchemas, any_envelope, event_schema, streamed_event_types
 from ._typeinfo import event_bases, field_types, qualified_name, takes_free_form_fields, type_name
 
@@ -40,6 +42,7 @@ __all__ = [
     "decode_start_event",
     "describe_workflow",
     "described_event_types",
+    "direction_of",
     "dumps",
     "encode_envelope",
     "encode_event_data",
@@ -49,9 +52,11 @@ __all__ = [
     "event_bases",
     "event_schema",
     "field_types",
+    "get_workflow_representation",
     "loads",
     "mark_unencodable",
     "mentioned_event_types",
+    "model_schema",
     "qualified_name",
     "sendable_event_types",
     "streamed_event_types",

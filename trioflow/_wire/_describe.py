@@ -10,25 +10,19 @@ from __future__ import annotations
 import enum
 import inspect
 import math
-from collections.abc import Callable, Iterator
-from types import CodeType
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._events import (
     Event,
-    HumanResponseEvent,
-    InputRequiredEvent,
-    StartEvent,
-    StepFailedEvent,
-    StopEvent,
 )
 from .._retry import Policy, max_attempts
 from .._step import RetryPolicy
+from ._mentions import event_kind, mentioned_event_types
 from ._typeinfo import (
     field_types,
-    is_subclass,
     qualified_name,
     takes_free_form_fields,
     type_name,
@@ -55,6 +49,9 @@ def describe_workflow(name: str, workflow: Workflow) -> dict[str, Any]:
         name: the name the workflow is served under.
         workflow: the workflow.
     """
+    # (Imported here: `_representation` reads `_schema`, which reads this module.)
+    from ._representation import get_workflow_representation
+
     graph = workflow.graph
     cls = type(workflow)
     start_type = graph.start_event_type
@@ -71,6 +68,8 @@ def describe_workflow(name: str, workflow: Workflow) -> dict[str, Any]:
             _describe_step(spec, mentioned_event_types(workflow, spec)) for spec in graph.steps
         ],
         "events": [_describe_event(t) for t in described_event_types(workflow)],
+        # The same as nodes and edges (`get_workflow_representation`): what draws it.
+        "graph": get_workflow_representation(workflow).to_dict(),
     }
 
 
@@ -129,71 +128,14 @@ def described_event_types(workflow: Workflow) -> list[type[Event]]:
     return list(listed)
 
 
-def mentioned_event_types(workflow: Workflow, spec: StepSpec) -> list[type[Event]]:
-    """Event types the step's code names that its annotations do not."""
-    step_function: Any = spec.function or getattr(type(workflow), spec.name, None)
-    annotated = set(spec.accepts + spec.returns)
-    found = {
-        value: None
-        for value in _objects_named_in(inspect.unwrap(step_function))
-        if is_subclass(value, Event) and value not in _BASE_EVENTS and value not in annotated
-    }
-    return list(found)
-
-
-#: Classes that are only ever subclassed: a step naming them (``isinstance(ev, Event)``) does
-#: not make them events of the workflow.
-_BASE_EVENTS = (Event, InputRequiredEvent, HumanResponseEvent)
-
-
-def _objects_named_in(function: Any) -> Iterator[Any]:
-    """The global names and closure variables that ``function``'s code refers to.
-
-    A step names in its code, though in no annotation, the events it only streams
-    (``ctx.write_event_to_stream(Progress(...))``), the question it asks and the reply it
-    awaits (``ctx.wait_for_event(Verdict, waiter_event=Review(...))``); this finds them
-    without running the step.
-    """
-    for cell in getattr(function, "__closure__", None) or ():
-        try:
-            yield cell.cell_contents
-        except ValueError:  # a cell not filled yet
-            continue
-    global_names = getattr(function, "__globals__", {})
-    code = getattr(function, "__code__", None)
-    for name in _names_in(code) if code is not None else ():
-        if name in global_names:
-            yield global_names[name]
-
-
-def _names_in(code: CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for constant in code.co_consts:
-        if isinstance(constant, CodeType):  # a comprehension or function inside the step
-            yield from _names_in(constant)
-
-
 def _describe_event(event_type: type[Event]) -> dict[str, Any]:
     free_form = takes_free_form_fields(event_type)
     return {
         "name": type_name(event_type),
         "qualified_name": qualified_name(event_type),
-        "kind": _event_kind(event_type),
+        "kind": event_kind(event_type),
         "fields": [] if free_form else _describe_fields(event_type),
     }
-
-
-_EVENT_KINDS: tuple[tuple[type[Event], str], ...] = (
-    (StartEvent, "start"),
-    (StopEvent, "stop"),
-    (InputRequiredEvent, "input_required"),
-    (HumanResponseEvent, "human_response"),
-    (StepFailedEvent, "step_failed"),
-)
-
-
-def _event_kind(event_type: type[Event]) -> str:
-    return next((kind for base, kind in _EVENT_KINDS if issubclass(event_type, base)), "event")
 
 
 # --- Fields -------------------------------------------------------------------------------
