@@ -38,6 +38,7 @@ from ._events import (
     WorkflowTimedOutEvent,
 )
 from ._handler import RunStatistics, WorkflowHandler
+from ._resource import Resource
 from ._step import RetryPolicy, step
 from ._workflow import Workflow
 
@@ -74,6 +75,7 @@ __all__ = [
     "NotJournalable",
     "NumberedEvent",
     "ReplayError",
+    "Resource",
     "RetryPolicy",
     "RunEndedError",
     "RunGroup",

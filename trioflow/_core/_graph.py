@@ -36,6 +36,7 @@ from .._step import StepConfig, StepDeclaration, declaration_of
 from ..collect import Cardinality, Collect
 from ._context import Context
 from ._levels import bindings
+from ._resources import ResourceParameter, resource_parameters
 from ._sync import SyncContext
 
 EventTypes = tuple[type[Event], ...]
@@ -69,6 +70,9 @@ class StepSpec:
     fans_out: EventTypes = ()
     #: The event types it may return on their own (``returns`` without list-only ones).
     bare_returns: EventTypes = ()
+    #: Its ``Annotated[T, Resource(...)]`` parameters, made for each call (`_resources`).
+    #: The other attributes describe its parameters as if these were not there.
+    resources: tuple[ResourceParameter, ...] = ()
 
     @property
     def is_error_handler(self) -> bool:
@@ -105,6 +109,8 @@ class WorkflowGraph:
     bindings: tuple[tuple[int, ...], ...] = attrs.field(init=False)
     #: Some step fans out, collects or joins: runs keep account of streams (`_fanout`).
     scoped: bool = attrs.field(init=False)
+    #: Some step takes resources: runs have an owner of run-scoped ones (`_resources`).
+    resourced: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
@@ -121,6 +127,7 @@ class WorkflowGraph:
         self._routes = {t: self._route(t) for t in self.event_types()}
         self.bindings = bindings(self.steps)
         self.scoped = any(spec.fans_out or spec.collect or spec.slots for spec in self.steps)
+        self.resourced = any(spec.resources for spec in self.steps)
         self.plain_events = frozenset(
             t
             for spec in self.steps
@@ -277,6 +284,14 @@ def _resolve(
         shape = "([ctx,] ev)" if free else "(self, [ctx,] ev)"
         problems.append(f"{label} may only take plain positional parameters: {shape}")
         return None
+    resources = resource_parameters(
+        label, parameters, hints, declaration.local_names, problems, _taken_as
+    )
+    if resources is None:
+        return None
+    if resources:  # the rest are sorted as if these were not there
+        taken_positions = {r.position for r in resources}
+        parameters = [p for i, p in enumerate(parameters) if i not in taken_positions]
     taken = _parameters(label, parameters, hints, problems)
     if taken is None:
         return None
@@ -305,6 +320,7 @@ def _resolve(
         collect=taken.collect,
         fans_out=fans_out,
         bare_returns=bare,
+        resources=resources,
     )
 
 
@@ -391,6 +407,17 @@ def _is_context(hint: Any) -> bool:
     hint = _unannotated(hint)
     origin = typing.get_origin(hint) or hint
     return isinstance(origin, type) and issubclass(origin, Context | SyncContext)
+
+
+def _taken_as(hint: Any) -> str | None:
+    """What else than a resource a parameter annotated ``hint`` would be, if anything."""
+    if _is_context(hint):
+        return "the context"
+    if isinstance(_collection(hint), tuple):
+        return "a list of events"
+    if isinstance(_event_types(hint, allow_none=False), tuple):
+        return "an event"
+    return None
 
 
 def _unannotated(hint: Any) -> Any:
