@@ -472,13 +472,16 @@ class ResourceBlock:
         traceback: TracebackType | None,
     ) -> None:
         owner = self._owner
+        nursery = owner.nursery
+        assert nursery is not None
         # Shielded: the keepers' exits are bounded, and what they hold must be exited even
-        # when the block is left by a cancellation.
-        with trio.CancelScope(shield=True):
-            try:
-                await owner.aclose()
-            finally:
-                await self._nursery.__aexit__(None, None, None)
+        # when the block is left by a cancellation. (The nursery's own scope is shielded, as
+        # a scope opened here could not be left around the nursery's.)
+        nursery.cancel_scope.shield = True
+        try:
+            await owner.aclose()
+        finally:
+            await self._nursery.__aexit__(None, None, None)
         errors, owner.errors = owner.errors, []
         if not errors:
             return
