@@ -4,11 +4,13 @@ workflow instance, and exited (context managers) in reverse order when their lif
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -20,6 +22,7 @@ from trioflow import (
     HumanResponseEvent,
     InputRequiredEvent,
     Resource,
+    ResourceConfig,
     RetryPolicy,
     StartEvent,
     StepFailedEvent,
@@ -700,6 +703,58 @@ def test_factories_depending_on_each_other_in_a_cycle_are_refused() -> None:
         WorkflowValidationError, match=r"cycle: \S+\.ping -> \S+\.pong -> \S+\.ping$"
     ):
         Flow()
+
+
+# -- configuration read from JSON --
+
+
+@attrs.frozen
+class Model:
+    name: str
+    temperature: float = 0.5
+
+
+@attrs.frozen
+class LLMConfig:
+    model: Model
+    stop: list[str]
+
+
+async def test_resource_config_reads_json_into_the_annotated_class(tmp_path: Path) -> None:
+    """``ResourceConfig(file, path_selector)``: the object at the path, structured into the
+    parameter's attrs class (nested too), read once per workflow instance."""
+    config_file = tmp_path / "app.json"
+    llm = {"model": {"name": "m1"}, "stop": ["\\n"]}
+    config_file.write_text(json.dumps({"services": {"llm": llm}}))
+
+    class Flow(Workflow):
+        @step
+        async def go(
+            self,
+            ev: StartEvent,
+            config: Annotated[LLMConfig, ResourceConfig(str(config_file), "services.llm")],
+        ) -> StopEvent:
+            return StopEvent(result=config)
+
+    flow = Flow()
+    first = await flow.run()
+    assert first == LLMConfig(model=Model(name="m1"), stop=["\\n"])
+    config_file.write_text("{}")
+    assert await flow.run() is first
+
+    class Missing(Workflow):
+        @step
+        async def go(
+            self,
+            ev: StartEvent,
+            config: Annotated[LLMConfig, ResourceConfig(str(config_file), "services.llm")],
+        ) -> StopEvent:
+            return StopEvent(result=config)
+
+    with pytest.raises(ValueError, match="no JSON object at 'services'"):
+        await Missing().run()
+    with pytest.raises(ValueError, match=r"\.json"):
+        ResourceConfig("app.yaml")
 
 
 # -- durable runs --

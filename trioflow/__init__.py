@@ -38,7 +38,7 @@ from ._events import (
     WorkflowTimedOutEvent,
 )
 from ._handler import RunStatistics, WorkflowHandler
-from ._resource import Resource
+from ._resource import Resource, ResourceConfig
 from ._step import RetryPolicy, step
 from ._workflow import Workflow
 
@@ -76,6 +76,7 @@ __all__ = [
     "NumberedEvent",
     "ReplayError",
     "Resource",
+    "ResourceConfig",
     "RetryPolicy",
     "RunEndedError",
     "RunGroup",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
+import os
 from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
+import cattrs
+import trio
 
 #: How widely a cached resource is shared: by the steps of one run, or by every run of one
 #: workflow instance.
@@ -83,3 +88,68 @@ class Resource:
     def lifetime(self) -> Literal["call", "run", "workflow"]:
         """How long a value lives: one call of a step, one run, or the workflow instance."""
         return "call" if not self.cache else self.scope
+
+
+def _check_json(_: object, __: attrs.Attribute[Any], config_file: object) -> None:
+    if not isinstance(config_file, str | os.PathLike) or not os.fspath(config_file).endswith(
+        ".json"
+    ):
+        raise ValueError(f"ResourceConfig reads a .json file, got {config_file!r}")
+
+
+@attrs.frozen
+class ResourceConfig:
+    """The marker of a resource read from a JSON file into the parameter's annotated type
+    (``Annotated[MyConfig, ResourceConfig("app.json", "llm")]``), as LlamaIndex's is.
+
+    The type is an attrs class or a dataclass (structured by cattrs, so nested classes,
+    lists and dicts of them work too), or a pydantic model (``model_validate``). The file is
+    read on first use, and the value is shared like ``Resource(..., scope="workflow")``.
+
+    Args:
+        config_file: the JSON file (read when first used, relative to the working directory).
+        path_selector: dotted keys leading to the object to read (``"llm.openai"``); None:
+            the whole file.
+        label: a short name for displays.
+        description: what the configuration is for.
+    """
+
+    config_file: str = attrs.field(validator=_check_json)
+    path_selector: str | None = None
+    label: str | None = None
+    description: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file, and the path in it, which name the resource in messages."""
+        selected = "" if self.path_selector is None else f".{self.path_selector}"
+        return f"{self.config_file}{selected}"
+
+    def resource(self, cls: Any) -> Resource:
+        """The `Resource` that makes a ``cls`` of this configuration (one per pair, so that
+        every parameter naming it shares one value)."""
+        return _config_resource(self, cls)
+
+
+@functools.cache
+def _config_resource(config: ResourceConfig, cls: Any) -> Resource:
+    factory = functools.partial(_read_config, config, cls)
+    factory.__qualname__ = config.name  # type: ignore[attr-defined]  # (names it in messages)
+    return Resource(factory, scope="workflow")
+
+
+async def _read_config(config: ResourceConfig, cls: Any) -> Any:
+    data = json.loads(await trio.Path(config.config_file).read_text())
+    walked = ""
+    for key in () if config.path_selector is None else config.path_selector.split("."):
+        walked = f"{walked}.{key}" if walked else key
+        data = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{config.config_file} has no JSON object at {walked!r} (ResourceConfig's "
+                f"path_selector {config.path_selector!r})"
+            )
+    validate = getattr(cls, "model_validate", None)  # a pydantic model
+    if validate is not None:
+        return validate(data)
+    return cattrs.structure(data, cls)

@@ -29,6 +29,6 @@ How long a value lives (and so how widely it is shared):
   end exits it. The names are LlamaIndex's (``workflows.resource``).
 """
 
-from ._resource import Resource, Scope
+from ._resource import Resource, ResourceConfig, Scope
 
-__all__ = ["Resource", "Scope"]
+__all__ = ["Resource", "ResourceConfig", "Scope"]

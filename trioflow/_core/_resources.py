@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from .._errors import WorkflowRuntimeError
-from .._resource import Resource
+from .._resource import Resource, ResourceConfig
 from ._log import add_note, describe, log
 
 TEARDOWN_TIMEOUT = 10.0
@@ -67,12 +67,14 @@ def resource_marker(hint: Any) -> Resource | str | None:
     message saying what is wrong with it."""
     if typing.get_origin(hint) is not typing.Annotated:
         return None
-    markers = [m for m in typing.get_args(hint)[1:] if isinstance(m, Resource)]
+    annotated, *metadata = typing.get_args(hint)
+    markers = [m for m in metadata if isinstance(m, Resource | ResourceConfig)]
     if not markers:
         return None
     if len(markers) > 1:
         return "has more than one Resource marker"
-    return markers[0]
+    marker = markers[0]
+    return marker.resource(annotated) if isinstance(marker, ResourceConfig) else marker
 
 
 def resource_parameters(
