@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
-import cattrs
 import trio
 
 #: How widely a cached resource is shared: by the steps of one run, or by every run of one
@@ -152,4 +151,6 @@ async def _read_config(config: ResourceConfig, cls: Any) -> Any:
     validate = getattr(cls, "model_validate", None)  # a pydantic model
     if validate is not None:
         return validate(data)
+    import cattrs  # (here: `import trioflow` stays light)
+
     return cattrs.structure(data, cls)
