@@ -517,6 +517,29 @@ async def test_resources_are_exited_when_the_callers_scope_is_cancelled(
     assert _exits(log)[-3:] == ["second unwound", "exit inner", "exit outer"]
 
 
+async def test_a_value_still_being_made_when_the_run_ends_is_abandoned_and_its_parts_exited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The run times out while a run-scoped factory waits (after its own resource was entered):
+    the making is cancelled, what it had entered is exited, and the run ends as timed out."""
+    log = Log()
+    part = managed(log, "part")
+
+    async def hanging(p: Annotated[Client, Resource(part, cache=False)]) -> str:
+        log("making")
+        await trio.sleep_forever()
+        raise AssertionError
+
+    class Flow(Workflow):
+        @step
+        async def go(self, ev: StartEvent, r: Annotated[str, Resource(hanging)]) -> StopEvent:
+            raise AssertionError("never given its resource")
+
+    with pytest.raises(WorkflowTimeoutError):
+        await Flow(timeout=5).run()
+    assert _exits(log) == ["enter part", "making", "exit part"]
+
+
 async def test_a_hanging_teardown_is_cut_off_at_its_bound_and_logged(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

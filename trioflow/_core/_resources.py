@@ -350,8 +350,10 @@ class Owner:
         shared.ready.set()
 
     def _failed(self, key: object, shared: _Shared, exc: BaseException) -> None:
-        # Forgotten, so that the next use (a retry of the step) calls the factory again.
-        del self._shared[key]
+        # Forgotten, so that the next use (a retry of the step) calls the factory again. (The
+        # owner may have forgotten it already, closing while this was being abandoned.)
+        if self._shared.get(key) is shared:
+            del self._shared[key]
         shared.error = exc if isinstance(exc, Exception) else None
         shared.ready.set()
 
