@@ -39,6 +39,7 @@ from ._events import (
     WorkflowTimedOutEvent,
 )
 from ._handler import RunStatistics, WorkflowHandler
+from ._resource import Resource, ResourceConfig
 from ._step import RetryPolicy, step
 from ._workflow import Workflow
 
@@ -76,6 +77,8 @@ __all__ = [
     "NotJournalable",
     "NumberedEvent",
     "ReplayError",
+    "Resource",
+    "ResourceConfig",
     "RetryPolicy",
     "RunEndedError",
     "RunGroup",

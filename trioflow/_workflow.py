@@ -21,6 +21,7 @@ from ._core._graph import (
     graph_of,
 )
 from ._core._log import add_note, describe
+from ._core._resources import ResourceBlock
 from ._core._run import Run
 from ._core._state import is_cancellation
 from ._core._stream import EventStream
@@ -158,6 +159,22 @@ class Workflow(Generic[R]):
             )
         setattr(cls, ADDED_STEPS, {**added_steps(cls), name: declaration_of(func)})
         forget_graph(cls)
+
+    def open_resources(self) -> AbstractAsyncContextManager[None, None]:
+        """Own this workflow's workflow-scoped resources (``Resource(f, scope="workflow")``)
+        for the length of an ``async with`` block around its runs.
+
+        Values made while the block is open are shared by the runs of this instance, and any
+        that was entered as a context manager is exited when the block ends, the last made
+        first, after which they are forgotten. Without an open block a workflow-scoped value
+        is kept as long as the instance, and one that would need exiting cannot be made.
+
+        Raises:
+            WorkflowRuntimeError: they are open already.
+            Exception: on leaving, what a resource raised as it was exited (the first, with
+                notes naming the others), unless the block raised.
+        """
+        return ResourceBlock(self)
 
     @property
     def graph(self) -> WorkflowGraph:

@@ -37,6 +37,7 @@ from ..collect import Cardinality, Collect
 from ._checks import Finding, findings
 from ._context import Context
 from ._levels import bindings
+from ._resources import ResourceParameter, resource_parameters
 from ._state_store import DICT_STATE, DictState, StateClass, state_class, state_problem
 from ._sync import SyncContext
 
@@ -73,6 +74,9 @@ class StepSpec:
     bare_returns: EventTypes = ()
     #: The state type its ``ctx: Context[MyState]`` names (None: plain ``Context``, or none).
     state_type: type | None = None
+    #: Its ``Annotated[T, Resource(...)]`` parameters, made for each call (`_resources`).
+    #: The other attributes describe its parameters as if these were not there.
+    resources: tuple[ResourceParameter, ...] = ()
 
     @property
     def is_error_handler(self) -> bool:
@@ -118,6 +122,9 @@ class WorkflowGraph:
         """The findings of the checks not in ``skipped``, as problems."""
         return _as_problems(self.findings, skipped)
 
+    #: Some step takes resources: runs have an owner of run-scoped ones (`_resources`).
+    resourced: bool = attrs.field(init=False)
+
     def __attrs_post_init__(self) -> None:
         self._index = {spec.name: i for i, spec in enumerate(self.steps)}
         handlers = [i for i, spec in enumerate(self.steps) if spec.is_error_handler]
@@ -133,6 +140,7 @@ class WorkflowGraph:
         self._routes = {t: self._route(t) for t in self.event_types()}
         self.bindings = bindings(self.steps)
         self.scoped = any(spec.fans_out or spec.collect or spec.slots for spec in self.steps)
+        self.resourced = any(spec.resources for spec in self.steps)
         self.plain_events = frozenset(
             t
             for spec in self.steps
@@ -314,6 +322,14 @@ def _resolve(
         shape = "([ctx,] ev)" if free else "(self, [ctx,] ev)"
         problems.append(f"{label} may only take plain positional parameters: {shape}")
         return None
+    resources = resource_parameters(
+        label, parameters, hints, declaration.local_names, problems, _taken_as
+    )
+    if resources is None:
+        return None
+    if resources:  # the rest are sorted as if these were not there
+        taken_positions = {r.position for r in resources}
+        parameters = [p for i, p in enumerate(parameters) if i not in taken_positions]
     taken = _parameters(label, parameters, hints, problems)
     if taken is None:
         return None
@@ -347,6 +363,7 @@ def _resolve(
         fans_out=fans_out,
         bare_returns=bare,
         state_type=state_type,
+        resources=resources,
     )
 
 
@@ -433,6 +450,17 @@ def _is_context(hint: Any) -> bool:
     hint = _unannotated(hint)
     origin = typing.get_origin(hint) or hint
     return isinstance(origin, type) and issubclass(origin, Context | SyncContext)
+
+
+def _taken_as(hint: Any) -> str | None:
+    """What else than a resource a parameter annotated ``hint`` would be, if anything."""
+    if _is_context(hint):
+        return "the context"
+    if isinstance(_collection(hint), tuple):
+        return "a list of events"
+    if isinstance(_event_types(hint, allow_none=False), tuple):
+        return "an event"
+    return None
 
 
 def _unannotated(hint: Any) -> Any:

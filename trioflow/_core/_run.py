@@ -27,6 +27,7 @@ from ._context import Context
 from ._fanout import ScopedRouter, work_scoped
 from ._graph import WorkflowGraph
 from ._log import add_note, describe, failed_in, log
+from ._resources import Owner
 from ._router import Router
 from ._state import RunState, RunStatus
 from ._stream import EventStream
@@ -85,6 +86,8 @@ class Run:
     observation: Observation = attrs.field(factory=lambda: Observation(current_tracer()))
     #: One per step worker, in the order they started.
     workers: list[WorkerState] = attrs.field(factory=list)
+    #: The owner of its run-scoped resources, while it runs (only when a step takes some).
+    resources: Owner | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.state = RunState(self.timeout)
@@ -142,50 +145,84 @@ class Run:
             self.workflow_name,
             extra=self._fields(),
         )
-        state = self.state
         #: The workflow's runs at once (``num_concurrent_runs``), of which this run holds one.
         slots: trio.CapacityLimiter | None = getattr(self.workflow, "_run_slots", None)
         try:
-            with state.scope:
-                if slots is not None:
-                    # Under way (its handler is handed out), it waits for a slot before its
-                    # steps, its timer and its start event, as LlamaIndex's runs do.
-                    task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
-                    await slots.acquire_on_behalf_of(self)
-                self._watch_for_blocking()
-                durable = self.durable
-                worker = (
-                    durable.worker()
-                    if durable is not None
-                    else _work_scoped
-                    if self.graph.scoped
-                    else work
-                )
-                async with trio.open_nursery() as nursery:
-                    for index, spec in enumerate(self.graph.steps):
-                        for _ in range(spec.config.num_workers):
-                            nursery.start_soon(
-                                worker, self, index, name=f"trioflow step {spec.name}"
-                            )
-                    if self.timeout is not None:
-                        deadline = trio.current_time() + self.timeout - self.time_used
-                        nursery.start_soon(self._expire, deadline)
-                    if durable is None:
-                        self.router.send(self.start_event)
-                    else:
-                        durable.begin(self)
-                    task_status.started()
-                    try:
-                        await trio.sleep_forever()
-                    finally:
-                        # Only a cancellation gets here: the run's own scope (decided), or the
-                        # caller's, which is decided now, before any step has unwound.
-                        state.stop()
+            if self.graph.resourced:
+                await self._with_resources(slots, task_status)
+            else:
+                await self._in_scope(slots, task_status)
         finally:
             if slots is not None and self in slots.statistics().borrowers:
                 slots.release_on_behalf_of(self)
             self._conclude(trio.current_time() - started)
+
+    async def _with_resources(
+        self, slots: trio.CapacityLimiter | None, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """`_in_scope` with an owner of the run's resources around it, whose keepers live
+        outside the run's scope: what is cancelled when the run ends is its steps, and the
+        resources are exited only once those have unwound (`trioflow._core._resources`)."""
+        async with trio.open_nursery() as keepers:
+            owner = self.resources = Owner(keepers, f"run {self.run_id} of {self.workflow_name}")
+            try:
+                await self._in_scope(slots, task_status)
+            finally:
+                with trio.CancelScope(shield=True):  # (each exit is bounded)
+                    await owner.aclose()
+                self._report_teardown(owner)
+
+    def _report_teardown(self, owner: Owner) -> None:
+        """Resources that failed as they were exited: logged, and noted on the run's failure.
+        The run's outcome was decided when it ended, and stays: see the README."""
+        owner.report()
+        failure = self.state.failure
+        if failure is not None:
+            for name, exc in owner.errors:
+                add_note(
+                    failure,
+                    f"trioflow: resource {name} also failed as it was exited: {describe(exc)}",
+                )
+
+    async def _in_scope(
+        self, slots: trio.CapacityLimiter | None, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """The run's scope: its steps' workers and its timer, until it is decided."""
+        state = self.state
+        with state.scope:
+            if slots is not None:
+                # Under way (its handler is handed out), it waits for a slot before its
+                # steps, its timer and its start event, as LlamaIndex's runs do.
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await slots.acquire_on_behalf_of(self)
+            self._watch_for_blocking()
+            durable = self.durable
+            worker = (
+                durable.worker()
+                if durable is not None
+                else _work_scoped
+                if self.graph.scoped
+                else work
+            )
+            async with trio.open_nursery() as nursery:
+                for index, spec in enumerate(self.graph.steps):
+                    for _ in range(spec.config.num_workers):
+                        nursery.start_soon(worker, self, index, name=f"trioflow step {spec.name}")
+                if self.timeout is not None:
+                    deadline = trio.current_time() + self.timeout - self.time_used
+                    nursery.start_soon(self._expire, deadline)
+                if durable is None:
+                    self.router.send(self.start_event)
+                else:
+                    durable.begin(self)
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Only a cancellation gets here: the run's own scope (decided), or the
+                    # caller's, which is decided now, before any step has unwound.
+                    state.stop()
 
     async def _expire(self, deadline: float) -> None:
         """The workflow's timeout, decided the moment it passes."""

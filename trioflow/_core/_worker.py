@@ -36,6 +36,7 @@ from .._retry import RetryInfo, current_retry, max_attempts, next_delay
 from ._context import Context, current_context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._log import add_note, describe, log
+from ._resources import Owner, Owners, call_values, exit_call, with_values, workflow_owner
 from ._router import Router
 from ._state import RunState, is_cancellation
 from ._stream import EventStream
@@ -95,6 +96,8 @@ class Crew(Protocol):
     context: Context
     observation: Observation
     workers: list[WorkerState]
+    #: The owner of its run-scoped resources (None when no step takes any).
+    resources: Owner | None
 
     @property
     def workflow_name(self) -> str: ...
@@ -322,6 +325,28 @@ def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
     method = spec.function or getattr(crew.workflow, spec.name)
     ctx: Context | SyncContext = crew.context if spec.is_async else SyncContext(crew.context)
     current_context.set(ctx)  # (in the worker's task: its step's code sees it)
+    # Threads of one step of one run, sized by its workers: a `def` step waiting in a `ctx`
+    # call keeps its thread, and no run can take thread slots from another.
+    limiter = None if spec.is_async else trio.CapacityLimiter(spec.config.num_workers)
+    call: StepCall
+    if spec.resources:  # (made per call: the rest of the arguments are placed per call too)
+        owners = Owners(crew.resources, workflow_owner(crew.workflow))
+        call = functools.partial(_with_resources, spec, method, ctx, limiter, owners)
+    else:
+        call = _placed(spec, method, ctx, limiter)
+    if spec.config.timeout is not None:
+        call = functools.partial(_with_timeout, spec.config.timeout, call)
+    return call
+
+
+def _placed(
+    spec: StepSpec,
+    method: Callable[..., Any],
+    ctx: Context | SyncContext,
+    limiter: trio.CapacityLimiter | None,
+) -> StepCall:
+    """``method`` as a one-argument coroutine function: the event (or what a join or a
+    collecting step gets) and ``ctx`` in their places, in a thread with a ``limiter``."""
     if spec.slots:  # a join: the events it was given go in its parameters' places
         method = functools.partial(_joined, method, ctx, spec.context_index)
     elif spec.context_position == "first":
@@ -330,17 +355,31 @@ def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
         method = functools.partial(_context_last, method, ctx)
     if spec.collect is not None:  # a collecting step takes a list
         method = functools.partial(_listed, method)
-    call: StepCall
-    if spec.is_async:
-        call = method
-    else:
-        # Threads of one step of one run, sized by its workers: a `def` step waiting in a `ctx`
-        # call keeps its thread, and no run can take thread slots from another.
-        limiter = trio.CapacityLimiter(spec.config.num_workers)
-        call = functools.partial(_in_thread, method, limiter)
-    if spec.config.timeout is not None:
-        call = functools.partial(_with_timeout, spec.config.timeout, call)
-    return call
+    if limiter is None:
+        return method
+    return functools.partial(_in_thread, method, limiter)
+
+
+async def _with_resources(
+    spec: StepSpec,
+    method: Callable[..., Any],
+    ctx: Context | SyncContext,
+    limiter: trio.CapacityLimiter | None,
+    owners: Owners,
+    event: Event,
+) -> Any:
+    """One call of a step that takes resources: they are made (here, in trio, even for a
+    ``def`` step), put in their places, and those living for the call exited after it."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        values = await call_values(spec.resources, owners, stack)
+        positions = tuple(r.position for r in spec.resources)
+        result = await _placed(spec, with_values(method, positions, values), ctx, limiter)(event)
+    except BaseException as exc:
+        await exit_call(stack, exc)
+        raise
+    await exit_call(stack, None)
+    return result
 
 
 def _context_last(method: Callable[..., Any], ctx: object, event: Event) -> Any:
