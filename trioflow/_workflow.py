@@ -26,7 +26,7 @@ from ._core._run import Run
 from ._core._state import is_cancellation
 from ._core._stream import EventStream
 from ._errors import WorkflowValidationError, require_trio
-from ._events import StartEvent
+from ._events import Event, StartEvent, StopEvent
 from ._handler import R, WorkflowHandler
 from ._step import GRAPH_CHECKS, checks_named, declaration_of
 
@@ -215,6 +215,37 @@ class Workflow(Generic[R]):
         raised it; a cancellation the caller asked for raises nothing. ``ctx``: as for `run`.
         """
         return self._start(self._start_event(start_event, fields), held=_held(ctx))
+
+    async def _run_child(
+        self,
+        parent: Context[Any],
+        start_event: StartEvent | None,
+        forward: bool | tuple[type[Event], ...],
+        ctx: Context[Any] | None,
+        fields: dict[str, Any],
+    ) -> R:
+        """`Context.run_workflow`: a run of this workflow inside a step of ``parent``'s run."""
+        event = self._start_event(start_event, fields)
+        parent_router = parent._router
+        async with self._start(event, streamed=forward is not False, held=_held(ctx)) as handler:
+            child = handler._run
+            parent_router.children.append(child.router)
+            try:
+                if forward is not False:
+                    wanted = Event if forward is True else forward
+                    async for streamed in handler.stream_events():
+                        if isinstance(streamed, wanted) and not isinstance(streamed, StopEvent):
+                            await parent.write_event_to_stream(streamed)
+                try:
+                    return await handler.result()
+                except BaseException as exc:
+                    if not is_cancellation(exc):
+                        add_note(
+                            exc, f"trioflow: in child run {child.run_id} of {child.workflow_name}"
+                        )
+                    raise
+            finally:
+                parent_router.children.remove(child.router)
 
     def _start_event(self, start_event: StartEvent | None, fields: dict[str, Any]) -> StartEvent:
         expected = self.graph.start_event_type

@@ -10,7 +10,7 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from .._errors import WorkflowRuntimeError
-from .._events import Event, StopEvent
+from .._events import Event, StartEvent, StopEvent
 from .._retry import RetryInfo, current_retry
 from ._collect import Collector
 from ._router import Router
@@ -236,6 +236,49 @@ class Context(Generic[StateT]):
         if not isinstance(event, Event):
             raise TypeError(f"send_event() takes an Event, got {event!r}")
         self._router.send(event, step)
+
+    async def run_workflow(
+        self,
+        workflow: Any,
+        start_event: StartEvent | None = None,
+        /,
+        *,
+        forward: bool | tuple[type[Event], ...] = False,
+        ctx: Context[Any] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Run ``workflow`` as a child of this run, inside the calling step, and return its
+        result (as `Workflow.run` does).
+
+        The child run lives in the step's scope: cancelling this run (or its timeout, or the
+        step's) cancels it, and its failure is raised here, the step's failure (retried as the
+        step is). Events sent to this run that nothing in it takes go to the child (the
+        answers to the questions it asks).
+
+        Args:
+            workflow: the child workflow (any `Workflow`, this one's too).
+            start_event: its start event, or pass the start event's fields as keywords.
+            forward: put the child's stream events on this run's stream as they come: True
+                for all of them, or a tuple of event types for those; its terminal event
+                never (its outcome is what this returns or raises).
+            ctx: a context for the child run (``Context(workflow)``), as ``run(ctx=...)``.
+
+        Raises:
+            Exception: the child's failure, with a note naming it.
+            WorkflowRuntimeError: this context belongs to no run under way.
+        """
+        if self._router is _NOT_IN_A_RUN:
+            raise WorkflowRuntimeError(
+                "run_workflow() runs a child of a run: call it from one of the run's steps"
+            )
+        if forward is not True and forward is not False:
+            forward = tuple(forward)
+            if not all(isinstance(t, type) and issubclass(t, Event) for t in forward):
+                raise TypeError(f"forward= takes True, False or event types, got {forward!r}")
+        run_child = getattr(workflow, "_run_child", None)
+        if run_child is None:
+            raise TypeError(f"run_workflow() runs a Workflow, got {workflow!r}")
+        return await run_child(self, start_event, forward, ctx, fields)
 
     async def wait_for_event(
         self,

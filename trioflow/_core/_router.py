@@ -103,6 +103,9 @@ class Router:
         self.waiters: list[Waiter] = []
         #: Events handed to waiters (the inboxes count the rest).
         self.delivered_to_waiters = 0
+        #: The routers of the child runs steps of this run are running (`Context.run_workflow`),
+        #: offered what nothing here takes: the answers to their questions.
+        self.children: list[Router] = []
         #: For each event class a step may return that is simply routed (see
         #: `WorkflowGraph.plain_events`): the `put` of every inbox it goes to.
         self._direct: dict[type, tuple[Callable[[Event], None], ...]] = {
@@ -152,11 +155,24 @@ class Router:
             if isinstance(event, InputRequiredEvent):
                 self._stream_for_caller(event)
                 return
+            if self.children and any(child.offer(event) for child in self.children):
+                return
             raise WorkflowRuntimeError(
                 f"no step of {graph.workflow_name} accepts {type(event).__name__} and no "
                 "step waits for it, so it would be lost (add it to a step's event annotation)"
             )
         self._put(event, routes)
+
+    def offer(self, event: Event) -> bool:
+        """Route ``event`` (sent to a parent run) if something in this run takes it: a
+        waiter, a step, or a child run of its own. Returns whether it was taken."""
+        if self._state.outcome is not None:
+            return False
+        try:
+            self._route(event, None)
+        except WorkflowRuntimeError:  # nothing here takes it (raised before any change)
+            return False
+        return True
 
     def _put(self, event: Event, steps: Sequence[int]) -> None:
         """Queue ``event`` for each of ``steps`` (a durable run's router journals it too)."""

@@ -8,13 +8,14 @@ while the buffer is full, and once the run is cancelled every call raises `trio.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 import trio
 
-from .._events import Event
+from .._events import Event, StartEvent
 from .._retry import RetryInfo
 from ._context import Context
 from ._state_store import StateT
@@ -115,6 +116,28 @@ class SyncContext(Generic[StateT]):
         """Buffer and collect events as `Context.collect_events` does."""
         trio.from_thread.check_cancelled()
         return trio.from_thread.run_sync(self._context.collect_events, event, expected)
+
+    def run_workflow(
+        self,
+        workflow: Any,
+        start_event: StartEvent | None = None,
+        /,
+        *,
+        forward: bool | tuple[type[Event], ...] = False,
+        ctx: Context[Any] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """`Context.run_workflow`, blocking this thread until the child run ends."""
+        return trio.from_thread.run(
+            functools.partial(
+                self._context.run_workflow,
+                workflow,
+                start_event,
+                forward=forward,
+                ctx=ctx,
+                **fields,
+            )
+        )
 
     def wait_for_event(
         self,
