@@ -77,7 +77,9 @@ async def test_a_child_runs_inside_a_step_and_returns_its_result() -> None:
         ((Progress,), ["Progress"] * 3),
     ],
 )
-async def test_forwarded_events_reach_the_parent_stream(forward: object, expected: list[str]) -> None:
+async def test_forwarded_events_reach_the_parent_stream(
+    forward: object, expected: list[str]
+) -> None:
     async with Parent(forward=forward).start() as handler:
         seen = [type(ev).__name__ async for ev in handler.stream_events()]
         assert await handler.result() == 2
