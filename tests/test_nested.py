@@ -54,7 +54,7 @@ class Child(Workflow):
 
 
 class Parent(Workflow):
-    def __init__(self, forward: object = False, **options: object) -> None:
+    def __init__(self, forward: bool | tuple[type[Event], ...] = False, **options: object) -> None:
         super().__init__(**options)  # type: ignore[arg-type]
         self.forward = forward
 
@@ -80,7 +80,7 @@ async def test_a_child_runs_inside_a_step_and_returns_its_result() -> None:
     ],
 )
 async def test_forwarded_events_reach_the_parent_stream(
-    forward: object, expected: list[str]
+    forward: bool | tuple[type[Event], ...], expected: list[str]
 ) -> None:
     async with Parent(forward=forward).start() as handler:
         seen = [type(ev).__name__ async for ev in handler.stream_events()]

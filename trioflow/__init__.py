@@ -36,6 +36,7 @@ from ._events import (
     StopEvent,
     WorkflowCancelledEvent,
     WorkflowFailedEvent,
+    WorkflowIdleEvent,
     WorkflowTimedOutEvent,
 )
 from ._handler import RunStatistics, WorkflowHandler
@@ -105,6 +106,7 @@ __all__ = [
     "WorkflowCancelledEvent",
     "WorkflowFailedEvent",
     "WorkflowHandler",
+    "WorkflowIdleEvent",
     "WorkflowRuntimeError",
     "WorkflowTimedOutEvent",
     "WorkflowTimeoutError",

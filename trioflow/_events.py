@@ -201,6 +201,12 @@ class StepRetryEvent(LifecycleEvent):
     exception: BaseException
 
 
+class WorkflowIdleEvent(LifecycleEvent):
+    """The run waits with nothing to do: no step is running except those waiting for an event
+    (``wait_for_event``), and no event waits for a step. Only an event from outside (an
+    answer) moves it on. Written once per time it becomes idle (LlamaIndex's event)."""
+
+
 #: The terminal events the runtime itself produces; a workflow never returns these.
 RUNTIME_STOP_EVENTS: tuple[type[StopEvent], ...] = (
     WorkflowFailedEvent,
@@ -221,6 +227,7 @@ _resolve_own_annotations(
     StepStartedEvent,
     StepFinishedEvent,
     StepRetryEvent,
+    WorkflowIdleEvent,
     StartEvent,
     StopEvent,
     StepFailedEvent,

@@ -166,6 +166,7 @@ class WorkflowHandler(Generic[R]):
         exclude = (LifecycleEvent,) if observation.lifecycle and not lifecycle else ()
         iterator = run.stream.open(types, exclude)
         observation.stream_lifecycle(lifecycle)
+        run.idle.poke()  # (a run that is idle already says so)
         return iterator
 
     async def send_event(self, event: Event, step: str | None = None) -> None:

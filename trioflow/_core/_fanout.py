@@ -29,10 +29,11 @@ from .._events import CollectedEvents, Event, InputRequiredEvent, StopEvent
 from ._collect import Collector
 from ._context import current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
+from ._idle import WorkerState
 from ._router import Router
 from ._state import RunState
 from ._stream import EventStream
-from ._worker import Crew, WorkerState, _attempt, _final_failure, _retry, _step_call
+from ._worker import Crew, _attempt, _final_failure, _retry, _step_call
 
 
 class Stream:
@@ -225,14 +226,15 @@ async def work_scoped(crew: Crew, index: int, me: WorkerState) -> None:
         scope, event = await get()
         if state.outcome is not None:
             return
+        me.taken += 1
         if spec.slots:
             joined = router.joins.collect(spec.name, event, spec.slots)
             if joined is None:  # kept for the join until it has one event of each
                 router.done(scope)
                 continue
             event = CollectedEvents(events=tuple(joined))
-        me.taken += 1
         me.busy = True
+        crew.idle.working()
         try:
             result = await _attempt(crew, spec, call, event, 1)
         except Exception as exc:
@@ -243,15 +245,20 @@ async def work_scoped(crew: Crew, index: int, me: WorkerState) -> None:
         if failure is not None:
             attempt, result, failure, elapsed = await _retry(crew, spec, call, event, failure)
             if failure is not None:
-                me.busy = False
                 await _final_failure(crew, index, event, failure, attempt, elapsed, scope)
-                router.done(scope)
+                _done(crew, router, me, scope)
                 continue
-        me.busy = False
         try:
             await router.emit_in(scope, spec, index, result)
         except Exception as exc:
             failure = exc
         if failure is not None:
             await _final_failure(crew, index, event, failure, attempt, scope=scope)
-        router.done(scope)
+        _done(crew, router, me, scope)
+
+
+def _done(crew: Crew, router: ScopedRouter, me: WorkerState, scope: Stream | None) -> None:
+    """The end of a step execution of ``scope``, its results routed."""
+    me.busy = False
+    router.done(scope)
+    crew.idle.poke()

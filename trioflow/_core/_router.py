@@ -28,6 +28,7 @@ from trio.lowlevel import Abort, current_task, enable_ki_protection, reschedule
 
 from .._errors import RunEndedError, WorkflowRuntimeError
 from .._events import RUNTIME_STOP_EVENTS, Event, InputRequiredEvent, StopEvent
+from ._idle import IdleWatch, WorkerState
 from ._inbox import Inbox
 from ._log import describe, log
 from ._state import RunState, is_cancellation
@@ -58,7 +59,7 @@ _MISSING = object()
 class Waiter:
     """A step suspended in `Context.wait_for_event`."""
 
-    __slots__ = ("event", "event_type", "key", "parked", "requirements", "task")
+    __slots__ = ("event", "event_type", "key", "parked", "requirements", "task", "worker")
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class Waiter:
         requirements: Mapping[str, Any],
         task: trio.lowlevel.Task | None,
         key: object = None,
+        worker: WorkerState | None = None,
     ) -> None:
         self.event_type = event_type
         self.requirements = requirements
@@ -76,6 +78,8 @@ class Waiter:
         self.event: Event | None = None
         #: Which wait of which step execution this is, in a durable run (None in memory).
         self.key = key
+        #: The worker whose step waits (its ``waiting`` is set while it is parked).
+        self.worker = worker
 
     def matches(self, event: Event) -> bool:
         if not isinstance(event, self.event_type):
@@ -103,6 +107,8 @@ class Router:
         self.waiters: list[Waiter] = []
         #: Events handed to waiters (the inboxes count the rest).
         self.delivered_to_waiters = 0
+        #: The run's idle watch, told when a step parks in `wait_for` and when it is answered.
+        self.idle: IdleWatch | None = None
         #: The routers of the child runs steps of this run are running (`Context.run_workflow`),
         #: offered what nothing here takes: the answers to their questions.
         self.children: list[Router] = []
@@ -245,11 +251,12 @@ class Router:
         timeout: float | None,  # noqa: ASYNC109 (Context.wait_for_event's, passed on)
         write: Callable[[Event], Any],
         key: object = None,
+        worker: WorkerState | None = None,
     ) -> Event:
         """Register a waiter, ``await write(waiter_event)``, then park until an event that
         matches arrives; `trio.TooSlowError` when ``timeout`` seconds pass, writing included.
         A durable run's waiter has a ``key``, and `_registered` is told once it is asked."""
-        waiter = Waiter(event_type, requirements, current_task(), key)
+        waiter = Waiter(event_type, requirements, current_task(), key, worker)
         self.waiters.append(waiter)
         with trio.fail_after(math.inf if timeout is None else timeout):
             try:
@@ -276,13 +283,21 @@ class Router:
     async def _park(self, waiter: Waiter) -> Event:
         waiters = self.waiters
 
+        worker = waiter.worker
+
         def abort(_: object) -> Abort:
             # Cancelled before an event was handed over: from now on it takes none.
             waiter.parked = False
             waiters.remove(waiter)
+            if worker is not None:
+                worker.waiting = False
             return Abort.SUCCEEDED
 
         waiter.parked = True
+        if worker is not None:
+            worker.waiting = True
+            if self.idle is not None:
+                self.idle.poke()
         event: Event = await trio.lowlevel.wait_task_rescheduled(abort)
         return event
 
@@ -291,6 +306,10 @@ class Router:
         self.delivered_to_waiters += 1
         if waiter.parked:
             waiter.parked = False
+            if waiter.worker is not None:
+                waiter.worker.waiting = False
+                if self.idle is not None:
+                    self.idle.working()
             assert waiter.task is not None  # a parked waiter has its task
             reschedule(waiter.task, Value(event))
         else:

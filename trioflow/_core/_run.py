@@ -26,13 +26,14 @@ from ._blocking import watch_step
 from ._context import Context
 from ._fanout import ScopedRouter, work_scoped
 from ._graph import WorkflowGraph
+from ._idle import IdleWatch, WorkerState
 from ._log import add_note, describe, failed_in, log
 from ._resources import Owner
 from ._router import Router
 from ._state import RunState, RunStatus
 from ._stream import EventStream
 from ._tracing import current_tracer, end_run_span, run_span
-from ._worker import Observation, WorkerState, work
+from ._worker import Observation, work
 
 
 class Durability(Protocol):
@@ -86,6 +87,7 @@ class Run:
     observation: Observation = attrs.field(factory=lambda: Observation(current_tracer()))
     #: One per step worker, in the order they started.
     workers: list[WorkerState] = attrs.field(factory=list)
+    idle: IdleWatch = attrs.field(init=False)
     #: The owner of its run-scoped resources, while it runs (only when a step takes some).
     resources: Owner | None = attrs.field(default=None, init=False)
 
@@ -93,6 +95,10 @@ class Run:
         self.state = RunState(self.timeout)
         scoped = self.graph.scoped
         self.router = (ScopedRouter if scoped else Router)(self.graph, self.state, self.stream)
+        self.idle = IdleWatch(
+            self.state, self.stream, self.router.inboxes, self.workers, self.observation
+        )
+        self.router.idle = self.idle
         self.context = Context._of_run(self)
         if self.durable is not None:
             self.durable.attach(self)
@@ -206,6 +212,7 @@ class Run:
                 else work
             )
             async with trio.open_nursery() as nursery:
+                self.idle.nursery = nursery
                 for index, spec in enumerate(self.graph.steps):
                     for _ in range(spec.config.num_workers):
                         nursery.start_soon(worker, self, index, name=f"trioflow step {spec.name}")

@@ -35,6 +35,7 @@ from .._events import (
 from .._retry import RetryInfo, current_retry, max_attempts, next_delay
 from ._context import Context, current_context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
+from ._idle import IdleWatch, WorkerState
 from ._log import add_note, describe, log
 from ._resources import Owner, Owners, call_values, exit_call, with_values, workflow_owner
 from ._router import Router
@@ -45,26 +46,6 @@ from ._tracing import step_span
 
 StepCall = Callable[[Event], Awaitable[Any]]
 WorkLoop = Callable[["Crew", int, "WorkerState"], Awaitable[None]]
-
-
-class WorkerState:
-    """What `WorkflowHandler.statistics` and a timeout's report see of one worker."""
-
-    __slots__ = ("busy", "prefix", "step", "taken")
-
-    def __init__(self, step: str, prefix: str = "") -> None:
-        self.step = step
-        #: Inside a step call right now.
-        self.busy = False
-        #: Events taken so far, and what names this worker in `key`.
-        self.taken = 0
-        self.prefix = prefix
-
-    @property
-    def key(self) -> str:
-        """`Context.task_key` of the step execution under way: the run, the step, the worker
-        and its count of events (retries of one execution keep it)."""
-        return f"{self.prefix}.{self.taken}"
 
 
 class Observation:
@@ -96,6 +77,7 @@ class Crew(Protocol):
     context: Context
     observation: Observation
     workers: list[WorkerState]
+    idle: IdleWatch
     #: The owner of its run-scoped resources (None when no step takes any).
     resources: Owner | None
 
@@ -146,12 +128,12 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
         if state.outcome is not None:
             return  # the run is decided: start nothing new while the scope unwinds
         me.taken += 1
+        if observation.observed:  # lifecycle events or spans were asked for
+            await _observed_execution(crew, index, me, call, event)
+            continue
         me.busy = True
-        try:  # `_attempt`, inlined: one coroutine frame less per hop
-            if observation.observed:  # lifecycle events or spans were asked for
-                result = await _observed(crew, spec, call, event, 1)
-            else:
-                result = await call(event)
+        try:
+            result = await call(event)
         except Exception as exc:
             failure: Exception | None = exc
         else:
@@ -179,6 +161,37 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
             # What the step returned cannot go anywhere: the step's failure, not retried
             # (running the step again would repeat whatever it already did).
             await _final_failure(crew, index, event, failure, attempt)
+
+
+async def _observed_execution(
+    crew: Crew, index: int, me: WorkerState, call: StepCall, event: Event
+) -> None:
+    """`_work`'s step execution while lifecycle events or spans are asked for: the same, with
+    each attempt observed, its results always routed by the router, and the run's idle watch
+    poked once they are (the worker is busy until then)."""
+    spec = crew.graph.steps[index]
+    me.busy = True
+    crew.idle.working()
+    try:
+        try:
+            result = await _observed(crew, spec, call, event, 1)
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            failure = None
+        attempt, elapsed = 1, 0.0
+        if failure is not None:
+            attempt, result, failure, elapsed = await _retry(crew, spec, call, event, failure)
+        if failure is None and result is not None:
+            try:
+                await crew.router.emit(spec.name, result)
+            except Exception as exc:
+                failure, elapsed = exc, 0.0  # what it returned can go nowhere: its failure
+        if failure is not None:
+            await _final_failure(crew, index, event, failure, attempt, elapsed)
+    finally:
+        me.busy = False
+    crew.idle.poke()
 
 
 async def _attempt(crew: Crew, spec: StepSpec, call: StepCall, event: Event, attempt: int) -> Any:

@@ -34,6 +34,7 @@ import trio
 
 from .._core._context import Context, current_execution, current_step
 from .._core._graph import StepSpec
+from .._core._idle import WorkerState
 from .._core._log import add_note, describe, log
 from .._core._router import Router, Waiter
 from .._core._run import Run
@@ -42,7 +43,6 @@ from .._core._state_store import StateClass, Store
 from .._core._stream import EventStream
 from .._core._worker import (
     StepCall,
-    WorkerState,
     _attempt,
     _log_retry,
     _step_call,

@@ -1,0 +1,115 @@
+"""`WorkerState`, what is seen of a step worker, and `IdleWatch`, which tells a run's stream
+when the run waits with nothing to do (`WorkflowIdleEvent`).
+
+A run is idle when its outcome is open, every event routed to a step has been taken by one of
+its workers, and every worker is either waiting for its next event or parked in
+``wait_for_event``: only an event from outside can move it on.
+
+Idleness is a lifecycle event, written only while the stream's consumer asks for lifecycle
+events, so the plain hop pays nothing for it: the workers poke the watch only on the observed
+path (`_worker._observed_execution`, which they take while lifecycle events are asked for),
+and a step poke it as it parks in ``wait_for_event``. A poke only wakes the watch's task,
+started at the first poke, which looks at the run once the poking task has moved on (every
+poke comes after the poker's result is routed, and before it waits again). Counting the events
+each step's inbox received against those its workers took tells apart a worker that is
+waiting from one that was just handed an event and has not run yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from .._events import WorkflowIdleEvent
+from ._state import RunState
+from ._stream import EventStream
+
+
+class WorkerState:
+    """What `WorkflowHandler.statistics` and a timeout's report see of one worker."""
+
+    __slots__ = ("busy", "prefix", "step", "taken", "waiting")
+
+    def __init__(self, step: str, prefix: str = "") -> None:
+        self.step = step
+        #: Inside a step call right now.
+        self.busy = False
+        #: Parked in ``wait_for_event`` (inside a step call) right now.
+        self.waiting = False
+        #: Events taken so far, and what names this worker in `key`.
+        self.taken = 0
+        self.prefix = prefix
+
+    @property
+    def key(self) -> str:
+        """`Context.task_key` of the step execution under way: the run, the step, the worker
+        and its count of events (retries of one execution keep it)."""
+        return f"{self.prefix}.{self.taken}"
+
+
+class _Inbox(Protocol):
+    received: int
+
+
+class _Observation(Protocol):
+    lifecycle: bool
+
+
+class IdleWatch:
+    """The idle detector of one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: RunState,
+        stream: EventStream,
+        inboxes: Sequence[_Inbox],
+        workers: Sequence[WorkerState],
+        observation: _Observation,
+    ) -> None:
+        self._state = state
+        self._stream = stream
+        self._inboxes = inboxes
+        self._workers = workers
+        self._observation = observation
+        #: Where the watch's task runs (the run's nursery), once the run is under way.
+        self.nursery: trio.Nursery | None = None
+        self._wake: trio.Event | None = None
+        #: The run was idle when last looked at, and said so.
+        self._said = False
+
+    def poke(self) -> None:
+        """Something that may make the run idle happened: look again soon."""
+        if not self._observation.lifecycle:
+            return
+        if self._wake is None:
+            if self.nursery is None:
+                return  # the run is not under way yet
+            self._wake = trio.Event()
+            self.nursery.start_soon(self._watch, name="trioflow idle watch")
+        self._wake.set()
+
+    def working(self) -> None:
+        """The run is not idle (a step execution starts, a waiting step is answered): the
+        next time it is, it says so again."""
+        self._said = False
+
+    def is_idle(self) -> bool:
+        if self._state.outcome is not None:
+            return False
+        taken = sum(worker.taken for worker in self._workers)
+        if taken != sum(inbox.received for inbox in self._inboxes):
+            return False  # an event waits for a step, or was handed to a worker not yet run
+        return all(worker.waiting or not worker.busy for worker in self._workers)
+
+    async def _watch(self) -> None:
+        while True:
+            assert self._wake is not None
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if not self.is_idle():
+                self._said = False
+            elif not self._said and self._observation.lifecycle:
+                self._said = True
+                await self._stream.write(WorkflowIdleEvent())
