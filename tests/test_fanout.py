@@ -501,3 +501,61 @@ def test_the_graph_json_says_who_fans_out_collects_and_joins() -> None:
     assert steps["join"]["accepts"] == ["Done"]
     assert steps["pair"]["joins"] == ["Left", "Right"]
     assert steps["work"] == {**steps["work"], "fans_out": [], "collects": None, "joins": []}
+
+
+# -- error handlers in a stream --
+
+
+class Item(Event):
+    i: int
+
+
+class Ok(Event):
+    i: int
+
+
+class Failed(Event):
+    i: int
+
+
+class Tally(Event):
+    n: int
+
+
+class Lost(Event):
+    items: tuple[int, ...]
+
+
+class Sorted(Workflow):
+    @step
+    async def split(self, ev: StartEvent) -> list[Item]:
+        return [Item(i=i) for i in range(4)]
+
+    @step
+    async def work(self, ev: Item) -> Ok:
+        if ev.i % 2:
+            raise ValueError(ev.i)
+        return Ok(i=ev.i)
+
+    @step
+    async def rescue(self, ev: StepFailedEvent) -> Failed:
+        assert isinstance(ev.input_event, Item)
+        return Failed(i=ev.input_event.i)
+
+    @step
+    async def oks(self, oks: list[Ok]) -> Tally:
+        return Tally(n=len(oks))
+
+    @step
+    async def failures(self, failed: list[Failed]) -> Lost:
+        return Lost(items=tuple(sorted(f.i for f in failed)))
+
+    @step
+    async def report(self, tally: Tally, lost: Lost) -> StopEvent:
+        return StopEvent(result=(tally.n, lost.items))
+
+
+async def test_a_collector_of_an_error_handlers_events() -> None:
+    """What an error handler returns in a stream is collected in it: its steps run where the
+    failure was, so the static bindings follow failures to them."""
+    assert await Sorted().run() == (2, (1, 3))

@@ -164,3 +164,23 @@ async def test_a_skipped_check_leaves_the_runtime_as_it_is() -> None:
 
     with pytest.raises(WorkflowRuntimeError, match="no step of Leaky accepts Stray"):
         await Leaky(skip_graph_checks={"terminal_event"}).run()
+
+
+class Plain(Workflow):
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=1)
+
+
+def test_workflow_skip_graph_checks_none() -> None:
+    """None (LlamaIndex's default) skips nothing."""
+    assert Plain(skip_graph_checks=None).graph.steps
+
+
+def test_step_skip_graph_checks_none() -> None:
+    class Flow(Workflow):
+        @step(skip_graph_checks=None)
+        async def only(self, ev: StartEvent) -> StopEvent:
+            return StopEvent(result=1)
+
+    Flow()

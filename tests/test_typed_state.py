@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, assert_type
@@ -793,3 +794,52 @@ async def test_a_def_steps_edit_is_journaled_in_a_durable_run() -> None:
     assert await run_durably(SyncEdit(timeout=None), StartEvent(), store) == 7
     (call,) = [body for kind, body in store.records() if kind == "call"]
     assert (call["task"], call["k"], call["op"], call["value"]["count"]) == ("0.0", 0, "state", 7)
+
+
+@attrs.frozen
+class FrozenProfile:
+    name: str = "x"
+
+
+@attrs.define
+class WithFrozen:
+    profile: FrozenProfile = attrs.field(factory=FrozenProfile)
+
+
+async def test_a_path_into_a_frozen_field() -> None:
+    class Flow(Workflow):
+        @step
+        async def only(self, ctx: Context[WithFrozen], ev: StartEvent) -> StopEvent:
+            with pytest.raises(ValueError, match="cannot set 'name' in a frozen FrozenProfile"):
+                await ctx.store.set("profile.name", "y")
+            return StopEvent(result=await ctx.store.get("profile.name"))
+
+    assert await Flow().run() == "x"
+
+
+async def test_a_timed_out_def_attempt_does_not_keep_its_edit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A plain `def` step's edit whose step was cancelled meanwhile (its timeout) is
+    discarded, as an async step's is, though its thread's block ended well."""
+    release = threading.Event()
+
+    class Flow(Workflow):
+        @step(timeout=1)
+        def count(self, ctx: SyncContext, ev: StartEvent) -> StopEvent:
+            with ctx.store.edit_state() as state:
+                state["n"] = state.get("n", 0) + 1
+                release.wait(10)  # the attempt outlives its timeout inside the block
+            return StopEvent(result=state["n"])
+
+    async def release_after_timeout() -> None:
+        await trio.sleep(1.5)  # (the step's timeout, 1 s, has passed)
+        release.set()
+
+    flow = Flow(timeout=None)
+    held = Context(flow)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release_after_timeout)
+        with pytest.raises(trio.TooSlowError):
+            await flow.run(ctx=held)
+    assert await held.store.get("n") is None  # the cancelled attempt's edit is gone

@@ -116,7 +116,7 @@ def step(
     failures_of: Iterable[str] | None = None,
     retry_policy: Policy | None = None,
     workflow: type | None = None,
-    skip_graph_checks: Iterable[str] = (),
+    skip_graph_checks: Iterable[str] | None = None,
 ) -> Callable[[_F], _F]: ...
 
 
@@ -130,7 +130,7 @@ def step(
     failures_of: Iterable[str] | None = None,
     retry_policy: Policy | None = None,
     workflow: type | None = None,
-    skip_graph_checks: Iterable[str] = (),
+    skip_graph_checks: Iterable[str] | None = None,
 ) -> Any:
     """Mark a workflow method as a step.
 
@@ -195,12 +195,14 @@ STEP_CHECKS = ("reachability", "dead_end")
 GRAPH_CHECKS = ("reachability", "dead_end", "terminal_event")
 
 
-def checks_named(names: Iterable[str], known: tuple[str, ...], who: str) -> frozenset[str]:
-    """``names`` as a set of checks ``who`` may skip.
+def checks_named(names: Iterable[str] | None, known: tuple[str, ...], who: str) -> frozenset[str]:
+    """``names`` (one name, several, or None for none) as a set of checks ``who`` may skip.
 
     Raises:
         ValueError: a name is not one of ``known``.
     """
+    if names is None:  # (LlamaIndex's default)
+        return frozenset()
     if isinstance(names, str):
         names = (names,)
     chosen = frozenset(names)

@@ -90,7 +90,7 @@ class Workflow(Generic[R]):
         blocking_threshold: float | None = DEFAULT_BLOCKING_THRESHOLD,
         num_concurrent_runs: int | None = None,
         workflow_name: str | None = None,
-        skip_graph_checks: Iterable[str] = (),
+        skip_graph_checks: Iterable[str] | None = None,
     ) -> None:
         if timeout is not None and not _positive(timeout):
             raise ValueError(

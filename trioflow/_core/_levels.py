@@ -22,7 +22,18 @@ from .._events import Event
 EventTypes = tuple[type[Event], ...]
 
 
+class _Config(Protocol):
+    @property
+    def failures_of(self) -> tuple[str, ...] | None: ...
+
+
 class _Step(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> _Config: ...
+    @property
+    def is_error_handler(self) -> bool: ...
     @property
     def accepts(self) -> EventTypes: ...
     @property
@@ -62,22 +73,44 @@ def _level(
     """The event types made at the level that ``seeds`` open. ``guard`` holds the fan-outs
     on the way here, so that a fan-out feeding itself ends the walk."""
     seen: set[type[Event]] = set()
+    visited: set[int] = set()
     frontier = list(seeds)
+
+    def visit(i: int) -> None:
+        if i in visited:
+            return
+        visited.add(i)
+        spec = steps[i]
+        if spec.fans_out:
+            frontier.extend(spec.bare_returns)  # a single event: this level
+            if i not in guard:
+                frontier.extend(_given_back(steps, i, guard | {i}))
+        else:
+            frontier.extend(spec.returns)
+        for handler in _handlers_of(steps, spec):  # they run where the failure was
+            visit(handler)
+
     while frontier:
         event_type = frontier.pop()
         if event_type in seen:
             continue
         seen.add(event_type)
         for i, spec in enumerate(steps):
-            if spec.collect is not None or not _related(event_type, spec.accepts):
-                continue
-            if spec.fans_out:
-                frontier.extend(spec.bare_returns)  # a single event: this level
-                if i not in guard:
-                    frontier.extend(_given_back(steps, i, guard | {i}))
-            else:
-                frontier.extend(spec.returns)
+            if spec.collect is None and _related(event_type, spec.accepts):
+                visit(i)
     return seen
+
+
+def _handlers_of(steps: Sequence[_Step], failing: _Step) -> list[int]:
+    """The error handlers that take ``failing``'s final failures (none for a handler's)."""
+    if failing.is_error_handler:
+        return []
+    return [
+        i
+        for i, spec in enumerate(steps)
+        if spec.is_error_handler
+        and (spec.config.failures_of is None or failing.name in spec.config.failures_of)
+    ]
 
 
 def _given_back(steps: Sequence[_Step], fan_out: int, guard: frozenset[int]) -> set[type[Event]]:
@@ -88,4 +121,6 @@ def _given_back(steps: Sequence[_Step], fan_out: int, guard: frozenset[int]) -> 
         given.update(steps[i].bare_returns)
         if steps[i].fans_out and i not in guard:
             given.update(_given_back(steps, i, guard | {i}))
+        for handler in _handlers_of(steps, steps[i]):  # they run where it runs
+            given.update(steps[handler].returns)
     return given

@@ -359,7 +359,13 @@ def replaced(obj: Any, names: list[str], value: Any) -> Any:
     except TypeError:
         raise ValueError(f"cannot set {name!r} in a {type(obj).__qualname__}") from None
     duplicate = copy.copy(obj)
-    found.assign(duplicate, name, new)
+    try:
+        found.assign(duplicate, name, new)
+    except AttributeError:  # attrs' FrozenInstanceError, a frozen dataclass's, pydantic's
+        raise ValueError(
+            f"cannot set {name!r} in a frozen {type(obj).__qualname__}: set the whole of it "
+            "to a new one"
+        ) from None
     return duplicate
 
 

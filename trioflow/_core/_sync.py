@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -73,7 +73,19 @@ class SyncStore(Generic[StateT]):
             # cancelled run does not stop the lock from being released.
             trio.from_thread.run(manager.__aexit__, type(error), error, error.__traceback__)
             raise
-        trio.from_thread.run(manager.__aexit__, None, None, None)
+        trio.from_thread.run(_leave_edit, manager)
+
+
+async def _leave_edit(manager: AbstractAsyncContextManager[Any]) -> None:
+    """Leave an edit whose block ended well, unless the step was cancelled meanwhile (its
+    timeout, the run's end): then the edit is discarded, as an async step's would be at its
+    next checkpoint, and the cancellation goes on into the thread."""
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException as error:
+        await manager.__aexit__(type(error), error, error.__traceback__)
+        raise
+    await manager.__aexit__(None, None, None)
 
 
 class SyncContext(Generic[StateT]):
