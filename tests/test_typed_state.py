@@ -843,3 +843,50 @@ async def test_a_timed_out_def_attempt_does_not_keep_its_edit(
         with pytest.raises(trio.TooSlowError):
             await flow.run(ctx=held)
     assert await held.store.get("n") is None  # the cancelled attempt's edit is gone
+
+
+@attrs.define
+class BaseLine:
+    base: str = "base"
+
+
+@attrs.define
+class ExtendedLine(BaseLine):
+    extra: int = 0
+
+
+class Middle(Event):
+    pass
+
+
+async def test_a_subclassed_workflow_extends_its_bases_state() -> None:
+    """Steps naming a state class and a subclass of it: the run's state is the subclass's
+    (LlamaIndex's rule), and a base class's state given to set_state replaces only its
+    fields."""
+
+    class Base(Workflow):
+        @step
+        async def first(self, ctx: Context[BaseLine], ev: StartEvent) -> Middle:
+            async with ctx.store.edit_state() as state:
+                assert isinstance(state, ExtendedLine)
+            await ctx.store.set_state(BaseLine(base="set by the base step"))
+            return Middle()
+
+    class Extended(Base):
+        @step
+        async def second(self, ctx: Context[ExtendedLine], ev: Middle) -> StopEvent:
+            return StopEvent(result=await ctx.store.get_state())
+
+    assert Extended().graph.state_class.cls is ExtendedLine
+    held = Context(Extended())
+    await held.store.set("extra", 7)
+    result = await Extended().run(ctx=held)
+    assert result == ExtendedLine(base="set by the base step", extra=7)  # extra kept
+
+    class Unrelated(Base):
+        @step
+        async def second(self, ctx: Context[Profile], ev: Middle) -> StopEvent:
+            return StopEvent()
+
+    with pytest.raises(WorkflowValidationError, match="one derives from all the others"):
+        Unrelated()

@@ -546,13 +546,18 @@ def _state_type(label: str, hint: Any, problems: list[str]) -> type | None:
 
 
 def _state_class(steps: list[StepSpec], problems: list[str]) -> StateClass:
-    """The class of the workflow's state: the one its steps name, all the same one."""
+    """The class of the workflow's state: the one its steps name or, where they name classes
+    of one line of subclasses (a subclass of a workflow extending its base's state), the most
+    derived, as LlamaIndex picks."""
     named: dict[type, list[str]] = {}
     for spec in steps:
         if spec.state_type is not None:
             named.setdefault(spec.state_type, []).append(spec.name)
     if not named:
         return DICT_STATE
+    derived = [t for t in named if all(issubclass(t, other) for other in named)]
+    if len(derived) == 1:
+        return state_class(derived[0])
     if len(named) > 1:
         listed = "; ".join(
             f"Context[{_type_name(state)}] in step{'s' * (len(names) > 1)} "
@@ -561,7 +566,8 @@ def _state_class(steps: list[StepSpec], problems: list[str]) -> StateClass:
         )
         problems.append(
             f"its steps name different state types ({listed}): a run has one state, so "
-            "every step that names one must name the same class (or take a plain Context)"
+            "the steps that name one must name the same class, or classes of which one "
+            "derives from all the others (or take a plain Context)"
         )
         return DICT_STATE
     return state_class(next(iter(named)))

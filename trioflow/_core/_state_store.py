@@ -24,7 +24,7 @@ import copy
 import dataclasses
 import functools
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Generic, overload
 
@@ -116,26 +116,33 @@ class StateClass:
             object.__setattr__(duplicate, name, _copy_or_share(getattr(state, name), memo))
         return duplicate
 
-    def accept(self, state: object) -> Any:
-        """What `Store.set_state` installs for ``state``: a copy, so that the caller's object
-        does not change the run's state behind the store's back.
-
-        Raises:
-            TypeError: ``state`` is not of this class (a `DictState` takes any mapping with
-                str keys).
-        """
+    def check_settable(self, state: object) -> None:
+        """Raises TypeError: `Store.set_state` takes no ``state``: it is not of this class,
+        nor of a base class of it (a `DictState` takes any mapping with str keys)."""
         if self.kind == "dict":
-            if isinstance(state, Mapping) and all(type(k) is str for k in state):
-                return self.copy(state)
-            raise TypeError(
-                f"set_state() takes a DictState (or a dict with str keys), got {state!r}"
-            )
-        if type(state) is not self.cls:
+            if not (isinstance(state, Mapping) and all(type(k) is str for k in state)):
+                raise TypeError(
+                    f"set_state() takes a DictState (or a dict with str keys), got {state!r}"
+                )
+        elif type(state) not in self.cls.__mro__ or type(state) is object:
             raise TypeError(
                 f"set_state() takes a {self.cls.__qualname__}, the state type the workflow's "
-                f"steps name, got {type(state).__qualname__}"
+                f"steps name (or one of its base classes), got {type(state).__qualname__}"
             )
-        return self.copy(state)
+
+    def accept(self, state: object, current: Any) -> Any:
+        """What `Store.set_state` installs for ``state`` (checked by `check_settable`), the
+        state being ``current``: a copy, so that the caller's object does not change the
+        run's state behind the store's back; of a base class's state, ``current`` with the
+        fields that one has replaced (as LlamaIndex merges)."""
+        if self.kind == "dict" or type(state) is self.cls:
+            return self.copy(state)
+        part = state_class(type(state))
+        given = part.copy(state)
+        merged = self.copy(current)
+        for name in part.fields():
+            self.assign(merged, name, getattr(given, name))
+        return merged
 
     def check_field(self, name: str) -> None:
         """Raises ValueError: a typed state has no field ``name`` (a `DictState` takes any)."""
@@ -440,28 +447,31 @@ class Store(Generic[StateT]):
         return state
 
     async def set_state(self, state: StateT) -> None:
-        """Replace the state with (a copy of) ``state``.
+        """Replace the state with (a copy of) ``state``; a state of a base class of the state
+        type (a base workflow's steps name) replaces the fields it has, and keeps the others.
 
         Raises:
-            TypeError: ``state`` is not of the state type.
+            TypeError: ``state`` is not of the state type, nor of a base class of it.
             WorkflowRuntimeError: called inside this task's own `edit_state` block.
         """
         await trio.lowlevel.checkpoint()
-        await self._replace(self._class.accept(state), "set_state")
+        self._class.check_settable(state)
+        await self._replace(lambda: self._class.accept(state, self._state), "set_state")
 
     async def clear(self) -> None:
         """Reset the state to a new default one (``MyState()``, or an empty `DictState`)."""
         await trio.lowlevel.checkpoint()
-        await self._replace(self._class.new(), "clear")
+        await self._replace(self._class.new, "clear")
 
-    async def _replace(self, state: Any, what: str) -> None:
+    async def _replace(self, make: Callable[[], Any], what: str) -> None:
+        """Replace the state with what ``make()`` returns, made once other edits are done."""
         lock = self._lock
         if lock is not None and lock.locked():
             self._refuse_nested(what)
             async with lock:
-                self._replace_now(state)
+                self._replace_now(make())
         else:
-            self._replace_now(state)
+            self._replace_now(make())
 
     @asynccontextmanager
     async def edit_state(self) -> AsyncIterator[StateT]:
