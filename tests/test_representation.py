@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import pytest
 
@@ -21,9 +22,11 @@ from trioflow.representation import (
     WorkflowEventNode,
     WorkflowExternalNode,
     WorkflowGraph,
+    WorkflowResourceNode,
     WorkflowStepNode,
     get_workflow_representation,
 )
+from trioflow.resource import Resource
 
 
 class Chunk(Event):
@@ -141,3 +144,43 @@ def test_to_dict_is_llamaindex_shaped_json() -> None:
     assert {"source": "split", "target": "Chunk", "kind": "fans_out", "label": None} in data[
         "edges"
     ]
+
+
+async def make_client() -> str:
+    """The API client."""
+    return "client"
+
+
+def make_settings() -> dict[str, str]:
+    return {}
+
+
+async def make_db(settings: Annotated[dict[str, str], Resource(make_settings)]) -> str:
+    return "db"
+
+
+class Resourced(Workflow):
+    @step
+    async def go(
+        self,
+        ev: StartEvent,
+        client: Annotated[str, Resource(make_client)],
+        db: Annotated[str, Resource(make_db)],
+    ) -> StopEvent:
+        return StopEvent()
+
+
+def test_resources_are_nodes_steps_use() -> None:
+    graph = get_workflow_representation(Resourced)
+    resources = [n for n in graph.nodes if isinstance(n, WorkflowResourceNode)]
+    by_getter = {n.getter_name: n for n in resources}
+    assert set(by_getter) == {"make_client", "make_db", "make_settings"}
+    client = by_getter["make_client"]
+    assert (client.label, client.type_name, client.description) == ("str", "str", "The API client.")
+    assert client.source_file == __file__
+    assert client.source_line is not None
+    used = {(e.source, e.target, e.kind, e.label) for e in graph.edges if e.kind != "accepts"}
+    assert ("go", client.id, "uses", "client") in used
+    assert ("go", by_getter["make_db"].id, "uses", "db") in used
+    assert (by_getter["make_db"].id, by_getter["make_settings"].id, "requires", "settings") in used
+    json.dumps(graph.to_dict())

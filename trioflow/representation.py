@@ -9,6 +9,7 @@ from ._wire._representation import (
     WorkflowGraph,
     WorkflowGraphEdge,
     WorkflowGraphNode,
+    WorkflowResourceNode,
     WorkflowStepNode,
     get_workflow_representation,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "WorkflowGraph",
     "WorkflowGraphEdge",
     "WorkflowGraphNode",
+    "WorkflowResourceNode",
     "WorkflowStepNode",
     "get_workflow_representation",
 ]
@@ -31,6 +33,7 @@ for _public in (
     WorkflowExternalNode,
     WorkflowGraph,
     WorkflowGraphEdge,
+    WorkflowResourceNode,
     WorkflowStepNode,
     get_workflow_representation,
 ):

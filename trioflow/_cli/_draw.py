@@ -1,11 +1,12 @@
 """A workflow's graph as a picture: Mermaid and Graphviz DOT, drawn from its JSON description.
 
-Steps are boxes, event types rounded nodes; an arrow runs from an event type to each step that
-accepts it and from a step to each event type it returns. The start event is drawn as the entry,
-the stop event as the exit. Human-in-the-loop events cross the boundary to the caller, drawn as
-one external node. An error handler is fed by ``StepFailedEvent``, which the runtime emits for
-the steps it handles (dashed arrows). Event types a step's code names beyond its annotations
-(what it streams, the question it asks, the reply it awaits) get dotted arrows.
+Steps are boxes, event types rounded nodes, resources cylinders; an arrow runs from an event
+type to each step that accepts it and from a step to each event type it returns. The start
+event is drawn as the entry, the stop event as the exit. Human-in-the-loop events cross the
+boundary to the caller, drawn as one external node. An error handler is fed by
+``StepFailedEvent``, which the runtime emits for the steps it handles (dashed arrows). Event
+types a step's code names beyond its annotations (what it streams, the question it asks, the
+reply it awaits) and the resources a step uses get dotted arrows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def edges(graph: Graph) -> Iterator[tuple[str, str, str, str, str]]:
     it streams, or the reply it awaits) or "fails"."""
     data = graph["graph"]
     kinds = {node["id"]: node["node_type"] for node in data["nodes"]}
-    styles = {"mentions": "named", "fails": "fails"}
+    styles = {"mentions": "named", "fails": "fails", "uses": "named", "requires": "named"}
 
     def end(node_id: str) -> tuple[str, str]:
         kind = kinds[node_id]
@@ -51,6 +52,8 @@ def to_mermaid(graph: Graph) -> str:
         lines.append(f"    {_mermaid_id('step', step['name'])}[{_label(label)}]")
     if any(kind in ("input_required", "human_response") for kind in kinds.values()):
         lines.append(f"    {_mermaid_id('caller', CALLER)}[/{_label('caller (outside the run)')}/]")
+    for node in _resources(graph):
+        lines.append(f"    {_mermaid_id('resource', node['id'])}[({_label(node['label'])})]")
     arrows = {"": "-->", "named": "-.->", "fails": "-. fails .->"}
     for from_kind, from_name, to_kind, to_name, style in edges(graph):
         source, target = _mermaid_id(from_kind, from_name), _mermaid_id(to_kind, to_name)
@@ -82,12 +85,20 @@ def to_dot(graph: Graph) -> str:
     if kinds & {"input_required", "human_response"}:
         label = _dot_string("caller (outside the run)")
         lines.append(f"    {_dot_node('caller', CALLER)} [label={label}, shape=parallelogram];")
+    for resource in _resources(graph):
+        label, node = _dot_string(resource["label"]), _dot_node("resource", resource["id"])
+        lines.append(f"    {node} [label={label}, shape=cylinder];")
     styles = {"": "", "named": " [style=dotted]", "fails": ' [style=dashed, label="fails"]'}
     for from_kind, from_name, to_kind, to_name, style in edges(graph):
         source, target = _dot_node(from_kind, from_name), _dot_node(to_kind, to_name)
         lines.append(f"    {source} -> {target}{styles[style]};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _resources(graph: Graph) -> list[dict[str, Any]]:
+    """The resource nodes of the graph's representation (the factories steps are given)."""
+    return [n for n in graph["graph"]["nodes"] if n["node_type"] == "resource"]
 
 
 def _mermaid_id(kind: str, name: str) -> str:

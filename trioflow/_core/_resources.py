@@ -60,6 +60,8 @@ class ResourceParameter:
     position: int
     name: str
     node: ResourceNode
+    #: The ``T`` of its ``Annotated[T, Resource(...)]``: what the step says it gets.
+    annotation: Any = None
 
 
 def resource_marker(hint: Any) -> Resource | str | None:
@@ -107,7 +109,10 @@ def resource_parameters(
         node = _node(marker, local_names, f"{where} (resource {marker.name})", problems, ())
         if node is None:
             return None
-        found.append(ResourceParameter(position=position, name=p.name, node=node))
+        annotation = typing.get_args(hints[p.name])[0]
+        found.append(
+            ResourceParameter(position=position, name=p.name, node=node, annotation=annotation)
+        )
     return tuple(found)
 
 

@@ -12,6 +12,7 @@ on it.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -30,13 +31,23 @@ from ._mentions import event_kind, mentioned_event_types
 from ._schema import event_schema
 from ._typeinfo import event_bases, type_name
 
-NodeType = Literal["step", "event", "external"]
+NodeType = Literal["step", "event", "external", "resource"]
 #: What an edge means: an event type a step ``accepts``, one it ``returns`` (``fans_out``: in a
 #: list; ``collects``: an event type a step takes as a list), one its code ``mentions`` beyond
 #: its annotations, the failures a step ``fails`` with to an error handler, a question it
-#: ``asks`` the caller and an answer the caller ``answers`` with.
+#: ``asks`` the caller and an answer the caller ``answers`` with; a resource a step ``uses``
+#: (labelled with its parameter's name), or a resource's factory ``requires``.
 EdgeKind = Literal[
-    "accepts", "returns", "fans_out", "collects", "mentions", "fails", "asks", "answers"
+    "accepts",
+    "returns",
+    "fans_out",
+    "collects",
+    "mentions",
+    "fails",
+    "asks",
+    "answers",
+    "uses",
+    "requires",
 ]
 
 #: The id of the node that stands for the caller (LlamaIndex's).
@@ -79,7 +90,24 @@ class WorkflowExternalNode:
     node_type: Literal["external"] = "external"
 
 
-WorkflowGraphNode = WorkflowStepNode | WorkflowEventNode | WorkflowExternalNode
+@attrs.frozen(kw_only=True)
+class WorkflowResourceNode:
+    """A resource steps are given (`trioflow.resource.Resource`): ``type_name`` is what they
+    say they get, ``getter_name`` the factory, and where it is defined."""
+
+    id: str
+    label: str
+    type_name: str | None = None
+    getter_name: str | None = None
+    source_file: str | None = None
+    source_line: int | None = None
+    description: str | None = None
+    node_type: Literal["resource"] = "resource"
+
+
+WorkflowGraphNode = (
+    WorkflowStepNode | WorkflowEventNode | WorkflowExternalNode | WorkflowResourceNode
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -157,6 +185,7 @@ class _Builder:
         self.produced_by: dict[str, list[str]] = {}
         self.edges: list[WorkflowGraphEdge] = []
         self.asks = False
+        self.resources: dict[str, WorkflowResourceNode] = {}
 
     def build(self) -> WorkflowGraph:
         cls, graph = self.cls, self.graph
@@ -192,6 +221,9 @@ class _Builder:
                     self.edge(name, CALLER, "asks")
             if graph.handlers_for[index] and handlers:
                 self.edge(spec.name, self.event(StepFailedEvent), "fails")
+            for parameter in spec.resources:
+                used = self.resource(parameter.node, parameter.annotation)
+                self.edge(spec.name, used, "uses", label=parameter.name)
         events = [
             attrs.evolve(node, produced_by=tuple(self.produced_by[node.id]))
             for node in self.events.values()
@@ -199,7 +231,7 @@ class _Builder:
         external = [WorkflowExternalNode()] if self.asks else []
         return WorkflowGraph(
             name=cls.__name__,
-            nodes=(*steps, *events, *external),
+            nodes=(*steps, *events, *external, *self.resources.values()),
             edges=tuple(self.edges),
             description=_own_doc(cls),
         )
@@ -218,10 +250,33 @@ class _Builder:
             )
         return name
 
-    def edge(self, source: str, target: str, kind: EdgeKind) -> None:
-        edge = WorkflowGraphEdge(source=source, target=target, kind=kind)
+    def edge(self, source: str, target: str, kind: EdgeKind, label: str | None = None) -> None:
+        edge = WorkflowGraphEdge(source=source, target=target, kind=kind, label=label)
         if edge not in self.edges:
             self.edges.append(edge)
+
+    def resource(self, node: Any, annotation: Any) -> str:
+        """The id of the node of resource ``node`` (a `ResourceNode`), made at its first use,
+        with those its factory requires."""
+        factory = node.resource.factory
+        source_file, source_line = _source_of(factory)
+        name = getattr(factory, "__qualname__", None) or repr(factory)
+        digest = hashlib.sha256(f"{name}:{source_file}".encode()).hexdigest()[:12]
+        node_id = f"resource_{digest}"
+        if node_id not in self.resources:
+            type_label = type_name(annotation) if isinstance(annotation, type) else None
+            self.resources[node_id] = WorkflowResourceNode(
+                id=node_id,
+                label=type_label or name,
+                type_name=type_label,
+                getter_name=name,
+                source_file=source_file,
+                source_line=source_line,
+                description=_own_doc(factory),
+            )
+            for argument, required in node.requires:
+                self.edge(node_id, self.resource(required, None), "requires", label=argument)
+        return node_id
 
 
 def _emitted(
@@ -267,6 +322,14 @@ def _own_doc(obj: object) -> str | None:
     if isinstance(obj, type) and "__doc__" not in vars(obj):
         doc = None
     return inspect.cleandoc(doc) if doc else None
+
+
+def _source_of(obj: Any) -> tuple[str | None, int | None]:
+    """Where ``obj`` (a factory) is defined, as far as `inspect` can tell."""
+    try:
+        return inspect.getsourcefile(obj), inspect.getsourcelines(obj)[1]
+    except (OSError, TypeError):  # a builtin, a class of C, code typed into a prompt
+        return None, None
 
 
 def _node_dict(node: WorkflowGraphNode) -> dict[str, Any]:
