@@ -33,7 +33,7 @@ from ._idle import WorkerState
 from ._router import Router
 from ._state import RunState
 from ._stream import EventStream
-from ._worker import Crew, _attempt, _final_failure, _retry, _step_call
+from ._worker import Crew, _final_failure, _step_call, attempts
 
 
 class Stream:
@@ -235,19 +235,11 @@ async def work_scoped(crew: Crew, index: int, me: WorkerState) -> None:
             event = CollectedEvents(events=tuple(joined))
         me.busy = True
         crew.idle.working()
-        try:
-            result = await _attempt(crew, spec, call, event, 1)
-        except Exception as exc:
-            failure: Exception | None = exc
-        else:
-            failure = None
-        attempt = 1
+        attempt, result, failure, elapsed = await attempts(crew, spec, call, event)
         if failure is not None:
-            attempt, result, failure, elapsed = await _retry(crew, spec, call, event, failure)
-            if failure is not None:
-                await _final_failure(crew, index, event, failure, attempt, elapsed, scope)
-                _done(crew, router, me, scope)
-                continue
+            await _final_failure(crew, index, event, failure, attempt, elapsed, scope)
+            _done(crew, router, me, scope)
+            continue
         try:
             await router.emit_in(scope, spec, index, result)
         except Exception as exc:

@@ -173,15 +173,7 @@ async def _observed_execution(
     me.busy = True
     crew.idle.working()
     try:
-        try:
-            result = await _observed(crew, spec, call, event, 1)
-        except Exception as exc:
-            failure: Exception | None = exc
-        else:
-            failure = None
-        attempt, elapsed = 1, 0.0
-        if failure is not None:
-            attempt, result, failure, elapsed = await _retry(crew, spec, call, event, failure)
+        attempt, result, failure, elapsed = await attempts(crew, spec, call, event)
         if failure is None and result is not None:
             try:
                 await crew.router.emit(spec.name, result)
@@ -192,6 +184,21 @@ async def _observed_execution(
     finally:
         me.busy = False
     crew.idle.poke()
+
+
+async def attempts(
+    crew: Crew, spec: StepSpec, call: StepCall, event: Event
+) -> tuple[int, Any, Exception | None, float]:
+    """A step execution's attempts, the first and then those its retry policy asks for: the
+    last one's number, its result, its failure (None if it succeeded) and the seconds from the
+    first failure to the last (`_retry`)."""
+    try:
+        result = await _attempt(crew, spec, call, event, 1)
+    except Exception as exc:
+        failure = exc
+    else:
+        return 1, result, None, 0.0
+    return await _retry(crew, spec, call, event, failure)  # (outside the `except` block)
 
 
 async def _attempt(crew: Crew, spec: StepSpec, call: StepCall, event: Event, attempt: int) -> Any:
