@@ -16,7 +16,6 @@ from trioflow import (
     Event,
     HumanResponseEvent,
     InputRequiredEvent,
-    NotJournalable,
     StartEvent,
     StepFailedEvent,
     StepStartedEvent,
@@ -469,13 +468,6 @@ async def test_a_plain_def_join_with_its_context_first() -> None:
             return StopEvent(result=(type(ctx).__name__, left.n, right.n))
 
     assert await Joined().run() == ("SyncContext", 2, 1)
-
-
-def test_runs_of_a_fan_out_on_a_store_are_refused() -> None:
-    from trioflow._durable._codec import check_durable
-
-    with pytest.raises(NotJournalable, match="'split', 'join'"):
-        check_durable(Split())
 
 
 def test_the_graph_json_says_who_fans_out_collects_and_joins() -> None:

@@ -98,6 +98,22 @@ class ScopedRouter(Router):
     def _collect(self, event: Event, steps: Sequence[int], scope: Stream | None) -> list[int]:
         """Give ``event`` to the collecting steps among ``steps`` that its stream feeds;
         return the other steps. Raises before changing anything if nothing takes it."""
+        others, takers = self._takers(event, steps, scope)
+        for index in takers:
+            buffer = scope.buffers[index]  # type: ignore[union-attr]
+            if buffer is None:
+                continue  # released at its Take(n): the rest of the stream goes nowhere
+            buffer.append(event)
+            collect = self._specs[index].collect
+            if collect is not None and collect.take is not None and len(buffer) >= collect.take:
+                self._release(scope, index)  # type: ignore[arg-type]
+        return others
+
+    def _takers(
+        self, event: Event, steps: Sequence[int], scope: Stream | None
+    ) -> tuple[list[int], list[int]]:
+        """The steps among ``steps`` that do not collect, and the collecting ones that
+        ``scope`` feeds. Raises if there are neither: ``event`` would be lost."""
         others = [i for i in steps if i not in self._collecting]
         takers = [] if scope is None else [i for i in steps if i in scope.buffers]
         if not others and not takers:
@@ -112,15 +128,7 @@ class ScopedRouter(Router):
                 f"({names}) collect the events of a fan-out, so it would be lost"
             )
         assert scope is not None or not takers
-        for index in takers:
-            buffer = scope.buffers[index]  # type: ignore[union-attr]
-            if buffer is None:
-                continue  # released at its Take(n): the rest of the stream goes nowhere
-            buffer.append(event)
-            collect = self._specs[index].collect
-            if collect is not None and collect.take is not None and len(buffer) >= collect.take:
-                self._release(scope, index)  # type: ignore[arg-type]
-        return others
+        return others, takers
 
     def _release(self, stream: Stream, index: int) -> None:
         """Run collecting step ``index`` on what it got from ``stream``, in the parent

@@ -25,7 +25,7 @@ import attrs
 
 from .._core._values import json_problem
 from .._errors import JournaledError, NotJournalable
-from .._events import Event, HumanResponseEvent, StartEvent, StepFailedEvent
+from .._events import CollectedEvents, Event, HumanResponseEvent, StartEvent, StepFailedEvent
 from .._wire import (
     WireError,
     decode_event,
@@ -42,7 +42,7 @@ class EventCodec:
 
     def __init__(self, event_types: Iterable[type[Event]]) -> None:
         #: The graph's own types: what is read back must be one of them or a subclass.
-        self._roots = (*event_types, HumanResponseEvent, StepFailedEvent)
+        self._roots = (*event_types, HumanResponseEvent, StepFailedEvent, CollectedEvents)
         self._types: dict[str, type[Event]] = {qualified_name(t): t for t in self._roots}
 
     def lookup(self, name: str) -> type[Event]:
@@ -91,6 +91,11 @@ class EventCodec:
                 "elapsed": event.elapsed_seconds,
                 "at": event.failed_at,
             }
+        if type(event) is CollectedEvents:  # what a collecting step or a join ran on
+            return {
+                "q": qualified_name(CollectedEvents),
+                "events": [self.encode(item) for item in event.events],
+            }
         name = self.name(type(event))
         body = {"q": name, "data": encode_event_data(event)}
         try:
@@ -124,6 +129,8 @@ class EventCodec:
                 elapsed_seconds=body.get("elapsed", 0.0),  # (journals of before: none)
                 failed_at=body.get("at", 0.0),
             )
+        if cls is CollectedEvents:
+            return CollectedEvents(events=tuple(self.decode(item) for item in body["events"]))
         if issubclass(cls, StartEvent):
             return decode_start_event(cls, body["data"])
         return decode_event({body["q"]: cls}, {"type": body["q"], "data": body["data"]})
@@ -171,15 +178,23 @@ def _subclasses(cls: type) -> Iterator[type]:
 
 
 def fingerprint(workflow: Any) -> str:
-    """A digest of ``workflow``'s graph: its steps, what each takes and returns, its start and
-    stop events, and the fields (names and types) of the events they name. A journal is
-    replayed only into a graph with the same digest."""
+    """A digest of ``workflow``'s graph: its steps, what each takes and returns (and how:
+    fanning out, collecting, joining), its start and stop events, and the fields (names and
+    types) of the events they name. A journal is replayed only into a graph with the same
+    digest."""
     graph = workflow.graph
     parts = [qualified_name(graph.start_event_type), qualified_name(graph.stop_event_type)]
     for spec in graph.steps:
         accepts = ",".join(qualified_name(t) for t in spec.accepts)
         returns = ",".join(qualified_name(t) for t in spec.returns)
         parts.append(f"{spec.name}({accepts})->{returns}")
+        if spec.fans_out or spec.collect is not None or spec.slots:
+            # (a step that does none of these adds nothing: other graphs keep their digest)
+            fans = ",".join(qualified_name(t) for t in spec.fans_out)
+            take = None if spec.collect is None else spec.collect.take
+            slots = ",".join(qualified_name(t) for t in spec.slots)
+            collects = "-" if spec.collect is None else f"take={take}"
+            parts.append(f"{spec.name} fans[{fans}] collects[{collects}] joins[{slots}]")
     for event_type in graph.event_types():  # and the fields of every event it names
         fields = ",".join(f"{name}:{tp!r}" for name, tp in field_types(event_type).items())
         parts.append(f"{qualified_name(event_type)}{{{fields}}}")
@@ -187,23 +202,6 @@ def fingerprint(workflow: Any) -> str:
     if state.typed:  # (an untyped workflow keeps its digest: its journals resume as before)
         parts.append(f"state {state.name}{{{_state_fields(state.cls, state.fields())}}}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-def check_durable(workflow: Any) -> None:
-    """Refuse a workflow whose runs cannot be journaled yet.
-
-    Raises:
-        NotJournalable: its steps fan out, collect or join (their streams and buffers are
-            not journaled yet), so a run of it on a store could not resume.
-    """
-    graph = workflow.graph
-    if graph.scoped:
-        steps = [s.name for s in graph.steps if s.fans_out or s.collect or s.slots]
-        raise NotJournalable(
-            f"{graph.workflow_name} has steps that fan out, collect or join "
-            f"({', '.join(map(repr, steps))}); a durable store does not journal their streams "
-            "yet, so its runs go in memory (without --store, or outside a RunStore)"
-        )
 
 
 def _state_fields(cls: type, names: tuple[str, ...]) -> str:

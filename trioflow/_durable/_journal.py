@@ -13,7 +13,17 @@ Records, by kind (bodies are JSON):
   a stable name for one execution of one step, whatever happens to the process. ``cause`` is
   ``"start"``, ``"x"`` (sent from outside the run), ``["x", seq]`` (sent to it through a
   shared store's inbox, row ``seq``) or ``[task, k]``: call ``k`` of that task's
-  step code (``k = -1``: what the step returned, or its failure handed to error handlers).
+  step code (``k = -1``: what the step returned, or its failure handed to error handlers;
+  ``[task, -1, i]``: member ``i`` of the list it returned, a fan-out).
+
+  In the runs of a workflow whose steps fan out, collect or join, every ``route`` also says
+  in which *stream* it was made, ``"in"``: the name of the task whose fan-out opened the
+  stream (the members of that fan-out carry it first), or null for none. ``"keep"``: the
+  collecting steps whose buffer of that stream took the event (rather than a task); ``"j"``:
+  which of the ``to`` steps are joins. A collecting step released (its ``Take(n)`` reached,
+  or its stream done) is a ``route`` of its own, ``{"collected": [events], "of": stream,
+  "in": its parent, "to": [step], "cause": "collect"}``, whose task runs the step with a
+  `CollectedEvents`. A join's delivery that it only kept for later is ``done`` with attempt 0.
 - ``start``: ``{"task", "attempt"}``: an attempt of a task began.
 - ``call``: ``{"task", "k", "op", ...}``: call ``k`` of a task's step code, other than a send
   (``set``: a store value, ``{"key", "value"}``, the new value of a top-level key or field;
@@ -44,7 +54,7 @@ from typing import Any, Protocol
 import attrs
 
 from .._errors import ReplayError
-from .._events import Event
+from .._events import CollectedEvents, Event
 from .._store import JournalEntry, Operation, StoreError
 from .._wire import dumps, encode_exception, loads
 from ._codec import EventCodec
@@ -115,6 +125,31 @@ class Journal:
         """``event`` (encoded) goes to ``steps``; returns the record's number, which names
         the tasks."""
         return self._write("route", {"event": event, "cause": cause, "to": steps})
+
+    def route_in(
+        self,
+        event: dict[str, Any],
+        steps: list[int],
+        cause: object,
+        scope: str | None,
+        keep: list[int],
+        joins: list[int],
+    ) -> int:
+        """`route`, in the stream ``scope`` (see the module docstring)."""
+        body: dict[str, Any] = {"event": event, "cause": cause, "to": steps, "in": scope}
+        if keep:
+            body["keep"] = keep
+        if joins:
+            body["j"] = joins
+        return self._write("route", body)
+
+    def release(self, events: list[dict[str, Any]], step: int, of: str, scope: str | None) -> int:
+        """Collecting step ``step`` runs on ``events``, collected in stream ``of``, in the
+        stream ``scope`` (``of``'s parent); returns the record's number."""
+        return self._write(
+            "route",
+            {"collected": events, "cause": "collect", "to": [step], "of": of, "in": scope},
+        )
 
     def answer(self, event: dict[str, Any], key: tuple[str, int], cause: object) -> None:
         self._write("route", {"event": event, "cause": cause, "answer": list(key)})
@@ -211,6 +246,11 @@ class PendingTask:
     calls: dict[int, dict[str, Any]] = attrs.field(factory=dict)
     #: Answers its waits were handed, by call number.
     answers: dict[int, Event] = attrs.field(factory=dict)
+    #: The stream it runs in (the name of the task that opened it), None for none.
+    scope: str | None = None
+    #: For a join's delivery that completed it before the crash: what it was joined with
+    #: (set by `_scoped.rebuild`): it runs with that, and is not collected again.
+    joined: Event | None = None
 
     def open_wait(self) -> tuple[int, dict[str, Any]] | None:
         """Its last call, if that is a wait still unanswered: where it was when it stopped."""
@@ -243,12 +283,56 @@ class Replay:
     #: The inbox rows (on a store shared by processes) whose events it was sent, by seq:
     #: delivered once, whichever process delivered them.
     inbox: set[int] = attrs.field(factory=set)
+    #: Its streams and join deliveries, if its records say in which stream each route was
+    #: made (a workflow that fans out, collects or joins); else None.
+    scopes: ScopeFold | None = None
 
     @property
     def executing(self) -> bool:
         """Whether a step was running when its process stopped (a task began and neither
         finished nor waits for an answer): what counts as a recovery (``max_recoveries``)."""
         return any(t.attempt and t.open_wait() is None for t in self.pending.values())
+
+
+@attrs.define(eq=False)
+class StreamFold:
+    """A stream, as the journal left it."""
+
+    #: The stream its fan-out ran in (None: none).
+    parent: str | None
+    #: The index of the step whose fan-out opened it.
+    step: int
+    #: What its collecting steps' buffers got, by step, in order.
+    kept: dict[int, list[Event]] = attrs.field(factory=dict)
+    #: The collecting steps it was released to.
+    released: set[int] = attrs.field(factory=set)
+
+
+@attrs.define(eq=False)
+class ScopeFold:
+    """The streams and join deliveries of a journal (`Replay.scopes`)."""
+
+    #: Every stream the journal names, by name (the task that opened it).
+    streams: dict[str, StreamFold] = attrs.field(factory=dict)
+    #: The deliveries to joins not collected yet, by task: (step, event).
+    uncollected: dict[str, tuple[int, Event]] = attrs.field(factory=dict)
+    #: The deliveries to joins, in the order the joins collected them (that of their first
+    #: ``start``, or ``done`` with attempt 0: a step's workers may take its deliveries in
+    #: another order than they were routed): (step, task, event).
+    collected: list[tuple[int, str, Event]] = attrs.field(factory=list)
+
+    def stream(self, name: str, parent: str | None) -> StreamFold:
+        """Stream ``name``, known from here on if it was not (opened in ``parent``)."""
+        found = self.streams.get(name)
+        if found is None:
+            found = self.streams[name] = StreamFold(parent, int(name.rsplit(".", 1)[1]))
+        return found
+
+
+def _scopes(replay: Replay) -> ScopeFold:
+    if replay.scopes is None:
+        replay.scopes = ScopeFold()
+    return replay.scopes
 
 
 def fold(records: list[tuple[int, str, bytes]], codec: EventCodec, step_names: list[str]) -> Replay:
@@ -281,11 +365,17 @@ def _apply(
 ) -> None:
     pending = replay.pending
     if kind == "route":
+        if "of" in body:  # a collecting step released
+            _release(replay, n, body, codec, step_names)
+            return
         event = codec.decode(body["event"])
         cause = body["cause"]
         if isinstance(cause, list):
             if cause[0] in pending:
-                pending[cause[0]].calls[cause[1]] = {"op": "send"}
+                if len(cause) > 2:  # member ``cause[2]`` of a fan-out: those before it too
+                    pending[cause[0]].calls[cause[1]] = {"op": "send", "members": cause[2] + 1}
+                else:
+                    pending[cause[0]].calls[cause[1]] = {"op": "send"}
             elif cause[0] == OUTSIDE:  # the event of inbox row ``cause[1]``
                 replay.inbox.add(cause[1])
         answer = body.get("answer")
@@ -294,11 +384,14 @@ def _apply(
             if task in pending:
                 pending[task].answers[k] = event
             return
+        scope = None
+        if "in" in body:
+            scope = _scoped_route(replay, n, body, event)
         for step in body["to"]:
             if not 0 <= step < len(step_names):
                 raise ReplayError(f"journal record {n} routes to step {step}, which is gone")
             task = f"{n}.{step}"
-            pending[task] = PendingTask(task, step, event)
+            pending[task] = PendingTask(task, step, event, scope=scope)
         return
     if kind == "cancel":
         replay.cancelled = True
@@ -307,6 +400,11 @@ def _apply(
         return
     if kind not in ("call", "start", "done", "fail"):
         raise ReplayError(f"journal record {n} is of an unknown kind {kind!r}")
+    scopes = replay.scopes
+    if scopes is not None and kind != "call" and scopes.uncollected:
+        delivery = scopes.uncollected.pop(body["task"], None)
+        if delivery is not None:  # a join's delivery, collected just before this record
+            scopes.collected.append((delivery[0], body["task"], delivery[1]))
     task = pending.get(body["task"])
     if kind == "call":
         op = body["op"]
@@ -336,3 +434,32 @@ def _apply(
             task.tries += 1
             task.calls.clear()
             task.answers.clear()
+
+
+def _scoped_route(replay: Replay, n: int, body: dict[str, Any], event: Event) -> str | None:
+    """The stream accounting of a route made in a stream (``"in"``); returns the stream."""
+    scopes = _scopes(replay)
+    scope: str | None = body["in"]
+    if scope is not None:
+        opener = replay.pending.get(scope)  # (a stream is first named by its fan-out's
+        # members, while the task that opened it has not finished)
+        stream = scopes.stream(scope, None if opener is None else opener.scope)
+        for step in body.get("keep", ()):
+            stream.kept.setdefault(step, []).append(event)
+    for step in body.get("j", ()):
+        scopes.uncollected[f"{n}.{step}"] = (step, event)
+    return scope
+
+
+def _release(
+    replay: Replay, n: int, body: dict[str, Any], codec: EventCodec, step_names: list[str]
+) -> None:
+    """A ``route`` releasing a collecting step: its task runs it on what was collected."""
+    (step,) = body["to"]
+    if not 0 <= step < len(step_names):
+        raise ReplayError(f"journal record {n} routes to step {step}, which is gone")
+    scope: str | None = body["in"]
+    _scopes(replay).stream(body["of"], scope).released.add(step)
+    events = tuple(codec.decode(item) for item in body["collected"])
+    task = f"{n}.{step}"
+    replay.pending[task] = PendingTask(task, step, CollectedEvents(events=events), scope=scope)

@@ -36,7 +36,7 @@ from .._store import (
 )
 from .._store import open_store as _open_backend
 from .._workflow import Workflow, _held
-from ._codec import check_durable, codec_for
+from ._codec import codec_for
 from ._journal import fold
 from ._runtime import DurableStream, start_durable
 from ._stored import Resume, RowSink, TeeStream, interrupt, new_row, run_ended, unfinished
@@ -246,7 +246,6 @@ class RunStore:
 
 def _workflow(workflow: object) -> Workflow[Any]:
     if isinstance(workflow, Workflow):
-        check_durable(workflow)
         return workflow
     if isinstance(workflow, type) and issubclass(workflow, Workflow):
         raise TypeError(f"pass a workflow, not its class: {workflow.__name__}()")

@@ -59,7 +59,7 @@ from .._events import (
 )
 from .._handler import WorkflowHandler
 from .._retry import RetryInfo, current_retry, max_attempts, next_delay
-from ._codec import check_durable, check_storable, codec_for
+from ._codec import check_storable, codec_for
 from ._journal import OUTSIDE, RETURNED, Appender, Journal, PendingTask, Replay, TaskRef
 
 _E = TypeVar("_E", bound=Event)
@@ -480,6 +480,9 @@ class Durable:
     """What makes one run durable (`Durability`): its journal, and when it is resumed, the
     fold of the journal it resumes from."""
 
+    #: Its router's class (`_scoped.ScopedDurable`'s routes in streams).
+    router_class: type[DurableRouter] = DurableRouter
+
     def __init__(
         self, journal: Journal, replay: Replay | None = None, *, lifecycle: bool = False
     ) -> None:
@@ -501,7 +504,7 @@ class Durable:
         stream.sink.attach(lambda error: not state.decided and state.fail("", error))
         state.on_stop = functools.partial(self._stop_recording, run)
         run.observation.stream_lifecycle(self.lifecycle)
-        router = DurableRouter(run.graph, run.state, run.stream, self.journal)
+        router = self.router_class(run.graph, run.state, run.stream, self.journal)
         run.router = router
         context = DurableContext(run, router, self.journal)
         run.context = context
@@ -728,16 +731,20 @@ def start_durable(
     reader in the process); with ``replay``, a run resumed from its journal, ``time_used``
     seconds of its timeout gone; with ``held``, a new run beginning with that context's store.
     """
-    check_durable(workflow)
     journal = Journal(store, run_id, codec_for(workflow), 0 if replay is None else replay.next_n)
     if stream is None:
         stream = DurableStream(workflow.stream_buffer, sink)
+    kind = Durable
+    if workflow.graph.scoped:  # its steps fan out, collect or join: streams are journaled
+        from ._scoped import ScopedDurable
+
+        kind = ScopedDurable
     durable: dict[str, Any] = {"held": held} if held is not None else {}
     result: AbstractAsyncContextManager[WorkflowHandler[Any], None] = workflow._start(
         start_event,
         stream=stream,
         run_id=run_id,
-        durable=Durable(journal, replay, lifecycle=lifecycle),
+        durable=kind(journal, replay, lifecycle=lifecycle),
         time_used=time_used,
         **durable,
     )

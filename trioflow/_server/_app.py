@@ -23,9 +23,8 @@ from urllib.parse import quote
 import trio
 
 from .. import Event, RunStatus, StartEvent, Workflow, WorkflowRuntimeError
-from .._durable._codec import check_durable
 from .._errors import require_trio
-from .._store import MEMORY, Store, StoreError, StoreUnavailable, open_engine
+from .._store import Store, StoreError, StoreUnavailable, open_engine
 from .._wire import WireError, decode_event, decode_start_event, describe_workflow, dumps
 from .._wire import sendable_event_types as _sendable_event_types
 from ._asgi import HttpError, Receive, Request, Scope, Send
@@ -140,9 +139,6 @@ class WorkflowApp:
             unserved_grace=unserved_grace,
             llama_compat=llama_compat,
         )
-        if self.options.store != MEMORY:
-            for workflow in self.workflows.values():
-                check_durable(workflow)
         self._registry: RunRegistry | None = None
         self._running = False  # between entering and leaving `running`
         self._hosts = frozenset(_hostname(name) for name in self.options.allowed_hosts)
