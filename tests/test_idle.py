@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -18,6 +19,7 @@ from trioflow import (
     StopEvent,
     Workflow,
     WorkflowIdleEvent,
+    open_store,
     step,
 )
 
@@ -142,3 +144,16 @@ async def test_fan_out_members_waiting_make_one_idle_run() -> None:
     assert seen[:4] == ["Question"] * 3 + ["WorkflowIdleEvent"]
     assert seen[-1] == "StopEvent"
     assert set(seen[4:-1]) <= {"WorkflowIdleEvent"}
+
+
+async def test_a_durable_run_says_it_is_idle_too(tmp_path: Path) -> None:
+    """On a store: a run waiting for answers (plain and fanned out) says so, as in memory."""
+    async with open_store(f"sqlite:///{tmp_path}/runs.db") as store:
+        seen: list[str] = []
+        async with store.start(Interview()) as handler:
+            async for ev in handler.stream_events(Question, WorkflowIdleEvent):
+                seen.append(type(ev).__name__)
+                if isinstance(ev, Question):
+                    await handler.send_event(Answer(n=ev.n + 10))
+            assert await handler.result() == 21
+    assert seen == ["Question", "WorkflowIdleEvent", "Question", "WorkflowIdleEvent", "StopEvent"]

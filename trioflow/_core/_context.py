@@ -13,7 +13,7 @@ from .._errors import WorkflowRuntimeError
 from .._events import Event, StartEvent, StopEvent
 from .._retry import RetryInfo, current_retry
 from ._collect import Collector
-from ._idle import WorkerState
+from ._idle import current_worker
 from ._router import Router
 from ._state_store import DICT_STATE, StateClass, StateT, Store
 from ._stream import EventStream
@@ -303,14 +303,13 @@ class Context(Generic[StateT]):
             raise TypeError(f"wait_for_event() waits for an Event subclass, got {event_type!r}")
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        worker = current_execution.get()
         event = await self._router.wait_for(
             event_type,
             dict(requirements or {}),
             waiter_event,
             timeout,
             self.write_event_to_stream,
-            worker=worker if isinstance(worker, WorkerState) else None,
+            worker=current_worker.get(),
         )
         assert isinstance(event, event_type)
         return event

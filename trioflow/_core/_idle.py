@@ -7,17 +7,20 @@ its workers, and every worker is either waiting for its next event or parked in
 
 Idleness is a lifecycle event, written only while the stream's consumer asks for lifecycle
 events, so the plain hop pays nothing for it: the workers poke the watch only on the observed
-path (`_worker._observed_execution`, which they take while lifecycle events are asked for),
-and a step poke it as it parks in ``wait_for_event``. A poke only wakes the watch's task,
-started at the first poke, which looks at the run once the poking task has moved on (every
-poke comes after the poker's result is routed, and before it waits again). Counting the events
-each step's inbox received against those its workers took tells apart a worker that is
-waiting from one that was just handed an event and has not run yet.
+path (`_worker._observed_execution`, which they take while lifecycle events are asked for) and
+in the loops of runs that keep account of streams or journal (not the plain hop), each time
+a step execution has ended and its results are routed; a step pokes it as it parks in
+``wait_for_event``, and a consumer as it asks. At a poke the run's state is what it is, so the
+watch looks at once, and writes the event at once if the stream has room (else a task of its
+own waits for room). Counting the events each step's inbox received against those its workers
+took tells apart a worker that is waiting from one that was just handed an event and has not
+run yet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Protocol
 
 import trio
@@ -47,6 +50,10 @@ class WorkerState:
         """`Context.task_key` of the step execution under way: the run, the step, the worker
         and its count of events (retries of one execution keep it)."""
         return f"{self.prefix}.{self.taken}"
+
+
+#: The worker whose step code runs in this task (set once by each worker, whatever its loop).
+current_worker: ContextVar[WorkerState | None] = ContextVar("trioflow_worker", default=None)
 
 
 class _Inbox(Protocol):
@@ -80,9 +87,26 @@ class IdleWatch:
         self._said = False
 
     def poke(self) -> None:
-        """Something that may make the run idle happened: look again soon."""
+        """Something that may make the run idle happened (a step execution ended, its results
+        routed; a step parks in ``wait_for_event``; a consumer asks): if the run is idle now,
+        and has not said so since it last was busy, say so."""
         if not self._observation.lifecycle:
             return
+        if not self.is_idle():
+            self._said = False
+            return
+        if self._said:
+            return
+        self._said = True
+        try:
+            self._stream.write_nowait(WorkflowIdleEvent())
+        except trio.WouldBlock:  # (a full stream) its own task waits for room
+            self._said = False
+            self._wake_watch()
+        except trio.ClosedResourceError:  # the run is ending: nobody is told of idleness
+            pass
+
+    def _wake_watch(self) -> None:
         if self._wake is None:
             if self.nursery is None:
                 return  # the run is not under way yet
@@ -104,6 +128,7 @@ class IdleWatch:
         return all(worker.waiting or not worker.busy for worker in self._workers)
 
     async def _watch(self) -> None:
+        """Say so where the stream had no room: once there is, if the run is still idle."""
         while True:
             assert self._wake is not None
             await self._wake.wait()

@@ -95,13 +95,13 @@ class Run:
         self.state = RunState(self.timeout)
         scoped = self.graph.scoped
         self.router = (ScopedRouter if scoped else Router)(self.graph, self.state, self.stream)
+        self.context = Context._of_run(self)
+        if self.durable is not None:
+            self.durable.attach(self)  # (its own router and context)
         self.idle = IdleWatch(
             self.state, self.stream, self.router.inboxes, self.workers, self.observation
         )
         self.router.idle = self.idle
-        self.context = Context._of_run(self)
-        if self.durable is not None:
-            self.durable.attach(self)
 
     def take_held_context(self) -> None:
         """As the run begins: the caller's context (``held``) is now in use by it. A memory

@@ -35,7 +35,7 @@ from .._events import (
 from .._retry import RetryInfo, current_retry, max_attempts, next_delay
 from ._context import Context, current_context, current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
-from ._idle import IdleWatch, WorkerState
+from ._idle import IdleWatch, WorkerState, current_worker
 from ._log import add_note, describe, log
 from ._resources import Owner, Owners, call_values, exit_call, with_values, workflow_owner
 from ._router import Router
@@ -97,6 +97,7 @@ async def work(crew: Crew, index: int, loop: WorkLoop | None = None) -> None:
     spec = crew.graph.steps[index]
     me = WorkerState(spec.name, f"{crew.run_id}:{spec.name}.{len(crew.workers)}")
     crew.workers.append(me)
+    current_worker.set(me)
     try:
         await (_work if loop is None else loop)(crew, index, me)
     except Exception as exc:

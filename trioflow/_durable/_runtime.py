@@ -34,7 +34,7 @@ import trio
 
 from .._core._context import Context, current_execution, current_step
 from .._core._graph import StepSpec
-from .._core._idle import WorkerState
+from .._core._idle import WorkerState, current_worker
 from .._core._log import add_note, describe, log
 from .._core._router import Router, Waiter
 from .._core._run import Run
@@ -217,6 +217,7 @@ class DurableRouter(Router):
             await trio.lowlevel.checkpoint()
             return None if waiter is None else waiter.event
         waiter.task = trio.lowlevel.current_task()
+        waiter.worker = current_worker.get()
         with trio.fail_after(math.inf if timeout is None else timeout):
             return await self._park(waiter)
 
@@ -432,7 +433,13 @@ class DurableContext(Context):
                 answer = await router.resume_wait(key, timeout)
                 if answer is None:
                     answer = await router.wait_for(
-                        event_type, wanted, None, timeout, self.write_event_to_stream, key
+                        event_type,
+                        wanted,
+                        None,
+                        timeout,
+                        self.write_event_to_stream,
+                        key,
+                        worker=current_worker.get(),
                     )
             else:
                 answer = await router.wait_for(
@@ -442,6 +449,7 @@ class DurableContext(Context):
                     timeout,
                     self.write_event_to_stream,
                     key,
+                    worker=current_worker.get(),
                 )
         except trio.TooSlowError:
             self._journal.call(ref.task, k, "wait", timed_out=True)
@@ -580,12 +588,15 @@ async def _work_durable(crew: Run, index: int, me: WorkerState, durable: Durable
         task, event = await get()
         if state.outcome is not None:
             return
+        me.taken += 1
         me.busy = True
+        crew.idle.working()
         try:
             await _execute(crew, spec, index, call, event, task, durable)
         finally:
             me.busy = False
             router.release(task)
+        crew.idle.poke()
 
 
 async def _execute(

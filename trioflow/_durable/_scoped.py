@@ -328,6 +328,7 @@ async def _work_scoped_durable(crew: Run, index: int, me: WorkerState, durable: 
         task, scope, event = await get()
         if state.outcome is not None:
             return
+        me.taken += 1
         if spec.slots:
             if task in router.prejoined:
                 router.prejoined.discard(task)
@@ -337,9 +338,11 @@ async def _work_scoped_durable(crew: Run, index: int, me: WorkerState, durable: 
                     durable.resumed.pop(task, None)
                     journal.done(task, 0)
                     router.done(scope)
+                    crew.idle.poke()
                     continue
                 event = CollectedEvents(events=tuple(joined))
         me.busy = True
+        crew.idle.working()
         try:
             finished = await _execute(crew, spec, index, call, event, task, scope, durable)
         finally:
@@ -348,6 +351,7 @@ async def _work_scoped_durable(crew: Run, index: int, me: WorkerState, durable: 
         router.reclose(task)
         if finished:
             router.done(scope)
+        crew.idle.poke()
 
 
 async def _execute(
