@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -527,3 +528,37 @@ async def test_a_def_steps_calls_are_journaled_too() -> None:
     assert ("call", {"task": "0.0", "k": 0, "op": "set", "key": "k", "value": 1}) in (
         store.records()
     )
+
+
+class Rescued(Workflow):
+    @step
+    async def go(self, ev: StartEvent) -> StopEvent:
+        raise ValueError("no")
+
+    @step
+    async def rescue(self, ev: StepFailedEvent) -> StopEvent:
+        await trio.sleep(1)  # (so that a resumed `go` fails again before this ends the run)
+        return StopEvent(result="rescued")
+
+
+async def test_a_failure_handed_to_its_handlers_before_a_crash_is_not_handed_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A crash between routing a final failure to its error handlers and recording the
+    failure: the step runs again and fails again, but its handlers get the failure once."""
+    flow = Rescued(timeout=None)
+    crashed = Recorder()
+    assert await run_durably(flow, StartEvent(), crashed) == "rescued"
+    records = crashed.records()
+    handed = next(
+        i for i, (kind, body) in enumerate(records) if kind == "route" and body["to"] == [1]
+    )
+    assert records[handed + 1][0] == "fail"  # the cut between them is the one that matters
+    for cut in range(len(crashed.ops) + 1):
+        kept = Recorder(crashed.ops[:cut])
+        resumed = Recorder(kept.ops)
+        assert await run_durably(flow, StartEvent(), resumed, kept=kept) == "rescued"
+        routes_to_rescue = [
+            body for kind, body in resumed.records() if kind == "route" and body["to"] == [1]
+        ]
+        assert len(routes_to_rescue) == 1, cut

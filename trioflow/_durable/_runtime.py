@@ -658,7 +658,10 @@ async def _execute(
         if retry is not None:
             delay, failure = next_delay(retry, elapsed, tries, failure)
         if delay is None:
-            await _final_failure(crew, spec, index, task, event, failure, attempt, elapsed)
+            routed = ref.recorded(RETURNED, "send") is not None
+            await _final_failure(
+                crew, spec, index, task, event, failure, attempt, elapsed, routed=routed
+            )
             return
         failed = failure_report(spec, attempt, failure, event, elapsed)
         journal.fail(task, attempt, failure, final=False)
@@ -701,9 +704,13 @@ async def _final_failure(
     exc: Exception,
     attempt: int,
     elapsed: float = 0.0,
+    *,
+    routed: bool = False,
 ) -> None:
     """`_worker._final_failure`, journaled: a failure its error handlers take finishes the
-    task; one that ends the run is not journaled (run again, the step fails again)."""
+    task; one that ends the run is not journaled (run again, the step fails again).
+    ``routed``: the lost attempt's failure (or result) was routed before its process stopped,
+    so it is not routed again: its handlers have it once."""
     router = crew.router
     assert isinstance(router, DurableRouter)
     state = crew.state
@@ -720,7 +727,8 @@ async def _final_failure(
     except BaseException:
         state.report(failed)
         raise
-    router.put_from(failed, handlers, [task, RETURNED])
+    if not routed:
+        router.put_from(failed, handlers, [task, RETURNED])
     router.journal.fail(task, attempt, exc, final=True)
 
 
