@@ -562,3 +562,52 @@ async def test_a_failure_handed_to_its_handlers_before_a_crash_is_not_handed_aga
             body for kind, body in resumed.records() if kind == "route" and body["to"] == [1]
         ]
         assert len(routes_to_rescue) == 1, cut
+
+
+FLAKY = {"on": False}
+B_RAN: list[int] = []
+
+
+class Then(Event):
+    pass
+
+
+class FlakyAfterResume(Workflow):
+    @step(retry=RetryPolicy(max_attempts=3, delay=0.0))
+    async def a(self, ev: StartEvent) -> Then:
+        if FLAKY["on"]:
+            FLAKY["on"] = False
+            raise ConnectionError("transient after restart")
+        return Then()
+
+    @step
+    async def b(self, ev: Then) -> StopEvent:
+        B_RAN.append(1)
+        import trio
+
+        await trio.sleep(0.3)
+        return StopEvent(result=len(B_RAN))
+
+
+async def test_a_step_retried_after_a_resume_does_not_route_its_return_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A step whose lost attempt had routed what it returned, failing once after the resume
+    and then succeeding: what it returned is routed once (the routing is kept across the
+    retry, in the process and in the fold)."""
+    crashed = Recorder()
+    await run_durably(FlakyAfterResume(timeout=None), StartEvent(), crashed)
+    recs = crashed.records()
+    routes = [i for i, op in enumerate(crashed.ops) if getattr(op, "kind", "") == "route"]
+    cut = routes[1] + 1  # a's return routed, a not done
+    kept = Recorder(crashed.ops[:cut])
+    assert [k for k, _ in kept.records()] == ["route", "start", "route"], recs
+    B_RAN.clear()
+    FLAKY["on"] = True
+    resumed = Recorder(kept.ops)
+    await run_durably(FlakyAfterResume(timeout=None), StartEvent(), resumed, kept=kept)
+    both = Recorder(kept.ops + resumed.ops[len(kept.ops) :]).records()
+    causes = [
+        tuple(b["cause"]) for k, b in both if k == "route" and isinstance(b.get("cause"), list)
+    ]
+    assert len(causes) == len(set(causes)), causes

@@ -20,6 +20,7 @@ from ._core._graph import (
     forget_graph,
     graph_of,
 )
+from ._core._idle import IdleWatch, WorkerState, current_worker
 from ._core._log import add_note, describe
 from ._core._resources import ResourceBlock
 from ._core._run import Run
@@ -226,26 +227,30 @@ class Workflow(Generic[R]):
     ) -> R:
         """`Context.run_workflow`: a run of this workflow inside a step of ``parent``'s run."""
         event = self._start_event(start_event, fields)
-        parent_router = parent._router
-        async with self._start(event, streamed=forward is not False, held=_held(ctx)) as handler:
-            child = handler._run
-            parent_router.children.append(child.router)
-            try:
-                if forward is not False:
-                    wanted = Event if forward is True else forward
-                    async for streamed in handler.stream_events():
-                        if isinstance(streamed, wanted) and not isinstance(streamed, StopEvent):
-                            await parent.write_event_to_stream(streamed)
+        block = self._start(event, streamed=forward is not False, held=_held(ctx))
+        child = block._run
+        worker = current_worker.get()
+        if worker is not None:  # the step waits while its children are idle
+            _watch_child(child, worker, parent._run.idle)
+        try:
+            async with block as handler:
+                parent._router.children.append(child.router)
                 try:
+                    if forward is not False:
+                        await _forward(handler, parent, Event if forward is True else forward)
                     return await handler.result()
                 except BaseException as exc:
                     if not is_cancellation(exc):
-                        add_note(
-                            exc, f"trioflow: in child run {child.run_id} of {child.workflow_name}"
-                        )
+                        where = f"child run {child.run_id} of {child.workflow_name}"
+                        add_note(exc, f"trioflow: in {where}")
                     raise
-            finally:
-                parent_router.children.remove(child.router)
+                finally:
+                    parent._router.children.remove(child.router)
+        finally:
+            if worker is not None:
+                worker.children -= 1
+                if child.idle.told_idle:
+                    worker.idle_children -= 1
 
     def _start_event(self, start_event: StartEvent | None, fields: dict[str, Any]) -> StartEvent:
         expected = self.graph.start_event_type
@@ -399,3 +404,30 @@ def _checked_graph(workflow: Workflow[Any]) -> WorkflowGraph:
             raise WorkflowValidationError(graph.workflow_name, problems)
         workflow._checked = True
     return graph
+
+
+async def _forward(
+    handler: WorkflowHandler[Any],
+    parent: Context[Any],
+    wanted: type[Event] | tuple[type[Event], ...],
+) -> None:
+    """Put a child run's stream events of the ``wanted`` types on its parent's stream, as
+    they come; never its terminal event."""
+    async for streamed in handler.stream_events():
+        if isinstance(streamed, wanted) and not isinstance(streamed, StopEvent):
+            await parent.write_event_to_stream(streamed)
+
+
+def _watch_child(child: Run, worker: WorkerState, parent_idle: IdleWatch) -> None:
+    """While every child run a parent's step runs is idle, the step waits (for an answer to
+    one of them), as a step parked in ``wait_for_event`` does: the parent may be idle too."""
+    worker.children += 1
+
+    def tell(idle: bool) -> None:
+        worker.idle_children += 1 if idle else -1
+        if idle:
+            parent_idle.poke()
+        else:
+            parent_idle.working()
+
+    child.idle.tell_parent(tell)

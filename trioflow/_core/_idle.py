@@ -19,7 +19,7 @@ run yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -33,7 +33,7 @@ from ._stream import EventStream
 class WorkerState:
     """What `WorkflowHandler.statistics` and a timeout's report see of one worker."""
 
-    __slots__ = ("busy", "prefix", "step", "taken", "waiting")
+    __slots__ = ("busy", "children", "idle_children", "prefix", "step", "taken", "waiting")
 
     def __init__(self, step: str, prefix: str = "") -> None:
         self.step = step
@@ -41,6 +41,10 @@ class WorkerState:
         self.busy = False
         #: Parked in ``wait_for_event`` (inside a step call) right now.
         self.waiting = False
+        #: Child runs its step runs (`Context.run_workflow`), and how many of them are idle:
+        #: while all are, the step waits as if in ``wait_for_event``.
+        self.children = 0
+        self.idle_children = 0
         #: Events taken so far, and what names this worker in `key`.
         self.taken = 0
         self.prefix = prefix
@@ -62,6 +66,8 @@ class _Inbox(Protocol):
 
 class _Observation(Protocol):
     lifecycle: bool
+
+    def watch(self) -> None: ...
 
 
 class IdleWatch:
@@ -85,17 +91,42 @@ class IdleWatch:
         self._wake: trio.Event | None = None
         #: The run was idle when last looked at, and said so.
         self._said = False
+        #: Told whether the run is idle, for a parent run whose step runs it (`tell_parent`).
+        self._parent: Callable[[bool], None] | None = None
+        #: What the parent was last told.
+        self.told_idle = False
+        #: The scope of an idle event waiting for room in the stream: withdrawn (cancelled)
+        #: once the run is busy again, so that none says so late.
+        self._pending: trio.CancelScope | None = None
+
+    def tell_parent(self, tell: Callable[[bool], None]) -> None:
+        """Call ``tell(idle)`` each time this run becomes idle or busy again: it is the child
+        of a step of another run (`Context.run_workflow`), which waits while it is idle."""
+        self._parent = tell
+        self._observation.watch()
+
+    def _busy(self) -> None:
+        self._said = False
+        if self._pending is not None:
+            self._pending.cancel()
+        self._tell(False)
+
+    def _tell(self, idle: bool) -> None:
+        if self._parent is not None and idle != self.told_idle:
+            self.told_idle = idle
+            self._parent(idle)
 
     def poke(self) -> None:
         """Something that may make the run idle happened (a step execution ended, its results
         routed; a step parks in ``wait_for_event``; a consumer asks): if the run is idle now,
         and has not said so since it last was busy, say so."""
-        if not self._observation.lifecycle:
+        if not self._observation.lifecycle and self._parent is None:
             return
         if not self.is_idle():
-            self._said = False
+            self._busy()
             return
-        if self._said:
+        self._tell(True)
+        if self._said or not self._observation.lifecycle:
             return
         self._said = True
         try:
@@ -117,7 +148,7 @@ class IdleWatch:
     def working(self) -> None:
         """The run is not idle (a step execution starts, a waiting step is answered): the
         next time it is, it says so again."""
-        self._said = False
+        self._busy()
 
     def is_idle(self) -> bool:
         if self._state.outcome is not None:
@@ -125,10 +156,14 @@ class IdleWatch:
         taken = sum(worker.taken for worker in self._workers)
         if taken != sum(inbox.received for inbox in self._inboxes):
             return False  # an event waits for a step, or was handed to a worker not yet run
-        return all(worker.waiting or not worker.busy for worker in self._workers)
+        return all(
+            worker.waiting or not worker.busy or 0 < worker.children == worker.idle_children
+            for worker in self._workers
+        )
 
     async def _watch(self) -> None:
-        """Say so where the stream had no room: once there is, if the run is still idle."""
+        """Say so where the stream had no room: once there is, unless the run is busy again
+        by then (`_busy` withdraws the event)."""
         while True:
             assert self._wake is not None
             await self._wake.wait()
@@ -137,4 +172,6 @@ class IdleWatch:
                 self._said = False
             elif not self._said and self._observation.lifecycle:
                 self._said = True
-                await self._stream.write(WorkflowIdleEvent())
+                with trio.CancelScope() as self._pending:
+                    await self._stream.write(WorkflowIdleEvent())
+                self._pending = None

@@ -51,18 +51,24 @@ WorkLoop = Callable[["Crew", int, "WorkerState"], Awaitable[None]]
 class Observation:
     """What was asked for around step executions: lifecycle events, spans."""
 
-    __slots__ = ("lifecycle", "observed", "tracer")
+    __slots__ = ("lifecycle", "observed", "tracer", "watched")
 
     def __init__(self, tracer: Any) -> None:
         self.tracer = tracer
         #: Lifecycle events go to the stream (its consumer asked for them).
         self.lifecycle = False
-        #: Step executions take the observed path (lifecycle events or spans).
+        #: Its idleness is watched for a parent run (`IdleWatch.tell_parent`).
+        self.watched = False
+        #: Step executions take the observed path (lifecycle events, spans, idleness).
         self.observed = tracer is not None
 
     def stream_lifecycle(self, on: bool) -> None:
         self.lifecycle = on
-        self.observed = on or self.tracer is not None
+        self.observed = on or self.watched or self.tracer is not None
+
+    def watch(self) -> None:
+        """Take the observed path for a parent run that must know when this one is idle."""
+        self.watched = self.observed = True
 
 
 class Crew(Protocol):

@@ -430,10 +430,20 @@ def _apply(
         if body["final"]:
             pending.pop(body["task"], None)
         elif task is not None and not body["lost"]:
-            # Retried: the next attempt starts afresh, its calls act again.
+            # Retried: the next attempt starts afresh, its calls act again; but what an
+            # attempt before it returned and was routed stays routed (`kept_on_retry`).
             task.tries += 1
-            task.calls.clear()
+            task.calls = kept_on_retry(task.calls)
             task.answers.clear()
+
+
+def kept_on_retry(calls: dict[int, dict[str, Any]] | None) -> dict[int, dict[str, Any]]:
+    """What a retry keeps of an attempt's calls: only the routing of what an earlier attempt
+    returned (a lost one, routed before its process stopped), so that the attempt that
+    succeeds does not route it again, nor the members of a fan-out routed already."""
+    if calls and RETURNED in calls:
+        return {RETURNED: calls[RETURNED]}
+    return {}
 
 
 def _scoped_route(replay: Replay, n: int, body: dict[str, Any], event: Event) -> str | None:

@@ -60,7 +60,16 @@ from .._events import (
 from .._handler import WorkflowHandler
 from .._retry import RetryInfo, current_retry, max_attempts, next_delay
 from ._codec import check_storable, codec_for
-from ._journal import OUTSIDE, RETURNED, Appender, Journal, PendingTask, Replay, TaskRef
+from ._journal import (
+    OUTSIDE,
+    RETURNED,
+    Appender,
+    Journal,
+    PendingTask,
+    Replay,
+    TaskRef,
+    kept_on_retry,
+)
 
 _E = TypeVar("_E", bound=Event)
 
@@ -672,7 +681,8 @@ async def _execute(
             raise
         assert retry is not None  # (only a policy gives a delay)
         attempt += 1
-        memo = answers = None  # a retry's calls act again, as in memory
+        # A retry's calls act again, as in memory; what was routed of a return stays so.
+        memo, answers = kept_on_retry(memo) or None, None
         _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
         if crew.observation.lifecycle:
             await crew.stream.write(

@@ -54,7 +54,7 @@ from .._core._worker import (
 from .._errors import RunEndedError, WorkerLost, WorkflowRuntimeError
 from .._events import CollectedEvents, Event, InputRequiredEvent, StepRetryEvent, StopEvent
 from .._retry import RetryInfo, current_retry, max_attempts, next_delay
-from ._journal import OUTSIDE, RETURNED, Journal, PendingTask, Replay, TaskRef
+from ._journal import OUTSIDE, RETURNED, Journal, PendingTask, Replay, TaskRef, kept_on_retry
 from ._runtime import Durable, DurableRouter
 
 
@@ -425,7 +425,7 @@ async def _execute(
             raise
         assert retry is not None
         attempt += 1
-        memo = answers = None
+        memo, answers = kept_on_retry(memo) or None, None  # (as in `_runtime`)
         _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
         if crew.observation.lifecycle:
             await crew.stream.write(
