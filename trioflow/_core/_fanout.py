@@ -53,6 +53,21 @@ class Stream:
         self.buffers: dict[int, list[Event] | None] = {index: [] for index in bound}
 
 
+def check_single(spec: StepSpec, result: Event) -> None:
+    """Raises WorkflowRuntimeError: ``result``, returned on its own, is of a type that the
+    step's annotation names only inside ``list[...]`` (LlamaIndex refuses it too)."""
+    if (
+        spec.fans_out
+        and isinstance(result, spec.fans_out)
+        and not isinstance(result, spec.bare_returns)
+    ):
+        raise WorkflowRuntimeError(
+            f"step {spec.name!r} returned one {type(result).__name__}, which its annotation "
+            "names only in `list[...]`: return a list to fan out, or name the type on its own "
+            "too"
+        )
+
+
 class ScopedRouter(Router):
     """`Router` that keeps account of streams: every delivery is a ``(stream, event)`` pair."""
 
@@ -151,16 +166,7 @@ class ScopedRouter(Router):
         if isinstance(result, list):
             self._fan_out(scope, spec, index, result)
         elif isinstance(result, Event) and not isinstance(result, StopEvent):
-            if (
-                spec.fans_out
-                and isinstance(result, spec.fans_out)
-                and not isinstance(result, spec.bare_returns)
-            ):
-                raise WorkflowRuntimeError(
-                    f"step {spec.name!r} returned one {type(result).__name__}, which its "
-                    "annotation names only in `list[...]`: return a list to fan out, or "
-                    "name the type on its own too"
-                )
+            check_single(spec, result)
             if isinstance(result, InputRequiredEvent):
                 await self._stream.write(result)  # for the caller, and for any step that wants it
                 if not self._graph.routes_for(type(result)):

@@ -619,6 +619,39 @@ async def _execute(
 ) -> None:
     """Run ``task`` (``event`` for step ``index``) to its end: attempts, retries, and what
     its result or failure does next."""
+    outcome = await attempt_task(crew, spec, call, event, task, durable)
+    if outcome is None:
+        return  # suspended
+    attempt, result, failure, elapsed, ref = outcome
+    router = crew.router
+    assert isinstance(router, DurableRouter)
+    routed = ref.recorded(RETURNED, "send") is not None
+    if failure is not None:
+        await _final_failure(
+            crew, spec, index, task, event, failure, attempt, elapsed, routed=routed
+        )
+        return
+    if isinstance(result, StopEvent):
+        # Not journaled as done: should the process stop before the run's end is recorded,
+        # the step runs again and ends the run again.
+        await router.emit(spec.name, result)
+        return
+    if result is not None and not routed:
+        try:
+            await router.emit_from(spec.name, result, [task, RETURNED])
+        except Exception as exc:
+            await _final_failure(crew, spec, index, task, event, exc, attempt)
+            return
+    router.journal.done(task, attempt)
+
+
+async def attempt_task(
+    crew: Run, spec: StepSpec, call: StepCall, event: Event, task: str, durable: Durable
+) -> tuple[int, Any, Exception | None, float, TaskRef] | None:
+    """The attempts of ``task``, journaled, from where a resumed one stopped: the last
+    attempt's number, its result, its final failure (None if it succeeded), the seconds from
+    the first failure to the last, and its `TaskRef`; None when this process may no longer
+    act for the run (it is suspended)."""
     resumed = durable.resumed.pop(task, None)
     router = crew.router
     assert isinstance(router, DurableRouter)
@@ -642,12 +675,13 @@ async def _execute(
     retry = spec.config.retry
     current_retry.set(None)  # (a task begins afresh, whatever the worker's last one left)
     first_failed: float | None = None
+    elapsed = 0.0
     while True:
         if not journal.holds():
             # This process's hold on the run has run out (it was paused, or cut off): another
             # may run it by now. Start nothing: the run stops here, as if its process had.
             durable.suspend(crew)
-            return
+            return None
         journal.start(task, attempt)
         ref = TaskRef(task, attempt, key, memo, answers)
         current_execution.set(ref)
@@ -658,7 +692,8 @@ async def _execute(
         else:
             failure = None
         if failure is None:
-            break
+            current_retry.set(None)
+            return attempt, result, None, elapsed, ref
         tries += 1
         now = trio.current_time()
         first_failed = now if first_failed is None else first_failed
@@ -667,11 +702,8 @@ async def _execute(
         if retry is not None:
             delay, failure = next_delay(retry, elapsed, tries, failure)
         if delay is None:
-            routed = ref.recorded(RETURNED, "send") is not None
-            await _final_failure(
-                crew, spec, index, task, event, failure, attempt, elapsed, routed=routed
-            )
-            return
+            current_retry.set(None)
+            return attempt, None, failure, elapsed, ref
         failed = failure_report(spec, attempt, failure, event, elapsed)
         journal.fail(task, attempt, failure, final=False)
         try:
@@ -690,19 +722,6 @@ async def _execute(
             )
         await trio.sleep(delay)
         current_retry.set(RetryInfo(attempt - 1, elapsed, failure, failed.failed_at))
-    current_retry.set(None)
-    if isinstance(result, StopEvent):
-        # Not journaled as done: should the process stop before the run's end is recorded,
-        # the step runs again and ends the run again.
-        await router.emit(spec.name, result)
-        return
-    if result is not None and ref.recorded(RETURNED, "send") is None:
-        try:
-            await router.emit_from(spec.name, result, [task, RETURNED])
-        except Exception as exc:
-            await _final_failure(crew, spec, index, task, event, exc, attempt)
-            return
-    journal.done(task, attempt)
 
 
 async def _final_failure(

@@ -33,10 +33,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-import trio
-
-from .._core._context import current_execution, current_step
-from .._core._fanout import ScopedRouter, Stream
+from .._core._context import current_step
+from .._core._fanout import ScopedRouter, Stream, check_single
 from .._core._graph import StepSpec
 from .._core._idle import WorkerState
 from .._core._log import add_note
@@ -45,17 +43,14 @@ from .._core._state import RunState
 from .._core._stream import EventStream
 from .._core._worker import (
     StepCall,
-    _attempt,
-    _log_retry,
     _step_call,
     _step_note,
     failure_report,
 )
-from .._errors import RunEndedError, WorkerLost, WorkflowRuntimeError
-from .._events import CollectedEvents, Event, InputRequiredEvent, StepRetryEvent, StopEvent
-from .._retry import RetryInfo, current_retry, max_attempts, next_delay
-from ._journal import OUTSIDE, RETURNED, Journal, PendingTask, Replay, TaskRef, kept_on_retry
-from ._runtime import Durable, DurableRouter
+from .._errors import RunEndedError, WorkflowRuntimeError
+from .._events import CollectedEvents, Event, InputRequiredEvent, StopEvent
+from ._journal import OUTSIDE, RETURNED, Journal, PendingTask, Replay
+from ._runtime import Durable, DurableRouter, attempt_task
 
 
 class Scope(Stream):
@@ -160,16 +155,7 @@ class DurableScopedRouter(DurableRouter, ScopedRouter):
             self._fan_out_from(scope, spec, index, result, task, skip)
             return
         if isinstance(result, Event) and not isinstance(result, StopEvent):
-            if (
-                spec.fans_out
-                and isinstance(result, spec.fans_out)
-                and not isinstance(result, spec.bare_returns)
-            ):
-                raise WorkflowRuntimeError(
-                    f"step {spec.name!r} returned one {type(result).__name__}, which its "
-                    "annotation names only in `list[...]`: return a list to fan out, or "
-                    "name the type on its own too"
-                )
+            check_single(spec, result)
             if routed is not None:
                 return  # routed before the crash
             if isinstance(result, InputRequiredEvent):
@@ -366,80 +352,22 @@ async def _execute(
 ) -> bool:
     """`_runtime._execute` in ``scope``; returns whether the task finished (done, or its
     failure handed to error handlers), its results routed."""
-    resumed = durable.resumed.pop(task, None)
+    outcome = await attempt_task(crew, spec, call, event, task, durable)
+    if outcome is None:
+        return False  # suspended
+    attempt, result, failure, elapsed, ref = outcome
     router = crew.router
     assert isinstance(router, DurableScopedRouter)
-    journal = router.journal
-    key = f"{crew.run_id}:{task}"
-    attempt, tries = 1, 0
-    memo: dict[int, dict[str, Any]] | None = None
-    answers: dict[int, Event] | None = None
-    if resumed is not None:
-        tries = resumed.tries
-        attempt = resumed.attempt + 1 if resumed.attempt else tries + 1
-        memo, answers = resumed.calls, resumed.answers
-        if resumed.attempt:  # it was running when its process stopped: that attempt is lost
-            how = "was stopped" if durable.replay_stopped else "stopped (a crash, a kill)"
-            lost = WorkerLost(
-                f"the process running step {spec.name!r} {how} before the step finished; "
-                "it runs again"
-            )
-            journal.fail(task, resumed.attempt, lost, final=False, lost=True)
-            await crew.stream.write(failure_report(spec, resumed.attempt, lost, event))
-    retry = spec.config.retry
-    current_retry.set(None)
-    first_failed: float | None = None
-    while True:
-        if not journal.holds():
-            durable.suspend(crew)
-            return False
-        journal.start(task, attempt)
-        ref = TaskRef(task, attempt, key, memo, answers)
-        current_execution.set(ref)
-        try:
-            result = await _attempt(crew, spec, call, event, attempt)
-        except Exception as exc:
-            failure: Exception | None = exc
-        else:
-            failure = None
-        if failure is None:
-            break
-        tries += 1
-        now = trio.current_time()
-        first_failed = now if first_failed is None else first_failed
-        elapsed = now - first_failed
-        delay = None
-        if retry is not None:
-            delay, failure = next_delay(retry, elapsed, tries, failure)
-        if delay is None:
-            before = ref.recorded(RETURNED, "send") is not None
-            return await _final_failure(
-                crew, spec, index, task, scope, event, failure, attempt, elapsed, before
-            )
-        failed = failure_report(spec, attempt, failure, event, elapsed)
-        journal.fail(task, attempt, failure, final=False)
-        try:
-            await crew.stream.write(failed)
-        except BaseException:
-            crew.state.report(failed)
-            raise
-        assert retry is not None
-        attempt += 1
-        memo, answers = kept_on_retry(memo) or None, None  # (as in `_runtime`)
-        _log_retry(crew, spec, attempt, max_attempts(retry), delay, failure)
-        if crew.observation.lifecycle:
-            await crew.stream.write(
-                StepRetryEvent(step_name=spec.name, attempt=attempt, delay=delay, exception=failure)
-            )
-        await trio.sleep(delay)
-        current_retry.set(RetryInfo(attempt - 1, elapsed, failure, failed.failed_at))
-    current_retry.set(None)
+    routed = ref.recorded(RETURNED, "send")
+    if failure is not None:
+        return await _final_failure(
+            crew, spec, index, task, scope, event, failure, attempt, elapsed, routed is not None
+        )
     if isinstance(result, StopEvent):
         # Not journaled as done: should the process stop before the run's end is recorded,
         # the step runs again and ends the run again.
         await router.emit(spec.name, result)
         return False
-    routed = ref.recorded(RETURNED, "send")
     if result is not None:
         try:
             await router.emit_in_from(scope, spec, index, result, task, routed)
@@ -447,7 +375,7 @@ async def _execute(
             return await _final_failure(
                 crew, spec, index, task, scope, event, exc, attempt, routed=routed is not None
             )
-    journal.done(task, attempt)
+    router.journal.done(task, attempt)
     return True
 
 
