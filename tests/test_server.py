@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -303,11 +304,31 @@ async def test_failed_and_timed_out_runs_report_their_error() -> None:
         assert status["error"] == {"type": "Boom", "message": "kaboom", "step": "explode"}
         events = await server.events(failed)
         assert [e["event"] for e in events] == ["StepFailedEvent", "WorkflowFailedEvent"]
-        assert events[0]["data"]["data"]["exception"] == {"type": "Boom", "message": "kaboom"}
+        exception = events[0]["data"]["data"]["exception"]
+        assert (exception["type"], exception["message"]) == ("Boom", "kaboom")
+        # The traceback text, notes included (the step it was raised in): for the dashboard.
+        assert exception["traceback"].startswith("Traceback (most recent call last):")
+        assert "Boom: kaboom" in exception["traceback"]
+        assert "trioflow: raised in step 'explode'" in exception["traceback"]
+        final = events[1]["data"]["data"]["exception"]
+        assert "raise Boom" in final["traceback"]
         slow = await server.start("slow")
         status = await server.wait_status(slow, "timed_out")
         assert status["error"]["type"] == "WorkflowTimeoutError"
         assert (await server.events(slow))[-1]["event"] == "WorkflowTimedOutEvent"
+
+
+@pytest.mark.parametrize("store", ["memory:", "sqlite"])
+async def test_a_public_server_hides_tracebacks(store: str, tmp_path: Path) -> None:
+    """hide_tracebacks: failures go out as their type and message only, also as stored."""
+    url = store if store == "memory:" else f"sqlite:///{tmp_path}/runs.db"
+    async with served(hide_tracebacks=True, store=url) as server:
+        failed = await server.start("fail")
+        await server.wait_status(failed, "failed")
+        events = await server.events(failed)
+        assert [e["data"]["data"]["exception"] for e in events] == [
+            {"type": "Boom", "message": "kaboom"}
+        ] * 2
 
 
 async def test_sending_events_into_a_run() -> None:
@@ -362,7 +383,7 @@ async def test_an_error_of_the_servers_own_is_logged_and_harms_no_other_run(
     its traceback, never dropped, and the server goes on starting and serving runs."""
     from trioflow._server import _pump
 
-    def broken(seq: int, event: object) -> object:
+    def broken(seq: int, event: object, **options: object) -> object:
         raise RuntimeError("encoder broke")
 
     async with served() as server:

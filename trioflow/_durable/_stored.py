@@ -92,8 +92,18 @@ class RowSink:
     appended as a row by the task that writes it, so that it is committed in order with the
     journal. A writer waits for the disk (`Store.room`)."""
 
-    def __init__(self, store: Store, run_id: str, workflow_name: str, *, seq: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        workflow_name: str,
+        *,
+        seq: int = 0,
+        tracebacks: bool = False,
+    ):
         self.seq = seq
+        #: Failures are written with their traceback text (`encode_envelope`).
+        self.tracebacks = tracebacks
         self.run_id = run_id
         self.workflow_name = workflow_name
         self._store = store
@@ -112,7 +122,7 @@ class RowSink:
     def write(self, seq: int, event: Event) -> None:
         cls = type(event)
         kind = self._kinds.get(cls) or self._kinds.setdefault(cls, event_kind(cls))
-        envelope = encode_envelope(seq, event)
+        envelope = encode_envelope(seq, event, tracebacks=self.tracebacks)
         try:
             json = dumps(envelope)
         except EncodeError as error:

@@ -111,6 +111,7 @@ class WorkflowApp:
         lease: float = 15.0,
         unserved_grace: float = 600.0,
         llama_compat: bool = False,
+        hide_tracebacks: bool = False,
     ) -> None:
         self.workflows = _named(workflows)
         self.options = ServerOptions(
@@ -138,6 +139,7 @@ class WorkflowApp:
             lease=lease,
             unserved_grace=unserved_grace,
             llama_compat=llama_compat,
+            hide_tracebacks=hide_tracebacks,
         )
         self._registry: RunRegistry | None = None
         self._running = False  # between entering and leaving `running`

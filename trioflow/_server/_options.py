@@ -295,6 +295,14 @@ class ServerOptions:
             "(llama-agents-client, @llamaindex/workflows-client)"
         ),
     )
+    hide_tracebacks: bool = attrs.field(
+        default=False,
+        validator=attrs.validators.instance_of(bool),
+        metadata=_about(
+            "send failures without their traceback text (for a server the public can reach: "
+            "a traceback shows code paths and values)"
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_runs == 0 and not self.store.lower().startswith(("postgresql:", "postgres:")):

@@ -76,7 +76,7 @@ async def pump(record: RunRecord, *, clock: Callable[[], float] = time.perf_coun
             busy = 0.0
         seq = record.seq + 1
         kind = kinds.get(type(event)) or kinds.setdefault(type(event), event_kind(type(event)))
-        envelope = encode_envelope(seq, event)
+        envelope = encode_envelope(seq, event, tracebacks=record.tracebacks)
         try:
             json = dumps(envelope)
         except EncodeError as error:
@@ -119,8 +119,16 @@ class StoreSink(RowSink):
     clients, as the pump does; its clients get each event from ``feed`` once committed
     (`RunRegistry._published`)."""
 
-    def __init__(self, store: Store, feed: StoredFeed, workflow_name: str, *, seq: int = 0) -> None:
-        super().__init__(store, feed.run_id, workflow_name, seq=seq)
+    def __init__(
+        self,
+        store: Store,
+        feed: StoredFeed,
+        workflow_name: str,
+        *,
+        seq: int = 0,
+        tracebacks: bool = False,
+    ) -> None:
+        super().__init__(store, feed.run_id, workflow_name, seq=seq, tracebacks=tracebacks)
         self._feed = feed
         #: The run's record, once it has one: its ``seq`` follows the sink's.
         self.record: RunRecord | None = None

@@ -41,6 +41,8 @@ class RunRecord:
     lifecycle: bool = False
     #: The feed keeps each event object besides its JSON (a `RunGroup`'s runs).
     keep_events: bool = False
+    #: Failures go to the feed with their traceback text (``hide_tracebacks`` not set).
+    tracebacks: bool = attrs.field(default=False, kw_only=True)
     started_at: float = attrs.field(factory=time.time)
     #: Forget the run once it ends rather than keep it (`RunRegistry.forget`).
     forgotten: bool = False

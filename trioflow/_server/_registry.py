@@ -711,7 +711,15 @@ class RunRegistry:
         options = self._options
         feed = RunFeed(options.retain, options.retain_bytes, options.max_clients_per_run)
         number = next(self._numbers)
-        record = RunRecord(name, handler, feed, number, lifecycle, self._keep_events)
+        record = RunRecord(
+            name,
+            handler,
+            feed,
+            number,
+            lifecycle,
+            self._keep_events,
+            tracebacks=not self._options.hide_tracebacks,
+        )
         record.node = self.node
         self._records[record.run_id] = record
         return record
@@ -755,7 +763,7 @@ class RunRegistry:
             options.max_clients_per_run,
             last_seq=last,
         )
-        sink = StoreSink(store, feed, name, seq=last)
+        sink = StoreSink(store, feed, name, seq=last, tracebacks=not options.hide_tracebacks)
         self._feeds[row.run_id] = feed
         record: RunRecord | None = None
         started = False
@@ -782,6 +790,7 @@ class RunRegistry:
                     store=store,
                     seq=sink.seq,
                     node=self.node,
+                    tracebacks=not options.hide_tracebacks,
                 )
                 sink.record = record
                 try:

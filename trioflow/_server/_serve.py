@@ -101,6 +101,7 @@ async def serve(
     lease: float = 15.0,
     unserved_grace: float = 600.0,
     llama_compat: bool = False,
+    hide_tracebacks: bool = False,
 ) -> None: ...
 @overload
 async def serve(

@@ -6,7 +6,8 @@ at any depth:
 
 - attrs instances and dataclasses: an object of their public fields (names without a leading
   ``_``); an event inside a value: ``{"type": short name, "data": {...}}``.
-- exceptions: ``{"type": class name, "message": str(exc)}``; never a traceback.
+- exceptions: ``{"type": class name, "message": str(exc)}``, and in a stream event's
+  envelope where the server sends them, ``"traceback"`` (`encode_envelope`).
 - lists, tuples and other sequences, sets and frozensets: arrays (a set sorted when its items
   compare, so that equal sets encode equally).
 - mappings: objects; a key that is not a string becomes its JSON text (``1`` -> ``"1"``).
@@ -37,6 +38,7 @@ import json
 import math
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -191,14 +193,19 @@ def encode_event_data(event: Event) -> dict[str, Any]:
     return data
 
 
-def encode_envelope(seq: int, event: Event) -> dict[str, Any]:
-    """The envelope of one stream event: ``{"seq", "type", "qualified_name", "data"}``."""
-    return {
-        "seq": seq,
-        "type": type_name(type(event)),
-        "qualified_name": qualified_name(type(event)),
-        "data": encode_event_data(event),
-    }
+def encode_envelope(seq: int, event: Event, *, tracebacks: bool = False) -> dict[str, Any]:
+    """The envelope of one stream event: ``{"seq", "type", "qualified_name", "data"}``; with
+    ``tracebacks``, the exceptions it holds (a failure's) with their traceback text."""
+    _encoding.tracebacks = tracebacks
+    try:
+        return {
+            "seq": seq,
+            "type": type_name(type(event)),
+            "qualified_name": qualified_name(type(event)),
+            "data": encode_event_data(event),
+        }
+    finally:
+        _encoding.tracebacks = False
 
 
 def envelope_data(text: bytes, start: int = 0, end: int | None = None) -> memoryview:
@@ -217,12 +224,20 @@ def encode_value(value: Any) -> Any:
 
 
 def encode_exception(exc: BaseException) -> dict[str, Any]:
-    """``{"type": class name, "message": str(exc)}``: no traceback goes over the wire."""
+    """``{"type": class name, "message": str(exc)}``; inside `encode_envelope` asked for
+    tracebacks, also ``"traceback"``: its text as Python prints it, notes included (which
+    say the step it was raised in, and where a re-raised failure began)."""
     try:
         message = str(exc)
     except Exception:  # a broken __str__ must not turn reporting one error into another
         message = _safe_repr(exc)
-    return {"type": type(exc).__name__, "message": message}
+    encoded = {"type": type(exc).__name__, "message": message}
+    if _encoding.tracebacks:
+        try:
+            encoded["traceback"] = "".join(traceback.format_exception(exc))
+        except Exception:  # (as for the message)
+            encoded["traceback"] = message
+    return encoded
 
 
 def _encode(value: Any) -> Any:
@@ -246,6 +261,8 @@ class _Encoding(threading.local):
 
     def __init__(self) -> None:
         self.inside: set[int] = set()
+        #: Exceptions go with their traceback text (`encode_envelope`).
+        self.tracebacks = False
 
 
 _encoding = _Encoding()

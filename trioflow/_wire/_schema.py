@@ -19,7 +19,8 @@ data in a stream's envelope). Type by type, as `_decode` reads them:
   ``{"type": name, "data": {...}}``, one option per event type the decoder would resolve.
 - datetime, date and time are strings with ``format`` (``date-time``, ``date``, ``time``),
   timedelta a number of seconds, bytes a base64 string (``contentEncoding``), UUID (``format:
-  uuid``), Decimal and paths strings; an exception going out is ``{"type", "message"}``.
+  uuid``), Decimal and paths strings; an exception going out is ``{"type", "message"}`` (and
+  ``"traceback"`` where a server sends it).
 - ``Any``, ``object`` and types the wire format has no rule for are ``{}``: anything.
 
 What JSON Schema cannot say, the schemas do not either: ``format`` and ``contentEncoding`` are
@@ -243,7 +244,8 @@ class JsonSchemas:
         if issubclass(tp, Path) or (direction == "out" and issubclass(tp, PurePath)):
             return {"type": "string"}
         if issubclass(tp, BaseException):
-            # Going out, an exception is {"type", "message"}; coming in, nothing makes one.
+            # Going out, an exception is {"type", "message", "traceback"?}; coming in, nothing
+            # makes one.
             return self._exception() if direction == "out" else False
         if issubclass(tp, Event):
             return self._nested_event(tp, direction)
@@ -387,9 +389,16 @@ class JsonSchemas:
         def build() -> Schema:
             return {
                 "title": "Exception",
-                "description": "An exception: its class name and its message (no traceback).",
+                "description": (
+                    "An exception: its class name, its message and, in a stream the server "
+                    "sends unless told to hide them, its traceback text (notes included)"
+                ),
                 **_object_of(
-                    {"type": {"type": "string"}, "message": {"type": "string"}},
+                    {
+                        "type": {"type": "string"},
+                        "message": {"type": "string"},
+                        "traceback": {"type": "string"},
+                    },
                     ["type", "message"],
                     additional=False,
                 ),
