@@ -2,10 +2,10 @@
 
 Run in-process, a run's failure is raised to its caller, so the runtime logs it quietly (INFO,
 one line). A run started over HTTP has no caller to raise it to: its client gets the error's
-type, message and traceback text, unless the server hides tracebacks (``hide_tracebacks``), and
-an operator reads logs rather than streams; so the server logs it too, once per failed run, at WARNING with the exception, on the
-``trioflow.server`` logger; the attempts that were retried before are logged by the runtime
-(INFO, one line each), not here.
+type, message and traceback text, unless the server hides tracebacks (``hide_tracebacks``),
+and an operator reads logs rather than streams; so the server logs it too, once per failed
+run, at WARNING with the exception, on the ``trioflow.server`` logger; the attempts that were
+retried before are logged by the runtime (INFO, one line each), not here.
 """
 
 from __future__ import annotations
