@@ -370,6 +370,16 @@ async def test_reload_keeps_the_run(server: str, browser: Browser) -> None:
     assert not await visible(page, "input-request")
     await assert_no_errors(page)
 
+    # The link, shared: a new tab shows the run, and /#/workflows/<name> a workflow.
+    shared = await browser.new_page(f"{server}/#/runs/{run_id}")
+    await shared.wait_for(f"document.getElementById('run-id').textContent === {js(run_id)}")
+    await wait_for_status(shared, "completed")
+    assert await logged_events(shared) == finished
+    await shared.evaluate("location.hash = '#/workflows/flaky'")
+    await shared.wait_for("document.getElementById('wf-name').textContent === 'flaky'")
+    assert await text(shared, "run-id") == run_id  # the run stays shown below
+    await assert_no_errors(shared)
+
 
 async def test_run_started_over_the_api_is_listed_opened_and_answered(
     server: str, browser: Browser
