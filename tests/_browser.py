@@ -201,6 +201,13 @@ class Page:
         with trio.fail_after(COMMAND_TIMEOUT):
             await self._loaded.wait()
 
+    async def reload(self) -> None:
+        """Reload the page (its URL, hash included) and wait for the load event."""
+        self._loaded = trio.Event()
+        await self.send("Page.reload", {"ignoreCache": True})
+        with trio.fail_after(COMMAND_TIMEOUT):
+            await self._loaded.wait()
+
     async def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression (promises awaited); raise if it throws."""
         result = await self.send(

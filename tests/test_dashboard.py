@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from _browser import Browser, Chromium, Page, connect, launch_chromium, require_chromium
@@ -80,14 +81,22 @@ async def select(page: Page, name: str) -> None:
 
 
 async def fill(page: Page, form: str, **fields: str | bool) -> None:
-    """Set inputs of a form by field name, as typing or ticking would."""
+    """Set inputs of a form by field name, as typing, ticking or choosing would."""
     for name, value in fields.items():
         found = await page.evaluate(
             f"""(() => {{
-                const input = document.querySelector('#{form} input[name={js(name)}]');
+                const inputs = [...document.querySelectorAll('#{form} [name={js(name)}]')];
+                const input = inputs[0];
                 if (!input) return false;
+                if (input.type === 'radio') {{
+                    const choice = inputs.find(i => i.value === String({js(value)}));
+                    if (!choice) return false;
+                    choice.click();  // as a user would: input and change events
+                    return true;
+                }}
                 if (input.type === 'checkbox') input.checked = {js(value)};
                 else input.value = {js(value)};
+                input.dispatchEvent(new Event('input', {{ bubbles: true }}));
                 return true;
             }})()"""
         )
@@ -124,6 +133,15 @@ async def logged_events(page: Page) -> list[tuple[int, str]]:
         ".map(e => [Number(e.dataset.seq), e.dataset.type])"
     )
     return [(int(seq), str(kind)) for seq, kind in rows]
+
+
+async def sent_answers(page: Page) -> list[list[str]]:
+    """(type, data) of each answer the page sent, as its event log shows them."""
+    answers: list[list[str]] = await page.evaluate(
+        "[...document.querySelectorAll('#events [data-sent]')]"
+        ".map(e => [e.dataset.sent, e.querySelector('.data').textContent])"
+    )
+    return answers
 
 
 async def result(page: Page) -> JsonValue:
@@ -216,12 +234,13 @@ async def test_approval_run_asks_and_takes_the_answer(server: str, browser: Brow
     await page.wait_for("!document.getElementById('input-request').hidden")
 
     assert await text(page, "input-question") == "May I ship v2?"
-    assert await text(page, "run-status") == "running"
+    assert await text(page, "run-status") == "waiting for input"
     assert [kind for _, kind in await logged_events(page)][-1] == "ApprovalRequired"
     answer_inputs = await page.evaluate(
         "[...document.querySelectorAll('#answer-form input')].map(i => [i.name, i.type])"
     )
-    assert answer_inputs == [["approved", "checkbox"], ["comment", "text"]]
+    # The required boolean is an explicit choice: yes or no, as two radios.
+    assert answer_inputs == [["approved", "radio"], ["approved", "radio"], ["comment", "text"]]
 
     await fill(page, "answer-form", approved=True, comment="go ahead")
     await page.evaluate("document.getElementById('answer').click()")
@@ -231,6 +250,7 @@ async def test_approval_run_asks_and_takes_the_answer(server: str, browser: Brow
     assert not await visible(page, "input-request")
     events = await logged_events(page)
     assert_in_order(events, "StopEvent")
+    assert await sent_answers(page) == [["Approval", 'approved=true  comment="go ahead"']]
     assert [kind for _, kind in events].count("Progress") == 6  # prepare 3, carry out 3
     await assert_no_errors(page)
 
@@ -307,3 +327,157 @@ async def test_token_is_passed_on_and_its_absence_reported(browser: Browser) -> 
         text = await anonymous.wait_for("document.body && document.body.innerText")
         assert '"code":"unauthorized"' in text
         assert "?token=<token>" in text
+
+
+# -- runs: the list, their own URLs, and answering them ------------------------------------------
+
+
+async def api_status(url: str, run_id: str) -> JsonValue:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        response = await client.get(f"/runs/{run_id}")
+        response.raise_for_status()
+        return response.json()
+
+
+async def test_reload_keeps_the_run(server: str, browser: Browser) -> None:
+    """A run has its own URL: reloading the page shows the same run, its events and status."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "approval")
+    run_id = await start_run(page, action="ship v3", pace="0")
+    await wait_for_status(page, "waiting for input")
+    assert await page.evaluate("location.hash") == f"#/runs/{run_id}"
+    before = await logged_events(page)
+
+    await page.reload()
+    await page.wait_for(f"document.getElementById('run-id').textContent === {js(run_id)}")
+    await wait_for_status(page, "waiting for input")
+    await page.wait_for(f"document.querySelectorAll('#events [data-seq]').length >= {len(before)}")
+    assert await logged_events(page) == before  # replayed from the first event, none twice
+    assert await text(page, "input-question") == "May I ship v3?"
+    assert await text(page, "run-workflow") == "approval"
+    assert await text(page, "wf-name") == "approval"  # the run's workflow is shown too
+
+    # Answered after the reload, finished, and reloaded again: the outcome is still there.
+    await fill(page, "answer-form", approved=False)
+    await page.evaluate("document.getElementById('answer').click()")
+    await wait_for_status(page, "completed")
+    finished = await logged_events(page)
+    await page.reload()
+    await page.wait_for(f"document.getElementById('run-id').textContent === {js(run_id)}")
+    await wait_for_status(page, "completed")
+    assert await logged_events(page) == finished
+    assert await result(page) == {"action": "ship v3", "done": False, "comment": ""}
+    assert not await visible(page, "input-request")
+    await assert_no_errors(page)
+
+    # The link, shared: a new tab shows the run, and /#/workflows/<name> a workflow.
+    shared = await browser.new_page(f"{server}/#/runs/{run_id}")
+    await shared.wait_for(f"document.getElementById('run-id').textContent === {js(run_id)}")
+    await wait_for_status(shared, "completed")
+    assert await logged_events(shared) == finished
+    await shared.evaluate("location.hash = '#/workflows/flaky'")
+    await shared.wait_for("document.getElementById('wf-name').textContent === 'flaky'")
+    assert await text(shared, "run-id") == run_id  # the run stays shown below
+    await assert_no_errors(shared)
+
+
+async def test_run_started_over_the_api_is_listed_opened_and_answered(
+    server: str, browser: Browser
+) -> None:
+    """A run started by another client shows in the runs list as waiting for input; opened
+    from there, it is answered from the page with an explicit choice, and completes."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        started = await client.post("/workflows/approval/runs", json={"action": "merge", "pace": 0})
+        run_id = started.json()["run_id"]
+    page = await open_dashboard(browser, server + "/")
+    row = f"document.querySelector('#runs-list [data-run-id={js(run_id)}]')"
+    await page.wait_for(f"{row}?.dataset.status === 'waiting'")
+    assert await page.evaluate(f"{row}.querySelector('.badge').textContent") == (
+        "waiting for input"
+    )
+    assert await page.evaluate(f"{row}.querySelector('.wf').textContent") == "approval"
+
+    await page.evaluate(f"{row}.querySelector('a').click()")
+    await page.wait_for(f"document.getElementById('run-id').textContent === {js(run_id)}")
+    await wait_for_status(page, "waiting for input")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+    assert await text(page, "input-question") == "May I merge?"
+    assert await page.evaluate(f"{row}.classList.contains('selected')")
+    assert not await page.evaluate("document.getElementById('cancel').disabled")
+
+    await fill(page, "answer-form", approved=True)
+    await page.evaluate("document.getElementById('answer').click()")
+    await wait_for_status(page, "completed")
+    assert await result(page) == {"action": "merge", "done": True, "comment": ""}
+    assert await sent_answers(page) == [["Approval", "approved=true"]]
+    # The list follows: the row is completed too.
+    await page.wait_for(f"{row}?.dataset.status === 'completed'")
+    assert (await api_status(server, run_id))["status"] == "completed"
+    await assert_no_errors(page)
+
+
+async def test_a_boolean_answer_needs_an_explicit_choice(server: str, browser: Browser) -> None:
+    """The answer's boolean has no preselected value: Send is disabled and the form refuses to
+    submit until yes or no is chosen, so nothing is sent by default."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "approval")
+    run_id = await start_run(page, pace="0")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+
+    checked = await page.evaluate(
+        "[...document.querySelectorAll('#answer-form [name=approved]')].map(i => i.checked)"
+    )
+    assert checked == [False, False]
+    assert await page.evaluate("document.getElementById('answer').disabled")
+    assert not await page.evaluate("document.getElementById('answer-form').checkValidity()")
+    # Enter in the form (a submit) and the button itself: neither sends anything.
+    await page.evaluate("document.getElementById('answer-form').requestSubmit()")
+    await page.evaluate("document.getElementById('answer').click()")
+    await page.evaluate("new Promise((resolve) => setTimeout(resolve, 0))")  # let handlers run
+    assert await sent_answers(page) == []
+    assert await visible(page, "input-request")
+    status = await api_status(server, run_id)
+    assert (status["status"], status["waiting_for_input"]) == ("running", True)
+
+    await fill(page, "answer-form", approved=False)
+    assert not await page.evaluate("document.getElementById('answer').disabled")
+    await page.evaluate("document.getElementById('answer-form').requestSubmit()")
+    await wait_for_status(page, "completed")
+    assert await result(page) == {"action": "deploy to production", "done": False, "comment": ""}
+    await assert_no_errors(page)
+
+
+async def test_runs_list_pages_and_filters(server: str, browser: Browser) -> None:
+    """The list shows the newest runs first, a page at a time ("More" follows next_cursor),
+    and filters by workflow and status."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        ids = []
+        for _ in range(22):
+            started = await client.post("/workflows/research/runs", json={"pace": 0})
+            ids.append(started.json()["run_id"])
+        started = await client.post("/workflows/approval/runs", json={"pace": 0})
+        waiting = started.json()["run_id"]
+    page = await open_dashboard(browser, server + "/")
+    listed = "[...document.querySelectorAll('#runs-list [data-run-id]')].map(e => e.dataset.runId)"
+    await page.wait_for(f"{listed}.length === 20")
+    assert await page.evaluate(listed) == [waiting, *ids[::-1][:19]]
+    assert await visible(page, "runs-more")
+    await page.evaluate("document.getElementById('runs-more').click()")
+    await page.wait_for(f"{listed}.length === 23")
+    assert await page.evaluate(listed) == [waiting, *ids[::-1]]
+    assert not await visible(page, "runs-more")
+
+    await page.evaluate(
+        """(() => { const s = document.getElementById('runs-workflow');
+                    s.value = 'approval'; s.dispatchEvent(new Event('change')); })()"""
+    )
+    await page.wait_for(f"{listed}.length === 1")
+    assert await page.evaluate(listed) == [waiting]
+    await page.evaluate(
+        """(() => { const w = document.getElementById('runs-workflow'); w.value = '';
+                    const s = document.getElementById('runs-status'); s.value = 'running';
+                    s.dispatchEvent(new Event('change')); })()"""
+    )
+    await page.wait_for(f"{listed}.length === 1")  # the research runs have completed
+    assert await page.evaluate(listed) == [waiting]
+    await assert_no_errors(page)

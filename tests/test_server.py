@@ -135,14 +135,19 @@ async def test_events_arrive_while_the_run_still_waits() -> None:
                 if message["event"] == "Asking":
                     break
             assert seen == ["Tick", "Asking"]
-            assert (await server.status(run_id))["status"] == "running"
+            status = await server.status(run_id)
+            assert (status["status"], status["waiting_for_input"]) == ("running", True)
+            # The list says so too (the dashboard shows such a run as waiting for input).
+            listed = (await server.client.get("/runs")).json()["runs"]
+            assert [(r["run_id"], r["waiting_for_input"]) for r in listed] == [(run_id, True)]
             answer = await server.client.post(
                 f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 2}}
             )
             assert answer.status_code == 202
             rest = [m["event"] async for m in messages if "data" in m]
         assert rest == ["Tick", "Tick", "StopEvent"]
-        assert (await server.wait_status(run_id, "completed"))["result"] == 2
+        status = await server.wait_status(run_id, "completed")
+        assert (status["result"], status["waiting_for_input"]) == (2, False)
 
 
 async def test_resume_with_last_event_id_or_after() -> None:

@@ -158,6 +158,15 @@ class RunFeed:
         return self._entries[-1].size if self._entries else 0
 
     @property
+    def asks_for_input(self) -> bool:
+        """Whether the newest retained entry is an `InputRequiredEvent`: the run asks its
+        caller for an answer (False with nothing retained)."""
+        if not self._entries:
+            return False
+        kind = self._entries[-1].kind
+        return kind.type_name == "InputRequiredEvent" or "InputRequiredEvent" in kind.bases
+
+    @property
     def watchers(self) -> int:
         """Clients attached right now."""
         return len(self._watchers)

@@ -933,6 +933,11 @@ def _fixed_schemas() -> dict[str, Schema]:
             "type": ["string", "null"],
             "description": "The node id of the process running it; null when none is.",
         },
+        "waiting_for_input": {
+            "type": "boolean",
+            "description": "It runs and its newest event is an `InputRequiredEvent`: it waits "
+            "for an answer (`POST /runs/{run_id}/events`).",
+        },
     }
     return {
         "Error": _object(

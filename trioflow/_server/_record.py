@@ -164,6 +164,7 @@ class RunRecord:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "node": None if self.done.is_set() else self.node,
+            "waiting_for_input": self.status is RunStatus.RUNNING and self.feed.asks_for_input,
         }
 
     def _error(self, error: BaseException) -> dict[str, Any]:

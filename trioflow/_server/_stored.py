@@ -423,6 +423,9 @@ class StoredRecord:
             "ended_at": self.ended_at,
             # The process running it (on a store shared by processes): none once it ended.
             "node": self.row.owner if self.row.status == RunStatus.RUNNING.value else None,
+            # Known from the events this process has of it (none: false).
+            "waiting_for_input": self.row.status == RunStatus.RUNNING.value
+            and self.feed.asks_for_input,
         }
 
 
