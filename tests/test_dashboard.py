@@ -282,6 +282,17 @@ async def test_failed_run_shows_the_error(server: str, browser: Browser) -> None
     error = await text(page, "error")
     assert "FlakyError" in error
     assert "attempt 3 of 5 planned failures" in error
+    # The traceback, shown open under the error: where it was raised, and (a note) that the
+    # error handler re-raised what step 'attempt' raised.
+    trace = await page.evaluate("document.querySelector('#error pre.traceback').textContent")
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "raised in step 'recover'" in trace
+    assert "while handling the failure of step 'attempt'" in trace
+    assert await page.evaluate("document.querySelector('#error details').open")
+    folded = await page.evaluate(
+        "document.querySelectorAll('#events [data-type=StepFailedEvent] details').length"
+    )
+    assert folded >= 3  # each failure's traceback folds under its line in the log
     events = await logged_events(page)
     assert_in_order(events, "WorkflowFailedEvent")
     failed_attempts = await page.evaluate(
