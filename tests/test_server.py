@@ -150,6 +150,32 @@ async def test_events_arrive_while_the_run_still_waits() -> None:
         assert (status["result"], status["waiting_for_input"]) == (2, False)
 
 
+async def test_lifecycle_events_after_a_request_leave_the_run_waiting() -> None:
+    """With lifecycle events recorded, those after an input request (the workflow going idle)
+    do not count as the run moving on: it still waits for input."""
+    async with served() as server:
+        run_id = await server.start("gate", lifecycle="1")
+        params = {"types": "LifecycleEvent,Asking"}
+        async with server.client.stream("GET", f"/runs/{run_id}/events", params=params) as response:
+            seen = []
+            async with aclosing(sse_messages(response)) as messages:
+                async for message in messages:
+                    if "data" not in message:
+                        continue
+                    seen.append(message["event"])
+                    if "Asking" in seen[:-1]:  # a lifecycle event after the request
+                        break
+        assert seen.index("Asking") < len(seen) - 1
+        status = await server.status(run_id)
+        assert (status["status"], status["waiting_for_input"]) == ("running", True)
+        answer = await server.client.post(
+            f"/runs/{run_id}/events", json={"type": "Go", "data": {"count": 1}}
+        )
+        assert answer.status_code == 202
+        status = await server.wait_status(run_id, "completed")
+        assert status["waiting_for_input"] is False
+
+
 async def test_resume_with_last_event_id_or_after() -> None:
     """A client resumes after the seq it names; Last-Event-ID wins over ?after=."""
     async with served() as server:

@@ -160,11 +160,14 @@ class RunFeed:
     @property
     def asks_for_input(self) -> bool:
         """Whether the newest retained entry is an `InputRequiredEvent`: the run asks its
-        caller for an answer (False with nothing retained)."""
-        if not self._entries:
-            return False
-        kind = self._entries[-1].kind
-        return kind.type_name == "InputRequiredEvent" or "InputRequiredEvent" in kind.bases
+        caller for an answer (False with nothing retained). Lifecycle events (a run started
+        with ``?lifecycle=1``) do not count: a step's start or the workflow going idle is not
+        the run moving on from its request."""
+        for entry in reversed(self._entries):
+            kind = entry.kind
+            if not kind.lifecycle:
+                return kind.type_name == "InputRequiredEvent" or "InputRequiredEvent" in kind.bases
+        return False
 
     @property
     def watchers(self) -> int:

@@ -935,8 +935,8 @@ def _fixed_schemas() -> dict[str, Schema]:
         },
         "waiting_for_input": {
             "type": "boolean",
-            "description": "It runs and its newest event is an `InputRequiredEvent`: it waits "
-            "for an answer (`POST /runs/{run_id}/events`).",
+            "description": "It runs and its newest event (lifecycle events aside) is an "
+            "`InputRequiredEvent`: it waits for an answer (`POST /runs/{run_id}/events`).",
         },
     }
     return {
