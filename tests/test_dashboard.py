@@ -150,8 +150,11 @@ async def result(page: Page) -> JsonValue:
 
 
 def assert_in_order(events: list[tuple[int, str]], terminal: str) -> None:
-    """Every event once, numbered from 1 without gaps, ending with ``terminal``."""
-    assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
+    """Every event once, in order, ending with ``terminal``. The seqs may have gaps: a run the
+    page starts records its lifecycle events too (for the graph), which the log leaves out."""
+    seqs = [seq for seq, _ in events]
+    assert seqs == sorted(set(seqs))
+    assert seqs[0] >= 1
     assert events[-1][1] == terminal
     assert terminal not in [kind for _, kind in events[:-1]]
 
@@ -213,6 +216,11 @@ async def test_research_run_streams_progress_tokens_and_result(
     assert_in_order(events, "StopEvent")
     kinds = [kind for _, kind in events]
     assert kinds.count("Progress") == 13  # plan once, three searches four times each
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        stream = await client.get(
+            f"/runs/{run_id}/events", headers={"accept": "application/x-ndjson"}
+        )
+    assert events == [(e["seq"], e["type"]) for e in map(json.loads, stream.text.splitlines())]
     answer = (await result(page))["answer"]
     assert answer.startswith("nurseries keeps every task inside a scope")
     assert kinds.count("Token") == len(answer.split())
@@ -491,4 +499,131 @@ async def test_runs_list_pages_and_filters(server: str, browser: Browser) -> Non
     )
     await page.wait_for(f"{listed}.length === 1")  # the research runs have completed
     assert await page.evaluate(listed) == [waiting]
+    await assert_no_errors(page)
+
+
+# -- the graph, live ------------------------------------------------------------------------------
+
+
+async def graph_states(page: Page) -> dict[str, str]:
+    """Each step node's state, by step name."""
+    states: dict[str, str] = await page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#graph [data-step]')]"
+        ".map(e => [e.dataset.step, e.dataset.state]))"
+    )
+    return states
+
+
+async def edge_counts(page: Page) -> dict[str, int]:
+    """The count shown on each edge, by "source→target" (0: none shown)."""
+    counts: dict[str, str | None] = await page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#graph [data-edge]')]"
+        ".map(e => [e.dataset.edge, e.dataset.count ?? null]))"
+    )
+    return {edge: int(count or 0) for edge, count in counts.items()}
+
+
+def step_is(name: str, *states: str) -> str:
+    node = f"document.querySelector('#graph [data-step={js(name)}]')"
+    return f"{js(list(states))}.includes({node}?.dataset.state)"
+
+
+async def test_the_workflows_graph_is_drawn(server: str, browser: Browser) -> None:
+    """The selected workflow's graph: one node per step and per event type, its edges, each
+    node titled; idle until a run is open."""
+    page = await open_dashboard(browser, server + "/")
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        for name in WORKFLOWS:
+            graph = (await client.get(f"/workflows/{name}")).json()
+            await select(page, name)
+            drawn = await page.evaluate(
+                "({steps: [...document.querySelectorAll('#graph [data-step]')]"
+                ".map(e => e.dataset.step), events: [...document.querySelectorAll("
+                "'#graph [data-event]')].map(e => e.dataset.event), edges: [...document"
+                ".querySelectorAll('#graph [data-edge]')].map(e => e.dataset.edge),"
+                " titles: [...document.querySelectorAll('#graph .node')]"
+                ".every(n => n.querySelector('title')?.textContent)})"
+            )
+            assert sorted(drawn["steps"]) == sorted(step["name"] for step in graph["steps"])
+            assert sorted(drawn["events"]) == sorted(event["name"] for event in graph["events"])
+            edges = [f"{e['source']}\u2192{e['target']}" for e in graph["graph"]["edges"]]
+            assert sorted(drawn["edges"]) == sorted(edges)
+            assert drawn["titles"]
+            assert set((await graph_states(page)).values()) == {"idle"}
+            # Laid out in layers: the start event above its step, that step above what it returns.
+            tops = await page.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('#graph .node')]"
+                ".map(n => [n.dataset.step ?? n.dataset.event ?? n.dataset.external,"
+                " n.getBoundingClientRect().top]))"
+            )
+            first = graph["steps"][0]
+            assert tops[first["accepts"][0]] < tops[first["name"]]
+    assert await edge_counts(page) == dict.fromkeys(await edge_counts(page), 0)
+    await assert_no_errors(page)
+
+
+async def test_the_graph_shows_a_running_step_then_a_finished_one(
+    server: str, browser: Browser
+) -> None:
+    """A research run: the search step runs (with its three workers), then every step is done;
+    the edges count the events that went along them."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "research")
+    await start_run(page, pace="0.5")
+    await page.wait_for(step_is("search", "running"))
+    workers = await page.evaluate(
+        "document.querySelector('#graph [data-step=search]').dataset.workers"
+    )
+    assert 1 <= int(workers) <= 3
+    assert (await graph_states(page))["plan"] == "done"
+    await wait_for_status(page, "completed")
+    await page.wait_for(f"{step_is('write', 'done')} && {step_is('search', 'done')}")
+    assert await graph_states(page) == {"plan": "done", "search": "done", "write": "done"}
+    counts = await edge_counts(page)
+    assert counts["Research\u2192plan"] == 1
+    assert counts["plan\u2192Query"] == counts["Query\u2192search"] == 3
+    assert counts["search\u2192Findings"] == counts["Findings\u2192write"] == 3
+    assert counts["write\u2192StopEvent"] == 1
+    assert counts["write\u2192Token"] == len((await result(page))["answer"].split())
+    assert not await visible(page, "graph-note")
+    await assert_no_errors(page)
+
+
+async def test_the_graph_shows_retries_and_the_failed_step(server: str, browser: Browser) -> None:
+    """A flaky run that never succeeds: the step retries, then it and the error handler that
+    re-raised are failed; the failures are counted on the edge to StepFailedEvent."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "flaky")
+    await start_run(page, failures="5", recover=False, pace="0")
+    await page.wait_for(step_is("attempt", "retrying"))  # 0.3 s between attempts
+    await wait_for_status(page, "failed")
+    await page.wait_for(f"{step_is('attempt', 'failed')} && {step_is('recover', 'failed')}")
+    counts = await edge_counts(page)
+    assert counts["Job\u2192attempt"] == 1
+    assert counts["attempt\u2192StepFailedEvent"] == 3
+    assert counts["StepFailedEvent\u2192recover"] == 1
+    assert counts["attempt\u2192StopEvent"] == counts["recover\u2192StopEvent"] == 0
+    await assert_no_errors(page)
+
+
+async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Browser) -> None:
+    """An approval run: its step waits for input while the request is pending, runs on once
+    answered, and is done; a run started without lifecycle events shows no step states."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "approval")
+    await start_run(page, pace="0")
+    await page.wait_for(step_is("prepare", "waiting"))
+    assert (await edge_counts(page))["prepare\u2192ApprovalRequired"] == 1
+    await fill(page, "answer-form", approved=True)
+    await page.evaluate("document.getElementById('answer').click()")
+    await wait_for_status(page, "completed")
+    await page.wait_for(step_is("prepare", "done"))
+
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        started = await client.post("/workflows/research/runs", json={"pace": 0})
+        run_id = started.json()["run_id"]
+    await page.evaluate(f"location.hash = {js('#/runs/' + run_id)}")
+    await wait_for_status(page, "completed")
+    await page.wait_for("!document.getElementById('graph-note').hidden")
+    assert set((await graph_states(page)).values()) == {"idle"}
     await assert_no_errors(page)
