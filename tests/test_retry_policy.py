@@ -186,7 +186,9 @@ async def test_an_error_the_policy_does_not_retry_fails_the_step_at_once(
     assert trio.current_time() == 0.5  # no wait
 
 
-async def test_a_policy_that_fails_fails_the_step_with_its_error() -> None:
+async def test_a_policy_that_fails_fails_the_step_with_its_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A policy whose ``next`` raises, or answers what is no delay, fails the step with that
     error, the step's own as its cause."""
 
@@ -219,7 +221,9 @@ def test_what_a_step_takes_as_a_policy_is_checked() -> None:
     assert Flow().graph.steps[0].config.retry is not None
 
 
-async def test_a_durable_run_is_retried_as_its_policy_says(tmp_path: Path) -> None:
+async def test_a_durable_run_is_retried_as_its_policy_says(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     """On a store, the policy decides too; the failures retried are journaled and streamed."""
     policy = Recorder()
     flow = flaky_flow(policy, failures=2)
@@ -264,7 +268,9 @@ def test_parts_of_ones_own_combine_as_llama_indexs_do() -> None:
     assert answers(retry_policy(stop=stop_after_attempt(0)), (0, 1)) == [None]
 
 
-async def test_a_policy_whose_bound_cannot_be_read_is_still_asked() -> None:
+async def test_a_policy_whose_bound_cannot_be_read_is_still_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A policy's own ``max_attempts`` failing (it only labels log lines) changes nothing: the
     step is retried as ``next`` says, and its last failure goes to the error handlers."""
 
