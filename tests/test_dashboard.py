@@ -312,6 +312,27 @@ async def test_failed_run_shows_the_error(server: str, browser: Browser) -> None
     await assert_no_errors(page)
 
 
+async def test_a_phones_width_is_one_column_without_sideways_scrolling(
+    server: str, browser: Browser
+) -> None:
+    """At 375 px the lists stack above the workflow, nothing makes the page wider than the
+    screen, and a run still starts and completes from the page."""
+    page = await browser.new_page(server + "/", width=375, height=800)
+    await page.wait_for("document.querySelectorAll('#workflows [data-name]').length > 0")
+    await page.wait_for("document.querySelector('#start-form input') !== null")
+    await select(page, "flaky")
+    await start_run(page, failures="0", recover=True, pace="0")
+    await wait_for_status(page, "completed")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375
+    stacked = await page.evaluate(
+        "document.querySelector('#workflows').getBoundingClientRect().bottom <= "
+        "document.querySelector('#wf-name').getBoundingClientRect().top"
+    )
+    assert stacked
+    await assert_no_errors(page)
+
+
 async def test_bad_start_fields_show_the_servers_message(server: str, browser: Browser) -> None:
     """A start the server refuses (422) shows its message, naming the field, in the page."""
     page = await open_dashboard(browser, server + "/")
