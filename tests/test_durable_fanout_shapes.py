@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.lowlevel
 from test_durable import Recorder, _terminal, run_durably
-from test_durable_fanout import RAN, Chunk, Done, Go, _check
+from test_durable_fanout import RAN, Chunk, Done, Go, Split, _check
 
 from trioflow import (
     Context,
@@ -30,7 +30,7 @@ FLAKY_AFTER_RESUME = {"on": False}
 CALLS: collections.Counter[Any] = collections.Counter()
 
 
-class RetrySplit(Workflow):
+class RetrySplit(Split):
     @step(retry=RetryPolicy(max_attempts=3, delay=0.0))
     async def split(self, ev: Go) -> list[Chunk]:
         RAN["split", ev.n] += 1
@@ -39,25 +39,9 @@ class RetrySplit(Workflow):
             raise ConnectionError("transient, after a restart")
         return [Chunk(i=i) for i in range(ev.n)]
 
-    @step(num_workers=2)
-    async def work(self, ev: Chunk) -> Done:
-        RAN["work", ev.i] += 1
-        await trio.lowlevel.checkpoint()
-        return Done(i=ev.i)
 
-    @step
-    async def join(self, done: list[Done]) -> StopEvent:
-        RAN["join", None] += 1
-        return StopEvent(result=sorted(d.i for d in done))
-
-
-class RetryMembers(Workflow):
+class RetryMembers(Split):
     """Each member fails its first attempt (per process) and is retried."""
-
-    @step
-    async def split(self, ev: Go) -> list[Chunk]:
-        RAN["split", ev.n] += 1
-        return [Chunk(i=i) for i in range(ev.n)]
 
     @step(num_workers=2, retry=RetryPolicy(max_attempts=3, delay=0.0))
     async def work(self, ev: Chunk) -> Done:
@@ -68,18 +52,8 @@ class RetryMembers(Workflow):
             raise ConnectionError(ev.i)
         return Done(i=ev.i)
 
-    @step
-    async def join(self, done: list[Done]) -> StopEvent:
-        RAN["join", None] += 1
-        return StopEvent(result=sorted(d.i for d in done))
 
-
-class SlowTake(Workflow):
-    @step
-    async def split(self, ev: Go) -> list[Chunk]:
-        RAN["split", ev.n] += 1
-        return [Chunk(i=i) for i in range(ev.n)]
-
+class SlowTake(Split):
     @step(num_workers=4)
     async def work(self, ev: Chunk) -> Done:
         RAN["work", ev.i] += 1
@@ -88,25 +62,12 @@ class SlowTake(Workflow):
         return Done(i=ev.i)
 
     @step
-    async def first(self, done: Annotated[list[Done], Take(2)]) -> StopEvent:
-        RAN["first", None] += 1
+    async def join(self, done: Annotated[list[Done], Take(2)]) -> StopEvent:
+        RAN["join", None] += 1
         return StopEvent(result=sorted(d.i for d in done))
 
 
-class Bad(Event):
-    i: int
-
-
-class Fixed(Event):
-    i: int
-
-
-class FailuresOf(Workflow):
-    @step
-    async def split(self, ev: Go) -> list[Chunk]:
-        RAN["split", None] += 1
-        return [Chunk(i=i) for i in range(ev.n)]
-
+class FailuresOf(Split):
     @step(num_workers=2)
     async def work(self, ev: Chunk) -> Done:
         RAN["work", ev.i] += 1
@@ -120,11 +81,6 @@ class FailuresOf(Workflow):
         assert isinstance(ev.input_event, Chunk)
         RAN["rescue", ev.input_event.i] += 1
         return Done(i=100 + ev.input_event.i)
-
-    @step
-    async def join(self, done: list[Done]) -> StopEvent:
-        RAN["join", None] += 1
-        return StopEvent(result=sorted(d.i for d in done))
 
 
 class L(Event):

@@ -13,7 +13,7 @@ import random
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, get_args, overload
 
 import attrs
 
@@ -189,10 +189,11 @@ def step(
     return func
 
 
-#: The graph checks a step may skip for itself, and those a workflow may skip
-#: (`trioflow._core._checks`, which defines them).
-STEP_CHECKS = ("reachability", "dead_end")
-GRAPH_CHECKS = ("reachability", "dead_end", "terminal_event")
+#: The graph checks a workflow may skip (`trioflow._core._checks` runs them), and those a step
+#: may skip for itself.
+GraphCheck = Literal["reachability", "dead_end", "terminal_event"]
+GRAPH_CHECKS: tuple[GraphCheck, ...] = get_args(GraphCheck)
+STEP_CHECKS: tuple[GraphCheck, ...] = ("reachability", "dead_end")
 
 
 def checks_named(names: Iterable[str] | None, known: tuple[str, ...], who: str) -> frozenset[str]:

@@ -23,13 +23,12 @@ annotation naming a base class matches its subclasses both ways, as in the other
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import attrs
 
 from .._events import Event, HumanResponseEvent, InputRequiredEvent, StopEvent
-
-GraphCheck = Literal["reachability", "dead_end", "terminal_event"]
+from .._step import GraphCheck
 
 EventTypes = tuple[type[Event], ...]
 

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from .._errors import WorkflowRuntimeError
 from .._events import CollectedEvents, Event, InputRequiredEvent, StopEvent
 from ._collect import Collector
-from ._context import current_execution, current_step
 from ._graph import StepSpec, WorkflowGraph
 from ._idle import WorkerState
 from ._router import Router
@@ -228,8 +227,6 @@ async def work_scoped(crew: Crew, index: int, me: WorkerState) -> None:
     """`_work` for a scoped run (see the module docstring): each delivery is one work item,
     done once the execution's results are delivered."""
     spec = crew.graph.steps[index]
-    current_step.set(spec.name)
-    current_execution.set(me)
     call = _step_call(crew, spec)
     router = crew.router
     assert isinstance(router, ScopedRouter)

@@ -103,7 +103,11 @@ async def work(crew: Crew, index: int, loop: WorkLoop | None = None) -> None:
     spec = crew.graph.steps[index]
     me = WorkerState(spec.name, f"{crew.run_id}:{spec.name}.{len(crew.workers)}")
     crew.workers.append(me)
+    # What the step's code sees of where it runs, whatever the loop (a durable loop names
+    # each attempt in `current_execution` itself).
     current_worker.set(me)
+    current_step.set(spec.name)
+    current_execution.set(me)
     try:
         await (_work if loop is None else loop)(crew, index, me)
     except Exception as exc:
@@ -121,8 +125,6 @@ async def work(crew: Crew, index: int, loop: WorkLoop | None = None) -> None:
 
 async def _work(crew: Crew, index: int, me: WorkerState) -> None:
     spec = crew.graph.steps[index]
-    current_step.set(spec.name)
-    current_execution.set(me)
     call = _step_call(crew, spec)
     get = crew.router.inboxes[index].getter()
     # The router's hand-off table, read here rather than through a method call: this is the

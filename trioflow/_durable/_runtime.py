@@ -587,7 +587,6 @@ class Durable:
 async def _work_durable(crew: Run, index: int, me: WorkerState, durable: Durable) -> None:
     """`_work`, journaled (see the module docstring)."""
     spec = crew.graph.steps[index]
-    current_step.set(spec.name)
     call = _step_call(crew, spec)
     router = crew.router
     assert isinstance(router, DurableRouter)

@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from .._core._context import current_step
 from .._core._fanout import ScopedRouter, Stream, check_single
 from .._core._graph import StepSpec
 from .._core._idle import WorkerState
@@ -302,7 +301,6 @@ async def _work_scoped_durable(crew: Run, index: int, me: WorkerState, durable: 
     """`_runtime._work_durable` for streams, or `_fanout.work_scoped` journaled: each
     delivery is one work item of its stream, done once its task is finished."""
     spec = crew.graph.steps[index]
-    current_step.set(spec.name)
     call = _step_call(crew, spec)
     router = crew.router
     assert isinstance(router, DurableScopedRouter)
