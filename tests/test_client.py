@@ -142,7 +142,10 @@ async def test_start_events_status_and_result() -> None:
             (3, "Tick"),
             (4, "StopEvent"),
         ]
-        assert envelopes[0] == Envelope(1, "Tick", "_http.Tick", {"n": 1, "payload": ""})
+        first = envelopes[0]
+        assert first == Envelope(1, "Tick", "_http.Tick", {"n": 1, "payload": ""}, time=first.time)
+        assert isinstance(first.time, float)
+        assert [e.time for e in envelopes] == sorted(e.time or 0.0 for e in envelopes)
         info = await client.status(run_id)
         assert (info.run_id, info.workflow, info.status, info.seq) == (
             run_id,
@@ -667,6 +670,19 @@ async def test_retry_hint_is_the_reconnection_delay(autojump_clock: trio.abc.Clo
     async with mocked(answer) as client:
         assert [e.seq for e in await collect(client.events("r"))] == [1, 2, 3]
     assert [(t - start, last) for t, last in requests] == [(0, None), (1.5, "1"), (4.5, "1")]
+
+
+async def test_an_envelope_without_a_time_or_with_a_bad_one_has_none() -> None:
+    """A server that does not say when an event entered its stream (an older one) gives
+    envelopes with ``time=None``; a time that is no number is not taken for one."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        odd = {**tick(2), "time": "noon"}
+        return httpx.Response(200, headers=SSE, content=sse(tick(1), odd, {**STOP, "seq": 3}))
+
+    async with mocked(answer) as client:
+        envelopes = await collect(client.events("r"))
+    assert [(e.seq, e.time) for e in envelopes] == [(1, None), (2, None), (3, None)]
 
 
 async def test_a_stream_that_keeps_ending_empty_is_given_up(

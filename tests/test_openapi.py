@@ -400,7 +400,9 @@ async def test_stream_envelopes_fit_their_workflows_events_schema() -> None:
             {"seq": 1, "type": "Tick", "qualified_name": "_http.Tick", "data": {}}
         )
         events = component(document, "count-Events")
-        assert events.is_valid({"seq": 9, "type": "X", "qualified_name": "m.X", "data": {}})
+        assert events.is_valid(
+            {"seq": 9, "type": "X", "qualified_name": "m.X", "time": 1.5, "data": {}}
+        )
         assert not events.is_valid(
             {"seq": 1, "type": "Tick", "qualified_name": "_http.Tick", "data": {"n": "1"}}
         )

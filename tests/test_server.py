@@ -68,8 +68,13 @@ async def test_run_to_completion_and_read_its_stream() -> None:
             "seq": 1,
             "type": "Tick",
             "qualified_name": "_http.Tick",
+            "time": first["time"],
             "data": {"n": 1, "payload": ""},
         }
+        # Each event's time is when it entered the stream: in order, and a replay has the same.
+        times = [e["data"]["time"] for e in events]
+        assert times == sorted(times)
+        assert [e["data"]["time"] for e in await server.events(run_id)] == times
         status = await server.wait_status(run_id, "completed")
         assert status["result"] == {"counted": 3}
         assert status["workflow"] == "count"

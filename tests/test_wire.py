@@ -7,6 +7,7 @@ import enum
 import json
 import math
 import pickle
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,6 +40,7 @@ from trioflow._wire import (
     encode_event_data,
     encode_exception,
     encode_value,
+    envelope_data,
     loads,
     mark_unencodable,
     qualified_name,
@@ -152,18 +154,23 @@ class Echo(Workflow):
 
 
 def test_envelope_of_a_simple_event() -> None:
-    """An envelope carries seq, short and qualified type name, and the fields as data."""
+    """An envelope carries seq, short and qualified type name, when it was made (seconds
+    since the epoch), and the fields as data, last."""
+    before = time.time()
     envelope = encode_envelope(3, Progress(value=0.5))
+    assert before <= envelope["time"] <= time.time()
     assert envelope == {
         "seq": 3,
         "type": "Progress",
         "qualified_name": f"{__name__}.Progress",
+        "time": envelope["time"],
         "data": {"value": 0.5},
     }
     assert dumps(envelope) == (
         b'{"seq":3,"type":"Progress","qualified_name":"' + __name__.encode() + b'.Progress",'
-        b'"data":{"value":0.5}}'
+        b'"time":' + repr(envelope["time"]).encode() + b',"data":{"value":0.5}}'
     )
+    assert bytes(envelope_data(dumps(envelope))) == b'{"value":0.5}'
 
 
 def test_start_event_fields_are_its_data() -> None:
@@ -915,9 +922,11 @@ async def test_a_run_goes_over_the_wire_and_back() -> None:
     workflow = Shop()
     start = decode_start_event(Order, {"item": "tea", "count": 2, "price": 3})
     envelopes: list[Any] = []
+    times: list[float] = []
     async with workflow.start(start_event=start) as handler:
         async for event in handler.stream_events():
             envelopes.append(roundtrip(encode_envelope(len(envelopes) + 1, event)))
+            times.append(envelopes[-1].pop("time"))
             if isinstance(event, Review):
                 body = {"type": "Verdict", "data": {"approved": True}}
                 await handler.send_event(decode_event(sendable_event_types(workflow), body))
@@ -943,3 +952,4 @@ async def test_a_run_goes_over_the_wire_and_back() -> None:
         },
     ]
     assert roundtrip(encode_value(result)) == {"result": None, "total": 6.0}
+    assert times == sorted(times)

@@ -1,6 +1,6 @@
 """`Envelope`: one event of a run's stream as the server sent it, and optionally as an event.
 
-A stream's events arrive as envelopes ``{"seq", "type", "qualified_name", "data"}``. Given
+A stream's events arrive as envelopes ``{"seq", "type", "qualified_name", "time", "data"}``. Given
 event classes (`Client.events` ``decode=``), the client also builds the event itself, with
 trioflow's own strict wire decoder, the one the server checks events sent in with: the class
 is found by qualified name, else by short name when only one of the classes has it (a server
@@ -55,6 +55,8 @@ class Envelope:
         qualified_name: the class's module-qualified name on the server.
         data: the event's fields as JSON.
         event: the event itself, when ``decode=`` named its class (else None).
+        time: when the event entered the run's stream on the server, in seconds since the
+            epoch (None from a server that does not say).
     """
 
     seq: int
@@ -62,6 +64,7 @@ class Envelope:
     qualified_name: str
     data: dict[str, Any] = attrs.field(repr=False)
     event: Event | None = None
+    time: float | None = None
 
 
 class Decoder:
@@ -98,7 +101,14 @@ class Decoder:
             raise ResponseError(
                 200, "unexpected_response", f"the event stream sent no envelope: {data[:200]!r}"
             )
-        return Envelope(value["seq"], value["type"], value["qualified_name"], value["data"])
+        at = value.get("time")
+        return Envelope(
+            value["seq"],
+            value["type"],
+            value["qualified_name"],
+            value["data"],
+            time=float(at) if isinstance(at, int | float) and type(at) is not bool else None,
+        )
 
     def decode(self, envelope: Envelope) -> Envelope:
         """``envelope`` with its event built, if its class is one to decode.

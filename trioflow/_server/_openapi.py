@@ -162,9 +162,10 @@ answered 405 with `Allow`, and an unknown path 404 `not_found`. Every answer may
 browser page of another origin), 401 when the server has a token and the request does not
 carry it, and 500 on an unexpected error.
 
-A run's events travel as envelopes `{"seq", "type", "qualified_name", "data"}` (`seq` counts
-from 1 within a run): `Envelope` has each served event type's `data`, and `<workflow>-Events`
-each workflow's. Start events and events sent in are checked strictly against their field
+A run's events travel as envelopes `{"seq", "type", "qualified_name", "time", "data"}` (`seq`
+counts from 1 within a run; `time`: when the event entered the stream, seconds since the
+epoch): `Envelope` has each served event type's `data`, and `<workflow>-Events` each
+workflow's. Start events and events sent in are checked strictly against their field
 types: their schemas say what the server takes (`format` and `contentEncoding` are annotations:
 Python's `fromisoformat`, `b64decode`, `UUID` and `Decimal` judge those strings; a number
 `3.0` is an integer to JSON Schema but no `int` to the server)."""

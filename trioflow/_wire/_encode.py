@@ -38,6 +38,7 @@ import json
 import math
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -194,15 +195,18 @@ def encode_event_data(event: Event) -> dict[str, Any]:
 
 
 def encode_envelope(seq: int, event: Event, *, tracebacks: bool = False) -> dict[str, Any]:
-    """The envelope of one stream event: ``{"seq", "type", "qualified_name", "data"}``; with
-    ``tracebacks``, the exceptions it holds (a failure's) with their traceback text."""
+    """The envelope of one stream event: ``{"seq", "type", "qualified_name", "time",
+    "data"}``, ``time`` being now (seconds since the epoch): envelopes are made as their event
+    enters the stream, once, and kept as made, so a replay has the time it was first written.
+    With ``tracebacks``, the exceptions it holds (a failure's) with their traceback text."""
     _encoding.tracebacks = tracebacks
     try:
         return {
             "seq": seq,
             "type": type_name(type(event)),
             "qualified_name": qualified_name(type(event)),
-            "data": encode_event_data(event),
+            "time": time.time(),
+            "data": encode_event_data(event),  # last: `envelope_data` relies on it
         }
     finally:
         _encoding.tracebacks = False

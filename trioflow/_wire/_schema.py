@@ -156,7 +156,7 @@ class JsonSchemas:
 
     def envelope(self, event_type: type[Event]) -> Schema:
         """A ``$ref`` to the schema of the envelope of ``event_type`` in a stream:
-        ``{"seq", "type", "qualified_name", "data"}``."""
+        ``{"seq", "type", "qualified_name", "time", "data"}``."""
         names = [
             _component_name(name) + "-Envelope"
             for name in (type_name(event_type), qualified_name(event_type))
@@ -435,9 +435,13 @@ def _envelope(type_: Schema, qualified: Schema, data: Schema, *, title: str) -> 
                 "seq": {"type": "integer", "minimum": 1},
                 "type": type_,
                 "qualified_name": qualified,
+                "time": {
+                    "type": "number",
+                    "description": "when the event entered the stream, seconds since the epoch",
+                },
                 "data": data,
             },
-            ["seq", "type", "qualified_name", "data"],
+            ["seq", "type", "qualified_name", "time", "data"],
             additional=False,
         ),
     }
