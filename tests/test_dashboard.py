@@ -7,6 +7,7 @@ the way a user would: click a workflow, fill the start form, press the buttons.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -647,4 +648,96 @@ async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Br
     await wait_for_status(page, "completed")
     await page.wait_for("!document.getElementById('graph-note').hidden")
     assert set((await graph_states(page)).values()) == {"idle"}
+    # Nor a timeline: it says why instead.
+    await page.wait_for("!document.getElementById('timeline-note').hidden")
+    assert "without ?lifecycle=1" in await text(page, "timeline-note")
+    assert await page.evaluate("document.querySelectorAll('#timeline [data-bar]').length") == 0
+    await assert_no_errors(page)
+
+
+# -- the timeline -------------------------------------------------------------------------------
+
+
+async def timeline_bars(page: Page) -> list[dict[str, str]]:
+    """Each bar of the timeline: step, attempt, status, retried, start and end (seconds from
+    the run's first event), title, in drawing order."""
+    bars: list[dict[str, str]] = await page.evaluate(
+        "[...document.querySelectorAll('#timeline [data-bar]')].map(b => ({step: b.dataset.bar,"
+        " attempt: b.dataset.attempt, status: b.dataset.status, retried: b.dataset.retried,"
+        " start: b.dataset.start, end: b.dataset.end,"
+        " title: b.querySelector('title').textContent}))"
+    )
+    return bars
+
+
+async def test_the_timeline_shows_attempts_retries_and_failures(
+    server: str, browser: Browser
+) -> None:
+    """A flaky run that fails: a bar per attempt of the step, in time order, each failed,
+    the first two marked retried with the retry's wait after them, then the error handler's
+    failed attempt; a reload draws the same bars at the same times (the server's)."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "flaky")
+    await start_run(page, failures="3", recover=False, pace="0.1")
+    await wait_for_status(page, "failed")
+    await page.wait_for("document.querySelectorAll('#timeline [data-bar]').length === 4")
+    bars = await timeline_bars(page)
+    assert [(b["step"], b["attempt"], b["status"], b["retried"]) for b in bars] == [
+        ("attempt", "1", "failed", "true"),
+        ("attempt", "2", "failed", "true"),
+        ("attempt", "3", "failed", "false"),
+        ("recover", "1", "failed", "false"),
+    ]
+    times = [(float(b["start"]), float(b["end"])) for b in bars]
+    assert times[0][0] >= 0
+    for (start, end), (later, _) in itertools.pairwise(times):
+        assert start <= end <= later  # each attempt after the one before it
+    assert "FlakyError: attempt 3 of 3 planned failures" in bars[2]["title"]
+    waits = await page.evaluate(
+        "[...document.querySelectorAll('#timeline [data-wait]')].map(w => w.dataset.wait)"
+    )
+    assert waits == ["attempt", "attempt"]
+    assert await page.evaluate("document.querySelector('#timeline .end') !== null")
+
+    await page.reload()
+    await wait_for_status(page, "failed")
+    await page.wait_for("document.querySelectorAll('#timeline [data-bar]').length === 4")
+    assert await timeline_bars(page) == bars
+    await assert_no_errors(page)
+
+
+async def test_the_timeline_shows_running_attempts_grow_then_end(
+    server: str, browser: Browser
+) -> None:
+    """A research run: while its searches run, their bars run side by side and grow; once
+    the run completes every bar has returned, one per step execution."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "research")
+    await start_run(page, pace="0.5")
+    running = "[...document.querySelectorAll('#timeline [data-bar=search][data-status=running]')]"
+    await page.wait_for(f"{running}.length > 0")
+    width = f"Math.max(...{running}.map(b => b.querySelector('rect').width.baseVal.value))"
+    first = await page.evaluate(width)
+    await page.wait_for(f"{running}.length === 0 || {width} > {first}")  # it grows as time goes
+    await wait_for_status(page, "completed")
+    # One bar per step execution (write runs once per Findings, and answers on the third);
+    # tiny neighbours are drawn as one bar that says how many it holds.
+    executions = (
+        "[...document.querySelectorAll('#timeline [data-bar]')].reduce((n, b) =>"
+        " ({...n, [b.dataset.bar]: (n[b.dataset.bar] ?? 0) + Number(b.dataset.bars ?? 1)}), {})"
+    )
+    await page.wait_for(f"{executions}.write === 3")
+    assert await page.evaluate(executions) == {"plan": 1, "search": 3, "write": 3}
+    statuses = {b["status"] for b in await timeline_bars(page)}
+    assert statuses == {"ok"}
+    rows = await page.evaluate(
+        "[...document.querySelectorAll('#timeline [data-row]')].map(r => r.dataset.row)"
+    )
+    assert rows == ["plan", "search", "write"]
+    # The three searches ran at once: side by side, in three lanes.
+    lanes = await page.evaluate(
+        "new Set([...document.querySelectorAll('#timeline [data-bar=search] rect')]"
+        ".map(r => r.y.baseVal.value)).size"
+    )
+    assert lanes == 3
     await assert_no_errors(page)
