@@ -490,7 +490,7 @@ async def test_a_boolean_answer_needs_an_explicit_choice(server: str, browser: B
 
 async def test_runs_list_pages_and_filters(server: str, browser: Browser) -> None:
     """The list shows the newest runs first, a page at a time ("More" follows next_cursor),
-    and filters by workflow and status."""
+    and filters by workflow and status, "waiting for input" included."""
     async with httpx.AsyncClient(base_url=server, timeout=10) as client:
         ids = []
         for _ in range(22):
@@ -520,6 +520,18 @@ async def test_runs_list_pages_and_filters(server: str, browser: Browser) -> Non
                     s.dispatchEvent(new Event('change')); })()"""
     )
     await page.wait_for(f"{listed}.length === 1")  # the research runs have completed
+    assert await page.evaluate(listed) == [waiting]
+    # A run that runs without asking anything is running, not waiting for input.
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        started = await client.post("/workflows/research/runs", json={"pace": 100})
+        slow = started.json()["run_id"]
+    await page.wait_for(f"{listed}.length === 2")
+    assert await page.evaluate(listed) == [slow, waiting]
+    await page.evaluate(
+        """(() => { const s = document.getElementById('runs-status'); s.value = 'waiting';
+                    s.dispatchEvent(new Event('change')); })()"""
+    )
+    await page.wait_for(f"{listed}.length === 1")
     assert await page.evaluate(listed) == [waiting]
     await assert_no_errors(page)
 
