@@ -648,6 +648,8 @@ async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Br
     await start_run(page, pace="0")
     await page.wait_for(step_is("prepare", "waiting"))
     assert (await edge_counts(page))["prepare\u2192ApprovalRequired"] == 1
+    # On the timeline too, its running bar is marked as waiting.
+    await page.wait_for("document.querySelector('#timeline [data-bar=prepare][data-waiting=true]')")
     await fill(page, "answer-form", approved=True)
     await page.evaluate("document.getElementById('answer').click()")
     await wait_for_status(page, "completed")
