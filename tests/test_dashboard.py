@@ -291,6 +291,10 @@ async def test_failed_run_shows_the_error(server: str, browser: Browser) -> None
     error = await text(page, "error")
     assert "FlakyError" in error
     assert "attempt 3 of 5 planned failures" in error
+    # The step that failed the run, and the one whose failure its error handler re-raised.
+    assert await text(page, "error-step") == (
+        "in step recover, attempt 1, re-raising the failure of step attempt (attempt 3)"
+    )
     # The traceback, shown open under the error: where it was raised, and (a note) that the
     # error handler re-raised what step 'attempt' raised.
     trace = await page.evaluate("document.querySelector('#error pre.traceback').textContent")
