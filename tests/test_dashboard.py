@@ -644,6 +644,28 @@ async def test_the_graph_shows_retries_and_the_failed_step(server: str, browser:
     await assert_no_errors(page)
 
 
+async def test_the_graph_counts_an_event_two_steps_may_return_by_its_sender(
+    server: str, browser: Browser
+) -> None:
+    """StopEvent may come from the flaky step or its error handler: the edge from the one
+    that returned it counts it (from StepFinishedEvent's ``returned``), the other none."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "flaky")
+    await start_run(page, failures="3", recover=True, pace="0")
+    await wait_for_status(page, "completed")
+    await page.wait_for(step_is("recover", "done"))
+    counts = await edge_counts(page)
+    assert (counts["attempt\u2192StopEvent"], counts["recover\u2192StopEvent"]) == (0, 1)
+    assert counts["attempt\u2192StepFailedEvent"] == 3
+
+    await start_run(page, failures="1", recover=True, pace="0")
+    await wait_for_status(page, "completed")
+    await page.wait_for(step_is("attempt", "done"))
+    counts = await edge_counts(page)
+    assert (counts["attempt\u2192StopEvent"], counts["recover\u2192StopEvent"]) == (1, 0)
+    await assert_no_errors(page)
+
+
 async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Browser) -> None:
     """An approval run: its step waits for input while the request is pending, runs on once
     answered, and is done; a run started without lifecycle events shows no step states."""

@@ -108,6 +108,9 @@ async def test_lifecycle_events_on_request(autojump_clock: trio.testing.MockCloc
     work_finished = events[4]
     assert isinstance(work_finished, StepFinishedEvent)
     assert work_finished.duration == 2.0
+    plan_finished = events[2]
+    assert isinstance(plan_finished, StepFinishedEvent)
+    assert (plan_finished.returned, work_finished.returned) == ({"Job": 1}, {"StopEvent": 1})
     started = events[3]
     assert isinstance(started, StepStartedEvent)
     assert started.input_event == Job(seconds=2.0)
@@ -140,6 +143,34 @@ async def test_retries_and_failures_as_lifecycle_events(
     assert isinstance(first, StepFinishedEvent)
     assert isinstance(second, StepFinishedEvent)
     assert (first.succeeded, second.succeeded) == (False, True)
+    assert (first.returned, second.returned) == ({}, {"StopEvent": 1})
+
+
+class Spread(Workflow):
+    @step
+    async def split(self, ev: StartEvent) -> list[Job | Progress]:
+        return [Job(seconds=0), Progress(value=0.1), Job(seconds=0)]
+
+    @step
+    async def work(self, ev: Job) -> None:
+        return None
+
+    @step
+    async def done(self, evs: list[Progress]) -> StopEvent:  # once the works have ended
+        return StopEvent(result=len(evs))
+
+
+async def test_a_finished_step_counts_the_events_it_returned() -> None:
+    """A fan-out's events are counted by type; a step returning None returned none."""
+    async with Spread().start() as handler:
+        events = await collect(handler, StepFinishedEvent)
+    returned = [(e.step_name, e.returned) for e in events if isinstance(e, StepFinishedEvent)]
+    assert returned[0] == ("split", {"Job": 2, "Progress": 1})
+    assert sorted((name, dict(counts)) for name, counts in returned[1:]) == [
+        ("done", {"StopEvent": 1}),
+        ("work", {}),
+        ("work", {}),
+    ]
 
 
 async def test_a_later_consumer_that_does_not_ask_sees_no_leftovers() -> None:

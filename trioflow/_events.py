@@ -183,12 +183,15 @@ class StepStartedEvent(LifecycleEvent):
 
 class StepFinishedEvent(LifecycleEvent):
     """Attempt ``attempt`` of step ``step_name`` ended after ``duration`` seconds, returning
-    (``succeeded``) or raising (a `StepFailedEvent` follows)."""
+    (``succeeded``) or raising (a `StepFailedEvent` follows). ``returned`` counts the events
+    it returned by their class's short name: ``{"Query": 3}`` for a fan-out of three, ``{}``
+    for ``None`` (and for a failure)."""
 
     step_name: str
     attempt: int
     duration: float
     succeeded: bool
+    returned: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class StepRetryEvent(LifecycleEvent):

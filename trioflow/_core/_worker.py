@@ -319,7 +319,7 @@ async def _observed(crew: Crew, spec: StepSpec, call: StepCall, event: Event, at
                 await _report_finished(crew, spec, event, attempt, started, exc)
             raise
     if observation.lifecycle:
-        await _report_finished(crew, spec, event, attempt, started, None)
+        await _report_finished(crew, spec, event, attempt, started, None, result)
     return result
 
 
@@ -330,12 +330,14 @@ async def _report_finished(
     attempt: int,
     started: float,
     failure: Exception | None,
+    result: Any = None,
 ) -> None:
     finished = StepFinishedEvent(
         step_name=spec.name,
         attempt=attempt,
         duration=trio.current_time() - started,
         succeeded=failure is None,
+        returned=_returned(result),
     )
     try:
         await crew.stream.write(finished)
@@ -346,6 +348,19 @@ async def _report_finished(
             # cancellation goes on.
             crew.state.fail(spec.name, failure, failure_report(spec, attempt, failure, event))
         raise
+
+
+def _returned(result: Any) -> dict[str, int]:
+    """The events a step returned (one, a fan-out's list, or none), counted by short name."""
+    if isinstance(result, Event):
+        return {type(result).__name__: 1}
+    counts: dict[str, int] = {}
+    if isinstance(result, list):
+        for item in result:
+            if isinstance(item, Event):
+                name = type(item).__name__
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _step_call(crew: Crew, spec: StepSpec) -> StepCall:
