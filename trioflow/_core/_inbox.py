@@ -34,14 +34,17 @@ class Inbox(Generic[_T]):
 
     Invariant: workers are parked only while the queue is empty, so `put` either hands the
     item to the longest-waiting worker or appends it. Each worker reads through its own
-    `getter`.
+    `getter`. Workers are started as they are needed: an item appended with no worker parked
+    calls `on_backlog` (the run starts another worker there, until the step has all it may).
     """
 
-    __slots__ = ("_items", "_parked", "received")
+    __slots__ = ("_items", "_parked", "on_backlog", "received")
 
     def __init__(self) -> None:
         self._items: deque[_T] = deque()
         self._parked: deque[Task] = deque()
+        #: Called when an item is appended because no worker was parked (None: nobody to call).
+        self.on_backlog: Callable[[], None] | None = None
         #: Items put so far (for statistics).
         self.received = 0
 
@@ -53,6 +56,8 @@ class Inbox(Generic[_T]):
             reschedule(self._parked.popleft(), Value(item))
         else:
             self._items.append(item)
+            if self.on_backlog is not None:
+                self.on_backlog()
 
     def getter(self) -> Callable[[], Awaitable[_T]]:
         """A ``get()`` for the calling task (a step worker) to await over and over: it takes the

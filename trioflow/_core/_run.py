@@ -1,8 +1,8 @@
 """The runtime of one run: a cancel scope around a nursery of step workers.
 
-`Run.main` is the run's only task started from outside. It opens the run's scope, starts
-``num_workers`` workers per step (`trioflow._core._worker`) and a timer for the workflow's
-timeout, routes the start event, and waits. Every way the run ends is decided in its
+`Run.main` is the run's only task started from outside. It opens the run's scope, readies
+each step's workers (`trioflow._core._worker`: started as events wait for them, up to
+``num_workers``) and a timer for the workflow's timeout, routes the start event, and waits. Every way the run ends is decided in its
 `RunState` at the moment it happens (a stop event, a failure, the timeout, a cancel), which
 cancels the scope; a cancellation from outside (the caller's deadline) is decided as a cancel
 the moment this task or a worker sees it. When the scope has unwound, whatever ended it,
@@ -213,9 +213,8 @@ class Run:
             )
             async with trio.open_nursery() as nursery:
                 self.idle.nursery = nursery
-                for index, spec in enumerate(self.graph.steps):
-                    for _ in range(spec.config.num_workers):
-                        nursery.start_soon(worker, self, index, name=f"trioflow step {spec.name}")
+                for index in range(len(self.graph.steps)):
+                    self._start_workers_when_needed(nursery, worker, index)
                 if self.timeout is not None:
                     deadline = trio.current_time() + self.timeout - self.time_used
                     nursery.start_soon(self._expire, deadline)
@@ -230,6 +229,29 @@ class Run:
                     # Only a cancellation gets here: the run's own scope (decided), or the
                     # caller's, which is decided now, before any step has unwound.
                     state.stop()
+
+    def _start_workers_when_needed(
+        self, nursery: trio.Nursery, worker: Callable[[Run, int], Awaitable[None]], index: int
+    ) -> None:
+        """Start step ``index``'s workers one at a time, when an event waits for the step
+        and none of its workers is free, up to its ``num_workers``: a step that is never used
+        costs no task, and a run of a chain of steps one each, not ``num_workers`` each."""
+        spec = self.graph.steps[index]
+        inbox = self.router.inboxes[index]
+        state = self.state
+        name = f"trioflow step {spec.name}"
+        started = 0
+
+        def start_one() -> None:
+            nonlocal started
+            if state.outcome is not None:
+                return  # the run is decided: nothing new starts while it unwinds
+            started += 1
+            if started == spec.config.num_workers:
+                inbox.on_backlog = None
+            nursery.start_soon(worker, self, index, name=name)
+
+        inbox.on_backlog = start_one
 
     async def _expire(self, deadline: float) -> None:
         """The workflow's timeout, decided the moment it passes."""
