@@ -648,3 +648,207 @@ async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Br
     await page.wait_for("!document.getElementById('graph-note').hidden")
     assert set((await graph_states(page)).values()) == {"idle"}
     await assert_no_errors(page)
+
+
+# -- dark mode and contrast -----------------------------------------------------------------------
+
+#: In the page: [what, contrast ratio, text colour, background] for every kind of text it
+#: shows, in the colour scheme in force. A text's background is the first opaque one from it
+#: up (SVG text: its node's or pill's rect). Samples are made, measured and removed again for
+#: what the page shows only sometimes: each status badge, each kind of event log line, each
+#: step state and event kind of the graph.
+CONTRAST = """(() => {
+    // Any CSS colour as [r, g, b, a] in 0..255: a pixel painted with it says.
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 1;
+    const paint = canvas.getContext("2d", { willReadFrequently: true });
+    const rgba = (color) => {
+        paint.clearRect(0, 0, 1, 1);
+        paint.fillStyle = color;
+        paint.fillRect(0, 0, 1, 1);
+        return [...paint.getImageData(0, 0, 1, 1).data];
+    };
+    const background = (node) => {
+        for (let e = node; e; e = e.parentElement) {
+            const color = rgba(getComputedStyle(e).backgroundColor);
+            if (color[3] === 255) return color;
+        }
+        return [255, 255, 255, 255];
+    };
+    const luminance = ([r, g, b]) => {
+        const lin = (c) => (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+        return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+    };
+    const rows = [];
+    const measure = (what, node, fg, bg) => {
+        if (!node) { rows.push([what, 0, "missing", ""]); return; }
+        const [a, b] = [luminance(fg), luminance(bg)];
+        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        rows.push([what, Math.round(ratio * 100) / 100, String(fg), String(bg)]);
+    };
+    const text = (what, node) =>
+        measure(what, node, node && rgba(getComputedStyle(node).color), node && background(node));
+    const svgText = (what, node) => measure(what, node,
+        node && rgba(getComputedStyle(node).fill),
+        node && rgba(getComputedStyle(node.parentNode.querySelector("rect")).fill));
+    const q = (selector) => document.querySelector(selector);
+
+    text("body", document.body);
+    text("workflow name", q("#wf-name"));
+    text("workflow doc", q("#wf-doc"));
+    text("table header", q("#steps th"));
+    text("table cell", q("#steps td.mono"));
+    text("field label", q("#start-form label"));
+    text("field type", q("#start-form label small"));
+    text("input", q("#start-form input"));
+    text("filter", q("#runs-workflow"));
+    text("workflow", q("#workflows li:not(.selected) button"));
+    text("selected workflow", q("#workflows .selected button"));
+    text("run", q("#runs-list li:not(.selected) .wf"));
+    text("run time", q("#runs-list li:not(.selected) .when"));
+    text("open run", q("#runs-list .selected .wf"));
+    text("open run time", q("#runs-list .selected .when"));
+    text("button Start", q("#start"));
+    text("button Cancel", q("#cancel:enabled"));
+    text("button More", q("#runs-more"));
+    text("button Send", q("#answer"));
+    text("raw JSON", q("#raw-label"));
+    text("run id", q("#run-id"));
+    text("bar label", q("#bars .label"));
+    text("bar percent", q("#bars .pct"));
+    text("question", q("#input-question"));
+    text("request details", q("#input-details"));
+    text("answer label", q("#answer-form label"));
+    text("result", q("#result"));
+    text("error", q("#error"));
+    text("api error", q("#api-error"));
+    text("tokens", q("#tokens"));
+    text("graph note", q("#graph-note"));
+    const head = q("#run .run-head");
+    for (const status of ["", "running", "waiting", "completed", "failed", "timed_out",
+                          "cancelled"]) {
+        const badge = el("span", { class: `badge ${status}`, text: status || "?" });
+        head.append(badge);
+        text(`badge ${status || "(none)"}`, badge);
+        badge.remove();
+    }
+    const log = q("#events");
+    const samples = ["event", "input_required", "human_response", "step_failed", "stop",
+                     "event bad", "sent"].map((kind) => el("li", { class: kind },
+        el("span", { class: "seq", text: "1" }), el("span", { class: "type", text: kind }),
+        el("span", { class: "data", text: "x=1" })));
+    log.append(...samples);
+    for (const item of samples) {
+        text(`log type ${item.className}`, item.querySelector(".type"));
+        text(`log seq ${item.className}`, item.querySelector(".seq"));
+        text(`log data ${item.className}`, item.querySelector(".data"));
+    }
+    for (const item of samples) item.remove();
+    const graph = q("#graph");
+    const step = q("#graph [data-step]");
+    for (const state of ["idle", "running", "waiting", "retrying", "failed", "done",
+                         "stopped"]) {
+        const node = step.cloneNode(true);
+        node.dataset.state = state;
+        node.querySelector("text.state").textContent = state;
+        graph.append(node);
+        svgText(`step label ${state}`, node.querySelector("text.label"));
+        svgText(`step state ${state}`, node.querySelector("text.state"));
+        node.remove();
+    }
+    const event = q("#graph [data-event]");
+    for (const kind of ["event", "start", "stop", "input_required", "human_response",
+                        "step_failed"]) {
+        const node = event.cloneNode(true);
+        node.setAttribute("class", `node event ${kind}`);
+        graph.append(node);
+        svgText(`event ${kind}`, node.querySelector("text"));
+        node.remove();
+    }
+    svgText("edge count", q("#graph .edge .count text"));
+    return rows;
+})()"""
+
+#: In the page: every colour the style sheet and the inline SVG name outside the variables of
+#: :root (which the dark scheme redefines), as "selector { declaration }" or "<tag attr=value>".
+HARD_CODED_COLOURS = r"""(() => {
+    const colour = /#[0-9a-f]{3,8}\b|\b(rgba?|hsla?|hwb|lab|lch|oklab|oklch)\(|\b(white|black)\b/i;
+    const found = [];
+    const visit = (rules) => {
+        for (const rule of rules) {
+            if (rule.cssRules) visit(rule.cssRules);
+            if (!rule.style || rule.selectorText === ":root") continue;
+            for (const name of rule.style) {
+                const value = rule.style.getPropertyValue(name);
+                if (colour.test(value)) found.push(`${rule.selectorText} { ${name}: ${value} }`);
+            }
+        }
+    };
+    for (const sheet of document.styleSheets) visit(sheet.cssRules);
+    for (const node of document.querySelectorAll("svg *")) {
+        for (const name of ["fill", "stroke", "color", "style"]) {
+            const value = node.getAttribute(name);
+            if (value && colour.test(value)) found.push(`<${node.tagName} ${name}=${value}>`);
+        }
+    }
+    return found;
+})()"""
+
+
+async def prefer_scheme(page: Page, scheme: str) -> None:
+    """Emulate the system's colour scheme setting, "light" or "dark"."""
+    await page.send(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
+    )
+
+
+async def body_luminance(page: Page) -> tuple[float, float]:
+    """The relative luminance (0 black, 1 white) of the page's background and of its text."""
+    values: list[float] = await page.evaluate(
+        """[getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]
+        .map((c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number))
+        .map(([r, g, b]) => (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255)"""
+    )
+    return values[0], values[1]
+
+
+async def test_dark_mode_follows_the_system_and_every_text_stays_readable(
+    server: str, browser: Browser
+) -> None:
+    """The page's colours are variables only; with the system in dark mode the page is dark,
+    and in both schemes every kind of text (badges, buttons, the log, the graph's states) has a
+    contrast ratio of at least 4.5 against its background."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        await client.post("/workflows/research/runs", json={"pace": 0})
+    page = await open_dashboard(browser, server + "/")
+    assert await page.evaluate(HARD_CODED_COLOURS) == []
+    await select(page, "approval")
+    await start_run(page, pace="0")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+    await page.wait_for(step_is("prepare", "waiting"))
+    # The run shown, and another, in the list.
+    await page.wait_for(
+        "document.querySelectorAll('#runs-list li:not(.selected)').length === 1"
+        " && document.querySelector('#runs-list .selected')"
+    )
+
+    await prefer_scheme(page, "dark")
+    background, foreground = await body_luminance(page)
+    assert background < 0.15
+    assert foreground > 0.8
+    assert await page.evaluate("getComputedStyle(document.documentElement).colorScheme") == (
+        "light dark"
+    )
+    dark = await page.evaluate(CONTRAST)
+    await prefer_scheme(page, "light")
+    background, foreground = await body_luminance(page)
+    assert background > 0.9
+    assert foreground < 0.2
+    light = await page.evaluate(CONTRAST)
+
+    for rows in (dark, light):
+        assert [row for row in rows if row[2] == "missing"] == []
+        assert len(rows) == 80
+        assert [row for row in rows if row[1] < 4.5] == []
+    await assert_no_errors(page)
