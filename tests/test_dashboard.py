@@ -650,6 +650,179 @@ async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Br
     await assert_no_errors(page)
 
 
+# -- the keyboard ---------------------------------------------------------------------------------
+
+#: CDP's description of each key pressed: its code, Windows key code, and the text it types.
+KEYS = {"Tab": ("Tab", 9, ""), "Enter": ("Enter", 13, "\r"), " ": ("Space", 32, " ")}
+
+
+async def press(page: Page, key: str, *, shift: bool = False) -> None:
+    """Press and release a key as the keyboard does (Tab, Enter, " " for Space)."""
+    code, key_code, typed = KEYS[key]
+    event: dict[str, Any] = {
+        "key": key,
+        "code": code,
+        "windowsVirtualKeyCode": key_code,
+        "modifiers": 8 if shift else 0,
+    }
+    # A key that types ("keyDown" with its text) also sends keypress: Enter's click is there.
+    down = {**event, "type": "keyDown", "text": typed} if typed else {**event, "type": "rawKeyDown"}
+    await page.send("Input.dispatchKeyEvent", down)
+    await page.send("Input.dispatchKeyEvent", {**event, "type": "keyUp"})
+
+
+async def type_text(page: Page, text: str) -> None:
+    """Type into the focused field, key by key."""
+    for char in text:
+        await page.send("Input.dispatchKeyEvent", {"type": "keyDown", "key": char, "text": char})
+        await page.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": char})
+
+
+#: The focused element, named for the assertions: step:<name>, workflow:<name>, run:<id>,
+#: <form>:<field> (radios: <form>:<field>=<value>), #<id>, or "body" when nothing is.
+FOCUSED = """(() => {
+    const e = document.activeElement;
+    if (!e || e === document.body) return "body";
+    if (e.dataset.step) return `step:${e.dataset.step}`;
+    const item = e.closest("[data-name], [data-run-id]");
+    if (item?.dataset.name) return `workflow:${item.dataset.name}`;
+    if (item?.dataset.runId) return `run:${item.dataset.runId}`;
+    if (e.form && e.name) {
+        return `${e.form.id}:${e.name}` + (e.type === "radio" ? `=${e.value}` : "");
+    }
+    return e.id ? `#${e.id}` : e.tagName;
+})()"""
+
+
+async def focused(page: Page) -> str:
+    name: str = await page.evaluate(FOCUSED)
+    return name
+
+
+async def tab_through(page: Page, count: int, *, shift: bool = False) -> list[tuple[str, str]]:
+    """Press Tab (Shift+Tab) ``count`` times: each element reached and its outline style."""
+    reached = []
+    for _ in range(count):
+        await press(page, "Tab", shift=shift)
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        reached.append((await focused(page), outline))
+    return reached
+
+
+async def test_the_keyboard_reaches_every_control_in_order(server: str, browser: Browser) -> None:
+    """From the page's top, Tab goes through the skip link, the workflows, the filters, the runs
+    and More, the graph's steps and the start form, each focus outlined; Shift+Tab goes back.
+    The skip link jumps to the workflow; More hands the focus on to the first run it brought,
+    and a focused run keeps the focus when the list is refreshed."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        ids = []
+        for _ in range(21):
+            started = await client.post("/workflows/research/runs", json={"pace": 0})
+            ids.append(started.json()["run_id"])
+    page = await open_dashboard(browser, server + "/")
+    await page.wait_for("document.querySelectorAll('#runs-list [data-run-id]').length === 20")
+    await page.wait_for("!document.getElementById('runs-more').hidden")
+    order = [
+        "#skip",
+        *(f"workflow:{name}" for name in WORKFLOWS),
+        "#runs-workflow",
+        "#runs-status",
+        *(f"run:{run_id}" for run_id in ids[::-1][:20]),
+        "#runs-more",
+        "step:plan",
+        "step:search",
+        "step:write",
+        "start-form:topic",
+        "start-form:pace",
+        "#start",
+        "#raw-toggle",
+    ]
+    reached = await tab_through(page, len(order))
+    assert [name for name, _ in reached] == order
+    # The skip link is outlined while focused too; the others all draw the page's outline.
+    assert {outline for _, outline in reached} == {"solid"}
+    back = await tab_through(page, len(order) - 1, shift=True)
+    assert [name for name, _ in back] == order[-2::-1]
+
+    # The skip link: the workflow's heading, then its graph.
+    await press(page, "Enter")
+    assert await focused(page) == "#wf-name"
+    assert (await tab_through(page, 1))[0][0] == "step:plan"
+    label = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert label == "step plan"
+    assert await page.evaluate("document.activeElement.getAttribute('role')") == "img"
+
+    # More, pressed: the last page hides it, and the focus goes to the run it brought.
+    assert (await tab_through(page, 1, shift=True))[0][0] == "#runs-more"
+    await press(page, " ")
+    await page.wait_for(f"{FOCUSED} === {js('run:' + ids[0])}")
+    assert not await visible(page, "runs-more")
+    # The list is rebuilt every 2 s: the focus stays on that run, in its new row.
+    await page.evaluate("window.focusedRow = document.activeElement")
+    await page.wait_for("!document.contains(window.focusedRow)")
+    assert await focused(page) == f"run:{ids[0]}"
+    await assert_no_errors(page)
+
+
+async def test_a_run_is_started_and_answered_by_keyboard_alone(
+    server: str, browser: Browser
+) -> None:
+    """Tab, Enter, Space and typing: choose the approval workflow, fill its start form, Start;
+    the focus moves to the run, then on to Cancel and the answer; "yes" and Send, and the run
+    completes with the focus on the run's heading rather than on the hidden form."""
+    page = await open_dashboard(browser, server + "/")
+    assert [name for name, _ in await tab_through(page, 3)] == [
+        "#skip",
+        "workflow:research",
+        "workflow:approval",
+    ]
+    await press(page, "Enter")
+    await page.wait_for("document.getElementById('wf-name').textContent === 'approval'")
+    assert await focused(page) == "workflow:approval"
+    assert [name for name, _ in await tab_through(page, 5)] == [
+        "workflow:flaky",
+        "#runs-workflow",
+        "#runs-status",
+        "step:prepare",
+        "start-form:action",
+    ]
+    await type_text(page, "ship by keyboard")  # focused by Tab, the default is selected
+    assert [name for name, _ in await tab_through(page, 1)] == ["start-form:pace"]
+    await type_text(page, "0")
+    assert [name for name, _ in await tab_through(page, 1)] == ["#start"]
+    await press(page, "Enter")
+
+    await page.wait_for("!document.getElementById('input-request').hidden")
+    assert await focused(page) == "#run-title"  # the run's panel, which the run goes on in
+    assert [name for name, _ in await tab_through(page, 2)] == [
+        "#cancel",
+        "answer-form:approved=true",
+    ]
+    assert await page.evaluate("document.getElementById('answer').disabled")
+    await press(page, " ")  # yes
+    assert not await page.evaluate("document.getElementById('answer').disabled")
+    assert [name for name, _ in await tab_through(page, 1)] == ["answer-form:comment"]
+    await type_text(page, "by keyboard")
+    assert [name for name, _ in await tab_through(page, 1)] == ["#answer"]
+    await press(page, " ")
+
+    await wait_for_status(page, "completed")
+    assert await result(page) == {
+        "action": "ship by keyboard",
+        "done": True,
+        "comment": "by keyboard",
+    }
+    assert await sent_answers(page) == [["Approval", 'approved=true  comment="by keyboard"']]
+    await page.wait_for(f"{FOCUSED} === '#run-title'")
+    # Cancel is disabled and the answer hidden now: next comes the event log, which scrolls.
+    assert [name for name, _ in await tab_through(page, 1)] == ["#events"]
+    assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "event log"
+    node = "document.querySelector('#graph [data-step=prepare]')"
+    await page.wait_for(f"{node}.getAttribute('aria-label') === 'step prepare: done'")
+    assert await page.evaluate(f"{node}.querySelector('title').textContent") == "step prepare: done"
+    await assert_no_errors(page)
+
+
 # -- dark mode and contrast -----------------------------------------------------------------------
 
 #: In the page: [what, contrast ratio, text colour, background] for every kind of text it
@@ -694,6 +867,7 @@ CONTRAST = """(() => {
     const q = (selector) => document.querySelector(selector);
 
     text("body", document.body);
+    text("skip link", q("#skip"));
     text("workflow name", q("#wf-name"));
     text("workflow doc", q("#wf-doc"));
     text("table header", q("#steps th"));
@@ -849,6 +1023,6 @@ async def test_dark_mode_follows_the_system_and_every_text_stays_readable(
 
     for rows in (dark, light):
         assert [row for row in rows if row[2] == "missing"] == []
-        assert len(rows) == 80
+        assert len(rows) == 81
         assert [row for row in rows if row[1] < 4.5] == []
     await assert_no_errors(page)
