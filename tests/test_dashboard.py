@@ -781,3 +781,396 @@ async def test_the_timeline_shows_running_attempts_grow_then_end(
     )
     assert lanes == 3
     await assert_no_errors(page)
+
+
+# -- the keyboard ---------------------------------------------------------------------------------
+
+#: CDP's description of each key pressed: its code, Windows key code, and the text it types.
+KEYS = {"Tab": ("Tab", 9, ""), "Enter": ("Enter", 13, "\r"), " ": ("Space", 32, " ")}
+
+
+async def press(page: Page, key: str, *, shift: bool = False) -> None:
+    """Press and release a key as the keyboard does (Tab, Enter, " " for Space)."""
+    code, key_code, typed = KEYS[key]
+    event: dict[str, Any] = {
+        "key": key,
+        "code": code,
+        "windowsVirtualKeyCode": key_code,
+        "modifiers": 8 if shift else 0,
+    }
+    # A key that types ("keyDown" with its text) also sends keypress: Enter's click is there.
+    down = {**event, "type": "keyDown", "text": typed} if typed else {**event, "type": "rawKeyDown"}
+    await page.send("Input.dispatchKeyEvent", down)
+    await page.send("Input.dispatchKeyEvent", {**event, "type": "keyUp"})
+
+
+async def type_text(page: Page, text: str) -> None:
+    """Type into the focused field, key by key."""
+    for char in text:
+        await page.send("Input.dispatchKeyEvent", {"type": "keyDown", "key": char, "text": char})
+        await page.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": char})
+
+
+#: The focused element, named for the assertions: step:<name>, workflow:<name>, run:<id>,
+#: <form>:<field> (radios: <form>:<field>=<value>), #<id>, or "body" when nothing is.
+FOCUSED = """(() => {
+    const e = document.activeElement;
+    if (!e || e === document.body) return "body";
+    if (e.dataset.step) return `step:${e.dataset.step}`;
+    const item = e.closest("[data-name], [data-run-id]");
+    if (item?.dataset.name) return `workflow:${item.dataset.name}`;
+    if (item?.dataset.runId) return `run:${item.dataset.runId}`;
+    if (e.form && e.name) {
+        return `${e.form.id}:${e.name}` + (e.type === "radio" ? `=${e.value}` : "");
+    }
+    return e.id ? `#${e.id}` : e.tagName;
+})()"""
+
+
+async def focused(page: Page) -> str:
+    name: str = await page.evaluate(FOCUSED)
+    return name
+
+
+async def tab_through(page: Page, count: int, *, shift: bool = False) -> list[tuple[str, str]]:
+    """Press Tab (Shift+Tab) ``count`` times: each element reached and its outline style."""
+    reached = []
+    for _ in range(count):
+        await press(page, "Tab", shift=shift)
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        reached.append((await focused(page), outline))
+    return reached
+
+
+async def test_the_keyboard_reaches_every_control_in_order(server: str, browser: Browser) -> None:
+    """From the page's top, Tab goes through the skip link, the workflows, the filters, the runs
+    and More, the graph's steps and the start form, each focus outlined; Shift+Tab goes back.
+    The skip link jumps to the workflow; More hands the focus on to the first run it brought,
+    and a focused run keeps the focus when the list is refreshed."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        ids = []
+        for _ in range(21):
+            started = await client.post("/workflows/research/runs", json={"pace": 0})
+            ids.append(started.json()["run_id"])
+    page = await open_dashboard(browser, server + "/")
+    await page.wait_for("document.querySelectorAll('#runs-list [data-run-id]').length === 20")
+    await page.wait_for("!document.getElementById('runs-more').hidden")
+    order = [
+        "#skip",
+        *(f"workflow:{name}" for name in WORKFLOWS),
+        "#runs-workflow",
+        "#runs-status",
+        *(f"run:{run_id}" for run_id in ids[::-1][:20]),
+        "#runs-more",
+        "step:plan",
+        "step:search",
+        "step:write",
+        "start-form:topic",
+        "start-form:pace",
+        "#start",
+        "#raw-toggle",
+    ]
+    reached = await tab_through(page, len(order))
+    assert [name for name, _ in reached] == order
+    # The skip link is outlined while focused too; the others all draw the page's outline.
+    assert {outline for _, outline in reached} == {"solid"}
+    back = await tab_through(page, len(order) - 1, shift=True)
+    assert [name for name, _ in back] == order[-2::-1]
+
+    # The skip link: the workflow's heading, then its graph.
+    await press(page, "Enter")
+    assert await focused(page) == "#wf-name"
+    assert (await tab_through(page, 1))[0][0] == "step:plan"
+    label = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert label == "step plan"
+    assert await page.evaluate("document.activeElement.getAttribute('role')") == "img"
+
+    # More, pressed: the last page hides it, and the focus goes to the run it brought.
+    assert (await tab_through(page, 1, shift=True))[0][0] == "#runs-more"
+    await press(page, " ")
+    await page.wait_for(f"{FOCUSED} === {js('run:' + ids[0])}")
+    assert not await visible(page, "runs-more")
+    # The list is rebuilt every 2 s: the focus stays on that run, in its new row.
+    await page.evaluate("window.focusedRow = document.activeElement")
+    await page.wait_for("!document.contains(window.focusedRow)")
+    assert await focused(page) == f"run:{ids[0]}"
+    await assert_no_errors(page)
+
+
+async def test_a_run_is_started_and_answered_by_keyboard_alone(
+    server: str, browser: Browser
+) -> None:
+    """Tab, Enter, Space and typing: choose the approval workflow, fill its start form, Start;
+    the focus moves to the run, then on to Cancel and the answer; "yes" and Send, and the run
+    completes with the focus on the run's heading rather than on the hidden form."""
+    page = await open_dashboard(browser, server + "/")
+    assert [name for name, _ in await tab_through(page, 3)] == [
+        "#skip",
+        "workflow:research",
+        "workflow:approval",
+    ]
+    await press(page, "Enter")
+    await page.wait_for("document.getElementById('wf-name').textContent === 'approval'")
+    assert await focused(page) == "workflow:approval"
+    assert [name for name, _ in await tab_through(page, 5)] == [
+        "workflow:flaky",
+        "#runs-workflow",
+        "#runs-status",
+        "step:prepare",
+        "start-form:action",
+    ]
+    await type_text(page, "ship by keyboard")  # focused by Tab, the default is selected
+    assert [name for name, _ in await tab_through(page, 1)] == ["start-form:pace"]
+    await type_text(page, "0")
+    assert [name for name, _ in await tab_through(page, 1)] == ["#start"]
+    await press(page, "Enter")
+
+    await page.wait_for("!document.getElementById('input-request').hidden")
+    assert await focused(page) == "#run-title"  # the run's panel, which the run goes on in
+    assert [name for name, _ in await tab_through(page, 2)] == [
+        "#cancel",
+        "answer-form:approved=true",
+    ]
+    assert await page.evaluate("document.getElementById('answer').disabled")
+    await press(page, " ")  # yes
+    assert not await page.evaluate("document.getElementById('answer').disabled")
+    assert [name for name, _ in await tab_through(page, 1)] == ["answer-form:comment"]
+    await type_text(page, "by keyboard")
+    assert [name for name, _ in await tab_through(page, 1)] == ["#answer"]
+    await press(page, " ")
+
+    await wait_for_status(page, "completed")
+    assert await result(page) == {
+        "action": "ship by keyboard",
+        "done": True,
+        "comment": "by keyboard",
+    }
+    assert await sent_answers(page) == [["Approval", 'approved=true  comment="by keyboard"']]
+    await page.wait_for(f"{FOCUSED} === '#run-title'")
+    # Cancel is disabled and the answer hidden now: next comes the event log, which scrolls.
+    assert [name for name, _ in await tab_through(page, 1)] == ["#events"]
+    assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "event log"
+    node = "document.querySelector('#graph [data-step=prepare]')"
+    await page.wait_for(f"{node}.getAttribute('aria-label') === 'step prepare: done'")
+    assert await page.evaluate(f"{node}.querySelector('title').textContent") == "step prepare: done"
+    await assert_no_errors(page)
+
+
+# -- dark mode and contrast -----------------------------------------------------------------------
+
+#: In the page: [what, contrast ratio, text colour, background] for every kind of text it
+#: shows, in the colour scheme in force. A text's background is the first opaque one from it
+#: up (SVG text: its node's or pill's rect). Samples are made, measured and removed again for
+#: what the page shows only sometimes: each status badge, each kind of event log line, each
+#: step state and event kind of the graph.
+CONTRAST = """(() => {
+    // Any CSS colour as [r, g, b, a] in 0..255: a pixel painted with it says.
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 1;
+    const paint = canvas.getContext("2d", { willReadFrequently: true });
+    const rgba = (color) => {
+        paint.clearRect(0, 0, 1, 1);
+        paint.fillStyle = color;
+        paint.fillRect(0, 0, 1, 1);
+        return [...paint.getImageData(0, 0, 1, 1).data];
+    };
+    const background = (node) => {
+        for (let e = node; e; e = e.parentElement) {
+            const color = rgba(getComputedStyle(e).backgroundColor);
+            if (color[3] === 255) return color;
+        }
+        return [255, 255, 255, 255];
+    };
+    const luminance = ([r, g, b]) => {
+        const lin = (c) => (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+        return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+    };
+    const rows = [];
+    const measure = (what, node, fg, bg) => {
+        if (!node) { rows.push([what, 0, "missing", ""]); return; }
+        const [a, b] = [luminance(fg), luminance(bg)];
+        const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        rows.push([what, Math.round(ratio * 100) / 100, String(fg), String(bg)]);
+    };
+    const text = (what, node) =>
+        measure(what, node, node && rgba(getComputedStyle(node).color), node && background(node));
+    const svgText = (what, node) => measure(what, node,
+        node && rgba(getComputedStyle(node).fill),
+        node && rgba(getComputedStyle(node.parentNode.querySelector("rect")).fill));
+    const q = (selector) => document.querySelector(selector);
+
+    text("body", document.body);
+    text("skip link", q("#skip"));
+    text("workflow name", q("#wf-name"));
+    text("workflow doc", q("#wf-doc"));
+    text("table header", q("#steps th"));
+    text("table cell", q("#steps td.mono"));
+    text("field label", q("#start-form label"));
+    text("field type", q("#start-form label small"));
+    text("input", q("#start-form input"));
+    text("filter", q("#runs-workflow"));
+    text("workflow", q("#workflows li:not(.selected) button"));
+    text("selected workflow", q("#workflows .selected button"));
+    text("run", q("#runs-list li:not(.selected) .wf"));
+    text("run time", q("#runs-list li:not(.selected) .when"));
+    text("open run", q("#runs-list .selected .wf"));
+    text("open run time", q("#runs-list .selected .when"));
+    text("button Start", q("#start"));
+    text("button Cancel", q("#cancel:enabled"));
+    text("button More", q("#runs-more"));
+    text("button Send", q("#answer"));
+    text("raw JSON", q("#raw-label"));
+    text("run id", q("#run-id"));
+    text("bar label", q("#bars .label"));
+    text("bar percent", q("#bars .pct"));
+    text("question", q("#input-question"));
+    text("request details", q("#input-details"));
+    text("answer label", q("#answer-form label"));
+    text("result", q("#result"));
+    text("error", q("#error"));
+    text("api error", q("#api-error"));
+    text("tokens", q("#tokens"));
+    text("graph note", q("#graph-note"));
+    const head = q("#run .run-head");
+    for (const status of ["", "running", "waiting", "completed", "failed", "timed_out",
+                          "cancelled"]) {
+        const badge = el("span", { class: `badge ${status}`, text: status || "?" });
+        head.append(badge);
+        text(`badge ${status || "(none)"}`, badge);
+        badge.remove();
+    }
+    const log = q("#events");
+    const samples = ["event", "input_required", "human_response", "step_failed", "stop",
+                     "event bad", "sent"].map((kind) => el("li", { class: kind },
+        el("span", { class: "seq", text: "1" }), el("span", { class: "type", text: kind }),
+        el("span", { class: "data", text: "x=1" })));
+    log.append(...samples);
+    for (const item of samples) {
+        text(`log type ${item.className}`, item.querySelector(".type"));
+        text(`log seq ${item.className}`, item.querySelector(".seq"));
+        text(`log data ${item.className}`, item.querySelector(".data"));
+    }
+    for (const item of samples) item.remove();
+    const graph = q("#graph");
+    const step = q("#graph [data-step]");
+    for (const state of ["idle", "running", "waiting", "retrying", "failed", "done",
+                         "stopped"]) {
+        const node = step.cloneNode(true);
+        node.dataset.state = state;
+        node.querySelector("text.state").textContent = state;
+        graph.append(node);
+        svgText(`step label ${state}`, node.querySelector("text.label"));
+        svgText(`step state ${state}`, node.querySelector("text.state"));
+        node.remove();
+    }
+    const event = q("#graph [data-event]");
+    for (const kind of ["event", "start", "stop", "input_required", "human_response",
+                        "step_failed"]) {
+        const node = event.cloneNode(true);
+        node.setAttribute("class", `node event ${kind}`);
+        graph.append(node);
+        svgText(`event ${kind}`, node.querySelector("text"));
+        node.remove();
+    }
+    svgText("edge count", q("#graph .edge .count text"));
+    const line = q("#timeline");
+    for (const [what, node] of [["timeline axis", q("#timeline .axis text")],
+                                ["timeline step", q("#timeline text.step")]]) {
+        measure(what, node, node && rgba(getComputedStyle(node).fill), background(line));
+    }
+    for (const [status, waiting] of [["running", "false"], ["running", "true"], ["ok", "false"],
+                                     ["failed", "false"], ["stopped", "false"]]) {
+        const bar = svgEl("g", { "data-bar": "x", "data-status": status, "data-waiting": waiting },
+                          svgEl("rect", { width: 40, height: 14 }), svgEl("text", { text: "#2" }));
+        line.append(bar);
+        svgText(`timeline bar ${status}${waiting === "true" ? " waiting" : ""}`,
+                bar.querySelector("text"));
+        bar.remove();
+    }
+    return rows;
+})()"""
+
+#: In the page: every colour the style sheet and the inline SVG name outside the variables of
+#: :root (which the dark scheme redefines), as "selector { declaration }" or "<tag attr=value>".
+HARD_CODED_COLOURS = r"""(() => {
+    const colour = /#[0-9a-f]{3,8}\b|\b(rgba?|hsla?|hwb|lab|lch|oklab|oklch)\(|\b(white|black)\b/i;
+    const found = [];
+    const visit = (rules) => {
+        for (const rule of rules) {
+            if (rule.cssRules) visit(rule.cssRules);
+            if (!rule.style || rule.selectorText === ":root") continue;
+            for (const name of rule.style) {
+                const value = rule.style.getPropertyValue(name);
+                if (colour.test(value)) found.push(`${rule.selectorText} { ${name}: ${value} }`);
+            }
+        }
+    };
+    for (const sheet of document.styleSheets) visit(sheet.cssRules);
+    for (const node of document.querySelectorAll("svg *")) {
+        for (const name of ["fill", "stroke", "color", "style"]) {
+            const value = node.getAttribute(name);
+            if (value && colour.test(value)) found.push(`<${node.tagName} ${name}=${value}>`);
+        }
+    }
+    return found;
+})()"""
+
+
+async def prefer_scheme(page: Page, scheme: str) -> None:
+    """Emulate the system's colour scheme setting, "light" or "dark"."""
+    await page.send(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
+    )
+
+
+async def body_luminance(page: Page) -> tuple[float, float]:
+    """The relative luminance (0 black, 1 white) of the page's background and of its text."""
+    values: list[float] = await page.evaluate(
+        """[getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]
+        .map((c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number))
+        .map(([r, g, b]) => (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255)"""
+    )
+    return values[0], values[1]
+
+
+async def test_dark_mode_follows_the_system_and_every_text_stays_readable(
+    server: str, browser: Browser
+) -> None:
+    """The page's colours are variables only; with the system in dark mode the page is dark,
+    and in both schemes every kind of text (badges, buttons, the log, the graph's states) has a
+    contrast ratio of at least 4.5 against its background."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        await client.post("/workflows/research/runs", json={"pace": 0})
+    page = await open_dashboard(browser, server + "/")
+    assert await page.evaluate(HARD_CODED_COLOURS) == []
+    await select(page, "approval")
+    await start_run(page, pace="0")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+    await page.wait_for(step_is("prepare", "waiting"))
+    await page.wait_for("document.querySelector('#timeline text.step')")
+    # The run shown, and another, in the list.
+    await page.wait_for(
+        "document.querySelectorAll('#runs-list li:not(.selected)').length === 1"
+        " && document.querySelector('#runs-list .selected')"
+    )
+
+    await prefer_scheme(page, "dark")
+    background, foreground = await body_luminance(page)
+    assert background < 0.15
+    assert foreground > 0.8
+    assert await page.evaluate("getComputedStyle(document.documentElement).colorScheme") == (
+        "light dark"
+    )
+    dark = await page.evaluate(CONTRAST)
+    await prefer_scheme(page, "light")
+    background, foreground = await body_luminance(page)
+    assert background > 0.9
+    assert foreground < 0.2
+    light = await page.evaluate(CONTRAST)
+
+    for rows in (dark, light):
+        assert [row for row in rows if row[2] == "missing"] == []
+        assert len(rows) == 88
+        assert [row for row in rows if row[1] < 4.5] == []
+    await assert_no_errors(page)
