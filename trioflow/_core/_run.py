@@ -2,13 +2,13 @@
 
 `Run.main` is the run's only task started from outside. It opens the run's scope, readies
 each step's workers (`trioflow._core._worker`: started as events wait for them, up to
-``num_workers``) and a timer for the workflow's timeout, routes the start event, and waits. Every way the run ends is decided in its
-`RunState` at the moment it happens (a stop event, a failure, the timeout, a cancel), which
-cancels the scope; a cancellation from outside (the caller's deadline) is decided as a cancel
-the moment this task or a worker sees it. When the scope has unwound, whatever ended it,
-`Run.main` puts exactly one terminal event on the stream and closes it. Workers never let an
-exception escape, so the nursery only ever unwinds with `trio.Cancelled`, and no
-`ExceptionGroup` reaches a caller.
+``num_workers``) and a timer for the workflow's timeout, routes the start event, and waits.
+Every way the run ends is decided in its `RunState` at the moment it happens (a stop event,
+a failure, the timeout, a cancel), which cancels the scope; a cancellation from outside (the
+caller's deadline) is decided as a cancel the moment this task or a worker sees it. When the
+scope has unwound, whatever ended it, `Run.main` puts exactly one terminal event on the
+stream and closes it. Workers never let an exception escape, so the nursery only ever unwinds
+with `trio.Cancelled`, and no `ExceptionGroup` reaches a caller.
 """
 
 from __future__ import annotations
