@@ -32,6 +32,7 @@ from ._resources import Owner
 from ._router import Router
 from ._state import RunState, RunStatus
 from ._stream import EventStream
+from ._timers import call_at
 from ._tracing import current_tracer, end_run_span, run_span
 from ._worker import Observation, work
 
@@ -193,7 +194,7 @@ class Run:
     async def _in_scope(
         self, slots: trio.CapacityLimiter | None, task_status: trio.TaskStatus[None]
     ) -> None:
-        """The run's scope: its steps' workers and its timer, until it is decided."""
+        """The run's scope: its steps' workers and its timeout, until it is decided."""
         state = self.state
         with state.scope:
             if slots is not None:
@@ -215,20 +216,25 @@ class Run:
                 self.idle.nursery = nursery
                 for index in range(len(self.graph.steps)):
                     self._start_workers_when_needed(nursery, worker, index)
+                timer = None
                 if self.timeout is not None:
                     deadline = trio.current_time() + self.timeout - self.time_used
-                    nursery.start_soon(self._expire, deadline)
-                if durable is None:
-                    self.router.send(self.start_event)
-                else:
-                    durable.begin(self)
-                task_status.started()
+                    timer = call_at(deadline, self._time_out)
                 try:
-                    await trio.sleep_forever()
+                    if durable is None:
+                        self.router.send(self.start_event)
+                    else:
+                        durable.begin(self)
+                    task_status.started()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        # Only a cancellation gets here: the run's own scope (decided), or
+                        # the caller's, which is decided now, before any step has unwound.
+                        state.stop()
                 finally:
-                    # Only a cancellation gets here: the run's own scope (decided), or the
-                    # caller's, which is decided now, before any step has unwound.
-                    state.stop()
+                    if timer is not None:
+                        timer.cancel()
 
     def _start_workers_when_needed(
         self, nursery: trio.Nursery, worker: Callable[[Run, int], Awaitable[None]], index: int
@@ -253,9 +259,8 @@ class Run:
 
         inbox.on_backlog = start_one
 
-    async def _expire(self, deadline: float) -> None:
-        """The workflow's timeout, decided the moment it passes."""
-        await trio.sleep_until(deadline)
+    def _time_out(self) -> None:
+        """The workflow's timeout, decided the moment it passes (`call_at`)."""
         busy = {worker.step for worker in self.workers if worker.busy}
         self.state.time_out(tuple(s.name for s in self.graph.steps if s.name in busy))
 
