@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -38,11 +38,13 @@ async def browser(chromium: Chromium) -> AsyncIterator[Browser]:
 
 
 @asynccontextmanager
-async def running_server(**options: Any) -> AsyncIterator[str]:
-    """Serve the example workflows on a free port; yield the base URL."""
+async def running_server(
+    workflows: Mapping[str, trioflow.Workflow] = WORKFLOWS, **options: Any
+) -> AsyncIterator[str]:
+    """Serve ``workflows`` (the examples unless told) on a free port; yield the base URL."""
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
-            partial(trioflow.serve, WORKFLOWS, port=0, **options)
+            partial(trioflow.serve, workflows, port=0, **options)
         )
         yield binds[0]
         nursery.cancel_scope.cancel()
@@ -127,11 +129,15 @@ async def visible(page: Page, element_id: str) -> bool:
     return shown
 
 
+#: The event log's model, every entry of it: the page draws only the rows in view, so the DOM
+#: does not hold them all (`window.trioflowDashboard`, the page's debug surface).
+LOG = "window.trioflowDashboard.log()"
+
+
 async def logged_events(page: Page) -> list[tuple[int, str]]:
-    """(seq, type) of every entry of the event log, in page order."""
+    """(seq, type) of every event of the event log, in its order."""
     rows: list[list[JsonValue]] = await page.evaluate(
-        "[...document.querySelectorAll('#events [data-seq]')]"
-        ".map(e => [Number(e.dataset.seq), e.dataset.type])"
+        f"{LOG}.filter(e => !e.sent).map(e => [e.seq, e.type])"
     )
     return [(int(seq), str(kind)) for seq, kind in rows]
 
@@ -139,10 +145,26 @@ async def logged_events(page: Page) -> list[tuple[int, str]]:
 async def sent_answers(page: Page) -> list[list[str]]:
     """(type, data) of each answer the page sent, as its event log shows them."""
     answers: list[list[str]] = await page.evaluate(
-        "[...document.querySelectorAll('#events [data-sent]')]"
-        ".map(e => [e.dataset.sent, e.querySelector('.data').textContent])"
+        f"{LOG}.filter(e => e.sent).map(e => [e.type, e.text])"
     )
     return answers
+
+
+async def select_row(page: Page, index: int) -> JsonValue:
+    """Scroll the event log to its entry ``index``, click that row, and return the detail
+    pane's text once it shows that entry."""
+    # Every row is as tall as the first: the entry's row is at the top of the view there.
+    await page.evaluate(
+        "(() => { const list = document.getElementById('events');"
+        f" list.scrollTop = {index} * list.querySelector('li').offsetHeight; }})()"
+    )
+    row = f"document.querySelector('#events li[data-index=\"{index}\"]')"
+    await page.wait_for(row)
+    await page.evaluate(f"{row}.click()")
+    pane = "document.getElementById('event-detail')"
+    return await page.wait_for(
+        f"!{pane}.hidden && {pane}.dataset.index === '{index}' && {pane}.textContent"
+    )
 
 
 async def result(page: Page) -> JsonValue:
@@ -302,17 +324,20 @@ async def test_failed_run_shows_the_error(server: str, browser: Browser) -> None
     assert "raised in step 'recover'" in trace
     assert "while handling the failure of step 'attempt'" in trace
     assert await page.evaluate("document.querySelector('#error details').open")
-    folded = await page.evaluate(
-        "document.querySelectorAll('#events [data-type=StepFailedEvent] details').length"
-    )
-    assert folded >= 3  # each failure's traceback folds under its line in the log
     events = await logged_events(page)
     assert_in_order(events, "WorkflowFailedEvent")
-    failed_attempts = await page.evaluate(
-        "[...document.querySelectorAll('#events [data-type=StepFailedEvent]')]"
-        """.filter(e => e.textContent.includes('step_name="attempt"')).length"""
+    failures = await page.evaluate(
+        f"{LOG}.filter(e => e.type === 'StepFailedEvent')"
+        ".map(e => [e.index, e.text.includes('step_name=\"attempt\"'), e.traceback])"
     )
-    assert failed_attempts == 3  # then the error handler re-raises: a failed step too
+    # Three failed attempts, then the error handler re-raises: a failed step too.
+    assert [attempt for _, attempt, _ in failures] == [True, True, True, False]
+    assert all(trace.startswith("Traceback (most recent call last):") for *_, trace in failures)
+    # Each failure's traceback is in the detail pane of its row.
+    await select_row(page, failures[0][0])
+    shown = await page.evaluate("document.querySelector('#event-detail pre.traceback').textContent")
+    assert shown == failures[0][2]
+    assert "attempt 1 of 5 planned failures" in shown
     assert not await visible(page, "result")
     await assert_no_errors(page)
 
@@ -335,6 +360,266 @@ async def test_a_phones_width_is_one_column_without_sideways_scrolling(
         "document.querySelector('#wf-name').getBoundingClientRect().top"
     )
     assert stacked
+    # The log's rows are one line each, seq, time and type: the data is in the detail pane.
+    assert await page.evaluate(
+        "(d => d.length > 0 && d.every(e => getComputedStyle(e).display === 'none'))"
+        "([...document.querySelectorAll('#events li .data')])"
+    )
+    detail = await select_row(page, 0)
+    assert '"succeeded_on_attempt": 1' in detail
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 375
+    await assert_no_errors(page)
+
+
+# -- the event log: a large run, the detail pane, times, the keyboard ----------------------------
+
+
+class Tick(trioflow.Event):
+    """One of many events."""
+
+    n: int
+
+
+class Ticks(trioflow.StartEvent):
+    """Start: how many events to write."""
+
+    count: int = 10_000
+
+
+class ChattyFlow(trioflow.Workflow):
+    """Writes ``count`` events to the stream as fast as it can."""
+
+    @trioflow.step
+    async def chatter(self, ctx: trioflow.Context, ev: Ticks) -> trioflow.StopEvent:
+        for n in range(ev.count):
+            await ctx.write_event_to_stream(Tick(n=n))
+        return trioflow.StopEvent(result={"written": ev.count})
+
+
+LARGE = 10_000
+#: The most rows (and other elements) the event log may hold at once.
+FEW_ROWS = 100
+ROWS = "document.querySelectorAll('#events li').length"
+
+
+def row_of(index: int) -> str:
+    return f"document.querySelector('#events li[data-index=\"{index}\"]')"
+
+
+async def test_a_large_run_keeps_few_rows_in_the_page(browser: Browser) -> None:
+    """10,000 events: the log's model holds every one, in order, while the page holds only the
+    rows in view and a few more; scrolled to the top it shows the first, to the bottom the
+    last, and a row selected shows its event whole."""
+    # Every event retained: the page opens the graph's lifecycle stream just after the log's,
+    # and by then a run this fast has written more than the default 1,024 (that stream would
+    # be answered 410, events expired).
+    async with running_server({"chatty": ChattyFlow(timeout=120)}, retain=2 * LARGE) as url:
+        page = await open_dashboard(browser, url + "/")
+        # The most elements the log ever holds, sampled at every frame from here on.
+        await page.evaluate(
+            """(() => { window.mostInLog = 0;
+                const sample = () => {
+                    const count = document.getElementById('events').querySelectorAll('*').length;
+                    window.mostInLog = Math.max(window.mostInLog, count);
+                    requestAnimationFrame(sample);
+                };
+                requestAnimationFrame(sample); })()"""
+        )
+        await start_run(page, count=str(LARGE))
+        await page.wait_for(f"{LOG}.length === {LARGE + 1}", timeout=60)
+        await wait_for_status(page, "completed")
+        entries = await page.evaluate(f"{LOG}.map(e => [e.seq, e.type, e.data?.n ?? null])")
+        seqs = [seq for seq, _, _ in entries]
+        assert seqs == sorted(set(seqs))  # in order, none twice
+        assert [n for _, kind, n in entries[:-1] if kind == "Tick"] == list(range(LARGE))
+        assert entries[-1][1] == "StopEvent"
+
+        # It followed the stream to its end, and drew only what is in view.
+        last = row_of(LARGE)
+        assert await page.wait_for(f"{last}?.dataset.type") == "StopEvent"
+        assert 0 < await page.evaluate(ROWS) <= FEW_ROWS
+        await page.evaluate("document.getElementById('events').scrollTop = 0")
+        assert await page.wait_for(f"{row_of(0)}?.dataset.seq") == str(seqs[0])
+        assert not await page.evaluate(last)  # dropped once out of view
+        assert 0 < await page.evaluate(ROWS) <= FEW_ROWS
+        await page.evaluate("(l => { l.scrollTop = l.scrollHeight; })(events)")
+        assert await page.wait_for(f"{last}?.dataset.seq") == str(seqs[-1])
+        assert not await page.evaluate(row_of(0))
+
+        detail = await select_row(page, 5000)
+        assert f"seq {seqs[5000]}" in detail
+        assert json.loads(
+            await page.evaluate("document.querySelector('#event-detail .json').textContent")
+        ) == {"n": 5000}
+        assert await page.evaluate(f"{row_of(5000)}.getAttribute('aria-selected')") == "true"
+        assert 0 < await page.evaluate(ROWS) <= FEW_ROWS
+        assert await page.evaluate("window.mostInLog") <= 4 * FEW_ROWS  # rows and their spans
+        await assert_no_errors(page)
+
+
+async def test_a_step_failures_traceback_is_in_its_rows_detail(
+    server: str, browser: Browser
+) -> None:
+    """A flaky run that fails (three planned failures, no recovery): a StepFailedEvent's row
+    is one line like any other, and selected, its detail shows its data and its traceback."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "flaky")
+    await start_run(page, failures="3", recover=False, pace="0")
+    await wait_for_status(page, "failed")
+    index = await page.evaluate(f"{LOG}.findIndex(e => e.type === 'StepFailedEvent')")
+    assert index >= 0
+    assert await page.evaluate(f"{row_of(index)}.offsetHeight === {row_of(0)}.offsetHeight")
+    assert (
+        await page.evaluate("document.querySelectorAll('#events pre, #events details').length") == 0
+    )
+
+    detail = await select_row(page, index)
+    assert detail.startswith("StepFailedEvent")
+    trace = await page.evaluate("document.querySelector('#event-detail pre.traceback').textContent")
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "FlakyError: attempt 1 of 3 planned failures" in trace
+    data = json.loads(
+        await page.evaluate("document.querySelector('#event-detail .json').textContent")
+    )
+    assert data["step_name"] == "attempt"
+    assert data["exception"] == {"type": "FlakyError", "message": "attempt 1 of 3 planned failures"}
+    # An event without a traceback shows none; the run's error box keeps its own, open.
+    await select_row(page, 0)
+    assert not await page.evaluate("document.querySelector('#event-detail pre.traceback')")
+    assert await page.evaluate("document.querySelector('#error details').open")
+    await assert_no_errors(page)
+
+
+#: 2025-12-01 16:40:00.123 UTC, in seconds since the epoch.
+FIRST_TIME = 1764607200.123
+
+
+async def test_event_times_are_shown_when_the_server_sends_them(
+    server: str, browser: Browser
+) -> None:
+    """An envelope's "time" shows in its row as the local clock time with milliseconds, and in
+    the detail pane with the offset from the run's first event; without one, nothing shows."""
+    page = await open_dashboard(browser, server + "/")
+    await page.send("Emulation.setTimezoneOverride", {"timezoneId": "UTC"})
+    # Known times instead of the server's: a quarter of a second apart from FIRST_TIME, on
+    # every event but the last, which has none (as from a server that sends no times).
+    await page.evaluate(
+        f"""(() => {{
+            const Original = window.EventSource;
+            window.EventSource = class extends Original {{
+                set onmessage(handler) {{
+                    let count = 0;
+                    super.onmessage = (message) => {{
+                        const envelope = JSON.parse(message.data);
+                        if (envelope.type !== 'StopEvent') {{
+                            envelope.time = {FIRST_TIME} + 0.25 * count++;
+                        }} else {{
+                            delete envelope.time;
+                        }}
+                        handler({{ data: JSON.stringify(envelope) }});
+                    }};
+                }}
+            }};
+        }})()"""
+    )
+    await select(page, "research")
+    await start_run(page, pace="0")
+    await wait_for_status(page, "completed")
+    count = await page.evaluate(f"{LOG}.length")
+    last_time = f"{row_of(count - 1)}?.querySelector('.time').textContent"
+    assert await page.wait_for(f"{last_time} === ''")  # the StopEvent came without one
+    await select_row(page, 1)
+    times = await page.evaluate(
+        "[0, 1, 2].map(i => document.querySelector(`#events li[data-index='${i}'] .time`)"
+        ".textContent)"
+    )
+    assert times == ["16:40:00.123", "16:40:00.373", "16:40:00.623"]
+    shown = await page.evaluate("document.querySelector('#event-detail .time').textContent")
+    assert shown == "16:40:00.373 (+0.250 s)"
+    await select_row(page, count - 1)
+    assert await page.evaluate("document.querySelector('#event-detail .time').textContent") == ""
+    await assert_no_errors(page)
+
+
+async def selected(page: Page) -> JsonValue:
+    """Which entry the log has selected, as its rows, the list and the detail pane say."""
+    return await page.evaluate(
+        """(() => {
+            const pane = document.getElementById('event-detail');
+            return {
+                rows: [...document.querySelectorAll('#events li.selected')]
+                    .filter(r => r.getAttribute('aria-selected') === 'true')
+                    .map(r => Number(r.dataset.index)),
+                active: document.getElementById('events')
+                    .getAttribute('aria-activedescendant'),
+                pane: pane.hidden ? null : Number(pane.dataset.index),
+            };
+        })()"""
+    )
+
+
+def is_selected(index: int) -> str:
+    return (
+        f"document.querySelector('#events li.selected')?.dataset.index === '{index}'"
+        f" && document.getElementById('event-detail').dataset.index === '{index}'"
+    )
+
+
+async def test_the_event_log_is_driven_from_the_keyboard(server: str, browser: Browser) -> None:
+    """With the log focused, Down and Up move the selection (the detail follows), Home and End
+    go to either end, Escape closes the detail and Enter opens it again. The answer the page
+    sent is an entry too, at the time it was sent."""
+    page = await open_dashboard(browser, server + "/")
+    await select(page, "approval")
+    await start_run(page, pace="0")
+    await page.wait_for("!document.getElementById('input-request').hidden")
+    before = await page.evaluate("Date.now() / 1000")
+    await fill(page, "answer-form", approved=True)
+    await page.evaluate("document.getElementById('answer').click()")
+    await wait_for_status(page, "completed")
+    after = await page.evaluate("Date.now() / 1000")
+    entries = await page.evaluate(f"{LOG}.map(e => [e.type, e.sent, e.time])")
+    last = len(entries) - 1
+
+    await page.evaluate("document.getElementById('events').focus()")
+    await press(page, "ArrowDown")  # nothing selected: the first row in view
+    await page.wait_for(is_selected(0))
+    assert await selected(page) == {"rows": [0], "active": "event-0", "pane": 0}
+    await press(page, "ArrowDown")
+    await press(page, "ArrowDown")
+    await press(page, "ArrowUp")
+    await page.wait_for(is_selected(1))
+    assert await selected(page) == {"rows": [1], "active": "event-1", "pane": 1}
+    await press(page, "End")
+    await page.wait_for(is_selected(last))
+    await press(page, "ArrowDown")  # stays on the last
+    await press(page, "Home")
+    await page.wait_for(is_selected(0))
+    await press(page, "ArrowUp")  # stays on the first
+    await press(page, "Escape")
+    await page.wait_for("document.getElementById('event-detail').hidden")
+    assert await selected(page) == {"rows": [], "active": None, "pane": None}
+    await press(page, "Enter")
+    await page.wait_for(is_selected(0))
+
+    # The answer sent: its row and its detail, timed by the browser's clock.
+    sent = next(i for i, (_, was_sent, _) in enumerate(entries) if was_sent)
+    assert entries[sent][0] == "Approval"
+    assert before <= entries[sent][2] <= after
+    for _ in range(sent):
+        await press(page, "ArrowDown")
+    await page.wait_for(is_selected(sent))
+    detail = await page.evaluate("document.getElementById('event-detail').textContent")
+    assert detail.startswith("Approval (sent)")
+    assert "sent from this page" in detail
+    assert json.loads(
+        await page.evaluate("document.querySelector('#event-detail .json').textContent")
+    ) == {"approved": True}
+    # A click selects too, and Close closes.
+    await page.evaluate(f"{row_of(2)}.click()")
+    await page.wait_for(is_selected(2))
+    await page.evaluate("document.querySelector('#event-detail .close').click()")
+    await page.wait_for("document.getElementById('event-detail').hidden")
     await assert_no_errors(page)
 
 
@@ -396,7 +681,7 @@ async def test_reload_keeps_the_run(server: str, browser: Browser) -> None:
     await page.reload()
     await page.wait_for(f"document.getElementById('run-id').textContent === {js(run_id)}")
     await wait_for_status(page, "waiting for input")
-    await page.wait_for(f"document.querySelectorAll('#events [data-seq]').length >= {len(before)}")
+    await page.wait_for(f"{LOG}.filter(e => !e.sent).length >= {len(before)}")
     assert await logged_events(page) == before  # replayed from the first event, none twice
     assert await text(page, "input-question") == "May I ship v3?"
     assert await text(page, "run-workflow") == "approval"
@@ -786,7 +1071,18 @@ async def test_the_timeline_shows_running_attempts_grow_then_end(
 # -- the keyboard ---------------------------------------------------------------------------------
 
 #: CDP's description of each key pressed: its code, Windows key code, and the text it types.
-KEYS = {"Tab": ("Tab", 9, ""), "Enter": ("Enter", 13, "\r"), " ": ("Space", 32, " ")}
+#: Each key's code, Windows virtual key code (CDP's key events need it besides the key's
+#: name) and the text it types.
+KEYS = {
+    "Tab": ("Tab", 9, ""),
+    "Enter": ("Enter", 13, "\r"),
+    " ": ("Space", 32, " "),
+    "ArrowDown": ("ArrowDown", 40, ""),
+    "ArrowUp": ("ArrowUp", 38, ""),
+    "Home": ("Home", 36, ""),
+    "End": ("End", 35, ""),
+    "Escape": ("Escape", 27, ""),
+}
 
 
 async def press(page: Page, key: str, *, shift: bool = False) -> None:
@@ -949,7 +1245,10 @@ async def test_a_run_is_started_and_answered_by_keyboard_alone(
     await page.wait_for(f"{FOCUSED} === '#run-title'")
     # Cancel is disabled and the answer hidden now: next comes the event log, which scrolls.
     assert [name for name, _ in await tab_through(page, 1)] == ["#events"]
-    assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "event log"
+    assert (
+        await page.evaluate("document.activeElement.getAttribute('aria-label')")
+        == "events of the run"
+    )
     node = "document.querySelector('#graph [data-step=prepare]')"
     await page.wait_for(f"{node}.getAttribute('aria-label') === 'step prepare: done'")
     assert await page.evaluate(f"{node}.querySelector('title').textContent") == "step prepare: done"
@@ -1045,7 +1344,10 @@ CONTRAST = """(() => {
         el("span", { class: "seq", text: "1" }), el("span", { class: "type", text: kind }),
         el("span", { class: "data", text: "x=1" })));
     log.append(...samples);
+    for (const item of samples) item.append(el("span", { class: "time", text: "12:00:00.000" }));
+    samples[0].classList.add("selected");
     for (const item of samples) {
+        text(`log time ${item.className}`, item.querySelector(".time"));
         text(`log type ${item.className}`, item.querySelector(".type"));
         text(`log seq ${item.className}`, item.querySelector(".seq"));
         text(`log data ${item.className}`, item.querySelector(".data"));
@@ -1171,6 +1473,6 @@ async def test_dark_mode_follows_the_system_and_every_text_stays_readable(
 
     for rows in (dark, light):
         assert [row for row in rows if row[2] == "missing"] == []
-        assert len(rows) == 88
+        assert len(rows) == 95
         assert [row for row in rows if row[1] < 4.5] == []
     await assert_no_errors(page)
