@@ -1,5 +1,5 @@
 """`?types=` on a run's event stream, and lifecycle events over HTTP on request
-(`POST .../runs?lifecycle=1`)."""
+(`POST .../runs?lifecycle=1`, then `?types=LifecycleEvent` or `?lifecycle=1` on the stream)."""
 
 from __future__ import annotations
 
@@ -67,8 +67,24 @@ async def test_lifecycle_events_over_http_on_request() -> None:
         started = await _types(server, run_id, types="StepStartedEvent,Token")
         assert started == ["StepStartedEvent", "StepStartedEvent"] + ["Token"] * 3 + ["StopEvent"]
 
+        # ?lifecycle=1 on the stream: every event and the lifecycle ones, in the run's order.
+        everything = await _types(server, run_id, lifecycle="1")
+        assert everything == [
+            "StepStartedEvent",
+            "StepFinishedEvent",
+            "StepStartedEvent",
+            *["Token", "Note"] * 3,
+            "StepFinishedEvent",
+            "StopEvent",
+        ]
+        with_tokens = await _types(server, run_id, lifecycle="1", types="Token")
+        assert with_tokens == [*everything[:3], "Token", "Token", "Token", *everything[-2:]]
+
         plain = await server.start("talk")
         await server.wait_status(plain, "completed")
         assert await _types(server, plain, types="LifecycleEvent") == ["StopEvent"]
+        assert await _types(server, plain, lifecycle="yes") == ["Token", "Note"] * 3 + ["StopEvent"]
+        bad = await server.client.get(f"/runs/{plain}/events", params={"lifecycle": "all"})
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_request")
         bad = await server.client.post("/workflows/talk/runs", params={"lifecycle": "maybe"})
         assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_request")

@@ -456,6 +456,7 @@ class WorkflowApp:
                 after=after,
                 types=_types(request),
                 lifecycle=record.lifecycle,
+                with_lifecycle=_flag(request, "lifecycle"),
                 ping_interval=self.options.ping_interval,
             )
         except EventsExpired as expired:

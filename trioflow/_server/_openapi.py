@@ -483,6 +483,14 @@ def _stream_events() -> dict[str, Any]:
                 "every lifecycle event): only those events, and the terminal event. Without "
                 "it, every event but the lifecycle ones.",
             ),
+            _param(
+                "lifecycle",
+                "query",
+                {"type": "string", "default": "0"},
+                "`1`, `true` or `yes`: the lifecycle events too (those of a run started "
+                "with `?lifecycle=1`), besides every event (or those `types` names), in one "
+                "stream.",
+            ),
         ],
     )
 

@@ -55,13 +55,14 @@ async def stream_feed(
     ping_interval: float,
     types: frozenset[str] | None = None,
     lifecycle: bool = False,
+    with_lifecycle: bool = False,
 ) -> None:
     """Answer ``request`` with the feed's entries after seq ``after``, live, until the last
     (a ``HEAD`` request with the headers a ``GET`` would start with),
     written by ``form``: those whose type is named in ``types`` (short or qualified names;
     ``LifecycleEvent`` names every lifecycle event), or without ``types`` every one but the
-    lifecycle events; the terminal event in any case. ``lifecycle``: the feed holds lifecycle
-    events.
+    lifecycle events; the terminal event in any case; with ``with_lifecycle`` the lifecycle
+    events too. ``lifecycle``: the feed holds lifecycle events.
 
     Raises:
         EventsExpired: entries after ``after`` are no longer retained (before any response).
@@ -83,7 +84,9 @@ async def stream_feed(
         await request.start_response(200, form.headers)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, request.receive, nursery.cancel_scope)
-            await _send_entries(body, watcher, form, ping_interval, _wanted(types, lifecycle))
+            await _send_entries(
+                body, watcher, form, ping_interval, _wanted(types, lifecycle, with_lifecycle)
+            )
             body.complete = True
             nursery.cancel_scope.cancel()
     if body.complete:
@@ -164,11 +167,15 @@ class NdjsonForm:
         return expired_json(error) + b"\n"
 
 
-def _wanted(types: frozenset[str] | None, lifecycle: bool) -> Callable[[Entry], bool] | None:
+def _wanted(
+    types: frozenset[str] | None, lifecycle: bool, with_lifecycle: bool
+) -> Callable[[Entry], bool] | None:
     """Which entries a stream sends; None: all (no filter to pay for)."""
     if types is None:
-        return (lambda entry: not entry.kind.lifecycle) if lifecycle else None
-    every_lifecycle = "LifecycleEvent" in types
+        return (
+            (lambda entry: not entry.kind.lifecycle) if lifecycle and not with_lifecycle else None
+        )
+    every_lifecycle = with_lifecycle or "LifecycleEvent" in types
 
     def wanted(entry: Entry) -> bool:
         kind = entry.kind
