@@ -84,8 +84,12 @@ async def status_is(page: Page, status: str) -> None:
 
 
 async def settle(page: Page) -> None:
-    """Two animation frames: what was drawn at the next frame is on screen."""
-    await page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    """Two animation frames: what was drawn at the next frame is on screen. The focus is
+    taken away first: a click made by script leaves the outline a keyboard user would see."""
+    await page.evaluate(
+        "document.activeElement?.blur();"
+        " new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+    )
 
 
 async def views(browser: Browser, url: str, folder: Path) -> None:
@@ -119,6 +123,10 @@ async def views(browser: Browser, url: str, folder: Path) -> None:
     await page.wait_for("document.querySelectorAll('#timeline [data-bar]').length === 4")
     await settle(page)
     await shoot(page, folder / "failure.png", "#run", "#timeline-panel")
+    await page.wait_for("document.querySelector('#events li[data-type=StepFailedEvent]')")
+    await click(page, "#events li[data-type=StepFailedEvent]")
+    await page.wait_for("!document.getElementById('event-detail').hidden")
+    await settle(page)
     await shoot(page, folder / "events.png", "#log")
 
     await open_workflow(page, "approval")
@@ -133,7 +141,9 @@ async def views(browser: Browser, url: str, folder: Path) -> None:
         {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
     )
     await settle(page)
-    await shoot(page, folder / "dark.png", "header", "aside", "#workflow", "#run")
+    await shoot(
+        page, folder / "dark.png", "header", "aside", "#workflow", "#run", "#timeline-panel"
+    )
     await page.close()
 
     phone = await browser.new_page(url + "/", width=375, height=800)

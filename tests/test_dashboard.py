@@ -1477,3 +1477,20 @@ async def test_dark_mode_follows_the_system_and_every_text_stays_readable(
         assert len(rows) == 95
         assert [row for row in rows if row[1] < 4.5] == []
     await assert_no_errors(page)
+
+
+async def test_a_waiting_runs_bar_runs_to_the_servers_now(server: str, browser: Browser) -> None:
+    """A run opened while it waits: its events are replayed at once, and its running bar
+    reaches the server's clock (the Date of its answers), not the newest event's time."""
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        started = await client.post("/workflows/approval/runs?lifecycle=1", json={"pace": 0})
+        run_id = started.json()["run_id"]
+    page = await open_dashboard(browser, f"{server}/#/runs/{run_id}")
+    await wait_for_status(page, "waiting for input")
+    bar = "document.querySelector('#timeline [data-bar=prepare][data-status=running]')"
+    await page.wait_for(bar)
+    # A minute passes on the browser's clock, as it would while the run waits.
+    await page.evaluate("Date.now = ((now) => () => now() + 60_000)(Date.now)")
+    seconds = f"Number(/for ([0-9.]+) s/.exec({bar}.querySelector('title').textContent)[1])"
+    await page.wait_for(f"{seconds} >= 59")
+    await assert_no_errors(page)
