@@ -470,3 +470,22 @@ async def test_a_logging_filter_that_raises_does_not_crash_the_run(
             await block_then_settle(fake_step)
     finally:
         logging.getLogger("trioflow").removeFilter(refuse)
+
+
+async def test_many_short_executions_of_one_step_in_one_turn_are_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Thousands of tasks each running one step for a moment in the same turn of the loop (as
+    when thousands of runs start at once) make a long turn, but no execution of the step held
+    the loop: credits are per execution, so none is reported."""
+
+    async def brief() -> None:
+        time.sleep(0.0002)  # each execution blocks a fifth of a millisecond
+        await trio.lowlevel.checkpoint()
+
+    watch_step(brief.__code__, workflow="W", step="brief", threshold=THRESHOLD)
+    async with trio.open_nursery() as nursery:
+        for _ in range(2500):  # one turn of about half a second: five thresholds
+            nursery.start_soon(brief)
+    await settle()
+    assert reports(caplog) == []

@@ -156,8 +156,10 @@ async def test_result_without_streaming_drains_and_never_deadlocks() -> None:
 
 
 async def test_run_discards_stream_events() -> None:
-    """run() finishes even though its stream holds far more than the buffer."""
+    """run() finishes even though its stream holds far more than the buffer, unbuffered too:
+    the run's task is the caller's, so the writes themselves make room."""
     assert await Writer(stream_buffer=2).run(n=5_000) == 5_000
+    assert await Writer(stream_buffer=0).run(n=500) == 500
 
 
 async def test_consumer_task_started_before_result_gets_everything() -> None:

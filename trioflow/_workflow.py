@@ -202,8 +202,7 @@ class Workflow(Generic[R]):
             WorkflowCancelledError: the run was cancelled.
         """
         event = self._start_event(start_event, fields)
-        async with self._start(event, streamed=False, held=_held(ctx)) as handler:
-            return await handler.result()
+        return await self._start(event, streamed=False, held=_held(ctx)).run_to_end()
 
     def start(
         self, /, start_event: StartEvent | None = None, *, ctx: Context | None = None, **fields: Any
@@ -311,6 +310,23 @@ class _RunBlock(Generic[R]):
         self._run = run
         self._handler: WorkflowHandler[R] = WorkflowHandler(run)
         self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
+
+    async def run_to_end(self) -> R:
+        """`Workflow.run`: the run's task is the caller's own, since nothing else happens in
+        the block while the run goes on (a task and a nursery fewer per run). Its outcome is
+        then decided and its steps have unwound; the caller's cancellation goes through
+        `Run.main` as it would through the block."""
+        self._run.take_held_context()
+        try:
+            await self._run.main()
+        except BaseException as exc:
+            # The caller's cancellation: the run's nursery's group of `trio.Cancelled`
+            # reaches the caller as one `trio.Cancelled`, as from the block.
+            cancelled = _one_cancelled(exc)
+            if cancelled is None:
+                raise
+            raise cancelled from None
+        return await self._handler.result()
 
     async def __aenter__(self) -> WorkflowHandler[R]:
         self._run.take_held_context()  # before anything runs: a context in use is refused

@@ -17,9 +17,13 @@ How, and why this way:
   been busy for an interval, so from then on every wake-up samples the trio thread's stack
   (`sys._current_frames`) for a frame of a watched step's code, walking outwards so that a
   blocking helper called by the step counts for the step. Each moment of the stall is
-  credited to the step seen in the nearest sample (a sampling profiler's estimate). A step is
-  reported when its credit exceeds its threshold: a step that merely happens to be running
-  during a stall caused by something else gets only the moments around its own samples.
+  credited to the step execution seen in the nearest sample (a sampling profiler's estimate):
+  credits are kept per execution (the step's frame, held until the stall's probe runs), not
+  per step, since thousands of runs of one step, each running for microseconds in one long
+  turn of the loop (10,000 runs started at once), are no execution that held the loop. A step
+  is reported when one execution's credit exceeds its threshold: a step that merely happens
+  to be running during a stall caused by something else gets only the moments around its own
+  samples.
 - **Garbage collection is nobody's step.** A collection runs in the thread whose allocation
   triggers it and stops that thread meanwhile; a full (gen 2) collection of a large heap takes
   100 ms and more, and the step running then, often one that allocates a lot, would be blamed
@@ -114,7 +118,7 @@ class LoopBlockedWarning(TrioflowWarning):
 
 @attrs.define(eq=False)
 class _Step:
-    """A watched step. Compared and hashed by identity: it is a key of a probe's credits."""
+    """A watched step. Compared and hashed by identity: it is part of a probe's credits' keys."""
 
     code: types.CodeType
     workflow: str
@@ -124,6 +128,11 @@ class _Step:
     # that name a module match it; until then `warnings` derives one from the file name.
     module: str | None = None
 
+
+#: What a stack sample blames: a watched step, and its frame (which execution of it). The frame
+#: itself, not its id: a finished execution's frame may be freed and its id reused by the next.
+#: Only a stall's samples hold frames, and only until its probe runs.
+_Culprit = tuple[_Step, types.FrameType]
 
 _DETECTOR: trio.lowlevel.RunVar[_Detector | None] = trio.lowlevel.RunVar(
     "trioflow.loop_detector", default=None
@@ -194,8 +203,8 @@ class _Detector:
         # The probe in flight, if any: when it was queued, the latest stack sample (its time
         # and the watched step on the stack then, if any) and the seconds credited so far.
         self._probe_sent_at: float | None = None
-        self._last_sample: tuple[float, _Step | None] = (0.0, None)
-        self._credits: dict[_Step, float] = {}
+        self._last_sample: tuple[float, _Culprit | None] = (0.0, None)
+        self._credits: dict[_Culprit, float] = {}
         # Seconds the trio thread has spent in finished garbage collections, and when the one
         # it is running began (None if none). Written by `_on_gc` in the trio thread only, each
         # time as a new tuple, so that `_clock` reads a consistent pair without a lock.
@@ -305,7 +314,8 @@ class _Detector:
         code = frame.f_code
         idle = code.co_name == "get_events" and code.co_filename.startswith(_TRIO_DIR)
         culprit = None if idle else self._culprit(frame)
-        # Holding on to the frame while waiting would keep its locals alive for an interval.
+        # Holding on to the top frame while waiting would keep its locals alive for an interval
+        # (a culprit's frame is held only while the loop stalls).
         del frame, code
         with self._lock:
             if self._probe_sent_at is not None:
@@ -328,8 +338,9 @@ class _Detector:
             return False
         return True
 
-    def _culprit(self, frame: types.FrameType | None) -> _Step | None:
-        """The innermost watched step on the stack that ``frame`` tops, if any.
+    def _culprit(self, frame: types.FrameType | None) -> _Culprit | None:
+        """The innermost watched step on the stack that ``frame`` tops, if any, with its
+        frame (which execution of it).
 
         The trio thread may run on while this walks (the GIL can switch between bytecodes);
         frames that have finished keep their ``f_back``, so the walk stays valid and is at
@@ -341,7 +352,7 @@ class _Detector:
                 if step.module is None:
                     module = frame.f_globals.get("__name__")
                     step.module = module if isinstance(module, str) else None
-                return step
+                return step, frame
             frame = frame.f_back
         return None
 
@@ -363,7 +374,7 @@ class _Detector:
             if last is not None:  # the tail of the stall goes to the latest sample
                 # (negative if that sample was taken after ran_at, just before the lock)
                 credits[last] = credits.get(last, 0.0) + max(0.0, ran_at - last_at)
-            for step, held in credits.items():
+            for (step, _), held in credits.items():
                 if held > step.threshold and id(step.code) not in self._reported:
                     self._reported.add(id(step.code))
                     _report(step, held)

@@ -112,6 +112,20 @@ class EventStream:
 
     async def write_when_full(self, event: Event) -> None:
         """The slow path of `write`: wait for room (this wait is the backpressure)."""
+        if self._unread_forever and not self.has_consumer():
+            # `run()`: nobody will ever read, and nobody may be draining (the run's task may
+            # be its caller's): the oldest event goes, as `wait_closed` would have it go.
+            self._discard_one()
+            try:
+                self.send_nowait(event)
+            except trio.WouldBlock:  # an unbuffered stream: the event itself goes
+                self.discarded += 1
+                self.read += 1
+            written = self.written + 1
+            self.written = written
+            if not written & 63:
+                await self.yield_if_due()
+            return
         self._notify()  # `wait_closed` may have to drain for a stream nobody reads
         started = trio.current_time()
         try:
