@@ -137,7 +137,7 @@ LOG = "window.trioflowDashboard.log()"
 async def logged_events(page: Page) -> list[tuple[int, str]]:
     """(seq, type) of every event of the event log, in its order."""
     rows: list[list[JsonValue]] = await page.evaluate(
-        f"{LOG}.filter(e => !e.sent).map(e => [e.seq, e.type])"
+        f"{LOG}.filter(e => !e.sent && !e.gap).map(e => [e.seq, e.type])"
     )
     return [(int(seq), str(kind)) for seq, kind in rows]
 
@@ -454,6 +454,66 @@ async def test_a_large_run_keeps_few_rows_in_the_page(browser: Browser) -> None:
         assert 0 < await page.evaluate(ROWS) <= FEW_ROWS
         assert await page.evaluate("window.mostInLog") <= 4 * FEW_ROWS  # rows and their spans
         await assert_no_errors(page)
+
+
+async def test_a_run_whose_first_events_are_not_kept_shows_the_rest_and_says_so(
+    browser: Browser,
+) -> None:
+    """A run opened after the server let its first events go (answered 410 from seq 1): the
+    log says which are not kept and shows the rest, the run's end and result included, with
+    no error; the graph says its counts leave those events out."""
+    async with running_server(
+        {"chatty": ChattyFlow(timeout=120)}, retain=50, hold_for_first_client=0
+    ) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            started = await client.post("/workflows/chatty/runs?lifecycle=1", json={"count": 300})
+            run_id = started.json()["run_id"]
+            with trio.fail_after(10):
+                while (await client.get(f"/runs/{run_id}")).json()["status"] == "running":
+                    await trio.sleep(0.05)
+            first_seq = (await client.get(f"/runs/{run_id}")).json()["first_seq"]
+        assert first_seq > 200  # the server keeps the last 50 or so
+        for older_server in (False, True):
+            page = await browser.new_page("about:blank")
+            if older_server:
+                # A server that does not say which events it keeps: the page asks from seq 1,
+                # is answered 410 (which the browser logs), and goes on from the oldest kept.
+                await page.send(
+                    "Page.addScriptToEvaluateOnNewDocument",
+                    {
+                        "source": """
+                const fetched = window.fetch;
+                window.fetch = async (...args) => {
+                    const response = await fetched(...args);
+                    if (!/\\/runs\\/[0-9a-f]+$/.test(new URL(response.url).pathname)) {
+                        return response;
+                    }
+                    const info = await response.json();
+                    delete info.first_seq;
+                    return new Response(JSON.stringify(info), { headers: response.headers });
+                };"""
+                    },
+                )
+            await page.goto(f"{url}/#/runs/{run_id}")
+            await wait_for_status(page, "completed")
+            assert await result(page) == {"written": 300}
+            gaps = await page.evaluate(f"{LOG}.filter(e => e.gap).map(e => [e.data, e.text])")
+            assert gaps == [
+                [
+                    {"first": 1, "last": first_seq - 1},
+                    f"events 1 to {first_seq - 1} are no longer kept by the server (its retain)",
+                ]
+            ]
+            events = await logged_events(page)
+            assert events[0][0] == first_seq  # the rest, from the oldest kept, to the end
+            assert_in_order(events, "StopEvent")
+            await page.wait_for("!document.getElementById('graph-note').hidden")
+            assert f"up to seq {first_seq - 1}" in await text(page, "graph-note")
+            await page.evaluate("0")
+            refused = [e for e in page.errors if "status of 410" in e]
+            assert (len(refused) > 0) == older_server
+            assert [e for e in page.errors if e not in refused] == []
+            await page.close()
 
 
 async def test_a_step_failures_traceback_is_in_its_rows_detail(
@@ -811,12 +871,15 @@ async def test_runs_list_pages_and_filters(server: str, browser: Browser) -> Non
     )
     await page.wait_for(f"{listed}.length === 1")  # the research runs have completed
     assert await page.evaluate(listed) == [waiting]
-    # A run that runs without asking anything is running, not waiting for input.
+    # Runs that run without asking anything are running, not waiting for input; the one
+    # waiting is found beyond the first page of running runs.
+    slow = []
     async with httpx.AsyncClient(base_url=server, timeout=10) as client:
-        started = await client.post("/workflows/research/runs", json={"pace": 100})
-        slow = started.json()["run_id"]
-    await page.wait_for(f"{listed}.length === 2")
-    assert await page.evaluate(listed) == [slow, waiting]
+        for _ in range(21):
+            started = await client.post("/workflows/research/runs", json={"pace": 100})
+            slow.append(started.json()["run_id"])
+    await page.wait_for(f"{listed}.length === 20")
+    assert await page.evaluate(listed) == slow[::-1][:20]
     await page.evaluate(
         """(() => { const s = document.getElementById('runs-status'); s.value = 'waiting';
                     s.dispatchEvent(new Event('change')); })()"""
@@ -978,6 +1041,16 @@ async def test_the_graph_shows_a_step_waiting_for_input(server: str, browser: Br
     await page.wait_for("!document.getElementById('timeline-note').hidden")
     assert "without ?lifecycle=1" in await text(page, "timeline-note")
     assert await page.evaluate("document.querySelectorAll('#timeline [data-bar]').length") == 0
+    # Its StepFailedEvents alone make no step "failed" (the first two attempts were retried).
+    async with httpx.AsyncClient(base_url=server, timeout=10) as client:
+        started = await client.post(
+            "/workflows/flaky/runs", json={"failures": 3, "recover": False, "pace": 0}
+        )
+        flaky = started.json()["run_id"]
+    await page.evaluate(f"location.hash = {js('#/runs/' + flaky)}")
+    await wait_for_status(page, "failed")
+    await page.wait_for("!document.getElementById('graph-note').hidden")
+    assert set((await graph_states(page)).values()) == {"idle"}
     await assert_no_errors(page)
 
 
@@ -1494,3 +1567,172 @@ async def test_a_waiting_runs_bar_runs_to_the_servers_now(server: str, browser: 
     seconds = f"Number(/for ([0-9.]+) s/.exec({bar}.querySelector('title').textContent)[1])"
     await page.wait_for(f"{seconds} >= 59")
     await assert_no_errors(page)
+
+
+class Maybe(trioflow.StartEvent):
+    """Start: an optional boolean whose default is None."""
+
+    flag: bool | None = None
+
+
+class MaybeFlow(trioflow.Workflow):
+    """Says what it was given."""
+
+    @trioflow.step
+    async def say(self, ev: Maybe) -> trioflow.StopEvent:
+        return trioflow.StopEvent(result={"flag": ev.flag})
+
+
+async def test_an_optional_boolean_left_alone_sends_nothing(browser: Browser) -> None:
+    """A boolean whose default is None is three choices, "not set" chosen: left alone it is
+    not sent (the run gets None, never False); chosen, it is sent."""
+    async with running_server({"maybe": MaybeFlow()}) as url:
+        page = await open_dashboard(browser, url + "/")
+        choices = await page.evaluate(
+            "[...document.querySelectorAll('#start-form [name=flag]')]"
+            ".map(r => [r.value, r.checked, r.required])"
+        )
+        assert choices == [["true", False, False], ["false", False, False], ["", True, False]]
+        await start_run(page)
+        await wait_for_status(page, "completed")
+        assert await result(page) == {"flag": None}
+        await start_run(page, flag="false")
+        await wait_for_status(page, "completed")
+        assert await result(page) == {"flag": False}
+        await assert_no_errors(page)
+
+
+# -- a busy run: many workers, many progress lines, many tokens, a wide graph ----------------------
+
+
+class Item(trioflow.Event):
+    n: int
+
+
+class Done(trioflow.Event):
+    n: int
+
+
+class Score(trioflow.Event):
+    """Not progress, though its value is between 0 and 1: one per item."""
+
+    value: float
+    label: str
+
+
+class Token(trioflow.Event):
+    text: str
+
+
+class BusyFlow(trioflow.Workflow):
+    """Eight items worked on at once, a score per item, then many tokens."""
+
+    @trioflow.step
+    async def split(self, ctx: trioflow.Context, ev: trioflow.StartEvent) -> list[Item]:
+        for n in range(20):
+            await ctx.write_event_to_stream(Score(value=n / 20, label=f"item {n}"))
+        return [Item(n=n) for n in range(8)]
+
+    @trioflow.step(num_workers=8)
+    async def work(self, ev: Item) -> Done:
+        await trio.sleep(0.3)
+        return Done(n=ev.n)
+
+    @trioflow.step
+    async def done(self, ctx: trioflow.Context, evs: list[Done]) -> trioflow.StopEvent:
+        for n in range(500):
+            await ctx.write_event_to_stream(Token(text=f"w{n}"))
+        return trioflow.StopEvent(result=len(evs))
+
+
+def wide_flow(branches: int) -> trioflow.Workflow:
+    """A start step that may return any of ``branches`` event types, each its own step's."""
+    source = ["import trioflow", "class Wide(trioflow.Workflow):"]
+    for i in range(branches):
+        source.insert(1, f"class E{i}(trioflow.Event): pass")
+    returns = " | ".join(f"E{i}" for i in range(branches))
+    source += [
+        "    @trioflow.step",
+        f"    async def begin(self, ev: trioflow.StartEvent) -> {returns}:",
+        "        return E0()",
+    ]
+    for i in range(branches):
+        source += [
+            "    @trioflow.step",
+            f"    async def s{i}(self, ev: E{i}) -> trioflow.StopEvent:",
+            "        return trioflow.StopEvent(result=1)",
+        ]
+    namespace: dict[str, Any] = {}
+    exec("\n".join(source), namespace)
+    workflow: trioflow.Workflow = namespace["Wide"]()
+    return workflow
+
+
+async def select_free_form(page: Page, name: str) -> None:
+    """Click a workflow whose start event takes any fields (raw JSON, no inputs)."""
+    await page.wait_for(f"document.querySelector('#workflows [data-name={js(name)}] button')")
+    await page.evaluate(
+        f"document.querySelector('#workflows [data-name={js(name)}] button').click()"
+    )
+    await page.wait_for(
+        f"document.getElementById('wf-name').textContent === {js(name)}"
+        " && !document.getElementById('raw-input').hidden"
+    )
+
+
+async def test_a_busy_run_stays_readable(browser: Browser) -> None:
+    """Eight workers at once sit in eight lanes of the timeline; a score per item shows a few
+    lines and counts the rest; 500 tokens are all there in a block that scrolls; an edge's
+    count pill is as wide as its number; a wide graph scrolls in its box, the page does not."""
+    async with running_server({"busy": BusyFlow(), "wide": wide_flow(20)}) as url:
+        page = await browser.new_page(url + "/")
+        await select_free_form(page, "busy")
+        await start_run(page)
+        await wait_for_status(page, "completed")
+        await page.wait_for("document.querySelectorAll('#timeline [data-bar=work]').length === 8")
+        lanes = await page.evaluate(
+            "new Set([...document.querySelectorAll('#timeline [data-bar=work] rect')]"
+            ".map(r => r.y.baseVal.value)).size"
+        )
+        assert lanes == 8
+        assert await page.evaluate("document.querySelectorAll('#bars .bar').length") == 12
+        assert await page.evaluate("document.querySelector('#bars .more').textContent") == (
+            "and 8 more (in the event log)"
+        )
+        await page.wait_for("document.getElementById('tokens').textContent.endsWith('w499')")
+        words = (await text(page, "tokens")).split()
+        assert words == [f"w{n}" for n in range(500)]
+        tokens = await page.evaluate(
+            "(() => { const t = document.getElementById('tokens');"
+            " return [t.scrollHeight > t.clientHeight, t.clientHeight <= 240]; })()"
+        )
+        assert tokens == [True, True]
+        pill = "document.querySelector('#graph [data-edge=\"done\\u2192Token\"]')"
+        await page.wait_for(f"{pill}?.dataset.count === '500'")
+        assert await page.evaluate(f"{pill}.querySelector('rect').width.baseVal.value") >= 29
+
+        await select_free_form(page, "wide")
+        sizes = await page.evaluate(
+            "(() => { const g = document.getElementById('graph');"
+            " const box = document.getElementById('graph-box');"
+            " return { natural: g.viewBox.baseVal.width, shown: g.getBoundingClientRect().width,"
+            " scrolls: box.scrollWidth > box.clientWidth,"
+            " page: document.scrollingElement.scrollWidth <= innerWidth }; })()"
+        )
+        assert sizes["shown"] >= 0.6 * sizes["natural"] - 1  # shrunk no further than 60%
+        assert sizes["scrolls"]
+        assert sizes["page"]
+        await assert_no_errors(page)
+
+
+async def test_a_mistyped_run_link_is_said_so_and_the_page_works(
+    server: str, browser: Browser
+) -> None:
+    """A link with a malformed escape: the page says the run is unknown, and still shows the
+    workflows."""
+    page = await browser.new_page(f"{server}/#/runs/%E0%A4%A")
+    await page.wait_for("!document.getElementById('api-error').hidden")
+    assert "404" in await text(page, "api-error")
+    await page.wait_for("document.querySelector('#start-form input') !== null")
+    await page.evaluate("0")
+    assert [e for e in page.errors if "status of 404" not in e] == []

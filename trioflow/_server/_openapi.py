@@ -932,6 +932,12 @@ def _fixed_schemas() -> dict[str, Schema]:
         "workflow": string,
         "status": {"enum": _STATUSES},
         "seq": {**integer, "minimum": 0, "description": "Events streamed so far."},
+        "first_seq": {
+            **integer,
+            "minimum": 1,
+            "description": "The oldest event the server still keeps (`seq` + 1 when none): "
+            "a stream from the start begins there.",
+        },
         "watchers": {**integer, "minimum": 0, "description": "Clients streaming it now."},
         "started_at": {**number, "description": "Unix time."},
         "ended_at": {

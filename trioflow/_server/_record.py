@@ -160,6 +160,8 @@ class RunRecord:
             "workflow": self.workflow_name,
             "status": self.status.value,
             "seq": self.feed.last_seq,
+            # The oldest event still kept (`retain`): a stream from the start begins there.
+            "first_seq": self.feed.first_seq,
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
             "ended_at": self.ended_at,

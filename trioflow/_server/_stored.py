@@ -418,6 +418,7 @@ class StoredRecord:
             "workflow": self.workflow_name,
             "status": self.row.status,
             "seq": self.row.last_seq,
+            "first_seq": 1,  # a store keeps every event of a run
             "watchers": self.feed.watchers,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
