@@ -1069,6 +1069,15 @@ async def timeline_bars(page: Page) -> list[dict[str, str]]:
     return bars
 
 
+async def timeline_lanes(page: Page, step: str) -> int:
+    """How many lanes a step's bars take on the timeline (their distinct heights)."""
+    lanes: int = await page.evaluate(
+        f"new Set([...document.querySelectorAll('#timeline [data-bar={js(step)}] rect')]"
+        ".map(r => r.y.baseVal.value)).size"
+    )
+    return lanes
+
+
 async def test_the_timeline_shows_attempts_retries_and_failures(
     server: str, browser: Browser
 ) -> None:
@@ -1134,11 +1143,7 @@ async def test_the_timeline_shows_running_attempts_grow_then_end(
     )
     assert rows == ["plan", "search", "write"]
     # The three searches ran at once: side by side, in three lanes.
-    lanes = await page.evaluate(
-        "new Set([...document.querySelectorAll('#timeline [data-bar=search] rect')]"
-        ".map(r => r.y.baseVal.value)).size"
-    )
-    assert lanes == 3
+    assert await timeline_lanes(page, "search") == 3
     await assert_no_errors(page)
 
 
@@ -1690,11 +1695,7 @@ async def test_a_busy_run_stays_readable(browser: Browser) -> None:
         await start_run(page)
         await wait_for_status(page, "completed")
         await page.wait_for("document.querySelectorAll('#timeline [data-bar=work]').length === 8")
-        lanes = await page.evaluate(
-            "new Set([...document.querySelectorAll('#timeline [data-bar=work] rect')]"
-            ".map(r => r.y.baseVal.value)).size"
-        )
-        assert lanes == 8
+        assert await timeline_lanes(page, "work") == 8
         assert await page.evaluate("document.querySelectorAll('#bars .bar').length") == 12
         assert await page.evaluate("document.querySelector('#bars .more').textContent") == (
             "and 8 more (in the event log)"
