@@ -1,5 +1,5 @@
-"""Where a hop's time goes: trio's scheduler, trio calls made by the tasks, trioflow's runtime,
-and the program's own code, by sampling the stack.
+"""Where a hop's (or a streamed event's) time goes: trio's scheduler, trio calls made by the
+tasks, trioflow's runtime, and the program's own code, by sampling the stack.
 
 A profiling timer (``setitimer(ITIMER_PROF)``: every ``INTERVAL`` seconds of the process's CPU
 time) raises SIGPROF; Python runs the handler between two bytecodes of the main thread, with
@@ -25,8 +25,10 @@ The shares are of all samples, in percent; ``top`` lists the innermost functions
 (``[[share, "file:function"], ...]``, the first 12). The figures are shares, not times: the
 sampling slows the run a little (``rate`` is reported, a little lower than without it).
 
-Scenario ``hop_profile``: ``floor`` profiles the best bare-trio hop (`_floor._handoff`),
-``trioflow`` its ping-pong (`_trioflow._routing`), ``n`` hops each.
+Scenario ``profile``, variant ``hop``: ``floor`` profiles the best bare-trio hop
+(`_floor._handoff`), ``trioflow`` its ping-pong (`_trioflow._routing`), ``n`` hops each; variant
+``stream``: the floor's batching channel (`_floor._batching`) and trioflow's stream
+(`_trioflow._stream`), ``n`` events each.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import collections
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
@@ -141,17 +142,16 @@ def sampled(run: Callable[[], Metrics]) -> Metrics:
 
 
 def floor(p: Params) -> Metrics:
-    from benchmarks._floor import _handoff
+    from benchmarks._floor import _batching, _handoff
 
+    if p.variant == "stream":
+        return sampled(lambda: trio.run(_batching, p.n))
     return sampled(lambda: trio.run(_handoff, even(p.n)))
 
 
 def trioflow(p: Params) -> Metrics:
-    from benchmarks._trioflow import _routing
+    from benchmarks._trioflow import _routing, _stream
 
+    if p.variant == "stream":
+        return sampled(lambda: trio.run(_stream, p.n))
     return sampled(lambda: trio.run(_routing, even(p.n)))
-
-
-def timed(run: Callable[[], Metrics]) -> tuple[Metrics, float]:
-    start = time.perf_counter()
-    return run(), time.perf_counter() - start

@@ -12,9 +12,11 @@ some scenarios take seconds a run).
 
 Nothing else lists scenarios: ``python -m benchmarks`` plans from here (`specs`),
 ``python -m benchmarks._scenario`` finds the function to run here (`implementation`), and
-``--only`` takes the names here. Standalone scripts stay standalone (``server_bounds``,
-``store_throughput``, ``store_recovery``, ``store_inprocess``, ``durability``, ``cluster``,
-and any browser benchmark): each has its own command and its own figures.
+``--only`` takes the names here. The durable-store scripts (``store_inprocess``,
+``store_throughput``, ``store_recovery``) are also scenarios here (``durable_stream``,
+``durable_serve``, ``recovery``, through ``_trioflow_durable``), and stay runnable alone
+(``durability`` runs the three at their own sizes). Standalone scripts with figures of their
+own stay standalone (``server_bounds``, ``cluster``, ``_http2_stalled``, a browser benchmark).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _profile(m: Metrics) -> str:
     return (
         f"trio {m['trio_pct']:.0f}% (scheduler {m['scheduler_pct']:.0f}%, trio calls in tasks"
         f" {m['trio_in_task_pct']:.0f}%), runtime {m['runtime_pct']:.0f}%, program"
-        f" {m['user_pct']:.0f}%; {m['samples']:.0f} samples at {m['rate']:,.0f} hops/s"
+        f" {m['user_pct']:.0f}%; {m['samples']:.0f} samples at {m['rate']:,.0f}/s"
     )
 
 
@@ -198,6 +200,20 @@ def _fanin(m: Metrics) -> str:
     return f"{m['run_ms']:>9,.2f} ms a run   ({m['rate']:,.0f} events/s)"
 
 
+def _durable(m: Metrics) -> str:
+    return (
+        f"{m['sqlite_rate']:>12,.0f} events/s on SQLite, {m['memory_rate']:,.0f} in memory"
+        f"   (SQLite / memory {m['sqlite_over_memory']:.2f}, paired runs)"
+    )
+
+
+def _recovery(m: Metrics) -> str:
+    return (
+        f"listening {m['listening_ms']:>6,.0f} ms, first resumed event {m['streaming_ms']:,.0f} ms"
+        f" after the restart ({m['runs']:.0f} waiting runs)"
+    )
+
+
 # -- the scenarios --
 
 T, A, F = "benchmarks._trioflow", "benchmarks._anchor", "benchmarks._floor"
@@ -229,7 +245,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         sizes(200_000, 2_000),
         (
             Impl("trioflow", f"{T}:routing"),
-            Impl("anchor", f"{A}:routing", n=sizes(20_000, 500)),
+            Impl("anchor", f"{A}:routing", n=sizes(10_000, 500)),
             Impl("floor", f"{F}:routing"),
             Impl("floor", f"{F}:routing", "buffer0"),
             Impl("floor", f"{F}:routing", "buffer1"),
@@ -253,20 +269,37 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
     ),
     Scenario(
-        "hop_profile",
-        "where a hop's time goes, sampled (benchmarks._profile): trio's scheduler, trio calls"
-        " made by the tasks, trioflow's runtime, the program's code, in % of samples",
+        "profile",
+        "where the time of a hop (variant hop) and of a streamed event (variant stream) goes,"
+        " sampled (benchmarks._profile): trio's scheduler, trio calls made by the tasks,"
+        " trioflow's runtime, the program's code, in % of the samples",
         sizes(600_000, 2_000),
         (
-            Impl("floor", "benchmarks._profile:floor"),
-            Impl("trioflow", "benchmarks._profile:trioflow"),
+            Impl("floor", "benchmarks._profile:floor", "hop"),
+            Impl("trioflow", "benchmarks._profile:trioflow", "hop"),
+            Impl("floor", "benchmarks._profile:floor", "stream", n=sizes(3_000_000, 2_000)),
+            Impl("trioflow", "benchmarks._profile:trioflow", "stream", n=sizes(1_500_000, 2_000)),
         ),
         _profile,
         (
-            Figure("floor hop: share in trio (scheduler and trio calls)", "floor", "trio_pct", "%"),
-            Figure("floor hop: share in trio's scheduler loop", "floor", "scheduler_pct", "%"),
-            Figure("trioflow hop: share in trio", "trioflow", "trio_pct", "%"),
-            Figure("trioflow hop: share in trioflow's runtime", "trioflow", "runtime_pct", "%"),
+            Figure(
+                "floor hop: share in trio (scheduler, trio calls)", "floor (hop)", "trio_pct", "%"
+            ),
+            Figure(
+                "floor hop: share in trio's scheduler loop", "floor (hop)", "scheduler_pct", "%"
+            ),
+            Figure("trioflow hop: share in trio", "trioflow (hop)", "trio_pct", "%"),
+            Figure(
+                "trioflow hop: share in trioflow's runtime", "trioflow (hop)", "runtime_pct", "%"
+            ),
+            Figure("floor stream: share in trio", "floor (stream)", "trio_pct", "%"),
+            Figure("trioflow stream: share in trio", "trioflow (stream)", "trio_pct", "%"),
+            Figure(
+                "trioflow stream: share in trioflow's runtime",
+                "trioflow (stream)",
+                "runtime_pct",
+                "%",
+            ),
         ),
         repeat=1,
     ),
@@ -638,6 +671,60 @@ SCENARIOS: tuple[Scenario, ...] = (
             ),
         ),
         quick_params={"runs": 1},
+    ),
+    Scenario(
+        "durable_stream",
+        "trioflow on a SQLite store against memory, in process: one step writes n events of 100"
+        " bytes, read with stream_events() (benchmarks.store_inprocess; runs: pairs of runs)",
+        sizes(50_000, 200),
+        (Impl("trioflow", "benchmarks._trioflow_durable:durable_stream"),),
+        _durable,
+        (
+            Figure(
+                "durable stream in process: SQLite / memory", "trioflow", "sqlite_over_memory", "x"
+            ),
+        ),
+        params={"size": 100, "runs": 5},
+        quick_params={"runs": 1},
+        repeat=1,  # pairs of runs inside: their median is the figure
+    ),
+    Scenario(
+        "durable_serve",
+        "trioflow serve on a SQLite store against memory: one NDJSON client reads a run of n"
+        " events of 100 bytes (benchmarks.store_throughput; runs: pairs of runs)",
+        sizes(20_000, 200),
+        (Impl("trioflow", "benchmarks._trioflow_durable:durable_serve"),),
+        _durable,
+        (
+            Figure(
+                "durable serve: SQLite / memory",
+                "trioflow",
+                "sqlite_over_memory",
+                "x",
+                at_least(0.7),
+            ),
+        ),
+        params={"size": 100, "runs": 5},
+        quick_params={"runs": 1},
+        repeat=1,
+    ),
+    Scenario(
+        "recovery",
+        "trioflow serve on SQLite with n runs waiting for an answer is killed (SIGKILL) and"
+        " started again, runs times: until it listens, and until a resumed stream's first new"
+        " event (benchmarks.store_recovery)",
+        sizes(10, 2),
+        (Impl("trioflow", "benchmarks._trioflow_durable:recovery"),),
+        _recovery,
+        (
+            Figure("recovery: restart to listening", "trioflow", "listening_ms", " ms"),
+            Figure(
+                "recovery: restart to the first resumed event", "trioflow", "streaming_ms", " ms"
+            ),
+        ),
+        params={"runs": 5},
+        quick_params={"runs": 1},
+        repeat=1,
     ),
 )
 
