@@ -9,9 +9,11 @@ The scenarios, their sizes, implementations and targets are declared once, in
 
 Every measurement runs in a fresh subprocess (``python -m benchmarks._scenario ...``), so peak
 RSS and warm caches never leak from one measurement into the next. Each figure is the median over
-the repetitions. ``--quick`` (tiny sizes, a check that every scenario runs, whose figures mean
-nothing) runs each measurement once, those of one implementation one after another in one
-process, the implementations side by side. An implementation whose package is missing is
+the repetitions; the repetitions of one scenario's measurements take turns (trioflow, the anchor,
+the floor, then again), so that load from elsewhere on a shared machine falls on all of them.
+``--quick`` (tiny sizes, a check that every scenario runs, whose figures mean nothing) runs
+each measurement once, those of one implementation one after another in one process, the
+implementations side by side. An implementation whose package is missing is
 reported as "not installed" and the ratios that need it are skipped.
 
 The report starts with a header (date, machine, versions, commit) and the JSON file holds it,
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcomes = measure_once_each(planned, timeout)
     else:
         print(f"{len(planned)} measurements, each in a fresh subprocess:", file=sys.stderr)
-        outcomes = [measure(spec, spec.repeat or repeat, timeout) for spec in planned]
+        outcomes = measure(planned, repeat, timeout)
     seconds = time.perf_counter() - started
     found = judge(outcomes)
     print(report(env, outcomes, found, args.quick, args.markdown, seconds))

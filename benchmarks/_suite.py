@@ -93,44 +93,64 @@ class Check:
     status: str  # PASS, MISS, why it could not be judged, or "" for information only
 
 
-def measure(spec: Spec, repeat: int, timeout: float) -> Outcome:
-    """Run ``spec`` ``repeat`` times, each in a fresh subprocess, and take the medians."""
-    outcome = Outcome(spec)
-    for rep in range(repeat):
-        print(
-            f"  {spec.scenario:<17} {spec.label:<22} n={spec.n:<7} run {rep + 1}/{repeat} ",
-            end="",
-            file=sys.stderr,
-            flush=True,
+def measure(specs: Sequence[Spec], repeat: int, timeout: float) -> list[Outcome]:
+    """Run each of ``specs`` ``spec.repeat or repeat`` times, each run in a fresh subprocess,
+    and take the medians. The runs of one scenario's measurements take turns (run 1 of each,
+    then run 2 of each...), so that a spell of load from elsewhere on a shared machine falls
+    on all of them rather than on one implementation's runs. Outcomes in the order of
+    ``specs``."""
+    outcomes = [Outcome(spec) for spec in specs]
+    scenarios: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        scenarios.setdefault(outcome.spec.scenario, []).append(outcome)
+    for group in scenarios.values():
+        most = max(o.spec.repeat or repeat for o in group)
+        for rep in range(most):
+            for outcome in group:
+                wanted = outcome.spec.repeat or repeat
+                if rep < wanted and outcome.ok:
+                    _run_once(outcome, rep, wanted, timeout)
+    for outcome in outcomes:
+        if outcome.ok:
+            outcome.metrics = _medians(outcome.runs)
+    return outcomes
+
+
+def _run_once(outcome: Outcome, rep: int, repeat: int, timeout: float) -> None:
+    """Run ``outcome``'s measurement once more in a fresh subprocess: a run more, or a status."""
+    spec = outcome.spec
+    print(
+        f"  {spec.scenario:<17} {spec.label:<22} n={spec.n:<7} run {rep + 1}/{repeat} ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            # cwd=ROOT: `-m` puts it first on sys.path, so this checkout's packages are used.
+            spec.argv(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                # cwd=ROOT: `-m` puts it first on sys.path, so this checkout's packages are used.
-                spec.argv(),
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            outcome.status = f"error: timed out after {timeout:.0f} s"
-            print("timed out", file=sys.stderr)
-            return outcome
-        print(f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode != 0 or not lines:
-            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-            outcome.status = f"error: {last}"
-            print(proc.stderr, file=sys.stderr)
-            return outcome
-        reply: dict[str, Any] = json.loads(lines[-1])
-        if not reply["ok"]:
-            outcome.status = "not installed"
-            return outcome
-        outcome.runs.append(reply["metrics"])
-    outcome.metrics = _medians(outcome.runs)
-    return outcome
+    except subprocess.TimeoutExpired:
+        outcome.status = f"error: timed out after {timeout:.0f} s"
+        print("timed out", file=sys.stderr)
+        return
+    print(f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        outcome.status = f"error: {last}"
+        print(proc.stderr, file=sys.stderr)
+        return
+    reply: dict[str, Any] = json.loads(lines[-1])
+    if not reply["ok"]:
+        outcome.status = "not installed"
+        return
+    outcome.runs.append(reply["metrics"])
 
 
 def _medians(runs: list[Metrics]) -> Metrics:
