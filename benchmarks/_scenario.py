@@ -5,8 +5,8 @@
 IMPL is ``trioflow``, ``anchor`` or ``floor``; the function that runs SCENARIO for it (in that
 variant) is the one `benchmarks._registry` names. The options are the fields of
 `benchmarks._common.Params` (``--slow-seconds``, ``--rate``, ``--clients``, ``--size``,
-``--runs``), defaults as declared there; ``python -m benchmarks`` prints the command line of
-each measurement it runs with ``--commands``. Prints ``{"ok": true, "metrics": {...}}``, or
+``--runs``), defaults as declared there; ``python -m benchmarks --list`` prints the command
+line of each measurement of the suite. Prints ``{"ok": true, "metrics": {...}}``, or
 ``{"ok": false, "missing": "<package>"}`` (exit status 0) when the implementation's package is not
 installed. Any other failure is a traceback and a non-zero exit status.
 
