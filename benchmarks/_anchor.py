@@ -14,7 +14,7 @@ from typing import Any
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 
-from benchmarks._common import SLOW_SLEEP, Metrics, Params, Scenarios, even, payload, stream_metrics
+from benchmarks._common import SLOW_SLEEP, Metrics, Params, even, payload, stream_metrics
 
 
 # The workflows here mirror those in _trioflow.py line for line on purpose: the same program
@@ -77,18 +77,21 @@ class Ticker(Workflow):
     async def go(self, ctx: Context, ev: StartEvent) -> StopEvent:
         global _first_write_at, _loop_done_at
         n: int = ev.n
+        yield_each: bool = ev.yield_each
         for i in range(n):
             if i == 0:
                 _first_write_at = time.perf_counter()
             ctx.write_event_to_stream(Tick(i=i))
+            if yield_each:
+                await asyncio.sleep(0)
         _loop_done_at = time.perf_counter()
         return StopEvent(result=n)
 
 
-async def _stream(n: int) -> Metrics:
+async def _stream(n: int, yield_each: bool) -> Metrics:
     wf = Ticker(timeout=None)
     start = time.perf_counter()
-    handler = wf.run(n=n)
+    handler = wf.run(n=n, yield_each=yield_each)
     first_latency = -1.0
     count = 0
     ev: Any
@@ -105,7 +108,11 @@ async def _stream(n: int) -> Metrics:
 
 
 def stream(p: Params) -> Metrics:
-    return asyncio.run(_stream(p.n))
+    """Variant ``yield``: the writer awaits ``asyncio.sleep(0)`` after each write, so that
+    events reach the consumer while the step runs (without it, only once its loop has ended)."""
+    if p.variant not in ("", "yield"):
+        raise ValueError(f"anchor stream variant must be '' or 'yield', not {p.variant!r}")
+    return asyncio.run(_stream(p.n, p.variant == "yield"))
 
 
 class Blobs(Workflow):
@@ -141,6 +148,3 @@ async def _memory(p: Params) -> Metrics:
 
 def memory(p: Params) -> Metrics:
     return asyncio.run(_memory(p))
-
-
-SCENARIOS: Scenarios = {"routing": routing, "stream": stream, "memory": memory}

@@ -8,7 +8,7 @@ producer never waits: expect a producer far faster than the consumer and memory 
 the backlog. Variant ``yield`` (the only one): the writer awaits ``asyncio.sleep(0)`` after each
 write, as in ``_anchor``'s memory scenario; without it nothing reaches the consumer until the
 writer's loop has ended, and there is no "while both run" to compare. The figures are computed by
-``_report_backpressure.rate_figures``.
+``_common.rate_figures``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from workflows import Context, Workflow, step
 from workflows.events import StartEvent, StopEvent
 
 from benchmarks._anchor import Blob
-from benchmarks._common import Metrics, Params, Scenarios, payload
-from benchmarks._report_backpressure import rate_figures
+from benchmarks._common import Metrics, Params, payload, rate_figures
 
 # The workflow here mirrors the one in _trioflow_backpressure.py line for line on purpose: the
 # same program written against each library is what makes the comparison fair.
@@ -74,6 +73,3 @@ async def _backpressure(p: Params) -> Metrics:
 
 def backpressure(p: Params) -> Metrics:
     return asyncio.run(_backpressure(p))
-
-
-SCENARIOS: Scenarios = {"backpressure": backpressure}

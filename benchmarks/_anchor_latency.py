@@ -34,7 +34,7 @@ from typing import Any
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 
-from benchmarks._common import Metrics, Params, Scenarios
+from benchmarks._common import Metrics, Params
 from benchmarks._floor_latency import cancel_metrics, check_variant, latency_metrics
 
 
@@ -238,6 +238,3 @@ async def _cancel(rounds: int) -> Metrics:
 
 def cancel(p: Params) -> Metrics:
     return asyncio.run(_cancel(p.n))
-
-
-SCENARIOS: Scenarios = {"latency": latency, "cancel": cancel}

@@ -20,9 +20,10 @@ import httpx
 from workflows import Context, Workflow, step
 from workflows.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 
-from benchmarks._common import Scenarios
+from benchmarks import _http_scenarios as http
+from benchmarks._common import Metrics, Params
 from benchmarks._http_common import blob, python
-from benchmarks._http_scenarios import Target, scenarios
+from benchmarks._http_scenarios import Target
 
 
 # The workflow here mirrors the one in _trioflow_serving.py line for line on purpose: the same
@@ -86,4 +87,18 @@ TARGET = Target(
     answer=_answer,
 )
 
-SCENARIOS: Scenarios = scenarios(TARGET)
+
+def serve(p: Params) -> Metrics:
+    return http.serve(TARGET, p)
+
+
+def serve_fanout(p: Params) -> Metrics:
+    return http.serve_fanout(TARGET, p)
+
+
+def sse_latency(p: Params) -> Metrics:
+    return http.sse_latency(TARGET, p)
+
+
+def http_backpressure(p: Params) -> Metrics:
+    return http.http_backpressure(TARGET, p)

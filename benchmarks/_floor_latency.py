@@ -22,7 +22,7 @@ import time
 import attrs
 import trio
 
-from benchmarks._common import Metrics, Params, Scenarios
+from benchmarks._common import Metrics, Params
 
 BUFFER = 256
 # The writer's two ways of writing: a checkpoint after each event, or back to back.
@@ -103,6 +103,3 @@ async def _latency(n: int, pause: bool) -> Metrics:
 
 def latency(p: Params) -> Metrics:
     return trio.run(_latency, p.n, check_variant(p.variant))
-
-
-SCENARIOS: Scenarios = {"latency": latency}

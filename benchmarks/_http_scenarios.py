@@ -49,7 +49,7 @@ import attrs
 import httpx
 import trio
 
-from benchmarks._common import Metrics, Params, Scenarios
+from benchmarks._common import Metrics, Params
 from benchmarks._http_client import TIMEOUT, Reading, read_stream
 from benchmarks._http_common import (
     MIB,
@@ -96,16 +96,20 @@ class Target:
     watchers: Callable[[httpx.AsyncClient, str], Awaitable[int]] | None = None
 
 
-def scenarios(target: Target) -> Scenarios:
-    return {
-        name: partial(_in_server, target, run)
-        for name, run in [
-            ("serve", _serve),
-            ("serve_fanout", _fanout),
-            ("sse_latency", _latency),
-            ("http_backpressure", _backpressure),
-        ]
-    }
+def serve(target: Target, p: Params) -> Metrics:
+    return _in_server(target, _serve, p)
+
+
+def serve_fanout(target: Target, p: Params) -> Metrics:
+    return _in_server(target, _fanout, p)
+
+
+def sse_latency(target: Target, p: Params) -> Metrics:
+    return _in_server(target, _latency, p)
+
+
+def http_backpressure(target: Target, p: Params) -> Metrics:
+    return _in_server(target, _backpressure, p)
 
 
 Run = Callable[[Target, Server, Params], Awaitable[Metrics]]

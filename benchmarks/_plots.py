@@ -93,7 +93,15 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _label(spec: dict[str, Any]) -> str:
-    return f"{spec['impl']} ({spec['variant']})" if spec["variant"] else str(spec["impl"])
+    variant = _params(spec).get("variant")
+    return f"{spec['impl']} ({variant})" if variant else str(spec["impl"])
+
+
+def _params(spec: dict[str, Any]) -> dict[str, Any]:
+    """A measurement's parameters (``n``, ``variant``, ``rate``...): the spec's ``params``, or
+    the spec itself in results from before the parameters had a field of their own."""
+    params: dict[str, Any] = spec.get("params", spec)
+    return params
 
 
 def _found(results: Results, scenario: str, *series: str) -> list[Measurement]:
@@ -139,11 +147,12 @@ def _memory_rss(results: Results) -> Figure | None:
     found = _found(results, "memory", "rss_series")
     if not found:
         return None
-    n = max(m["spec"]["n"] for m in found)
+    n = max(_params(m["spec"])["n"] for m in found)
     largest = sorted(
-        (m for m in found if m["spec"]["n"] == n), key=lambda m: _label(m["spec"]) != "trioflow"
+        (m for m in found if _params(m["spec"])["n"] == n),
+        key=lambda m: _label(m["spec"]) != "trioflow",
     )
-    slow = largest[0]["spec"]["slow_seconds"]
+    slow = _params(largest[0]["spec"])["slow_seconds"]
     figure = _figure(9, 5.2)
     ax = figure.subplots()
     for m in largest:
@@ -154,7 +163,9 @@ def _memory_rss(results: Results) -> Figure | None:
             y,
             label=f"{label}: peak +{metrics['rss_growth_mib']:,.1f} MiB, "
             f"run {metrics['seconds']:.1f} s"
-            + (f"\n    ({VARIANTS[v]})" if (v := m["spec"]["variant"]) in VARIANTS else ""),
+            + (
+                f"\n    ({VARIANTS[v]})" if (v := _params(m["spec"])["variant"]) in VARIANTS else ""
+            ),
             color=COLORS.get(label),
             # trioflow's flat line would hide under the others: draw it last and thicker.
             linewidth=2.4 if label == "trioflow" else 1.6,
@@ -255,9 +266,10 @@ def _rss_scale(ax: Axes, top: float) -> None:
 
 def _backpressure_rates(results: Results) -> Figure | None:
     def title(spec: dict[str, Any]) -> str:
+        params = _params(spec)
         return (
-            f"Backpressure in-process: a step writes {spec['n']:,} events of 1 KiB as fast as it "
-            f"can;\nthe consumer reads {spec['rate']:,.0f} events/s{_quick(results)}"
+            f"Backpressure in-process: a step writes {params['n']:,} events of 1 KiB as fast as"
+            f" it can;\nthe consumer reads {params['rate']:,.0f} events/s{_quick(results)}"
         )
 
     return _rate_columns(results, "backpressure", "rss_series", "RSS", title)
@@ -265,9 +277,13 @@ def _backpressure_rates(results: Results) -> Figure | None:
 
 def _http_backpressure(results: Results) -> Figure | None:
     def title(spec: dict[str, Any]) -> str:
-        rate = f", the client reads {spec['rate']:,.0f} events/s" if spec.get("rate") else ""
+        rate = (
+            f", the client reads {_params(spec)['rate']:,.0f} events/s"
+            if _params(spec).get("rate")
+            else ""
+        )
         return (
-            f"Backpressure over HTTP, a slow client streaming {spec['n']:,} events{rate}"
+            f"Backpressure over HTTP, a slow client streaming {_params(spec)['n']:,} events{rate}"
             f"{_quick(results)}"
         )
 

@@ -1,10 +1,12 @@
 """Run one measurement in this (fresh) process and print its metrics as one JSON line.
 
-    python -m benchmarks._scenario IMPL SCENARIO --n N [--slow-seconds S] [--variant V]
-        [--rate R] [--clients C] [--size B]
+    python -m benchmarks._scenario IMPL SCENARIO --n N [--variant V] [--<param> VALUE ...]
 
-IMPL is ``trioflow``, ``anchor`` or ``floor``; its scenarios live in ``benchmarks/_IMPL.py`` and
-any ``benchmarks/_IMPL_<topic>.py``. Prints ``{"ok": true, "metrics": {...}}``, or
+IMPL is ``trioflow``, ``anchor`` or ``floor``; the function that runs SCENARIO for it (in that
+variant) is the one `benchmarks._registry` names. The options are the fields of
+`benchmarks._common.Params` (``--slow-seconds``, ``--rate``, ``--clients``, ``--size``,
+``--runs``), defaults as declared there; ``python -m benchmarks --list`` prints the command
+line of each measurement of the suite. Prints ``{"ok": true, "metrics": {...}}``, or
 ``{"ok": false, "missing": "<package>"}`` (exit status 0) when the implementation's package is not
 installed. Any other failure is a traceback and a non-zero exit status.
 
@@ -17,7 +19,7 @@ appended to the file RESULTS as soon as it is done: the reply above plus ``secon
 ``{"ok": false, "error": "..."}`` (its traceback on stderr) if it raised, and the batch goes on.
 The serving scenarios of one target share one server there (`servers_kept`).
 
-For the scenarios in ``RSS_SCENARIOS`` the metrics include ``rss_growth_mib``: peak RSS during
+For the scenarios the registry marks ``rss`` the metrics include ``rss_growth_mib``: peak RSS during
 the run minus RSS just before it started. The peak is the larger of a psutil sampler (every
 5 ms, in a thread) and the process's ``ru_maxrss`` high-water mark, so short spikes between
 samples are not missed.
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import pkgutil
 import resource
 import sys
 import threading
@@ -38,45 +39,33 @@ from collections.abc import Callable
 
 import attrs
 
-import benchmarks
-from benchmarks._common import Metrics, Params, Scenario, Scenarios
+from benchmarks import _registry as registry
+from benchmarks._common import Metrics, Params, Scenario
 from benchmarks._http_common import servers_kept
+from benchmarks._registry import implementation
 
-IMPLS = ("trioflow", "anchor", "floor")
 # The third-party package each implementation needs, beyond what the floor needs.
 PACKAGES = {"trioflow": "trioflow", "anchor": "workflows", "floor": "trio"}
 MIB = 1024 * 1024
 SAMPLE_EVERY = 0.005
-#: Scenarios whose process RSS is sampled (it costs a thread, so speed scenarios go without).
-RSS_SCENARIOS = frozenset({"memory", "backpressure"})
 
 
-def load(impl: str) -> Scenarios | None:
-    """The implementation's scenarios, or None if its package is not installed."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
-    names = [
-        f"_{impl}",
-        *sorted(
-            module.name
-            for module in pkgutil.iter_modules(benchmarks.__path__)
-            if module.name.startswith(f"_{impl}_")
-        ),
-    ]
-    scenarios: dict[str, Scenario] = {}
-    for name in names:
-        try:
-            module = importlib.import_module(f"benchmarks.{name}")
-        except ImportError as exc:
-            # Only the package itself being absent (or an empty namespace directory in its
-            # place) counts as "not installed"; a broken import inside a real package gets a
-            # traceback.
-            package = PACKAGES[impl]
-            if (exc.name or "").split(".")[0] == package and not _is_real_package(package):
-                return None
-            raise
-        scenarios.update(module.SCENARIOS)
-    return scenarios
+def load(scenario: str, impl: str, variant: str) -> Scenario | None:
+    """The function that runs ``scenario`` for ``impl`` in ``variant`` (from the registry), or
+    None if the implementation's package is not installed."""
+    module_name, _, function = implementation(scenario, impl, variant).run.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        # Only the package itself being absent (or an empty namespace directory in its
+        # place) counts as "not installed"; a broken import inside a real package gets a
+        # traceback.
+        package = PACKAGES[impl]
+        if (exc.name or "").split(".")[0] == package and not _is_real_package(package):
+            return None
+        raise
+    run: Scenario = getattr(module, function)
+    return run
 
 
 def _is_real_package(name: str) -> bool:
@@ -135,15 +124,13 @@ def with_rss(run: Scenario, params: Params) -> Metrics:
     }
 
 
-def run_one(scenarios: Scenarios, scenario: str, params: Params) -> Metrics:
-    """Run ``scenario`` once in this process, with RSS sampling where it is measured."""
-    run = scenarios[scenario]
-    return with_rss(run, params) if scenario in RSS_SCENARIOS else run(params)
+def run_one(run: Scenario, scenario: str, params: Params) -> Metrics:
+    """Run ``run`` once in this process, with RSS sampling where the scenario measures it."""
+    return with_rss(run, params) if registry.scenario(scenario).rss else run(params)
 
 
 def batch(results: str, specs: list[str]) -> int:
     """Run each of ``specs`` (JSON lines) in turn in this process; see the module's docstring."""
-    loaded: dict[str, Scenarios | None] = {}
     fields = set(attrs.fields_dict(Params))
     with open(results, "a") as out, servers_kept():
         for line in specs:
@@ -152,18 +139,12 @@ def batch(results: str, specs: list[str]) -> int:
             started = time.perf_counter()
             reply: dict[str, object]
             try:
-                if impl not in loaded:
-                    loaded[impl] = load(impl)
-                scenarios = loaded[impl]
-                if scenarios is None:
+                params = Params(**{k: v for k, v in spec.items() if k in fields})
+                run = load(scenario, impl, params.variant)
+                if run is None:
                     reply = {"ok": False, "missing": PACKAGES[impl]}
-                elif scenario not in scenarios:
-                    raise ValueError(
-                        f"{impl} has no scenario {scenario!r} (has {sorted(scenarios)})"
-                    )
                 else:
-                    params = Params(**{k: v for k, v in spec.items() if k in fields})
-                    reply = {"ok": True, "metrics": run_one(scenarios, scenario, params)}
+                    reply = {"ok": True, "metrics": run_one(run, scenario, params)}
             except Exception as exc:
                 traceback.print_exc()
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -178,31 +159,26 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--batch"] and len(argv) == 2:
         return batch(argv[1], [line for line in sys.stdin if line.strip()])
     parser = argparse.ArgumentParser(prog="python -m benchmarks._scenario")
-    parser.add_argument("impl", choices=IMPLS)
-    parser.add_argument("scenario")
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--slow-seconds", type=float, default=2.0)
-    parser.add_argument("--variant", default="")
-    parser.add_argument("--rate", type=float, default=0.0)
-    parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--size", type=int, default=0)
+    parser.add_argument("impl", choices=registry.IMPLS)
+    parser.add_argument("scenario", choices=registry.names())
+    for field in attrs.fields(Params):
+        required = field.default is attrs.NOTHING  # `n`, an int
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=int if required else type(field.default),
+            required=required,
+            default=None if required else field.default,
+        )
     args = parser.parse_args(argv)
-
-    scenarios = load(args.impl)
-    if scenarios is None:
+    params = Params(**{field.name: getattr(args, field.name) for field in attrs.fields(Params)})
+    try:
+        run = load(args.scenario, args.impl, params.variant)
+    except KeyError as exc:
+        parser.error(str(exc.args[0]))
+    if run is None:
         print(json.dumps({"ok": False, "missing": PACKAGES[args.impl]}))
         return 0
-    if args.scenario not in scenarios:
-        parser.error(f"{args.impl} has no scenario {args.scenario!r} (has {sorted(scenarios)})")
-    params = Params(
-        n=args.n,
-        slow_seconds=args.slow_seconds,
-        variant=args.variant,
-        rate=args.rate,
-        clients=args.clients,
-        size=args.size,
-    )
-    print(json.dumps({"ok": True, "metrics": run_one(scenarios, args.scenario, params)}))
+    print(json.dumps({"ok": True, "metrics": run_one(run, args.scenario, params)}))
     return 0
 
 

@@ -10,7 +10,7 @@ import time
 
 import trio
 
-from benchmarks._common import SLOW_SLEEP, Metrics, Params, Scenarios, even, payload, stream_metrics
+from benchmarks._common import SLOW_SLEEP, Metrics, Params, even, payload, stream_metrics
 from trioflow import Context, Event, StartEvent, StopEvent, Workflow, step
 
 
@@ -132,6 +132,3 @@ async def _memory(p: Params) -> Metrics:
 
 def memory(p: Params) -> Metrics:
     return trio.run(_memory, p)
-
-
-SCENARIOS: Scenarios = {"routing": routing, "stream": stream, "memory": memory}

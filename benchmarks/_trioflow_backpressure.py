@@ -4,7 +4,7 @@ A step writes ``n`` events of 1 KiB to the stream as fast as it can, noting when
 returned; the consumer notes when each event arrived and reads at ``--rate`` events per second.
 The stream's buffer (trioflow's default, 256 events) fills, and from then on every write waits
 for the consumer to take an event: the producer's rate should follow the consumer's, and memory
-should stay flat. The figures are computed by ``_report_backpressure.rate_figures``.
+should stay flat. The figures are computed by ``_common.rate_figures``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from array import array
 
 import trio
 
-from benchmarks._common import Metrics, Params, Scenarios, payload
-from benchmarks._report_backpressure import rate_figures
+from benchmarks._common import Metrics, Params, payload, rate_figures
 from benchmarks._trioflow import Blob
 from trioflow import Context, StartEvent, StopEvent, Workflow, step
 
@@ -63,6 +62,3 @@ async def _backpressure(p: Params) -> Metrics:
 
 def backpressure(p: Params) -> Metrics:
     return trio.run(_backpressure, p)
-
-
-SCENARIOS: Scenarios = {"backpressure": backpressure}

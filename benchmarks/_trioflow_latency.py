@@ -33,7 +33,7 @@ import time
 
 import trio
 
-from benchmarks._common import Metrics, Params, Scenarios
+from benchmarks._common import Metrics, Params
 from benchmarks._floor_latency import cancel_metrics, check_variant, latency_metrics
 from trioflow import Context, Event, StartEvent, StopEvent, SyncContext, Workflow, step
 
@@ -232,6 +232,3 @@ async def _cancel(rounds: int) -> Metrics:
 
 def cancel(p: Params) -> Metrics:
     return trio.run(_cancel, p.n)
-
-
-SCENARIOS: Scenarios = {"latency": latency, "cancel": cancel}

@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 import trio
 
-from benchmarks._common import Scenarios
+from benchmarks import _http_scenarios as http
+from benchmarks._common import Metrics, Params
 from benchmarks._http_common import blob, python
-from benchmarks._http_scenarios import Target, scenarios
+from benchmarks._http_scenarios import Target
 from trioflow import (
     Context,
     Event,
@@ -105,4 +106,18 @@ TARGET = Target(
     watchers=_watchers,
 )
 
-SCENARIOS: Scenarios = scenarios(TARGET)
+
+def serve(p: Params) -> Metrics:
+    return http.serve(TARGET, p)
+
+
+def serve_fanout(p: Params) -> Metrics:
+    return http.serve_fanout(TARGET, p)
+
+
+def sse_latency(p: Params) -> Metrics:
+    return http.sse_latency(TARGET, p)
+
+
+def http_backpressure(p: Params) -> Metrics:
+    return http.http_backpressure(TARGET, p)
