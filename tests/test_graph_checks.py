@@ -184,3 +184,38 @@ def test_step_skip_graph_checks_none() -> None:
             return StopEvent(result=1)
 
     Flow()
+
+
+def chain(n: int, broken_at: int | None = None) -> type[Workflow]:
+    """A workflow of ``n`` steps, step ``k`` taking event ``E{k-1}`` and returning ``E{k}``
+    (the last a StopEvent), except that step ``broken_at`` returns a `Stray`."""
+    events = [type(f"E{k}", (Event,), {}) for k in range(n - 1)]
+    steps = {}
+    for k in range(n):
+        returns = StopEvent if k == n - 1 else Stray if k == broken_at else events[k]
+
+        async def link(self: Workflow, ev: Event) -> Event:
+            return StopEvent()
+
+        link.__name__ = f"s{k}"
+        link.__annotations__ = {"ev": events[k - 1] if k else StartEvent, "return": returns}
+        steps[f"s{k}"] = step(link)
+    return type("Chain", (Workflow,), steps)
+
+
+def test_a_long_chain_is_checked_whole() -> None:
+    """1,000 steps in a chain validate (the checks follow types, never every pair of steps);
+    one link broken leaves the steps after it unreachable, those before it dead ends, and
+    its event taken by nobody."""
+    assert chain(1000)(timeout=None).graph.findings == ()
+    found = problems(chain(1000, broken_at=499))
+    assert len(found) == 4
+    nobody_returns, unreached, dead, stray = found
+    assert nobody_returns.startswith("step 's500' accepts E499, but no step returns it")
+    assert unreached.startswith("[reachability] unreachable steps 's500', 's501'")
+    assert "'s999'" in unreached
+    assert "'s499'" not in unreached
+    assert dead.startswith("[dead_end] dead-end steps 's0', 's1'")
+    assert "'s499'" in dead
+    assert "'s500'" not in dead
+    assert stray == "[terminal_event] step 's499' returns Stray, but no step accepts it"
