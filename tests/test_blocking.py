@@ -489,3 +489,23 @@ async def test_many_short_executions_of_one_step_in_one_turn_are_not_reported(
             nursery.start_soon(brief)
     await settle()
     assert reports(caplog) == []
+
+
+async def test_many_executions_of_one_step_that_each_block_are_reported_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Eight executions of one step that each block for a while in the same turn of the loop
+    (a fan-out calling a blocking client): none passes the threshold alone, together they do,
+    and the step is reported."""
+
+    async def client_call() -> None:
+        time.sleep(0.06)  # each execution blocks for more than two sampling intervals
+        await trio.lowlevel.checkpoint()
+
+    watch_step(client_call.__code__, workflow="W", step="client_call", threshold=THRESHOLD)
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(client_call)
+    await settle()
+    [report] = reports(caplog)
+    assert "'client_call'" in report

@@ -166,6 +166,7 @@ async def test_a_finished_step_counts_the_events_it_returned() -> None:
         events = await collect(handler, StepFinishedEvent)
     returned = [(e.step_name, e.returned) for e in events if isinstance(e, StepFinishedEvent)]
     assert returned[0] == ("split", {"Job": 2, "Progress": 1})
+    assert all(isinstance(hash(e), int) for e in events)  # they stay hashable
     assert sorted((name, dict(counts)) for name, counts in returned[1:]) == [
         ("done", {"StopEvent": 1}),
         ("work", {}),

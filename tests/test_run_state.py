@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import sys
 import threading
 
@@ -550,3 +552,68 @@ async def test_the_callers_own_error_survives_a_failure_that_fights_back() -> No
                 await trio.lowlevel.checkpoint()
             raise KeyError("mine")
     assert "the run had also failed" in raised.value.__notes__[0]
+
+
+# -- run() in the caller's task: what it raises is what leaving start() raises -----------------
+
+
+class Onward(Event):
+    pass
+
+
+class FailsWhileAnotherCleansUp(Workflow):
+    """Step ``fail`` raises at 0.05 s; step ``clean`` takes 0.2 s to unwind (shielded)."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(timeout=None)
+        self.failure = failure
+
+    @step
+    async def fail(self, ctx: Context, ev: StartEvent) -> Onward | None:
+        ctx.send_event(Onward())
+        await trio.sleep(0.05)
+        raise self.failure
+
+    @step
+    async def clean(self, ev: Onward) -> StopEvent:
+        try:
+            await trio.sleep(10)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.2)
+        return StopEvent()
+
+
+@pytest.mark.parametrize("failure", [ValueError("the run failed"), SystemExit(3)])
+async def test_run_raises_its_failure_over_a_cancel_of_the_caller_while_it_unwinds(
+    autojump_clock: trio.testing.MockClock, failure: BaseException
+) -> None:
+    """The caller's scope is cancelled while the failed run unwinds: ``run()`` raises the
+    failure (a step's SystemExit too), as leaving ``start()`` does; it never returns."""
+    for use_start in (False, True):
+        flow = FailsWhileAnotherCleansUp(failure)
+        with pytest.raises(type(failure)) as raised, trio.move_on_after(0.1):
+            if use_start:
+                async with flow.start() as handler:
+                    await handler.result()
+            else:
+                await flow.run()
+        assert raised.value is failure
+
+
+def test_ctrl_c_during_run_reaches_the_caller_as_keyboard_interrupt() -> None:
+    """Ctrl-C while ``run()`` waits (here sent by a step): a KeyboardInterrupt, not a group
+    holding one, as from ``start()``."""
+
+    class Interrupted(Workflow):
+        @step
+        async def interrupt(self, ev: StartEvent) -> StopEvent:
+            await trio.to_thread.run_sync(os.kill, os.getpid(), signal.SIGINT)
+            await trio.sleep(1)
+            return StopEvent()
+
+    async def run_it() -> None:
+        await Interrupted(timeout=None).run()
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(run_it)

@@ -10,6 +10,7 @@ import trio.testing
 from trioflow import (
     Context,
     Event,
+    HumanResponseEvent,
     StartEvent,
     StopEvent,
     SyncContext,
@@ -95,6 +96,36 @@ async def test_runs_of_a_workflow_wait_for_a_slot(autojump_clock: trio.testing.M
         for _ in range(3):
             nursery.start_soon(unbounded.run)
     assert most == 3
+
+
+class Ping(HumanResponseEvent):
+    """Sent by the caller."""
+
+
+async def test_events_sent_to_a_run_waiting_for_its_slot_are_handled_once_it_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A run waiting for a slot already takes events: they wait in its steps' inboxes, and
+    its steps' workers start for them once it runs."""
+    pinged: list[str] = []
+
+    class Pinged(Workflow):
+        @step
+        async def begin(self, ctx: Context, ev: StartEvent) -> StopEvent:
+            await trio.sleep(1)
+            return StopEvent(result="begun")
+
+        @step(num_workers=2)
+        async def ping(self, ev: Ping) -> None:
+            pinged.append(f"ping at {trio.current_time():g}")
+
+    flow = Pinged(timeout=10, num_concurrent_runs=1)
+    async with flow.start() as first, flow.start() as second:
+        for _ in range(3):
+            await second.send_event(Ping())  # before the second run has its slot
+        assert await first.result() == "begun"
+        assert await second.result() == "begun"
+    assert pinged == ["ping at 1"] * 3
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])

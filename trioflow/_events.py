@@ -191,7 +191,8 @@ class StepFinishedEvent(LifecycleEvent):
     attempt: int
     duration: float
     succeeded: bool
-    returned: Mapping[str, int] = attrs.field(factory=dict)
+    # Compared, not hashed (a dict): events stay hashable, as equal ones still hash alike.
+    returned: Mapping[str, int] = attrs.field(factory=dict, hash=False)
 
 
 class StepRetryEvent(LifecycleEvent):

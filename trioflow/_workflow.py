@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic
@@ -309,28 +309,34 @@ class _RunBlock(Generic[R]):
     def __init__(self, run: Run) -> None:
         self._run = run
         self._handler: WorkflowHandler[R] = WorkflowHandler(run)
-        self._nursery: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
+        # Made when the block is entered: `run_to_end` needs none.
+        self._nursery: AbstractAsyncContextManager[trio.Nursery] | None = None
 
     async def run_to_end(self) -> R:
         """`Workflow.run`: the run's task is the caller's own, since nothing else happens in
-        the block while the run goes on (a task and a nursery fewer per run). Its outcome is
-        then decided and its steps have unwound; the caller's cancellation goes through
-        `Run.main` as it would through the block."""
+        the block while the run goes on (a task and a nursery fewer per run). When `Run.main`
+        returns, the outcome is decided and the steps have unwound: the result is there.
+        What it raises (the caller's cancellation, a Ctrl-C) is what leaving a ``start()``
+        block would raise (`_exit_error`): the run's failure, or a step's ``SystemExit``,
+        before a cancellation; the nursery's group of one exception as that exception."""
         self._run.take_held_context()
         try:
             await self._run.main()
         except BaseException as exc:
-            # The caller's cancellation: the run's nursery's group of `trio.Cancelled`
-            # reaches the caller as one `trio.Cancelled`, as from the block.
-            cancelled = _one_cancelled(exc)
-            if cancelled is None:
+            body = _one_exception(exc)
+            error = _exit_error(self._handler, body)
+            assert error is not None  # (there is a body error)
+            if error is exc:
                 raise
-            raise cancelled from None
-        return await self._handler.result()
+            if error is body:
+                raise body from None
+            raise error  # noqa: B904 (the run's failure; what ended the block is its context)
+        return self._handler.result_nowait()
 
     async def __aenter__(self) -> WorkflowHandler[R]:
         self._run.take_held_context()  # before anything runs: a context in use is refused
-        nursery = await self._nursery.__aenter__()
+        manager = self._nursery = trio.open_nursery()
+        nursery = await manager.__aenter__()
         self._run.state.on_fatal.append(nursery.cancel_scope.cancel)
         try:
             await nursery.start(self._run.main)
@@ -339,7 +345,7 @@ class _RunBlock(Generic[R]):
             # groups of `trio.Cancelled` reach the caller as one `trio.Cancelled`.
             error = _one_cancelled(exc) or exc
             try:
-                await self._nursery.__aexit__(type(error), error, error.__traceback__)
+                await manager.__aexit__(type(error), error, error.__traceback__)
             except BaseExceptionGroup as group:
                 if _one_cancelled(group) is not None and isinstance(error, trio.Cancelled):
                     raise error from None
@@ -354,8 +360,10 @@ class _RunBlock(Generic[R]):
         traceback: TracebackType | None,
     ) -> None:
         self._run.state.stop()  # leaving the block ends the run, if still undecided
+        manager = self._nursery
+        assert manager is not None  # (entered)
         try:
-            await self._nursery.__aexit__(None, None, None)
+            await manager.__aexit__(None, None, None)
         except BaseException:
             # Leaving a nursery is a checkpoint, so a cancellation of the caller's scope can
             # surface here. What the run and the block raised still comes first.
@@ -385,6 +393,28 @@ def _exit_error(handler: WorkflowHandler, body_error: BaseException | None) -> B
             return unreported
         add_note(body_error, f"trioflow: the run had also failed: {describe(unreported)}")
     return body_error
+
+
+def _one_exception(error: BaseException) -> BaseException:
+    """What stands for ``error`` from a run's nursery: itself; for a group (nested) of
+    `trio.Cancelled` only, one `trio.Cancelled`; for a group of one exception besides them (a
+    Ctrl-C delivered in the run's nursery), that exception; else the group."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    cancelled = _one_cancelled(error)
+    if cancelled is not None:
+        return cancelled
+    rest = error.split(trio.Cancelled)[1]
+    leaves = list(_leaves(rest)) if rest is not None else []
+    return leaves[0] if len(leaves) == 1 else error
+
+
+def _leaves(group: BaseException) -> Iterator[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        for inner in group.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield group
 
 
 def _one_cancelled(error: BaseException) -> trio.Cancelled | None:

@@ -18,12 +18,14 @@ How, and why this way:
   (`sys._current_frames`) for a frame of a watched step's code, walking outwards so that a
   blocking helper called by the step counts for the step. Each moment of the stall is
   credited to the step execution seen in the nearest sample (a sampling profiler's estimate):
-  credits are kept per execution (the step's frame, held until the stall's probe runs), not
-  per step, since thousands of runs of one step, each running for microseconds in one long
-  turn of the loop (10,000 runs started at once), are no execution that held the loop. A step
-  is reported when one execution's credit exceeds its threshold: a step that merely happens
-  to be running during a stall caused by something else gets only the moments around its own
-  samples.
+  credits are kept per execution (the step's frame, held until the stall's probe runs). A step
+  is reported when its executions seen in two samples or more, each of which held the loop
+  for an interval at least, were credited more than its threshold in all: one long block, or
+  eight workers of a step each calling a blocking client for 60 ms in one turn of the loop.
+  Executions seen in one sample only count for nothing: thousands of brief runs of one step in
+  one long turn (10,000 runs started at once) are no execution that held the loop. A step that
+  merely happens to be running during a stall caused by something else gets only the moments
+  around its own samples.
 - **Garbage collection is nobody's step.** A collection runs in the thread whose allocation
   triggers it and stops that thread meanwhile; a full (gen 2) collection of a large heap takes
   100 ms and more, and the step running then, often one that allocates a lot, would be blamed
@@ -205,6 +207,8 @@ class _Detector:
         self._probe_sent_at: float | None = None
         self._last_sample: tuple[float, _Culprit | None] = (0.0, None)
         self._credits: dict[_Culprit, float] = {}
+        #: How many samples of the stall saw each execution.
+        self._seen: dict[_Culprit, int] = {}
         # Seconds the trio thread has spent in finished garbage collections, and when the one
         # it is running began (None if none). Written by `_on_gc` in the trio thread only, each
         # time as a new tuple, so that `_clock` reads a consistent pair without a lock.
@@ -326,12 +330,14 @@ class _Detector:
                     self._credits[last] = self._credits.get(last, 0.0) + half
                 if culprit is not None:
                     self._credits[culprit] = self._credits.get(culprit, 0.0) + half
+                    self._seen[culprit] = self._seen.get(culprit, 0) + 1
                 self._last_sample = (now, culprit)
                 return True
             if idle:
                 return True
-            # A new dict rather than clear(): the previous probe may still be reading its own.
+            # New dicts rather than clear(): the previous probe may still be reading its own.
             self._probe_sent_at, self._last_sample, self._credits = now, (now, culprit), {}
+            self._seen = {} if culprit is None else {culprit: 1}
         try:
             self._token.run_sync_soon(self._probe)
         except trio.RunFinishedError:
@@ -362,10 +368,11 @@ class _Detector:
         """Runs in the trio thread when the loop gets to it; reports the steps that held it."""
         ran_at = self._clock()
         with self._lock:
-            sent_at, (last_at, last), credits = (
+            sent_at, (last_at, last), credits, seen = (
                 self._probe_sent_at,
                 self._last_sample,
                 self._credits,
+                self._seen,
             )
             self._probe_sent_at = None
         try:
@@ -374,7 +381,14 @@ class _Detector:
             if last is not None:  # the tail of the stall goes to the latest sample
                 # (negative if that sample was taken after ran_at, just before the lock)
                 credits[last] = credits.get(last, 0.0) + max(0.0, ran_at - last_at)
-            for (step, _), held in credits.items():
+            # A step's executions seen in two samples or more held the loop an interval each;
+            # one seen once may have run for a moment of its interval (one of thousands of
+            # brief runs of the step in one long turn of the loop), and counts for nothing.
+            held_by: dict[_Step, float] = {}
+            for (step, frame), held in credits.items():
+                if seen.get((step, frame), 0) >= 2:
+                    held_by[step] = held_by.get(step, 0.0) + held
+            for step, held in held_by.items():
                 if held > step.threshold and id(step.code) not in self._reported:
                     self._reported.add(id(step.code))
                     _report(step, held)

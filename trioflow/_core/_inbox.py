@@ -59,6 +59,11 @@ class Inbox(Generic[_T]):
             if self.on_backlog is not None:
                 self.on_backlog()
 
+    @property
+    def waiting(self) -> int:
+        """Items queued for a worker to take."""
+        return len(self._items)
+
     def getter(self) -> Callable[[], Awaitable[_T]]:
         """A ``get()`` for the calling task (a step worker) to await over and over: it takes the
         oldest item, parking the task while there is none. The task and its abort callback are

@@ -258,6 +258,10 @@ class Run:
             nursery.start_soon(worker, self, index, name=name)
 
         inbox.on_backlog = start_one
+        # Events sent before the run got under way (to a run waiting for a slot of
+        # `num_concurrent_runs`) wait in the inbox already: a worker for each, up to the limit.
+        for _ in range(min(inbox.waiting, spec.config.num_workers)):
+            start_one()
 
     def _time_out(self) -> None:
         """The workflow's timeout, decided the moment it passes (`call_at`)."""
