@@ -1121,12 +1121,12 @@ async def test_the_timeline_shows_running_attempts_grow_then_end(
     the run completes every bar has returned, one per step execution."""
     page = await open_dashboard(browser, server + "/")
     await select(page, "research")
-    await start_run(page, pace="0.5")
+    await start_run(page, pace="1.5")  # searches of 0.9 s: several redraws while they run
     running = "[...document.querySelectorAll('#timeline [data-bar=search][data-status=running]')]"
     await page.wait_for(f"{running}.length > 0")
     width = f"Math.max(...{running}.map(b => b.querySelector('rect').width.baseVal.value))"
     first = await page.evaluate(width)
-    await page.wait_for(f"{running}.length === 0 || {width} > {first}")  # it grows as time goes
+    await page.wait_for(f"{running}.length > 0 && {width} > {first}")  # it grows as time goes
     await wait_for_status(page, "completed")
     # One bar per step execution (write runs once per Findings, and answers on the third);
     # tiny neighbours are drawn as one bar that says how many it holds.

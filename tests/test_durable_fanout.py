@@ -24,6 +24,7 @@ from trioflow import (
     StepFailedEvent,
     StopEvent,
     Workflow,
+    WorkflowRuntimeError,
     open_store,
     step,
 )
@@ -403,3 +404,34 @@ async def test_members_waiting_for_answers_wait_on_across_a_restart(tmp_path: Pa
         after = [event async for event in resumed.stream_events()]
         assert await resumed.result() == [0, 2]
     assert not any(isinstance(e, AskPart) for e in after)
+
+
+class NotAFanOut(Split):
+    @step(num_workers=3)
+    async def work(self, ev: Chunk) -> Done:
+        return [Done(i=ev.i)]  # type: ignore[return-value]
+
+
+class HoldsAStopEvent(Split):
+    @step
+    async def split(self, ev: Go) -> list[Chunk]:
+        return [Chunk(i=0), StopEvent()]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (NotAFanOut, r"fans out only when .*`list\[...\]`"),
+        (HoldsAStopEvent, "a fan-out's list holds events for steps"),
+    ],
+    ids=["not a fan-out", "a stop event in the list"],
+)
+async def test_a_durable_run_refuses_a_list_that_is_no_fan_out_as_in_memory(
+    tmp_path: Path, make: Callable[[], Workflow], said: str
+) -> None:
+    """The same refusals as a run in memory (one check for both), failing the run."""
+    with pytest.raises(WorkflowRuntimeError, match=said):
+        await make().run(Go())
+    async with open_store(_url(tmp_path)) as store:
+        with pytest.raises(WorkflowRuntimeError, match=said):
+            await store.run(make(), Go())

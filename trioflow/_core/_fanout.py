@@ -67,6 +67,22 @@ def check_single(spec: StepSpec, result: Event) -> None:
         )
 
 
+def check_fan_out(spec: StepSpec, members: list[object]) -> None:
+    """Raises WorkflowRuntimeError: a list returned by ``spec`` is no fan-out (its annotation
+    names no ``list[...]``), or holds what is not an event for steps."""
+    if not spec.fans_out:
+        raise WorkflowRuntimeError(
+            f"step {spec.name!r} returned a list; a step fans out only when its return "
+            "annotation says `list[...]`"
+        )
+    for member in members:
+        if not isinstance(member, Event) or isinstance(member, StopEvent):
+            raise WorkflowRuntimeError(
+                f"step {spec.name!r} returned a list holding {member!r:.200}; a fan-out's "
+                "list holds events for steps (a stop event goes on its own)"
+            )
+
+
 class ScopedRouter(Router):
     """`Router` that keeps account of streams: every delivery is a ``(stream, event)`` pair."""
 
@@ -177,17 +193,7 @@ class ScopedRouter(Router):
     def _fan_out(
         self, scope: Stream | None, spec: StepSpec, index: int, members: list[object]
     ) -> None:
-        if not spec.fans_out:
-            raise WorkflowRuntimeError(
-                f"step {spec.name!r} returned a list; a step fans out only when its return "
-                "annotation says `list[...]`"
-            )
-        for member in members:
-            if not isinstance(member, Event) or isinstance(member, StopEvent):
-                raise WorkflowRuntimeError(
-                    f"step {spec.name!r} returned a list holding {member!r:.200}; a fan-out's "
-                    "list holds events for steps (a stop event goes on its own)"
-                )
+        check_fan_out(spec, members)
         bound = self._bindings[index]
         stream = Stream(spec.name, scope, bound)
         if scope is not None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from .._core._fanout import ScopedRouter, Stream, check_single
+from .._core._fanout import ScopedRouter, Stream, check_fan_out, check_single
 from .._core._graph import StepSpec
 from .._core._idle import WorkerState
 from .._core._log import add_note
@@ -46,7 +46,7 @@ from .._core._worker import (
     _step_note,
     failure_report,
 )
-from .._errors import RunEndedError, WorkflowRuntimeError
+from .._errors import RunEndedError
 from .._events import CollectedEvents, Event, InputRequiredEvent, StopEvent
 from ._journal import OUTSIDE, RETURNED, Journal, PendingTask, Replay
 from ._runtime import Durable, DurableRouter, attempt_task
@@ -180,17 +180,7 @@ class DurableScopedRouter(DurableRouter, ScopedRouter):
     ) -> None:
         """`ScopedRouter._fan_out`, opening the stream named ``task`` (or going on in it, if
         it was opened before a crash), from member ``skip`` on."""
-        if not spec.fans_out:
-            raise WorkflowRuntimeError(
-                f"step {spec.name!r} returned a list; a step fans out only when its return "
-                "annotation says `list[...]`"
-            )
-        for member in members:
-            if not isinstance(member, Event) or isinstance(member, StopEvent):
-                raise WorkflowRuntimeError(
-                    f"step {spec.name!r} returned a list holding {member!r:.200}; a fan-out's "
-                    "list holds events for steps (a stop event goes on its own)"
-                )
+        check_fan_out(spec, members)
         stream = self.reopened.pop(task, None)
         if stream is not None:
             stream.open -= 1  # (the item `rebuild` gave it for this fan-out: going on now)
