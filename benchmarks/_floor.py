@@ -7,28 +7,45 @@ its runtime costs and nothing else:
   parked in `trio.lowlevel.wait_task_rescheduled`, with `trio.lowlevel.reschedule`, and parking
   at once: one task switch per hop, no channel, no yield on the sending side. That is what a
   trioflow hop does (`trioflow._core._inbox`), and nothing in trio is cheaper.
-- **stream** (`stream`): one task writes small attrs events into a bounded memory channel of 256
-  (trioflow's default ``stream_buffer``) with ``send_nowait``, waiting in ``await send()`` only
-  when it is full; the consumer takes with ``receive_nowait``, waiting in ``await receive()``
-  only when it is empty. Both sides work in batches, one task switch per buffer-full, as
-  trioflow's stream does.
+- **stream** (`stream`): one task writes small attrs events into a deque of at most 256
+  (trioflow's default ``stream_buffer``), and the consumer takes them from it, each side
+  parking only when the buffer is full or empty and then handed its item by the other (as
+  trioflow's stream buffer does, `trioflow._core._buffer`). Both sides work in batches, one
+  task switch per buffer-full, with no call per event but the event's construction.
+- **the stream behind trioflow's API** (`stream`, variant ``api``): the same buffer, written
+  through an ``async def`` awaited per event and read with ``async for`` (an ``__anext__`` per
+  event), each call a cancel point (asked as trioflow asks it, without a coroutine). This is the
+  least a stream with trioflow's API can cost, so trioflow's overhead over it is what its
+  runtime adds (filters, statistics, claims, the periodic yield); the default floor's is that
+  plus the API's own shape.
 
 The earlier floors stay as named variants, for continuity with older figures: routing through
 two memory channels with plain ``await send()`` / ``await receive()`` (``buffer0``: unbuffered,
-trio's default advice; ``buffer1``: a buffer of one), and the stream with ``await send()`` on
-every event through a buffer of 64 (``send``). Each ``send()`` is a checkpoint that yields to
-the scheduler, so these pay a scheduler round trip per event that the runtime does not.
+trio's default advice; ``buffer1``: a buffer of one); the stream through a trio memory channel
+of 256 written with ``send_nowait`` and read with ``receive_nowait``, in batches (``channel``,
+the floor of 2026-12-01), and with ``await send()`` on every event through a buffer of 64
+(``send``). Each ``send()`` is a checkpoint that yields to the scheduler, so that one pays a
+scheduler round trip per event that the runtime does not.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import attrs
 import trio
 import trio.testing
 from outcome import Value
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio._core._run import GLOBAL_RUN_CONTEXT
+from trio.lowlevel import (
+    Abort,
+    Task,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 
 from benchmarks._common import Metrics, Params, even, stream_metrics
 
@@ -183,9 +200,180 @@ async def _send_each(n: int) -> Metrics:
     return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
 
 
+class _Handoff:
+    """The least a bounded stream between one writer and one reader can be: a deque, and the
+    task parked on either side handed its item (`reschedule`) by the other, as the inboxes
+    do. The sides' fast paths are written out where they are used."""
+
+    __slots__ = ("items", "reader", "writer")
+
+    def __init__(self) -> None:
+        self.items: deque[Tick | None] = deque()
+        self.reader: Task | None = None  # parked on an empty buffer
+        self.writer: tuple[Task, Tick | None] | None = None  # parked on a full one
+
+    async def wait_for_room(self, item: Tick | None) -> None:
+        self.writer = (current_task(), item)
+        await wait_task_rescheduled(_abort)
+
+    async def wait_for_item(self) -> Tick | None:
+        self.reader = current_task()
+        item: Tick | None = await wait_task_rescheduled(_abort)
+        return item
+
+    def admit_writer(self) -> None:
+        """After a read from a full buffer: the parked writer's item goes in."""
+        assert self.writer is not None
+        task, item = self.writer
+        self.writer = None
+        self.items.append(item)
+        reschedule(task)
+
+    def hand_to_reader(self, item: Tick | None) -> None:
+        assert self.reader is not None
+        task, self.reader = self.reader, None
+        reschedule(task, Value(item))
+
+
+async def _handoff_stream(n: int) -> Metrics:
+    buffer = _Handoff()
+    items = buffer.items
+    append, popleft = items.append, items.popleft
+    first_write_at = loop_done_at = 0.0
+
+    async def produce() -> None:
+        nonlocal first_write_at, loop_done_at
+        for i in range(n):
+            if i == 0:
+                first_write_at = time.perf_counter()
+            ev = Tick(i=i)
+            if buffer.reader is not None:
+                buffer.hand_to_reader(ev)
+            elif len(items) < STREAM_BUFFER:
+                append(ev)
+            else:
+                await buffer.wait_for_room(ev)
+        loop_done_at = time.perf_counter()
+        if buffer.reader is not None:  # the terminal event, the same way
+            buffer.hand_to_reader(None)
+        elif len(items) < STREAM_BUFFER:
+            append(None)
+        else:
+            await buffer.wait_for_room(None)
+
+    start = time.perf_counter()
+    first_latency = -1.0
+    count = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        while True:
+            if items:
+                ev = popleft()
+                if buffer.writer is not None:
+                    buffer.admit_writer()
+            else:
+                ev = await buffer.wait_for_item()
+            if ev is None:
+                break
+            if count == 0:
+                first_latency = time.perf_counter() - first_write_at
+            count += 1
+    elapsed = time.perf_counter() - start
+    assert count == n, (count, n)
+    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
+
+
+def _cancel_pending() -> bool:
+    """Whether the current task's next cancel point raises, asked without a coroutine: the test
+    that `trio.lowlevel.checkpoint_if_cancelled` makes, as trioflow's hot paths ask it."""
+    task = GLOBAL_RUN_CONTEXT.task
+    return task._cancel_status.effectively_cancelled or (
+        task is task._runner.main_task and task._runner.ki_pending
+    )
+
+
+class _Events:
+    """`_api_shaped`'s reading side: an async iterator over a `_Handoff`, each ``__anext__`` a
+    cancel point."""
+
+    __slots__ = ("buffer", "items")
+
+    def __init__(self, buffer: _Handoff) -> None:
+        self.buffer = buffer
+        self.items = buffer.items
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> Tick:
+        if _cancel_pending():
+            await checkpoint_if_cancelled()
+        if self.items:
+            ev = self.items.popleft()
+            if self.buffer.writer is not None:
+                self.buffer.admit_writer()
+        else:
+            ev = await self.buffer.wait_for_item()
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+
+async def _api_shaped(n: int) -> Metrics:
+    """`_handoff_stream` behind the shape of trioflow's API: the writer awaits a write per
+    event and the reader runs an ``async for``, each call a cancel point."""
+    buffer = _Handoff()
+    items = buffer.items
+    first_write_at = loop_done_at = 0.0
+
+    async def write(ev: Tick | None) -> None:
+        if _cancel_pending():
+            await checkpoint_if_cancelled()
+        if buffer.reader is not None:
+            buffer.hand_to_reader(ev)
+        elif len(items) < STREAM_BUFFER:
+            items.append(ev)
+        else:
+            await buffer.wait_for_room(ev)
+
+    async def produce() -> None:
+        nonlocal first_write_at, loop_done_at
+        for i in range(n):
+            if i == 0:
+                first_write_at = time.perf_counter()
+            await write(Tick(i=i))
+        loop_done_at = time.perf_counter()
+        await write(None)  # the terminal event
+
+    start = time.perf_counter()
+    first_latency = -1.0
+    count = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        async for _ in _Events(buffer):
+            if count == 0:
+                first_latency = time.perf_counter() - first_write_at
+            count += 1
+    elapsed = time.perf_counter() - start
+    assert count == n, (count, n)
+    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
+
+
+#: The stream floors by variant (see the module docstring).
+STREAM_VARIANTS = {
+    "": _handoff_stream,
+    "api": _api_shaped,
+    "channel": _batching,
+    "send": _send_each,
+}
+
+
 def stream(p: Params) -> Metrics:
-    """The best stream: a batching channel (see the module docstring); variant ``send``: the
-    earlier floor, ``await send()`` per event."""
-    if p.variant not in ("", "send"):
-        raise ValueError(f"floor stream variant must be '' or 'send', not {p.variant!r}")
-    return trio.run(_send_each if p.variant else _batching, p.n)
+    """The best stream: a deque with hand-off, both sides in batches (see the module
+    docstring); variants ``api`` (the same behind the shape of trioflow's API), ``channel``
+    (a trio memory channel, batching) and ``send`` (the earliest floor, ``await send()``)."""
+    if p.variant not in STREAM_VARIANTS:
+        raise ValueError(
+            f"floor stream variant must be one of {sorted(STREAM_VARIANTS)}, not {p.variant!r}"
+        )
+    return trio.run(STREAM_VARIANTS[p.variant], p.n)

@@ -27,7 +27,7 @@ sampling slows the run a little (``rate`` is reported, a little lower than witho
 
 Scenario ``profile``, variant ``hop``: ``floor`` profiles the best bare-trio hop
 (`_floor._handoff`), ``trioflow`` its ping-pong (`_trioflow._routing`), ``n`` hops each; variant
-``stream``: the floor's batching channel (`_floor._batching`) and trioflow's stream
+``stream``: the floor's stream (`_floor._handoff_stream`) and trioflow's stream
 (`_trioflow._stream`), ``n`` events each. Variant ``driver`` (the floor's) cross-checks the
 sampled share another way: the floor hop's two coroutines, resumed by a minimal hand-written
 loop (`driven_hops`) instead of trio; the time per hop it leaves is what the hop costs without
@@ -186,12 +186,12 @@ def driven_hops(n: int) -> Metrics:
 
 
 def floor(p: Params) -> Metrics:
-    from benchmarks._floor import _batching, _handoff
+    from benchmarks._floor import _handoff, _handoff_stream
 
     if p.variant == "driver":
         return driven_hops(even(p.n))
     if p.variant == "stream":
-        return sampled(lambda: trio.run(_batching, p.n))
+        return sampled(lambda: trio.run(_handoff_stream, p.n))
     return sampled(lambda: trio.run(_handoff, even(p.n)))
 
 

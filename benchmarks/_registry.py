@@ -309,14 +309,17 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "stream",
         "one step writes n small events to the stream, the caller reads them: events/s and"
-        " the first event's latency; the floor: a bare batching channel (send_nowait,"
-        " receive_nowait, buffer 256), and the earlier await-send() channel",
+        " the first event's latency; the floor: a bare deque of 256 with hand-off, read and"
+        " written in batches, the same behind trioflow's API's shape (api), a batching trio"
+        " memory channel (channel), and the earlier await-send() channel (send)",
         sizes(50_000, 2_000),
         (
             Impl("trioflow", f"{T}:stream"),
             Impl("anchor", f"{A}:stream"),
             Impl("anchor", f"{A}:stream", "yield"),
             Impl("floor", f"{F}:stream"),
+            Impl("floor", f"{F}:stream", "api"),
+            Impl("floor", f"{F}:stream", "channel"),
             Impl("floor", f"{F}:stream", "send"),
         ),
         _stream,
@@ -327,10 +330,19 @@ SCENARIOS: tuple[Scenario, ...] = (
             ),
             Ratio(
                 "stream, time an event: trioflow / floor (batching channel)",
-                "floor",
+                "floor (channel)",
                 "trioflow",
                 "rate",
                 at_most(1.3),
+            ),
+            Ratio(
+                "stream, time an event: trioflow / floor (hand-off)", "floor", "trioflow", "rate"
+            ),
+            Ratio(
+                "stream, time an event: trioflow / floor behind the API (api)",
+                "floor (api)",
+                "trioflow",
+                "rate",
             ),
             Ratio("stream events/s: trioflow / floor (send)", "trioflow", "floor (send)", "rate"),
             Figure(

@@ -278,7 +278,6 @@ class WorkflowHandler(Generic[R]):
         """A snapshot of the run: routing, steps running, and the stream's buffer."""
         run = self._run
         stream = run.stream
-        channel = stream.channel_statistics()
         running: dict[str, int] = {}
         for worker in run.workers:
             if worker.busy:
@@ -286,10 +285,10 @@ class WorkflowHandler(Generic[R]):
         return RunStatistics(
             events_routed=run.router.events_routed,
             steps_running=running,
-            buffered=channel.current_buffer_used,
+            buffered=stream.buffered,
             buffer_peak=stream.peak,
             capacity=stream.capacity,
-            writers_waiting=channel.tasks_waiting_send,
+            writers_waiting=stream.writers_waiting,
             backpressure_wait=stream.waited,
             discarded=stream.discarded,
         )

@@ -12,6 +12,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 from .._errors import WorkflowRuntimeError
 from .._events import Event, StartEvent, StopEvent
 from .._retry import RetryInfo, current_retry
+from ._cancel import cancel_pending
 from ._collect import Collector
 from ._idle import current_worker
 from ._router import Router
@@ -209,7 +210,8 @@ class Context(Generic[StateT]):
         # has passed since the stream last yielded (`EventStream.yield_if_due`).
         if event.__class__ not in self._streamable:
             self._check_streamable(event)
-        await checkpoint_if_cancelled()
+        if cancel_pending():  # (a cancel point without a coroutine: see `_cancel`)
+            await checkpoint_if_cancelled()
         stream = self._stream
         try:
             self._send_nowait(event)

@@ -1,4 +1,4 @@
-"""The run's stream: a bounded memory channel from the steps to one consumer at a time.
+"""The run's stream: a bounded buffer (`Buffer`) from the steps to one consumer at a time.
 
 Backpressure lives here and only here: a writer that finds the buffer full waits until the
 consumer makes room. The terminal event does not travel through the buffer; the runtime hands it
@@ -42,6 +42,8 @@ from trio.lowlevel import (
 from .._errors import WorkflowRuntimeError
 from .._events import Event, StopEvent
 from .._typevar import TypeVar
+from ._buffer import Buffer
+from ._cancel import cancel_pending
 
 #: What a `StreamIterator` yields: what `WorkflowHandler.stream_events` names, and `StopEvent`
 #: (the terminal event); `Event` when it names nothing.
@@ -63,9 +65,9 @@ class EventStream:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._send, self._receive = trio.open_memory_channel[Event](capacity)
+        self._buffer = Buffer[Event](capacity)
         # Bound once: the write fast path is a call away from a plain deque append.
-        self.send_nowait = self._send.send_nowait
+        self.send_nowait = self._buffer.put_nowait
         self.terminal: StopEvent | None = None
         self._trailing: list[Event] = []
         self._consumer: weakref.ref[StreamIterator] | None = None
@@ -94,7 +96,8 @@ class EventStream:
 
     async def write(self, event: Event) -> None:
         """Put ``event`` on the stream, waiting while the buffer is full."""
-        await checkpoint_if_cancelled()
+        if cancel_pending():
+            await checkpoint_if_cancelled()
         try:
             self.send_nowait(event)
         except trio.WouldBlock:
@@ -129,7 +132,7 @@ class EventStream:
         self._notify()  # `wait_closed` may have to drain for a stream nobody reads
         started = trio.current_time()
         try:
-            await self._send.send(event)
+            await self._buffer.put(event)
         except trio.ClosedResourceError:
             raise WorkflowRuntimeError("the run has ended; its stream is closed") from None
         finally:
@@ -153,7 +156,7 @@ class EventStream:
         ``terminal``."""
         self._trailing = list(trailing)
         self.terminal = terminal
-        self._send.close()
+        self._buffer.close()
         self._notify()
 
     @property
@@ -266,7 +269,7 @@ class EventStream:
         return False
 
     def _blocked(self) -> bool:
-        return self._send.statistics().tasks_waiting_send > 0
+        return self._buffer.writers_waiting > 0
 
     async def _discard_buffered(self) -> None:
         """Throw away what is buffered, yielding as a reader does: a big buffer takes a while."""
@@ -277,7 +280,7 @@ class EventStream:
 
     def _discard_one(self) -> bool:
         try:
-            self._receive.receive_nowait()
+            self._buffer.get_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return False
         self.discarded += 1
@@ -297,9 +300,15 @@ class EventStream:
         self._changed.set()
         self._changed = trio.Event()
 
-    def channel_statistics(self) -> trio.MemoryChannelStatistics:
-        """The buffer's channel as trio sees it (events buffered, writers waiting)."""
-        return self._send.statistics()
+    @property
+    def buffered(self) -> int:
+        """Events in the buffer."""
+        return len(self._buffer.items)
+
+    @property
+    def writers_waiting(self) -> int:
+        """Writers waiting for room in the buffer."""
+        return self._buffer.writers_waiting
 
 
 class StreamIterator(Generic[E_co]):
@@ -315,7 +324,16 @@ class StreamIterator(Generic[E_co]):
     (the default, so a plain ``StreamIterator`` annotation means that).
     """
 
-    __slots__ = ("__weakref__", "_done", "_exclude", "_revoked", "_started", "_stream", "_types")
+    __slots__ = (
+        "__weakref__",
+        "_done",
+        "_exclude",
+        "_revoked",
+        "_started",
+        "_stream",
+        "_types",
+        "_unfiltered",
+    )
 
     def __init__(
         self,
@@ -326,6 +344,7 @@ class StreamIterator(Generic[E_co]):
         self._stream = stream
         self._types = types
         self._exclude = exclude
+        self._unfiltered = not (types or exclude)  # every event passes: the common case
         self._done = False
         self._started = False
         self._revoked = False  # the stream was taken from it (see `EventStream.has_consumer`)
@@ -359,45 +378,33 @@ class StreamIterator(Generic[E_co]):
             # stream_events()); it is noted again whenever the reader parks.
             self._started = True
             stream._consumer_task = current_task()
-        receive = stream._receive
-        types = self._types
-        exclude = self._exclude
+        buffer = stream._buffer
         try:
-            await checkpoint_if_cancelled()
+            if cancel_pending():
+                await checkpoint_if_cancelled()
+            items = buffer.items
             while True:
-                # Take what is buffered without a trip through the scheduler; wait only when
+                # Take what is buffered without a trip through the scheduler (the reading half
+                # of the stream's hot path: `Buffer.get_nowait` written out); wait only when
                 # the buffer is empty. A consumer that keeps up thus reads in batches, not one
                 # event per task switch.
-                try:
-                    event = receive.receive_nowait()
-                except trio.WouldBlock:
-                    stream._consumer_task = current_task()
-                    try:
-                        event = await receive.receive()
-                    except trio.EndOfChannel:
-                        event = self._after_buffer()
-                    else:
-                        stream.read += 1  # handed over as it was written: the buffer was empty
-                except trio.EndOfChannel:
-                    event = self._after_buffer()
-                else:
-                    read = stream.read
-                    waiting = stream.written - read  # what the buffer held, this included
+                if items:
+                    waiting = len(items)  # what the buffer held, this event included
+                    event = items.popleft()
+                    if buffer.writers:
+                        buffer.admit_writer()
                     if waiting > stream.peak:
                         stream.peak = waiting
+                    read = stream.read
                     stream.read = read + 1
                     if not read & 63:  # a reader that never parks yields now and then too,
                         stream._consumer_task = current_task()  # and is noted as the reader
                         await stream.yield_if_due()
-                # A filter never hides the terminal event (after which `_done` is set). What
-                # passes is what `E_co` stands for: one of ``types``, or the terminal event, a
-                # StopEvent (`WorkflowHandler.stream_events` makes the two agree). Told to the
-                # type checker by an ignore rather than a cast, which would cost every event
-                # a call.
-                if types:
-                    if isinstance(event, types) or self._done:
-                        return event  # type: ignore[return-value]
-                elif not (exclude and isinstance(event, exclude)) or self._done:
+                else:
+                    event = await self._next_unbuffered(stream, buffer)
+                # What passes is what `E_co` stands for (see `_passes`), told to the type
+                # checker by an ignore rather than a cast, which would cost every event a call.
+                if self._unfiltered or self._passes(event):
                     return event  # type: ignore[return-value]
         except BaseException:
             # A cancelled consumer (or a bug) ends its `async for`: hand the stream on now,
@@ -405,6 +412,31 @@ class StreamIterator(Generic[E_co]):
             self._done = True
             stream.release(self)
             raise
+
+    async def _next_unbuffered(self, stream: EventStream, buffer: Buffer[Event]) -> Event:
+        """`__anext__`'s slow path, for an empty buffer: the item of a writer waiting at a
+        buffer of size 0, or the next one written (waiting for it), or what comes after the
+        buffer once it is closed."""
+        try:
+            try:
+                event = buffer.get_nowait()
+            except trio.WouldBlock:
+                stream._consumer_task = current_task()  # a reader that parks is the consumer
+                event = await buffer.get()
+        except trio.EndOfChannel:
+            return self._after_buffer()
+        stream.read += 1
+        return event
+
+    def _passes(self, event: Event) -> bool:
+        """Whether the filter lets ``event`` through: one of ``types`` (when given), never one
+        of ``exclude``, and always the terminal event (a StopEvent, after which `_done` is set;
+        `WorkflowHandler.stream_events` makes what passes agree with `E_co`)."""
+        if self._done:
+            return True
+        if self._types:
+            return isinstance(event, self._types)
+        return not isinstance(event, self._exclude)
 
     def _revoke(self) -> None:
         self._done = self._revoked = True

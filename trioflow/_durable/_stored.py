@@ -164,7 +164,7 @@ class TeeStream(DurableStream):
 
     def __init__(self, capacity: int, sink: StreamSink) -> None:
         super().__init__(capacity, sink)
-        self._to_buffer = self._send.send_nowait
+        self._to_buffer = self._buffer.put_nowait
         self.send_nowait = self._send_to_both  # type: ignore[assignment]
         #: Events recorded by writers cancelled while they waited for room in the buffer
         #: (the run ended): the reader gets them before the end, as the store has them.
@@ -199,14 +199,14 @@ class TeeStream(DurableStream):
             if self.suspended:
                 return
             # Recorded, and queued for the buffer, with no checkpoint between: a blocked
-            # writer keeps its place in the channel's queue (first in, first into the
+            # writer keeps its place in the buffer's queue (first in, first into the
             # buffer), and while one waits the buffer stays full for everyone else, so the
             # reader gets events in the order the store has them.
             sink = self.sink
             sink.write(sink.seq + 1, event)
             self._notify()  # `wait_closed` may have to drain for a stream nobody reads
             try:
-                await self._send.send(event)
+                await self._buffer.put(event)
             except trio.Cancelled:
                 self._late.append(event)
                 raise
