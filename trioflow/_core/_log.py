@@ -31,6 +31,8 @@ logger.addHandler(logging.NullHandler())
 def log(level: int, message: str, *args: object, **kwargs: Any) -> None:
     """``logger.log(level, message, *args, **kwargs)``, swallowing what the logging
     machinery raises (it already reports formatting errors itself, to stderr)."""
+    if not logger.isEnabledFor(level):  # (the common case for DEBUG: every run logs twice)
+        return
     with contextlib.suppress(Exception):
         logger.log(level, message, *args, **kwargs)
 

@@ -65,7 +65,7 @@ class EventStream:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._buffer = Buffer[Event](capacity)
+        self._buffer: Buffer[Event] = Buffer(capacity)
         # Bound once: the write fast path is a call away from a plain deque append.
         self.send_nowait = self._buffer.put_nowait
         self.terminal: StopEvent | None = None
