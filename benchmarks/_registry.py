@@ -243,12 +243,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "routing",
         "two-step ping-pong (a step's return value is the other step's event), hops/s; the"
         " floor: two bare trio tasks handing the count to each other parked"
-        " (trio.lowlevel.reschedule), and the earlier floors through memory channels",
+        " (trio.lowlevel.reschedule), the same handing on what a step made (api), and the"
+        " earlier floors through memory channels",
         sizes(200_000, 2_000),
         (
             Impl("trioflow", f"{T}:routing"),
             Impl("anchor", f"{A}:routing", n=sizes(10_000, 500)),
             Impl("floor", f"{F}:routing"),
+            Impl("floor", f"{F}:routing", "api"),
             Impl("floor", f"{F}:routing", "buffer0"),
             Impl("floor", f"{F}:routing", "buffer1"),
         ),
@@ -261,6 +263,12 @@ SCENARIOS: tuple[Scenario, ...] = (
                 "trioflow",
                 "rate",
                 at_most(1.3),
+            ),
+            Ratio(
+                "routing, time a hop: trioflow / floor in a hop's shape (api)",
+                "floor (api)",
+                "trioflow",
+                "rate",
             ),
             Ratio(
                 "routing hops/s: trioflow / floor (buffer0)", "trioflow", "floor (buffer0)", "rate"
