@@ -38,7 +38,6 @@ import attrs
 import trio
 import trio.testing
 from outcome import Value
-from trio._core._run import GLOBAL_RUN_CONTEXT
 from trio.lowlevel import (
     Abort,
     Task,
@@ -49,6 +48,11 @@ from trio.lowlevel import (
 )
 
 from benchmarks._common import Metrics, Params, even, stream_metrics
+
+# Whether the current task's next cancel point raises, asked without a coroutine: the floor
+# behind trioflow's API asks it as trioflow's hot paths do, with the same function (trio's
+# private state, or trio's own check should a release of trio rename it).
+from trioflow._core._cancel import cancel_pending as _cancel_pending
 
 ROUTING_BUFFERS = {"buffer0": 0, "buffer1": 1}
 #: The batching stream's buffer: trioflow's default ``stream_buffer``.
@@ -331,15 +335,6 @@ async def _handoff_stream(n: int) -> Metrics:
     elapsed = time.perf_counter() - start
     assert count == n, (count, n)
     return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
-
-
-def _cancel_pending() -> bool:
-    """Whether the current task's next cancel point raises, asked without a coroutine: the test
-    that `trio.lowlevel.checkpoint_if_cancelled` makes, as trioflow's hot paths ask it."""
-    task = GLOBAL_RUN_CONTEXT.task
-    return task._cancel_status.effectively_cancelled or (
-        task is task._runner.main_task and task._runner.ki_pending
-    )
 
 
 class _Events:

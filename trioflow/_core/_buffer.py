@@ -14,7 +14,7 @@ its queue, and an item is either taken or not (never lost to a cancellation).
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Generic, TypeVar
 
 import trio
@@ -46,10 +46,13 @@ class Buffer(Generic[_T]):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.items: deque[_T] = deque()
-        #: Readers parked on an empty buffer, oldest first.
+        #: Readers parked on an empty buffer, oldest first (one, but for a consumer whose
+        #: claim was handed on while it waited).
         self._readers: deque[Task] = deque()
-        #: Writers parked on a full one, oldest first, each with the item it writes.
-        self.writers: deque[tuple[Task, _T]] = deque()
+        #: Writers parked on a full one, oldest first, each with the item it writes. Ordered by
+        #: a dict so that a cancelled one leaves in constant time, whichever it is: trio
+        #: cancels many waiting writers in no particular order.
+        self.writers: OrderedDict[Task, _T] = OrderedDict()
         #: No more writes: reading ends with `trio.EndOfChannel` once the buffer is drained.
         self.closed = False
 
@@ -82,12 +85,11 @@ class Buffer(Generic[_T]):
             await cancel_shielded_checkpoint()
             return
         task = current_task()
-        entry = (task, item)
         writers = self.writers
-        writers.append(entry)
+        writers[task] = item
 
         def abort(_: object) -> Abort:
-            writers.remove(entry)
+            del writers[task]
             return Abort.SUCCEEDED
 
         await wait_task_rescheduled(abort)
@@ -97,27 +99,21 @@ class Buffer(Generic[_T]):
         """The oldest item; `trio.WouldBlock` if there is none, `trio.EndOfChannel` if there
         will be none (closed and drained)."""
         items = self.items
+        writers = self.writers
         if items:
             item = items.popleft()
-            if self.writers:  # it was full: the oldest waiting writer's item goes in
-                self.admit_writer()
+            if writers:  # it was full: the oldest waiting writer's item goes in
+                task, written = writers.popitem(last=False)
+                items.append(written)
+                reschedule(task)
             return item
-        if self.writers:  # a buffer of size 0: the item is taken from its writer
-            task, item = self.writers.popleft()
+        if writers:  # a buffer of size 0: the item is taken from its writer
+            task, item = writers.popitem(last=False)
             reschedule(task)
             return item
         if self.closed:
             raise trio.EndOfChannel
         raise trio.WouldBlock
-
-    @enable_ki_protection
-    def admit_writer(self) -> None:
-        """After an item was taken from a full buffer: the oldest waiting writer's item goes
-        in, and the writer goes on (`get_nowait`'s second half, for readers that take from
-        ``items`` themselves)."""
-        task, item = self.writers.popleft()
-        self.items.append(item)
-        reschedule(task)
 
     @enable_ki_protection
     async def get(self) -> _T:
@@ -151,5 +147,5 @@ class Buffer(Generic[_T]):
         while self._readers:
             reschedule(self._readers.popleft(), Error(trio.EndOfChannel()))
         while self.writers:
-            task, _ = self.writers.popleft()
+            task, _ = self.writers.popitem(last=False)
             reschedule(task, Error(trio.ClosedResourceError()))

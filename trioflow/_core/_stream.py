@@ -388,11 +388,13 @@ class StreamIterator(Generic[E_co]):
                 # of the stream's hot path: `Buffer.get_nowait` written out); wait only when
                 # the buffer is empty. A consumer that keeps up thus reads in batches, not one
                 # event per task switch.
-                if items:
+                writers = buffer.writers
+                if items or writers:
                     waiting = len(items)  # what the buffer held, this event included
-                    event = items.popleft()
-                    if buffer.writers:
-                        buffer.admit_writer()
+                    # From a full buffer (or one of size 0) taking the event lets the oldest
+                    # waiting writer's in, in one call that a KeyboardInterrupt cannot split
+                    # (`Buffer` is protected, this frame is not).
+                    event = buffer.get_nowait() if writers else items.popleft()
                     if waiting > stream.peak:
                         stream.peak = waiting
                     read = stream.read
@@ -414,15 +416,13 @@ class StreamIterator(Generic[E_co]):
             raise
 
     async def _next_unbuffered(self, stream: EventStream, buffer: Buffer[Event]) -> Event:
-        """`__anext__`'s slow path, for an empty buffer: the item of a writer waiting at a
-        buffer of size 0, or the next one written (waiting for it), or what comes after the
-        buffer once it is closed."""
+        """`__anext__`'s slow path, for an empty buffer with no writer waiting: the next event
+        written (waiting for it), or what comes after the buffer once it is closed."""
+        if buffer.closed:
+            return self._after_buffer()
+        stream._consumer_task = current_task()  # a reader that parks is the consumer
         try:
-            try:
-                event = buffer.get_nowait()
-            except trio.WouldBlock:
-                stream._consumer_task = current_task()  # a reader that parks is the consumer
-                event = await buffer.get()
+            event = await buffer.get()
         except trio.EndOfChannel:
             return self._after_buffer()
         stream.read += 1
