@@ -58,3 +58,33 @@ async def test_the_in_process_store_benchmark_runs(tmp_path: Path) -> None:
     results = await store_inprocess.measure(f"sqlite:///{tmp_path}/bench.db", 50, 10, 1)
     assert set(results) == {"memory", "sqlite", "sqlite_over_memory"}
     assert results["sqlite"]["events_per_second"] > 0
+
+
+def test_instruction_counts_run_each_default_measurement() -> None:
+    """`python -m benchmarks.instructions` measures processes of its own (``--one``) under
+    valgrind: each default measurement runs there at a tiny size (valgrind itself is not
+    needed for that), and an unknown scenario is refused with the known ones."""
+    from benchmarks import instructions
+
+    for measurement in instructions.DEFAULT:
+        scenario, impl, variant = [*measurement.split(":"), ""][:3]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.instructions",
+                "--one",
+                scenario,
+                impl,
+                variant,
+                "50",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (measurement, done.stderr[-2000:])
+    with pytest.raises(SystemExit, match="unknown scenario 'nope'"):
+        instructions.measure("nope:trioflow")
