@@ -218,9 +218,7 @@ async def _batching(n: int) -> Metrics:
                 if count == 0:
                     first_latency = time.perf_counter() - first_write_at
                 count += 1
-    elapsed = time.perf_counter() - start
-    assert count == n, (count, n)
-    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
+    return _stream_ended(n, count, start, first_latency, first_write_at, loop_done_at)
 
 
 async def _send_each(n: int) -> Metrics:
@@ -249,9 +247,7 @@ async def _send_each(n: int) -> Metrics:
                 if count == 0:
                     first_latency = time.perf_counter() - first_write_at
                 count += 1
-    elapsed = time.perf_counter() - start
-    assert count == n, (count, n)
-    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
+    return _stream_ended(n, count, start, first_latency, first_write_at, loop_done_at)
 
 
 class _Handoff:
@@ -332,9 +328,7 @@ async def _handoff_stream(n: int) -> Metrics:
             if count == 0:
                 first_latency = time.perf_counter() - first_write_at
             count += 1
-    elapsed = time.perf_counter() - start
-    assert count == n, (count, n)
-    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
+    return _stream_ended(n, count, start, first_latency, first_write_at, loop_done_at)
 
 
 class _Events:
@@ -399,9 +393,7 @@ async def _api_shaped(n: int) -> Metrics:
             if count == 0:
                 first_latency = time.perf_counter() - first_write_at
             count += 1
-    elapsed = time.perf_counter() - start
-    assert count == n, (count, n)
-    return stream_metrics(n, elapsed, first_latency, first_write_at, loop_done_at)
+    return _stream_ended(n, count, start, first_latency, first_write_at, loop_done_at)
 
 
 #: The stream floors by variant (see the module docstring).
@@ -411,6 +403,16 @@ STREAM_VARIANTS = {
     "channel": _batching,
     "send": _send_each,
 }
+
+
+def _stream_ended(
+    n: int, count: int, start: float, first_latency: float, first_write_at: float, done_at: float
+) -> Metrics:
+    """A stream floor's figures, once its consumer has read the terminal event: every one of
+    the ``n`` events must have arrived."""
+    elapsed = time.perf_counter() - start
+    assert count == n, (count, n)
+    return stream_metrics(n, elapsed, first_latency, first_write_at, done_at)
 
 
 def stream(p: Params) -> Metrics:
