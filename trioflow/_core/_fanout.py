@@ -236,13 +236,14 @@ async def work_scoped(crew: Crew, index: int, me: WorkerState) -> None:
     call = _step_call(crew, spec)
     router = crew.router
     assert isinstance(router, ScopedRouter)
-    get: Callable[[], Awaitable[tuple[Stream | None, Event]]]
+    get: Callable[[], Awaitable[tuple[Stream | None, Event] | None]]
     get = router.inboxes[index].getter()  # type: ignore[assignment]  # (pairs: `_put`)
     state = crew.state
     while True:
-        scope, event = await get()
-        if state.outcome is not None:
+        item = await get()
+        if item is None or state.outcome is not None:
             return
+        scope, event = item
         me.taken += 1
         if spec.slots:
             joined = router.joins.collect(spec.name, event, spec.slots)

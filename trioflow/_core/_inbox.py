@@ -36,13 +36,16 @@ class Inbox(Generic[_T]):
     item to the longest-waiting worker or appends it. Each worker reads through its own
     `getter`. Workers are started as they are needed: an item appended with no worker parked
     calls `on_backlog` (the run starts another worker there, until the step has all it may).
+    Once the run is decided the inbox is closed: ``get()`` returns None rather than wait.
     """
 
-    __slots__ = ("_items", "_parked", "on_backlog", "received")
+    __slots__ = ("_items", "_parked", "closed", "on_backlog", "received")
 
     def __init__(self) -> None:
         self._items: deque[_T] = deque()
         self._parked: deque[Task] = deque()
+        #: The run is decided (`close`).
+        self.closed = False
         #: Called when an item is appended because no worker was parked (None: nobody to call).
         self.on_backlog: Callable[[], None] | None = None
         #: Items put so far (for statistics).
@@ -59,19 +62,37 @@ class Inbox(Generic[_T]):
             if self.on_backlog is not None:
                 self.on_backlog()
 
+    @enable_ki_protection
+    def close(self) -> None:
+        """The run is decided: every parked worker is handed None, and every ``get()`` from now
+        on returns None. A worker that gets None sees the outcome and ends, without the
+        cancellation that would otherwise wake it (see `RunState`)."""
+        self.closed = True
+        parked = self._parked
+        while parked:
+            reschedule(parked.popleft(), Value(None))
+
     @property
     def waiting(self) -> int:
         """Items queued for a worker to take."""
         return len(self._items)
 
-    def getter(self) -> Callable[[], Awaitable[_T]]:
+    def getter(self, *, first_yields: bool = True) -> Callable[[], Awaitable[_T | None]]:
         """A ``get()`` for the calling task (a step worker) to await over and over: it takes the
-        oldest item, parking the task while there is none. The task and its abort callback are
-        bound once rather than on every call, which is measurable on a hop.
+        oldest item, parking the task while there is none; once the inbox is closed, None.
+        The task and its abort callback are bound once rather than on every call, which is
+        measurable on a hop.
 
         Like a memory channel's ``receive()`` it is a checkpoint: a busy worker still lets
         others run, and an item taken is never lost to a cancellation. Parking is itself a
-        cancellation point: trio delivers a pending cancel at once."""
+        cancellation point: trio delivers a pending cancel at once. A closed inbox is none
+        (the run is decided, and a worker that is done has no use for a `trio.Cancelled`).
+
+        ``first_yields=False``: the first item taken is only a cancel point, about 5% of a
+        one-step run. The task has just started, so it let the others run by starting; but
+        the caller of ``start()`` runs only after the first step's task yields once more, and
+        a consumer that asks for lifecycle events right away expects those of the first
+        step. So it is for runs nobody streams (``run()``)."""
         items, parked = self._items, self._parked
         task = current_task()
 
@@ -79,15 +100,24 @@ class Inbox(Generic[_T]):
             parked.remove(task)
             return Abort.SUCCEEDED
 
+        inbox = self
+        started = first_yields
+
         @enable_ki_protection
-        async def get() -> _T:
+        async def get() -> _T | None:
+            nonlocal started
+            if inbox.closed:
+                return None
             if items:
                 await checkpoint_if_cancelled()
                 item = items.popleft()
-                await cancel_shielded_checkpoint()
+                if started:
+                    await cancel_shielded_checkpoint()
+                else:  # (see the docstring)
+                    started = True
                 return item
             parked.append(task)
-            handed: _T = await wait_task_rescheduled(abort)
+            handed: _T | None = await wait_task_rescheduled(abort)
             return handed
 
         return get

@@ -119,6 +119,12 @@ class Router:
             for event_type in graph.plain_events
         }
 
+    def close_inboxes(self) -> None:
+        """The run is decided (`RunState.on_decided`): every worker waiting for an event
+        ends, rather than wait to be cancelled."""
+        for inbox in self.inboxes:
+            inbox.close()
+
     @property
     def events_routed(self) -> int:
         return sum(inbox.received for inbox in self.inboxes) + self.delivered_to_waiters

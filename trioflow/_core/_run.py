@@ -27,7 +27,7 @@ from ._context import Context
 from ._fanout import ScopedRouter, work_scoped
 from ._graph import WorkflowGraph
 from ._idle import IdleWatch, WorkerState
-from ._log import add_note, describe, failed_in, log
+from ._log import add_note, describe, failed_in, log, logger
 from ._resources import Owner
 from ._router import Router
 from ._state import RunState, RunStatus
@@ -99,6 +99,7 @@ class Run:
         self.context = Context._of_run(self)
         if self.durable is not None:
             self.durable.attach(self)  # (its own router and context)
+        self.state.on_decided = self.router.close_inboxes
         self.idle = IdleWatch(
             self.state, self.stream, self.router.inboxes, self.workers, self.observation
         )
@@ -145,13 +146,14 @@ class Run:
 
     async def _main(self, task_status: trio.TaskStatus[None]) -> None:
         started = trio.current_time()
-        log(
-            logging.DEBUG,
-            "run %s of %s started",
-            self.run_id,
-            self.workflow_name,
-            extra=self._fields(),
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # (its fields are a dict a run need not make)
+            log(
+                logging.DEBUG,
+                "run %s of %s started",
+                self.run_id,
+                self.workflow_name,
+                extra=self._fields(),
+            )
         #: The workflow's runs at once (``num_concurrent_runs``), of which this run holds one.
         slots: trio.CapacityLimiter | None = getattr(self.workflow, "_run_slots", None)
         try:
@@ -227,10 +229,10 @@ class Run:
                         durable.begin(self)
                     task_status.started()
                     try:
-                        await trio.sleep_forever()
+                        await state.until_decided()
                     finally:
-                        # Only a cancellation gets here: the run's own scope (decided), or
-                        # the caller's, which is decided now, before any step has unwound.
+                        # Decided, or cancelled by the caller's scope: then it is decided
+                        # now, before any step has unwound.
                         state.stop()
                 finally:
                     if timer is not None:
@@ -317,6 +319,9 @@ class Run:
     def _log_end(self, duration: float) -> None:
         state = self.state
         assert state.outcome is not None
+        loud = state.outcome in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+        if not logger.isEnabledFor(logging.INFO if loud else logging.DEBUG):
+            return  # (the common case: a run that completes logs at DEBUG)
         fields = self._fields(outcome=state.outcome.value, duration=duration)
         if state.outcome is RunStatus.FAILED:
             assert state.failure is not None

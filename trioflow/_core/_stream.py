@@ -260,6 +260,11 @@ class EventStream:
         """Nobody will read this stream (``run()``): from now on, as if ``result()`` waited."""
         self._unread_forever = True
 
+    @property
+    def unread_forever(self) -> bool:
+        """Whether nobody will ever read this stream (`discard_unread`)."""
+        return self._unread_forever
+
     def make_room_if_unread(self) -> bool:
         """For a writer that cannot wait (`Context.send_event` of an `InputRequiredEvent`):
         discard the oldest buffered event if nobody reads and ``result()`` waits, as a waiting

@@ -92,7 +92,7 @@ class Crew(Protocol):
 
 
 async def work(crew: Crew, index: int, loop: WorkLoop | None = None) -> None:
-    """One worker of step ``index``: runs until the run's scope is cancelled. ``loop`` is
+    """One worker of step ``index``: runs until the run is decided. ``loop`` is
     what it does with the events it takes (`_work`, or a durable run's journaling loop).
 
     A step's `Exception` is the step's failure (retries, handlers, the run's failure). A
@@ -126,7 +126,7 @@ async def work(crew: Crew, index: int, loop: WorkLoop | None = None) -> None:
 async def _work(crew: Crew, index: int, me: WorkerState) -> None:
     spec = crew.graph.steps[index]
     call = _step_call(crew, spec)
-    get = crew.router.inboxes[index].getter()
+    get = crew.router.inboxes[index].getter(first_yields=not crew.stream.unread_forever)
     # The router's hand-off table, read here rather than through a method call: this is the
     # hot path of a hop (see `Router.direct_routes`).
     direct, waiters = crew.router.direct_routes()
@@ -134,7 +134,7 @@ async def _work(crew: Crew, index: int, me: WorkerState) -> None:
     observation = crew.observation
     while True:
         event = await get()
-        if state.outcome is not None:
+        if event is None or state.outcome is not None:
             return  # the run is decided: start nothing new while the scope unwinds
         me.taken += 1
         if observation.observed:  # lifecycle events or spans were asked for

@@ -590,12 +590,14 @@ async def _work_durable(crew: Run, index: int, me: WorkerState, durable: Durable
     call = _step_call(crew, spec)
     router = crew.router
     assert isinstance(router, DurableRouter)
-    get: Callable[[], Awaitable[tuple[str, Event]]] = router.inboxes[index].getter()  # type: ignore[assignment]
+    get: Callable[[], Awaitable[tuple[str, Event] | None]]
+    get = router.inboxes[index].getter()  # type: ignore[assignment]  # (pairs: `_put`)
     state = crew.state
     while True:
-        task, event = await get()
-        if state.outcome is not None:
+        item = await get()
+        if item is None or state.outcome is not None:
             return
+        task, event = item
         me.taken += 1
         me.busy = True
         crew.idle.working()

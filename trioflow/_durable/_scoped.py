@@ -294,14 +294,15 @@ async def _work_scoped_durable(crew: Run, index: int, me: WorkerState, durable: 
     call = _step_call(crew, spec)
     router = crew.router
     assert isinstance(router, DurableScopedRouter)
-    get: Callable[[], Awaitable[tuple[str, Stream | None, Event]]]
+    get: Callable[[], Awaitable[tuple[str, Stream | None, Event] | None]]
     get = router.inboxes[index].getter()  # type: ignore[assignment]  # (triples: `_put`)
     state = crew.state
     journal = router.journal
     while True:
-        task, scope, event = await get()
-        if state.outcome is not None:
+        item = await get()
+        if item is None or state.outcome is not None:
             return
+        task, scope, event = item
         me.taken += 1
         if spec.slots:
             if task in router.prejoined:
