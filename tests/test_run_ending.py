@@ -4,7 +4,9 @@ still at work is cancelled, as before."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from types import FrameType
 from typing import Any
 
@@ -15,6 +17,7 @@ from trio._core import _run
 
 from trioflow import Context, Event, StartEvent, StopEvent, Workflow, step
 from trioflow._core._inbox import Inbox
+from trioflow._core._state import RunState
 
 
 def _looked_at_only() -> bool:
@@ -212,3 +215,88 @@ async def test_a_worker_takes_its_first_event_without_a_trip_through_the_schedul
     # Started for the start event, it takes it, runs the step, decides the run and ends: one
     # step of its task (two more: a yield before the event, a cancellation after it).
     assert steps.steps["trioflow step go"] == 1
+
+
+# -- found in review: a cancellation of the caller's after the decision, a Ctrl-C --------------
+
+
+class Poking(Workflow):
+    """Its step sets ``poke`` and returns the stop event with no checkpoint between."""
+
+    def __init__(self, poke: trio.Event) -> None:
+        super().__init__(timeout=None)
+        self.poke = poke
+
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        self.poke.set()
+        return StopEvent(result="done")
+
+
+async def test_a_cancel_of_the_caller_just_after_the_decision_is_still_raised() -> None:
+    """The caller's scope is cancelled in the batch that decided the run: the decision woke
+    the run's task, which ends without a `trio.Cancelled` of the run's own; the caller's
+    cancellation is raised all the same, and no code of the caller's after ``run()`` runs."""
+    for _ in range(10):  # (trio may run the tasks of a batch in either order)
+        poke = trio.Event()
+        after_run = False
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+
+                async def cancel_on_poke(
+                    scope: trio.CancelScope = scope, poke: trio.Event = poke
+                ) -> None:
+                    await poke.wait()
+                    scope.cancel()
+
+                nursery.start_soon(cancel_on_poke)
+                await Poking(poke).run()
+                after_run = True
+        assert scope.cancelled_caught
+        assert not after_run
+
+
+async def _interrupt_the_wait_at(line: int, fired: list[int]) -> None:
+    """``run()`` of a step that takes a moment, a Ctrl-C raised on ``line`` of
+    `RunState.until_decided` (noted in ``fired``) if the wait gets there."""
+    code = RunState.until_decided.__code__
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def on_line(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == line and not fired:
+                fired.append(line)
+                signal.raise_signal(signal.SIGINT)
+            return on_line
+
+        return on_line
+
+    sys.settrace(trace)
+    try:
+        await Busy().run()
+    finally:
+        sys.settrace(None)
+
+
+def test_a_ctrl_c_anywhere_in_the_wait_for_the_decision_reaches_the_caller() -> None:
+    """Wherever a KeyboardInterrupt lands while the run's task waits for the decision, it
+    reaches the caller as itself, and trio stays sound (noted as waiting without being parked,
+    the task would have been woken by the decision while it ran: a `TrioInternalError`)."""
+    if not (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        pytest.skip("trio handles SIGINT only in the main thread, from the default handler")
+    code = RunState.until_decided.__code__
+    landed = 0
+    for line in sorted({line for _, _, line in code.co_lines() if line is not None}):
+        fired: list[int] = []
+        try:
+            trio.run(_interrupt_the_wait_at, line, fired)
+        except KeyboardInterrupt:
+            landed += 1
+        else:
+            assert not fired, f"a Ctrl-C on line {line} did not reach the caller"
+    assert landed >= 4  # on the lines of the path taken

@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 import attrs
 import trio
+from trio.lowlevel import checkpoint_if_cancelled
 
 from .._events import StartEvent, StopEvent, WorkflowCancelledEvent
 from ._blocking import watch_step
+from ._cancel import cancel_pending
 from ._context import Context
 from ._fanout import ScopedRouter, work_scoped
 from ._graph import WorkflowGraph
@@ -237,6 +239,11 @@ class Run:
                 finally:
                     if timer is not None:
                         timer.cancel()
+        # The run's task ends without a `trio.Cancelled` when the decision woke it (see
+        # `RunState`); a cancellation of the caller's that came meanwhile is raised here, as it
+        # would have been through the run's scope, so that no code of the caller's runs on.
+        if cancel_pending():
+            await checkpoint_if_cancelled()
 
     def _start_workers_when_needed(
         self, nursery: trio.Nursery, worker: Callable[[Run, int], Awaitable[None]], index: int

@@ -40,7 +40,6 @@ from .._events import (
     WorkflowFailedEvent,
     WorkflowTimedOutEvent,
 )
-from ._cancel import cancel_pending
 
 
 class RunStatus(enum.Enum):
@@ -63,12 +62,7 @@ def is_cancellation(error: BaseException) -> bool:
 def cancelled_from_outside(scope: trio.CancelScope) -> bool:
     """Whether the calling task is being cancelled by a scope other than the run's own
     ``scope`` (the caller's deadline or its nursery): the run's cancellation, not a failure."""
-    # `cancel_pending()` first: asked at every completion, and trio's deadline walks the scopes.
-    return (
-        not scope.cancel_called
-        and cancel_pending()
-        and trio.current_effective_deadline() == -math.inf
-    )
+    return not scope.cancel_called and trio.current_effective_deadline() == -math.inf
 
 
 class FailureFields(TypedDict, total=False):
@@ -150,6 +144,7 @@ class RunState:
             # room in the stream) is cancelled; what was woken above is no longer parked.
             self.scope.cancel()
 
+    @enable_ki_protection  # (noted as waiting and not parked would have `_decide` wake it)
     async def until_decided(self) -> None:
         """Wait until the run is decided (the run's own task, inside its scope).
 
