@@ -8,7 +8,9 @@ a failure, the timeout, a cancel), which cancels the scope; a cancellation from 
 caller's deadline) is decided as a cancel the moment this task or a worker sees it. When the
 scope has unwound, whatever ended it, `Run.main` puts exactly one terminal event on the
 stream and closes it. Workers never let an exception escape, so the nursery only ever unwinds
-with `trio.Cancelled`, and no `ExceptionGroup` reaches a caller.
+with `trio.Cancelled`, and no `ExceptionGroup` reaches a caller; and when nothing was at work
+but the step that decided the run, it does not even do that: the decision woke this task and
+the idle workers, which end quietly (`RunState`).
 """
 
 from __future__ import annotations
