@@ -48,20 +48,25 @@ DEFAULT = (
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
-def _count(scenario: str, impl: str, variant: str, n: int) -> int:
-    """Instructions valgrind counts in one process running the measurement at size ``n``."""
+def parse(measurement: str) -> tuple[str, str, str]:
+    """``SCENARIO:IMPL[:VARIANT]`` as its three parts (no variant: ``""``)."""
+    scenario, impl, variant = [*measurement.split(":"), ""][:3]
+    return scenario, impl, variant
+
+
+def one_command(measurement: str, n: int) -> list[str]:
+    """The command line of the measured process: ``measurement`` at size ``n``, nothing
+    printed (`_one`)."""
+    return [sys.executable, "-m", "benchmarks.instructions", "--one", *parse(measurement), str(n)]
+
+
+def _count(measurement: str, n: int) -> int:
+    """Instructions valgrind counts in one process running ``measurement`` at size ``n``."""
     command = [
         "valgrind",
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "benchmarks.instructions",
-        "--one",
-        scenario,
-        impl,
-        variant,
-        str(n),
+        *one_command(measurement, n),
     ]
     done = subprocess.run(command, capture_output=True, check=False)
     found = _COLLECTED.search(done.stderr)
@@ -74,11 +79,11 @@ def _count(scenario: str, impl: str, variant: str, n: int) -> int:
 
 def measure(measurement: str) -> dict[str, object]:
     """The instructions a unit of ``measurement`` (``SCENARIO:IMPL[:VARIANT]``) costs."""
-    scenario, impl, variant = [*measurement.split(":"), ""][:3]
+    scenario = parse(measurement)[0]
     if scenario not in SIZES:
         raise SystemExit(f"unknown scenario {scenario!r}: one of {sorted(SIZES)}")
     small, large = SIZES[scenario]
-    counts = [_count(scenario, impl, variant, n) for n in (small, large)]
+    counts = [_count(measurement, n) for n in (small, large)]
     return {
         "measurement": measurement,
         "sizes": [small, large],

@@ -67,18 +67,8 @@ def test_instruction_counts_run_each_default_measurement() -> None:
     from benchmarks import instructions
 
     for measurement in instructions.DEFAULT:
-        scenario, impl, variant = [*measurement.split(":"), ""][:3]
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.instructions",
-                "--one",
-                scenario,
-                impl,
-                variant,
-                "50",
-            ],
+            instructions.one_command(measurement, 50),
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -101,20 +101,20 @@ class Inbox(Generic[_T]):
             return Abort.SUCCEEDED
 
         inbox = self
-        started = first_yields
+        yields = first_yields  # whether taking an item yields (from the second on, always)
 
         @enable_ki_protection
         async def get() -> _T | None:
-            nonlocal started
+            nonlocal yields
             if inbox.closed:
                 return None
             if items:
                 await checkpoint_if_cancelled()
                 item = items.popleft()
-                if started:
+                if yields:
                     await cancel_shielded_checkpoint()
                 else:  # (see the docstring)
-                    started = True
+                    yields = True
                 return item
             parked.append(task)
             handed: _T | None = await wait_task_rescheduled(abort)
